@@ -1,0 +1,189 @@
+//! What every hook shares: the endpoint filter, the ring buffer and the
+//! snapshot of a matching packet.
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use observer_ebpf::{Hook, INBOUND_PAYLOAD, MAX_ENDPOINTS, Record, SNAP_LEN};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Records lost to a full ring, per CPU.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// The endpoint set, written by userspace before load (`EbpfLoader::set_global`).
+// Addresses as they sit in the packet (network byte order); zero = unused.
+#[unsafe(no_mangle)]
+static ENDPOINTS_V4: [u32; MAX_ENDPOINTS] = [0; MAX_ENDPOINTS];
+#[unsafe(no_mangle)]
+static ENDPOINTS_V6: [[u32; 4]; MAX_ENDPOINTS] = [[0; 4]; MAX_ENDPOINTS];
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+#[inline(always)]
+pub fn is_endpoint_v4(addr: u32) -> bool {
+    let mut i = 0;
+    while i < MAX_ENDPOINTS {
+        // Volatile: the value is only known at load time.
+        let e = unsafe { core::ptr::read_volatile(&ENDPOINTS_V4[i]) };
+        if e != 0 && e == addr {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+pub fn is_endpoint_v6(addr: &[u32; 4]) -> bool {
+    let mut i = 0;
+    while i < MAX_ENDPOINTS {
+        let e = unsafe { core::ptr::read_volatile(&ENDPOINTS_V6[i]) };
+        if e[0] != 0 && e[0] == addr[0] && e[1] == addr[1] && e[2] == addr[2] && e[3] == addr[3] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A packet's bytes, wherever they live (an skb context, or kernel memory).
+pub trait Packet {
+    /// Total bytes from the IP header on.
+    fn len(&self) -> u32;
+    /// Copy `buf.len()` bytes from `off` (relative to the IP header).
+    fn read(&self, off: u32, buf: &mut [u8]) -> Result<(), ()>;
+    /// Copy `n` (<= SNAP_LEN) bytes from the IP header into `dst`.
+    fn snapshot(&self, dst: &mut [u8; SNAP_LEN], n: u32) -> Result<(), ()>;
+}
+
+/// Which side of the packet must be an endpoint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// Destination (packets leaving toward an endpoint).
+    Dst,
+    /// Source (packets coming from an endpoint).
+    Src,
+    /// Either (drops).
+    Any,
+}
+
+pub struct Meta {
+    pub hook: Hook,
+    pub ifindex: u32,
+    pub cgroup_id: u64,
+    pub cookie: u64,
+    pub reason: u32,
+}
+
+/// Record `pkt` if it is to or from an endpoint. `version` is 4 or 6.
+#[inline(always)]
+pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: &Meta) {
+    // Header bytes up to and including both addresses; the version decides
+    // which endpoint set, `want` which address.
+    let (inbound, proto, l3_len) = if version == 4 {
+        let mut h = [0u8; 20];
+        if pkt.read(0, &mut h).is_err() {
+            return;
+        }
+        let src = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
+        let dst = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+        let inbound = match want {
+            Match::Dst if is_endpoint_v4(dst) => false,
+            Match::Src if is_endpoint_v4(src) => true,
+            Match::Any if is_endpoint_v4(src) => true,
+            Match::Any if is_endpoint_v4(dst) => false,
+            _ => return,
+        };
+        (inbound, h[9], ((h[0] & 0x0f) as u32) * 4)
+    } else if version == 6 {
+        let mut h = [0u8; 40];
+        if pkt.read(0, &mut h).is_err() {
+            return;
+        }
+        let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let src = [w(8), w(12), w(16), w(20)];
+        let dst = [w(24), w(28), w(32), w(36)];
+        let inbound = match want {
+            Match::Dst if is_endpoint_v6(&dst) => false,
+            Match::Src if is_endpoint_v6(&src) => true,
+            Match::Any if is_endpoint_v6(&src) => true,
+            Match::Any if is_endpoint_v6(&dst) => false,
+            _ => return,
+        };
+        (inbound, h[6], 40)
+    } else {
+        return;
+    };
+    emit(pkt, version, inbound, proto, l3_len, meta);
+}
+
+#[inline(always)]
+fn emit<P: Packet>(pkt: &P, version: u8, inbound: bool, proto: u8, l3_len: u32, meta: &Meta) {
+    // Packets from an endpoint: headers and the first bytes of payload (an
+    // HTTP status line), never the body. Packets to it: up to SNAP_LEN, so
+    // userspace sees the request line and which headers are present.
+    let mut cap = SNAP_LEN as u32;
+    if inbound {
+        let l4_len = match proto {
+            IPPROTO_TCP => {
+                let mut b = [0u8; 1];
+                if pkt.read(l3_len + 12, &mut b).is_err() {
+                    return;
+                }
+                ((b[0] >> 4) as u32) * 4
+            }
+            IPPROTO_UDP => 8,
+            _ => 8,
+        };
+        cap = l3_len + l4_len + INBOUND_PAYLOAD as u32;
+    }
+    let len = pkt.len();
+    let n = if len < cap { len } else { cap };
+    // Launder through the stack so that LLVM cannot fold the bounds check
+    // below into the min() above: the verifier must see 1 <= n <= SNAP_LEN
+    // on the very register passed to the helper.
+    let mut n = unsafe { core::ptr::read_volatile(&n) };
+
+    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    rec.ts_ns = unsafe { bpf_ktime_get_ns() };
+    rec.cgroup_id = meta.cgroup_id;
+    rec.cookie = meta.cookie;
+    rec.pid_tgid = 0;
+    rec.hook = meta.hook as u8;
+    rec.family = version;
+    rec.dport = 0;
+    rec.ifindex = meta.ifindex;
+    rec.reason = meta.reason;
+    rec.pkt_len = len;
+    rec._pad = 0;
+    rec.comm = [0; 16];
+    rec.daddr = [0; 16];
+    if n == 0 || pkt.snapshot(&mut rec.data, n).is_err() {
+        n = 0;
+    }
+    rec.snap_len = n;
+    entry.submit(0);
+}
+
+/// Reserve a record for a non-packet event, or count it lost.
+#[inline(always)]
+pub fn reserve() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<Record>> {
+    let entry = EVENTS.reserve::<Record>(0);
+    if entry.is_none() {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            unsafe { *lost += 1 };
+        }
+    }
+    entry
+}

@@ -1,0 +1,70 @@
+//! cgroup connect4/connect6: who opens a connection to an endpoint. The
+//! socket cookie ties the process to the packets of its flow.
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use observer_ebpf::Hook;
+
+use crate::capture::{self, is_endpoint_v4, is_endpoint_v6};
+
+#[inline(always)]
+fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
+    let Some(mut entry) = capture::reserve() else {
+        return;
+    };
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    rec.ts_ns = unsafe { bpf_ktime_get_ns() };
+    rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    rec.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    rec.pid_tgid = bpf_get_current_pid_tgid();
+    rec.hook = Hook::Connect as u8;
+    rec.family = family;
+    rec.dport = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
+    rec.ifindex = 0;
+    rec.reason = 0;
+    rec.pkt_len = 0;
+    rec.snap_len = 0;
+    rec._pad = 0;
+    rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let mut i = 0;
+    while i < 4 {
+        let b = addr[i].to_ne_bytes();
+        rec.daddr[i * 4] = b[0];
+        rec.daddr[i * 4 + 1] = b[1];
+        rec.daddr[i * 4 + 2] = b[2];
+        rec.daddr[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    entry.submit(0);
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    let ip = unsafe { (*ctx.sock_addr).user_ip4 };
+    if is_endpoint_v4(ip) {
+        record(&ctx, 4, [ip, 0, 0, 0]);
+    }
+    1 // observe only: never refuse a connect
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let a = unsafe {
+        [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]]
+    };
+    // A dual-stack socket may reach an IPv4 endpoint as ::ffff:a.b.c.d.
+    let mapped = a[0] == 0 && a[1] == 0 && a[2] == 0xffffu32.to_be();
+    if mapped && is_endpoint_v4(a[3]) {
+        record(&ctx, 4, [a[3], 0, 0, 0]);
+    } else if is_endpoint_v6(&a) {
+        record(&ctx, 6, a);
+    }
+    1
+}

@@ -1,0 +1,79 @@
+//! skb:kfree_skb (tp_btf): the kernel's own word that it dropped a packet to
+//! or from an endpoint, and why (e.g. IP_INHDR when a reply's TTL ran out in
+//! ip_forward). This is the one hook that must read `struct sk_buff`; its
+//! offsets come from the kernel's BTF at load time.
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use observer_ebpf::{Hook, SNAP_LEN, SkbOffsets};
+
+use crate::capture::{self, Match, Meta, Packet};
+
+#[unsafe(no_mangle)]
+static SKB_OFFSETS: SkbOffsets = SkbOffsets { head: 0, network_header: 0, len: 0, _pad: 0 };
+
+/// A packet in kernel memory, from its IP header.
+struct KernelPacket {
+    ip: *const u8,
+    len: u32,
+}
+
+impl Packet for KernelPacket {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        self.len
+    }
+    #[inline(always)]
+    fn read(&self, off: u32, buf: &mut [u8]) -> Result<(), ()> {
+        unsafe { bpf_probe_read_kernel_buf(self.ip.add(off as usize), buf) }.map_err(|_| ())
+    }
+    #[inline(always)]
+    fn snapshot(&self, dst: &mut [u8; SNAP_LEN], n: u32) -> Result<(), ()> {
+        if n == 0 || n > SNAP_LEN as u32 {
+            return Err(());
+        }
+        let r = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                dst.as_mut_ptr() as *mut _,
+                n,
+                self.ip as *const _,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(()) }
+    }
+}
+
+// TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let reason: u32 = ctx.arg(2);
+    let off = unsafe { core::ptr::read_volatile(&SKB_OFFSETS) };
+    if off.head == 0 {
+        return 0;
+    }
+    let read = unsafe {
+        (
+            bpf_probe_read_kernel(skb.add(off.head as usize) as *const u64),
+            bpf_probe_read_kernel(skb.add(off.network_header as usize) as *const u16),
+            bpf_probe_read_kernel(skb.add(off.len as usize) as *const u32),
+        )
+    };
+    let (Ok(head), Ok(nh), Ok(len)) = read else {
+        return 0;
+    };
+    if head == 0 || nh == 0xffff {
+        return 0;
+    }
+    let ip = (head + nh as u64) as *const u8;
+    let Ok(b0) = (unsafe { bpf_probe_read_kernel(ip) }) else {
+        return 0;
+    };
+    // skb->len counts from skb->data, which is the IP header here (ip_forward).
+    let pkt = KernelPacket { ip, len };
+    let meta = Meta { hook: Hook::Drop, ifindex: 0, cgroup_id: 0, cookie: 0, reason };
+    capture::packet(&pkt, b0 >> 4, Match::Any, &meta);
+    0
+}

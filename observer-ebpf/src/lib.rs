@@ -1,0 +1,98 @@
+//! Wire types shared by the eBPF programs and userspace. Defined once here,
+//! `no_std`, `#[repr(C)]`, explicit padding, 8-byte alignment at most.
+#![no_std]
+
+/// Bytes of a packet copied into a record, counted from its IP header.
+pub const SNAP_LEN: usize = 512;
+
+/// Payload bytes copied for packets that come *from* an endpoint: enough for
+/// an HTTP status line, never enough to reach a reply body (a token or a
+/// credential). The IP and transport headers before it are always copied.
+pub const INBOUND_PAYLOAD: usize = 16;
+
+/// Most endpoints per address family the programs compare against.
+pub const MAX_ENDPOINTS: usize = 8;
+
+/// Where a record was taken.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// cgroup_skb egress: a packet leaving a socket (the container side).
+    CgroupEgress = 1,
+    /// cgroup_skb ingress: a packet delivered to a socket.
+    CgroupIngress = 2,
+    /// tc ingress on an uplink: arriving at the host.
+    TcIngress = 3,
+    /// tc egress on an uplink: leaving the host.
+    TcEgress = 4,
+    /// cgroup connect4/connect6: a process connecting to an endpoint.
+    Connect = 5,
+    /// skb:kfree_skb: the kernel dropped a packet to or from an endpoint.
+    Drop = 6,
+}
+
+impl Hook {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::CgroupEgress,
+            2 => Self::CgroupIngress,
+            3 => Self::TcIngress,
+            4 => Self::TcEgress,
+            5 => Self::Connect,
+            6 => Self::Drop,
+            _ => return None,
+        })
+    }
+}
+
+/// One record in the ring buffer. Packet hooks fill `data` with the packet
+/// from its IP header on; `Connect` fills `daddr`/`dport` and the process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Record {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// cgroup v2 id of the socket's cgroup (0 when the hook cannot tell).
+    pub cgroup_id: u64,
+    /// Socket cookie (0 when the hook has no socket).
+    pub cookie: u64,
+    /// Connect: `bpf_get_current_pid_tgid`.
+    pub pid_tgid: u64,
+    /// A [`Hook`].
+    pub hook: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Connect: destination port, host byte order.
+    pub dport: u16,
+    /// tc: the interface the program is attached to.
+    pub ifindex: u32,
+    /// Drop: the kernel's `enum skb_drop_reason` value.
+    pub reason: u32,
+    /// Bytes of the packet from its IP header.
+    pub pkt_len: u32,
+    /// Bytes of `data` that are valid.
+    pub snap_len: u32,
+    pub _pad: u32,
+    /// Connect: `bpf_get_current_comm`.
+    pub comm: [u8; 16],
+    /// Connect: destination address (IPv4 in the first 4 bytes).
+    pub daddr: [u8; 16],
+    pub data: [u8; SNAP_LEN],
+}
+
+/// Offsets into the kernel's `struct sk_buff`, read from BTF at load time
+/// (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbOffsets {
+    pub head: u32,
+    pub network_header: u32,
+    pub len: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    unsafe impl aya::Pod for super::Record {}
+    unsafe impl aya::Pod for super::SkbOffsets {}
+}

@@ -1,0 +1,44 @@
+//! tc ingress/egress on the host's uplinks: replies as they arrive at the
+//! host (their TTL is the hop limit the instance applied) and requests as
+//! they leave it (their TTL, against the container's, counts the hops).
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use observer_ebpf::Hook;
+
+use crate::{
+    capture::{self, Match, Meta},
+    cgroup_skb::{Skb, ip_version},
+};
+
+/// Ethernet header; userspace attaches only to Ethernet devices.
+const ETH_HLEN: u32 = 14;
+/// TC_ACT_UNSPEC, which TCX reads as "next": observe, never decide.
+const TC_NEXT: i32 = -1;
+
+#[inline(always)]
+fn on_packet(ctx: &TcContext, hook: Hook, want: Match) {
+    let version = ip_version(unsafe { (*ctx.skb.skb).protocol });
+    if version == 0 {
+        return;
+    }
+    let pkt = Skb { skb: &ctx.skb, l3: ETH_HLEN };
+    let meta = Meta {
+        hook,
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        cgroup_id: 0,
+        cookie: 0,
+        reason: 0,
+    };
+    capture::packet(&pkt, version, want, &meta);
+}
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    on_packet(&ctx, Hook::TcIngress, Match::Src);
+    TC_NEXT
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    on_packet(&ctx, Hook::TcEgress, Match::Dst);
+    TC_NEXT
+}

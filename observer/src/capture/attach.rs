@@ -1,0 +1,68 @@
+//! Attaching each program. The links live in the `Ebpf` object; dropping it
+//! detaches them (TCX links on kernels >= 6.6 leave no qdisc behind).
+use std::{collections::HashMap, fs::File, path::Path};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Btf, Ebpf,
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier,
+        TcAttachType, tc,
+    },
+};
+
+/// cgroup_skb egress/ingress and connect4/connect6 at the cgroup v2 root:
+/// one attachment sees every process on the host, in every netns.
+pub fn cgroup_hooks(ebpf: &mut Ebpf, root: &Path) -> Result<()> {
+    let cgroup = File::open(root).with_context(|| format!("opening cgroup root {}", root.display()))?;
+    for (name, ty) in [("cgroup_egress", CgroupSkbAttachType::Egress), ("cgroup_ingress", CgroupSkbAttachType::Ingress)] {
+        let prog: &mut CgroupSkb = ebpf.program_mut(name).context(name)?.try_into()?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.attach(&cgroup, ty, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", root.display()))?;
+    }
+    for name in ["connect4", "connect6"] {
+        let prog: &mut CgroupSockAddr = ebpf.program_mut(name).context(name)?.try_into()?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", root.display()))?;
+    }
+    Ok(())
+}
+
+/// tc ingress/egress on each uplink. Returns ifindex → name.
+pub fn tc(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<HashMap<u32, String>> {
+    let mut names = HashMap::new();
+    for (name, ty) in [("tc_ingress", TcAttachType::Ingress), ("tc_egress", TcAttachType::Egress)] {
+        let prog: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+        for iface in ifaces {
+            // Kernels before 6.6 have no TCX: the program needs a clsact qdisc.
+            if !has_tcx() {
+                let _ = tc::qdisc_add_clsact(iface);
+            }
+            prog.attach(iface, ty).with_context(|| format!("attaching {name} to {iface}"))?;
+        }
+    }
+    for iface in ifaces {
+        names.insert(super::preflight::ifindex(iface)?, iface.clone());
+    }
+    Ok(names)
+}
+
+/// TCX (kernel 6.6+) attaches without a qdisc; aya uses it when present.
+fn has_tcx() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// tp_btf skb:kfree_skb: drop reasons.
+pub fn kfree_skb(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let prog: &mut BtfTracePoint = ebpf.program_mut("kfree_skb").context("kfree_skb")?.try_into()?;
+    if let Err(e) = prog.load("kfree_skb", &btf) {
+        bail!("loading kfree_skb: {e:#}");
+    }
+    prog.attach().context("attaching kfree_skb")?;
+    Ok(())
+}

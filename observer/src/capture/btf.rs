@@ -1,0 +1,71 @@
+//! What the programs need from the running kernel's BTF: `struct sk_buff`
+//! offsets (Rust eBPF has no CO-RE relocations) and drop-reason names (the
+//! enum's numbers differ between kernels: resolve by name, never by number).
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, anyhow};
+use btf_rs::{Btf, Struct, Type};
+use observer_ebpf::SkbOffsets;
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self> {
+        let btf = Btf::from_file(VMLINUX).with_context(|| format!("parsing {VMLINUX}"))?;
+        Ok(Self { btf })
+    }
+
+    fn struct_named(&self, name: &str) -> Result<Struct> {
+        for t in self.btf.resolve_types_by_name(name).unwrap_or_default() {
+            if let Type::Struct(s) = t {
+                return Ok(s);
+            }
+        }
+        Err(anyhow!("struct {name} not in kernel BTF"))
+    }
+
+    /// Byte offset of `name` in `st`, looking through anonymous members
+    /// (sk_buff keeps its header offsets in an anonymous struct_group).
+    fn member_offset(&self, st: &Struct, name: &str) -> Option<u32> {
+        for m in &st.members {
+            let mname = self.btf.resolve_name(m).unwrap_or_default();
+            if mname == name {
+                return Some(m.bit_offset() / 8);
+            }
+            if mname.is_empty() {
+                if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.btf.resolve_chained_type(m) {
+                    if let Some(off) = self.member_offset(&inner, name) {
+                        return Some(m.bit_offset() / 8 + off);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    pub fn skb_offsets(&self) -> Result<SkbOffsets> {
+        let skb = self.struct_named("sk_buff")?;
+        let off = |f: &str| self.member_offset(&skb, f).ok_or_else(|| anyhow!("sk_buff.{f} not in kernel BTF"));
+        Ok(SkbOffsets { head: off("head")?, network_header: off("network_header")?, len: off("len")?, _pad: 0 })
+    }
+
+    /// `enum skb_drop_reason` value → name without the `SKB_DROP_REASON_` prefix.
+    pub fn drop_reasons(&self) -> HashMap<u32, String> {
+        let mut names = HashMap::new();
+        for t in self.btf.resolve_types_by_name("skb_drop_reason").unwrap_or_default() {
+            if let Type::Enum(e) = t {
+                for m in &e.members {
+                    if let Ok(n) = self.btf.resolve_name(m) {
+                        let n = n.strip_prefix("SKB_DROP_REASON_").unwrap_or(&n).to_string();
+                        names.insert(m.val(), n);
+                    }
+                }
+            }
+        }
+        names
+    }
+}

@@ -1,0 +1,1840 @@
+//! Decodes the packet snapshot of a [`Record`](observer_ebpf::Record):
+//! `data[..snap_len]`, bytes from the IP header on.
+//!
+//! Pure and std-only. [`decode`] runs on every captured packet, so it never
+//! panics: every read goes through bounds-checked slice access, and no length
+//! field is trusted (a header that claims more bytes than the packet or the
+//! snapshot holds is either an error or, for the optional parts, ignored).
+//!
+//! What counts as what:
+//! - The snapshot may be shorter than the packet (the eBPF side copies at most
+//!   512 bytes, and only headers + 16 payload bytes of packets that come from
+//!   an endpoint) and, on tc ingress, longer than it (Ethernet padding after
+//!   the IP datagram). Lengths (`ip_len`, `payload_len`) come from the header
+//!   fields; payload bytes are looked at only where both the snapshot and the
+//!   IP length say they exist.
+//! - The IP header and the fixed part of the transport header (TCP 20, UDP 8,
+//!   ICMP 8 bytes) must be in the snapshot, else [`DecodeError::Truncated`].
+//!   TCP options cut off by the snapshot are tolerated (no payload is seen).
+//! - Checksums are not verified (offloads leave them unset on egress).
+//!
+//! Security rule: HTTP header VALUES are never stored. Only the presence of
+//! the IMDSv2 token headers is recorded, and only the request line's method
+//! and path are kept.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+/// Length of the fixed IPv4 header (IHL 5).
+const IPV4_MIN_HDR: usize = 20;
+/// Length of the IPv6 header (extension headers are not followed).
+const IPV6_HDR: usize = 40;
+const TCP_MIN_HDR: usize = 20;
+const UDP_HDR: usize = 8;
+const ICMP_HDR: usize = 8;
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// Longest request path kept, in bytes (the path is ASCII, so also chars).
+pub const MAX_PATH: usize = 256;
+
+/// Which header a [`DecodeError`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Layer {
+    Ipv4,
+    Ipv6,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layer::Ipv4 => "IPv4",
+            Layer::Ipv6 => "IPv6",
+            Layer::Tcp => "TCP",
+            Layer::Udp => "UDP",
+            Layer::Icmp => "ICMP",
+        })
+    }
+}
+
+/// Why a snapshot could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// `family` was neither 4 nor 6.
+    UnsupportedFamily(u8),
+    /// The IP version nibble does not match `family`.
+    VersionMismatch { family: u8, version: u8 },
+    /// The snapshot ends inside a header that must be present.
+    Truncated {
+        layer: Layer,
+        need: usize,
+        have: usize,
+    },
+    /// A header-length field is below its minimum (IPv4 IHL < 5, TCP data
+    /// offset < 5); `len` is the length it claims, in bytes.
+    BadHeaderLength { layer: Layer, len: usize },
+    /// The IP length field leaves less room than the headers need: `declared`
+    /// bytes where `need` are required. Also raised for an IPv4 total length
+    /// or IPv6 payload length of 0 (jumbograms / BIG TCP are not decoded).
+    BadLength {
+        layer: Layer,
+        declared: usize,
+        need: usize,
+    },
+    /// A non-first IPv4 fragment: no transport header to decode. `offset` is
+    /// in bytes.
+    Fragment { offset: usize },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::UnsupportedFamily(fam) => {
+                write!(f, "unsupported address family {fam} (expected 4 or 6)")
+            }
+            DecodeError::VersionMismatch { family, version } => {
+                write!(f, "IP version {version} in a family-{family} record")
+            }
+            DecodeError::Truncated { layer, need, have } => write!(
+                f,
+                "{layer} header truncated: need {need} bytes, snapshot has {have}"
+            ),
+            DecodeError::BadHeaderLength { layer, len } => {
+                write!(f, "{layer} header length {len} is below the minimum")
+            }
+            DecodeError::BadLength {
+                layer,
+                declared,
+                need,
+            } => write!(
+                f,
+                "{layer}: length field leaves {declared} bytes, headers need {need}"
+            ),
+            DecodeError::Fragment { offset } => {
+                write!(f, "non-first IPv4 fragment (offset {offset})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Transport protocol. ICMPv4 (1) and ICMPv6 (58) are both [`Proto::Icmp`];
+/// `Other` carries the IPv4 protocol / IPv6 next-header number (an IPv6
+/// extension header shows up here, e.g. `Other(0)` for hop-by-hop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Other(u8),
+}
+
+impl Proto {
+    fn from_number(n: u8, family: u8) -> Self {
+        match (n, family) {
+            (IPPROTO_TCP, _) => Proto::Tcp,
+            (IPPROTO_UDP, _) => Proto::Udp,
+            (IPPROTO_ICMP, 4) | (IPPROTO_ICMPV6, 6) => Proto::Icmp,
+            (n, _) => Proto::Other(n),
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proto::Tcp => f.write_str("tcp"),
+            Proto::Udp => f.write_str("udp"),
+            Proto::Icmp => f.write_str("icmp"),
+            Proto::Other(n) => write!(f, "proto-{n}"),
+        }
+    }
+}
+
+/// The TCP fields the observer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tcp {
+    pub seq: u32,
+    pub ack: u32,
+    /// The low 8 flag bits (CWR..FIN); see the associated constants.
+    pub flags: u8,
+}
+
+impl Tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag == flag
+    }
+
+    /// [`tcp_flags_str`] of this segment's flags.
+    pub fn flags_str(&self) -> String {
+        tcp_flags_str(self.flags)
+    }
+}
+
+/// TCP flags as names joined by `|`, lowest bit first: `"SYN"`, `"SYN|ACK"`,
+/// `"PSH|ACK"`, `"FIN|ACK"`, `"RST"`. No flags: the empty string.
+pub fn tcp_flags_str(flags: u8) -> String {
+    const NAMES: [(u8, &str); 8] = [
+        (Tcp::FIN, "FIN"),
+        (Tcp::SYN, "SYN"),
+        (Tcp::RST, "RST"),
+        (Tcp::PSH, "PSH"),
+        (Tcp::ACK, "ACK"),
+        (Tcp::URG, "URG"),
+        (Tcp::ECE, "ECE"),
+        (Tcp::CWR, "CWR"),
+    ];
+    let mut out = String::new();
+    for (bit, name) in NAMES {
+        if flags & bit != 0 {
+            if !out.is_empty() {
+                out.push('|');
+            }
+            out.push_str(name);
+        }
+    }
+    out
+}
+
+/// What the first payload bytes of a TCP segment say, if they start an
+/// HTTP/1.x message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Http {
+    /// A request line. `path` is the request target (starts with `/`, at most
+    /// [`MAX_PATH`] bytes, visible ASCII only). The flags say whether the
+    /// IMDSv2 header NAMES appear in the header block within the snapshot;
+    /// their values are never read.
+    Request {
+        method: String,
+        path: String,
+        /// `X-aws-ec2-metadata-token:` present.
+        token_header: bool,
+        /// `X-aws-ec2-metadata-token-ttl-seconds:` present.
+        token_ttl_header: bool,
+    },
+    /// A status line `HTTP/1.x NNN`.
+    Response { status: u16 },
+}
+
+/// Which ICMP error an [`IcmpError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IcmpKind {
+    /// ICMPv4 type 11 / ICMPv6 type 3 (code 0: TTL / hop limit exceeded in
+    /// transit).
+    TimeExceeded,
+    /// ICMPv4 type 3 / ICMPv6 type 1.
+    DestUnreachable,
+}
+
+impl fmt::Display for IcmpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IcmpKind::TimeExceeded => "time-exceeded",
+            IcmpKind::DestUnreachable => "dest-unreachable",
+        })
+    }
+}
+
+/// An ICMP(v6) error and the packet it is about (the "inner" packet quoted in
+/// its body).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IcmpError {
+    pub kind: IcmpKind,
+    /// The ICMP code.
+    pub code: u8,
+    /// Inner source / destination. Port 0 when the inner packet is not
+    /// TCP/UDP, is a non-first fragment, or its ports are not in the snapshot.
+    pub inner_src: SocketAddr,
+    pub inner_dst: SocketAddr,
+    pub inner_proto: Proto,
+    /// TTL / hop limit of the inner packet as the reporting node saw it.
+    pub inner_ttl: u8,
+    /// Inner TCP sequence number, when the inner packet is TCP and the
+    /// snapshot holds it.
+    pub inner_tcp_seq: Option<u32>,
+}
+
+/// A decoded snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Packet {
+    /// Source / destination; port 0 for anything but TCP and UDP.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub proto: Proto,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    pub tcp: Option<Tcp>,
+    /// Datagram length from the IP header: IPv4 total length, IPv6 40 +
+    /// payload length.
+    pub ip_len: u32,
+    /// Transport payload length from the length fields (IP length minus the IP
+    /// and transport headers; for `Other`, everything after the IP header),
+    /// not from the snapshot size.
+    pub payload_len: u32,
+    /// Only for TCP, from the payload bytes present in the snapshot.
+    pub http: Option<Http>,
+    /// Only for ICMP errors whose inner IP header is in the snapshot.
+    pub icmp: Option<IcmpError>,
+}
+
+/// Decodes a snapshot starting at the IP header. `family` is the record's
+/// family (4 or 6). Never panics.
+pub fn decode(data: &[u8], family: u8) -> Result<Packet, DecodeError> {
+    let ip = match family {
+        4 => parse_ipv4(data)?,
+        6 => parse_ipv6(data)?,
+        other => return Err(DecodeError::UnsupportedFamily(other)),
+    };
+    if let Some(offset) = ip.frag_offset {
+        return Err(DecodeError::Fragment { offset });
+    }
+
+    // L4 bytes that exist both in the datagram (per its length field) and in
+    // the snapshot; anything past `ip.total` is link-layer padding.
+    let l4_end = ip.total.min(data.len());
+    let l4 = data.get(ip.hdr_len..l4_end).unwrap_or(&[]);
+    // L4 length per the IP header.
+    let l4_declared = ip.total.saturating_sub(ip.hdr_len);
+
+    let proto = Proto::from_number(ip.proto, family);
+    // Only a transport header directly after the IP header is decoded.
+    let proto = if ip.proto_is_direct {
+        proto
+    } else {
+        Proto::Other(ip.proto)
+    };
+
+    let mut pkt = Packet {
+        src: sockaddr(ip.src, 0),
+        dst: sockaddr(ip.dst, 0),
+        proto,
+        ttl: ip.ttl,
+        tcp: None,
+        ip_len: clamp_u32(ip.total),
+        payload_len: clamp_u32(l4_declared),
+        http: None,
+        icmp: None,
+    };
+
+    match proto {
+        Proto::Tcp => {
+            let hdr = need(data, ip.hdr_len, TCP_MIN_HDR, Layer::Tcp)?;
+            let doff = usize::from(hdr[12] >> 4) * 4;
+            if doff < TCP_MIN_HDR {
+                return Err(DecodeError::BadHeaderLength {
+                    layer: Layer::Tcp,
+                    len: doff,
+                });
+            }
+            if l4_declared < doff {
+                return Err(DecodeError::BadLength {
+                    layer: Layer::Tcp,
+                    declared: l4_declared,
+                    need: doff,
+                });
+            }
+            pkt.src = sockaddr(ip.src, be16(hdr, 0));
+            pkt.dst = sockaddr(ip.dst, be16(hdr, 2));
+            pkt.tcp = Some(Tcp {
+                seq: be32(hdr, 4),
+                ack: be32(hdr, 8),
+                flags: hdr[13],
+            });
+            pkt.payload_len = clamp_u32(l4_declared - doff);
+            // Options cut by the snapshot: no payload bytes to look at.
+            let payload = l4.get(doff..).unwrap_or(&[]);
+            pkt.http = parse_http(payload);
+        }
+        Proto::Udp => {
+            let hdr = need(data, ip.hdr_len, UDP_HDR, Layer::Udp)?;
+            if l4_declared < UDP_HDR {
+                return Err(DecodeError::BadLength {
+                    layer: Layer::Udp,
+                    declared: l4_declared,
+                    need: UDP_HDR,
+                });
+            }
+            pkt.src = sockaddr(ip.src, be16(hdr, 0));
+            pkt.dst = sockaddr(ip.dst, be16(hdr, 2));
+            pkt.payload_len = clamp_u32(l4_declared - UDP_HDR);
+        }
+        Proto::Icmp => {
+            let hdr = need(data, ip.hdr_len, ICMP_HDR, Layer::Icmp)?;
+            if l4_declared < ICMP_HDR {
+                return Err(DecodeError::BadLength {
+                    layer: Layer::Icmp,
+                    declared: l4_declared,
+                    need: ICMP_HDR,
+                });
+            }
+            pkt.payload_len = clamp_u32(l4_declared - ICMP_HDR);
+            let kind = match (family, hdr[0]) {
+                (4, 11) | (6, 3) => Some(IcmpKind::TimeExceeded),
+                (4, 3) | (6, 1) => Some(IcmpKind::DestUnreachable),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let inner = l4.get(ICMP_HDR..).unwrap_or(&[]);
+                pkt.icmp = parse_inner(inner, family, kind, hdr[1]);
+            }
+        }
+        Proto::Other(_) => {}
+    }
+    Ok(pkt)
+}
+
+/// The IP-layer facts both families share.
+struct IpHdr {
+    src: IpBytes,
+    dst: IpBytes,
+    proto: u8,
+    /// False for an IPv6 next header that is not TCP/UDP/ICMPv6 (an extension
+    /// header): then nothing after the IP header is decoded.
+    proto_is_direct: bool,
+    ttl: u8,
+    hdr_len: usize,
+    /// Datagram length per the header.
+    total: usize,
+    /// Some(byte offset) for a non-first IPv4 fragment.
+    frag_offset: Option<usize>,
+}
+
+#[derive(Clone, Copy)]
+enum IpBytes {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+fn sockaddr(ip: IpBytes, port: u16) -> SocketAddr {
+    match ip {
+        IpBytes::V4(a) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a), port)),
+        IpBytes::V6(a) => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(a), port, 0, 0)),
+    }
+}
+
+fn parse_ipv4(data: &[u8]) -> Result<IpHdr, DecodeError> {
+    let fixed = need(data, 0, IPV4_MIN_HDR, Layer::Ipv4)?;
+    let version = fixed[0] >> 4;
+    if version != 4 {
+        return Err(DecodeError::VersionMismatch { family: 4, version });
+    }
+    let hdr_len = usize::from(fixed[0] & 0x0f) * 4;
+    if hdr_len < IPV4_MIN_HDR {
+        return Err(DecodeError::BadHeaderLength {
+            layer: Layer::Ipv4,
+            len: hdr_len,
+        });
+    }
+    // Options must be in the snapshot too: the transport header follows them.
+    need(data, 0, hdr_len, Layer::Ipv4)?;
+    let total = usize::from(be16(fixed, 2));
+    if total < hdr_len {
+        return Err(DecodeError::BadLength {
+            layer: Layer::Ipv4,
+            declared: total,
+            need: hdr_len,
+        });
+    }
+    let frag = usize::from(be16(fixed, 6) & 0x1fff) * 8;
+    Ok(IpHdr {
+        src: IpBytes::V4(arr4(fixed, 12)),
+        dst: IpBytes::V4(arr4(fixed, 16)),
+        proto: fixed[9],
+        proto_is_direct: true,
+        ttl: fixed[8],
+        hdr_len,
+        total,
+        frag_offset: (frag != 0).then_some(frag),
+    })
+}
+
+fn parse_ipv6(data: &[u8]) -> Result<IpHdr, DecodeError> {
+    let hdr = need(data, 0, IPV6_HDR, Layer::Ipv6)?;
+    let version = hdr[0] >> 4;
+    if version != 6 {
+        return Err(DecodeError::VersionMismatch { family: 6, version });
+    }
+    let payload = usize::from(be16(hdr, 4));
+    if payload == 0 {
+        // Jumbogram / BIG TCP: the real length is elsewhere.
+        return Err(DecodeError::BadLength {
+            layer: Layer::Ipv6,
+            declared: 0,
+            need: 1,
+        });
+    }
+    let nh = hdr[6];
+    Ok(IpHdr {
+        src: IpBytes::V6(arr16(hdr, 8)),
+        dst: IpBytes::V6(arr16(hdr, 24)),
+        proto: nh,
+        proto_is_direct: matches!(nh, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6),
+        ttl: hdr[7],
+        hdr_len: IPV6_HDR,
+        total: IPV6_HDR + payload,
+        frag_offset: None,
+    })
+}
+
+/// The packet quoted in an ICMP error. None when its IP header is not all in
+/// the snapshot or does not parse; the ports and sequence number are optional.
+/// The inner length fields describe the original packet, not the quote, so
+/// they are not checked against anything.
+fn parse_inner(inner: &[u8], family: u8, kind: IcmpKind, code: u8) -> Option<IcmpError> {
+    let (src, dst, proto_num, direct, ttl, hdr_len, first_frag) = match family {
+        4 => {
+            let fixed = inner.get(..IPV4_MIN_HDR)?;
+            if fixed[0] >> 4 != 4 {
+                return None;
+            }
+            let hdr_len = usize::from(fixed[0] & 0x0f) * 4;
+            if hdr_len < IPV4_MIN_HDR || inner.len() < hdr_len {
+                return None;
+            }
+            let first = be16(fixed, 6) & 0x1fff == 0;
+            (
+                IpBytes::V4(arr4(fixed, 12)),
+                IpBytes::V4(arr4(fixed, 16)),
+                fixed[9],
+                true,
+                fixed[8],
+                hdr_len,
+                first,
+            )
+        }
+        _ => {
+            let hdr = inner.get(..IPV6_HDR)?;
+            if hdr[0] >> 4 != 6 {
+                return None;
+            }
+            let nh = hdr[6];
+            (
+                IpBytes::V6(arr16(hdr, 8)),
+                IpBytes::V6(arr16(hdr, 24)),
+                nh,
+                matches!(nh, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6),
+                hdr[7],
+                IPV6_HDR,
+                true,
+            )
+        }
+    };
+    let proto = if direct {
+        Proto::from_number(proto_num, family)
+    } else {
+        Proto::Other(proto_num)
+    };
+    let l4 = if first_frag {
+        inner.get(hdr_len..).unwrap_or(&[])
+    } else {
+        &[]
+    };
+    let (sport, dport) = match (proto, l4.get(..4)) {
+        (Proto::Tcp | Proto::Udp, Some(p)) => (be16(p, 0), be16(p, 2)),
+        _ => (0, 0),
+    };
+    let inner_tcp_seq = match (proto, l4.get(..8)) {
+        (Proto::Tcp, Some(h)) => Some(be32(h, 4)),
+        _ => None,
+    };
+    Some(IcmpError {
+        kind,
+        code,
+        inner_src: sockaddr(src, sport),
+        inner_dst: sockaddr(dst, dport),
+        inner_proto: proto,
+        inner_ttl: ttl,
+        inner_tcp_seq,
+    })
+}
+
+const METHODS: [&str; 7] = ["GET", "PUT", "POST", "HEAD", "DELETE", "PATCH", "OPTIONS"];
+const TOKEN_HEADER: &[u8] = b"x-aws-ec2-metadata-token";
+const TOKEN_TTL_HEADER: &[u8] = b"x-aws-ec2-metadata-token-ttl-seconds";
+
+/// Recognises an HTTP/1.x request or status line at the start of `payload`.
+fn parse_http(payload: &[u8]) -> Option<Http> {
+    if payload.starts_with(b"HTTP/1.") {
+        return parse_status(payload);
+    }
+    let method = METHODS.iter().find(|m| {
+        let m = m.as_bytes();
+        payload.len() > m.len() && payload.starts_with(m) && payload[m.len()] == b' '
+    })?;
+    let rest = payload.get(method.len() + 1..)?;
+    // The path must end (with a space) inside the snapshot; a path cut by the
+    // snapshot is not reported at all.
+    let end = rest.iter().position(|&b| b == b' ')?;
+    let path = &rest[..end];
+    if path.first() != Some(&b'/') || !path.iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let kept = &path[..path.len().min(MAX_PATH)];
+    // Visible ASCII, so valid UTF-8; the fallback never triggers.
+    let path = String::from_utf8(kept.to_vec()).ok()?;
+
+    let (token_header, token_ttl_header) = header_names(rest.get(end..).unwrap_or(&[]));
+    Some(Http::Request {
+        method: (*method).to_string(),
+        path,
+        token_header,
+        token_ttl_header,
+    })
+}
+
+/// `HTTP/1.x NNN` followed by a space, CR or the end of the snapshot.
+fn parse_status(payload: &[u8]) -> Option<Http> {
+    let head = payload.get(..12)?;
+    if !head[7].is_ascii_digit() || head[8] != b' ' {
+        return None;
+    }
+    let digits = &head[9..12];
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    match payload.get(12) {
+        None | Some(b' ') | Some(b'\r') => {}
+        Some(_) => return None,
+    }
+    let status = digits
+        .iter()
+        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
+    Some(Http::Response { status })
+}
+
+/// Whether the token / token-TTL header names start a line in the header
+/// block. `after_target` is everything after the request target; the header
+/// block starts at its first CRLF and ends at the blank line (or at the end of
+/// the snapshot). Only names are compared, up to and including the colon.
+fn header_names(after_target: &[u8]) -> (bool, bool) {
+    let (mut token, mut ttl) = (false, false);
+    let Some(first_crlf) = find(after_target, b"\r\n") else {
+        return (false, false);
+    };
+    let mut rest = &after_target[first_crlf + 2..];
+    loop {
+        let (line, next) = match find(rest, b"\r\n") {
+            Some(i) => (&rest[..i], Some(&rest[i + 2..])),
+            None => (rest, None),
+        };
+        if line.is_empty() {
+            // Blank line: end of headers (body bytes are not headers).
+            break;
+        }
+        token |= is_header(line, TOKEN_HEADER);
+        ttl |= is_header(line, TOKEN_TTL_HEADER);
+        match next {
+            Some(n) => rest = n,
+            None => break,
+        }
+    }
+    (token, ttl)
+}
+
+fn is_header(line: &[u8], name: &[u8]) -> bool {
+    line.len() > name.len()
+        && line[..name.len()].eq_ignore_ascii_case(name)
+        && line[name.len()] == b':'
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `data[off..off + len]`, or `Truncated`.
+fn need(data: &[u8], off: usize, len: usize, layer: Layer) -> Result<&[u8], DecodeError> {
+    off.checked_add(len)
+        .and_then(|end| data.get(off..end))
+        .ok_or(DecodeError::Truncated {
+            layer,
+            need: off.saturating_add(len),
+            have: data.len(),
+        })
+}
+
+// The readers below are only called on slices already checked to be long
+// enough; out of range they return zeros rather than panic.
+fn be16(d: &[u8], off: usize) -> u16 {
+    match d.get(off..off.saturating_add(2)) {
+        Some(&[a, b]) => u16::from_be_bytes([a, b]),
+        _ => 0,
+    }
+}
+
+fn be32(d: &[u8], off: usize) -> u32 {
+    match d.get(off..off.saturating_add(4)) {
+        Some(&[a, b, c, e]) => u32::from_be_bytes([a, b, c, e]),
+        _ => 0,
+    }
+}
+
+fn arr4(d: &[u8], off: usize) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    if let Some(s) = d.get(off..off.saturating_add(4)) {
+        out.copy_from_slice(s);
+    }
+    out
+}
+
+fn arr16(d: &[u8], off: usize) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if let Some(s) = d.get(off..off.saturating_add(16)) {
+        out.copy_from_slice(s);
+    }
+    out
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // ---- builders ---------------------------------------------------------
+
+    const IMDS4: [u8; 4] = [169, 254, 169, 254];
+    const POD4: [u8; 4] = [10, 244, 1, 7];
+    const HOST4: [u8; 4] = [10, 0, 3, 15];
+    // fd00:ec2::254
+    const IMDS6: [u8; 16] = [
+        0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
+    ];
+    // fd00:10:244::7
+    const POD6: [u8; 16] = [
+        0xfd, 0x00, 0x00, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x07,
+    ];
+    // fd00::1
+    const HOST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+    const PUT_BODY: &[u8] = b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n";
+    const TOKEN: &str = "AQAEAFakeTokenValueThatMustNeverAppear==";
+
+    fn get_with_token() -> Vec<u8> {
+        format!(
+            "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token: {TOKEN}\r\nAccept: */*\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// IPv4 header with `options` (a multiple of 4 bytes) and `payload`.
+    fn ipv4(
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        ttl: u8,
+        options: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        assert_eq!(options.len() % 4, 0);
+        let hl = 20 + options.len();
+        let total = (hl + payload.len()) as u16;
+        let mut p = vec![0x40 | (hl / 4) as u8, 0];
+        p.extend_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&[0x12, 0x34, 0x40, 0x00]); // id, DF
+        p.extend_from_slice(&[ttl, proto, 0, 0]); // checksum left 0
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(options);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn ipv6(src: [u8; 16], dst: [u8; 16], nh: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[nh, hop]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn tcp(
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        options: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        assert_eq!(options.len() % 4, 0);
+        let doff = (20 + options.len()) / 4;
+        let mut t = Vec::new();
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&seq.to_be_bytes());
+        t.extend_from_slice(&ack.to_be_bytes());
+        t.extend_from_slice(&[(doff as u8) << 4, flags]);
+        t.extend_from_slice(&64240u16.to_be_bytes()); // window
+        t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+        t.extend_from_slice(options);
+        t.extend_from_slice(payload);
+        t
+    }
+
+    fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        u
+    }
+
+    fn icmp(ty: u8, code: u8, body: &[u8]) -> Vec<u8> {
+        let mut i = vec![ty, code, 0, 0, 0, 0, 0, 0];
+        i.extend_from_slice(body);
+        i
+    }
+
+    const MSS: [u8; 4] = [2, 4, 0x05, 0xb4];
+    const SYN: u8 = Tcp::SYN;
+    const SYNACK: u8 = Tcp::SYN | Tcp::ACK;
+    const PSHACK: u8 = Tcp::PSH | Tcp::ACK;
+
+    fn v4(a: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::from((a, port))
+    }
+    fn v6(a: [u8; 16], port: u16) -> SocketAddr {
+        SocketAddr::from((a, port))
+    }
+
+    /// Cuts a packet the way the eBPF side does for packets from an
+    /// endpoint: IP + transport headers + 16 payload bytes.
+    fn snap_inbound(pkt: &[u8], headers: usize) -> &[u8] {
+        &pkt[..pkt.len().min(headers + 16)]
+    }
+
+    fn all_packets() -> Vec<(Vec<u8>, u8)> {
+        let get = get_with_token();
+        let reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nAQAEtokenbody";
+        let inner4 = ipv4(
+            IMDS4,
+            POD4,
+            6,
+            1,
+            &[],
+            &tcp(80, 43210, 7777, 1, PSHACK, &[], reply),
+        );
+        let inner6 = ipv6(
+            IMDS6,
+            POD6,
+            6,
+            1,
+            &tcp(80, 43210, 7777, 1, PSHACK, &[], reply),
+        );
+        vec![
+            (
+                ipv4(
+                    POD4,
+                    IMDS4,
+                    6,
+                    64,
+                    &[],
+                    &tcp(43210, 80, 1000, 0, SYN, &MSS, &[]),
+                ),
+                4,
+            ),
+            (
+                ipv4(
+                    POD4,
+                    IMDS4,
+                    6,
+                    64,
+                    &[],
+                    &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
+                ),
+                4,
+            ),
+            (
+                ipv4(
+                    POD4,
+                    IMDS4,
+                    6,
+                    64,
+                    &[],
+                    &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get),
+                ),
+                4,
+            ),
+            (
+                ipv4(
+                    IMDS4,
+                    POD4,
+                    6,
+                    1,
+                    &[],
+                    &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply),
+                ),
+                4,
+            ),
+            (
+                ipv4(
+                    POD4,
+                    IMDS4,
+                    6,
+                    64,
+                    &[1, 1, 1, 0],
+                    &tcp(43210, 80, 1000, 0, SYN, &[], &[]),
+                ),
+                4,
+            ),
+            (
+                ipv4(
+                    POD4,
+                    [10, 96, 0, 10],
+                    17,
+                    64,
+                    &[],
+                    &udp(5353, 53, b"\x12\x34query"),
+                ),
+                4,
+            ),
+            (ipv4(HOST4, IMDS4, 1, 64, &[], &icmp(11, 0, &inner4)), 4),
+            (
+                ipv6(POD6, IMDS6, 6, 64, &tcp(43210, 80, 1000, 0, SYN, &MSS, &[])),
+                6,
+            ),
+            (
+                ipv6(
+                    POD6,
+                    IMDS6,
+                    6,
+                    64,
+                    &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
+                ),
+                6,
+            ),
+            (
+                ipv6(
+                    IMDS6,
+                    POD6,
+                    6,
+                    1,
+                    &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply),
+                ),
+                6,
+            ),
+            (
+                ipv6(POD6, HOST6, 17, 64, &udp(5353, 53, b"\x12\x34query")),
+                6,
+            ),
+            (ipv6(HOST6, IMDS6, 58, 64, &icmp(3, 0, &inner6)), 6),
+        ]
+    }
+
+    // ---- TCP / HTTP -------------------------------------------------------
+
+    #[test]
+    fn ipv4_syn() {
+        let p = ipv4(
+            POD4,
+            IMDS4,
+            6,
+            64,
+            &[],
+            &tcp(43210, 80, 1000, 0, SYN, &MSS, &[]),
+        );
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(d.src, v4(POD4, 43210));
+        assert_eq!(d.dst, v4(IMDS4, 80));
+        assert_eq!(d.proto, Proto::Tcp);
+        assert_eq!(d.ttl, 64);
+        assert_eq!(d.ip_len, 44);
+        assert_eq!(d.payload_len, 0);
+        let t = d.tcp.unwrap();
+        assert_eq!((t.seq, t.ack, t.flags), (1000, 0, Tcp::SYN));
+        assert_eq!(t.flags_str(), "SYN");
+        assert!(t.has(Tcp::SYN) && !t.has(Tcp::ACK));
+        assert_eq!(d.http, None);
+        assert_eq!(d.icmp, None);
+    }
+
+    #[test]
+    fn ipv4_put_token_request() {
+        let p = ipv4(
+            POD4,
+            IMDS4,
+            6,
+            63,
+            &[],
+            &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
+        );
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(d.ttl, 63);
+        assert_eq!(d.ip_len as usize, 40 + PUT_BODY.len());
+        assert_eq!(d.payload_len as usize, PUT_BODY.len());
+        assert_eq!(d.tcp.unwrap().flags_str(), "PSH|ACK");
+        assert_eq!(
+            d.http,
+            Some(Http::Request {
+                method: "PUT".into(),
+                path: "/latest/api/token".into(),
+                token_header: false,
+                token_ttl_header: true,
+            })
+        );
+    }
+
+    #[test]
+    fn ipv4_get_with_token_never_keeps_the_value() {
+        let get = get_with_token();
+        let p = ipv4(
+            POD4,
+            IMDS4,
+            6,
+            64,
+            &[],
+            &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get),
+        );
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(
+            d.http,
+            Some(Http::Request {
+                method: "GET".into(),
+                path: "/latest/meta-data/iam/security-credentials/".into(),
+                token_header: true,
+                token_ttl_header: false,
+            })
+        );
+        let dbg = format!("{d:?}");
+        assert!(!dbg.contains(TOKEN) && !dbg.contains("AQAE"), "{dbg}");
+    }
+
+    #[test]
+    fn header_names_case_insensitive_and_both() {
+        let req = b"PUT /latest/api/token HTTP/1.1\r\nx-AWS-EC2-metadata-TOKEN-ttl-seconds: 60\r\nX-Aws-Ec2-Metadata-Token: x\r\n\r\n";
+        let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], req));
+        match decode(&p, 4).unwrap().http {
+            Some(Http::Request {
+                token_header,
+                token_ttl_header,
+                ..
+            }) => {
+                assert!(token_header && token_ttl_header)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn header_names_only_at_line_start_in_header_block_with_colon() {
+        for req in [
+            // In a value, not at a line start.
+            &b"GET / HTTP/1.1\r\nFoo: x-aws-ec2-metadata-token: 1\r\n\r\n"[..],
+            // In the body.
+            b"PUT / HTTP/1.1\r\nContent-Length: 30\r\n\r\nx-aws-ec2-metadata-token: abc\r\n",
+            // Name cut by the snapshot before the colon.
+            b"GET / HTTP/1.1\r\nx-aws-ec2-metadata-token",
+            // A longer name sharing the prefix.
+            b"GET / HTTP/1.1\r\nx-aws-ec2-metadata-tokens: 1\r\n\r\n",
+            // On the request line itself.
+            b"GET /x-aws-ec2-metadata-token: HTTP/1.1\r\n\r\n",
+        ] {
+            let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], req));
+            match decode(&p, 4).unwrap().http {
+                Some(Http::Request {
+                    token_header,
+                    token_ttl_header,
+                    ..
+                }) => {
+                    assert!(
+                        !token_header && !token_ttl_header,
+                        "{:?}",
+                        String::from_utf8_lossy(req)
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reply_200_from_truncated_inbound_snapshot() {
+        let reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 56\r\n\r\nAQAEsecret-token-body-that-is-not-in-the-snapshot-at-all";
+        let p = ipv4(
+            IMDS4,
+            POD4,
+            6,
+            1,
+            &[],
+            &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply),
+        );
+        let snap = snap_inbound(&p, 40);
+        assert_eq!(snap.len(), 56);
+        let d = decode(snap, 4).unwrap();
+        assert_eq!(d.src, v4(IMDS4, 80));
+        assert_eq!(d.dst, v4(POD4, 43210));
+        assert_eq!(d.ttl, 1);
+        assert_eq!(d.ip_len as usize, p.len());
+        assert_eq!(d.payload_len as usize, reply.len());
+        assert_eq!(d.http, Some(Http::Response { status: 200 }));
+    }
+
+    #[test]
+    fn status_lines() {
+        let cases: [(&[u8], Option<u16>); 9] = [
+            (b"HTTP/1.1 401 Unauthorized\r\n", Some(401)),
+            (b"HTTP/1.0 404", Some(404)),
+            (b"HTTP/1.1 400\r\n", Some(400)),
+            (b"HTTP/1.1 20", None),
+            (b"HTTP/1.1 2000 OK", None),
+            (b"HTTP/1.x 200 OK", None),
+            (b"HTTP/2 200 OK", None),
+            (b"HTTP/1.1 2a0 OK", None),
+            (b"http/1.1 200 OK", None),
+        ];
+        for (payload, want) in cases {
+            let p = ipv4(
+                IMDS4,
+                POD4,
+                6,
+                1,
+                &[],
+                &tcp(80, 1, 1, 1, PSHACK, &[], payload),
+            );
+            let got = decode(&p, 4).unwrap().http;
+            assert_eq!(
+                got,
+                want.map(|status| Http::Response { status }),
+                "{:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn request_line_cut_by_snapshot_gives_no_http() {
+        let p = ipv4(
+            POD4,
+            IMDS4,
+            6,
+            64,
+            &[],
+            &tcp(43210, 80, 1, 1, PSHACK, &[], PUT_BODY),
+        );
+        // Cut inside the path.
+        let d = decode(&p[..40 + 12], 4).unwrap();
+        assert_eq!(d.http, None);
+        assert_eq!(d.payload_len as usize, PUT_BODY.len());
+        // Cut right after the path's terminating space: method and path known.
+        let cut = 40 + b"PUT /latest/api/token ".len();
+        match decode(&p[..cut], 4).unwrap().http {
+            Some(Http::Request {
+                method,
+                path,
+                token_header,
+                token_ttl_header,
+            }) => {
+                assert_eq!(
+                    (method.as_str(), path.as_str()),
+                    ("PUT", "/latest/api/token")
+                );
+                assert!(!token_header && !token_ttl_header);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_line_rejects() {
+        for payload in [
+            &b"get / HTTP/1.1\r\n"[..],
+            b"GET  / HTTP/1.1\r\n",
+            b"GET latest HTTP/1.1\r\n",
+            b"GETX / HTTP/1.1\r\n",
+            b"CONNECT / HTTP/1.1\r\n",
+            b"GET /a\x01b HTTP/1.1\r\n",
+            b"GET /caf\xc3\xa9 HTTP/1.1\r\n",
+            b"GET",
+            b"GET ",
+            b"",
+        ] {
+            let p = ipv4(
+                POD4,
+                IMDS4,
+                6,
+                64,
+                &[],
+                &tcp(1, 80, 1, 1, PSHACK, &[], payload),
+            );
+            assert_eq!(
+                decode(&p, 4).unwrap().http,
+                None,
+                "{:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        for m in METHODS {
+            let req = format!("{m} /x HTTP/1.1\r\n\r\n");
+            let p = ipv4(
+                POD4,
+                IMDS4,
+                6,
+                64,
+                &[],
+                &tcp(1, 80, 1, 1, PSHACK, &[], req.as_bytes()),
+            );
+            match decode(&p, 4).unwrap().http {
+                Some(Http::Request { method, path, .. }) => {
+                    assert_eq!((method.as_str(), path.as_str()), (m, "/x"))
+                }
+                other => panic!("{m}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn long_path_capped() {
+        let long = format!("/{}", "a".repeat(400));
+        let req = format!("GET {long} HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\n\r\n");
+        let p = ipv4(
+            POD4,
+            IMDS4,
+            6,
+            64,
+            &[],
+            &tcp(1, 80, 1, 1, PSHACK, &[], req.as_bytes()),
+        );
+        match decode(&p, 4).unwrap().http {
+            Some(Http::Request {
+                path, token_header, ..
+            }) => {
+                assert_eq!(path.len(), MAX_PATH);
+                assert_eq!(path, long[..MAX_PATH]);
+                assert!(token_header);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn http_only_for_tcp() {
+        let p = ipv4(
+            POD4,
+            IMDS4,
+            17,
+            64,
+            &[],
+            &udp(1, 80, b"GET / HTTP/1.1\r\n\r\n"),
+        );
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(d.http, None);
+        assert_eq!(d.tcp, None);
+    }
+
+    #[test]
+    fn link_padding_after_datagram_is_not_payload() {
+        // A 40-byte bare ACK padded to the 46-byte Ethernet minimum, with the
+        // padding happening to look like a request.
+        let mut p = ipv4(
+            POD4,
+            IMDS4,
+            6,
+            64,
+            &[],
+            &tcp(1, 80, 1, 1, Tcp::ACK, &[], &[]),
+        );
+        p.extend_from_slice(b"GET / ");
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(d.ip_len, 40);
+        assert_eq!(d.payload_len, 0);
+        assert_eq!(d.http, None);
+    }
+
+    #[test]
+    fn tcp_options_cut_by_snapshot() {
+        let opts = [1u8; 20];
+        let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 9, 0, SYN, &opts, &[]));
+        let d = decode(&p[..50], 4).unwrap();
+        assert_eq!(d.tcp.unwrap().seq, 9);
+        assert_eq!(d.payload_len, 0);
+    }
+
+    #[test]
+    fn ipv4_with_options_ihl6() {
+        let p = ipv4(
+            POD4,
+            IMDS4,
+            6,
+            64,
+            &[0x94, 0x04, 0, 0],
+            &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
+        );
+        assert_eq!(p[0], 0x46);
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(d.src, v4(POD4, 43210));
+        assert_eq!(d.dst, v4(IMDS4, 80));
+        assert_eq!(d.tcp.unwrap().seq, 1001);
+        assert_eq!(d.ip_len as usize, 44 + PUT_BODY.len());
+        assert_eq!(d.payload_len as usize, PUT_BODY.len());
+        assert!(
+            matches!(d.http, Some(Http::Request { ref path, .. }) if path == "/latest/api/token")
+        );
+    }
+
+    // ---- IPv6 -------------------------------------------------------------
+
+    #[test]
+    fn ipv6_syn_ack() {
+        let p = ipv6(
+            IMDS6,
+            POD6,
+            6,
+            255,
+            &tcp(80, 43210, 5000, 1001, SYNACK, &MSS, &[]),
+        );
+        let d = decode(&p, 6).unwrap();
+        assert_eq!(d.src, v6(IMDS6, 80));
+        assert_eq!(d.dst, v6(POD6, 43210));
+        assert_eq!(d.src.to_string(), "[fd00:ec2::254]:80");
+        assert_eq!(d.ttl, 255);
+        assert_eq!(d.ip_len, 64);
+        assert_eq!(d.payload_len, 0);
+        assert_eq!(d.tcp.unwrap().flags_str(), "SYN|ACK");
+    }
+
+    #[test]
+    fn ipv6_put_get_and_reply() {
+        let p = ipv6(
+            POD6,
+            IMDS6,
+            6,
+            64,
+            &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
+        );
+        let d = decode(&p, 6).unwrap();
+        assert_eq!(d.ip_len as usize, 60 + PUT_BODY.len());
+        assert_eq!(d.payload_len as usize, PUT_BODY.len());
+        assert_eq!(
+            d.http,
+            Some(Http::Request {
+                method: "PUT".into(),
+                path: "/latest/api/token".into(),
+                token_header: false,
+                token_ttl_header: true,
+            })
+        );
+
+        let get = get_with_token();
+        let p = ipv6(
+            POD6,
+            IMDS6,
+            6,
+            64,
+            &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get),
+        );
+        let d = decode(&p, 6).unwrap();
+        assert!(matches!(
+            d.http,
+            Some(Http::Request {
+                token_header: true,
+                token_ttl_header: false,
+                ..
+            })
+        ));
+        assert!(!format!("{d:?}").contains(TOKEN));
+
+        let reply = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n";
+        let p = ipv6(
+            IMDS6,
+            POD6,
+            6,
+            1,
+            &tcp(
+                80,
+                43210,
+                5001,
+                1100,
+                Tcp::FIN | Tcp::PSH | Tcp::ACK,
+                &[],
+                reply,
+            ),
+        );
+        let d = decode(snap_inbound(&p, 60), 6).unwrap();
+        assert_eq!(d.ttl, 1);
+        assert_eq!(d.payload_len as usize, reply.len());
+        assert_eq!(d.http, Some(Http::Response { status: 401 }));
+    }
+
+    #[test]
+    fn ipv6_extension_header_is_other() {
+        // Hop-by-hop (0) then TCP: not followed.
+        let mut payload = vec![6, 0, 0, 0, 0, 0, 0, 0];
+        payload.extend(tcp(1, 80, 1, 1, SYN, &[], &[]));
+        let p = ipv6(POD6, IMDS6, 0, 64, &payload);
+        let d = decode(&p, 6).unwrap();
+        assert_eq!(d.proto, Proto::Other(0));
+        assert_eq!(d.src.port(), 0);
+        assert_eq!(d.dst.port(), 0);
+        assert_eq!(d.tcp, None);
+        assert_eq!(d.payload_len as usize, payload.len());
+        // ICMPv4's number inside IPv6 is not ICMP either.
+        let d = decode(&ipv6(POD6, IMDS6, 1, 64, &icmp(11, 0, &[])), 6).unwrap();
+        assert_eq!(d.proto, Proto::Other(1));
+    }
+
+    #[test]
+    fn ipv6_udp() {
+        let p = ipv6(POD6, HOST6, 17, 64, &udp(5353, 53, b"\x12\x34query"));
+        let d = decode(&p, 6).unwrap();
+        assert_eq!(d.proto, Proto::Udp);
+        assert_eq!(d.src, v6(POD6, 5353));
+        assert_eq!(d.dst, v6(HOST6, 53));
+        assert_eq!(d.payload_len, 7);
+        assert_eq!(d.ip_len, 55);
+        assert_eq!(d.tcp, None);
+    }
+
+    // ---- UDP / ICMP -------------------------------------------------------
+
+    #[test]
+    fn ipv4_udp() {
+        let p = ipv4(
+            POD4,
+            [10, 96, 0, 10],
+            17,
+            64,
+            &[],
+            &udp(5353, 53, b"\x12\x34query"),
+        );
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(d.proto, Proto::Udp);
+        assert_eq!(d.src, v4(POD4, 5353));
+        assert_eq!(d.dst, v4([10, 96, 0, 10], 53));
+        assert_eq!(d.ip_len, 35);
+        assert_eq!(d.payload_len, 7);
+        assert_eq!((d.tcp, d.http, d.icmp), (None, None, None));
+    }
+
+    #[test]
+    fn icmp_time_exceeded_with_inner_tcp() {
+        // The host drops the TTL-1 PUT reply in ip_forward() and tells IMDS.
+        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 56\r\n\r\nAQAEtoken";
+        let inner = ipv4(
+            IMDS4,
+            POD4,
+            6,
+            1,
+            &[],
+            &tcp(80, 43210, 0xdead_beef, 1100, PSHACK, &[], reply),
+        );
+        let p = ipv4(HOST4, IMDS4, 1, 64, &[], &icmp(11, 0, &inner));
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(d.proto, Proto::Icmp);
+        assert_eq!(d.src, v4(HOST4, 0));
+        assert_eq!(d.dst, v4(IMDS4, 0));
+        assert_eq!(d.payload_len as usize, inner.len());
+        assert_eq!(d.http, None);
+        assert_eq!(
+            d.icmp,
+            Some(IcmpError {
+                kind: IcmpKind::TimeExceeded,
+                code: 0,
+                inner_src: v4(IMDS4, 80),
+                inner_dst: v4(POD4, 43210),
+                inner_proto: Proto::Tcp,
+                inner_ttl: 1,
+                inner_tcp_seq: Some(0xdead_beef),
+            })
+        );
+
+        // RFC 792 minimum quote: inner IP header + 8 bytes.
+        let p = ipv4(HOST4, IMDS4, 1, 64, &[], &icmp(11, 0, &inner[..28]));
+        let e = decode(&p, 4).unwrap().icmp.unwrap();
+        assert_eq!(e.inner_dst, v4(POD4, 43210));
+        assert_eq!(e.inner_tcp_seq, Some(0xdead_beef));
+        // Only the ports: no sequence number.
+        let p = ipv4(HOST4, IMDS4, 1, 64, &[], &icmp(11, 0, &inner[..24]));
+        let e = decode(&p, 4).unwrap().icmp.unwrap();
+        assert_eq!(e.inner_dst, v4(POD4, 43210));
+        assert_eq!(e.inner_tcp_seq, None);
+        // Inner header incomplete: no icmp, but the packet still decodes.
+        let p = ipv4(HOST4, IMDS4, 1, 64, &[], &icmp(11, 0, &inner[..19]));
+        assert_eq!(decode(&p, 4).unwrap().icmp, None);
+    }
+
+    #[test]
+    fn icmp_dest_unreachable_inner_udp_and_echo() {
+        let inner = ipv4(POD4, [10, 96, 0, 10], 17, 63, &[], &udp(5353, 53, b"q"));
+        let p = ipv4(HOST4, POD4, 1, 64, &[], &icmp(3, 3, &inner));
+        let e = decode(&p, 4).unwrap().icmp.unwrap();
+        assert_eq!(e.kind, IcmpKind::DestUnreachable);
+        assert_eq!(e.code, 3);
+        assert_eq!(e.inner_proto, Proto::Udp);
+        assert_eq!(e.inner_src, v4(POD4, 5353));
+        assert_eq!(e.inner_dst, v4([10, 96, 0, 10], 53));
+        assert_eq!(e.inner_ttl, 63);
+        assert_eq!(e.inner_tcp_seq, None);
+        // Echo request: ICMP, not an error.
+        let p = ipv4(POD4, IMDS4, 1, 64, &[], &icmp(8, 0, b"ping"));
+        let d = decode(&p, 4).unwrap();
+        assert_eq!((d.proto, d.icmp, d.payload_len), (Proto::Icmp, None, 4));
+        // ICMPv6 type numbers in ICMPv4 mean something else (3 = unreachable).
+        let p = ipv4(HOST4, POD4, 1, 64, &[], &icmp(1, 0, &inner));
+        assert_eq!(decode(&p, 4).unwrap().icmp, None);
+    }
+
+    #[test]
+    fn icmpv6_time_exceeded() {
+        let inner = ipv6(
+            IMDS6,
+            POD6,
+            6,
+            1,
+            &tcp(80, 43210, 42, 1100, PSHACK, &[], b"HTTP/1.1 200 OK\r\n"),
+        );
+        let p = ipv6(HOST6, IMDS6, 58, 64, &icmp(3, 0, &inner));
+        let d = decode(&p, 6).unwrap();
+        assert_eq!(d.proto, Proto::Icmp);
+        assert_eq!(d.src, v6(HOST6, 0));
+        assert_eq!(
+            d.icmp,
+            Some(IcmpError {
+                kind: IcmpKind::TimeExceeded,
+                code: 0,
+                inner_src: v6(IMDS6, 80),
+                inner_dst: v6(POD6, 43210),
+                inner_proto: Proto::Tcp,
+                inner_ttl: 1,
+                inner_tcp_seq: Some(42),
+            })
+        );
+        // ICMPv6 dest unreachable is type 1.
+        let p = ipv6(HOST6, POD6, 58, 64, &icmp(1, 4, &inner));
+        assert_eq!(
+            decode(&p, 6).unwrap().icmp.unwrap().kind,
+            IcmpKind::DestUnreachable
+        );
+        // An inner IPv4 packet in ICMPv6 is not decoded.
+        let inner4 = ipv4(
+            IMDS4,
+            POD4,
+            6,
+            1,
+            &[],
+            &tcp(80, 1, 1, 1, Tcp::ACK, &[], &[]),
+        );
+        let p = ipv6(HOST6, IMDS6, 58, 64, &icmp(3, 0, &inner4));
+        assert_eq!(decode(&p, 6).unwrap().icmp, None);
+    }
+
+    // ---- errors and robustness --------------------------------------------
+
+    #[test]
+    fn errors() {
+        let syn = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 0, SYN, &[], &[]));
+        assert_eq!(decode(&syn, 5), Err(DecodeError::UnsupportedFamily(5)));
+        assert_eq!(
+            decode(&syn, 6),
+            Err(DecodeError::VersionMismatch {
+                family: 6,
+                version: 4
+            })
+        );
+        assert_eq!(
+            decode(&syn[..39], 6),
+            Err(DecodeError::Truncated {
+                layer: Layer::Ipv6,
+                need: 40,
+                have: 39
+            })
+        );
+        let syn6 = ipv6(POD6, IMDS6, 6, 64, &tcp(1, 80, 1, 0, SYN, &[], &[]));
+        assert_eq!(
+            decode(&syn6, 4),
+            Err(DecodeError::VersionMismatch {
+                family: 4,
+                version: 6
+            })
+        );
+        assert_eq!(
+            decode(&[], 4),
+            Err(DecodeError::Truncated {
+                layer: Layer::Ipv4,
+                need: 20,
+                have: 0
+            })
+        );
+        assert_eq!(
+            decode(&syn[..30], 4),
+            Err(DecodeError::Truncated {
+                layer: Layer::Tcp,
+                need: 40,
+                have: 30
+            })
+        );
+
+        // IHL 4.
+        let mut bad = syn.clone();
+        bad[0] = 0x44;
+        assert_eq!(
+            decode(&bad, 4),
+            Err(DecodeError::BadHeaderLength {
+                layer: Layer::Ipv4,
+                len: 16
+            })
+        );
+        // IHL 15 with only 40 bytes.
+        bad[0] = 0x4f;
+        assert_eq!(
+            decode(&bad, 4),
+            Err(DecodeError::Truncated {
+                layer: Layer::Ipv4,
+                need: 60,
+                have: 40
+            })
+        );
+        // Total length shorter than the IP header.
+        let mut bad = syn.clone();
+        bad[2..4].copy_from_slice(&10u16.to_be_bytes());
+        assert_eq!(
+            decode(&bad, 4),
+            Err(DecodeError::BadLength {
+                layer: Layer::Ipv4,
+                declared: 10,
+                need: 20
+            })
+        );
+        // Total length leaves no room for the TCP header.
+        bad[2..4].copy_from_slice(&30u16.to_be_bytes());
+        assert_eq!(
+            decode(&bad, 4),
+            Err(DecodeError::BadLength {
+                layer: Layer::Tcp,
+                declared: 10,
+                need: 20
+            })
+        );
+        // TCP data offset 2.
+        let mut bad = syn.clone();
+        bad[32] = 0x20;
+        assert_eq!(
+            decode(&bad, 4),
+            Err(DecodeError::BadHeaderLength {
+                layer: Layer::Tcp,
+                len: 8
+            })
+        );
+        // TCP data offset 15 beyond the datagram.
+        bad[32] = 0xf0;
+        assert_eq!(
+            decode(&bad, 4),
+            Err(DecodeError::BadLength {
+                layer: Layer::Tcp,
+                declared: 20,
+                need: 60
+            })
+        );
+        // Non-first fragment.
+        let mut bad = syn.clone();
+        bad[6..8].copy_from_slice(&0x2003u16.to_be_bytes());
+        assert_eq!(decode(&bad, 4), Err(DecodeError::Fragment { offset: 24 }));
+        // IPv6 payload length 0.
+        let mut bad = syn6.clone();
+        bad[4..6].copy_from_slice(&[0, 0]);
+        assert!(matches!(
+            decode(&bad, 6),
+            Err(DecodeError::BadLength {
+                layer: Layer::Ipv6,
+                ..
+            })
+        ));
+        // IPv6 payload length too small for UDP.
+        let mut u6 = ipv6(POD6, HOST6, 17, 64, &udp(1, 53, b"x"));
+        u6[4..6].copy_from_slice(&4u16.to_be_bytes());
+        assert_eq!(
+            decode(&u6, 6),
+            Err(DecodeError::BadLength {
+                layer: Layer::Udp,
+                declared: 4,
+                need: 8
+            })
+        );
+
+        for e in [
+            DecodeError::UnsupportedFamily(5),
+            DecodeError::VersionMismatch {
+                family: 4,
+                version: 6,
+            },
+            DecodeError::Truncated {
+                layer: Layer::Tcp,
+                need: 40,
+                have: 30,
+            },
+            DecodeError::BadHeaderLength {
+                layer: Layer::Ipv4,
+                len: 16,
+            },
+            DecodeError::BadLength {
+                layer: Layer::Udp,
+                declared: 4,
+                need: 8,
+            },
+            DecodeError::Fragment { offset: 24 },
+        ] {
+            assert!(!e.to_string().is_empty());
+        }
+        assert_eq!(
+            DecodeError::Truncated {
+                layer: Layer::Tcp,
+                need: 40,
+                have: 30
+            }
+            .to_string(),
+            "TCP header truncated: need 40 bytes, snapshot has 30"
+        );
+    }
+
+    #[test]
+    fn length_field_larger_than_snapshot_is_fine() {
+        // A lying (or just truncated) total length: lengths come from the
+        // header, payload from the snapshot.
+        let mut p = ipv4(
+            POD4,
+            IMDS4,
+            6,
+            64,
+            &[],
+            &tcp(1, 80, 1, 1, PSHACK, &[], b"GET /a HTTP/1.1\r\n"),
+        );
+        p[2..4].copy_from_slice(&65535u16.to_be_bytes());
+        let d = decode(&p, 4).unwrap();
+        assert_eq!(d.ip_len, 65535);
+        assert_eq!(d.payload_len, 65535 - 40);
+        assert!(matches!(d.http, Some(Http::Request { ref path, .. }) if path == "/a"));
+    }
+
+    #[test]
+    fn flags_strings() {
+        assert_eq!(tcp_flags_str(Tcp::SYN), "SYN");
+        assert_eq!(tcp_flags_str(Tcp::SYN | Tcp::ACK), "SYN|ACK");
+        assert_eq!(tcp_flags_str(Tcp::PSH | Tcp::ACK), "PSH|ACK");
+        assert_eq!(tcp_flags_str(Tcp::FIN | Tcp::ACK), "FIN|ACK");
+        assert_eq!(tcp_flags_str(Tcp::RST), "RST");
+        assert_eq!(tcp_flags_str(Tcp::RST | Tcp::ACK), "RST|ACK");
+        assert_eq!(tcp_flags_str(0), "");
+        assert_eq!(tcp_flags_str(0xff), "FIN|SYN|RST|PSH|ACK|URG|ECE|CWR");
+    }
+
+    #[test]
+    fn every_truncation_never_panics() {
+        for (pkt, fam) in all_packets() {
+            let full = decode(&pkt, fam).unwrap_or_else(|e| panic!("full packet: {e}"));
+            let hdrs = if fam == 4 {
+                usize::from(pkt[0] & 0xf) * 4
+            } else {
+                40
+            };
+            for len in 0..pkt.len() {
+                let r = decode(&pkt[..len], fam);
+                if len < hdrs {
+                    assert!(
+                        matches!(r, Err(DecodeError::Truncated { .. })),
+                        "len {len}: {r:?}"
+                    );
+                }
+                if let Ok(d) = &r {
+                    // Header-derived facts do not depend on the snapshot size.
+                    assert_eq!(
+                        (d.src, d.dst, d.proto, d.ttl),
+                        (full.src, full.dst, full.proto, full.ttl)
+                    );
+                    assert_eq!(
+                        (d.ip_len, d.payload_len, d.tcp),
+                        (full.ip_len, full.payload_len, full.tcp)
+                    );
+                }
+                let _ = decode(&pkt[..len], if fam == 4 { 6 } else { 4 });
+            }
+        }
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut buf = vec![0u8; 600];
+        let mut ok = 0;
+        for i in 0..10_000 {
+            let len = (rng.next() % 601) as usize;
+            for b in buf.iter_mut().take(len) {
+                *b = rng.next() as u8;
+            }
+            let fam = [4u8, 6, 0, 255][(rng.next() % 4) as usize];
+            // Most of the time give it a plausible version nibble and
+            // protocol so the deeper parsers are reached too.
+            if len > 0 && i % 4 != 0 {
+                let v = if fam == 6 { 0x60 } else { 0x40 };
+                buf[0] = v | (buf[0] & 0x0f);
+                if fam == 6 && len > 6 {
+                    buf[6] = [6, 17, 58, 0][(rng.next() % 4) as usize];
+                } else if len > 9 {
+                    buf[9] = [6, 17, 1, 50][(rng.next() % 4) as usize];
+                    buf[6] &= 0xe0; // mostly first fragments
+                }
+            }
+            match decode(&buf[..len], fam) {
+                Ok(p) => {
+                    ok += 1;
+                    let _ = format!("{p:?}");
+                }
+                Err(e) => {
+                    let _ = e.to_string();
+                }
+            }
+        }
+        assert!(ok > 0, "the fuzz loop never reached a successful decode");
+    }
+
+    #[test]
+    fn mutated_packets_never_panic() {
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let pkts = all_packets();
+        for _ in 0..20_000 {
+            let (pkt, fam) = &pkts[(rng.next() % pkts.len() as u64) as usize];
+            let mut p = pkt.clone();
+            for _ in 0..1 + rng.next() % 4 {
+                let i = (rng.next() % p.len() as u64) as usize;
+                p[i] = rng.next() as u8;
+            }
+            let len = (rng.next() % (p.len() as u64 + 1)) as usize;
+            let _ = decode(&p[..len], *fam);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Load the eBPF programs, attach them, and read their ring buffer.
+//!
+//! Hooks (kernel side in observer-ebpf/src/, one file each):
+//! cgroup_skb egress/ingress and cgroup connect4/connect6 at the cgroup v2
+//! root, tc ingress/egress on the uplinks, and tp_btf skb:kfree_skb.
+pub mod attach;
+pub mod btf;
+pub mod decode;
+pub mod preflight;
+pub mod uplinks;
+
+use std::{collections::HashMap, net::IpAddr, path::PathBuf};
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use observer_ebpf::{MAX_ENDPOINTS, Record};
+use tokio::io::unix::AsyncFd;
+
+/// The metadata endpoints watched by default: AWS IMDS (also GCP and Azure),
+/// the ECS task-credentials endpoint and the EKS Pod Identity agent.
+pub const DEFAULT_ENDPOINTS: &[&str] =
+    &["169.254.169.254", "169.254.170.2", "169.254.170.23", "fd00:ec2::254", "fd00:ec2::23"];
+
+pub struct Config {
+    pub endpoints: Vec<IpAddr>,
+    pub cgroup_root: PathBuf,
+    /// Interfaces for the tc programs (already resolved: never empty unless
+    /// no interface routes an endpoint).
+    pub ifaces: Vec<String>,
+}
+
+pub struct Capture {
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    /// Kernel drop-reason number → name.
+    pub drop_reasons: HashMap<u32, String>,
+    /// ifindex → name, for the uplinks attached.
+    pub ifaces: HashMap<u32, String>,
+}
+
+/// Endpoint addresses as the programs compare them: network-order words
+/// read natively.
+fn endpoint_globals(endpoints: &[IpAddr]) -> Result<([u32; MAX_ENDPOINTS], [[u32; 4]; MAX_ENDPOINTS])> {
+    let mut v4 = [0u32; MAX_ENDPOINTS];
+    let mut v6 = [[0u32; 4]; MAX_ENDPOINTS];
+    let (mut n4, mut n6) = (0, 0);
+    for ep in endpoints {
+        match ep {
+            IpAddr::V4(a) => {
+                anyhow::ensure!(n4 < MAX_ENDPOINTS, "at most {MAX_ENDPOINTS} IPv4 endpoints");
+                v4[n4] = u32::from_ne_bytes(a.octets());
+                n4 += 1;
+            }
+            IpAddr::V6(a) => {
+                anyhow::ensure!(n6 < MAX_ENDPOINTS, "at most {MAX_ENDPOINTS} IPv6 endpoints");
+                let o = a.octets();
+                for (i, w) in v6[n6].iter_mut().enumerate() {
+                    *w = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+                }
+                n6 += 1;
+            }
+        }
+    }
+    Ok((v4, v6))
+}
+
+impl Capture {
+    pub fn start(cfg: &Config) -> Result<Self> {
+        let kbtf = btf::KernelBtf::load()?;
+        let skb = kbtf.skb_offsets()?;
+        let (v4, v6) = endpoint_globals(&cfg.endpoints)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("ENDPOINTS_V4", &v4, true)
+            .override_global("ENDPOINTS_V6", &v6, true)
+            .override_global("SKB_OFFSETS", &skb, true)
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf")))
+            .context("loading the eBPF object")?;
+
+        attach::cgroup_hooks(&mut ebpf, &cfg.cgroup_root)?;
+        let ifaces = attach::tc(&mut ebpf, &cfg.ifaces)?;
+        attach::kfree_skb(&mut ebpf)?;
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map")?)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            // SAFETY: the ring owns its fd, which stays open as long as the AsyncFd
+            // (and is deregistered before it closes, on drop).
+            ring: unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+            lost,
+            drop_reasons: kbtf.drop_reasons(),
+            ifaces,
+        })
+    }
+
+    /// Wait for records and append what the ring holds to `out`.
+    pub async fn read(&mut self, out: &mut Vec<Record>) -> Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<Record>() {
+                // SAFETY: Record is plain old data and the item is at least its size.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) });
+            }
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Take what the ring holds without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Record>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<Record>() {
+                // SAFETY: as in `read`.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) });
+            }
+        }
+    }
+
+    /// Records the kernel dropped because the ring was full, since start.
+    pub fn lost(&self) -> u64 {
+        self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,68 @@
+//! Command line. Every flag can also be set from the environment
+//! (IMDS_OBSERVER_<FLAG>), as a DaemonSet or Nomad job prefers.
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "imds-observer",
+    version,
+    about = "Watch cloud-metadata (IMDS) traffic per container with eBPF, and say what is wrong",
+    long_about = "Watch cloud-metadata (IMDS) traffic per container with eBPF.\n\n\
+        On AWS the reply to the IMDSv2 token request leaves the metadata service with \
+        IP TTL = the instance's hop limit (default 1). A container one forwarding hop \
+        further away never gets it: the host drops it in ip_forward, the SDK times out \
+        after 1 s, retries, and falls back to IMDSv1. imds-observer sees every packet a \
+        container exchanges with a metadata endpoint (TTL at egress, TTL of the reply at \
+        the host, whether the reply was delivered, the kernel's drop reason) and streams \
+        it as JSON lines on stdout; logs go to stderr.\n\n\
+        Needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN, on Linux 5.8+ with BTF."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Capture metadata traffic and stream events as JSON lines on stdout.
+    ///
+    /// Example: `imds-observer run --duration 30 | jq 'select(.type=="drop")'`
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CaptureArgs {
+    /// Metadata endpoint to watch (repeatable; replaces the defaults).
+    /// Defaults: 169.254.169.254 (IMDS), 169.254.170.2 (ECS task credentials),
+    /// 169.254.170.23 (EKS Pod Identity), fd00:ec2::254, fd00:ec2::23.
+    #[arg(long = "endpoint", value_name = "IP", env = "IMDS_OBSERVER_ENDPOINTS", value_delimiter = ',')]
+    pub endpoints: Vec<IpAddr>,
+
+    /// Uplink interface for the tc hooks (repeatable). Default: the interfaces
+    /// that route the endpoints in this network namespace.
+    #[arg(long = "iface", value_name = "NAME", env = "IMDS_OBSERVER_IFACES", value_delimiter = ',')]
+    pub ifaces: Vec<String>,
+
+    /// cgroup v2 mount to attach the cgroup hooks to. Default: /sys/fs/cgroup
+    /// when it is cgroup2, else the cgroup2 mount found in /proc/self/mountinfo
+    /// (e.g. /sys/fs/cgroup/unified on hybrid hosts).
+    #[arg(long, value_name = "PATH", env = "IMDS_OBSERVER_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// Node name written on every event. Kubernetes sets NODE_NAME from the
+    /// downward API; default: the host name.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECONDS", env = "IMDS_OBSERVER_DURATION")]
+    pub duration: Option<f64>,
+}

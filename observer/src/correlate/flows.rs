@@ -1,0 +1,246 @@
+//! The flow table. A flow is one socket's connection to an endpoint, named by
+//! the socket cookie the cgroup hooks report. Packets seen where there is no
+//! socket (the uplink, a drop in ip_forward) are matched to it:
+//! - by their 5-tuple, when nothing rewrote it (routed containers, host
+//!   processes, and replies after conntrack undid the NAT);
+//! - behind masquerade NAT, by what NAT leaves alone: the destination and
+//!   the TCP sequence/ack numbers of a packet the socket just sent. The first
+//!   such match teaches the table the rewritten tuple.
+//!
+//! State is bounded: idle flows are evicted, and the table never holds more
+//! than `MAX_FLOWS` flows.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::Duration,
+};
+
+/// Flows idle this long are forgotten.
+pub const IDLE: Duration = Duration::from_secs(300);
+/// Packets a socket sent are kept this long for NAT matching.
+const NAT_WINDOW: Duration = Duration::from_secs(10);
+pub const MAX_FLOWS: usize = 65_536;
+
+/// Monotonic nanoseconds (the eBPF clock).
+pub type Nanos = u64;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    last_seen: Nanos,
+}
+
+/// (local, remote) as the socket sees it; remote is the endpoint.
+type Tuple = (SocketAddr, SocketAddr);
+
+#[derive(Default)]
+pub struct FlowTable {
+    flows: HashMap<u64, Flow>,
+    /// The socket's own tuple → cookie.
+    by_tuple: HashMap<Tuple, u64>,
+    /// A tuple rewritten by NAT, as seen on the uplink → cookie.
+    by_nat_tuple: HashMap<Tuple, u64>,
+    /// (endpoint, seq, ack) of packets sockets sent recently → (cookie, when).
+    sent: HashMap<(SocketAddr, u32, u32), (u64, Nanos)>,
+    evicted: u64,
+}
+
+fn ns(d: Duration) -> Nanos {
+    d.as_nanos() as Nanos
+}
+
+impl FlowTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&Flow> {
+        self.flows.get(&cookie)
+    }
+
+    fn flow_mut(&mut self, cookie: u64, cgroup_id: u64, now: Nanos) -> &mut Flow {
+        if !self.flows.contains_key(&cookie) && self.flows.len() >= MAX_FLOWS {
+            self.sweep(now);
+            if self.flows.len() >= MAX_FLOWS {
+                self.evict_oldest();
+            }
+        }
+        let f = self.flows.entry(cookie).or_insert_with(|| Flow { cookie, cgroup_id, ..Default::default() });
+        if cgroup_id != 0 {
+            f.cgroup_id = cgroup_id;
+        }
+        f.last_seen = f.last_seen.max(now);
+        f
+    }
+
+    /// A process connected: remember who it is.
+    pub fn on_connect(&mut self, cookie: u64, cgroup_id: u64, pid: u32, comm: String, now: Nanos) {
+        let f = self.flow_mut(cookie, cgroup_id, now);
+        f.pid = Some(pid);
+        f.comm = Some(comm);
+    }
+
+    /// A packet at a socket (cgroup hook). `sent` is true for packets the
+    /// socket sent to the endpoint; then seq/ack are kept for NAT matching.
+    pub fn on_socket_packet(
+        &mut self,
+        cookie: u64,
+        cgroup_id: u64,
+        local: SocketAddr,
+        endpoint: SocketAddr,
+        tcp_seq_ack: Option<(u32, u32)>,
+        sent: bool,
+        now: Nanos,
+    ) -> &Flow {
+        self.by_tuple.insert((local, endpoint), cookie);
+        if sent {
+            if let Some((seq, ack)) = tcp_seq_ack {
+                self.sent.insert((endpoint, seq, ack), (cookie, now));
+            }
+        }
+        self.flow_mut(cookie, cgroup_id, now)
+    }
+
+    /// A packet to an endpoint leaving an uplink: which flow sent it?
+    pub fn on_uplink_egress(
+        &mut self,
+        local: SocketAddr,
+        endpoint: SocketAddr,
+        tcp_seq_ack: Option<(u32, u32)>,
+        now: Nanos,
+    ) -> Option<&Flow> {
+        let tuple = (local, endpoint);
+        let cookie = match self.by_tuple.get(&tuple).or_else(|| self.by_nat_tuple.get(&tuple)) {
+            Some(c) => *c,
+            None => {
+                let (seq, ack) = tcp_seq_ack?;
+                let (c, _) = *self.sent.get(&(endpoint, seq, ack))?;
+                self.by_nat_tuple.insert(tuple, c);
+                c
+            }
+        };
+        self.touch(cookie, now)
+    }
+
+    /// A packet between `local` and an endpoint seen without a socket (uplink
+    /// ingress, a drop, an ICMP error): which flow is it?
+    pub fn lookup(&mut self, local: SocketAddr, endpoint: SocketAddr, now: Nanos) -> Option<&Flow> {
+        let tuple = (local, endpoint);
+        let cookie = *self.by_tuple.get(&tuple).or_else(|| self.by_nat_tuple.get(&tuple))?;
+        self.touch(cookie, now)
+    }
+
+    fn touch(&mut self, cookie: u64, now: Nanos) -> Option<&Flow> {
+        let f = self.flows.get_mut(&cookie)?;
+        f.last_seen = f.last_seen.max(now);
+        Some(f)
+    }
+
+    /// Forget idle flows and stale NAT candidates.
+    pub fn sweep(&mut self, now: Nanos) {
+        let before = self.flows.len();
+        self.flows.retain(|_, f| now.saturating_sub(f.last_seen) < ns(IDLE));
+        self.evicted += (before - self.flows.len()) as u64;
+        self.sent.retain(|_, (_, t)| now.saturating_sub(*t) < ns(NAT_WINDOW));
+        self.drop_dangling();
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(&oldest) = self.flows.iter().min_by_key(|(_, f)| f.last_seen).map(|(c, _)| c) {
+            self.flows.remove(&oldest);
+            self.evicted += 1;
+            self.drop_dangling();
+        }
+    }
+
+    fn drop_dangling(&mut self) {
+        let flows = &self.flows;
+        self.by_tuple.retain(|_, c| flows.contains_key(c));
+        self.by_nat_tuple.retain(|_, c| flows.contains_key(c));
+        self.sent.retain(|_, (c, _)| flows.contains_key(c));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+    const S: Nanos = 1_000_000_000;
+
+    #[test]
+    fn routed_flow_matches_by_tuple() {
+        let mut t = FlowTable::new();
+        t.on_connect(7, 42, 100, "curl".into(), S);
+        t.on_socket_packet(7, 42, sa("198.18.1.2:4000"), sa("169.254.169.254:80"), Some((1, 0)), true, S);
+        let f = t.on_uplink_egress(sa("198.18.1.2:4000"), sa("169.254.169.254:80"), Some((1, 0)), S).unwrap();
+        assert_eq!((f.cookie, f.cgroup_id, f.pid), (7, 42, Some(100)));
+        assert_eq!(t.lookup(sa("198.18.1.2:4000"), sa("169.254.169.254:80"), S).unwrap().cookie, 7);
+    }
+
+    #[test]
+    fn nat_flow_matches_by_sequence_then_by_learned_tuple() {
+        let mut t = FlowTable::new();
+        let ep = sa("169.254.169.254:80");
+        t.on_socket_packet(9, 5, sa("198.18.2.2:5000"), ep, Some((1000, 0)), true, S);
+        // The uplink sees the host's address and another port.
+        let f = t.on_uplink_egress(sa("198.18.0.2:61000"), ep, Some((1000, 0)), S).unwrap();
+        assert_eq!(f.cookie, 9);
+        // The reply arrives addressed to the rewritten tuple.
+        assert_eq!(t.lookup(sa("198.18.0.2:61000"), ep, S).unwrap().cookie, 9);
+        // An unrelated sequence number on another tuple is not matched.
+        assert!(t.on_uplink_egress(sa("198.18.0.2:61001"), ep, Some((5, 0)), S).is_none());
+    }
+
+    #[test]
+    fn two_containers_behind_one_nat_stay_apart() {
+        let mut t = FlowTable::new();
+        let ep = sa("169.254.169.254:80");
+        t.on_socket_packet(1, 10, sa("198.18.2.2:5000"), ep, Some((111, 0)), true, S);
+        t.on_socket_packet(2, 20, sa("198.18.2.3:5000"), ep, Some((222, 0)), true, S);
+        assert_eq!(t.on_uplink_egress(sa("198.18.0.2:6002"), ep, Some((222, 0)), S).unwrap().cgroup_id, 20);
+        assert_eq!(t.on_uplink_egress(sa("198.18.0.2:6001"), ep, Some((111, 0)), S).unwrap().cgroup_id, 10);
+        assert_eq!(t.lookup(sa("198.18.0.2:6001"), ep, S).unwrap().cookie, 1);
+    }
+
+    #[test]
+    fn idle_flows_and_stale_nat_candidates_are_evicted() {
+        let mut t = FlowTable::new();
+        let ep = sa("169.254.169.254:80");
+        t.on_socket_packet(1, 10, sa("198.18.2.2:5000"), ep, Some((111, 0)), true, S);
+        t.sweep(S + ns(NAT_WINDOW) + 1);
+        // Too late for NAT matching, still known by its own tuple.
+        assert!(t.on_uplink_egress(sa("198.18.0.2:6001"), ep, Some((111, 0)), S + ns(NAT_WINDOW) + 1).is_none());
+        assert!(t.lookup(sa("198.18.2.2:5000"), ep, S).is_some());
+        t.sweep(S + ns(IDLE) + ns(NAT_WINDOW) + 2);
+        assert_eq!(t.len(), 0);
+        assert!(t.lookup(sa("198.18.2.2:5000"), ep, S).is_none());
+        assert_eq!(t.evicted(), 1);
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut t = FlowTable::new();
+        let ep = sa("169.254.169.254:80");
+        for i in 0..(MAX_FLOWS as u64 + 10) {
+            let local = SocketAddr::new([10, (i >> 16) as u8, (i >> 8) as u8, i as u8].into(), 1000);
+            t.on_socket_packet(i + 1, 1, local, ep, None, true, S + i);
+        }
+        assert_eq!(t.len(), MAX_FLOWS);
+        assert!(t.get(1).is_none(), "the oldest flow goes first");
+        assert!(t.get(MAX_FLOWS as u64 + 10).is_some());
+    }
+}

@@ -1,0 +1,2 @@
+//! Who is behind a packet: cgroup paths now; runtimes and pods later.
+pub mod cgroup;

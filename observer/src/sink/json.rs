@@ -1,0 +1,54 @@
+//! JSON lines on stdout: one object per event, flushed per batch so that
+//! `kubectl logs -f` and pipes see events as they happen.
+use std::io::{self, BufWriter, Write};
+
+use serde::Serialize;
+
+pub struct JsonLines<W: Write> {
+    out: BufWriter<W>,
+    pub written: u64,
+}
+
+impl<W: Write> JsonLines<W> {
+    pub fn new(w: W) -> Self {
+        Self { out: BufWriter::new(w), written: 0 }
+    }
+
+    pub fn write<T: Serialize>(&mut self, item: &T) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, item)?;
+        self.out.write_all(b"\n")?;
+        self.written += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Kind};
+
+    #[test]
+    fn one_object_per_line_with_type_ts_node() {
+        let mut buf = Vec::new();
+        {
+            let mut s = JsonLines::new(&mut buf);
+            let mut ev = Event::new(Kind::Request, "2026-11-26T20:00:00.000000Z".into(), "node-a".into());
+            ev.ttl = Some(64);
+            s.write(&ev).unwrap();
+            s.write(&Event::new(Kind::LostEvents, "2026-11-26T20:00:01.000000Z".into(), "node-a".into())).unwrap();
+            s.flush().unwrap();
+        }
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["type"], "request");
+        assert_eq!(lines[0]["node"], "node-a");
+        assert_eq!(lines[0]["ttl"], 64);
+        assert!(lines[0].get("flow").is_none(), "absent fields are omitted");
+        assert_eq!(lines[1]["type"], "lost_events");
+    }
+}

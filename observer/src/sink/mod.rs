@@ -1,0 +1,2 @@
+//! Where events go.
+pub mod json;

@@ -1,0 +1,892 @@
+//! The lab: one machine, no route to any real network. A "cloud" netns runs
+//! the fake IMDS; a "host" netns (forwarding on) is its only neighbour;
+//! containers sit behind the host on routed veths, on a bridge with
+//! masquerade NAT (as Docker's default network), or behind a router netns
+//! (one more forwarding hop). Each container process runs in its own cgroup
+//! v2 child. Everything is named `imdslab<pid>…` and removed on drop, also
+//! when a test panics.
+//!
+//! Addresses: 198.18.0.0/15 (reserved for benchmarking, never routed) and
+//! fd00:18::/32; the metadata addresses exist only inside the cloud netns.
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+pub const IMDS_V4: &str = "169.254.169.254";
+pub const IMDS_V6: &str = "fd00:ec2::254";
+pub const ECS_CREDS: &str = "169.254.170.2";
+
+/// Run a command; panic with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like `sh`, ignoring failure (cleanup).
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Directory holding this build's binaries (target/<profile>).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A binary built in this workspace: `imds-observer`, `fake-imds`, `sdk-client`.
+/// `IMDS_OBSERVER_BIN` overrides the observer's path.
+pub fn bin(name: &str) -> PathBuf {
+    if name == "imds-observer" {
+        if let Ok(p) = std::env::var("IMDS_OBSERVER_BIN") {
+            return p.into();
+        }
+    }
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo xtask test` (it builds everything first)",
+        p.display()
+    );
+    p
+}
+
+/// The cgroup v2 mount (pure cgroup2 hosts: /sys/fs/cgroup; hybrid: unified).
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut found = Vec::new();
+    for line in mounts.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        if post.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mp) = pre.split_whitespace().nth(4) {
+                found.push(PathBuf::from(mp));
+            }
+        }
+    }
+    found
+        .iter()
+        .find(|p| p == &Path::new("/sys/fs/cgroup"))
+        .or(found.first())
+        .cloned()
+        .expect("no cgroup2 mount on this machine")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tokens {
+    Optional,
+    Required,
+}
+
+pub struct LabOpts {
+    pub hop_limit: u8,
+    pub tokens: Tokens,
+}
+
+impl Default for LabOpts {
+    fn default() -> Self {
+        Self {
+            hop_limit: 1,
+            tokens: Tokens::Optional,
+        }
+    }
+}
+
+/// How a container reaches the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// Its own veth, routed by the host (one forwarding hop).
+    Routed,
+    /// A veth on the host's bridge, masqueraded to the uplink (one hop, NAT).
+    Bridge,
+    /// Behind a router netns behind the host (two forwarding hops).
+    Router,
+}
+
+pub struct Container {
+    pub name: String,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+impl Container {
+    /// Path of its cgroup below the cgroup2 root, as the observer reports it.
+    pub fn cgroup_rel(&self) -> String {
+        let root = cgroup2_root();
+        format!("/{}", self.cgroup.strip_prefix(&root).unwrap().display())
+    }
+
+    pub fn cgroup_id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&self.cgroup).unwrap().ino()
+    }
+
+    /// A command run inside the container's netns and cgroup.
+    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
+        netns_cgroup_command(&self.netns, Some(&self.cgroup), program, args)
+    }
+
+    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
+        self.command(program, args)
+            .output()
+            .expect("spawn in container")
+    }
+}
+
+/// `nsenter --net` rather than `ip netns exec`: the latter remounts /sys,
+/// hiding the cgroup tree from the process.
+fn netns_cgroup_command(
+    netns: &str,
+    cgroup: Option<&Path>,
+    program: &Path,
+    args: &[&str],
+) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{netns}")).arg("--");
+    if let Some(cg) = cgroup {
+        // Join the cgroup before exec, so the first packet is already in it.
+        cmd.args([
+            "sh",
+            "-c",
+            "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"",
+            "sh",
+        ]);
+        cmd.arg(cg);
+    }
+    cmd.arg(program).args(args);
+    cmd
+}
+
+pub struct Lab {
+    pub id: String,
+    pub cloud: String,
+    pub host: String,
+    pub opts: LabOpts,
+    cgroup_parent: PathBuf,
+    netns: Vec<String>,
+    containers: usize,
+    bridge: bool,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    /// Cloud + host netns, the fake IMDS listening, no containers yet.
+    pub fn new(opts: LabOpts) -> Lab {
+        assert!(is_root(), "lab tests need root (run `cargo xtask test`)");
+        let id = format!("imdslab{}", std::process::id() % 100_000);
+        let mut lab = Lab {
+            cloud: format!("{id}-cloud"),
+            host: format!("{id}-host"),
+            cgroup_parent: cgroup2_root().join(&id),
+            id,
+            opts,
+            netns: Vec::new(),
+            containers: 0,
+            bridge: false,
+            children: Vec::new(),
+        };
+        lab.cleanup(); // a previous run of this pid, killed hard
+        lab.add_netns(&lab.cloud.clone());
+        lab.add_netns(&lab.host.clone());
+        fs::create_dir_all(&lab.cgroup_parent).expect("create lab cgroup");
+        let (cloud, host) = (lab.cloud.clone(), lab.host.clone());
+
+        sh(&[
+            "ip", "-n", &host, "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0",
+            "netns", &cloud,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&cloud, "eth0", "198.18.0.1/24", "fd00:18::1/64"),
+            (&host, "uplink0", "198.18.0.2/24", "fd00:18::2/64"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
+            sh(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        for a in [IMDS_V4, ECS_CREDS, "169.254.170.23"] {
+            sh(&[
+                "ip",
+                "-n",
+                &cloud,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "eth0",
+            ]);
+        }
+        for a in [IMDS_V6, "fd00:ec2::23"] {
+            sh(&[
+                "ip",
+                "-n",
+                &cloud,
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &cloud,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.0.2",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &cloud,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:18::2",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &host,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.0.1",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &host,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:18::1",
+        ]);
+        lab.forwarding(&host.clone());
+
+        // The fake IMDS, with the hop limit on its token replies.
+        let hop = lab.opts.hop_limit.to_string();
+        let tokens = match lab.opts.tokens {
+            Tokens::Optional => "optional",
+            Tokens::Required => "required",
+        };
+        let mut imds = netns_cgroup_command(
+            &cloud,
+            None,
+            &bin("fake-imds"),
+            &[
+                "--listen",
+                "169.254.169.254:80",
+                "--listen",
+                "[fd00:ec2::254]:80",
+                "--hop-limit",
+                &hop,
+                "--tokens",
+                tokens,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fake-imds");
+        let mut ready = String::new();
+        BufReader::new(imds.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "ready", "fake-imds did not start");
+        lab.children.push(imds);
+        lab
+    }
+
+    fn add_netns(&mut self, name: &str) {
+        sh(&["ip", "netns", "add", name]);
+        self.netns.push(name.to_string());
+        // No duplicate address detection: a tentative link-local address
+        // stalls neighbour discovery for the first second or two.
+        sh(&[
+            "ip", "netns", "exec", name, "sysctl", "-qw",
+            "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+        ]);
+    }
+
+    fn forwarding(&self, ns: &str) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+    }
+
+    fn new_cgroup(&self, name: &str) -> PathBuf {
+        let cg = self.cgroup_parent.join(name);
+        fs::create_dir_all(&cg).expect("create container cgroup");
+        cg
+    }
+
+    /// A container netns wired to the host as `attach` says.
+    pub fn add_container(&mut self, name: &str, attach: Attach) -> Container {
+        self.containers += 1;
+        let n = self.containers as u8;
+        let netns = format!("{}-{name}", self.id);
+        self.add_netns(&netns);
+        let host = self.host.clone();
+        let (v4, v6);
+        match attach {
+            Attach::Routed => {
+                let hv = format!("veth{n}");
+                sh(&[
+                    "ip", "-n", &host, "link", "add", &hv, "type", "veth", "peer", "name", "eth0",
+                    "netns", &netns,
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &host,
+                    "addr",
+                    "add",
+                    &format!("198.18.{}.1/24", 10 + n),
+                    "dev",
+                    &hv,
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &host,
+                    "addr",
+                    "add",
+                    &format!("fd00:18:{n}::1/64"),
+                    "dev",
+                    &hv,
+                    "nodad",
+                ]);
+                sh(&["ip", "-n", &host, "link", "set", &hv, "up"]);
+                v4 = Ipv4Addr::new(198, 18, 10 + n, 2);
+                v6 = format!("fd00:18:{n}::2").parse().unwrap();
+                self.container_side(
+                    &netns,
+                    v4,
+                    v6,
+                    &format!("198.18.{}.1", 10 + n),
+                    &format!("fd00:18:{n}::1"),
+                    24,
+                );
+            }
+            Attach::Bridge => {
+                self.ensure_bridge();
+                let hv = format!("veth{n}");
+                sh(&[
+                    "ip", "-n", &host, "link", "add", &hv, "type", "veth", "peer", "name", "eth0",
+                    "netns", &netns,
+                ]);
+                sh(&["ip", "-n", &host, "link", "set", &hv, "master", "br0", "up"]);
+                v4 = Ipv4Addr::new(198, 18, 100, 1 + n);
+                v6 = format!("fd00:18:100::{}", 1 + n).parse().unwrap();
+                self.container_side(&netns, v4, v6, "198.18.100.1", "fd00:18:100::1", 24);
+            }
+            Attach::Router => {
+                // host --(198.18.(50+n).0/24)-- router --(198.18.(60+n).0/24)-- container
+                let router = format!("{}-rt{n}", self.id);
+                self.add_netns(&router);
+                self.forwarding(&router);
+                let hv = format!("vr{n}");
+                sh(&[
+                    "ip", "-n", &host, "link", "add", &hv, "type", "veth", "peer", "name", "up0",
+                    "netns", &router,
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &host,
+                    "addr",
+                    "add",
+                    &format!("198.18.{}.1/24", 50 + n),
+                    "dev",
+                    &hv,
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &host,
+                    "addr",
+                    "add",
+                    &format!("fd00:18:5{n}::1/64"),
+                    "dev",
+                    &hv,
+                    "nodad",
+                ]);
+                sh(&["ip", "-n", &host, "link", "set", &hv, "up"]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &router,
+                    "addr",
+                    "add",
+                    &format!("198.18.{}.2/24", 50 + n),
+                    "dev",
+                    "up0",
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &router,
+                    "addr",
+                    "add",
+                    &format!("fd00:18:5{n}::2/64"),
+                    "dev",
+                    "up0",
+                    "nodad",
+                ]);
+                sh(&["ip", "-n", &router, "link", "set", "up0", "up"]);
+                sh(&["ip", "-n", &router, "link", "set", "lo", "up"]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &router,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("198.18.{}.1", 50 + n),
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &router,
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("fd00:18:5{n}::1"),
+                ]);
+                sh(&[
+                    "ip", "-n", &router, "link", "add", "down0", "type", "veth", "peer", "name",
+                    "eth0", "netns", &netns,
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &router,
+                    "addr",
+                    "add",
+                    &format!("198.18.{}.1/24", 60 + n),
+                    "dev",
+                    "down0",
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &router,
+                    "addr",
+                    "add",
+                    &format!("fd00:18:6{n}::1/64"),
+                    "dev",
+                    "down0",
+                    "nodad",
+                ]);
+                sh(&["ip", "-n", &router, "link", "set", "down0", "up"]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &host,
+                    "route",
+                    "add",
+                    &format!("198.18.{}.0/24", 60 + n),
+                    "via",
+                    &format!("198.18.{}.2", 50 + n),
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &host,
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:18:6{n}::/64"),
+                    "via",
+                    &format!("fd00:18:5{n}::2"),
+                ]);
+                v4 = Ipv4Addr::new(198, 18, 60 + n, 2);
+                v6 = format!("fd00:18:6{n}::2").parse().unwrap();
+                self.container_side(
+                    &netns,
+                    v4,
+                    v6,
+                    &format!("198.18.{}.1", 60 + n),
+                    &format!("fd00:18:6{n}::1"),
+                    24,
+                );
+            }
+        }
+        Container {
+            name: name.to_string(),
+            cgroup: self.new_cgroup(name),
+            netns,
+            v4,
+            v6,
+        }
+    }
+
+    fn container_side(
+        &self,
+        netns: &str,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+        gw4: &str,
+        gw6: &str,
+        plen: u8,
+    ) {
+        sh(&[
+            "ip",
+            "-n",
+            netns,
+            "addr",
+            "add",
+            &format!("{v4}/{plen}"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            netns,
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        sh(&["ip", "-n", netns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", netns, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", netns, "route", "add", "default", "via", gw4]);
+        sh(&[
+            "ip", "-n", netns, "-6", "route", "add", "default", "via", gw6,
+        ]);
+    }
+
+    fn ensure_bridge(&mut self) {
+        if self.bridge {
+            return;
+        }
+        let host = self.host.clone();
+        sh(&["ip", "-n", &host, "link", "add", "br0", "type", "bridge"]);
+        sh(&[
+            "ip",
+            "-n",
+            &host,
+            "addr",
+            "add",
+            "198.18.100.1/24",
+            "dev",
+            "br0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &host,
+            "addr",
+            "add",
+            "fd00:18:100::1/64",
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        sh(&["ip", "-n", &host, "link", "set", "br0", "up"]);
+        // Docker's default network: masquerade what leaves by the uplink.
+        for (tool, net) in [
+            ("iptables", "198.18.100.0/24"),
+            ("ip6tables", "fd00:18:100::/64"),
+        ] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &host,
+                tool,
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                net,
+                "-o",
+                "uplink0",
+                "-j",
+                "MASQUERADE",
+            ]);
+        }
+        self.bridge = true;
+    }
+
+    /// A process in the host netns (host networking), in its own cgroup.
+    pub fn host_process(&mut self, name: &str) -> Container {
+        Container {
+            name: name.to_string(),
+            netns: self.host.clone(),
+            cgroup: self.new_cgroup(name),
+            v4: Ipv4Addr::new(198, 18, 0, 2),
+            v6: "fd00:18::2".parse().unwrap(),
+        }
+    }
+
+    /// A plain peer netns on the host's side (not a metadata endpoint) with a
+    /// TCP and UDP echo responder, for "other traffic makes no event".
+    pub fn add_peer(&mut self) -> IpAddr {
+        let c = self.add_container("peer", Attach::Routed);
+        let child = netns_cgroup_command(&c.netns, None, Path::new("sh"), &["-c", "sleep 600"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        IpAddr::V4(c.v4)
+    }
+
+    /// Start the observer in the host netns and wait until it captures.
+    pub fn observer(&self, extra: &[&str]) -> Observer {
+        Observer::start(&self.host, extra)
+    }
+
+    fn cleanup(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+        // Every netns of this lab, also those of a run killed before.
+        let listed = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        for line in String::from_utf8_lossy(&listed).lines() {
+            let ns = line.split_whitespace().next().unwrap_or("");
+            if ns.starts_with(&format!("{}-", self.id)) {
+                // Processes left in it would keep it alive.
+                sh_quiet(&["ip", "netns", "pids", ns]);
+                if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        sh_quiet(&["kill", "-9", pid]);
+                    }
+                }
+                sh_quiet(&["ip", "netns", "del", ns]);
+            }
+        }
+        self.netns.clear();
+        remove_cgroup_tree(&self.cgroup_parent);
+    }
+}
+
+/// Kill what is left in a cgroup subtree, then remove it, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                sh_quiet(&["kill", "-9", pid]);
+            }
+        }
+        if fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// A running `imds-observer run` and the JSON lines it wrote so far.
+pub struct Observer {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Observer {
+    fn start(host_netns: &str, extra: &[&str]) -> Observer {
+        let mut child = netns_cgroup_command(host_netns, None, &bin("imds-observer"), &["run"])
+            .args(extra)
+            .env("NODE_NAME", "lab-node")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start imds-observer");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (l, out) = (lines.clone(), child.stdout.take().unwrap());
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let (e, err) = (stderr.clone(), child.stderr.take().unwrap());
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                e.lock().unwrap().push(line);
+            }
+        });
+        let obs = Observer {
+            child,
+            lines,
+            stderr,
+        };
+        let t0 = Instant::now();
+        loop {
+            if obs
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("capturing"))
+            {
+                return obs;
+            }
+            if let Some(l) = obs
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("imds-observer:"))
+            {
+                panic!("observer failed: {l}");
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "observer did not start: {:?}",
+                obs.stderr.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The events written so far, parsed.
+    pub fn events(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("observer wrote a line that is not JSON"))
+            .collect()
+    }
+
+    /// Raw stdout so far.
+    pub fn raw(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Wait until `pred` holds for some event (or time out).
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(v) = self.events().into_iter().find(|e| pred(e)) {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no {what} within {timeout:?}; events:\n{}",
+                self.raw()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGINT, wait for exit, and return everything it wrote.
+    pub fn stop(mut self) -> Vec<Value> {
+        sh_quiet(&["kill", "-INT", &self.child.id().to_string()]);
+        let t0 = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "observer did not exit on SIGINT"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(100)); // let the readers finish
+        self.events()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events of `kind` ("request", "drop", ...).
+pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}

@@ -1,0 +1,243 @@
+//! Lab tests of the kernel capture: real eBPF programs, real namespaces, the
+//! fake IMDS replying with a configured hop limit. Root only: run them with
+//! `cargo xtask test` (they are #[ignore]d in a plain `cargo test`).
+use std::{process::Stdio, time::Duration};
+
+use imds_lab::{Attach, Container, IMDS_V4, Lab, LabOpts, Observer, Value, bin, of_type};
+
+const TOKEN_PATH: &str = "/latest/api/token";
+
+/// Run the SDK-like client in `c`; returns its pid and timeline lines.
+fn sdk(c: &Container, profile: &str, endpoint: &str) -> (u32, Vec<Value>) {
+    let child = c
+        .command(&bin("sdk-client"), &["--profile", profile, "--endpoint", endpoint])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sdk-client");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let timeline = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (pid, timeline)
+}
+
+/// Stop the observer after the kernel has handed over the last packets.
+fn finish(obs: Observer) -> (Vec<Value>, String) {
+    std::thread::sleep(Duration::from_millis(300));
+    let stderr = obs.stderr.lock().unwrap().join("\n");
+    let raw = obs.raw();
+    let events = obs.stop();
+    assert_no_secrets(&raw, &stderr);
+    (events, raw)
+}
+
+/// The fake IMDS marks every token and credential value; none may leak.
+fn assert_no_secrets(stdout: &str, stderr: &str) {
+    for marker in ["FAKETOKEN", "FAKESECRET"] {
+        assert!(!stdout.contains(marker), "a secret reached the observer's stdout");
+        assert!(!stderr.contains(marker), "a secret reached the observer's stderr");
+    }
+}
+
+fn token_puts<'a>(events: &'a [Value], c: &Container) -> Vec<&'a Value> {
+    of_type(events, "request")
+        .into_iter()
+        .filter(|e| e["method"] == "PUT" && e["path"] == TOKEN_PATH && e["cgroup"] == c.cgroup_rel().as_str())
+        .collect()
+}
+
+fn flow_events<'a>(events: &'a [Value], kind: &str, flow: &Value) -> Vec<&'a Value> {
+    of_type(events, kind).into_iter().filter(|e| &e["flow"] == flow).collect()
+}
+
+/// The hop-limit failure as it looks in the stream: the PUT leaves the
+/// container, the token reply reaches the host with TTL `hop`, dies
+/// forwarding, and never reaches the container. Returns the PUT's flow.
+fn assert_token_reply_dropped(events: &[Value], c: &Container, hop: u64) -> Value {
+    let puts = token_puts(events, c);
+    assert!(!puts.is_empty(), "no token PUT from {}: {events:#?}", c.cgroup_rel());
+    let put = puts[0];
+    assert_eq!(put["cgroup_id"], c.cgroup_id());
+    assert_eq!(put["token_ttl_header"], true);
+    assert_eq!(put["token_header"], false);
+    let flow = put["flow"].clone();
+    assert!(flow.as_u64().is_some_and(|f| f != 0), "PUT has no flow: {put}");
+
+    let at_host: Vec<_> = flow_events(events, "host_ingress", &flow).into_iter().filter(|e| e["status"] == 200).collect();
+    assert!(!at_host.is_empty(), "the token reply was not seen at the host: {events:#?}");
+    assert!(at_host.iter().all(|e| e["ttl"] == hop), "token reply TTL at the host is not {hop}: {at_host:#?}");
+
+    let drops = flow_events(events, "drop", &flow);
+    let kernel_drops: Vec<_> = drops.iter().filter(|d| d.get("via").is_none()).collect();
+    assert!(
+        kernel_drops.iter().any(|d| d["reason"] == "IP_INHDR" || d["reason"].as_str().is_some_and(|r| r.contains("TTL"))),
+        "no TTL drop for the token reply's flow: {drops:#?}\nall: {events:#?}"
+    );
+    assert!(kernel_drops.iter().all(|d| d["cgroup_id"] == c.cgroup_id()), "drop not attributed to the container");
+    assert!(
+        flow_events(events, "reply", &flow).iter().all(|r| r.get("status").is_none()),
+        "the token reply reached the container"
+    );
+    flow
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn hop_limit_1_routed_container_loses_the_token_reply() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let c = lab.add_container("app", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let (pid, timeline) = sdk(&c, "botocore", "http://169.254.169.254");
+    assert_eq!(timeline[0]["outcome"], "timeout", "the client's PUT should time out: {timeline:?}");
+    let (events, _) = finish(obs);
+
+    let flow = assert_token_reply_dropped(&events, &c, 1);
+    let put = token_puts(&events, &c)[0];
+    assert_eq!(put["pid"], pid, "request not attributed to the client process");
+    assert_eq!(put["comm"], "sdk-client");
+    assert_eq!(put["dst"], format!("{IMDS_V4}:80"));
+    assert_eq!(put["ttl"], 64, "TTL as the container sent it");
+    // Every line carries type, ts (RFC 3339 UTC) and node.
+    for e in &events {
+        assert!(e["type"].is_string() && e["node"] == "lab-node", "{e}");
+        assert!(e["ts"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')), "{e}");
+    }
+    // The host's ICMP time exceeded is reported as corroborating evidence.
+    assert!(
+        flow_events(&events, "drop", &flow).iter().any(|d| d["via"] == "icmp_time_exceeded"),
+        "no ICMP time-exceeded evidence: {events:#?}"
+    );
+    // The client fell back to a tokenless GET, which worked (normal TTL).
+    let gets: Vec<_> = of_type(&events, "request").into_iter().filter(|e| e["method"] == "GET").collect();
+    assert!(gets.iter().all(|g| g["token_header"] == false), "fallback GETs carry no token");
+    assert!(of_type(&events, "reply").iter().any(|r| r["status"] == 200), "the fallback GET's reply was delivered");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn hop_limit_2_delivers_the_token_reply() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let c = lab.add_container("app", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let (_, timeline) = sdk(&c, "token-only", "http://169.254.169.254");
+    assert_eq!(timeline[0]["status"], 200, "{timeline:?}");
+    let (events, _) = finish(obs);
+
+    let put = token_puts(&events, &c)[0].clone();
+    let flow = &put["flow"];
+    // The first response on the connection is the token reply; GETs follow on it.
+    let token_reply = flow_events(&events, "host_ingress", flow).into_iter().find(|e| e["status"] == 200).cloned();
+    assert_eq!(token_reply.expect("token reply at the host")["ttl"], 2);
+    let replies = flow_events(&events, "reply", flow);
+    assert!(replies.iter().any(|r| r["status"] == 200), "token reply not delivered: {events:#?}");
+    assert!(replies.iter().all(|r| r["cgroup_id"] == c.cgroup_id()));
+    assert!(of_type(&events, "drop").is_empty(), "unexpected drops: {events:#?}");
+    // The GETs that followed carried the token header (never its value).
+    assert!(of_type(&events, "request").iter().any(|r| r["method"] == "GET" && r["token_header"] == true));
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn host_network_process_gets_the_reply_at_hop_limit_1() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let h = lab.host_process("hostproc");
+    let obs = lab.observer(&[]);
+    let (_, timeline) = sdk(&h, "token-only", "http://169.254.169.254");
+    assert_eq!(timeline[0]["status"], 200, "{timeline:?}");
+    let (events, _) = finish(obs);
+
+    let put = token_puts(&events, &h)[0].clone();
+    let flow = &put["flow"];
+    // No forwarding: the host's own socket takes the TTL-1 reply.
+    assert!(flow_events(&events, "host_ingress", flow).iter().any(|e| e["ttl"] == 1 && e["status"] == 200));
+    assert!(flow_events(&events, "reply", flow).iter().any(|r| r["status"] == 200 && r["ttl"] == 1));
+    // Leaving the host, the request is seen with the host process's cgroup.
+    assert!(flow_events(&events, "host_egress", flow).iter().all(|e| e["ttl"] == put["ttl"]), "no forwarding hop");
+    assert!(of_type(&events, "drop").is_empty(), "{events:#?}");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn nat_bridge_drop_is_attributed_to_the_container() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let a = lab.add_container("bridged-a", Attach::Bridge);
+    let b = lab.add_container("bridged-b", Attach::Bridge);
+    let obs = lab.observer(&[]);
+    sdk(&a, "botocore", "http://169.254.169.254");
+    sdk(&b, "v1-only", "http://169.254.169.254");
+    let (events, _) = finish(obs);
+
+    let flow = assert_token_reply_dropped(&events, &a, 1);
+    // The uplink saw the host's address, not the container's.
+    let egress = flow_events(&events, "host_egress", &flow);
+    assert!(!egress.is_empty(), "uplink packets of the flow not attributed: {events:#?}");
+    for e in &egress {
+        assert!(e["src"].as_str().unwrap().starts_with("198.18.0.2:"), "not masqueraded? {e}");
+        assert_eq!(e["cgroup_id"], a.cgroup_id());
+        // One forwarding hop: TTL one less than the container sent.
+        assert_eq!(e["ttl"], 63);
+    }
+    // The other container's traffic is its own.
+    let b_reqs: Vec<_> = of_type(&events, "request").into_iter().filter(|e| e["cgroup_id"] == b.cgroup_id()).collect();
+    assert!(!b_reqs.is_empty());
+    assert!(b_reqs.iter().all(|r| r["flow"] != flow));
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn ipv6_endpoint_hop_limit_1_is_dropped_too() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let c = lab.add_container("app6", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let (_, timeline) = sdk(&c, "botocore", "http://[fd00:ec2::254]");
+    assert_eq!(timeline[0]["outcome"], "timeout", "{timeline:?}");
+    let (events, _) = finish(obs);
+
+    let flow = assert_token_reply_dropped(&events, &c, 1);
+    let put = token_puts(&events, &c)[0];
+    assert_eq!(put["dst"], "[fd00:ec2::254]:80");
+    assert!(flow_events(&events, "drop", &flow).iter().any(|d| d["via"] == "icmp_time_exceeded"), "no ICMPv6 evidence");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn traffic_to_other_addresses_makes_no_event() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let c = lab.add_container("client", Attach::Routed);
+    let peer = lab.add_container("peer", Attach::Routed);
+    // A TCP server (the fake IMDS binary on another address) and a UDP sink in the peer.
+    let server = peer
+        .command(&bin("fake-imds"), &["--listen", &format!("{}:8080", peer.v4), "--hop-limit", "64"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = KillOnDrop(server);
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.0.stdout.take().unwrap()), &mut ready).unwrap();
+    let obs = lab.observer(&[]);
+
+    let (_, timeline) = sdk(&c, "token-only", &format!("http://{}:8080", peer.v4));
+    assert_eq!(timeline[0]["status"], 200, "the peer answered over TCP: {timeline:?}");
+    let udp = format!("echo hello > /dev/udp/{}/9999", peer.v4);
+    assert!(c.run(std::path::Path::new("bash"), &["-c", &udp]).status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(obs.events().is_empty(), "events for non-metadata traffic: {}", obs.raw());
+
+    // Control: the same observer does see metadata traffic.
+    sdk(&c, "v1-only", "http://169.254.169.254");
+    let (events, _) = finish(obs);
+    assert!(!events.is_empty());
+    for e in &events {
+        let addrs = format!("{} {}", e["src"], e["dst"]);
+        assert!(addrs.contains(IMDS_V4), "event not about the endpoint: {e}");
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

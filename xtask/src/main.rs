@@ -1,0 +1,196 @@
+//! `cargo xtask setup | test | demo`: the project's own build chain, so that a
+//! fresh clone needs nothing but these commands.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build chain, tests and demo for imds-observer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build needs: rust-src for nightly, and bpf-linker
+    /// built against nightly's own LLVM. Idempotent; quick when done.
+    Setup,
+    /// Setup, unit tests, then the lab tests (root; real kernel, one at a time).
+    Test {
+        /// Only the unit tests (no root needed).
+        #[arg(long)]
+        unit: bool,
+        /// Passed to the lab test binary (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        filter: Vec<String>,
+    },
+    /// Setup, build, then run the lab with hop limit 1: a container client
+    /// that behaves like an AWS SDK, the observer watching. Needs root.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Test { unit, filter } => test(unit, &filter),
+        Cmd::Demo => demo(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root_dir());
+    c
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    // The nightly toolchain builds the eBPF object (-Z build-std=core).
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let comps = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    if !comps.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    install_bpf_linker()
+}
+
+/// bpf-linker must use the same LLVM major as rustc. No prebuilt one can be
+/// fetched here, so build it against nightly's own libLLVM.
+fn install_bpf_linker() -> Result<()> {
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc +nightly -vV names no LLVM version")?
+        .trim()
+        .to_string();
+    let major = llvm.split('.').next().unwrap_or_default().to_string();
+    let bin = cargo_home().join("bin/bpf-linker");
+    let stamp = cargo_home().join(format!("imds-observer/bpf-linker-llvm-{llvm}"));
+    if bin.exists() && stamp.exists() && Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    let sysroot = PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
+    let libdir = sysroot.join("lib");
+    let lib = std::fs::read_dir(&libdir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", libdir.display()))?;
+    // A prefix whose lib/ has libLLVM.so (to link) and the soname (for the
+    // rpath at run time), both pointing at nightly's library.
+    let prefix = cargo_home().join(format!("imds-observer/llvm-{llvm}"));
+    let plib = prefix.join("lib");
+    std::fs::create_dir_all(&plib)?;
+    for name in ["libLLVM.so", lib.as_str()] {
+        let link = plib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(libdir.join(&lib), &link)?;
+    }
+    eprintln!("building bpf-linker 0.13.0 against nightly's LLVM {llvm} (about 90 s, once)");
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--force", "--no-default-features"])
+        .args(["--features", &format!("llvm-{major}")])
+        .arg("--root")
+        .arg(cargo_home())
+        .env("LLVM_PREFIX", &prefix))?;
+    run(Command::new(&bin).arg("--version"))?;
+    std::fs::write(&stamp, "")?;
+    Ok(())
+}
+
+/// Debian packages the lab needs: ip, nsenter, iptables (masquerade NAT).
+fn lab_packages() -> Result<()> {
+    let need = [("ip", "iproute2"), ("nsenter", "util-linux"), ("iptables", "iptables")];
+    let missing: Vec<&str> = need.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() || !on_path("apt-get") {
+        bail!("the lab needs {}: install them", missing.join(", "));
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn on_path(cmd: &str) -> bool {
+    env::var_os("PATH")
+        .map(|p| env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(cmd).is_file())
+}
+
+fn test(unit_only: bool, filter: &[String]) -> Result<()> {
+    setup()?;
+    // Unit tests: pure logic, no root. Lab tests are #[ignore]d here.
+    run(cargo().args(["test", "--workspace"]))?;
+    if unit_only {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("the lab tests need root (eBPF, namespaces, cgroups): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
+    }
+    lab_packages()?;
+    // The lab starts the binaries it tests; build them first.
+    run(cargo().args(["build", "--bins", "-p", "imds-observer", "-p", "imds-lab"]))?;
+    run(cargo()
+        .args(["test", "-p", "imds-lab", "--", "--ignored", "--test-threads=1"])
+        .args(filter))
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the demo builds network namespaces and loads eBPF programs: run `sudo -E cargo xtask demo`");
+    }
+    lab_packages()?;
+    run(cargo().args(["build", "--bins", "-p", "imds-observer", "-p", "imds-lab"]))?;
+    run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-demo"]))
+}
