@@ -1,6 +1,7 @@
 mod capture;
 mod cli;
 mod correlate;
+mod diagnose;
 mod event;
 mod identity;
 mod pipeline;

@@ -1,2 +1,3 @@
 //! Where events go.
 pub mod json;
+pub mod report;

@@ -1,0 +1,1 @@
+//! Per-container diagnosis: events → findings.
