@@ -48,7 +48,7 @@ pub fn check_privileges() -> Result<()> {
     let missing = parse_cap_eff(&status).map(missing_caps).unwrap_or_default();
     if !missing.is_empty() {
         bail!(
-            "missing capabilities: {}. Run as root, or grant them (the DaemonSet in deploy/ does); see docs/configuration.md",
+            "missing capabilities: {}. Run as root, or grant them (see Privileges in the README)",
             missing.join(", ")
         );
     }

@@ -1,0 +1,90 @@
+//! The observer as an operator meets it: clear one-line errors for what is
+//! wrong on the host, and nothing left attached after it exits.
+use std::process::Command;
+
+use imds_lab::{Attach, Lab, LabOpts, bin, sh};
+
+/// Names of the loaded BPF programs, from the kernel's own view (bpftool).
+fn loaded_programs() -> String {
+    sh(&["bpftool", "prog", "show"])
+}
+
+const OUR_PROGRAMS: [&str; 7] =
+    ["cgroup_egress", "cgroup_ingress", "connect4", "connect6", "tc_ingress", "tc_egress", "kfree_skb"];
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn sigint_detaches_every_program() {
+    let mut lab = Lab::new(LabOpts::default());
+    let _c = lab.add_container("app", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let running = loaded_programs();
+    for p in OUR_PROGRAMS {
+        assert!(running.contains(p), "{p} not loaded while running:\n{running}");
+    }
+    // Each program is attached by a link (TCX for tc on kernels >= 6.6).
+    let links = sh(&["bpftool", "link", "show"]);
+    for line in running.lines().filter(|l| OUR_PROGRAMS.iter().any(|p| l.contains(&format!("name {p} ")))) {
+        let id = line.split(':').next().unwrap();
+        assert!(links.contains(&format!("prog {id} ")), "program {line} has no link:\n{links}");
+    }
+    obs.stop();
+    let after = loaded_programs();
+    for p in OUR_PROGRAMS {
+        assert!(!after.contains(p), "{p} still loaded after exit:\n{after}");
+    }
+    // TCX needs no qdisc, and the observer made none.
+    let qdiscs = sh(&["tc", "-n", &lab.host, "qdisc", "show", "dev", "uplink0"]);
+    assert!(!qdiscs.contains("clsact"), "a clsact qdisc was left behind: {qdiscs}");
+}
+
+fn run_observer(args: &[&str], as_nobody: bool) -> (i32, String) {
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]);
+        c.arg(bin("imds-observer"));
+        c
+    } else {
+        Command::new(bin("imds-observer"))
+    };
+    let out = cmd.args(args).output().expect("run imds-observer");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn clear_errors_for_what_is_wrong() {
+    let (code, err) = run_observer(&["run", "--duration", "1", "--iface", "nosuch0"], false);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("\"nosuch0\" does not exist"), "{err}");
+
+    let (code, err) = run_observer(&["run", "--duration", "1", "--cgroup-root", "/nonexistent/cgroup"], false);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--cgroup-root /nonexistent/cgroup: no such directory"), "{err}");
+
+    let (code, err) = run_observer(&["run", "--duration", "1"], true);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("missing capabilities: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"), "{err}");
+
+    let (code, err) = run_observer(&["run", "--no-such-flag"], false);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unexpected argument '--no-such-flag'"), "{err}");
+
+    // Each error is one line, prefixed with the program's name.
+    let (_, err) = run_observer(&["run", "--iface", "nosuch0"], false);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("imds-observer: "), "{err}");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn demo_shows_the_failure() {
+    // `cargo xtask demo` runs this binary; it exits non-zero unless the
+    // observer saw the token replies die in ip_forward.
+    let out = Command::new(bin("lab-demo")).output().expect("run lab-demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("4 token PUTs left the container"), "{text}");
+    assert!(text.contains("reason IP_INHDR"), "{text}");
+    assert!(!text.contains("FAKETOKEN") && !text.contains("FAKESECRET"));
+}
