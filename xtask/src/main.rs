@@ -146,18 +146,33 @@ fn install_bpf_linker() -> Result<()> {
     Ok(())
 }
 
-/// Debian packages the lab needs: ip, nsenter, iptables (masquerade NAT).
+/// What the lab needs from Debian (ip, nsenter, iptables for masquerade NAT,
+/// bpftool for the kernel's view of attachments) and from PyPI (botocore).
 fn lab_packages() -> Result<()> {
-    let need = [("ip", "iproute2"), ("nsenter", "util-linux"), ("iptables", "iptables")];
+    let need = [
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("iptables", "iptables"),
+        ("bpftool", "bpftool"),
+        ("python3", "python3"),
+        ("bash", "bash"),
+    ];
     let missing: Vec<&str> = need.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
-    if missing.is_empty() {
-        return Ok(());
+    if !missing.is_empty() {
+        if !is_root() || !on_path("apt-get") {
+            bail!("the lab needs {}: install them", missing.join(", "));
+        }
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    if !is_root() || !on_path("apt-get") {
-        bail!("the lab needs {}: install them", missing.join(", "));
+    // A real SDK for the lab's client tests.
+    if !Command::new("python3").args(["-c", "import botocore"]).output().is_ok_and(|o| o.status.success()) {
+        // Debian's own python refuses pip installs unless told (PEP 668).
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", "botocore"])
+            .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))?;
     }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    Ok(())
 }
 
 fn on_path(cmd: &str) -> bool {
@@ -167,22 +182,73 @@ fn on_path(cmd: &str) -> bool {
         || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(cmd).is_file())
 }
 
+/// Binaries the lab starts: build them before its tests.
+const LAB_BINS: [&str; 6] = ["build", "--bins", "-p", "imds-observer", "-p", "imds-lab"];
+
 fn test(unit_only: bool, filter: &[String]) -> Result<()> {
     setup()?;
+    let mut total = Tally::default();
     // Unit tests: pure logic, no root. Lab tests are #[ignore]d here.
-    run(cargo().args(["test", "--workspace"]))?;
-    if unit_only {
-        return Ok(());
+    total += run_tests(cargo().args(["test", "--workspace"]))?;
+    if !unit_only {
+        if !is_root() {
+            bail!("the lab tests need root (eBPF, namespaces, cgroups): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
+        }
+        lab_packages()?;
+        run(cargo().args(LAB_BINS).args(["-p", "aws-sdk-rust-client"]))?;
+        total += run_tests(
+            cargo().args(["test", "-p", "imds-lab", "--tests", "--", "--ignored", "--test-threads=1"]).args(filter),
+        )?;
     }
-    if !is_root() {
-        bail!("the lab tests need root (eBPF, namespaces, cgroups): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
+    // One closing line for the whole run, unit and lab together.
+    println!("xtask: {} passed, {} failed", total.passed, total.failed);
+    if total.failed > 0 {
+        bail!("{} tests failed", total.failed);
     }
-    lab_packages()?;
-    // The lab starts the binaries it tests; build them first.
-    run(cargo().args(["build", "--bins", "-p", "imds-observer", "-p", "imds-lab"]))?;
-    run(cargo()
-        .args(["test", "-p", "imds-lab", "--", "--ignored", "--test-threads=1"])
-        .args(filter))
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, o: Tally) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+    }
+}
+
+/// Run `cargo test`, passing its output through, and count what it ran.
+fn run_tests(cmd: &mut Command) -> Result<Tally> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 12 passed; 0 failed; 3 ignored; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => tally.passed += n,
+                    "failed" => tally.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() && tally.failed == 0 {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(tally)
 }
 
 fn demo() -> Result<()> {
@@ -191,6 +257,6 @@ fn demo() -> Result<()> {
         bail!("the demo builds network namespaces and loads eBPF programs: run `sudo -E cargo xtask demo`");
     }
     lab_packages()?;
-    run(cargo().args(["build", "--bins", "-p", "imds-observer", "-p", "imds-lab"]))?;
+    run(cargo().args(LAB_BINS))?;
     run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-demo"]))
 }

@@ -1,0 +1,295 @@
+//! What the diagnosis says: one `Finding` per problem per container, written
+//! as a JSON line with `"type":"finding"` next to the events.
+//!
+//! Findings carry counts, TTLs, paths and times only: never a token, a reply
+//! body or a header value (the observer never sees them anyway).
+use serde::{Deserialize, Serialize};
+
+/// Tag so that a finding line reads `{"type":"finding",...}` and only such
+/// lines deserialize as findings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FindingTag {
+    #[default]
+    #[serde(rename = "finding")]
+    Finding,
+}
+
+/// The kinds, declared worst first: `Ord` is the severity order used for
+/// "worst first" (the first kind is the worst).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Token replies die at the hop limit before reaching the container.
+    HopLimitExceeded,
+    /// 401: the token is missing/invalid/expired and tokens are required.
+    TokenRejected,
+    /// 403: IMDS disabled, or a PUT to a versioned token path.
+    ImdsForbidden,
+    /// Connection refused or timed out, without any TTL drop.
+    Unreachable,
+    /// 400: bad token PUT (TTL header missing or out of range).
+    BadTokenRequest,
+    /// A token request failed and the container went on without a token.
+    Imdsv1Fallback,
+    /// The container is farther from the uplink than the hop limit allows and
+    /// has not asked for a token yet.
+    AtRisk,
+    /// Only successful exchanges.
+    Healthy,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 8] = [
+        FindingKind::HopLimitExceeded,
+        FindingKind::TokenRejected,
+        FindingKind::ImdsForbidden,
+        FindingKind::Unreachable,
+        FindingKind::BadTokenRequest,
+        FindingKind::Imdsv1Fallback,
+        FindingKind::AtRisk,
+        FindingKind::Healthy,
+    ];
+
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::HopLimitExceeded => "hop_limit_exceeded",
+            FindingKind::TokenRejected => "token_rejected",
+            FindingKind::ImdsForbidden => "imds_forbidden",
+            FindingKind::Unreachable => "unreachable",
+            FindingKind::BadTokenRequest => "bad_token_request",
+            FindingKind::Imdsv1Fallback => "imdsv1_fallback",
+            FindingKind::AtRisk => "at_risk",
+            FindingKind::Healthy => "healthy",
+        }
+    }
+
+    /// 0 is the worst.
+    pub fn severity(self) -> u8 {
+        self as u8
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who the finding is about. Later issues add runtime name, image, pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Container {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// Path below the cgroup2 root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+impl Container {
+    /// A short human label: the cgroup path, else the id.
+    pub fn label(&self) -> String {
+        match (&self.cgroup, self.cgroup_id) {
+            (Some(p), _) => p.clone(),
+            (None, Some(id)) => format!("cgroup {id}"),
+            (None, None) => "?".into(),
+        }
+    }
+}
+
+/// Requests the container made to metadata endpoints, retransmissions not
+/// counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Requests {
+    pub total: u64,
+    /// `PUT /latest/api/token`.
+    pub token: u64,
+    /// Under `/latest/meta-data/iam/security-credentials/`.
+    pub credentials: u64,
+    pub other: u64,
+    /// AWS IMDS requests without a token header (token PUTs excluded).
+    pub imdsv1: u64,
+    /// AWS IMDS requests with a token header.
+    pub imdsv2: u64,
+}
+
+/// Request → first delivered reply-with-status, completed requests only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Latency {
+    pub count: u64,
+    pub mean: f64,
+    pub max: f64,
+}
+
+/// One endpoint the container failed to reach.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointFailures {
+    /// "ip:port".
+    pub endpoint: String,
+    pub refused: u64,
+    /// Connects with no answer, and requests with no reply (and no TTL drop).
+    pub timeouts: u64,
+}
+
+/// The facts behind a finding. Which fields are set depends on the kind;
+/// absent ones are omitted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Evidence {
+    /// TTL the lost token replies carried when they reached the host's uplink
+    /// (= the instance's hop limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_ttl_at_host: Option<u8>,
+    /// TTL the container sent minus TTL of the same packet leaving the uplink.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarding_hops: Option<u8>,
+    /// forwarding_hops + 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_hop_limit: Option<u8>,
+    /// The hop limit seen on this node: TTL of token replies at the uplink,
+    /// from any container or the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_hop_limit: Option<u8>,
+    /// Distinct token replies that reached the host and died on the way in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_replies: Option<u64>,
+    /// Kernel drop events (TTL expired while forwarding) on this container's
+    /// connections; retransmissions are separate drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops: Option<u64>,
+    /// ICMP time-exceeded messages the host sent back (corroboration only:
+    /// rate-limited, not counted in `drops`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_time_exceeded: Option<u64>,
+    /// Sum over lost attempts of the time until the client's next attempt
+    /// (until now for the last one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_lost: Option<f64>,
+    /// Token requests that failed (lost, timed out, 4xx/5xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_token_requests: Option<u64>,
+    /// Tokenless (IMDSv1) requests sent after the first failed token request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenless_requests: Option<u64>,
+    /// HTTP status of token_rejected / imds_forbidden / bad_token_request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// How many replies had that status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub responses: Option<u64>,
+    /// The last request that got that status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Every path that got that status (a few).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// bad_token_request: whether the PUT carried the TTL header at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ttl_header: Option<bool>,
+    /// unreachable: the endpoints and how they failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointFailures>,
+    /// unreachable: kernel drop reasons seen on the failed connections.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drop_reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<Requests>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Latency>,
+    /// The capture lost records on this node: counts may be low.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_events: Option<u64>,
+}
+
+/// One attempt the client made, as it saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Attempt {
+    /// When the request (or, for a failed connect, the first SYN) was sent.
+    pub ts: String,
+    /// Absent for a connect that never carried a request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The endpoint, "ip:port".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// The request carried an IMDSv2 token header (never its value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<bool>,
+    /// "ok" (2xx) | "lost" | "timeout" | "refused" | the status ("401").
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+/// How to fix a hop-limit problem, for each way the instance may be managed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fix {
+    /// Takes effect on the running instance.
+    pub command: String,
+    pub launch_template: String,
+    pub karpenter: String,
+    pub eks_node_group: String,
+    /// The hop limit every container of this node needs (at least).
+    pub hop_limit: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Fix {
+    /// The remediation for a hop limit of `required`.
+    pub fn hop_limit(instance_id: Option<&str>, required: u8) -> Fix {
+        let id = instance_id.unwrap_or("<instance-id>");
+        Fix {
+            command: format!(
+                "aws ec2 modify-instance-metadata-options --instance-id {id} \
+                 --http-put-response-hop-limit {required} --http-endpoint enabled"
+            ),
+            launch_template: format!("MetadataOptions.HttpPutResponseHopLimit = {required}"),
+            karpenter: format!("EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: {required}"),
+            eks_node_group: format!(
+                "set MetadataOptions.HttpPutResponseHopLimit = {required} in the node group's launch \
+                 template (Terraform: metadata_options.http_put_response_hop_limit = {required}), \
+                 then roll the node group"
+            ),
+            hop_limit: required,
+            note: None,
+        }
+    }
+}
+
+/// A verdict about one container, with its evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    #[serde(rename = "type")]
+    pub tag: FindingTag,
+    /// Time of the event that established or last changed the finding
+    /// (RFC 3339 UTC).
+    pub ts: String,
+    pub node: String,
+    pub kind: FindingKind,
+    pub container: Container,
+    /// One human sentence (or two).
+    pub summary: String,
+    pub evidence: Evidence,
+    /// The client's attempts with a known outcome, oldest first (the last
+    /// 64 at most).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<Fix>,
+}
+
+impl Finding {
+    pub fn is_healthy(&self) -> bool {
+        self.kind == FindingKind::Healthy
+    }
+}

@@ -1,0 +1,492 @@
+//! Per-node, per-container and per-flow state of the diagnosis. Every
+//! collection here is bounded (see the caps), so memory does not grow with
+//! uptime.
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    time::{Duration, SystemTime},
+};
+
+use super::finding::{FindingKind, Latency, Requests};
+
+pub(super) type Ts = SystemTime;
+
+/// Exchanges kept per flow (keep-alive connections).
+pub(super) const MAX_EXCHANGES: usize = 16;
+/// Request sequence numbers remembered per flow, to skip retransmissions.
+pub(super) const MAX_REQ_SEQS: usize = 32;
+/// Packets remembered per flow for forwarding-hop matching.
+pub(super) const MAX_TTL_SAMPLES: usize = 8;
+/// Drops waiting for the reply they belong to.
+pub(super) const MAX_PENDING_DROPS: usize = 8;
+/// Endpoints whose reachability is tracked per container.
+pub(super) const MAX_ENDPOINTS: usize = 8;
+/// Paths remembered per HTTP error status.
+pub(super) const MAX_PATHS: usize = 4;
+/// Distinct drop reasons remembered per container.
+pub(super) const MAX_DROP_REASONS: usize = 4;
+
+pub(super) fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// `b - a`, zero when negative (events may be slightly out of order).
+pub(super) fn since(a: Ts, b: Ts) -> Duration {
+    b.duration_since(a).unwrap_or_default()
+}
+
+pub(super) mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+
+    /// "SYN|ACK" → bits.
+    pub fn parse(s: Option<&str>) -> u8 {
+        let Some(s) = s else { return 0 };
+        s.split('|')
+            .map(|f| match f.trim() {
+                "FIN" => FIN,
+                "SYN" => SYN,
+                "RST" => RST,
+                "PSH" => 0x08,
+                "ACK" => ACK,
+                "URG" => 0x20,
+                "ECE" => 0x40,
+                "CWR" => 0x80,
+                _ => 0,
+            })
+            .fold(0, |a, b| a | b)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum ReqKind {
+    Token,
+    Credentials,
+    Other,
+}
+
+const CREDS: &str = "/latest/meta-data/iam/security-credentials";
+
+impl ReqKind {
+    pub fn of(method: &str, path: &str) -> ReqKind {
+        let p = path_only(path);
+        if method.eq_ignore_ascii_case("PUT") && p == "/latest/api/token" {
+            ReqKind::Token
+        } else if p == CREDS || p.strip_prefix(CREDS).is_some_and(|rest| rest.starts_with('/')) {
+            ReqKind::Credentials
+        } else {
+            ReqKind::Other
+        }
+    }
+}
+
+fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// An AWS IMDS path (as opposed to ECS, Pod Identity, GCP or Azure): told
+/// apart by path, not by address. `/latest/...`, `/<yyyy-mm-dd>/...`, `/`.
+pub(super) fn is_aws_imds_path(path: &str) -> bool {
+    let p = path_only(path);
+    if p == "/" || p == "/latest" || p.starts_with("/latest/") {
+        return true;
+    }
+    let b = p.as_bytes();
+    b.len() >= 11
+        && b[0] == b'/'
+        && b[1..5].iter().all(u8::is_ascii_digit)
+        && b[5] == b'-'
+        && b[6..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..11].iter().all(u8::is_ascii_digit)
+        && (b.len() == 11 || b[11] == b'/')
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Outcome {
+    Pending,
+    Status(u16),
+    Lost,
+    Timeout,
+    Refused,
+}
+
+impl Outcome {
+    pub fn label(self) -> String {
+        match self {
+            Outcome::Pending => "pending".into(),
+            Outcome::Status(s) if (200..300).contains(&s) => "ok".into(),
+            Outcome::Status(s) => s.to_string(),
+            Outcome::Lost => "lost".into(),
+            Outcome::Timeout => "timeout".into(),
+            Outcome::Refused => "refused".into(),
+        }
+    }
+
+    /// Did the client get what it asked for? (404 is an answer, not a
+    /// failure: SDKs probe paths that may not exist.)
+    pub fn is_failure(self) -> bool {
+        match self {
+            Outcome::Pending => false,
+            Outcome::Status(s) => s >= 400 && s != 404,
+            Outcome::Lost | Outcome::Timeout | Outcome::Refused => true,
+        }
+    }
+}
+
+/// One attempt on the container's timeline.
+#[derive(Clone, Debug)]
+pub(super) struct AttemptRec {
+    pub id: u64,
+    pub ts: Ts,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub dst: Option<String>,
+    pub token_header: Option<bool>,
+    /// An AWS IMDS request (not the token PUT) without a token.
+    pub imdsv1: bool,
+    pub outcome: Outcome,
+    pub latency: Option<Duration>,
+}
+
+/// The reply to one exchange, from whichever of host_ingress / drop / reply
+/// saw its first segment first.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Resp {
+    pub seq: Option<u32>,
+    pub status: Option<u16>,
+    /// TTL at the uplink (host_ingress) or, failing that, at the drop (the
+    /// forward path drops before decrementing).
+    pub ttl_at_host: Option<u8>,
+    pub seen_at_host: bool,
+    pub dropped: bool,
+    pub delivered: bool,
+}
+
+/// One HTTP request and its reply, on a flow.
+#[derive(Clone, Debug)]
+pub(super) struct Exchange {
+    pub attempt: u64,
+    pub req_ts: Ts,
+    /// The request's TCP ack = the sequence number the reply will start at.
+    pub req_ack: Option<u32>,
+    pub kind: ReqKind,
+    pub method: String,
+    pub path: String,
+    /// The request carried the token TTL header.
+    pub ttl_header: Option<bool>,
+    pub resp: Option<Resp>,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TtlSample {
+    pub seq: u32,
+    pub flags: u8,
+    pub ttl: u8,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PendingDrop {
+    pub seq: Option<u32>,
+    pub ttl: Option<u8>,
+}
+
+/// One connection (socket cookie).
+#[derive(Clone, Debug)]
+pub(super) struct FlowState {
+    pub cgroup_id: u64,
+    /// The endpoint, as the socket addressed it ("ip:port").
+    pub endpoint: Option<String>,
+    pub last_seen: Ts,
+    pub syn_ts: Option<Ts>,
+    /// The connect's outcome is known (answered, refused or timed out).
+    pub connect_done: bool,
+    pub syn_acked: bool,
+    /// The client sent FIN or RST.
+    pub closed_at: Option<Ts>,
+    pub exchanges: VecDeque<Exchange>,
+    pub req_seqs: VecDeque<u32>,
+    pub sent_ttl: VecDeque<TtlSample>,
+    pub egress_ttl: VecDeque<TtlSample>,
+    pub pending_drops: VecDeque<PendingDrop>,
+    /// Kernel TTL drops of packets from the endpoint on this flow.
+    pub ttl_drops: u64,
+    pub icmp: u64,
+    /// Other kernel drop reasons on this flow (for `unreachable`).
+    pub other_drop_reason: Option<String>,
+}
+
+impl FlowState {
+    pub fn new(cgroup_id: u64, now: Ts) -> Self {
+        Self {
+            cgroup_id,
+            endpoint: None,
+            last_seen: now,
+            syn_ts: None,
+            connect_done: false,
+            syn_acked: false,
+            closed_at: None,
+            exchanges: VecDeque::new(),
+            req_seqs: VecDeque::new(),
+            sent_ttl: VecDeque::new(),
+            egress_ttl: VecDeque::new(),
+            pending_drops: VecDeque::new(),
+            ttl_drops: 0,
+            icmp: 0,
+            other_drop_reason: None,
+        }
+    }
+
+    /// Anything whose outcome time will decide?
+    pub fn has_pending(&self) -> bool {
+        (self.syn_ts.is_some() && !self.connect_done)
+            || self.exchanges.iter().any(|e| e.outcome == Outcome::Pending)
+    }
+
+    pub fn had_ttl_drop(&self) -> bool {
+        self.ttl_drops > 0 || self.icmp > 0 || !self.pending_drops.is_empty()
+    }
+}
+
+/// A run of lost token replies, until a token request succeeds again.
+#[derive(Clone, Debug)]
+pub(super) struct HopEpisode {
+    /// Request time of the first lost token request.
+    pub started: Ts,
+    pub reply_ttl: Option<u8>,
+    /// Distinct lost token replies.
+    pub lost: u64,
+    pub drops: u64,
+    pub icmp: u64,
+    /// Request time of the latest lost token request.
+    pub last_lost: Ts,
+    /// seconds_lost of lost attempts already pushed off the timeline.
+    pub evicted_seconds: f64,
+}
+
+/// 401 / 403 / 400 seen by a container.
+#[derive(Clone, Debug)]
+pub(super) struct StatusState {
+    pub count: u64,
+    pub paths: VecDeque<String>,
+    pub method: String,
+    pub path: String,
+    /// The last PUT that got it carried the TTL header (for 400).
+    pub ttl_header: Option<bool>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct EndpointHealth {
+    pub endpoint: String,
+    pub refused: u64,
+    pub timeouts: u64,
+    pub last_fail: Option<Ts>,
+    pub last_ok: Option<Ts>,
+    pub touched: Ts,
+}
+
+impl EndpointHealth {
+    pub fn failing(&self) -> bool {
+        match (self.last_fail, self.last_ok) {
+            (Some(f), Some(o)) => f > o,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct LatencyAcc {
+    pub count: u64,
+    pub sum: f64,
+    pub max: f64,
+}
+
+impl LatencyAcc {
+    pub fn add(&mut self, d: Duration) {
+        let ms = secs(d) * 1000.0;
+        self.count += 1;
+        self.sum += ms;
+        self.max = self.max.max(ms);
+    }
+
+    pub fn evidence(&self) -> Option<Latency> {
+        (self.count > 0).then(|| Latency {
+            count: self.count,
+            mean: round3(self.sum / self.count as f64),
+            max: round3(self.max),
+        })
+    }
+}
+
+pub(super) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// What was last emitted for one finding kind of a container.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Emitted {
+    pub kind: FindingKind,
+    pub fingerprint: u64,
+    pub ts: Ts,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct ContainerState {
+    pub cgroup: Option<String>,
+    pub last_seen: Ts,
+    pub forwarding_hops: Option<u8>,
+    pub requests: Requests,
+    pub latency: LatencyAcc,
+    /// Attempts, sorted by time, capped.
+    pub timeline: VecDeque<AttemptRec>,
+    pub next_attempt: u64,
+    pub episode: Option<HopEpisode>,
+    /// Request time of the first failed token request since the last
+    /// successful one.
+    pub token_failed_since: Option<Ts>,
+    pub token_failed_last: Option<Ts>,
+    /// How the latest token request failed.
+    pub token_failed_outcome: Option<Outcome>,
+    pub failed_token_requests: u64,
+    pub tokenless_since_failure: u64,
+    pub s401: Option<StatusState>,
+    pub s403: Option<StatusState>,
+    pub s400: Option<StatusState>,
+    pub endpoints: Vec<EndpointHealth>,
+    pub drop_reasons: Vec<String>,
+    pub last_success: Option<Ts>,
+    pub last_other_failure: Option<Ts>,
+    pub emitted: Vec<Emitted>,
+}
+
+impl ContainerState {
+    pub fn new(now: Ts) -> Self {
+        Self {
+            cgroup: None,
+            last_seen: now,
+            forwarding_hops: None,
+            requests: Requests::default(),
+            latency: LatencyAcc::default(),
+            timeline: VecDeque::new(),
+            next_attempt: 0,
+            episode: None,
+            token_failed_since: None,
+            token_failed_last: None,
+            token_failed_outcome: None,
+            failed_token_requests: 0,
+            tokenless_since_failure: 0,
+            s401: None,
+            s403: None,
+            s400: None,
+            endpoints: Vec::new(),
+            drop_reasons: Vec::new(),
+            last_success: None,
+            last_other_failure: None,
+            emitted: Vec::new(),
+        }
+    }
+
+    pub fn attempt_mut(&mut self, id: u64) -> Option<&mut AttemptRec> {
+        self.timeline.iter_mut().rev().find(|a| a.id == id)
+    }
+
+    /// Add an attempt in time order; drop the oldest beyond `cap`.
+    pub fn push_attempt(&mut self, a: AttemptRec, cap: usize) {
+        let pos = self.timeline.partition_point(|x| x.ts <= a.ts);
+        self.timeline.insert(pos, a);
+        while self.timeline.len() > cap.max(1) {
+            let old = self.timeline.pop_front().expect("non-empty");
+            if old.outcome == Outcome::Lost {
+                if let (Some(ep), Some(next)) = (self.episode.as_mut(), self.timeline.front()) {
+                    if old.ts >= ep.started {
+                        ep.evicted_seconds += secs(since(old.ts, next.ts));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn endpoint_mut(&mut self, endpoint: &str, now: Ts) -> &mut EndpointHealth {
+        if let Some(i) = self.endpoints.iter().position(|e| e.endpoint == endpoint) {
+            let e = &mut self.endpoints[i];
+            e.touched = now;
+            return e;
+        }
+        if self.endpoints.len() >= MAX_ENDPOINTS {
+            // Forget the endpoint least recently heard of.
+            if let Some(i) = self.endpoints.iter().enumerate().min_by_key(|(_, e)| e.touched).map(|(i, _)| i) {
+                self.endpoints.swap_remove(i);
+            }
+        }
+        self.endpoints.push(EndpointHealth {
+            endpoint: endpoint.to_string(),
+            refused: 0,
+            timeouts: 0,
+            last_fail: None,
+            last_ok: None,
+            touched: now,
+        });
+        self.endpoints.last_mut().expect("just pushed")
+    }
+
+    /// Seconds lost to lost token replies in the current episode.
+    pub fn seconds_lost(&self, now: Ts) -> f64 {
+        let Some(ep) = &self.episode else { return 0.0 };
+        let mut total = ep.evicted_seconds;
+        for (i, a) in self.timeline.iter().enumerate() {
+            if a.outcome != Outcome::Lost || a.ts < ep.started {
+                continue;
+            }
+            // The client's next attempt; attempts at the very same instant
+            // are parallel, not "next".
+            let next = self.timeline.iter().skip(i + 1).find(|b| b.ts > a.ts);
+            total += secs(since(a.ts, next.map_or(now, |b| b.ts)));
+        }
+        round3(total)
+    }
+}
+
+/// Everything known about one node.
+#[derive(Debug)]
+pub(super) struct NodeState {
+    /// Newest time seen (events or ticks).
+    pub now: Ts,
+    pub hop_limit: Option<u8>,
+    pub flows: HashMap<u64, FlowState>,
+    pub containers: HashMap<u64, ContainerState>,
+    /// Flows with an outcome that time will decide.
+    pub watch: HashSet<u64>,
+    pub next_check: Ts,
+    pub next_sweep: Ts,
+    pub lost_events: u64,
+    /// Newest event time (ticks excluded).
+    pub last_event: Ts,
+    /// Containers to re-assess after the current event.
+    pub dirty: Vec<u64>,
+}
+
+impl NodeState {
+    pub fn new(now: Ts) -> Self {
+        Self {
+            now,
+            hop_limit: None,
+            flows: HashMap::new(),
+            containers: HashMap::new(),
+            watch: HashSet::new(),
+            next_check: now,
+            next_sweep: now,
+            lost_events: 0,
+            last_event: now,
+            dirty: Vec::new(),
+        }
+    }
+
+    pub fn mark(&mut self, cgroup_id: u64) {
+        if !self.dirty.contains(&cgroup_id) {
+            self.dirty.push(cgroup_id);
+        }
+    }
+}

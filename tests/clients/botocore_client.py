@@ -1,0 +1,33 @@
+"""A real botocore credential fetch from IMDS, for the lab.
+
+Runs botocore's own credential chain with nothing but IMDS to find
+(AWS_EC2_METADATA_SERVICE_ENDPOINT points it at the lab's fake IMDS) and
+prints one JSON line: when it started and ended, and whether credentials
+came back. Never prints a credential value.
+"""
+import json
+import os
+import sys
+import time
+
+# Only the instance-metadata provider may answer.
+for var in list(os.environ):
+    if var.startswith("AWS_") and var not in ("AWS_EC2_METADATA_SERVICE_ENDPOINT",):
+        del os.environ[var]
+os.environ["AWS_CONFIG_FILE"] = "/nonexistent"
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+
+import botocore.session  # noqa: E402
+
+start = time.time()
+outcome, key_len, error = "error", 0, None
+try:
+    creds = botocore.session.get_session().get_credentials()
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        outcome, key_len = "ok", len(frozen.access_key or "")
+except Exception as e:  # noqa: BLE001 - report the class only, never the text
+    error = type(e).__name__
+print(json.dumps({"t_start": start, "t_end": time.time(), "outcome": outcome, "error": error,
+                  "key_id_len": key_len, "botocore": botocore.__version__}))
+sys.exit(0 if outcome == "ok" else 3)
