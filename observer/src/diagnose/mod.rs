@@ -26,13 +26,14 @@ mod assess;
 mod finding;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{
     collections::HashMap,
     time::{Duration, SystemTime},
 };
 
+#[allow(unused_imports)]
 pub use finding::{
     Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency, Requests,
 };
@@ -298,7 +299,6 @@ fn node_view<'a>(cfg: &'a Config, name: &'a str, node: &NodeState) -> assess::No
         now: node.now,
         lost_events: node.lost_events,
         instance_id: instance_id(cfg, name),
-        timeline_cap: cfg.timeline_cap,
     }
 }
 
@@ -454,7 +454,7 @@ fn make_room_flows(node: &mut NodeState, cfg: &Config, stats: &mut Stats) {
     }
 }
 
-fn make_room_containers(node: &mut NodeState, cfg: &Config, stats: &mut Stats) {
+fn make_room_containers(node: &mut NodeState, stats: &mut Stats) {
     let mut ages: Vec<(Ts, u64)> = node.containers.iter().map(|(k, c)| (c.last_seen, *k)).collect();
     let n = (ages.len() / 8).max(1);
     ages.select_nth_unstable(n - 1);
@@ -477,7 +477,7 @@ fn handle(node: &mut NodeState, cfg: &Config, stats: &mut Stats, kind: Kind, ev:
     }
     if !node.containers.contains_key(&cg) {
         if node.containers.len() >= cfg.max_containers_per_node {
-            make_room_containers(node, cfg, stats);
+            make_room_containers(node, stats);
         }
         node.containers.insert(cg, ContainerState::new(ts));
     }
@@ -503,7 +503,7 @@ fn handle(node: &mut NodeState, cfg: &Config, stats: &mut Stats, kind: Kind, ev:
         Kind::Drop => on_drop(&mut cx, ev),
         Kind::LostEvents => {}
     }
-    let watch = cx.flow.has_pending() || (cx.flow.closed_at.is_some() && !cx.flow.exchanges.is_empty());
+    let watch = cx.flow.has_pending();
     let fx = cx.fx;
     if watch {
         node.watch.insert(flow_id);
@@ -715,11 +715,9 @@ fn on_drop(cx: &mut Cx, ev: &Event) {
         _ => true,
     };
     if !is_ttl_drop(ev) {
-        if let Some(r) = &ev.reason {
-            cx.flow.other_drop_reason = Some(r.clone());
-            if !cx.c.drop_reasons.contains(r) && cx.c.drop_reasons.len() < MAX_DROP_REASONS {
-                cx.c.drop_reasons.push(r.clone());
-            }
+        // Kept on the flow; reported if the flow's connect or request fails.
+        if ev.reason.is_some() {
+            cx.flow.other_drop_reason = ev.reason.clone();
         }
         return;
     }
@@ -878,6 +876,7 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
     let latency = (matches!(new, Outcome::Status(_)) && delivered).then(|| since(req_ts, ts));
     let endpoint = cx.flow.endpoint.clone();
     let had_ttl_drop = cx.flow.had_ttl_drop();
+    let other_drop = cx.flow.other_drop_reason.clone();
     let (flow_drops, flow_icmp) = (cx.flow.ttl_drops, cx.flow.icmp);
     let c = &mut *cx.c;
     if let Some(a) = c.attempt_mut(attempt) {
@@ -904,8 +903,11 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
                         }
                     }
                 }
-                if kind == ReqKind::Token && c.token_failed_last.is_none_or(|t| req_ts > t) {
-                    clear_token_failure(c);
+                if kind == ReqKind::Token {
+                    c.tokens_ok += 1;
+                    if c.token_failed_last.is_none_or(|t| req_ts > t) {
+                        clear_token_failure(c);
+                    }
                 }
             } else if s != 404 {
                 let slot = match s {
@@ -970,7 +972,7 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
         Outcome::Timeout | Outcome::Refused => {
             if let Some(ep) = &endpoint {
                 if new == Outcome::Refused || !had_ttl_drop {
-                    endpoint_failed(c, ep, new, req_ts, ts);
+                    endpoint_failed(c, ep, new, req_ts, ts, other_drop.as_ref());
                 }
             }
             if kind == ReqKind::Token {
@@ -999,6 +1001,7 @@ fn token_failed(c: &mut ContainerState, req_ts: Ts, how: Outcome) {
 fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
     let ts = cx.ts;
     let had_ttl_drop = cx.flow.had_ttl_drop();
+    let other_drop = cx.flow.other_drop_reason.clone();
     let endpoint = cx.flow.endpoint.clone();
     let c = &mut *cx.c;
     let id = c.next_attempt;
@@ -1019,7 +1022,7 @@ fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
     );
     if let Some(ep) = &endpoint {
         if how == Outcome::Refused || !had_ttl_drop {
-            endpoint_failed(c, ep, how, syn, ts);
+            endpoint_failed(c, ep, how, syn, ts, other_drop.as_ref());
         }
     }
 }
@@ -1029,7 +1032,15 @@ fn endpoint_ok(c: &mut ContainerState, ep: &str, attempt_ts: Ts, now: Ts) {
     e.last_ok = Some(e.last_ok.map_or(attempt_ts, |t| t.max(attempt_ts)));
 }
 
-fn endpoint_failed(c: &mut ContainerState, ep: &str, how: Outcome, attempt_ts: Ts, now: Ts) {
+fn endpoint_failed(c: &mut ContainerState, ep: &str, how: Outcome, attempt_ts: Ts, now: Ts, reason: Option<&String>) {
+    if let Some(r) = reason {
+        if !c.drop_reasons.contains(r) {
+            if c.drop_reasons.len() >= MAX_DROP_REASONS {
+                c.drop_reasons.remove(0);
+            }
+            c.drop_reasons.push(r.clone());
+        }
+    }
     let e = c.endpoint_mut(ep, now);
     match how {
         Outcome::Refused => e.refused += 1,

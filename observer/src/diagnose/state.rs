@@ -124,15 +124,6 @@ impl Outcome {
         }
     }
 
-    /// Did the client get what it asked for? (404 is an answer, not a
-    /// failure: SDKs probe paths that may not exist.)
-    pub fn is_failure(self) -> bool {
-        match self {
-            Outcome::Pending => false,
-            Outcome::Status(s) => s >= 400 && s != 404,
-            Outcome::Lost | Outcome::Timeout | Outcome::Refused => true,
-        }
-    }
 }
 
 /// One attempt on the container's timeline.
@@ -351,6 +342,8 @@ pub(super) struct ContainerState {
     /// How the latest token request failed.
     pub token_failed_outcome: Option<Outcome>,
     pub failed_token_requests: u64,
+    /// Token requests answered 2xx and delivered.
+    pub tokens_ok: u64,
     pub tokenless_since_failure: u64,
     pub s401: Option<StatusState>,
     pub s403: Option<StatusState>,
@@ -377,6 +370,7 @@ impl ContainerState {
             token_failed_last: None,
             token_failed_outcome: None,
             failed_token_requests: 0,
+            tokens_ok: 0,
             tokenless_since_failure: 0,
             s401: None,
             s403: None,

@@ -1,1 +1,608 @@
-//! The `report` table.
+//! The `report` table: per container, what is wrong, the numbers behind it,
+//! and how to fix it; plus the exit status, and the offline path that turns
+//! a recorded JSON-lines stream into the same findings as a live run.
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead},
+};
+
+use crate::{
+    diagnose::{Config, Diagnoser, Finding, Fix},
+    event::Event,
+};
+
+/// Target width of the text report.
+pub const WIDTH: usize = 100;
+
+/// 0 when every finding is healthy (or there are none), 1 otherwise.
+/// (2, for errors, is the caller's.)
+pub fn exit_code(findings: &[Finding]) -> u8 {
+    if findings.iter().all(Finding::is_healthy) {
+        0
+    } else {
+        1
+    }
+}
+
+/// A recorded stream, diagnosed.
+#[derive(Debug, Default)]
+pub struct StreamDiagnosis {
+    /// The findings at the end of the stream, worst first (what `report`
+    /// prints).
+    pub findings: Vec<Finding>,
+    /// The finding lines a live run would have written, in order.
+    pub emitted: Vec<Finding>,
+    /// Events fed to the engine.
+    pub events: u64,
+    /// Lines that are neither events nor findings (garbage, truncated JSON,
+    /// bad timestamps).
+    pub skipped: u64,
+    /// `"type":"finding"` lines in the input: ignored, the engine recomputes
+    /// them.
+    pub finding_lines: u64,
+    /// Records the capture reported lost.
+    pub lost_events: u64,
+}
+
+/// Diagnose a JSON-lines event stream (a file, or `kubectl logs` of several
+/// nodes) with the same engine as a live run.
+pub fn diagnose_stream(r: impl BufRead) -> io::Result<StreamDiagnosis> {
+    diagnose_stream_with(r, Config::default())
+}
+
+pub fn diagnose_stream_with(mut r: impl BufRead, cfg: Config) -> io::Result<StreamDiagnosis> {
+    let mut d = Diagnoser::new(cfg);
+    let mut out = StreamDiagnosis::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Event>(text) {
+            Ok(ev) if ev.kind.is_some() => {
+                let bad_before = d.stats().bad_time;
+                out.emitted.extend(d.observe(&ev));
+                if d.stats().bad_time > bad_before {
+                    out.skipped += 1;
+                } else {
+                    out.events += 1;
+                }
+            }
+            _ => {
+                let is_finding = serde_json::from_slice::<serde_json::Value>(text)
+                    .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("finding"));
+                if is_finding {
+                    out.finding_lines += 1;
+                } else {
+                    out.skipped += 1;
+                }
+            }
+        }
+    }
+    out.emitted.extend(d.settle());
+    out.findings = d.findings();
+    out.lost_events = d.stats().lost_events;
+    Ok(out)
+}
+
+/// Collapse long hex runs (container ids) to 12 characters.
+fn collapse_hex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 16 {
+            out.push_str(&run[..12]);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for ch in s.chars() {
+        if ch.is_ascii_hexdigit() {
+            run.push(ch);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// A container label that fits `max` columns: ids shortened, then leading
+/// path components elided.
+pub fn shorten(label: &str, max: usize) -> String {
+    let mut s = collapse_hex(label);
+    if s.chars().count() <= max {
+        return s;
+    }
+    for suffix in [".scope", ".slice"] {
+        if let Some(t) = s.strip_suffix(suffix) {
+            s = t.to_string();
+        }
+    }
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut tail = String::new();
+    for part in s.split('/').rev() {
+        let cand = if tail.is_empty() { part.to_string() } else { format!("{part}/{tail}") };
+        if cand.chars().count() + 2 > max {
+            break;
+        }
+        tail = cand;
+    }
+    if tail.is_empty() {
+        let chars: Vec<char> = s.chars().collect();
+        let keep = max.saturating_sub(1);
+        return format!("…{}", chars[chars.len() - keep..].iter().collect::<String>());
+    }
+    format!("…/{tail}")
+}
+
+/// Greedy word wrap; every line starts with `indent`.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from(indent);
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = String::from(indent);
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    if !empty {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A shell command broken at option boundaries with `\` continuations.
+fn wrap_command(cmd: &str, width: usize, indent: &str) -> String {
+    let cont = format!("{indent}    ");
+    let mut out = String::new();
+    let mut line = String::from(indent);
+    let mut pieces: Vec<String> = Vec::new();
+    // Keep "--flag value" together.
+    for word in cmd.split_whitespace() {
+        match pieces.last_mut() {
+            Some(last) if last.starts_with("--") && !last.contains(' ') && !word.starts_with("--") => {
+                last.push(' ');
+                last.push_str(word);
+            }
+            _ => pieces.push(word.to_string()),
+        }
+    }
+    let mut empty = true;
+    for p in pieces {
+        if !empty && line.chars().count() + 1 + p.chars().count() + 2 > width {
+            out.push_str(&line);
+            out.push_str(" \\\n");
+            line = cont.clone();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(&p);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
+fn requests_cell(f: &Finding) -> String {
+    let Some(r) = f.evidence.requests else { return "-".into() };
+    let mut parts = Vec::new();
+    if r.token > 0 {
+        parts.push(format!("{} PUT", r.token));
+    }
+    if r.imdsv1 > 0 {
+        parts.push(format!("{} v1", r.imdsv1));
+    }
+    if r.imdsv2 > 0 {
+        parts.push(format!("{} v2", r.imdsv2));
+    }
+    if parts.is_empty() {
+        r.total.to_string()
+    } else {
+        format!("{} ({})", r.total, parts.join(", "))
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+struct Group<'a> {
+    node: &'a str,
+    label: String,
+    findings: Vec<&'a Finding>,
+}
+
+/// The report as plain text, readable at 100 columns: a table with one row
+/// per finding (container columns on its first row), then why, then the fix
+/// per node.
+pub fn render(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return "No metadata traffic from any container was seen.\n".into();
+    }
+    // Containers, worst first.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: BTreeMap<(&str, Option<u64>, String), usize> = BTreeMap::new();
+    let mut sorted: Vec<&Finding> = findings.iter().collect();
+    sorted.sort_by(|a, b| (a.kind, &a.node, a.container.label()).cmp(&(b.kind, &b.node, b.container.label())));
+    for f in sorted {
+        let key = (f.node.as_str(), f.container.cgroup_id, f.container.label());
+        let i = *index.entry(key).or_insert_with(|| {
+            groups.push(Group { node: &f.node, label: f.container.label(), findings: Vec::new() });
+            groups.len() - 1
+        });
+        groups[i].findings.push(f);
+    }
+    let multi_node = groups.iter().any(|g| g.node != groups[0].node);
+
+    // Per node: the hop limit seen, and one fix (the largest hop limit any
+    // of its containers needs).
+    let mut limits: BTreeMap<&str, u8> = BTreeMap::new();
+    let mut fixes: BTreeMap<&str, &Fix> = BTreeMap::new();
+    for f in findings {
+        if let Some(l) = f.evidence.node_hop_limit {
+            let e = limits.entry(&f.node).or_insert(l);
+            *e = (*e).max(l);
+        }
+        if let Some(fix) = &f.fix {
+            let e = fixes.entry(&f.node).or_insert(fix);
+            if fix.hop_limit > e.hop_limit {
+                *e = fix;
+            }
+        }
+    }
+    let mut fix_no: BTreeMap<&str, usize> = BTreeMap::new();
+    for g in &groups {
+        if fixes.contains_key(g.node) && !fix_no.contains_key(g.node) {
+            let n = fix_no.len() + 1;
+            fix_no.insert(g.node, n);
+        }
+    }
+
+    // Cells.
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for g in &groups {
+        for (i, f) in g.findings.iter().enumerate() {
+            let first = i == 0;
+            let mut row = Vec::new();
+            if multi_node {
+                row.push(if first { g.node.to_string() } else { String::new() });
+            }
+            row.push(if first { g.label.clone() } else { String::new() });
+            row.push(f.kind.to_string());
+            let c = |s: String| if first { s } else { String::new() };
+            row.push(c(opt(f.evidence.forwarding_hops)));
+            row.push(c(opt(limits.get(g.node))));
+            row.push(c(requests_cell(f)));
+            row.push(opt(f.evidence.lost_replies).replace('-', ""));
+            row.push(f.evidence.seconds_lost.map_or(String::new(), |s| format!("{s:.1} s")));
+            row.push(match (&f.fix, fix_no.get(g.node)) {
+                (Some(_), Some(n)) => format!("[{n}]"),
+                _ => String::new(),
+            });
+            rows.push(row);
+        }
+    }
+    let mut headers = Vec::new();
+    if multi_node {
+        headers.push("NODE");
+    }
+    headers.extend(["CONTAINER", "FINDING", "HOPS", "LIMIT", "REQUESTS", "LOST", "TIME LOST", "FIX"]);
+    let cont_col = usize::from(multi_node);
+    // Right-aligned numeric columns.
+    let right = |col: usize| {
+        let name = headers[col];
+        matches!(name, "HOPS" | "LIMIT" | "LOST")
+    };
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i != cont_col {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    if multi_node {
+        widths[0] = widths[0].min(24);
+    }
+    let others: usize = widths.iter().enumerate().filter(|(i, _)| *i != cont_col).map(|(_, w)| w + 2).sum();
+    let cont_max = WIDTH.saturating_sub(others).max(16);
+    let cont_need = rows.iter().map(|r| r[cont_col].chars().count()).max().unwrap_or(0).max(9);
+    widths[cont_col] = cont_need.min(cont_max);
+    for row in rows.iter_mut() {
+        row[cont_col] = shorten(&row[cont_col], widths[cont_col]);
+        if multi_node {
+            row[0] = shorten(&row[0], widths[0]);
+        }
+    }
+
+    let mut out = String::new();
+    let bad = groups.iter().filter(|g| g.findings.iter().any(|f| !f.is_healthy())).count();
+    let nodes: std::collections::BTreeSet<&str> = groups.iter().map(|g| g.node).collect();
+    out.push_str(&format!(
+        "{} on {}: {} need{} attention.\n\n",
+        plural(groups.len(), "container", "containers"),
+        plural(nodes.len(), "node", "nodes"),
+        bad,
+        if bad == 1 { "s" } else { "" },
+    ));
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let w = widths[i];
+            let pad = w.saturating_sub(cell.chars().count());
+            if right(i) {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                if i + 1 < cells.len() {
+                    s.push_str(&" ".repeat(pad));
+                }
+            }
+            if i + 1 < cells.len() {
+                s.push_str("  ");
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>()));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+
+    // Why.
+    out.push_str("\nWhy\n");
+    for g in &groups {
+        let who = if multi_node { format!("{} {}", g.node, g.label) } else { g.label.clone() };
+        out.push_str(&format!("  {}\n", shorten(&who, WIDTH - 2)));
+        for f in &g.findings {
+            out.push_str(&wrap(&format!("{}: {}", f.kind, f.summary), WIDTH, "    "));
+        }
+    }
+
+    // Fix, per node.
+    if !fix_no.is_empty() {
+        out.push_str("\nFix\n");
+        let mut numbered: Vec<(&str, usize)> = fix_no.iter().map(|(k, v)| (*k, *v)).collect();
+        numbered.sort_by_key(|(_, n)| *n);
+        for (node, n) in numbered {
+            let fix = fixes[node];
+            let seen = limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
+            out.push_str(&format!("  [{n}] {node}: hop limit seen {seen}, its containers need {}\n", fix.hop_limit));
+            out.push_str("      running instance:\n");
+            out.push_str(&wrap_command(&fix.command, WIDTH, "        "));
+            out.push_str(&wrap(&format!("launch template: {}", fix.launch_template), WIDTH, "      "));
+            out.push_str(&wrap(&format!("Karpenter: {}", fix.karpenter), WIDTH, "      "));
+            out.push_str(&wrap(&format!("EKS node group: {}", fix.eks_node_group), WIDTH, "      "));
+            if let Some(note) = findings.iter().filter(|f| f.node == node).find_map(|f| f.fix.as_ref()?.note.as_ref()) {
+                match note.split_once(": aws ") {
+                    Some((text, cmd)) => {
+                        out.push_str(&wrap(&format!("then, {text}:"), WIDTH, "      "));
+                        out.push_str(&wrap_command(&format!("aws {cmd}"), WIDTH, "        "));
+                    }
+                    None => out.push_str(&wrap(&format!("then, {note}"), WIDTH, "      ")),
+                }
+            }
+        }
+    }
+
+    if let Some(lost) = findings.iter().filter_map(|f| f.evidence.lost_events).max() {
+        out.push_str(&format!(
+            "\nWarning: the capture lost {lost} records; counts may be low.\n"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::{
+        tests::{feed, hop_limit_failure, Ctr},
+        FindingKind,
+    };
+
+    fn scenario() -> Vec<Finding> {
+        let mut d = Diagnoser::default();
+        let mut v = hop_limit_failure();
+        let mut h = Ctr::host("node-a").conn(50);
+        v.extend(h.connect(2000));
+        v.extend(h.put_token(2001));
+        v.extend(h.respond(2002, 200, 1));
+        let mut e = crate::diagnose::tests::Conn::new(
+            Ctr::new("node-a", 99, "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0.scope", "10.88.0.9", 1),
+            60,
+            "169.254.170.2:80",
+        );
+        v.extend(e.syn(2100));
+        v.extend(e.rst(2101));
+        feed(&mut d, &v);
+        d.findings()
+    }
+
+    #[test]
+    fn table_fits_100_columns_with_fix_and_why() {
+        let f = scenario();
+        let text = render(&f);
+        for l in text.lines() {
+            assert!(l.chars().count() <= WIDTH, "too wide ({}): {l}", l.chars().count());
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "3 containers on 1 node: 2 need attention.");
+        let header = lines[2];
+        for col in ["CONTAINER", "FINDING", "HOPS", "LIMIT", "REQUESTS", "LOST", "TIME LOST", "FIX"] {
+            assert!(header.contains(col), "{header}");
+        }
+        assert!(!header.contains("NODE"), "one node: no node column");
+        // Worst first: the hop-limit container, then unreachable, then healthy.
+        let row = lines[3];
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            vec!["…/libpod-3f2a9c1b7d4e", "hop_limit_exceeded", "1", "1", "3", "(1", "PUT,", "2", "v1)", "1", "1.0", "s", "[1]"]
+        );
+        assert_eq!(lines[4].split_whitespace().collect::<Vec<_>>(), vec!["imdsv1_fallback", "[1]"]);
+        assert!(lines[5].contains("unreachable") && !lines[5].contains('['), "{}", lines[5]);
+        assert!(lines[6].contains("healthy") && lines[6].contains("…/imds-agent.service"), "{}", lines[6]);
+        // The command can be pasted into a shell.
+        assert!(text.contains(
+            "        aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\\n            --http-put-response-hop-limit 2 --http-endpoint enabled\n"
+        ), "{text}");
+        assert!(text.contains("Karpenter: EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: 2"));
+        assert!(text.contains("launch template: MetadataOptions.HttpPutResponseHopLimit = 2"));
+        // The unreachable explanation stays clear of the hop limit.
+        let why = &text[text.find("unreachable: ").unwrap()..];
+        let why = &why[..why.find("\n  /").unwrap()];
+        assert!(!why.to_lowercase().contains("hop"), "{why}");
+        assert!(why.contains("connection refused"));
+    }
+
+    #[test]
+    fn several_nodes_get_a_node_column_and_a_fix_each() {
+        let mut v = Vec::new();
+        for (node, limit, hops) in [("node-a", 1u8, 1u8), ("node-b", 2, 2)] {
+            let mut c = Ctr::new(node, 10, "/docker/app", "172.17.0.2", hops).conn(1);
+            v.extend(c.connect(0));
+            v.extend(c.put_token(1));
+            v.extend(c.respond(2, 200, limit));
+        }
+        let mut d = Diagnoser::default();
+        feed(&mut d, &v);
+        let text = render(&d.findings());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "2 containers on 2 nodes: 2 need attention.");
+        assert!(lines[2].starts_with("NODE"), "{text}");
+        assert!(lines[3].starts_with("node-a") && lines[3].ends_with("[1]"), "{text}");
+        assert!(lines[4].starts_with("node-b") && lines[4].ends_with("[2]"), "{text}");
+        assert!(text.contains("[1] node-a: hop limit seen 1, its containers need 2"), "{text}");
+        assert!(text.contains("[2] node-b: hop limit seen 2, its containers need 3"), "{text}");
+        assert!(text.contains("--http-put-response-hop-limit 3 --http-endpoint enabled"));
+    }
+
+    #[test]
+    fn empty_report() {
+        assert_eq!(render(&[]), "No metadata traffic from any container was seen.\n");
+    }
+
+    #[test]
+    fn exit_codes() {
+        let f = scenario();
+        assert_eq!(exit_code(&f), 1);
+        let healthy: Vec<Finding> = f.iter().filter(|f| f.kind == FindingKind::Healthy).cloned().collect();
+        assert_eq!(healthy.len(), 1);
+        assert_eq!(exit_code(&healthy), 0);
+        assert_eq!(exit_code(&[]), 0);
+        let risk: Vec<Finding> = f.iter().filter(|f| f.kind == FindingKind::Unreachable).cloned().collect();
+        assert_eq!(exit_code(&risk), 1);
+    }
+
+    #[test]
+    fn stream_gives_the_live_findings_and_skips_garbage() {
+        let events = hop_limit_failure();
+        let mut live = Diagnoser::default();
+        let live_emitted = feed(&mut live, &events);
+        live.settle();
+        let live_findings = live.findings();
+
+        let mut text = String::new();
+        for (i, e) in events.iter().enumerate() {
+            text.push_str(&serde_json::to_string(e).unwrap());
+            text.push('\n');
+            match i {
+                3 => text.push_str("not json at all\n"),
+                5 => text.push_str("{\"type\":\"bogus\",\"ts\":\"2026-01-01T00:00:00Z\",\"node\":\"x\"}\n"),
+                7 => text.push_str("{}\n"),
+                9 => text.push_str("{\"type\":\"request\",\"ts\":\"2026-01-\n"),
+                11 => {
+                    // A finding written by the live observer: ignored.
+                    text.push_str(&serde_json::to_string(&live_emitted[0]).unwrap());
+                    text.push('\n');
+                }
+                13 => text.push_str("\n   \n"),
+                15 => text.push_str("{\"type\":\"drop\",\"ts\":\"yesterday\",\"node\":\"node-a\",\"flow\":11}\n"),
+                _ => {}
+            }
+        }
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(b"\xff\xfe not utf-8\n");
+        let got = diagnose_stream(&bytes[..]).unwrap();
+        assert_eq!(got.events, events.len() as u64);
+        assert_eq!(got.skipped, 6, "garbage, bogus type, {{}}, truncated, bad ts, not utf-8");
+        assert_eq!(got.finding_lines, 1);
+        assert_eq!(got.findings, live_findings);
+        assert_eq!(got.emitted, live_emitted);
+        assert_eq!(
+            got.findings.iter().map(|f| f.kind).collect::<Vec<_>>(),
+            vec![FindingKind::HopLimitExceeded, FindingKind::Imdsv1Fallback]
+        );
+        assert_eq!(exit_code(&got.findings), 1);
+    }
+
+    #[test]
+    fn stream_of_several_nodes_keeps_them_apart() {
+        let mut text = String::new();
+        let mut a = Ctr::host("node-a").conn(1);
+        let mut b = Ctr::new("node-b", 7, "/docker/x", "172.17.0.2", 1).conn(1);
+        // Interleaved as `kubectl logs -l app=imds-observer` may print them.
+        let mut va = a.connect(0);
+        va.extend(a.put_token(1));
+        va.extend(a.respond(2, 200, 1));
+        let mut vb = b.connect(0);
+        vb.extend(b.request(1, "GET", "/latest/meta-data/instance-id", false));
+        vb.extend(b.respond(2, 200, 64));
+        for (x, y) in va.iter().zip(vb.iter()) {
+            text.push_str(&serde_json::to_string(x).unwrap());
+            text.push('\n');
+            text.push_str(&serde_json::to_string(y).unwrap());
+            text.push('\n');
+        }
+        for y in vb.iter().skip(va.len()) {
+            text.push_str(&serde_json::to_string(y).unwrap());
+            text.push('\n');
+        }
+        let got = diagnose_stream(text.as_bytes()).unwrap();
+        // node-a's hop limit (1) would put node-b's container at risk; it
+        // must not be applied there.
+        assert!(got.findings.iter().all(|f| f.kind == FindingKind::Healthy), "{:#?}", got.findings);
+        assert_eq!(got.findings.len(), 2);
+        assert_eq!(exit_code(&got.findings), 0);
+    }
+
+    #[test]
+    fn shorten_keeps_the_end_and_shortens_ids() {
+        assert_eq!(shorten("/system.slice/foo.service", 40), "/system.slice/foo.service");
+        assert_eq!(
+            shorten("/docker/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", 40),
+            "/docker/0123456789ab"
+        );
+        assert_eq!(shorten("/a/b/c/libpod-0123456789abcdef0123", 22), "…/libpod-0123456789ab");
+        assert_eq!(shorten("/kubepods/x/cri-containerd-0123456789abcdef0123.scope", 30), "…/cri-containerd-0123456789ab");
+        assert_eq!(shorten("/averyveryverylongcomponentname", 10).chars().count(), 10);
+    }
+}

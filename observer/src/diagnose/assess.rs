@@ -1,0 +1,321 @@
+//! Container state → findings: which kinds hold, a fingerprint of what makes
+//! each one news (to emit on change, not per packet), and the finding itself
+//! with its summary, evidence, timeline and fix.
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use super::{
+    finding::{Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix},
+    state::{ContainerState, Outcome, StatusState, Ts},
+};
+use crate::event::rfc3339;
+
+pub(super) struct NodeView<'a> {
+    pub name: &'a str,
+    pub hop_limit: Option<u8>,
+    pub now: Ts,
+    pub lost_events: u64,
+    pub instance_id: Option<&'a str>,
+}
+
+fn fp<T: Hash>(t: T) -> u64 {
+    let mut h = DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// The hop limit this container needs: one more than its forwarding hops
+/// (and never less than one more than the TTL its replies died with).
+fn required(node: &NodeView, c: &ContainerState) -> u8 {
+    let ttl = c.episode.as_ref().and_then(|e| e.reply_ttl);
+    match (c.forwarding_hops, ttl) {
+        (Some(h), Some(t)) => h.max(t).saturating_add(1),
+        (Some(h), None) => h.saturating_add(1),
+        (None, Some(t)) => t.saturating_add(1),
+        (None, None) => node.hop_limit.unwrap_or(1).saturating_add(1),
+    }
+}
+
+/// Farther from the uplink than token replies can travel, talks to AWS IMDS,
+/// and has not had a token yet (none asked for, or the first still pending).
+fn at_risk(node: &NodeView, c: &ContainerState) -> bool {
+    c.episode.is_none()
+        && c.tokens_ok == 0
+        && c.requests.imdsv1 + c.requests.imdsv2 > 0
+        && matches!((c.forwarding_hops, node.hop_limit), (Some(h), Some(l)) if h >= l)
+}
+
+fn status_slots(c: &ContainerState) -> [(FindingKind, &Option<StatusState>); 3] {
+    [
+        (FindingKind::TokenRejected, &c.s401),
+        (FindingKind::ImdsForbidden, &c.s403),
+        (FindingKind::BadTokenRequest, &c.s400),
+    ]
+}
+
+/// The kinds that hold for `c` now, with fingerprints of what makes them
+/// news. Growing counters (drops, seconds lost, requests, latency) are left
+/// out on purpose: they change per packet.
+pub(super) fn active(node: &NodeView, c: &ContainerState) -> Vec<(FindingKind, u64)> {
+    let mut v = Vec::new();
+    let hops = c.forwarding_hops;
+    if let Some(ep) = &c.episode {
+        // News: each lost retry, and the first answered attempt after the
+        // last lost one (the client fell back or recovered).
+        let moved_on = c.timeline.iter().any(|a| a.ts > ep.last_lost && a.outcome != Outcome::Pending);
+        v.push((FindingKind::HopLimitExceeded, fp((ep.reply_ttl, hops, required(node, c), ep.lost, moved_on))));
+    }
+    if c.token_failed_since.is_some() && c.tokenless_since_failure > 0 {
+        let req = c.episode.as_ref().map(|_| required(node, c));
+        v.push((FindingKind::Imdsv1Fallback, fp((c.failed_token_requests, req))));
+    }
+    for (kind, slot) in status_slots(c) {
+        if let Some(s) = slot {
+            let hop_cause = kind == FindingKind::TokenRejected && c.episode.is_some();
+            v.push((kind, fp((&s.paths, hop_cause))));
+        }
+    }
+    let failing: Vec<_> = c
+        .endpoints
+        .iter()
+        .filter(|e| e.failing())
+        .map(|e| (&e.endpoint, e.refused > 0, e.timeouts > 0))
+        .collect();
+    if !failing.is_empty() {
+        v.push((FindingKind::Unreachable, fp(failing)));
+    }
+    if at_risk(node, c) {
+        v.push((FindingKind::AtRisk, fp((hops, node.hop_limit))));
+    }
+    if v.is_empty() && c.last_success.is_some() && c.last_other_failure.is_none_or(|f| Some(f) < c.last_success) {
+        v.push((FindingKind::Healthy, fp((hops, node.hop_limit))));
+    }
+    v.sort_by_key(|(k, _)| *k);
+    v
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn timeline(c: &ContainerState) -> Vec<Attempt> {
+    c.timeline
+        .iter()
+        .filter(|a| a.outcome != Outcome::Pending)
+        .map(|a| Attempt {
+            ts: rfc3339(a.ts),
+            method: a.method.clone(),
+            path: a.path.clone(),
+            dst: a.dst.clone(),
+            token: a.token_header,
+            outcome: a.outcome.label(),
+            latency_ms: a.latency.map(|d| super::state::round3(d.as_secs_f64() * 1000.0)),
+        })
+        .collect()
+}
+
+fn hop_fix(node: &NodeView, required: u8) -> Fix {
+    Fix::hop_limit(node.instance_id, required)
+}
+
+fn endpoint_hint(ep: &str) -> &'static str {
+    let ip = ep.rsplit_once(':').map_or(ep, |(ip, _)| ip).trim_matches(['[', ']']);
+    match ip {
+        "169.254.170.2" => {
+            " (the ECS task credentials endpoint: is the ECS agent running, and does the task have a role?)"
+        }
+        "169.254.170.23" | "fd00:ec2::23" => {
+            " (the EKS Pod Identity agent: is the eks-pod-identity-agent add-on running on this node?)"
+        }
+        "169.254.169.254" | "fd00:ec2::254" => {
+            " (the instance metadata service: is it enabled, and is a firewall or proxy in the way?)"
+        }
+        _ => "",
+    }
+}
+
+/// The finding of `kind` for container `cg`, as of now, stamped `ts`.
+pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingKind, ts: Ts) -> Finding {
+    let mut ev = Evidence {
+        forwarding_hops: c.forwarding_hops,
+        node_hop_limit: node.hop_limit,
+        requests: Some(c.requests),
+        latency_ms: c.latency.evidence(),
+        lost_events: (node.lost_events > 0).then_some(node.lost_events),
+        ..Default::default()
+    };
+    let mut tl = Vec::new();
+    let mut fix = None;
+    let summary = match kind {
+        FindingKind::HopLimitExceeded => {
+            let ep = c.episode.as_ref().expect("active");
+            let req = required(node, c);
+            let secs = c.seconds_lost(node.now);
+            ev.reply_ttl_at_host = ep.reply_ttl;
+            ev.required_hop_limit = Some(req);
+            ev.lost_replies = Some(ep.lost);
+            ev.drops = Some(ep.drops);
+            ev.icmp_time_exceeded = Some(ep.icmp);
+            ev.seconds_lost = Some(secs);
+            tl = timeline(c);
+            fix = Some(hop_fix(node, req));
+            let ttl = ep.reply_ttl.map_or("the hop limit".to_string(), |t| format!("TTL {t} (the instance's hop limit)"));
+            let were = if ep.lost == 1 { "was" } else { "were" };
+            let place = match c.forwarding_hops {
+                Some(h) => format!("this container, {} behind the host's uplink", plural(h as u64, "forwarding hop", "forwarding hops")),
+                None => "this container (its forwarding hops are not measured yet)".to_string(),
+            };
+            format!(
+                "{} reached the host with {ttl} and {were} dropped on the way to {place}; the client lost {secs:.1} s waiting. Raise the hop limit to {req}.",
+                plural(ep.lost, "IMDSv2 token reply", "IMDSv2 token replies"),
+            )
+        }
+        FindingKind::Imdsv1Fallback => {
+            ev.failed_token_requests = Some(c.failed_token_requests);
+            ev.tokenless_requests = Some(c.tokenless_since_failure);
+            tl = timeline(c);
+            let cause = if c.episode.is_some() {
+                "lost to the hop limit".to_string()
+            } else {
+                match c.token_failed_outcome {
+                    Some(Outcome::Timeout) => "timed out".to_string(),
+                    Some(Outcome::Refused) => "refused".to_string(),
+                    Some(Outcome::Status(s)) => format!("answered {s}"),
+                    _ => "failed".to_string(),
+                }
+            };
+            let then = if c.episode.is_some() {
+                let req = required(node, c);
+                let mut f = hop_fix(node, req);
+                let id = node.instance_id.unwrap_or("<instance-id>");
+                f.note = Some(format!(
+                    "once tokens get through, turn IMDSv1 off: aws ec2 modify-instance-metadata-options --instance-id {id} --http-tokens required"
+                ));
+                fix = Some(f);
+                format!(" Raise the hop limit to {req}, then require IMDSv2 (--http-tokens required).")
+            } else {
+                " Find why the token request fails, then require IMDSv2 (--http-tokens required).".to_string()
+            };
+            format!(
+                "After {} ({cause}), this container sent {} without a token (IMDSv1). This is also a security problem: IMDSv1 is what SSRF attacks use to steal instance credentials.{then}",
+                plural(c.failed_token_requests, "failed IMDSv2 token request", "failed IMDSv2 token requests"),
+                plural(c.tokenless_since_failure, "request", "requests"),
+            )
+        }
+        FindingKind::TokenRejected | FindingKind::ImdsForbidden | FindingKind::BadTokenRequest => {
+            let (status, s) = match kind {
+                FindingKind::TokenRejected => (401, c.s401.as_ref()),
+                FindingKind::ImdsForbidden => (403, c.s403.as_ref()),
+                _ => (400, c.s400.as_ref()),
+            };
+            let s = s.expect("active");
+            ev.status = Some(status);
+            ev.responses = Some(s.count);
+            ev.method = Some(s.method.clone());
+            ev.path = Some(s.path.clone());
+            ev.paths = s.paths.iter().cloned().collect();
+            tl = timeline(c);
+            let what = format!("{} {}", s.method, s.path);
+            let n = plural(s.count, "request", "requests");
+            match kind {
+                FindingKind::TokenRejected => match &c.episode {
+                    Some(ep) => {
+                        let req = required(node, c);
+                        fix = Some(hop_fix(node, req));
+                        let ttl = ep.reply_ttl.map_or(String::new(), |t| format!(" ({t})"));
+                        format!(
+                            "IMDS rejected {n} with 401 Unauthorized (last: {what}). The cause is the hop limit: the container never got a token because the token replies died at the hop limit{ttl}, so it asks without one and this instance requires tokens. Raise the hop limit to {req}."
+                        )
+                    }
+                    None => format!(
+                        "IMDS rejected {n} with 401 Unauthorized (last: {what}): the token was missing, invalid or expired, and this instance requires IMDSv2 tokens."
+                    ),
+                },
+                FindingKind::ImdsForbidden => {
+                    let why = if s.path.starts_with("/computeMetadata/") {
+                        "the request lacks the Metadata-Flavor: Google header".to_string()
+                    } else if s.method.eq_ignore_ascii_case("PUT") && s.path.ends_with("/api/token") && s.path != "/latest/api/token" {
+                        "tokens are only issued at /latest/api/token, not at a versioned path".to_string()
+                    } else {
+                        "the instance metadata service is disabled for this instance (--http-endpoint disabled), or the request is not allowed".to_string()
+                    };
+                    format!("IMDS answered 403 Forbidden to {n} (last: {what}): {why}.")
+                }
+                _ => {
+                    ev.token_ttl_header = s.ttl_header;
+                    let why = if s.path.starts_with("/metadata/") {
+                        "the Metadata: true header or the api-version parameter is missing".to_string()
+                    } else if s.ttl_header == Some(false) {
+                        "the X-aws-ec2-metadata-token-ttl-seconds header is missing".to_string()
+                    } else {
+                        "the X-aws-ec2-metadata-token-ttl-seconds header is missing or outside 1..21600".to_string()
+                    };
+                    format!("IMDS answered 400 Bad Request to {n} (last: {what}): {why}.")
+                }
+            }
+        }
+        FindingKind::Unreachable => {
+            // Never about the hop limit: drop the node's hop limit from it.
+            ev.node_hop_limit = None;
+            ev.endpoints = c
+                .endpoints
+                .iter()
+                .filter(|e| e.failing())
+                .map(|e| EndpointFailures { endpoint: e.endpoint.clone(), refused: e.refused, timeouts: e.timeouts })
+                .collect();
+            ev.endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+            ev.drop_reasons = c.drop_reasons.clone();
+            tl = timeline(c);
+            let parts: Vec<String> = ev
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let mut how = Vec::new();
+                    if e.refused > 0 {
+                        how.push(format!("{} refused", plural(e.refused, "connection", "connections")));
+                    }
+                    if e.timeouts > 0 {
+                        how.push(format!("{} timed out with no answer", plural(e.timeouts, "attempt", "attempts")));
+                    }
+                    format!("{}: {}{}", e.endpoint, how.join(", "), endpoint_hint(&e.endpoint))
+                })
+                .collect();
+            let dropped = if ev.drop_reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" The kernel dropped packets with reason {}.", ev.drop_reasons.join(", "))
+            };
+            format!("Could not reach {}.{dropped}", parts.join("; "))
+        }
+        FindingKind::AtRisk => {
+            let (h, l) = (c.forwarding_hops.unwrap_or(0), node.hop_limit.unwrap_or(0));
+            let req = required(node, c);
+            ev.required_hop_limit = Some(req);
+            fix = Some(hop_fix(node, req));
+            format!(
+                "This container is {} behind the host's uplink, but token replies on this node arrive with TTL {l} (the hop limit): its first IMDSv2 token request will be dropped, and the SDK will time out, then fall back to IMDSv1 or fail. Raise the hop limit to {req}.",
+                plural(h as u64, "forwarding hop", "forwarding hops"),
+            )
+        }
+        FindingKind::Healthy => {
+            let r = &c.requests;
+            let lat = c.latency.evidence().map_or(String::new(), |l| format!(" (mean {:.1} ms)", l.mean));
+            let v1 = if r.imdsv1 > 0 {
+                format!("; {} without a token (IMDSv1)", plural(r.imdsv1, "request", "requests"))
+            } else {
+                String::new()
+            };
+            format!("{} to metadata endpoints, all answered{lat}{v1}.", plural(r.total, "request", "requests"))
+        }
+    };
+    Finding {
+        tag: FindingTag::Finding,
+        ts: rfc3339(ts),
+        node: node.name.to_string(),
+        kind,
+        container: Container { cgroup_id: Some(cg), cgroup: c.cgroup.clone() },
+        summary,
+        evidence: ev,
+        timeline: tl,
+        fix,
+    }
+}
