@@ -30,6 +30,22 @@ pub enum Command {
     ///
     /// Example: `imds-observer run --duration 30 | jq 'select(.type=="drop")'`
     Run(RunArgs),
+    /// Observe for a while (or read a recording), then print what is wrong
+    /// per container and how to fix it.
+    ///
+    /// Exit status: 0 when every container is healthy, 1 when any finding
+    /// needs action, 2 on error; usable as a CI preflight or through
+    /// `kubectl exec`. Examples:
+    ///   imds-observer report --duration 60
+    ///   kubectl logs -l app.kubernetes.io/name=imds-observer | imds-observer report --from -
+    Report(ReportArgs),
+    /// Watch metadata traffic per container, live on this host or from a
+    /// recorded/streamed JSON event stream.
+    ///
+    /// Examples:
+    ///   imds-observer tui
+    ///   kubectl logs -f ds/imds-observer | imds-observer tui --from -
+    Tui(TuiArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -65,4 +81,48 @@ pub struct RunArgs {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS", env = "IMDS_OBSERVER_DURATION")]
     pub duration: Option<f64>,
+
+    /// EC2 instance id to put in the fix command (default: `<instance-id>`,
+    /// or an i-... id found in the node name).
+    #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    /// Observe live for this many seconds.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "from")]
+    pub duration: Option<f64>,
+
+    /// Read a recorded JSON event stream instead (a file, or - for stdin),
+    /// e.g. the output of `imds-observer run` or of `kubectl logs`. Streams
+    /// merged from several nodes are reported per node.
+    #[arg(long, value_name = "FILE|-")]
+    pub from: Option<String>,
+
+    /// Print the findings as JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// EC2 instance id to put in the fix command.
+    #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TuiArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    /// Read a JSON event stream instead of capturing (a file, or - for stdin,
+    /// read as it is written). Streams from several nodes show a node column.
+    #[arg(long, value_name = "FILE|-")]
+    pub from: Option<String>,
+
+    /// EC2 instance id to put in the fix command.
+    #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }

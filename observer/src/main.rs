@@ -7,6 +7,7 @@ mod identity;
 mod pipeline;
 mod run;
 mod sink;
+mod tui;
 
 use clap::Parser;
 
@@ -27,10 +28,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.command {
-        cli::Command::Run(args) => rt.block_on(run::run(args)),
+        cli::Command::Run(args) => rt.block_on(run::run(args)).map(|()| 0),
+        cli::Command::Report(args) => rt.block_on(run::report(args)),
+        cli::Command::Tui(args) => rt.block_on(tui::main(args)).map(|()| 0),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("imds-observer: {e:#}");
             std::process::ExitCode::from(2)

@@ -4,23 +4,25 @@ use std::{
     io::{self, ErrorKind},
     net::IpAddr,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
     time::{Instant, MissedTickBehavior},
 };
 use tracing::{info, warn};
 
 use crate::{
     capture::{self, Capture, preflight, uplinks},
-    cli::{CaptureArgs, RunArgs},
+    cli::{CaptureArgs, ReportArgs, RunArgs},
+    diagnose::{self, Diagnoser},
     event::{Event, Kind},
     identity::cgroup::{self, CgroupResolver},
     pipeline::{Clock, Pipeline},
-    sink::json::JsonLines,
+    sink::{json::JsonLines, report},
 };
 
 pub fn node_name(flag: Option<String>) -> String {
@@ -65,9 +67,20 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
     Ok(capture::Config { endpoints, cgroup_root, ifaces })
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
-    let cfg = capture_config(&args.capture)?;
-    let node = node_name(args.capture.node_name.clone());
+/// What the capture loop does with each event; returns false to stop.
+pub trait EventSink {
+    fn event(&mut self, ev: Event) -> Result<bool>;
+    /// Once a second (and once at the end), with the time.
+    fn tick(&mut self, _now: SystemTime) -> Result<bool> {
+        Ok(true)
+    }
+}
+
+/// Capture until SIGINT/SIGTERM, `deadline`, or the sink says stop; then
+/// hand over what the kernel already has and detach.
+pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &mut impl EventSink) -> Result<()> {
+    let cfg = capture_config(args)?;
+    let node = node_name(args.node_name.clone());
     let mut cap = Capture::start(&cfg)?;
     info!(
         cgroup_root = %cfg.cgroup_root.display(),
@@ -75,77 +88,189 @@ pub async fn run(args: RunArgs) -> Result<()> {
         endpoints = ?cfg.endpoints,
         "capturing"
     );
-
     let mut pipe = Pipeline::new(node, Clock::now(), Some(CgroupResolver::new(cfg.cgroup_root.clone())));
     pipe.drop_reasons = cap.drop_reasons.clone();
     pipe.ifaces = cap.ifaces.clone();
 
-    let mut out = JsonLines::new(io::stdout().lock());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut lost_reported = 0u64;
     let mut recs = Vec::new();
 
     let result: Result<()> = async {
-        loop {
+        let mut go = true;
+        while go {
             tokio::select! {
                 r = cap.read(&mut recs) => r?,
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break,
+                _ = sigint.recv() => go = false,
+                _ = sigterm.recv() => go = false,
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => go = false,
                 _ = tick.tick() => {
-                    lost_reported = report_lost(&cap, &pipe, lost_reported, &mut out)?;
+                    lost_reported = report_lost(&cap, &pipe, lost_reported, sink)?;
+                    go = sink.tick(SystemTime::now())?;
                 }
             }
-            emit(&mut pipe, &mut recs, &mut out)?;
+            // What the kernel already handed over is still delivered.
+            if !go {
+                cap.drain(&mut recs);
+            }
+            for rec in recs.drain(..) {
+                if let Some(ev) = pipe.process(&rec) {
+                    go &= sink.event(ev)?;
+                }
+            }
         }
-        // What the kernel already handed over is still written.
-        cap.drain(&mut recs);
-        emit(&mut pipe, &mut recs, &mut out)?;
-        report_lost(&cap, &pipe, lost_reported, &mut out)?;
+        report_lost(&cap, &pipe, lost_reported, sink)?;
         Ok(())
     }
     .await;
     drop(cap); // detaches every program
-    match result {
-        Err(e) if is_broken_pipe(&e) => {}
-        Err(e) => return Err(e),
-        Ok(()) => {}
-    }
-    info!(
-        events = out.written,
-        malformed = pipe.skipped.malformed,
-        flows_evicted = pipe.flows.evicted(),
-        "detached"
-    );
-    Ok(())
+    info!(malformed = pipe.skipped.malformed, flows_evicted = pipe.flows.evicted(), "detached");
+    result
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == ErrorKind::BrokenPipe)
-}
-
-fn emit(pipe: &mut Pipeline, recs: &mut Vec<observer_ebpf::Record>, out: &mut JsonLines<impl io::Write>) -> Result<()> {
-    for rec in recs.drain(..) {
-        if let Some(ev) = pipe.process(&rec) {
-            out.write(&ev)?;
-        }
-    }
-    out.flush()?;
-    Ok(())
-}
-
-fn report_lost(cap: &Capture, pipe: &Pipeline, reported: u64, out: &mut JsonLines<impl io::Write>) -> Result<u64> {
+fn report_lost(cap: &Capture, pipe: &Pipeline, reported: u64, sink: &mut impl EventSink) -> Result<u64> {
     let lost = cap.lost();
     if lost > reported {
-        let mut ev = Event::new(Kind::LostEvents, crate::event::rfc3339(std::time::SystemTime::now()), pipe.node.clone());
+        let mut ev = Event::new(Kind::LostEvents, crate::event::rfc3339(SystemTime::now()), pipe.node.clone());
         ev.count = Some(lost - reported);
-        out.write(&ev)?;
-        out.flush()?;
         warn!(count = lost - reported, "events lost: the ring buffer was full");
+        sink.event(ev)?;
     }
     Ok(lost)
+}
+
+fn deadline(duration: Option<f64>) -> Option<Instant> {
+    duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)))
+}
+
+fn diagnoser(instance_id: Option<String>) -> Diagnoser {
+    Diagnoser::new(diagnose::Config { instance_id, ..Default::default() })
+}
+
+/// `run`: every event and every finding as JSON lines on stdout.
+struct JsonSink<W: io::Write> {
+    out: JsonLines<W>,
+    diag: Diagnoser,
+}
+
+impl<W: io::Write> JsonSink<W> {
+    fn write_all<T: serde::Serialize>(&mut self, items: &[T]) -> Result<bool> {
+        for it in items {
+            if let Err(e) = self.out.write(it) {
+                // A closed pipe (`| head`) ends the run quietly.
+                return if e.kind() == ErrorKind::BrokenPipe { Ok(false) } else { Err(e.into()) };
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl<W: io::Write> EventSink for JsonSink<W> {
+    fn event(&mut self, ev: Event) -> Result<bool> {
+        let findings = self.diag.observe(&ev);
+        Ok(self.write_all(&[ev])? && self.write_all(&findings)? && self.flush()?)
+    }
+    fn tick(&mut self, now: SystemTime) -> Result<bool> {
+        let findings = self.diag.tick(now);
+        Ok(self.write_all(&findings)? && self.flush()?)
+    }
+}
+
+impl<W: io::Write> JsonSink<W> {
+    fn flush(&mut self) -> Result<bool> {
+        match self.out.flush() {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(false),
+            r => Ok(r.map(|_| true)?),
+        }
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let mut sink = JsonSink { out: JsonLines::new(io::stdout().lock()), diag: diagnoser(args.instance_id.clone()) };
+    capture_loop(&args.capture, deadline(args.duration), &mut sink).await?;
+    info!(lines = sink.out.written, "done");
+    Ok(())
+}
+
+/// `report`: observe (or read a recording), then print the findings.
+/// Exit status: 0 all healthy, 1 a finding needs action, 2 error.
+pub async fn report(args: ReportArgs) -> Result<u8> {
+    let findings = match &args.from {
+        Some(path) => {
+            let cfg = diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
+            let d = if path == "-" {
+                report::diagnose_stream_with(io::stdin().lock(), cfg)?
+            } else {
+                let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+                report::diagnose_stream_with(io::BufReader::new(f), cfg)?
+            };
+            if d.skipped > 0 {
+                warn!(skipped = d.skipped, "lines that are not events were skipped");
+            }
+            d.findings
+        }
+        None => {
+            let Some(secs) = args.duration else {
+                bail!("report needs --duration <seconds> to observe, or --from <file|-> to read a recording");
+            };
+            struct Collect(Diagnoser);
+            impl EventSink for Collect {
+                fn event(&mut self, ev: Event) -> Result<bool> {
+                    self.0.observe(&ev);
+                    Ok(true)
+                }
+                fn tick(&mut self, now: SystemTime) -> Result<bool> {
+                    self.0.tick(now);
+                    Ok(true)
+                }
+            }
+            let mut c = Collect(diagnoser(args.instance_id.clone()));
+            capture_loop(&args.capture, deadline(Some(secs)), &mut c).await?;
+            c.0.settle();
+            c.0.findings()
+        }
+    };
+    let mut out = io::stdout().lock();
+    if args.json {
+        let mut lines = JsonLines::new(&mut out);
+        for f in &findings {
+            lines.write(f)?;
+        }
+        lines.flush()?;
+    } else {
+        io::Write::write_all(&mut out, report::render(&findings).as_bytes())?;
+    }
+    Ok(report::exit_code(&findings))
+}
+
+/// Live events on a channel, captured on a thread of their own, for the
+/// TUI. Capture stops (and detaches) when the receiver is dropped.
+pub fn spawn_live(args: CaptureArgs) -> Result<mpsc::Receiver<Event>> {
+    // Fail fast, on the caller's thread, with the preflight's message.
+    capture_config(&args)?;
+    let (tx, rx) = mpsc::channel(4096);
+    std::thread::Builder::new().name("capture".into()).spawn(move || {
+        struct Forward(mpsc::Sender<Event>);
+        impl EventSink for Forward {
+            fn event(&mut self, ev: Event) -> Result<bool> {
+                Ok(self.0.blocking_send(ev).is_ok())
+            }
+            fn tick(&mut self, _: SystemTime) -> Result<bool> {
+                Ok(!self.0.is_closed())
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        match rt {
+            Ok(rt) => {
+                if let Err(e) = rt.block_on(capture_loop(&args, None, &mut Forward(tx))) {
+                    tracing::error!("capture stopped: {e:#}");
+                }
+            }
+            Err(e) => tracing::error!("capture thread: {e}"),
+        }
+    })?;
+    Ok(rx)
 }
