@@ -127,6 +127,12 @@ impl Default for LabOpts {
     }
 }
 
+pub struct ClientRun {
+    pub pid: u32,
+    pub code: i32,
+    pub lines: Vec<Value>,
+}
+
 /// How a container reaches the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
@@ -167,6 +173,27 @@ impl Container {
         self.command(program, args)
             .output()
             .expect("spawn in container")
+    }
+
+    /// Run a lab client (sdk-client, a real SDK) to completion; its pid, exit
+    /// code and the JSON lines it printed (its own view of its attempts).
+    pub fn client(&self, program: &Path, args: &[&str], env: &[(&str, &str)]) -> ClientRun {
+        let mut cmd = self.command(program, args);
+        cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().expect("start client");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait for client");
+        ClientRun {
+            pid,
+            code: out.status.code().unwrap_or(-1),
+            lines: String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+        }
+    }
+
+    /// The lab's SDK stand-in with one of its profiles (js-v2, botocore,
+    /// rust, v1-only, token-only) against `endpoint`.
+    pub fn sdk(&self, profile: &str, endpoint: &str) -> ClientRun {
+        self.client(&bin("sdk-client"), &["--profile", profile, "--endpoint", endpoint], &[])
     }
 }
 
@@ -703,7 +730,14 @@ impl Lab {
 
     /// Start the observer in the host netns and wait until it captures.
     pub fn observer(&self, extra: &[&str]) -> Observer {
-        Observer::start(&self.host, extra)
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        Observer::start(&self.host, &args)
+    }
+
+    /// Any observer command (`report ...`) in the host netns, once capturing.
+    pub fn observer_cmd(&self, args: &[&str]) -> Observer {
+        Observer::start(&self.host, args)
     }
 
     fn cleanup(&mut self) {
@@ -775,9 +809,8 @@ pub struct Observer {
 }
 
 impl Observer {
-    fn start(host_netns: &str, extra: &[&str]) -> Observer {
-        let mut child = netns_cgroup_command(host_netns, None, &bin("imds-observer"), &["run"])
-            .args(extra)
+    fn start(host_netns: &str, args: &[&str]) -> Observer {
+        let mut child = netns_cgroup_command(host_netns, None, &bin("imds-observer"), args)
             .env("NODE_NAME", "lab-node")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -863,6 +896,20 @@ impl Observer {
         }
     }
 
+    /// Wait for it to exit by itself (--duration); its exit code and stdout.
+    pub fn wait(mut self, timeout: Duration) -> (i32, String) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait for observer") {
+                break st;
+            }
+            assert!(t0.elapsed() < timeout, "observer still running after {timeout:?}");
+            thread::sleep(Duration::from_millis(20));
+        };
+        thread::sleep(Duration::from_millis(100)); // let the readers finish
+        (status.code().unwrap_or(-1), self.raw())
+    }
+
     /// SIGINT, wait for exit, and return everything it wrote.
     pub fn stop(mut self) -> Vec<Value> {
         sh_quiet(&["kill", "-INT", &self.child.id().to_string()]);
@@ -884,6 +931,11 @@ impl Drop for Observer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `finding` lines about the container whose cgroup path is `cgroup`.
+pub fn findings_for<'a>(events: &'a [Value], cgroup: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == "finding" && e["container"]["cgroup"] == cgroup).collect()
 }
 
 /// Events of `kind` ("request", "drop", ...).

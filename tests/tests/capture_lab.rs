@@ -3,22 +3,15 @@
 //! `cargo xtask test` (they are #[ignore]d in a plain `cargo test`).
 use std::{process::Stdio, time::Duration};
 
+
 use imds_lab::{Attach, Container, IMDS_V4, Lab, LabOpts, Observer, Value, bin, of_type};
 
 const TOKEN_PATH: &str = "/latest/api/token";
 
 /// Run the SDK-like client in `c`; returns its pid and timeline lines.
 fn sdk(c: &Container, profile: &str, endpoint: &str) -> (u32, Vec<Value>) {
-    let child = c
-        .command(&bin("sdk-client"), &["--profile", profile, "--endpoint", endpoint])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sdk-client");
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let timeline = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    (pid, timeline)
+    let run = c.sdk(profile, endpoint);
+    (run.pid, run.lines)
 }
 
 /// Stop the observer after the kernel has handed over the last packets.

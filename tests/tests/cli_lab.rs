@@ -80,11 +80,12 @@ fn clear_errors_for_what_is_wrong() {
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn demo_shows_the_failure() {
     // `cargo xtask demo` runs this binary; it exits non-zero unless the
-    // observer saw the token replies die in ip_forward.
+    // observer saw the token replies die in ip_forward and said so.
     let out = Command::new(bin("lab-demo")).output().expect("run lab-demo");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("4 token PUTs left the container"), "{text}");
-    assert!(text.contains("reason IP_INHDR"), "{text}");
+    assert!(text.contains("reason=IP_INHDR"), "{text}");
+    assert!(text.contains("hop_limit_exceeded") && text.contains("imdsv1_fallback"), "{text}");
+    assert!(text.contains("--http-put-response-hop-limit 2"), "{text}");
     assert!(!text.contains("FAKETOKEN") && !text.contains("FAKESECRET"));
 }

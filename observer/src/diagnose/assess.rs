@@ -25,7 +25,7 @@ fn fp<T: Hash>(t: T) -> u64 {
 
 /// The hop limit this container needs: one more than its forwarding hops
 /// (and never less than one more than the TTL its replies died with).
-fn required(node: &NodeView, c: &ContainerState) -> u8 {
+pub(super) fn required(node: &NodeView, c: &ContainerState) -> u8 {
     let ttl = c.episode.as_ref().and_then(|e| e.reply_ttl);
     match (c.forwarding_hops, ttl) {
         (Some(h), Some(t)) => h.max(t).saturating_add(1),
@@ -59,10 +59,11 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Vec<(FindingKind, u
     let mut v = Vec::new();
     let hops = c.forwarding_hops;
     if let Some(ep) = &c.episode {
-        // News: each lost retry, and the first answered attempt after the
-        // last lost one (the client fell back or recovered).
-        let moved_on = c.timeline.iter().any(|a| a.ts > ep.last_lost && a.outcome != Outcome::Pending);
-        v.push((FindingKind::HopLimitExceeded, fp((ep.reply_ttl, hops, required(node, c), ep.lost, moved_on))));
+        // News: each lost retry, and each attempt the client made after the
+        // last lost one (how it fell back), so the last line's timeline is
+        // the whole story. Per client attempt, never per packet.
+        let after = c.timeline.iter().filter(|a| a.ts > ep.last_lost && a.outcome != Outcome::Pending).count();
+        v.push((FindingKind::HopLimitExceeded, fp((ep.reply_ttl, hops, required(node, c), ep.lost, after))));
     }
     if c.token_failed_since.is_some() && c.tokenless_since_failure > 0 {
         let req = c.episode.as_ref().map(|_| required(node, c));
@@ -97,7 +98,7 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn timeline(c: &ContainerState) -> Vec<Attempt> {
+pub(super) fn timeline(c: &ContainerState) -> Vec<Attempt> {
     c.timeline
         .iter()
         .filter(|a| a.outcome != Outcome::Pending)
@@ -109,6 +110,7 @@ fn timeline(c: &ContainerState) -> Vec<Attempt> {
             token: a.token_header,
             outcome: a.outcome.label(),
             latency_ms: a.latency.map(|d| super::state::round3(d.as_secs_f64() * 1000.0)),
+            reply_ttl_at_host: a.reply_ttl,
         })
         .collect()
 }

@@ -227,6 +227,10 @@ pub struct Attempt {
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
+    /// TTL of the reply when it reached the host's uplink (for a lost reply:
+    /// what it had left when the host dropped it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_ttl_at_host: Option<u8>,
 }
 
 /// How to fix a hop-limit problem, for each way the instance may be managed.

@@ -253,16 +253,7 @@ impl Diagnoser {
 
     /// Every current finding, worst first (then by node and container).
     pub fn findings(&self) -> Vec<Finding> {
-        let mut out = Vec::new();
-        for (name, node) in &self.nodes {
-            let view = self.view(name, node);
-            for (&cg, c) in &node.containers {
-                for (kind, _) in assess::active(&view, c) {
-                    let ts = c.emitted.iter().find(|e| e.kind == kind).map_or(node.now, |e| e.ts);
-                    out.push(assess::build(&view, cg, c, kind, ts));
-                }
-            }
-        }
+        let mut out: Vec<Finding> = self.containers().flat_map(|c| c.findings()).collect();
         out.sort_by(|a, b| {
             (a.kind, &a.node, a.container.label(), a.container.cgroup_id).cmp(&(
                 b.kind,
@@ -274,8 +265,19 @@ impl Diagnoser {
         out
     }
 
-    fn view<'a>(&'a self, name: &'a str, node: &NodeState) -> assess::NodeView<'a> {
-        node_view(&self.cfg, name, node)
+    /// One container, for views that show containers as they change (the
+    /// TUI).
+    pub fn container(&self, node: &str, cgroup_id: u64) -> Option<ContainerView<'_>> {
+        let (name, n) = self.nodes.get_key_value(node)?;
+        let c = n.containers.get(&cgroup_id)?;
+        Some(ContainerView { cfg: &self.cfg, name, node: n, cg: cgroup_id, c })
+    }
+
+    /// Every container held, in no particular order.
+    pub fn containers(&self) -> impl Iterator<Item = ContainerView<'_>> {
+        self.nodes.iter().flat_map(move |(name, n)| {
+            n.containers.iter().map(move |(&cg, c)| ContainerView { cfg: &self.cfg, name, node: n, cg, c })
+        })
     }
 
     fn ensure_node(&mut self, name: &str, ts: Ts) {
@@ -289,6 +291,84 @@ impl Diagnoser {
             }
         }
         self.nodes.insert(name.to_string(), NodeState::new(ts));
+    }
+}
+
+/// Read access to one container: each method computes only what it returns,
+/// so a view can poll counters per event and build findings on demand.
+pub struct ContainerView<'a> {
+    cfg: &'a Config,
+    name: &'a str,
+    node: &'a NodeState,
+    cg: u64,
+    c: &'a ContainerState,
+}
+
+impl ContainerView<'_> {
+    pub fn node(&self) -> &str {
+        self.name
+    }
+
+    pub fn cgroup_id(&self) -> u64 {
+        self.cg
+    }
+
+    pub fn container(&self) -> Container {
+        Container { cgroup_id: Some(self.cg), cgroup: self.c.cgroup.clone() }
+    }
+
+    pub fn last_seen(&self) -> SystemTime {
+        self.c.last_seen
+    }
+
+    pub fn requests(&self) -> Requests {
+        self.c.requests
+    }
+
+    pub fn forwarding_hops(&self) -> Option<u8> {
+        self.c.forwarding_hops
+    }
+
+    /// The hop limit it needs, once its hops (or a lost reply's TTL) are
+    /// known.
+    pub fn required_hop_limit(&self) -> Option<u8> {
+        let known = self.c.forwarding_hops.is_some() || self.c.episode.as_ref().is_some_and(|e| e.reply_ttl.is_some());
+        known.then(|| assess::required(&node_view(self.cfg, self.name, self.node), self.c))
+    }
+
+    /// Token PUTs answered 2xx and delivered.
+    pub fn tokens_ok(&self) -> u64 {
+        self.c.tokens_ok
+    }
+
+    /// Token replies lost on the way in (never decreases, but for a lost
+    /// reply that a retransmission delivered after all).
+    pub fn tokens_lost(&self) -> u64 {
+        self.c.tokens_lost
+    }
+
+    /// The finding kinds that hold now, worst first; empty while nothing is
+    /// decided.
+    pub fn kinds(&self) -> Vec<FindingKind> {
+        let view = node_view(self.cfg, self.name, self.node);
+        assess::active(&view, self.c).into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// The findings that hold now, worst first.
+    pub fn findings(&self) -> Vec<Finding> {
+        let view = node_view(self.cfg, self.name, self.node);
+        assess::active(&view, self.c)
+            .into_iter()
+            .map(|(kind, _)| {
+                let ts = self.c.emitted.iter().find(|e| e.kind == kind).map_or(self.node.now, |e| e.ts);
+                assess::build(&view, self.cg, self.c, kind, ts)
+            })
+            .collect()
+    }
+
+    /// Its attempts with a known outcome, oldest first, whatever the finding.
+    pub fn timeline(&self) -> Vec<Attempt> {
+        assess::timeline(self.c)
     }
 }
 
@@ -617,6 +697,7 @@ fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
             imdsv1,
             outcome: Outcome::Pending,
             latency: None,
+            reply_ttl: None,
         },
         cx.cfg.timeline_cap,
     );
@@ -843,6 +924,7 @@ fn undo_lost(cx: &mut Cx, i: usize) {
         return;
     }
     let c = &mut *cx.c;
+    c.tokens_lost = c.tokens_lost.saturating_sub(1);
     if let Some(ep) = c.episode.as_mut() {
         ep.lost = ep.lost.saturating_sub(1);
         if ep.lost == 0 {
@@ -882,6 +964,7 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
     if let Some(a) = c.attempt_mut(attempt) {
         a.outcome = new;
         a.latency = latency;
+        a.reply_ttl = reply_ttl;
     }
     if let Some(l) = latency {
         c.latency.add(l);
@@ -945,6 +1028,7 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
         }
         Outcome::Lost => {
             if kind == ReqKind::Token {
+                c.tokens_lost += 1;
                 match c.episode.as_mut() {
                     Some(ep) => {
                         ep.lost += 1;
@@ -1017,6 +1101,7 @@ fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
             imdsv1: false,
             outcome: how,
             latency: None,
+            reply_ttl: None,
         },
         cx.cfg.timeline_cap,
     );

@@ -139,6 +139,8 @@ pub(super) struct AttemptRec {
     pub imdsv1: bool,
     pub outcome: Outcome,
     pub latency: Option<Duration>,
+    /// TTL of its reply at the host's uplink (or at the drop).
+    pub reply_ttl: Option<u8>,
 }
 
 /// The reply to one exchange, from whichever of host_ingress / drop / reply
@@ -344,6 +346,8 @@ pub(super) struct ContainerState {
     pub failed_token_requests: u64,
     /// Token requests answered 2xx and delivered.
     pub tokens_ok: u64,
+    /// Token replies lost on the way in, over all episodes.
+    pub tokens_lost: u64,
     pub tokenless_since_failure: u64,
     pub s401: Option<StatusState>,
     pub s403: Option<StatusState>,
@@ -371,6 +375,7 @@ impl ContainerState {
             token_failed_outcome: None,
             failed_token_requests: 0,
             tokens_ok: 0,
+            tokens_lost: 0,
             tokenless_since_failure: 0,
             s401: None,
             s403: None,

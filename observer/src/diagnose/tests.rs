@@ -356,9 +356,11 @@ fn hop_limit_failure_is_found_at_the_first_drop_with_evidence_timeline_and_fix()
     assert_eq!(first.evidence.drops, Some(1));
     assert_eq!(outcomes(&first), vec![(Some("PUT"), Some("/latest/api/token"), "lost")]);
 
-    // Updated once more, when the client fell back; not per retransmission.
+    // Updated per attempt the client made after it (two tokenless GETs);
+    // not per retransmission.
     let hops = of(&emitted, FindingKind::HopLimitExceeded);
-    assert_eq!(hops.len(), 2, "{hops:#?}");
+    assert_eq!(hops.len(), 3, "{hops:#?}");
+    assert_eq!(hops.last().unwrap().timeline.len(), 3);
     assert_eq!(of(&emitted, FindingKind::Imdsv1Fallback).len(), 1);
     assert!(of(&emitted, FindingKind::Healthy).is_empty());
 
@@ -478,8 +480,8 @@ fn js_v2_four_lost_puts_then_tokenless_gets() {
         .iter()
         .map(|f| (f.evidence.lost_replies.unwrap(), f.timeline.len()))
         .collect();
-    // One update per lost retry, one when it fell back: not per packet.
-    assert_eq!(hop_updates, vec![(1, 1), (2, 2), (3, 3), (4, 4), (4, 5)]);
+    // One update per lost retry and per attempt after it: not per packet.
+    assert_eq!(hop_updates, vec![(1, 1), (2, 2), (3, 3), (4, 4), (4, 5), (4, 6)]);
     let now = d.findings();
     let hop = one(&now, FindingKind::HopLimitExceeded);
     let o: Vec<&str> = hop.timeline.iter().map(|a| a.outcome.as_str()).collect();

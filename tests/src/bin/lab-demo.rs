@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     let out = app
         .command(&bin("sdk-client"), &["--profile", "js-v2"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .output()
         .expect("run sdk-client");
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -44,26 +44,31 @@ fn main() -> ExitCode {
     std::thread::sleep(Duration::from_millis(300));
     let events = obs.stop();
 
-    println!("\nwhat imds-observer saw ({} events; the token PUTs and their replies):", events.len());
-    let put_flows: Vec<&Value> = of_type(&events, "request")
-        .into_iter()
-        .filter(|e| e["method"] == "PUT")
-        .map(|e| &e["flow"])
-        .collect();
-    for e in &events {
-        let interesting = put_flows.contains(&&e["flow"])
-            && (e.get("method").is_some() || e.get("status").is_some() || e["type"] == "drop");
-        if interesting {
+    println!("\nwhat imds-observer saw ({} events), for the first token PUT:", events.len());
+    let first_put = of_type(&events, "request").into_iter().find(|e| e["method"] == "PUT").map(|e| e["flow"].clone());
+    for e in events.iter().filter(|e| first_put.as_ref() == Some(&e["flow"])).take(14) {
+        if e.get("method").is_some() || e.get("status").is_some() || e["type"] == "drop" {
             println!("  {}", short(e));
         }
     }
     let drops = of_type(&events, "drop").iter().filter(|d| d.get("via").is_none()).count();
-    let lost = put_flows.len();
-    println!(
-        "\n{lost} token PUTs left the container; their replies reached the host with TTL 1 and the kernel dropped them \
-         {drops} times in ip_forward (reason IP_INHDR): the container is one forwarding hop away and needs hop limit 2."
-    );
-    println!("fix: aws ec2 modify-instance-metadata-options --instance-id <id> --http-put-response-hop-limit 2 --http-endpoint enabled");
+    let verdicts = of_type(&events, "finding").len();
+
+    // The same stream, read back by `imds-observer report`.
+    println!("\n$ imds-observer report --from <the stream above>\n");
+    let mut report = std::process::Command::new(bin("imds-observer"))
+        .args(["report", "--from", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run imds-observer report");
+    {
+        let mut stdin = report.stdin.take().unwrap();
+        for e in &events {
+            let _ = writeln!(stdin, "{e}");
+        }
+    }
+    let code = report.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1);
+    println!("(report exit status {code}: 1 means a container needs attention)");
 
     let path = std::env::temp_dir().join("imds-observer-demo.jsonl");
     if let Ok(mut f) = std::fs::File::create(&path) {
@@ -74,7 +79,7 @@ fn main() -> ExitCode {
     }
     drop(lab);
     println!("lab removed.");
-    if lost == 0 || drops == 0 {
+    if drops == 0 || verdicts == 0 || code != 1 {
         eprintln!("demo: the failure was not observed");
         return ExitCode::FAILURE;
     }

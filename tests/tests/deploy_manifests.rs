@@ -1,0 +1,341 @@
+//! The deployment files as CI can check them offline, with no cluster and no
+//! root: the Kubernetes manifests against the Kubernetes schemas
+//! (kubernetes-validate ships them), the Nomad jobs through an HCL2 parser
+//! (python-hcl2), and the facts docs/deploy.md promises (host network,
+//! NODE_NAME, the three capabilities, read-only mounts) asserted on the
+//! parsed files.
+//!
+//! Needs python3 with the PyPI packages kubernetes-validate (which brings
+//! PyYAML) and python-hcl2.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use serde_json::Value;
+
+/// Kubernetes versions to validate against: the oldest one the manifests
+/// promise to work on, and the newest the pinned kubernetes-validate ships.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
+
+/// The capabilities docs/deploy.md grants, in Kubernetes' spelling.
+const CAPABILITIES: [&str; 3] = ["BPF", "PERFMON", "NET_ADMIN"];
+
+const PIP_PACKAGES: &str = "kubernetes-validate python-hcl2";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn kube_dir() -> PathBuf {
+    repo().join("deploy/kubernetes")
+}
+
+/// Checked once: a missing package fails every test with the same message,
+/// not with a Python traceback.
+fn require_python() {
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = CHECK.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import kubernetes_validate, hcl2, yaml"])
+            .output()
+            .map_err(|e| format!("cannot run python3: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or_default().to_string())
+        }
+    });
+    if let Err(e) = r {
+        panic!(
+            "the deploy-manifest checks need python3 with the PyPI packages {PIP_PACKAGES} ({e}). \
+             Run `cargo xtask setup`, or install them: \
+             PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install {PIP_PACKAGES}"
+        );
+    }
+}
+
+/// Run a Python snippet with `args`; its stdout is JSON.
+fn python_json(script: &str, args: &[&Path]) -> Value {
+    require_python();
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("run python3");
+    assert!(out.status.success(), "python3 failed on {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
+
+/// Every YAML document of a file, as JSON.
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    const SCRIPT: &str = r#"
+import json, sys, yaml
+with open(sys.argv[1]) as f:
+    print(json.dumps([d for d in yaml.safe_load_all(f) if d is not None]))
+"#;
+    match python_json(SCRIPT, &[path]) {
+        Value::Array(docs) => docs,
+        v => panic!("{}: not a list of documents: {v}", path.display()),
+    }
+}
+
+/// A Nomad job file parsed by python-hcl2, as JSON: string values without
+/// their quotes and no parser metadata (`__is_block__`, comments), so the
+/// shape is the same across python-hcl2 versions. A block is a list of its
+/// bodies; a labelled block is a list of {label: body}.
+fn hcl(path: &Path) -> Value {
+    const SCRIPT: &str = r#"
+import json, sys, hcl2
+def unquote(s):
+    return s[1:-1] if isinstance(s, str) and len(s) >= 2 and s[0] == s[-1] == '"' else s
+def norm(v):
+    if isinstance(v, dict):
+        return {unquote(k): norm(x) for k, x in v.items() if not str(k).startswith("__")}
+    if isinstance(v, list):
+        return [norm(x) for x in v]
+    return unquote(v)
+with open(sys.argv[1]) as f:
+    print(json.dumps(norm(hcl2.load(f))))
+"#;
+    python_json(SCRIPT, &[path])
+}
+
+fn yaml_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(kube_dir())
+        .expect("deploy/kubernetes")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn is_kustomization(p: &Path) -> bool {
+    p.file_name().is_some_and(|n| n == "kustomization.yaml")
+}
+
+/// All Kubernetes objects of deploy/kubernetes (not the kustomization).
+fn objects() -> Vec<Value> {
+    yaml_files().iter().filter(|p| !is_kustomization(p)).flat_map(|p| yaml_docs(p)).collect()
+}
+
+fn object<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = objs.iter().filter(|o| o["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind} in deploy/kubernetes, found {}", found.len());
+    found[0]
+}
+
+fn strs(v: &Value) -> BTreeSet<String> {
+    v.as_array().unwrap_or_else(|| panic!("not a list: {v}")).iter().map(|s| s.as_str().unwrap().to_string()).collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_schemas() {
+    require_python();
+    let files: Vec<PathBuf> = yaml_files().into_iter().filter(|p| !is_kustomization(p)).collect();
+    assert!(!files.is_empty(), "no manifests in deploy/kubernetes");
+    for file in &files {
+        let docs = yaml_docs(file).len();
+        for version in KUBERNETES_VERSIONS {
+            let out = Command::new("python3")
+                .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+                .arg(file)
+                .output()
+                .expect("run kubernetes-validate");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            // An unknown kind is only a WARN with exit status 0: require a
+            // pass for every document, and nothing else.
+            let passed = text.lines().filter(|l| l.contains(" passed for resource ")).count();
+            assert!(
+                out.status.success() && passed == docs && !text.contains("WARN") && !text.contains("ERROR"),
+                "{} against Kubernetes {version} (strict): {passed} of {docs} objects passed\n{text}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn kustomization_applies_every_manifest_in_one_namespace() {
+    let k = &yaml_docs(&kube_dir().join("kustomization.yaml"))[0];
+    assert_eq!(k["apiVersion"], "kustomize.config.k8s.io/v1beta1");
+    assert_eq!(k["kind"], "Kustomization");
+    assert_eq!(k["namespace"], "imds-observer");
+    let listed = strs(&k["resources"]);
+    let present: BTreeSet<String> = yaml_files()
+        .iter()
+        .filter(|p| !is_kustomization(p))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed, present, "kustomization.yaml resources vs the files in deploy/kubernetes");
+
+    let objs = objects();
+    assert_eq!(object(&objs, "Namespace")["metadata"]["name"], "imds-observer");
+    for o in &objs {
+        if !["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap()) {
+            assert_eq!(o["metadata"]["namespace"], "imds-observer", "{} {}", o["kind"], o["metadata"]["name"]);
+        }
+    }
+    // The image the kustomization pins is the one the DaemonSet names.
+    let image = object(&objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
+    let pinned = &k["images"][0];
+    assert_eq!(image, format!("{}:{}", pinned["name"].as_str().unwrap(), pinned["newTag"].as_str().unwrap()));
+}
+
+#[test]
+fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
+    let objs = objects();
+    let ds = object(&objs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true, "the tc programs need the node's network namespace");
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_ne!(pod["hostPID"], true);
+    assert_ne!(pod["hostIPC"], true);
+    assert!(
+        pod["tolerations"].as_array().unwrap().iter().any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
+        "the DaemonSet must tolerate every taint: {}",
+        pod["tolerations"]
+    );
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
+
+    let sa = object(&objs, "ServiceAccount");
+    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+
+    let node_name: Vec<&Value> = c["env"].as_array().unwrap().iter().filter(|e| e["name"] == "NODE_NAME").collect();
+    assert_eq!(node_name.len(), 1, "NODE_NAME set once");
+    assert_eq!(node_name[0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName", "NODE_NAME from the downward API");
+
+    let sc = &c["securityContext"];
+    assert_ne!(sc["privileged"], true, "no privileged mode");
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(strs(&sc["capabilities"]["drop"]), set(&["ALL"]));
+    assert_eq!(strs(&sc["capabilities"]["add"]), set(&CAPABILITIES), "capabilities beyond docs/deploy.md's");
+
+    // Read-only host mounts, among them the host's cgroup2 tree over the
+    // container's own.
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    for m in mounts {
+        assert_eq!(m["readOnly"], true, "mount {} must be read-only", m["mountPath"]);
+    }
+    let host_path = |mount_path: &str| -> String {
+        let m = mounts.iter().find(|m| m["mountPath"] == mount_path).unwrap_or_else(|| panic!("no mount at {mount_path}"));
+        let v = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).expect("volume of the mount");
+        v["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("{} is not a hostPath", m["name"])).to_string()
+    };
+    assert_eq!(host_path("/sys/fs/cgroup"), "/sys/fs/cgroup");
+    assert_eq!(host_path("/sys/kernel/btf"), "/sys/kernel/btf");
+
+    // Metrics, probes and scrape annotations agree on one port.
+    let argv: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(argv.first(), Some(&"run"), "{argv:?}");
+    let addr = argv.iter().position(|a| *a == "--metrics-addr").map(|i| argv[i + 1]).expect("--metrics-addr");
+    let port: u64 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], port);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], port);
+    let ann = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], port.to_string());
+    assert!(c["resources"]["requests"].get("cpu").is_some() && c["resources"]["limits"].get("memory").is_some());
+}
+
+#[test]
+fn rbac_only_reads_pods() {
+    let objs = objects();
+    let role = object(&objs, "ClusterRole");
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(strs(&rules[0]["apiGroups"]), set(&[""]));
+    assert_eq!(strs(&rules[0]["resources"]), set(&["pods"]));
+    assert_eq!(strs(&rules[0]["verbs"]), set(&["get", "list", "watch"]));
+    let binding = object(&objs, "ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let sa = object(&objs, "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["namespace"], sa["metadata"]["namespace"]);
+}
+
+/// `{label: body}` of the block list `v[name]` with that label.
+fn labelled<'a>(v: &'a Value, name: &str, label: &str) -> &'a Value {
+    v[name]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {name} block in {v}"))
+        .iter()
+        .find_map(|b| b.get(label))
+        .unwrap_or_else(|| panic!("no {name} \"{label}\""))
+}
+
+/// The only `name {}` block of `v`.
+fn block<'a>(v: &'a Value, name: &str) -> &'a Value {
+    let blocks = v[name].as_array().unwrap_or_else(|| panic!("no {name} block"));
+    assert_eq!(blocks.len(), 1, "one {name} block");
+    &blocks[0]
+}
+
+/// The job, its group and its task, checked for what both jobs share.
+fn nomad_task(file: &str) -> (Value, Value, Value) {
+    let doc = hcl(&repo().join("deploy/nomad").join(file));
+    let job = labelled(&doc, "job", "imds-observer").clone();
+    assert_eq!(job["type"], "system", "{file}: one allocation per client");
+    let group = labelled(&job, "group", "imds-observer").clone();
+    let network = block(&group, "network");
+    assert_eq!(network["mode"], "host", "{file}");
+    let task = labelled(&group, "task", "imds-observer").clone();
+    assert_eq!(block(&task, "env")["NODE_NAME"], "${node.unique.name}", "{file}");
+
+    let args: Vec<&str> = block(&task, "config")["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args.first(), Some(&"run"), "{file}: {args:?}");
+    assert!(args.contains(&"--metrics-addr"), "{file}: {args:?}");
+
+    let service = block(&task, "service");
+    let port = service["port"].as_str().unwrap();
+    assert!(labelled(network, "port", port).get("static").is_some(), "{file}: the metrics port is static");
+    let check = block(service, "check");
+    assert_eq!(check["type"], "http", "{file}");
+    assert_eq!(check["path"], "/healthz", "{file}");
+    (job, group, task)
+}
+
+#[test]
+fn nomad_docker_job_is_a_host_network_system_job_with_the_three_capabilities() {
+    require_python();
+    let (_, _, task) = nomad_task("imds-observer.nomad.hcl");
+    assert_eq!(task["driver"], "docker");
+    let config = block(&task, "config");
+    assert_eq!(config["network_mode"], "host");
+    assert!(config["image"].as_str().unwrap().starts_with("ghcr.io/imds-observer/imds-observer:"));
+    assert_ne!(config["privileged"], true, "privileged is the documented alternative, not the default");
+    assert_eq!(config["readonly_rootfs"], true);
+    assert_eq!(strs(&config["cap_drop"]), set(&["all"]));
+    let lower: Vec<String> = CAPABILITIES.iter().map(|c| c.to_lowercase()).collect();
+    assert_eq!(strs(&config["cap_add"]), lower.iter().cloned().collect::<BTreeSet<_>>());
+    let mounts = config["mount"].as_array().expect("mount blocks");
+    for m in mounts {
+        assert_eq!(m["type"], "bind");
+        assert_eq!(m["readonly"], true, "mount {} must be read-only", m["target"]);
+    }
+    assert!(
+        mounts.iter().any(|m| m["source"] == "/sys/fs/cgroup" && m["target"] == "/sys/fs/cgroup"),
+        "the host's cgroup tree: {mounts:?}"
+    );
+}
+
+#[test]
+fn nomad_raw_exec_job_runs_the_installed_binary() {
+    require_python();
+    let (_, _, task) = nomad_task("imds-observer-exec.nomad.hcl");
+    assert_eq!(task["driver"], "raw_exec");
+    assert_eq!(block(&task, "config")["command"], "/usr/local/bin/imds-observer");
+    assert!(task.get("artifact").is_none(), "the artifact block is an example and stays commented out");
+}

@@ -1,0 +1,268 @@
+//! Lab tests of the diagnosis: the findings the observer writes for what
+//! containers really did, with the lab's SDK stand-in and with real SDKs
+//! (botocore, the AWS SDK for Rust). Root only: `cargo xtask test`.
+use std::{path::Path, time::Duration};
+
+use imds_lab::{
+    Attach, ClientRun, Container, Lab, LabOpts, Observer, Tokens, Value, bin, bin_dir, findings_for,
+};
+
+const IMDS: &str = "http://169.254.169.254";
+
+fn finish(obs: Observer) -> Vec<Value> {
+    std::thread::sleep(Duration::from_millis(1500)); // past the engine's timeouts
+    let raw = obs.raw();
+    assert!(!raw.contains("FAKETOKEN") && !raw.contains("FAKESECRET"), "a secret reached the output");
+    obs.stop()
+}
+
+/// The latest line of each finding kind for the container.
+fn latest<'a>(events: &'a [Value], c: &Container, kind: &str) -> Option<&'a Value> {
+    findings_for(events, &c.cgroup_rel()).into_iter().filter(|f| f["kind"] == kind).last()
+}
+
+fn kinds(events: &[Value], c: &Container) -> Vec<String> {
+    let mut k: Vec<String> =
+        findings_for(events, &c.cgroup_rel()).iter().map(|f| f["kind"].as_str().unwrap().to_string()).collect();
+    k.dedup();
+    k
+}
+
+/// Unix seconds of an RFC 3339 timestamp as the observer writes them.
+fn unix(ts: &Value) -> f64 {
+    let s = ts.as_str().expect("ts");
+    let out = std::process::Command::new("date").args(["-u", "-d", s, "+%s.%N"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("date parses ts")
+}
+
+/// The timeline matches what the client itself did: same attempts, in
+/// order, within 50 ms of the client's own send times.
+fn assert_timeline_matches(finding: &Value, client: &ClientRun) {
+    let timeline = finding["timeline"].as_array().expect("timeline");
+    assert_eq!(timeline.len(), client.lines.len(), "timeline {timeline:#?}\nclient {:#?}", client.lines);
+    for (seen, did) in timeline.iter().zip(&client.lines) {
+        assert_eq!(seen["method"], did["method"]);
+        assert_eq!(seen["path"], did["path"]);
+        let dt = (unix(&seen["ts"]) - did["t"].as_f64().unwrap()).abs();
+        assert!(dt < 0.05, "attempt at {} seen {dt:.3}s off the client's own time", seen["ts"]);
+        match did["outcome"].as_str().unwrap() {
+            "timeout" => assert_eq!(seen["outcome"], "lost", "{seen}"),
+            "ok" => assert_eq!(seen["outcome"], if did["status"] == 200 { "ok".into() } else { did["status"].to_string() }),
+            other => panic!("unexpected client outcome {other}"),
+        }
+    }
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let c = lab.add_container("js", Attach::Routed);
+    let obs = lab.observer(&["--instance-id", "i-0123456789abcdef0"]);
+    let client = c.sdk("js-v2", IMDS);
+    assert_eq!(client.lines.iter().filter(|l| l["method"] == "PUT").count(), 4, "{:?}", client.lines);
+    let events = finish(obs);
+
+    let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("no hop_limit_exceeded: {:?}", kinds(&events, &c)));
+    let ev = &f["evidence"];
+    assert_eq!(ev["reply_ttl_at_host"], 1);
+    assert_eq!(ev["forwarding_hops"], 1);
+    assert_eq!(ev["required_hop_limit"], 2);
+    assert_eq!(ev["lost_replies"], 4);
+    assert!(ev["drops"].as_u64().unwrap() >= 4, "{ev}");
+    assert!(ev["seconds_lost"].as_f64().unwrap() > 3.0, "{ev}");
+    assert_timeline_matches(f, &client);
+    let cmd = f["fix"]["command"].as_str().unwrap();
+    assert_eq!(
+        cmd,
+        "aws ec2 modify-instance-metadata-options --instance-id i-0123456789abcdef0 --http-put-response-hop-limit 2 --http-endpoint enabled"
+    );
+    assert!(f["fix"]["karpenter"].as_str().unwrap().contains("httpPutResponseHopLimit: 2"));
+
+    let fb = latest(&events, &c, "imdsv1_fallback").expect("imdsv1_fallback");
+    assert!(fb["summary"].as_str().unwrap().contains("SSRF"), "{fb}");
+
+    // The first verdict went out before the client's first 1 s timeout.
+    let first = findings_for(&events, &c.cgroup_rel()).into_iter().find(|f| f["kind"] == "hop_limit_exceeded").unwrap();
+    let first_put = client.lines[0]["t"].as_f64().unwrap();
+    let at = unix(&first["ts"]);
+    assert!(at < first_put + 1.0, "first hop_limit_exceeded at +{:.3}s, after the client's timeout", at - first_put);
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn two_forwarding_hops_need_hop_limit_3() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let c = lab.add_container("far", Attach::Router);
+    let obs = lab.observer(&[]);
+    c.sdk("botocore", IMDS);
+    let events = finish(obs);
+    let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    assert_eq!(f["evidence"]["reply_ttl_at_host"], 2);
+    assert_eq!(f["evidence"]["forwarding_hops"], 2);
+    assert_eq!(f["evidence"]["required_hop_limit"], 3);
+    drop(lab);
+
+    // The same container at hop limit 3: healthy.
+    let mut lab = Lab::new(LabOpts { hop_limit: 3, ..Default::default() });
+    let c = lab.add_container("far", Attach::Router);
+    let obs = lab.observer(&[]);
+    let run = c.sdk("botocore", IMDS);
+    assert_eq!(run.lines[0]["status"], 200);
+    let events = finish(obs);
+    assert_eq!(kinds(&events, &c), vec!["healthy"], "{events:#?}");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn tokenless_container_on_a_hop_limit_1_host_is_at_risk() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let host = lab.host_process("agent");
+    let c = lab.add_container("legacy", Attach::Routed);
+    let obs = lab.observer(&[]);
+    // A host process's token request shows the node's hop limit (1)...
+    assert_eq!(host.sdk("token-only", IMDS).code, 0);
+    // ...and this container, one hop away, has only used IMDSv1 so far.
+    assert_eq!(c.sdk("v1-only", IMDS).code, 0);
+    let events = finish(obs);
+    let f = latest(&events, &c, "at_risk").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    assert_eq!(f["evidence"]["forwarding_hops"], 1);
+    assert_eq!(f["evidence"]["node_hop_limit"], 1);
+    assert!(latest(&events, &c, "hop_limit_exceeded").is_none());
+    assert_eq!(kinds(&events, &host).last().map(String::as_str), Some("healthy"));
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn botocore_one_put_then_tokenless_gets() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let c = lab.add_container("boto", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/botocore_client.py");
+    let run = c.client(Path::new("python3"), &[script.to_str().unwrap()], &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)]);
+    assert_eq!(run.code, 0, "botocore fell back to IMDSv1 and got credentials: {:?}", run.lines);
+    let took = run.lines[0]["t_end"].as_f64().unwrap() - run.lines[0]["t_start"].as_f64().unwrap();
+    assert!((1.0..2.0).contains(&took), "botocore waited {took:.2}s (one 1 s token timeout)");
+    let events = finish(obs);
+
+    let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    let t = f["timeline"].as_array().unwrap();
+    assert_eq!(t[0]["method"], "PUT");
+    assert_eq!(t[0]["outcome"], "lost");
+    assert!(t.len() >= 3, "{t:#?}");
+    for a in &t[1..] {
+        assert_eq!(a["method"], "GET", "exactly one PUT: {t:#?}");
+        assert_eq!(a["token"], false);
+        assert_eq!(a["outcome"], "ok");
+    }
+    assert!(t[1..].iter().any(|a| a["path"] == "/latest/meta-data/iam/security-credentials/"));
+    assert!(latest(&events, &c, "imdsv1_fallback").is_some());
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn aws_sdk_for_rust_one_put_then_fails_without_fallback() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let c = lab.add_container("rust", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let run = c.client(&bin_dir().join("aws-sdk-rust-client"), &[], &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)]);
+    assert_eq!(run.code, 3, "the SDK for Rust has no IMDSv1 fallback: {:?}", run.lines);
+    let events = finish(obs);
+
+    let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    let t = f["timeline"].as_array().unwrap();
+    assert_eq!(t.len(), 1, "one PUT, nothing after: {t:#?}");
+    assert_eq!((t[0]["method"].as_str(), t[0]["outcome"].as_str()), (Some("PUT"), Some("lost")));
+    assert!(latest(&events, &c, "imdsv1_fallback").is_none(), "no fallback happened");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn tokens_required_401_is_explained_by_the_hop_limit() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, tokens: Tokens::Required });
+    let c = lab.add_container("strict", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let run = c.sdk("botocore", IMDS);
+    assert!(run.lines.iter().any(|l| l["status"] == 401), "{:?}", run.lines);
+    let events = finish(obs);
+    assert!(latest(&events, &c, "hop_limit_exceeded").is_some(), "{:?}", kinds(&events, &c));
+    let f = latest(&events, &c, "token_rejected").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    assert_eq!(f["evidence"]["status"], 401);
+    let summary = f["summary"].as_str().unwrap();
+    assert!(summary.contains("hop limit"), "401 not tied to the hop limit: {summary}");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn nothing_on_the_ecs_endpoint_is_unreachable_not_hop_limit() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let c = lab.add_container("ecs", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let run = c.sdk("v1-only", "http://169.254.170.2");
+    assert_eq!(run.lines[0]["outcome"], "refused");
+    let events = finish(obs);
+    let f = latest(&events, &c, "unreachable").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    assert!(!f["summary"].as_str().unwrap().to_lowercase().contains("hop limit"), "{f}");
+    assert!(f.get("fix").is_none() || !f["fix"].to_string().contains("hop-limit"));
+    assert!(latest(&events, &c, "hop_limit_exceeded").is_none());
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn report_exit_codes_and_replay_match_live() {
+    // Failing host: live report exits 1; the recording replays to the same findings.
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let c = lab.add_container("app", Attach::Routed);
+    let live = lab.observer_cmd(&["report", "--duration", "4", "--json"]);
+    let rec = lab.observer(&["--duration", "4"]);
+    c.sdk("botocore", IMDS);
+    let (code, live_out) = live.wait(Duration::from_secs(15));
+    assert_eq!(code, 1, "{live_out}");
+    let (_, recording) = rec.wait(Duration::from_secs(15));
+    let file = std::env::temp_dir().join(format!("imds-lab-recording-{}.jsonl", std::process::id()));
+    std::fs::write(&file, &recording).unwrap();
+    let replay = std::process::Command::new(bin("imds-observer"))
+        .args(["report", "--json", "--from", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).ok();
+    assert_eq!(replay.status.code(), Some(1));
+    let key = |text: &str| -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|f| f["container"]["cgroup"] == c.cgroup_rel().as_str())
+            .map(|f| format!("{} {} {}", f["kind"], f["evidence"]["forwarding_hops"], f["evidence"]["required_hop_limit"]))
+            .collect();
+        v.sort();
+        v
+    };
+    let live_keys = key(&live_out);
+    assert!(live_keys.iter().any(|k| k.starts_with("\"hop_limit_exceeded\" 1 2")), "{live_keys:?}");
+    assert_eq!(live_keys, key(&String::from_utf8_lossy(&replay.stdout)), "replay differs from live");
+
+    // The table names the finding and the fix.
+    let table = std::process::Command::new(bin("imds-observer")).args(["report", "--from", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().map(|mut ch| {
+        use std::io::Write;
+        ch.stdin.take().unwrap().write_all(recording.as_bytes()).unwrap();
+        ch.wait_with_output().unwrap()
+    }).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("hop_limit_exceeded") && text.contains("--http-put-response-hop-limit 2"), "{text}");
+    drop(lab);
+
+    // Healthy host: exit 0.
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let c = lab.add_container("app", Attach::Routed);
+    let live = lab.observer_cmd(&["report", "--duration", "3"]);
+    assert_eq!(c.sdk("token-only", IMDS).code, 0);
+    let (code, out) = live.wait(Duration::from_secs(15));
+    assert_eq!(code, 0, "{out}");
+
+    // Usage error: exit 2.
+    let bad = std::process::Command::new(bin("imds-observer")).args(["report", "--bogus"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let no_source = std::process::Command::new(bin("imds-observer")).args(["report"]).output().unwrap();
+    assert_eq!(no_source.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_source.stderr).contains("--duration"));
+}
