@@ -67,6 +67,13 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "PATH", env = "IMDS_OBSERVER_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
 
+    /// Docker Engine API socket to name containers by (repeatable; Podman's
+    /// `podman system service` socket works too). Default: the first of
+    /// /var/run/docker.sock, /run/podman/podman.sock, /run/docker.sock that
+    /// exists. Without one, containers are named from their cgroup paths.
+    #[arg(long = "runtime-socket", value_name = "PATH", env = "IMDS_OBSERVER_RUNTIME_SOCKETS", value_delimiter = ',')]
+    pub runtime_sockets: Vec<PathBuf>,
+
     /// Node name written on every event. Kubernetes sets NODE_NAME from the
     /// downward API; default: the host name.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]

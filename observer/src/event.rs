@@ -38,6 +38,9 @@ pub struct Event {
     /// Path below the cgroup2 root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The workload behind the cgroup: runtime, id, name, image, pod, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::identity::Container>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -11,7 +11,7 @@ use crate::{
     capture::decode::{self, Http, IcmpError, IcmpKind, Packet, Proto},
     correlate::flows::{Flow, FlowTable},
     event::{Event, Kind, rfc3339},
-    identity::cgroup::CgroupResolver,
+    identity::Identities,
 };
 
 /// Maps the eBPF clock (CLOCK_MONOTONIC) to wall-clock time.
@@ -51,7 +51,7 @@ pub struct Pipeline {
     pub node: String,
     pub clock: Clock,
     pub flows: FlowTable,
-    pub cgroups: Option<CgroupResolver>,
+    pub identities: Option<Identities>,
     pub drop_reasons: HashMap<u32, String>,
     pub ifaces: HashMap<u32, String>,
     pub skipped: Skipped,
@@ -59,12 +59,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(node: String, clock: Clock, cgroups: Option<CgroupResolver>) -> Self {
+    pub fn new(node: String, clock: Clock, identities: Option<Identities>) -> Self {
         Self {
             node,
             clock,
             flows: FlowTable::new(),
-            cgroups,
+            identities,
             drop_reasons: HashMap::new(),
             ifaces: HashMap::new(),
             skipped: Skipped::default(),
@@ -76,19 +76,14 @@ impl Pipeline {
         Event::new(kind, rfc3339(self.clock.wall(ts_ns)), self.node.clone())
     }
 
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
-        if id == 0 {
-            return None;
-        }
-        self.cgroups.as_mut()?.resolve(id)
-    }
 
     fn with_flow(&mut self, ev: &mut Event, flow: Option<Flow>) {
         if let Some(f) = flow {
             ev.flow = Some(f.cookie);
             if f.cgroup_id != 0 {
                 ev.cgroup_id = Some(f.cgroup_id);
-                ev.cgroup = self.cgroup_path(f.cgroup_id);
+                ev.container = self.identities.as_mut().and_then(|i| i.identify(f.cgroup_id));
+                ev.cgroup = ev.container.as_ref().and_then(|c| c.cgroup.clone());
             }
             ev.pid = f.pid;
             ev.comm = f.comm;

@@ -20,7 +20,7 @@ use crate::{
     cli::{CaptureArgs, ReportArgs, RunArgs},
     diagnose::{self, Diagnoser},
     event::{Event, Kind},
-    identity::cgroup::{self, CgroupResolver},
+    identity::{Identities, cgroup, docker},
     pipeline::{Clock, Pipeline},
     sink::{json::JsonLines, report},
 };
@@ -88,7 +88,9 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
         endpoints = ?cfg.endpoints,
         "capturing"
     );
-    let mut pipe = Pipeline::new(node, Clock::now(), Some(CgroupResolver::new(cfg.cgroup_root.clone())));
+    let sockets = if args.runtime_sockets.is_empty() { docker::default_sockets() } else { args.runtime_sockets.clone() };
+    let identities = Identities::new(cfg.cgroup_root.clone(), &sockets);
+    let mut pipe = Pipeline::new(node, Clock::now(), Some(identities));
     pipe.drop_reasons = cap.drop_reasons.clone();
     pipe.ifaces = cap.ifaces.clone();
 

@@ -221,7 +221,7 @@ fn traffic_to_other_addresses_makes_no_event() {
     sdk(&c, "v1-only", "http://169.254.169.254");
     let (events, _) = finish(obs);
     assert!(!events.is_empty());
-    for e in &events {
+    for e in events.iter().filter(|e| e["type"] != "finding") {
         let addrs = format!("{} {}", e["src"], e["dst"]);
         assert!(addrs.contains(IMDS_V4), "event not about the endpoint: {e}");
     }

@@ -225,6 +225,13 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     let mounts = c["volumeMounts"].as_array().unwrap();
     for m in mounts {
         assert_eq!(m["readOnly"], true, "mount {} must be read-only", m["mountPath"]);
+        // The ServiceAccount token goes to /var/run/secrets/...: its mount
+        // point cannot be made inside a read-only host mount.
+        let path = m["mountPath"].as_str().unwrap();
+        assert!(
+            !["/var", "/var/run", "/var/run/secrets"].contains(&path.trim_end_matches('/')),
+            "a read-only mount at {path} hides the ServiceAccount token's mount point"
+        );
     }
     let host_path = |mount_path: &str| -> String {
         let m = mounts.iter().find(|m| m["mountPath"] == mount_path).unwrap_or_else(|| panic!("no mount at {mount_path}"));

@@ -156,6 +156,7 @@ fn lab_packages() -> Result<()> {
         ("bpftool", "bpftool"),
         ("python3", "python3"),
         ("bash", "bash"),
+        ("tmux", "tmux"),
     ];
     let missing: Vec<&str> = need.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
     if !missing.is_empty() {
@@ -166,13 +167,19 @@ fn lab_packages() -> Result<()> {
         run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // A real SDK for the lab's client tests.
-    if !Command::new("python3").args(["-c", "import botocore"]).output().is_ok_and(|o| o.status.success()) {
-        // Debian's own python refuses pip installs unless told (PEP 668).
-        run(Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", "botocore"])
-            .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))?;
+    pip_install("botocore", &["botocore"])
+}
+
+/// Install PyPI packages unless `module` imports already.
+fn pip_install(module: &str, packages: &[&str]) -> Result<()> {
+    if Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
     }
-    Ok(())
+    // Debian's own python refuses pip installs unless told (PEP 668).
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore"])
+        .args(packages)
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))
 }
 
 fn on_path(cmd: &str) -> bool {
@@ -187,6 +194,9 @@ const LAB_BINS: [&str; 6] = ["build", "--bins", "-p", "imds-observer", "-p", "im
 
 fn test(unit_only: bool, filter: &[String]) -> Result<()> {
     setup()?;
+    // The deploy-manifest checks validate offline against the Kubernetes
+    // schemas kubernetes-validate ships, and parse the Nomad jobs.
+    pip_install("kubernetes_validate, hcl2", &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"])?;
     let mut total = Tally::default();
     // Unit tests: pure logic, no root. Lab tests are #[ignore]d here.
     total += run_tests(cargo().args(["test", "--workspace"]))?;

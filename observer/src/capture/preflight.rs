@@ -99,7 +99,7 @@ pub fn check_ethernet(name: &str) -> Result<()> {
         for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
             *d = s as libc::c_char;
         }
-        let r = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr);
+        let r = libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut ifr);
         libc::close(fd);
         if r == 0 && ifr.ifr_ifru.ifru_hwaddr.sa_family != libc::ARPHRD_ETHER {
             bail!("interface {name:?} is not an Ethernet device; the tc hooks only parse Ethernet uplinks");

@@ -17,7 +17,7 @@ pub(super) struct NodeView<'a> {
     pub instance_id: Option<&'a str>,
 }
 
-fn fp<T: Hash>(t: T) -> u64 {
+pub(super) fn fp<T: Hash>(t: T) -> u64 {
     let mut h = DefaultHasher::new();
     t.hash(&mut h);
     h.finish()
@@ -314,10 +314,20 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
         ts: rfc3339(ts),
         node: node.name.to_string(),
         kind,
-        container: Container { cgroup_id: Some(cg), cgroup: c.cgroup.clone() },
+        container: container(cg, c),
         summary,
         evidence: ev,
         timeline: tl,
         fix,
     }
+}
+
+/// The container a finding is about: its identity, with the cgroup filled in.
+pub(super) fn container(cg: u64, c: &ContainerState) -> Container {
+    let mut who = c.identity.clone().unwrap_or_default();
+    who.cgroup_id = Some(cg);
+    if who.cgroup.is_none() {
+        who.cgroup = c.cgroup.clone();
+    }
+    who
 }

@@ -76,26 +76,8 @@ impl std::fmt::Display for FindingKind {
     }
 }
 
-/// Who the finding is about. Later issues add runtime name, image, pod.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Container {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup_id: Option<u64>,
-    /// Path below the cgroup2 root.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
-}
-
-impl Container {
-    /// A short human label: the cgroup path, else the id.
-    pub fn label(&self) -> String {
-        match (&self.cgroup, self.cgroup_id) {
-            (Some(p), _) => p.clone(),
-            (None, Some(id)) => format!("cgroup {id}"),
-            (None, None) => "?".into(),
-        }
-    }
-}
+/// Who the finding is about: the same identity events carry.
+pub use crate::identity::Container;
 
 /// Requests the container made to metadata endpoints, retransmissions not
 /// counted.

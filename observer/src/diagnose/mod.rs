@@ -314,7 +314,7 @@ impl ContainerView<'_> {
     }
 
     pub fn container(&self) -> Container {
-        Container { cgroup_id: Some(self.cg), cgroup: self.c.cgroup.clone() }
+        assess::container(self.cg, self.c)
     }
 
     pub fn last_seen(&self) -> SystemTime {
@@ -407,7 +407,9 @@ fn flush(name: &str, node: &mut NodeState, cfg: &Config, at: Ts, out: &mut Vec<F
     let view = node_view(cfg, name, node);
     for cg in dirty {
         let Some(c) = node.containers.get_mut(&cg) else { continue };
-        let current = assess::active(&view, c);
+        // A name learned later is news too: findings go out again with it.
+        let who = assess::fp(&c.identity);
+        let current: Vec<_> = assess::active(&view, c).into_iter().map(|(k, f)| (k, f ^ who)).collect();
         let mut emitted = Vec::with_capacity(current.len());
         let mut changed = Vec::new();
         for (kind, fingerprint) in current {
@@ -573,6 +575,9 @@ fn handle(node: &mut NodeState, cfg: &Config, stats: &mut Stats, kind: Kind, ev:
         if c.cgroup.as_deref() != Some(p.as_str()) {
             c.cgroup = Some(p.clone());
         }
+    }
+    if ev.container.is_some() && c.identity != ev.container {
+        c.identity = ev.container.clone();
     }
     let mut cx = Cx { cfg, ts, flow, c, fx: Effects::default() };
     match kind {

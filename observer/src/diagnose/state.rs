@@ -329,6 +329,9 @@ pub(super) struct Emitted {
 #[derive(Clone, Debug)]
 pub(super) struct ContainerState {
     pub cgroup: Option<String>,
+    /// Who it is, as the latest event named it (names arrive after the
+    /// first packets when the runtime API answers later).
+    pub identity: Option<crate::identity::Container>,
     pub last_seen: Ts,
     pub forwarding_hops: Option<u8>,
     pub requests: Requests,
@@ -363,6 +366,7 @@ impl ContainerState {
     pub fn new(now: Ts) -> Self {
         Self {
             cgroup: None,
+            identity: None,
             last_seen: now,
             forwarding_hops: None,
             requests: Requests::default(),

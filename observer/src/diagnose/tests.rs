@@ -431,7 +431,7 @@ fn finding_json_shape() {
     assert_eq!(back, hop);
     // An event line is not a finding, and a container without a path omits it.
     assert!(serde_json::from_str::<Finding>(r#"{"type":"request","ts":"x","node":"n"}"#).is_err());
-    let c = serde_json::to_value(Container { cgroup_id: Some(3), cgroup: None }).unwrap();
+    let c = serde_json::to_value(Container { cgroup_id: Some(3), ..Default::default() }).unwrap();
     assert_eq!(c, serde_json::json!({"cgroup_id": 3}));
 }
 
