@@ -1,0 +1,111 @@
+# imds-observer on every Nomad client without Docker: a system job that runs
+# the static binary with the raw_exec driver.
+#
+#   nomad job run deploy/nomad/imds-observer-exec.nomad.hcl
+#
+# raw_exec runs the binary in the host's namespaces, as the user the Nomad
+# client runs as (root on a usual client install), with no filesystem
+# isolation: the observer sees the host's /sys/fs/cgroup, /sys/kernel/btf,
+# /proc/net/route and runtime sockets directly, and needs nothing mounted.
+# Root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN (docs/deploy.md).
+#
+# Client configuration this job needs:
+#
+#   plugin "raw_exec" {
+#     config {
+#       enabled = true
+#     }
+#   }
+#
+# On kernels 5.8 to 5.10, BPF maps count against RLIMIT_MEMLOCK, which the
+# task inherits from the Nomad client: run the client with
+# LimitMEMLOCK=infinity in its systemd unit there.
+#
+# The binary is expected at /usr/local/bin/imds-observer on every client
+# (install it with your configuration management: it is one static file).
+# Nomad can also fetch it; see the artifact example in the task.
+job "imds-observer" {
+  type = "system"
+  # "*" needs Nomad 1.5+; list your datacenters on older servers.
+  datacenters = ["*"]
+  priority    = 90
+
+  # Linux clients of the binary's architecture (x86_64-unknown-linux-musl).
+  constraint {
+    attribute = "${attr.kernel.name}"
+    value     = "linux"
+  }
+  constraint {
+    attribute = "${attr.cpu.arch}"
+    value     = "amd64"
+  }
+
+  group "imds-observer" {
+    network {
+      mode = "host"
+      port "metrics" {
+        static = 9109
+      }
+    }
+
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "15s"
+      mode     = "delay"
+    }
+
+    task "imds-observer" {
+      driver = "raw_exec"
+
+      config {
+        command = "/usr/local/bin/imds-observer"
+        args    = ["run", "--metrics-addr", "${NOMAD_ADDR_metrics}"]
+      }
+
+      # Example only: nothing is downloaded as written. To have Nomad fetch
+      # the binary instead of installing it on each client, uncomment, point
+      # source at your own copy (with its checksum), and set
+      # command = "local/imds-observer" above.
+      #
+      # artifact {
+      #   source      = "https://example.com/imds-observer/0.1.0/imds-observer-x86_64-linux-musl"
+      #   destination = "local/imds-observer"
+      #   mode        = "file"
+      #   options {
+      #     checksum = "sha256:<sha256 of the binary>"
+      #   }
+      # }
+
+      env {
+        NODE_NAME = "${node.unique.name}"
+      }
+
+      # Sizing: see "Sizing" in docs/deploy.md. For the scheduler these
+      # reserve capacity; how far raw_exec enforces them depends on the
+      # Nomad version and the client's cgroups.
+      resources {
+        cpu    = 50  # MHz
+        memory = 128 # MiB
+      }
+
+      service {
+        name     = "imds-observer"
+        provider = "nomad"
+        port     = "metrics"
+        tags     = ["metrics", "prometheus"]
+
+        check {
+          name     = "healthz"
+          type     = "http"
+          path     = "/healthz"
+          interval = "20s"
+          timeout  = "2s"
+        }
+      }
+
+      # SIGTERM detaches every program; give it a moment.
+      kill_timeout = "10s"
+    }
+  }
+}

@@ -1,0 +1,160 @@
+# imds-observer on every Nomad client with Docker: a system job.
+#
+#   nomad job run deploy/nomad/imds-observer.nomad.hcl
+#
+# Client configuration this job needs (in the client's agent config), since
+# the docker driver by default grants none of these capabilities and mounts
+# no host paths:
+#
+#   plugin "docker" {
+#     config {
+#       # cap_add below must be a subset of allow_caps (Nomad's default list
+#       # has none of the three). Keep the default ones your other jobs use.
+#       allow_caps = ["audit_write", "chown", "dac_override", "fowner", "fsetid",
+#                     "kill", "mknod", "net_bind_service", "setfcap", "setgid",
+#                     "setpcap", "setuid", "sys_chroot",
+#                     "bpf", "perfmon", "net_admin"]
+#       # Bind mounts of host paths (/sys/fs/cgroup, /sys/kernel/btf, /run).
+#       volumes {
+#         enabled = true
+#       }
+#       # Only for the privileged alternative below:
+#       # allow_privileged = true
+#     }
+#   }
+#
+# Docker Engine 23.0 or later: 20.10 rejects the capability names BPF and
+# PERFMON ("unknown capability"). On such a host use the privileged
+# alternative, or cap_add = ["sys_admin", "net_admin"] (CAP_SYS_ADMIN stands
+# in for CAP_BPF and CAP_PERFMON; allow_caps must then list sys_admin).
+job "imds-observer" {
+  type        = "system"
+  # "*" needs Nomad 1.5+; list your datacenters on older servers.
+  datacenters = ["*"]
+  # Schedule it ahead of ordinary work when a client is full.
+  priority = 90
+
+  # Linux clients of the binary's architecture (x86_64-unknown-linux-musl).
+  constraint {
+    attribute = "${attr.kernel.name}"
+    value     = "linux"
+  }
+  constraint {
+    attribute = "${attr.cpu.arch}"
+    value     = "amd64"
+  }
+
+  group "imds-observer" {
+    network {
+      mode = "host"
+      port "metrics" {
+        static = 9109
+      }
+    }
+
+    # Restart in place; a system job has no other node to move to.
+    restart {
+      attempts = 10
+      interval = "30m"
+      delay    = "15s"
+      mode     = "delay"
+    }
+
+    task "imds-observer" {
+      driver = "docker"
+
+      config {
+        image = "ghcr.io/imds-observer/imds-observer:0.1.0"
+        args  = ["run", "--metrics-addr", "${NOMAD_ADDR_metrics}"]
+
+        # The tc programs attach to the host's uplinks, and /proc/net/route
+        # must be the host's routing table.
+        network_mode = "host"
+        ports        = ["metrics"]
+
+        readonly_rootfs = true
+
+        # Least privilege: CAP_BPF (load programs, maps), CAP_PERFMON (the
+        # tracing program reads kernel memory), CAP_NET_ADMIN (attach the
+        # cgroup and tc programs). Linux 5.8+.
+        cap_drop = ["all"]
+        cap_add  = ["bpf", "perfmon", "net_admin"]
+
+        # Alternative when allow_caps cannot be changed but privileged
+        # containers are allowed (allow_privileged = true on the client):
+        # delete cap_drop and cap_add above and set
+        #   privileged = true
+
+        # Kernels 5.8 to 5.10 charge BPF maps to RLIMIT_MEMLOCK; the ring
+        # buffer alone is 4 MiB. Unlimited here, harmless on 5.11+.
+        ulimit {
+          memlock = "-1"
+        }
+
+        # The host's cgroup2 tree (the cgroup programs attach at its root;
+        # cgroup ids are resolved to paths below it). Docker bind mounts are
+        # recursive, so /sys/fs/cgroup/unified comes along on hybrid hosts.
+        mount {
+          type     = "bind"
+          source   = "/sys/fs/cgroup"
+          target   = "/sys/fs/cgroup"
+          readonly = true
+        }
+
+        # Kernel BTF, read at start (sk_buff offsets, drop-reason names).
+        mount {
+          type     = "bind"
+          source   = "/sys/kernel/btf"
+          target   = "/sys/kernel/btf"
+          readonly = true
+        }
+
+        # The host's /run (which /var/run links to) with the Docker Engine
+        # API socket, for container names, images and the
+        # com.hashicorp.nomad.* labels. Read-only does not restrict what the
+        # API allows: the socket is root on the host. Delete this block to
+        # keep the observer off it; it then names containers from their
+        # cgroup paths.
+        mount {
+          type     = "bind"
+          source   = "/run"
+          target   = "/run"
+          readonly = true
+        }
+      }
+
+      env {
+        NODE_NAME = "${node.unique.name}"
+        # For allocation -> job, group and task names from the Nomad HTTP
+        # API, point the observer at the local agent:
+        # NOMAD_ADDR = "http://${attr.unique.network.ip-address}:4646"
+      }
+
+      # Sizing: see "Sizing" in docs/deploy.md. memory_max is the hard limit
+      # only where memory oversubscription is enabled; elsewhere memory is.
+      resources {
+        cpu        = 50  # MHz
+        memory     = 128 # MiB
+        memory_max = 256 # MiB
+      }
+
+      service {
+        name     = "imds-observer"
+        provider = "nomad"
+        port     = "metrics"
+        tags     = ["metrics", "prometheus"]
+
+        check {
+          name     = "healthz"
+          type     = "http"
+          path     = "/healthz"
+          interval = "20s"
+          timeout  = "2s"
+        }
+      }
+
+      # SIGTERM detaches every program; give it a moment.
+      kill_timeout = "10s"
+    }
+  }
+}
