@@ -160,6 +160,7 @@ fn emit<P: Packet>(pkt: &P, version: u8, inbound: bool, proto: u8, l3_len: u32, 
     rec.cgroup_id = meta.cgroup_id;
     rec.cookie = meta.cookie;
     rec.pid_tgid = 0;
+    rec.netns_cookie = 0;
     rec.hook = meta.hook as u8;
     rec.family = version;
     rec.dport = 0;

@@ -4,7 +4,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -23,6 +23,7 @@ fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
     rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     rec.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     rec.pid_tgid = bpf_get_current_pid_tgid();
+    rec.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     rec.hook = Hook::Connect as u8;
     rec.family = family;
     rec.dport = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);

@@ -58,6 +58,8 @@ pub struct Record {
     pub cookie: u64,
     /// Connect: `bpf_get_current_pid_tgid`.
     pub pid_tgid: u64,
+    /// Connect: the network namespace cookie of the connecting socket.
+    pub netns_cookie: u64,
     /// A [`Hook`].
     pub hook: u8,
     /// 4 or 6.

@@ -55,7 +55,29 @@ pub struct Pipeline {
     pub drop_reasons: HashMap<u32, String>,
     pub ifaces: HashMap<u32, String>,
     pub skipped: Skipped,
+    /// The observer's own network namespace cookie (the host's, as deployed).
+    own_netns: Option<u64>,
     last_sweep: u64,
+}
+
+/// This process's network namespace cookie, as `bpf_get_netns_cookie`
+/// reports it for sockets (SO_NETNS_COOKIE, Linux 5.14+). The kernel side
+/// takes it at connect: a short-lived process may be gone from /proc by
+/// the time userspace reads the record.
+fn own_netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a throwaway socket and a u64 out-parameter of the right size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        let r = libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len);
+        libc::close(fd);
+        (r == 0).then_some(cookie)
+    }
 }
 
 impl Pipeline {
@@ -68,6 +90,7 @@ impl Pipeline {
             drop_reasons: HashMap::new(),
             ifaces: HashMap::new(),
             skipped: Skipped::default(),
+            own_netns: own_netns_cookie(),
             last_sweep: 0,
         }
     }
@@ -83,6 +106,13 @@ impl Pipeline {
             if f.cgroup_id != 0 {
                 ev.cgroup_id = Some(f.cgroup_id);
                 ev.container = self.identities.as_mut().and_then(|i| i.identify(f.cgroup_id));
+                // Not a container the runtime conventions know, in the host's
+                // network namespace: a host process.
+                if let Some(c) = ev.container.as_mut() {
+                    if c.runtime.is_none() && c.id.is_none() && f.host_netns == Some(true) {
+                        c.host = true;
+                    }
+                }
                 ev.cgroup = ev.container.as_ref().and_then(|c| c.cgroup.clone());
             }
             ev.pid = f.pid;
@@ -103,7 +133,8 @@ impl Pipeline {
         if hook == Hook::Connect {
             let comm = comm(&rec.comm);
             let pid = (rec.pid_tgid >> 32) as u32;
-            self.flows.on_connect(rec.cookie, rec.cgroup_id, pid, comm, rec.ts_ns);
+            let host_netns = self.own_netns.filter(|_| rec.netns_cookie != 0).map(|own| own == rec.netns_cookie);
+            self.flows.on_connect(rec.cookie, rec.cgroup_id, pid, comm, host_netns, rec.ts_ns);
             return None;
         }
         let n = (rec.snap_len as usize).min(rec.data.len());

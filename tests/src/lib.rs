@@ -942,3 +942,90 @@ pub fn findings_for<'a>(events: &'a [Value], cgroup: &str) -> Vec<&'a Value> {
 pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
 }
+
+/// Real containers: podman (with runc; crun refuses hybrid cgroups) run in
+/// the lab's host netns, so its bridge and NAT live there. Containers run a
+/// busybox image built locally (no registry is reachable).
+pub struct Podman {
+    host: String,
+    pub socket: PathBuf,
+    service: Option<Child>,
+    names: Vec<String>,
+}
+
+pub const BUSYBOX_IMAGE: &str = "localhost/imds-lab-busybox:1";
+
+impl Podman {
+    /// `api`: also serve the Docker-compatible API (`podman system service`).
+    pub fn new(lab: &Lab, api: bool) -> Podman {
+        let socket = std::env::temp_dir().join(format!("{}-podman.sock", lab.id));
+        let _ = fs::remove_file(&socket);
+        let mut p = Podman { host: lab.host.clone(), socket: socket.clone(), service: None, names: Vec::new() };
+        p.ensure_image();
+        if api {
+            let child = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", p.host))
+                .args(["podman", "system", "service", "--time=0"])
+                .arg(format!("unix://{}", socket.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start podman system service");
+            p.service = Some(child);
+            let t0 = Instant::now();
+            while !socket.exists() {
+                assert!(t0.elapsed() < Duration::from_secs(20), "podman API socket did not appear");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        p
+    }
+
+    fn ensure_image(&self) {
+        if Command::new("podman").args(["image", "exists", BUSYBOX_IMAGE]).status().is_ok_and(|s| s.success()) {
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("imds-lab-rootfs-{}", std::process::id()));
+        let bin = root.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+        for tool in ["sh", "nc", "printf", "wget", "sleep", "cat", "timeout"] {
+            std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
+        }
+        let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
+        let out = Command::new("podman").args(["import", "-", BUSYBOX_IMAGE]).stdin(tar.stdout.unwrap()).output().unwrap();
+        let _ = fs::remove_dir_all(&root);
+        assert!(out.status.success(), "podman import: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Run `script` in a new container named `name` (on podman's default
+    /// bridge with NAT) to completion; returns its full id.
+    pub fn run(&mut self, name: &str, script: &str) -> String {
+        self.names.push(name.to_string());
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host))
+            .args(["podman", "--runtime", "runc", "run", "-d", "--name", name])
+            .args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=30000:30000"])
+            .args([BUSYBOX_IMAGE, "sh", "-c", script])
+            .output()
+            .expect("podman run");
+        assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let wait = Command::new("podman").args(["wait", name]).output().expect("podman wait");
+        assert!(wait.status.success(), "podman wait: {}", String::from_utf8_lossy(&wait.stderr));
+        id
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for n in &self.names {
+            sh_quiet(&["podman", "rm", "-f", n]);
+        }
+        if let Some(mut s) = self.service.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = fs::remove_file(&self.socket);
+    }
+}

@@ -157,6 +157,11 @@ fn lab_packages() -> Result<()> {
         ("python3", "python3"),
         ("bash", "bash"),
         ("tmux", "tmux"),
+        // Real containers: podman with runc (crun refuses hybrid cgroups),
+        // a busybox rootfs imported as the image (no registry here).
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("busybox", "busybox-static"),
     ];
     let missing: Vec<&str> = need.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
     if !missing.is_empty() {

@@ -30,6 +30,9 @@ pub struct Flow {
     pub cgroup_id: u64,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The connecting process shares the observer's network namespace
+    /// (host networking).
+    pub host_netns: Option<bool>,
     last_seen: Nanos,
 }
 
@@ -85,10 +88,11 @@ impl FlowTable {
     }
 
     /// A process connected: remember who it is.
-    pub fn on_connect(&mut self, cookie: u64, cgroup_id: u64, pid: u32, comm: String, now: Nanos) {
+    pub fn on_connect(&mut self, cookie: u64, cgroup_id: u64, pid: u32, comm: String, host_netns: Option<bool>, now: Nanos) {
         let f = self.flow_mut(cookie, cgroup_id, now);
         f.pid = Some(pid);
         f.comm = Some(comm);
+        f.host_netns = host_netns;
     }
 
     /// A packet at a socket (cgroup hook). `sent` is true for packets the
@@ -184,7 +188,7 @@ mod tests {
     #[test]
     fn routed_flow_matches_by_tuple() {
         let mut t = FlowTable::new();
-        t.on_connect(7, 42, 100, "curl".into(), S);
+        t.on_connect(7, 42, 100, "curl".into(), None, S);
         t.on_socket_packet(7, 42, sa("198.18.1.2:4000"), sa("169.254.169.254:80"), Some((1, 0)), true, S);
         let f = t.on_uplink_egress(sa("198.18.1.2:4000"), sa("169.254.169.254:80"), Some((1, 0)), S).unwrap();
         assert_eq!((f.cookie, f.cgroup_id, f.pid), (7, 42, Some(100)));
