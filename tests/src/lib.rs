@@ -705,6 +705,15 @@ impl Lab {
         self.bridge = true;
     }
 
+    /// Stop and remove a container: its processes, netns and cgroup.
+    pub fn remove(&mut self, c: Container) {
+        if c.netns != self.host {
+            sh_quiet(&["ip", "netns", "del", &c.netns]);
+            self.netns.retain(|n| n != &c.netns);
+        }
+        remove_cgroup_tree(&c.cgroup);
+    }
+
     /// A process in the host netns (host networking), in its own cgroup.
     pub fn host_process(&mut self, name: &str) -> Container {
         Container {
@@ -863,6 +872,20 @@ impl Observer {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("observer VmRSS")
     }
 
     /// The events written so far, parsed.

@@ -79,3 +79,38 @@ fn host_process_is_identified_as_host() {
     let cf = findings_for(&events, &c.cgroup_rel());
     assert!(!cf.is_empty() && cf.iter().all(|f| f["container"].get("host").is_none()), "{cf:#?}");
 }
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn churn_of_200_containers_is_attributed_and_memory_stays_flat() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let obs = lab.observer(&[]);
+    let mut ran = Vec::new(); // (cgroup path, client pid)
+    let mut rss_warm = 0;
+    for i in 0..200 {
+        let c = lab.add_container(&format!("c{i}"), Attach::Routed);
+        let run = c.sdk("v1-only", "http://169.254.169.254");
+        assert_eq!(run.code, 0, "container {i}: {:?}", run.lines);
+        ran.push((c.cgroup_rel(), run.pid));
+        lab.remove(c);
+        if i == 19 {
+            std::thread::sleep(Duration::from_millis(300));
+            rss_warm = obs.rss_kib();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_end = obs.rss_kib();
+    println!("observer RSS after 20 containers: {rss_warm} KiB; after 200: {rss_end} KiB");
+    let events = obs.stop();
+
+    let requests: Vec<&Value> = events.iter().filter(|e| e["type"] == "request").collect();
+    for (cgroup, pid) in &ran {
+        let mine: Vec<_> = requests.iter().filter(|e| e["pid"] == *pid).collect();
+        assert!(!mine.is_empty(), "no request from pid {pid} ({cgroup})");
+        for e in mine {
+            assert_eq!(e["cgroup"], cgroup.as_str(), "pid {pid} attributed to the wrong cgroup: {e}");
+        }
+    }
+    // Flat: 180 more containers (and gone) cost less than 8 MiB.
+    assert!(rss_end < rss_warm + 8 * 1024, "RSS grew from {rss_warm} to {rss_end} KiB");
+}
