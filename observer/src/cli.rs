@@ -74,6 +74,12 @@ pub struct CaptureArgs {
     #[arg(long = "runtime-socket", value_name = "PATH", env = "IMDS_OBSERVER_RUNTIME_SOCKETS", value_delimiter = ',')]
     pub runtime_sockets: Vec<PathBuf>,
 
+    /// Run even if another imds-observer is running in this network
+    /// namespace. Both then attach their programs and each reports every
+    /// packet; meant for trying a new version beside the deployed one.
+    #[arg(long, env = "IMDS_OBSERVER_ALONGSIDE")]
+    pub alongside: bool,
+
     /// Node name written on every event. Kubernetes sets NODE_NAME from the
     /// downward API; default: the host name.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]

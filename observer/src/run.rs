@@ -52,6 +52,14 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
             "no cgroup v2 mount found: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or pass --cgroup-root",
         )?,
     };
+    // The cgroup2 root directory is inode 1; anything else is a subtree (a
+    // container's own cgroup namespace, say) and sees only its processes.
+    if std::fs::metadata(&cgroup_root).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(1) {
+        warn!(
+            root = %cgroup_root.display(),
+            "this is not the host's cgroup2 root: only processes below it are seen (mount the host's /sys/fs/cgroup)"
+        );
+    }
     let ifaces = if args.ifaces.is_empty() {
         let found = uplinks::uplinks_for(&endpoints).context("reading the routing table")?;
         if found.is_empty() {
@@ -65,6 +73,24 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
         preflight::check_ethernet(i)?;
     }
     Ok(capture::Config { endpoints, cgroup_root, ifaces })
+}
+
+/// One observer per host: a second would attach the same programs and
+/// report every packet twice. The lock is an abstract unix socket, so it is
+/// per network namespace (the host's, as deployed with host networking) and
+/// the kernel releases it when the holder dies, SIGKILL included.
+fn instance_lock() -> Result<std::os::unix::net::UnixListener> {
+    use std::os::{linux::net::SocketAddrExt, unix::net::SocketAddr};
+    let addr = SocketAddr::from_abstract_name(b"imds-observer.lock")?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        if e.kind() == ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "another imds-observer is already running on this host (network namespace); stop it, or pass --alongside to run both"
+            )
+        } else {
+            anyhow::anyhow!("taking the instance lock: {e}")
+        }
+    })
 }
 
 /// What the capture loop does with each event; returns false to stop.
@@ -81,6 +107,7 @@ pub trait EventSink {
 pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &mut impl EventSink) -> Result<()> {
     let cfg = capture_config(args)?;
     let node = node_name(args.node_name.clone());
+    let _lock = if args.alongside { None } else { Some(instance_lock()?) };
     let mut cap = Capture::start(&cfg)?;
     info!(
         cgroup_root = %cfg.cgroup_root.display(),
@@ -255,19 +282,42 @@ pub fn spawn_live(args: CaptureArgs) -> Result<mpsc::Receiver<Event>> {
     capture_config(&args)?;
     let (tx, rx) = mpsc::channel(4096);
     std::thread::Builder::new().name("capture".into()).spawn(move || {
-        struct Forward(mpsc::Sender<Event>);
+        /// Never blocks (it runs inside the capture's runtime, where
+        /// `blocking_send` panics): when the TUI falls behind, events are
+        /// dropped and reported as lost_events once there is room.
+        struct Forward {
+            tx: mpsc::Sender<Event>,
+            dropped: u64,
+            node: String,
+        }
         impl EventSink for Forward {
             fn event(&mut self, ev: Event) -> Result<bool> {
-                Ok(self.0.blocking_send(ev).is_ok())
+                match self.tx.try_send(ev) {
+                    Ok(()) => Ok(true),
+                    Err(mpsc::error::TrySendError::Full(ev)) => {
+                        self.dropped += 1;
+                        self.node = ev.node;
+                        Ok(true)
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+                }
             }
-            fn tick(&mut self, _: SystemTime) -> Result<bool> {
-                Ok(!self.0.is_closed())
+            fn tick(&mut self, now: SystemTime) -> Result<bool> {
+                if self.dropped > 0 {
+                    let mut ev = Event::new(Kind::LostEvents, crate::event::rfc3339(now), self.node.clone());
+                    ev.count = Some(self.dropped);
+                    if self.tx.try_send(ev).is_ok() {
+                        self.dropped = 0;
+                    }
+                }
+                Ok(!self.tx.is_closed())
             }
         }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
         match rt {
             Ok(rt) => {
-                if let Err(e) = rt.block_on(capture_loop(&args, None, &mut Forward(tx))) {
+                let mut fwd = Forward { tx, dropped: 0, node: String::new() };
+                if let Err(e) = rt.block_on(capture_loop(&args, None, &mut fwd)) {
                     tracing::error!("capture stopped: {e:#}");
                 }
             }

@@ -934,17 +934,25 @@ impl Observer {
     }
 
     /// SIGINT, wait for exit, and return everything it wrote.
-    pub fn stop(mut self) -> Vec<Value> {
-        sh_quiet(&["kill", "-INT", &self.child.id().to_string()]);
+    pub fn stop(self) -> Vec<Value> {
+        self.signal("INT")
+    }
+
+    /// Send `sig` (INT, TERM, KILL), wait for exit, return what it wrote.
+    pub fn signal(mut self, sig: &str) -> Vec<Value> {
+        sh_quiet(&["kill", &format!("-{sig}"), &self.child.id().to_string()]);
         let t0 = Instant::now();
         while self.child.try_wait().ok().flatten().is_none() {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
-                "observer did not exit on SIGINT"
+                "observer did not exit on SIG{sig}"
             );
             thread::sleep(Duration::from_millis(20));
         }
         thread::sleep(Duration::from_millis(100)); // let the readers finish
+        if sig == "KILL" {
+            return Vec::new(); // its last line may be cut short
+        }
         self.events()
     }
 }

@@ -89,3 +89,51 @@ fn demo_shows_the_failure() {
     assert!(text.contains("--http-put-response-hop-limit 2"), "{text}");
     assert!(!text.contains("FAKETOKEN") && !text.contains("FAKESECRET"));
 }
+
+/// How many of each of our programs the kernel has loaded.
+fn program_counts() -> Vec<(&'static str, usize)> {
+    let progs = loaded_programs();
+    OUR_PROGRAMS.iter().map(|p| (*p, progs.matches(&format!("name {p} ")).count())).collect()
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn sigkill_then_restart_leaves_no_duplicates_and_sigterm_detaches() {
+    let mut lab = Lab::new(LabOpts::default());
+    let c = lab.add_container("app", Attach::Routed);
+    let first = lab.observer(&[]);
+    assert!(program_counts().iter().all(|(_, n)| *n == 1), "{:?}", program_counts());
+    first.signal("KILL");
+
+    // The kernel released the killed instance's links with its fds; the
+    // next start attaches once, and events still flow.
+    let second = lab.observer(&[]);
+    assert!(program_counts().iter().all(|(_, n)| *n == 1), "duplicates after restart: {:?}", program_counts());
+    assert_eq!(c.sdk("v1-only", "http://169.254.169.254").code, 0);
+    second.wait_for("a request after restart", std::time::Duration::from_secs(5), |e| e["type"] == "request");
+    let t0 = std::time::Instant::now();
+    second.signal("TERM");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(2), "SIGTERM took {:?}", t0.elapsed());
+    assert!(program_counts().iter().all(|(_, n)| *n == 0), "left attached after SIGTERM: {:?}", program_counts());
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn second_instance_is_refused_unless_alongside() {
+    let lab = Lab::new(LabOpts::default());
+    let first = lab.observer(&[]);
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.host))
+        .arg(bin("imds-observer"))
+        .args(["run", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another imds-observer is already running"), "{err}");
+    assert!(err.contains("--alongside"), "{err}");
+    let along = lab.observer(&["--alongside"]);
+    assert!(program_counts().iter().all(|(_, n)| *n == 2), "{:?}", program_counts());
+    along.stop();
+    first.stop();
+}

@@ -213,8 +213,8 @@ fn report_exit_codes_and_replay_match_live() {
     // Failing host: live report exits 1; the recording replays to the same findings.
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("app", Attach::Routed);
-    let live = lab.observer_cmd(&["report", "--duration", "4", "--json"]);
-    let rec = lab.observer(&["--duration", "4"]);
+    let live = lab.observer_cmd(&["report", "--duration", "8", "--json", "--alongside"]);
+    let rec = lab.observer(&["--duration", "8"]);
     c.sdk("botocore", IMDS);
     let (code, live_out) = live.wait(Duration::from_secs(15));
     assert_eq!(code, 1, "{live_out}");

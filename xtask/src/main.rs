@@ -204,7 +204,7 @@ fn test(unit_only: bool, filter: &[String]) -> Result<()> {
     pip_install("kubernetes_validate, hcl2", &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"])?;
     let mut total = Tally::default();
     // Unit tests: pure logic, no root. Lab tests are #[ignore]d here.
-    total += run_tests(cargo().args(["test", "--workspace"]))?;
+    total += run_tests(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     if !unit_only {
         if !is_root() {
             bail!("the lab tests need root (eBPF, namespaces, cgroups): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
@@ -212,7 +212,9 @@ fn test(unit_only: bool, filter: &[String]) -> Result<()> {
         lab_packages()?;
         run(cargo().args(LAB_BINS).args(["-p", "aws-sdk-rust-client"]))?;
         total += run_tests(
-            cargo().args(["test", "-p", "imds-lab", "--tests", "--", "--ignored", "--test-threads=1"]).args(filter),
+            cargo()
+                .args(["test", "-p", "imds-lab", "--tests", "--no-fail-fast", "--", "--ignored", "--test-threads=1"])
+                .args(filter),
         )?;
     }
     // One closing line for the whole run, unit and lab together.

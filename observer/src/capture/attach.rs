@@ -37,9 +37,12 @@ pub fn tc(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<HashMap<u32, String>> {
         let prog: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load().with_context(|| format!("loading {name}"))?;
         for iface in ifaces {
-            // Kernels before 6.6 have no TCX: the program needs a clsact qdisc.
+            // Kernels before 6.6 have no TCX: the program needs a clsact
+            // qdisc, and its netlink filter outlives a SIGKILLed observer
+            // (fd-based links do not): remove such leftovers by name first.
             if !has_tcx() {
                 let _ = tc::qdisc_add_clsact(iface);
+                let _ = tc::qdisc_detach_program(iface, ty, name);
             }
             prog.attach(iface, ty).with_context(|| format!("attaching {name} to {iface}"))?;
         }
