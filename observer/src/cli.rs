@@ -99,6 +99,27 @@ pub struct RunArgs {
     /// or an i-... id found in the node name).
     #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
     pub instance_id: Option<String>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and /healthz
+    /// and /readyz (200 once capture is attached) for probes; e.g.
+    /// 0.0.0.0:9109. Off when absent.
+    #[arg(long, value_name = "ADDR:PORT", env = "IMDS_OBSERVER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Drop the metric series of a workload not seen for this long.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "IMDS_OBSERVER_METRICS_GRACE",
+        default_value = "10m",
+        value_parser = humantime::parse_duration
+    )]
+    pub metrics_grace: std::time::Duration,
+
+    /// Workload series at most; further workloads are counted under
+    /// workload="_other".
+    #[arg(long, value_name = "N", env = "IMDS_OBSERVER_METRICS_MAX_WORKLOADS", default_value_t = 2000)]
+    pub metrics_max_workloads: usize,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,10 @@ use std::{
     io::{self, ErrorKind},
     net::IpAddr,
     path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -22,7 +26,12 @@ use crate::{
     event::{Event, Kind},
     identity::{Identities, cgroup, docker},
     pipeline::{Clock, Pipeline},
-    sink::{json::JsonLines, report},
+    sink::{
+        http,
+        json::JsonLines,
+        metrics::{self, BpfProgramStats, Metrics},
+        report,
+    },
 };
 
 pub fn node_name(flag: Option<String>) -> String {
@@ -100,6 +109,11 @@ pub trait EventSink {
     fn tick(&mut self, _now: SystemTime) -> Result<bool> {
         Ok(true)
     }
+    /// The programs are attached: events flow from now on.
+    fn attached(&mut self) {}
+    /// Once a second, for sinks that report per-program BPF statistics:
+    /// `read` asks the kernel.
+    fn bpf_stats(&mut self, _read: &dyn Fn() -> Vec<BpfProgramStats>) {}
 }
 
 /// Capture until SIGINT/SIGTERM, `deadline`, or the sink says stop; then
@@ -115,6 +129,7 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
         endpoints = ?cfg.endpoints,
         "capturing"
     );
+    sink.attached();
     let sockets = if args.runtime_sockets.is_empty() { docker::default_sockets() } else { args.runtime_sockets.clone() };
     let identities = Identities::new(cfg.cgroup_root.clone(), &sockets);
     let mut pipe = Pipeline::new(node, Clock::now(), Some(identities));
@@ -138,6 +153,7 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => go = false,
                 _ = tick.tick() => {
                     lost_reported = report_lost(&cap, &pipe, lost_reported, sink)?;
+                    sink.bpf_stats(&|| cap.bpf_stats());
                     go = sink.tick(SystemTime::now())?;
                 }
             }
@@ -183,6 +199,8 @@ fn diagnoser(instance_id: Option<String>) -> Diagnoser {
 struct JsonSink<W: io::Write> {
     out: JsonLines<W>,
     diag: Diagnoser,
+    /// With --metrics-addr: what the server shows, and its readiness.
+    metrics: Option<(Arc<Mutex<Metrics>>, Arc<AtomicBool>)>,
 }
 
 impl<W: io::Write> JsonSink<W> {
@@ -200,11 +218,34 @@ impl<W: io::Write> JsonSink<W> {
 impl<W: io::Write> EventSink for JsonSink<W> {
     fn event(&mut self, ev: Event) -> Result<bool> {
         let findings = self.diag.observe(&ev);
+        if let Some((m, _)) = &self.metrics {
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            m.observe(&ev);
+            if !findings.is_empty() {
+                m.update_from(&self.diag);
+            }
+        }
         Ok(self.write_all(&[ev])? && self.write_all(&findings)? && self.flush()?)
     }
     fn tick(&mut self, now: SystemTime) -> Result<bool> {
         let findings = self.diag.tick(now);
+        if let Some((m, _)) = &self.metrics {
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            m.update_from(&self.diag);
+            m.expire(now);
+        }
         Ok(self.write_all(&findings)? && self.flush()?)
+    }
+    fn attached(&mut self) {
+        if let Some((_, ready)) = &self.metrics {
+            ready.store(true, Ordering::Release);
+        }
+    }
+    fn bpf_stats(&mut self, read: &dyn Fn() -> Vec<BpfProgramStats>) {
+        if let Some((m, _)) = &self.metrics {
+            let stats = if metrics::bpf_stats_enabled() { read() } else { Vec::new() };
+            m.lock().unwrap_or_else(|e| e.into_inner()).set_bpf_stats(stats);
+        }
     }
 }
 
@@ -218,7 +259,21 @@ impl<W: io::Write> JsonSink<W> {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let mut sink = JsonSink { out: JsonLines::new(io::stdout().lock()), diag: diagnoser(args.instance_id.clone()) };
+    // Bound before anything else: a bad --metrics-addr fails at once.
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let server = http::Server::bind(addr).await?;
+            info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
+            let cfg = metrics::Config { grace: args.metrics_grace, max_workloads: args.metrics_max_workloads };
+            let state = Arc::new(Mutex::new(Metrics::new(cfg)));
+            let ready = Arc::new(AtomicBool::new(false));
+            tokio::spawn(server.run(state.clone(), ready.clone()));
+            Some((state, ready))
+        }
+        None => None,
+    };
+    let mut sink =
+        JsonSink { out: JsonLines::new(io::stdout().lock()), diag: diagnoser(args.instance_id.clone()), metrics };
     capture_loop(&args.capture, deadline(args.duration), &mut sink).await?;
     info!(lines = sink.out.written, "done");
     Ok(())

@@ -127,4 +127,16 @@ impl Capture {
     pub fn lost(&self) -> u64 {
         self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
+
+    /// Per program: name, run time (ns), run count. The kernel counts them
+    /// only while `kernel.bpf_stats_enabled` is 1 (zeros otherwise).
+    pub fn bpf_stats(&self) -> Vec<crate::sink::metrics::BpfProgramStats> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_string(), info.run_time().as_nanos() as u64, info.run_count()))
+            })
+            .collect()
+    }
 }

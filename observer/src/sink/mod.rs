@@ -1,3 +1,5 @@
 //! Where events go.
+pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod report;

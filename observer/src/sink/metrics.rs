@@ -1,0 +1,1179 @@
+//! Prometheus metrics for `--metrics-addr` (served by `sink::http`).
+//!
+//! [`Metrics`] keeps its own bounded maps, fed with the event stream
+//! ([`Metrics::observe`]) and the Diagnoser's current findings
+//! ([`Metrics::update_findings`] / [`Metrics::update_from`]), and builds a
+//! fresh prometheus-client `Registry` (one collector over a sorted snapshot)
+//! on every [`Metrics::encode`]: expiry is then a matter of forgetting map
+//! entries, and series come out in a stable order.
+//!
+//! Families (all prefixed `imds_observer_`):
+//! - `requests_total{node,workload,namespace,kind,version}`: HTTP requests
+//!   (request events that carry `method`), retransmissions counted once
+//!   (flow + seq). kind: `token` (`PUT /latest/api/token`) | `credentials`
+//!   (under `/latest/meta-data/iam/security-credentials/`) | `other`, as the
+//!   Diagnoser classifies them; version: `v2` when the request carried the
+//!   token header or is the token PUT, else `v1`.
+//! - `replies_lost_total{node,workload,namespace}`: distinct token replies
+//!   seen at the host (host_ingress with a status) and dropped by the kernel
+//!   (a `drop` without `via`, same flow and seq), in either order.
+//! - `drops_total{node,reason}`: kernel drops (not the ICMP evidence).
+//! - `findings{node,workload,namespace,kind}`: 1 per finding kind that holds
+//!   now (including `healthy`), rebuilt on every update.
+//! - `hop_limit{node}`: the hop limit observed on the node.
+//! - `forwarding_hops{node,workload,namespace}`: forwarding hops between the
+//!   workload and the uplink (the largest of its containers).
+//! - `events_lost_total{node}`: records the capture could not hand over.
+//! - `series_capped_total`: workloads folded into `workload="_other"`.
+//! - `bpf_program_run_time_seconds_total{program}`,
+//!   `bpf_program_runs_total{program}`: only while supplied (the kernel
+//!   counts them only with `kernel.bpf_stats_enabled=1`).
+//!
+//! The `workload` label is a human, bounded name, never an id of a cgroup
+//! or a flow, chosen from the identity in this order: the Kubernetes pod
+//! name (its namespace in `namespace`; empty for everything else); Nomad
+//! `job/task`; the container name (a host process's systemd unit is its
+//! name); `runtime:shortid` (12 hex); `host` for other host processes; the
+//! last component of the cgroup path. Requests without any identity count
+//! as `_unknown`. Values are cut at 128 bytes.
+//!
+//! Bounds: a workload not seen in any event for `grace` (default 10 min)
+//! loses all its series; at most `max_workloads` (default 2000) workload
+//! series exist, and workloads beyond that are folded into `_other` (each
+//! counted once in `series_capped_total`) until they are idle for `grace`.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    diagnose::{Diagnoser, Finding, FindingKind},
+    event::{Event, Kind},
+    identity::Container,
+};
+
+/// `Content-Type` of [`Metrics::encode`] (OpenMetrics 1.0 text).
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of [`Metrics::encode_prometheus`] (Prometheus text 0.0.4).
+pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Workloads beyond the cap share this `workload` label value.
+pub const OTHER: &str = "_other";
+/// Requests with no identity at all.
+pub const UNKNOWN: &str = "_unknown";
+
+const PREFIX: &str = "imds_observer";
+const MAX_LABEL_BYTES: usize = 128;
+const MAX_FLOWS_PER_NODE: usize = 65_536;
+const MAX_DROP_REASONS: usize = 256;
+const MAX_PROGRAMS: usize = 256;
+/// Per flow: requests, token replies, drops and lost replies remembered.
+const FLOW_SEQS: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A workload not seen in any event for this long loses its series.
+    pub grace: Duration,
+    /// Workload series at most (across nodes); later workloads are folded
+    /// into `workload="_other"`.
+    pub max_workloads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(600), max_workloads: 2000 }
+    }
+}
+
+/// True when the kernel counts run time and runs per BPF program
+/// (`sysctl kernel.bpf_stats_enabled=1`).
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+/// Label values of one workload series: node, workload, namespace.
+type Key = (String, String, String);
+/// Workload and namespace, from an identity.
+type Who = (String, String);
+
+const KINDS: [&str; 3] = ["token", "credentials", "other"];
+const VERSIONS: [&str; 2] = ["v1", "v2"];
+const CREDS: &str = "/latest/meta-data/iam/security-credentials";
+
+/// Index into KINDS and VERSIONS. The same classification as the
+/// Diagnoser's (diagnose::state::ReqKind::of).
+fn classify(method: &str, path: Option<&str>, token_header: Option<bool>) -> (usize, usize) {
+    let path = path.unwrap_or("");
+    let p = path.split(['?', '#']).next().unwrap_or(path);
+    let token = method.eq_ignore_ascii_case("PUT") && p == "/latest/api/token";
+    let kind = if token {
+        0
+    } else if p == CREDS || p.strip_prefix(CREDS).is_some_and(|rest| rest.starts_with('/')) {
+        1
+    } else {
+        2
+    };
+    let v2 = token || token_header == Some(true);
+    (kind, usize::from(v2))
+}
+
+fn clip(s: &str) -> String {
+    if s.len() <= MAX_LABEL_BYTES {
+        return s.to_string();
+    }
+    let mut end = MAX_LABEL_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn nonempty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+/// The `workload` and `namespace` label values for an identity (see the
+/// module doc for the order); None when it names nothing.
+pub fn workload_labels(c: &Container) -> Option<(String, String)> {
+    who(c, true)
+}
+
+fn who(c: &Container, parse_path: bool) -> Option<Who> {
+    if let Some(pod) = nonempty(&c.pod) {
+        return Some((clip(pod), clip(nonempty(&c.namespace).unwrap_or(""))));
+    }
+    if let Some(n) = &c.nomad {
+        let name = match (nonempty(&n.job), nonempty(&n.task)) {
+            (Some(j), Some(t)) => Some(format!("{j}/{t}")),
+            (Some(x), None) | (None, Some(x)) => Some(x.to_string()),
+            (None, None) => None,
+        };
+        if let Some(name) = name {
+            return Some((clip(&name), String::new()));
+        }
+    }
+    if let Some(name) = nonempty(&c.name) {
+        return Some((clip(name.trim_start_matches('/')), String::new()));
+    }
+    if let (Some(rt), Some(id)) = (nonempty(&c.runtime), nonempty(&c.id)) {
+        let short: String = id.chars().take(12).collect();
+        return Some((clip(&format!("{rt}:{short}")), String::new()));
+    }
+    if c.host {
+        return Some(("host".into(), String::new()));
+    }
+    let path = nonempty(&c.cgroup)?;
+    if parse_path && c.runtime.is_none() && c.id.is_none() {
+        // Only the path is known (e.g. a recording without identities):
+        // what the runtime conventions in it say.
+        let parsed = Container::from_path(c.cgroup_id.unwrap_or(0), path);
+        if let Some(w) = who(&parsed, false) {
+            return Some(w);
+        }
+    }
+    match path.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()) {
+        Some(last) => Some((clip(last), String::new())),
+        None => Some(("host".into(), String::new())),
+    }
+}
+
+/// Who an event is about, from its identity or else its cgroup path.
+fn event_who(ev: &Event) -> Option<Who> {
+    if let Some(w) = ev.container.as_ref().and_then(workload_labels) {
+        return Some(w);
+    }
+    let path = ev.cgroup.as_deref().filter(|p| !p.is_empty())?;
+    workload_labels(&Container::from_path(ev.cgroup_id.unwrap_or(0), path))
+}
+
+struct Workload {
+    last_seen: SystemTime,
+    /// [kind][version].
+    requests: [[u64; 2]; 3],
+    replies_lost: u64,
+    findings: BTreeSet<FindingKind>,
+    forwarding_hops: Option<u8>,
+}
+
+impl Workload {
+    fn new(ts: SystemTime) -> Self {
+        Self { last_seen: ts, requests: [[0; 2]; 3], replies_lost: 0, findings: BTreeSet::new(), forwarding_hops: None }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Req {
+    seq: Option<u32>,
+    ack: Option<u32>,
+    token: bool,
+}
+
+struct Flow {
+    who: Option<Who>,
+    last_seen: SystemTime,
+    reqs: VecDeque<Req>,
+    /// First seq of token replies seen at the host.
+    token_replies: VecDeque<u32>,
+    /// Seqs of kernel drops.
+    dropped: VecDeque<u32>,
+    /// Replies already counted as lost.
+    lost: VecDeque<u32>,
+}
+
+impl Flow {
+    fn new(ts: SystemTime) -> Self {
+        Self {
+            who: None,
+            last_seen: ts,
+            reqs: VecDeque::new(),
+            token_replies: VecDeque::new(),
+            dropped: VecDeque::new(),
+            lost: VecDeque::new(),
+        }
+    }
+
+    /// Both a token reply at the host and its drop, not counted yet.
+    fn newly_lost(&mut self, seq: u32) -> bool {
+        if self.lost.contains(&seq) || !self.token_replies.contains(&seq) || !self.dropped.contains(&seq) {
+            return false;
+        }
+        push_capped(&mut self.lost, seq);
+        true
+    }
+}
+
+fn push_capped<T: PartialEq>(q: &mut VecDeque<T>, v: T) {
+    if !q.contains(&v) {
+        q.push_back(v);
+        if q.len() > FLOW_SEQS {
+            q.pop_front();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Node {
+    drops: BTreeMap<String, u64>,
+    events_lost: u64,
+    flows: HashMap<u64, Flow>,
+}
+
+impl Node {
+    fn flow(&mut self, id: u64, ts: SystemTime) -> &mut Flow {
+        if !self.flows.contains_key(&id) && self.flows.len() >= MAX_FLOWS_PER_NODE {
+            // Forget the least recently seen eighth.
+            let mut ages: Vec<(SystemTime, u64)> = self.flows.iter().map(|(k, f)| (f.last_seen, *k)).collect();
+            let n = ages.len() / 8;
+            ages.select_nth_unstable(n);
+            for &(_, k) in &ages[..=n] {
+                self.flows.remove(&k);
+            }
+        }
+        let f = self.flows.entry(id).or_insert_with(|| Flow::new(ts));
+        if ts > f.last_seen {
+            f.last_seen = ts;
+        }
+        f
+    }
+}
+
+/// Per-program BPF statistics: name, run time (ns), run count.
+pub type BpfProgramStats = (String, u64, u64);
+
+pub struct Metrics {
+    cfg: Config,
+    nodes: BTreeMap<String, Node>,
+    workloads: BTreeMap<Key, Workload>,
+    /// Workloads folded into `_other`, with when they were last seen.
+    folded: HashMap<Key, SystemTime>,
+    capped: u64,
+    hop_limits: BTreeMap<String, u8>,
+    /// name → (run time ns, runs); empty when not supplied.
+    bpf: BTreeMap<String, (u64, u64)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
+impl Metrics {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            nodes: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+            folded: HashMap::new(),
+            capped: 0,
+            hop_limits: BTreeMap::new(),
+            bpf: BTreeMap::new(),
+        }
+    }
+
+    /// Workload series held (including `_other` ones).
+    #[cfg(test)]
+    pub fn workloads(&self) -> usize {
+        self.workloads.len()
+    }
+
+    /// Feed one event (the same stream the Diagnoser gets).
+    pub fn observe(&mut self, ev: &Event) {
+        let Some(kind) = ev.kind else { return };
+        let ts = humantime::parse_rfc3339(&ev.ts).unwrap_or_else(|_| SystemTime::now());
+        if !self.nodes.contains_key(&ev.node) {
+            self.nodes.insert(ev.node.clone(), Node::default());
+        }
+        let node = self.nodes.get_mut(&ev.node).expect("inserted");
+        match kind {
+            Kind::LostEvents => {
+                node.events_lost += ev.count.unwrap_or(1);
+                return;
+            }
+            Kind::Drop if ev.via.is_none() => {
+                let reason = ev.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or("unknown");
+                let reason = if node.drops.contains_key(reason) || node.drops.len() < MAX_DROP_REASONS {
+                    clip(reason)
+                } else {
+                    OTHER.to_string()
+                };
+                *node.drops.entry(reason).or_default() += 1;
+            }
+            _ => {}
+        }
+
+        let mut who = event_who(ev);
+        let mut request = None;
+        let mut lost = false;
+        match ev.flow.map(|id| node.flow(id, ts)) {
+            Some(flow) => {
+                if who.is_some() {
+                    if flow.who != who {
+                        flow.who = who.clone();
+                    }
+                } else {
+                    who = flow.who.clone();
+                }
+                match kind {
+                    Kind::Request => {
+                        if let Some(method) = &ev.method {
+                            let again = ev.seq.is_some() && flow.reqs.iter().any(|r| r.seq == ev.seq);
+                            if !again {
+                                let c = classify(method, ev.path.as_deref(), ev.token_header);
+                                flow.reqs.push_back(Req { seq: ev.seq, ack: ev.ack, token: c.0 == 0 });
+                                if flow.reqs.len() > FLOW_SEQS {
+                                    flow.reqs.pop_front();
+                                }
+                                request = Some(c);
+                            }
+                        }
+                    }
+                    Kind::HostIngress => {
+                        if let (Some(_), Some(seq)) = (ev.status, ev.seq) {
+                            // The reply to the request it acknowledges, else
+                            // to the flow's latest request.
+                            let token = flow
+                                .reqs
+                                .iter()
+                                .rev()
+                                .find(|r| r.ack == Some(seq))
+                                .or(flow.reqs.back())
+                                .is_some_and(|r| r.token);
+                            if token {
+                                push_capped(&mut flow.token_replies, seq);
+                                lost = flow.newly_lost(seq);
+                            }
+                        }
+                    }
+                    Kind::Drop if ev.via.is_none() => {
+                        if let Some(seq) = ev.seq {
+                            push_capped(&mut flow.dropped, seq);
+                            lost = flow.newly_lost(seq);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None => {
+                if let (Kind::Request, Some(method)) = (kind, &ev.method) {
+                    request = Some(classify(method, ev.path.as_deref(), ev.token_header));
+                }
+            }
+        }
+
+        let who = match who {
+            Some(w) => w,
+            None if request.is_some() => (UNKNOWN.to_string(), String::new()),
+            None => return,
+        };
+        let key = self.assign(&ev.node, who, ts);
+        let w = self.workloads.get_mut(&key).expect("assigned");
+        if let Some((k, v)) = request {
+            w.requests[k][v] += 1;
+        }
+        if lost {
+            w.replies_lost += 1;
+        }
+    }
+
+    /// The series key for a workload seen at `ts`: its own, or `_other`
+    /// beyond the cap. Creates it, and marks it seen.
+    fn assign(&mut self, node: &str, who: Who, ts: SystemTime) -> Key {
+        let mut key = (node.to_string(), who.0, who.1);
+        if !self.workloads.contains_key(&key) {
+            let fold = match self.folded.get_mut(&key) {
+                Some(t) => {
+                    if ts > *t {
+                        *t = ts;
+                    }
+                    true
+                }
+                None => {
+                    let own = self.workloads.keys().filter(|k| k.1 != OTHER).count();
+                    if own >= self.cfg.max_workloads {
+                        // Bounded memory, not series: forgetting only makes a
+                        // workload count in series_capped_total again.
+                        if self.folded.len() >= self.cfg.max_workloads.max(1024) * 8 {
+                            self.folded.clear();
+                        }
+                        self.folded.insert(key.clone(), ts);
+                        self.capped += 1;
+                        true
+                    } else {
+                        false
+                    }
+                }
+            };
+            if fold {
+                key = (node.to_string(), OTHER.to_string(), String::new());
+            }
+        }
+        let w = self.workloads.entry(key.clone()).or_insert_with(|| Workload::new(ts));
+        if ts > w.last_seen {
+            w.last_seen = ts;
+        }
+        key
+    }
+
+    /// The series key of a workload that has one now (its own or
+    /// `_other`); None for workloads expired or never seen in events.
+    fn lookup(&self, node: &str, who: Who) -> Option<Key> {
+        let key = (node.to_string(), who.0, who.1);
+        if self.workloads.contains_key(&key) {
+            return Some(key);
+        }
+        if self.folded.contains_key(&key) {
+            let other = (node.to_string(), OTHER.to_string(), String::new());
+            return self.workloads.contains_key(&other).then_some(other);
+        }
+        None
+    }
+
+    /// Replace the findings and hop-limit gauges: `findings` are every
+    /// current finding (`Diagnoser::findings()`), `hop_limits` the hop limit
+    /// of each node that has one. Findings of workloads without series
+    /// (expired, or never in an event) are left out.
+    #[allow(dead_code)] // `run` uses update_from
+    pub fn update_findings(&mut self, findings: &[Finding], hop_limits: &[(String, u8)]) {
+        self.clear_findings();
+        for f in findings {
+            self.apply(&f.node, &f.container, [f.kind], f.evidence.forwarding_hops);
+        }
+        self.hop_limits = hop_limits.iter().cloned().collect();
+    }
+
+    /// [`Self::update_findings`] straight from the Diagnoser, without
+    /// building whole findings (timelines, summaries): cheap enough to call
+    /// once a second and whenever `observe` returned findings.
+    pub fn update_from(&mut self, diag: &Diagnoser) {
+        self.clear_findings();
+        for c in diag.containers() {
+            self.apply(c.node(), &c.container(), c.kinds(), c.forwarding_hops());
+        }
+        self.hop_limits = self.nodes.keys().filter_map(|n| Some((n.clone(), diag.hop_limit(n)?))).collect();
+    }
+
+    fn clear_findings(&mut self) {
+        for w in self.workloads.values_mut() {
+            w.findings.clear();
+            w.forwarding_hops = None;
+        }
+    }
+
+    fn apply(&mut self, node: &str, c: &Container, kinds: impl IntoIterator<Item = FindingKind>, hops: Option<u8>) {
+        let Some(who) = workload_labels(c) else { return };
+        let Some(key) = self.lookup(node, who) else { return };
+        let w = self.workloads.get_mut(&key).expect("looked up");
+        w.findings.extend(kinds);
+        if let Some(h) = hops {
+            w.forwarding_hops = Some(w.forwarding_hops.map_or(h, |o| o.max(h)));
+        }
+    }
+
+    /// Per-program run time (ns) and run count, summed by name. Empty when
+    /// the kernel does not count them: the series are then left out.
+    pub fn set_bpf_stats(&mut self, stats: Vec<BpfProgramStats>) {
+        self.bpf.clear();
+        for (name, ns, runs) in stats {
+            if self.bpf.len() >= MAX_PROGRAMS && !self.bpf.contains_key(&name) {
+                continue;
+            }
+            let e = self.bpf.entry(clip(&name)).or_default();
+            e.0 = e.0.saturating_add(ns);
+            e.1 = e.1.saturating_add(runs);
+        }
+    }
+
+    /// Forget workloads (and flows) not seen for the grace period.
+    pub fn expire(&mut self, now: SystemTime) {
+        let cutoff = now.checked_sub(self.cfg.grace).unwrap_or(UNIX_EPOCH);
+        self.workloads.retain(|_, w| w.last_seen >= cutoff);
+        self.folded.retain(|_, t| *t >= cutoff);
+        for n in self.nodes.values_mut() {
+            n.flows.retain(|_, f| f.last_seen >= cutoff);
+        }
+    }
+
+    /// OpenMetrics text ([`OPENMETRICS_CONTENT_TYPE`]), ending in `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry()).expect("writing to a String");
+        out
+    }
+
+    /// Prometheus text 0.0.4 ([`PROMETHEUS_CONTENT_TYPE`]).
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry()).expect("writing to a String");
+        out
+    }
+
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix(PREFIX);
+        r.register_collector(Box::new(self.snapshot()));
+        r
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let wl = |(n, w, ns): &Key| vec![("node", n.clone()), ("workload", w.clone()), ("namespace", ns.clone())];
+        let mut requests =
+            Family::counter("requests", "HTTP requests to metadata endpoints, retransmissions counted once.");
+        let mut lost = Family::counter(
+            "replies_lost",
+            "Distinct IMDSv2 token replies that reached the host and were dropped by the kernel.",
+        );
+        let mut findings = Family::gauge("findings", "1 for each finding kind that holds now for the workload.");
+        let mut hops = Family::gauge("forwarding_hops", "Forwarding hops between the workload and the host's uplink.");
+        for (key, w) in &self.workloads {
+            for (k, by_version) in w.requests.iter().enumerate() {
+                for (v, &n) in by_version.iter().enumerate() {
+                    if n > 0 {
+                        let mut l = wl(key);
+                        l.push(("kind", KINDS[k].into()));
+                        l.push(("version", VERSIONS[v].into()));
+                        requests.push(l, Value::Counter(n));
+                    }
+                }
+            }
+            lost.push(wl(key), Value::Counter(w.replies_lost));
+            for kind in &w.findings {
+                let mut l = wl(key);
+                l.push(("kind", kind.as_str().into()));
+                findings.push(l, Value::Gauge(1));
+            }
+            if let Some(h) = w.forwarding_hops {
+                hops.push(wl(key), Value::Gauge(h.into()));
+            }
+        }
+        let mut drops =
+            Family::counter("drops", "Packets to or from metadata endpoints the kernel dropped, by reason.");
+        let mut events_lost =
+            Family::counter("events_lost", "Records the capture could not hand over (ring buffer full).");
+        for (node, n) in &self.nodes {
+            for (reason, &c) in &n.drops {
+                drops.push(vec![("node", node.clone()), ("reason", reason.clone())], Value::Counter(c));
+            }
+            events_lost.push(vec![("node", node.clone())], Value::Counter(n.events_lost));
+        }
+        let mut hop_limit = Family::gauge(
+            "hop_limit",
+            "The instance's IMDS hop limit observed on the node (TTL of token replies at the uplink).",
+        );
+        for (node, &h) in &self.hop_limits {
+            hop_limit.push(vec![("node", node.clone())], Value::Gauge(h.into()));
+        }
+        let mut capped =
+            Family::counter("series_capped", "Workloads folded into the workload label _other by the series cap.");
+        capped.push(Vec::new(), Value::Counter(self.capped));
+        let mut families = vec![requests, lost, drops, findings, hop_limit, hops, events_lost, capped];
+        if !self.bpf.is_empty() {
+            let mut time = Family::counter("bpf_program_run_time", "Time the kernel spent running the BPF program.");
+            time.unit = Some(Unit::Seconds);
+            let mut runs = Family::counter("bpf_program_runs", "Times the kernel ran the BPF program.");
+            for (name, &(ns, n)) in &self.bpf {
+                time.push(vec![("program", name.clone())], Value::Seconds(ns as f64 / 1e9));
+                runs.push(vec![("program", name.clone())], Value::Counter(n));
+            }
+            families.push(time);
+            families.push(runs);
+        }
+        Snapshot(families)
+    }
+}
+
+#[derive(Debug)]
+enum Value {
+    Counter(u64),
+    Seconds(f64),
+    Gauge(i64),
+}
+
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    ty: MetricType,
+    series: Vec<(Vec<(&'static str, String)>, Value)>,
+}
+
+impl Family {
+    fn counter(name: &'static str, help: &'static str) -> Self {
+        Self { name, help, unit: None, ty: MetricType::Counter, series: Vec::new() }
+    }
+
+    fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self { name, help, unit: None, ty: MetricType::Gauge, series: Vec::new() }
+    }
+
+    fn push(&mut self, labels: Vec<(&'static str, String)>, v: Value) {
+        self.series.push((labels, v));
+    }
+}
+
+/// What one scrape shows, in order.
+#[derive(Debug)]
+struct Snapshot(Vec<Family>);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let mut me = encoder.encode_descriptor(f.name, f.help, f.unit.as_ref(), f.ty)?;
+            match f.series.as_slice() {
+                // A family of one series without labels.
+                [(labels, v)] if labels.is_empty() => encode_value(v, me)?,
+                series => {
+                    for (labels, v) in series {
+                        encode_value(v, me.encode_family(labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(v: &Value, e: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+    match *v {
+        Value::Counter(n) => ConstCounter::new(n).encode(e),
+        Value::Seconds(s) => ConstCounter::new(s).encode(e),
+        Value::Gauge(g) => ConstGauge::new(g).encode(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        diagnose::{
+            tests::{at, hop_limit_failure, time, Ctr},
+            Evidence, FindingTag,
+        },
+        identity::Nomad,
+    };
+
+    const ID: &str = "3f2a9c1b7d4e5f60718293a4b5c6d7e8f90123456789abcdef0123456789abcd";
+
+    /// The identity the pipeline puts on every event of a Kubernetes pod's
+    /// container (after the runtime API named it).
+    fn pod(cg: u64, pod: &str, ns: &str) -> Container {
+        Container {
+            id: Some(ID.into()),
+            name: Some("app".into()),
+            runtime: Some("containerd".into()),
+            pod: Some(pod.into()),
+            namespace: Some(ns.into()),
+            pod_uid: Some("6b1f9a52-0c5e-4c1e-9e0e-2f4b7f6a1d11".into()),
+            cgroup: Some(format!("/kubepods.slice/kubepods-pod6b1f.slice/cri-containerd-{ID}.scope")),
+            cgroup_id: Some(cg),
+            ..Default::default()
+        }
+    }
+
+    /// Put `c` on every event of cgroup `cg`, as the pipeline does.
+    fn with_identity(mut events: Vec<Event>, cg: u64, c: &Container) -> Vec<Event> {
+        for e in &mut events {
+            if e.cgroup_id == Some(cg) {
+                e.container = Some(c.clone());
+                e.cgroup = c.cgroup.clone();
+            }
+        }
+        events
+    }
+
+    fn feed_both(m: &mut Metrics, d: &mut Diagnoser, events: &[Event]) {
+        for e in events {
+            d.observe(e);
+            m.observe(e);
+        }
+        m.update_from(d);
+    }
+
+    #[track_caller]
+    fn has(text: &str, line: &str) {
+        assert!(text.lines().any(|l| l == line), "missing line {line:?} in:\n{text}");
+    }
+
+    #[track_caller]
+    fn lacks(text: &str, needle: &str) {
+        assert!(!text.contains(needle), "unexpected {needle:?} in:\n{text}");
+    }
+
+    /// Sample lines of one family.
+    fn samples<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| !l.starts_with('#') && l.starts_with(family)).collect()
+    }
+
+    fn request(ms: u64, node: &str, flow: u64, seq: u32, who: &Container, method: &str, path: &str) -> Event {
+        let mut e = Event::new(Kind::Request, at(ms), node.into());
+        e.flow = Some(flow);
+        e.cgroup_id = who.cgroup_id;
+        e.cgroup = who.cgroup.clone();
+        e.container = Some(who.clone());
+        e.seq = Some(seq);
+        e.ack = Some(1);
+        e.method = Some(method.into());
+        e.path = Some(path.into());
+        e.token_header = Some(false);
+        e
+    }
+
+    fn named(cg: u64, name: &str) -> Container {
+        Container {
+            id: Some(format!("{cg:064x}")),
+            name: Some(name.into()),
+            runtime: Some("docker".into()),
+            cgroup: Some(format!("/system.slice/docker-{cg:064x}.scope")),
+            cgroup_id: Some(cg),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hop_limit_failure_of_a_pod() {
+        let who = pod(4242, "api-7f9c8d-x2x4q", "payments");
+        let events = with_identity(hop_limit_failure(), 4242, &who);
+        let (mut m, mut d) = (Metrics::default(), Diagnoser::default());
+        feed_both(&mut m, &mut d, &events);
+        let text = m.encode();
+        let w = r#"node="node-a",workload="api-7f9c8d-x2x4q",namespace="payments""#;
+        // One token PUT (v2 by definition), two tokenless credential GETs.
+        assert_eq!(
+            samples(&text, "imds_observer_requests_total"),
+            vec![
+                format!(r#"imds_observer_requests_total{{{w},kind="token",version="v2"}} 1"#),
+                format!(r#"imds_observer_requests_total{{{w},kind="credentials",version="v1"}} 2"#),
+            ]
+        );
+        // The token reply and its two retransmissions died: one lost reply,
+        // three kernel drops (the ICMP is not a drop).
+        has(&text, &format!("imds_observer_replies_lost_total{{{w}}} 1"));
+        assert_eq!(
+            samples(&text, "imds_observer_drops_total"),
+            vec![r#"imds_observer_drops_total{node="node-a",reason="IP_INHDR"} 3"#]
+        );
+        assert_eq!(
+            samples(&text, "imds_observer_findings"),
+            vec![
+                format!(r#"imds_observer_findings{{{w},kind="hop_limit_exceeded"}} 1"#),
+                format!(r#"imds_observer_findings{{{w},kind="imdsv1_fallback"}} 1"#),
+            ]
+        );
+        has(&text, r#"imds_observer_hop_limit{node="node-a"} 1"#);
+        has(&text, &format!("imds_observer_forwarding_hops{{{w}}} 1"));
+        has(&text, r#"imds_observer_events_lost_total{node="node-a"} 0"#);
+        has(&text, "imds_observer_series_capped_total 0");
+        has(&text, "# TYPE imds_observer_requests counter");
+        has(&text, "# TYPE imds_observer_findings gauge");
+        assert!(text.ends_with("# EOF\n"));
+        // Label values are names: never a cgroup id, a container id or a flow.
+        lacks(&text, "4242");
+        lacks(&text, &ID[..12]);
+        lacks(&text, "flow");
+        lacks(&text, "bpf_program");
+
+        // The same from whole findings.
+        let mut m2 = Metrics::default();
+        for e in &events {
+            m2.observe(e);
+        }
+        m2.update_findings(&d.findings(), &[("node-a".into(), 1)]);
+        assert_eq!(m2.encode(), text);
+
+        // Prometheus text 0.0.4 carries the same samples.
+        let prom = m.encode_prometheus();
+        has(&prom, &format!("imds_observer_replies_lost_total{{{w}}} 1"));
+        has(&prom, "# TYPE imds_observer_requests_total counter");
+        lacks(&prom, "# EOF");
+    }
+
+    #[test]
+    fn lost_reply_counted_when_the_drop_comes_first() {
+        let mut events = hop_limit_failure();
+        // Swap the first token reply's host_ingress and drop.
+        let hi = events.iter().position(|e| e.kind == Some(Kind::HostIngress) && e.status.is_some()).unwrap();
+        assert_eq!(events[hi + 1].kind, Some(Kind::Drop));
+        events.swap(hi, hi + 1);
+        let mut m = Metrics::default();
+        events.iter().for_each(|e| m.observe(e));
+        let text = m.encode();
+        has(&text, r#"imds_observer_replies_lost_total{node="node-a",workload="podman:3f2a9c1b7d4e",namespace=""} 1"#);
+    }
+
+    #[test]
+    fn host_processes_are_named_by_unit_or_host() {
+        // A systemd service on the host network: its unit is its name.
+        let mut a = Ctr::host("node-a").conn(1);
+        let mut v = a.connect(0);
+        v.extend(a.put_token(1));
+        v.extend(a.respond(2, 200, 1));
+        v.extend(a.request(3, "GET", "/latest/meta-data/instance-id", true));
+        v.extend(a.respond(4, 200, 1));
+        // A process in the root cgroup: only "host" names it.
+        let mut root = Ctr::new("node-a", 1, "/", "198.18.0.2", 0).conn(2);
+        v.extend(root.connect(10));
+        v.extend(root.request(11, "GET", "/latest/meta-data/iam/security-credentials/", false));
+        v.extend(root.respond(12, 200, 1));
+        let (mut m, mut d) = (Metrics::default(), Diagnoser::default());
+        feed_both(&mut m, &mut d, &v);
+        let text = m.encode();
+        let unit = r#"node="node-a",workload="imds-agent.service",namespace="""#;
+        has(&text, &format!(r#"imds_observer_requests_total{{{unit},kind="token",version="v2"}} 1"#));
+        has(&text, &format!(r#"imds_observer_requests_total{{{unit},kind="other",version="v2"}} 1"#));
+        has(&text, &format!(r#"imds_observer_findings{{{unit},kind="healthy"}} 1"#));
+        has(&text, &format!("imds_observer_forwarding_hops{{{unit}}} 0"));
+        has(&text, &format!("imds_observer_replies_lost_total{{{unit}}} 0"));
+        let host = r#"node="node-a",workload="host",namespace="""#;
+        has(&text, &format!(r#"imds_observer_requests_total{{{host},kind="credentials",version="v1"}} 1"#));
+        has(&text, r#"imds_observer_hop_limit{node="node-a"} 1"#);
+        assert!(samples(&text, "imds_observer_drops_total").is_empty());
+    }
+
+    #[test]
+    fn retransmitted_requests_count_once() {
+        let who = named(9, "web");
+        let put = request(0, "node-a", 5, 100, &who, "PUT", "/latest/api/token");
+        let mut again = put.clone();
+        again.ts = at(200);
+        let get = request(300, "node-a", 5, 156, &who, "GET", "/latest/meta-data/iam/security-credentials/role?x=1");
+        let mut with_token = get.clone();
+        with_token.seq = Some(300);
+        with_token.token_header = Some(true);
+        // Another flow reusing the same seq is another request.
+        let mut other_flow = get.clone();
+        other_flow.flow = Some(6);
+        // A packet of the request that does not start it (no method).
+        let mut cont = get.clone();
+        cont.method = None;
+        cont.path = None;
+        cont.seq = Some(400);
+        let mut m = Metrics::default();
+        for e in [&put, &again, &get, &get, &with_token, &other_flow, &cont] {
+            m.observe(e);
+        }
+        let text = m.encode();
+        let w = r#"node="node-a",workload="web",namespace="""#;
+        assert_eq!(
+            samples(&text, "imds_observer_requests_total"),
+            vec![
+                format!(r#"imds_observer_requests_total{{{w},kind="token",version="v2"}} 1"#),
+                format!(r#"imds_observer_requests_total{{{w},kind="credentials",version="v1"}} 2"#),
+                format!(r#"imds_observer_requests_total{{{w},kind="credentials",version="v2"}} 1"#),
+            ]
+        );
+    }
+
+    #[test]
+    fn two_workloads_and_a_finding_that_changes_kind() {
+        let a = pod(10, "api-0", "payments");
+        let mut b = Container {
+            runtime: Some("docker".into()),
+            id: Some(ID.replace('3', "4")),
+            name: Some("web-task-6c1d".into()),
+            nomad: Some(Nomad {
+                alloc: Some("6c1d2e3f-aaaa-bbbb-cccc-000000000000".into()),
+                job: Some("web".into()),
+                group: Some("g".into()),
+                task: Some("frontend".into()),
+            }),
+            cgroup_id: Some(11),
+            ..Default::default()
+        };
+        b.cgroup = Some(format!("/nomad.slice/{}.scope", b.id.as_deref().unwrap()));
+        let mut m = Metrics::default();
+        m.observe(&request(0, "node-a", 1, 10, &a, "GET", "/latest/meta-data/"));
+        m.observe(&request(0, "node-a", 2, 10, &b, "GET", "/latest/meta-data/"));
+        let finding = |c: &Container, kind: FindingKind, hops: u8| Finding {
+            tag: FindingTag::Finding,
+            ts: at(0),
+            node: "node-a".into(),
+            kind,
+            container: c.clone(),
+            summary: String::new(),
+            evidence: Evidence { forwarding_hops: Some(hops), ..Default::default() },
+            timeline: Vec::new(),
+            fix: None,
+        };
+        m.update_findings(
+            &[finding(&a, FindingKind::AtRisk, 2), finding(&b, FindingKind::Healthy, 1)],
+            &[("node-a".into(), 1)],
+        );
+        let text = m.encode();
+        let wa = r#"node="node-a",workload="api-0",namespace="payments""#;
+        let wb = r#"node="node-a",workload="web/frontend",namespace="""#;
+        assert_eq!(
+            samples(&text, "imds_observer_findings"),
+            vec![
+                format!(r#"imds_observer_findings{{{wa},kind="at_risk"}} 1"#),
+                format!(r#"imds_observer_findings{{{wb},kind="healthy"}} 1"#),
+            ]
+        );
+        has(&text, &format!("imds_observer_forwarding_hops{{{wa}}} 2"));
+        has(&text, &format!("imds_observer_forwarding_hops{{{wb}}} 1"));
+        lacks(&text, "6c1d2e3f");
+
+        // a now fails the hop limit; b has no finding any more; the hop
+        // limit is no longer known.
+        m.update_findings(&[finding(&a, FindingKind::HopLimitExceeded, 2)], &[]);
+        let text = m.encode();
+        assert_eq!(
+            samples(&text, "imds_observer_findings"),
+            vec![format!(r#"imds_observer_findings{{{wa},kind="hop_limit_exceeded"}} 1"#)]
+        );
+        assert_eq!(
+            samples(&text, "imds_observer_forwarding_hops"),
+            vec![format!("imds_observer_forwarding_hops{{{wa}}} 2")]
+        );
+        assert!(samples(&text, "imds_observer_hop_limit").is_empty());
+        // Findings of containers never seen in events make no series.
+        m.update_findings(&[finding(&named(99, "ghost"), FindingKind::Unreachable, 1)], &[]);
+        lacks(&m.encode(), "ghost");
+    }
+
+    #[test]
+    fn series_of_gone_workloads_expire_after_the_grace_period() {
+        let who = pod(4242, "api-7f9c8d-x2x4q", "payments");
+        let events = with_identity(hop_limit_failure(), 4242, &who);
+        let (mut m, mut d) =
+            (Metrics::new(Config { grace: Duration::from_secs(300), ..Default::default() }), Diagnoser::default());
+        feed_both(&mut m, &mut d, &events);
+        let mut b = Ctr::podman();
+        b.cg = 77;
+        b.path = format!("/libpod_parent/libpod-{}", ID.replace('3', "5"));
+        let mut c = b.conn(40);
+        let later = c.connect(200_000).into_iter().chain(c.request(200_001, "GET", "/latest/meta-data/", true));
+        later.for_each(|e| m.observe(&e));
+        assert_eq!(m.workloads(), 2);
+
+        m.expire(time(1_010) + Duration::from_secs(299));
+        assert_eq!(m.workloads(), 2);
+        m.expire(time(1_010) + Duration::from_secs(301));
+        assert_eq!(m.workloads(), 1, "the pod's last event was at 1010 ms");
+        // The findings the Diagnoser still holds do not bring it back.
+        m.update_from(&d);
+        let text = m.encode();
+        lacks(&text, "api-7f9c8d");
+        has(
+            &text,
+            r#"imds_observer_requests_total{node="node-a",workload="podman:5f2a9c1b7d4e",namespace="",kind="other",version="v2"} 1"#,
+        );
+        // Node counters stay.
+        has(&text, r#"imds_observer_drops_total{node="node-a",reason="IP_INHDR"} 3"#);
+        has(&text, r#"imds_observer_hop_limit{node="node-a"} 1"#);
+
+        // It comes back (from zero) when it talks again.
+        let mut again = request(400_000, "node-a", 900, 1, &who, "GET", "/latest/meta-data/");
+        again.token_header = Some(true);
+        m.observe(&again);
+        has(
+            &m.encode(),
+            r#"imds_observer_requests_total{node="node-a",workload="api-7f9c8d-x2x4q",namespace="payments",kind="other",version="v2"} 1"#,
+        );
+
+        m.expire(time(400_000) + Duration::from_secs(301));
+        assert_eq!(m.workloads(), 0);
+        assert!(samples(&m.encode(), "imds_observer_requests_total").is_empty());
+    }
+
+    #[test]
+    fn workloads_beyond_the_cap_fold_into_other() {
+        let mut m = Metrics::new(Config { max_workloads: 2, ..Default::default() });
+        let names = ["a", "b", "c", "d"];
+        for (i, n) in names.iter().enumerate() {
+            let who = named(i as u64 + 1, n);
+            m.observe(&request(i as u64, "node-a", i as u64 + 1, 7, &who, "GET", "/latest/meta-data/"));
+        }
+        // d again, on a new connection: still folded, not counted again.
+        m.observe(&request(10, "node-a", 50, 7, &named(4, "d"), "GET", "/latest/meta-data/"));
+        m.update_findings(
+            &[Finding {
+                tag: FindingTag::Finding,
+                ts: at(10),
+                node: "node-a".into(),
+                kind: FindingKind::Imdsv1Fallback,
+                container: named(3, "c"),
+                summary: String::new(),
+                evidence: Evidence::default(),
+                timeline: Vec::new(),
+                fix: None,
+            }],
+            &[],
+        );
+        let text = m.encode();
+        let req = |w: &str, n: u64| {
+            format!(
+                r#"imds_observer_requests_total{{node="node-a",workload="{w}",namespace="",kind="other",version="v1"}} {n}"#
+            )
+        };
+        assert_eq!(samples(&text, "imds_observer_requests_total"), vec![req("_other", 3), req("a", 1), req("b", 1)]);
+        has(&text, "imds_observer_series_capped_total 2");
+        has(&text, r#"imds_observer_findings{node="node-a",workload="_other",namespace="",kind="imdsv1_fallback"} 1"#);
+        lacks(&text, r#"workload="c""#);
+        assert_eq!(m.workloads(), 3);
+
+        // Once a and b are gone, a new workload gets its own series again.
+        m.expire(time(0) + Duration::from_secs(601));
+        assert_eq!(m.workloads(), 0);
+        m.observe(&request(700_000, "node-a", 60, 7, &named(5, "e"), "GET", "/latest/meta-data/"));
+        has(&m.encode(), &req("e", 1));
+    }
+
+    #[test]
+    fn events_lost_and_bpf_stats() {
+        let mut m = Metrics::default();
+        let mut ev = Event::new(Kind::LostEvents, at(0), "node-a".into());
+        ev.count = Some(17);
+        m.observe(&ev);
+        ev.count = Some(3);
+        m.observe(&ev);
+        let text = m.encode();
+        has(&text, r#"imds_observer_events_lost_total{node="node-a"} 20"#);
+        lacks(&text, "bpf_program");
+
+        m.set_bpf_stats(vec![
+            ("imds_cgroup_egress".into(), 1_500_000_000, 42),
+            ("imds_tc".into(), 250_000, 3),
+            // The same program attached twice: one series.
+            ("imds_tc".into(), 250_000, 4),
+        ]);
+        let text = m.encode();
+        has(&text, "# TYPE imds_observer_bpf_program_run_time_seconds counter");
+        has(&text, "# UNIT imds_observer_bpf_program_run_time_seconds seconds");
+        has(&text, r#"imds_observer_bpf_program_run_time_seconds_total{program="imds_cgroup_egress"} 1.5"#);
+        has(&text, r#"imds_observer_bpf_program_run_time_seconds_total{program="imds_tc"} 0.0005"#);
+        has(&text, r#"imds_observer_bpf_program_runs_total{program="imds_cgroup_egress"} 42"#);
+        has(&text, r#"imds_observer_bpf_program_runs_total{program="imds_tc"} 7"#);
+        m.set_bpf_stats(Vec::new());
+        lacks(&m.encode(), "bpf_program");
+    }
+
+    #[test]
+    fn requests_without_identity_and_odd_names() {
+        let mut m = Metrics::default();
+        let mut anon = Event::new(Kind::Request, at(0), "node-a".into());
+        anon.method = Some("GET".into());
+        anon.path = Some("/computeMetadata/v1/".into());
+        m.observe(&anon);
+        // A reply without a flow or identity attributes to nothing.
+        m.observe(&Event::new(Kind::Reply, at(1), "node-a".into()));
+        let long = "x".repeat(300);
+        m.observe(&request(2, "node-a", 1, 1, &named(1, "we\"ird\\name\n"), "GET", "/"));
+        m.observe(&request(3, "node-a", 2, 1, &named(2, &long), "GET", "/"));
+        let text = m.encode();
+        has(
+            &text,
+            r#"imds_observer_requests_total{node="node-a",workload="_unknown",namespace="",kind="other",version="v1"} 1"#,
+        );
+        has(
+            &text,
+            r#"imds_observer_requests_total{node="node-a",workload="we\"ird\\name\n",namespace="",kind="other",version="v1"} 1"#,
+        );
+        has(
+            &text,
+            &format!(
+                r#"imds_observer_requests_total{{node="node-a",workload="{}",namespace="",kind="other",version="v1"}} 1"#,
+                &long[..128]
+            ),
+        );
+        assert_eq!(m.workloads(), 3);
+    }
+
+    #[test]
+    fn workload_label_order() {
+        let l = |c: Container| workload_labels(&c).map(|(w, ns)| format!("{ns}|{w}"));
+        let base = Container {
+            id: Some(ID.into()),
+            runtime: Some("containerd".into()),
+            cgroup: Some("/kubepods/besteffort/podx/abc".into()),
+            cgroup_id: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(l(pod(1, "api-0", "prod")), Some("prod|api-0".into()));
+        let nomad = |job: Option<&str>, task: Option<&str>| Container {
+            nomad: Some(Nomad {
+                alloc: Some("uuid".into()),
+                job: job.map(Into::into),
+                task: task.map(Into::into),
+                group: None,
+            }),
+            name: Some("name".into()),
+            ..base.clone()
+        };
+        assert_eq!(l(nomad(Some("web"), Some("fe"))), Some("|web/fe".into()));
+        assert_eq!(l(nomad(None, Some("fe"))), Some("|fe".into()));
+        assert_eq!(l(nomad(None, None)), Some("|name".into()), "an alloc id alone is no name");
+        assert_eq!(l(Container { name: Some("/nginx".into()), ..base.clone() }), Some("|nginx".into()));
+        assert_eq!(l(base.clone()), Some("|containerd:3f2a9c1b7d4e".into()));
+        assert_eq!(
+            l(Container { host: true, cgroup: Some("/user.slice".into()), ..Default::default() }),
+            Some("|host".into())
+        );
+        // Only a path: what it says, else its last component.
+        let path = |p: &str| Container { cgroup: Some(p.into()), cgroup_id: Some(5), ..Default::default() };
+        assert_eq!(l(path(&format!("/libpod_parent/libpod-{ID}"))), Some("|podman:3f2a9c1b7d4e".into()));
+        assert_eq!(l(path("/system.slice/kubelet.service")), Some("|kubelet.service".into()));
+        assert_eq!(l(path("/")), Some("|host".into()));
+        assert_eq!(l(path("/lab/client-a")), Some("|client-a".into()));
+        assert_eq!(l(Container { cgroup_id: Some(5), ..Default::default() }), None, "never a cgroup id");
+    }
+
+    #[test]
+    fn flows_are_bounded_and_expire() {
+        let mut m = Metrics::new(Config { grace: Duration::from_secs(60), ..Default::default() });
+        let who = named(1, "busy");
+        for i in 0..(MAX_FLOWS_PER_NODE as u64 + 10) {
+            m.observe(&request(i / 1000, "node-a", i, 1, &who, "GET", "/"));
+        }
+        assert!(m.nodes["node-a"].flows.len() <= MAX_FLOWS_PER_NODE);
+        m.expire(time(100) + Duration::from_secs(61));
+        assert!(m.nodes["node-a"].flows.is_empty());
+        assert_eq!(m.workloads(), 0);
+    }
+}
