@@ -98,8 +98,15 @@ fn setup() -> Result<()> {
     if !comps.lines().any(|l| l.starts_with("rust-src")) {
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
+    // The container image holds a static binary.
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !targets.lines().any(|l| l == MUSL) {
+        run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    }
     install_bpf_linker()
 }
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
 
 /// bpf-linker must use the same LLVM major as rustc. No prebuilt one can be
 /// fetched here, so build it against nightly's own libLLVM.
@@ -211,6 +218,8 @@ fn test(unit_only: bool, filter: &[String]) -> Result<()> {
         }
         lab_packages()?;
         run(cargo().args(LAB_BINS).args(["-p", "aws-sdk-rust-client"]))?;
+        // The image test puts this binary in a scratch image.
+        run(cargo().args(["build", "--release", "--target", MUSL, "-p", "imds-observer"]))?;
         total += run_tests(
             cargo()
                 .args(["test", "-p", "imds-lab", "--tests", "--no-fail-fast", "--", "--ignored", "--test-threads=1"])

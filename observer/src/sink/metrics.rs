@@ -263,6 +263,8 @@ struct Node {
     drops: BTreeMap<String, u64>,
     events_lost: u64,
     flows: HashMap<u64, Flow>,
+    /// cgroup id → the workload name it was last seen under.
+    names: HashMap<u64, Who>,
 }
 
 impl Node {
@@ -352,6 +354,17 @@ impl Metrics {
         let mut who = event_who(ev);
         let mut request = None;
         let mut lost = false;
+        let mut renamed = None;
+        // The runtime named the container after its first packets: its
+        // series follow it to the new name.
+        if let (Some(cg), Some(w)) = (ev.cgroup_id, &who) {
+            if node.names.len() >= MAX_FLOWS_PER_NODE {
+                node.names.clear();
+            }
+            if let Some(old) = node.names.insert(cg, w.clone()).filter(|old| old != w) {
+                renamed = Some((old, w.clone()));
+            }
+        }
         match ev.flow.map(|id| node.flow(id, ts)) {
             Some(flow) => {
                 if who.is_some() {
@@ -413,6 +426,9 @@ impl Metrics {
             None if request.is_some() => (UNKNOWN.to_string(), String::new()),
             None => return,
         };
+        if let Some((old, new)) = renamed {
+            self.rename(&ev.node, old, new);
+        }
         let key = self.assign(&ev.node, who, ts);
         let w = self.workloads.get_mut(&key).expect("assigned");
         if let Some((k, v)) = request {
@@ -425,6 +441,26 @@ impl Metrics {
 
     /// The series key for a workload seen at `ts`: its own, or `_other`
     /// beyond the cap. Creates it, and marks it seen.
+    /// Move a workload's counters to its new name (adding to what the new
+    /// name already has).
+    fn rename(&mut self, node: &str, old: Who, new: Who) {
+        let old_key = (node.to_string(), old.0, old.1);
+        let Some(w) = self.workloads.remove(&old_key) else { return };
+        let new_key = (node.to_string(), new.0, new.1);
+        match self.workloads.get_mut(&new_key) {
+            Some(n) => {
+                for (a, b) in n.requests.iter_mut().flatten().zip(w.requests.iter().flatten()) {
+                    *a += b;
+                }
+                n.replies_lost += w.replies_lost;
+                n.last_seen = n.last_seen.max(w.last_seen);
+            }
+            None => {
+                self.workloads.insert(new_key, w);
+            }
+        }
+    }
+
     fn assign(&mut self, node: &str, who: Who, ts: SystemTime) -> Key {
         let mut key = (node.to_string(), who.0, who.1);
         if !self.workloads.contains_key(&key) {
@@ -845,6 +881,28 @@ mod tests {
         events.iter().for_each(|e| m.observe(e));
         let text = m.encode();
         has(&text, r#"imds_observer_replies_lost_total{node="node-a",workload="podman:3f2a9c1b7d4e",namespace=""} 1"#);
+    }
+
+    #[test]
+    fn a_name_learned_later_carries_the_counters() {
+        // The first packets go out before the runtime API answered: the
+        // container is "podman:<id>" at first, "checkout-api" after.
+        let events = hop_limit_failure();
+        let n = events.len();
+        let named = Container { name: Some("checkout-api".into()), ..Default::default() };
+        let mut m = Metrics::default();
+        for (i, e) in events.iter().enumerate() {
+            let mut e = e.clone();
+            if let (true, Some(cg), Some(path)) = (i > n / 2, e.cgroup_id, e.cgroup.clone()) {
+                let mut c = Container::from_path(cg, &path);
+                c.name = named.name.clone();
+                e.container = Some(c);
+            }
+            m.observe(&e);
+        }
+        let text = m.encode();
+        has(&text, r#"imds_observer_replies_lost_total{node="node-a",workload="checkout-api",namespace=""} 1"#);
+        lacks(&text, "podman:3f2a9c1b7d4e");
     }
 
     #[test]
