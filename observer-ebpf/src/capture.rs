@@ -81,8 +81,10 @@ pub struct Meta {
 }
 
 /// Record `pkt` if it is to or from an endpoint. `version` is 4 or 6.
+/// `meta` is only called for a match: its helper calls (cgroup id, socket
+/// cookie) are not paid by the host's other packets.
 #[inline(always)]
-pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: &Meta) {
+pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() -> Meta) {
     // Header bytes up to and including both addresses; the version decides
     // which endpoint set, `want` which address.
     let (inbound, proto, l3_len) = if version == 4 {
@@ -119,7 +121,7 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: &Meta) {
     } else {
         return;
     };
-    emit(pkt, version, inbound, proto, l3_len, meta);
+    emit(pkt, version, inbound, proto, l3_len, &meta());
 }
 
 #[inline(always)]

@@ -70,14 +70,13 @@ fn on_packet(ctx: &SkBuffContext, hook: Hook, want: Match) {
         return;
     }
     let pkt = Skb { skb: &ctx.skb, l3: 0 };
-    let meta = Meta {
+    capture::packet(&pkt, version, want, || Meta {
         hook,
         ifindex: 0,
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         cookie: unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) },
         reason: 0,
-    };
-    capture::packet(&pkt, version, want, &meta);
+    });
 }
 
 #[cgroup_skb(egress)]

@@ -73,7 +73,6 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     };
     // skb->len counts from skb->data, which is the IP header here (ip_forward).
     let pkt = KernelPacket { ip, len };
-    let meta = Meta { hook: Hook::Drop, ifindex: 0, cgroup_id: 0, cookie: 0, reason };
-    capture::packet(&pkt, b0 >> 4, Match::Any, &meta);
+    capture::packet(&pkt, b0 >> 4, Match::Any, || Meta { hook: Hook::Drop, ifindex: 0, cgroup_id: 0, cookie: 0, reason });
     0
 }

@@ -21,14 +21,13 @@ fn on_packet(ctx: &TcContext, hook: Hook, want: Match) {
         return;
     }
     let pkt = Skb { skb: &ctx.skb, l3: ETH_HLEN };
-    let meta = Meta {
+    capture::packet(&pkt, version, want, || Meta {
         hook,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         cgroup_id: 0,
         cookie: 0,
         reason: 0,
-    };
-    capture::packet(&pkt, version, want, &meta);
+    });
 }
 
 #[classifier]

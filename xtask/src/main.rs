@@ -33,6 +33,9 @@ enum Cmd {
     /// Setup, build, then run the lab with hop limit 1: a container client
     /// that behaves like an AWS SDK, the observer watching. Needs root.
     Demo,
+    /// Print figures: the agent's idle and per-request cost, eBPF cost per
+    /// packet, image size (lab, root), and the TUI rendering benchmark.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup(),
         Cmd::Test { unit, filter } => test(unit, &filter),
         Cmd::Demo => demo(),
+        Cmd::Bench => bench(),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -285,4 +289,16 @@ fn demo() -> Result<()> {
     lab_packages()?;
     run(cargo().args(LAB_BINS))?;
     run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-demo"]))
+}
+
+fn bench() -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the lab benchmark loads eBPF programs and builds namespaces: run `sudo -E cargo xtask bench`");
+    }
+    lab_packages()?;
+    run(cargo().args(LAB_BINS))?;
+    run(cargo().args(["build", "--release", "--target", MUSL, "-p", "imds-observer"]))?;
+    run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-bench"]))?;
+    run(cargo().args(["bench", "-p", "imds-observer"]))
 }
