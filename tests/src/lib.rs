@@ -604,6 +604,13 @@ impl Lab {
                 );
             }
         }
+        // Resolve the neighbours on the path now (container, host, cloud),
+        // so that a test's first SYN is not held up by neighbour discovery:
+        // a closed port on the cloud's own (non-metadata) address.
+        sh_quiet(&[
+            "nsenter", &format!("--net=/run/netns/{netns}"), "bash", "-c",
+            "timeout 3 bash -c 'exec 3<>/dev/tcp/198.18.0.1/9'; timeout 3 bash -c 'exec 3<>/dev/tcp/fd00:18::1/9'",
+        ]);
         Container {
             name: name.to_string(),
             cgroup: self.new_cgroup(name),
