@@ -128,17 +128,17 @@ pub struct ReportArgs {
     pub capture: CaptureArgs,
 
     /// Observe live for this many seconds.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "from")]
+    #[arg(long, value_name = "SECONDS", conflicts_with = "from", env = "IMDS_OBSERVER_DURATION")]
     pub duration: Option<f64>,
 
     /// Read a recorded JSON event stream instead (a file, or - for stdin),
     /// e.g. the output of `imds-observer run` or of `kubectl logs`. Streams
     /// merged from several nodes are reported per node.
-    #[arg(long, value_name = "FILE|-")]
+    #[arg(long, value_name = "FILE|-", env = "IMDS_OBSERVER_FROM")]
     pub from: Option<String>,
 
     /// Print the findings as JSON lines instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "IMDS_OBSERVER_JSON")]
     pub json: bool,
 
     /// EC2 instance id to put in the fix command.
@@ -153,7 +153,7 @@ pub struct TuiArgs {
 
     /// Read a JSON event stream instead of capturing (a file, or - for stdin,
     /// read as it is written). Streams from several nodes show a node column.
-    #[arg(long, value_name = "FILE|-")]
+    #[arg(long, value_name = "FILE|-", env = "IMDS_OBSERVER_FROM")]
     pub from: Option<String>,
 
     /// EC2 instance id to put in the fix command.
