@@ -31,9 +31,6 @@ impl Clock {
     pub fn now() -> Self {
         Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC) }
     }
-    pub fn monotonic_now(&self) -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC) as u64
-    }
     pub fn wall(&self, mono_ns: u64) -> SystemTime {
         let ns = (mono_ns as i128 + self.offset_ns).max(0) as u128;
         UNIX_EPOCH + Duration::from_nanos(ns as u64)

@@ -177,10 +177,12 @@ impl Tcp {
     pub const ECE: u8 = 0x40;
     pub const CWR: u8 = 0x80;
 
+    #[cfg(test)]
     pub fn has(&self, flag: u8) -> bool {
         self.flags & flag == flag
     }
 
+    #[cfg(test)]
     /// [`tcp_flags_str`] of this segment's flags.
     pub fn flags_str(&self) -> String {
         tcp_flags_str(self.flags)

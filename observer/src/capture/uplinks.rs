@@ -28,8 +28,10 @@ use std::{
 
 /// Route is usable.
 pub const RTF_UP: u32 = 0x0001;
+#[cfg(test)]
 /// Route goes through a gateway.
 pub const RTF_GATEWAY: u32 = 0x0002;
+#[cfg(test)]
 /// Host route (IPv4 /32).
 pub const RTF_HOST: u32 = 0x0004;
 /// Unreachable/prohibit (IPv6 also blackhole/throw): traffic is refused.
@@ -215,6 +217,7 @@ pub fn route_ifaces_v4(routes: &[Route4], dst: Ipv4Addr) -> Vec<String> {
     best(routes, |r| r.is_usable() && r.contains(dst), |r| (r.prefix_len(), r.metric), |r| r.iface.as_str())
 }
 
+#[cfg(test)]
 /// The device of the longest-prefix, lowest-metric usable IPv4 route to
 /// `dst` (the first in table order on a tie).
 pub fn route_iface_v4(routes: &[Route4], dst: Ipv4Addr) -> Option<String> {
@@ -227,6 +230,7 @@ pub fn route_ifaces_v6(routes: &[Route6], dst: Ipv6Addr) -> Vec<String> {
     best(routes, |r| r.is_usable() && r.contains(dst), |r| (r.prefix_len, r.metric), |r| r.egress_iface())
 }
 
+#[cfg(test)]
 /// The device of the longest-prefix, lowest-metric usable IPv6 route to
 /// `dst` (the first in table order on a tie); `lo` for the host's own
 /// addresses.

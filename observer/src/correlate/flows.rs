@@ -60,6 +60,7 @@ impl FlowTable {
         Self::default()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.flows.len()
     }
@@ -68,6 +69,7 @@ impl FlowTable {
         self.evicted
     }
 
+    #[cfg(test)]
     pub fn get(&self, cookie: u64) -> Option<&Flow> {
         self.flows.get(&cookie)
     }

@@ -110,6 +110,7 @@ pub struct Stats {
     pub evicted_nodes: u64,
 }
 
+#[cfg(test)]
 /// How much state is held (for tests and metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateSize {
@@ -153,14 +154,12 @@ impl Diagnoser {
         Self { cfg, nodes: HashMap::new(), stats: Stats::default() }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
 
     pub fn stats(&self) -> Stats {
         self.stats
     }
 
+    #[cfg(test)]
     pub fn state_size(&self) -> StateSize {
         let mut s = StateSize { nodes: self.nodes.len(), ..Default::default() };
         for n in self.nodes.values() {

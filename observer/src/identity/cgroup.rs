@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[cfg(test)]
 /// The mount point of the cgroup2 filesystem in `/proc/self/mountinfo` text:
 /// `/sys/fs/cgroup` if that is cgroup2 (unified hosts), else the first cgroup2
 /// mount of the whole hierarchy (e.g. `/sys/fs/cgroup/unified` on hybrid
@@ -162,27 +163,25 @@ impl CgroupResolver {
         }
     }
 
+    #[cfg(test)]
     pub fn set_min_rescan_interval(&mut self, interval: Duration) {
         self.min_rescan_interval = interval;
     }
 
+    #[cfg(test)]
     pub fn set_negative_ttl(&mut self, ttl: Duration) {
         self.negative_ttl = ttl;
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
 
+    #[cfg(test)]
     /// Ids cached.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 
+    #[cfg(test)]
     /// Paths passed over so far: non-UTF-8 names, symlinks, directories that
     /// could not be read or vanished mid-walk, other filesystems mounted
     /// inside, failed walks of the root.
@@ -190,6 +189,7 @@ impl CgroupResolver {
         self.skipped
     }
 
+    #[cfg(test)]
     /// Tree walks so far.
     pub fn scans(&self) -> u64 {
         self.scans
@@ -235,6 +235,7 @@ impl CgroupResolver {
         found
     }
 
+    #[cfg(test)]
     /// Walk the tree now, whatever the rate limit; the number of cgroups seen.
     pub fn rescan(&mut self) -> io::Result<usize> {
         let n = self.scan(Instant::now())?;
@@ -242,6 +243,7 @@ impl CgroupResolver {
         Ok(n)
     }
 
+    #[cfg(test)]
     /// Drop cached cgroups the last walk did not see, but for the `keep` most
     /// recently used of them; the number dropped.
     pub fn forget_missing(&mut self, keep: usize) -> usize {

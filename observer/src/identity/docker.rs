@@ -17,7 +17,7 @@
 use std::{
     collections::BTreeMap,
     fmt, io,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -126,16 +126,15 @@ impl DockerClient {
         DockerClient { socket, timeout: DEFAULT_TIMEOUT }
     }
 
+    #[cfg(test)]
     /// The same client with another bound on each whole request.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
 
+    #[cfg(test)]
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
@@ -545,7 +544,7 @@ mod tests {
         out
     }
 
-    fn client(path: &Path) -> DockerClient {
+    fn client(path: &std::path::Path) -> DockerClient {
         DockerClient::new(path.to_path_buf()).with_timeout(Duration::from_millis(500))
     }
 

@@ -6,8 +6,10 @@ pub mod cgroup;
 pub mod docker;
 pub mod runtime;
 
+#[cfg(test)]
+use std::collections::BTreeMap;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -252,8 +254,6 @@ async fn lookup_task(
     }
 }
 
-/// Labels as the runtime reports them (for tests and the TUI).
-pub type Labels = BTreeMap<String, String>;
 
 #[cfg(test)]
 mod tests {
@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn labels_name_pods_nomad_and_ecs() {
         let mut c = Container::from_path(7, &format!("/system.slice/docker-{ID}.scope"));
-        let mut labels = Labels::new();
+        let mut labels = BTreeMap::new();
         labels.insert("io.kubernetes.pod.name".into(), "api-7f9c".into());
         labels.insert("io.kubernetes.pod.namespace".into(), "payments".into());
         labels.insert("io.kubernetes.container.name".into(), "api".into());

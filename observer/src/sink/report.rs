@@ -44,6 +44,7 @@ pub struct StreamDiagnosis {
     pub lost_events: u64,
 }
 
+#[cfg(test)]
 /// Diagnose a JSON-lines event stream (a file, or `kubectl logs` of several
 /// nodes) with the same engine as a live run.
 pub fn diagnose_stream(r: impl BufRead) -> io::Result<StreamDiagnosis> {
