@@ -213,6 +213,8 @@ fn test(unit_only: bool, filter: &[String]) -> Result<()> {
     // The deploy-manifest checks validate offline against the Kubernetes
     // schemas kubernetes-validate ships, and parse the Nomad jobs.
     pip_install("kubernetes_validate, hcl2", &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"])?;
+    // Some plain tests start the binaries (the TUI in tmux, the lab's helpers).
+    run(cargo().args(LAB_BINS))?;
     let mut total = Tally::default();
     // Unit tests: pure logic, no root. Lab tests are #[ignore]d here.
     total += run_tests(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
@@ -221,7 +223,7 @@ fn test(unit_only: bool, filter: &[String]) -> Result<()> {
             bail!("the lab tests need root (eBPF, namespaces, cgroups): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
         }
         lab_packages()?;
-        run(cargo().args(LAB_BINS).args(["-p", "aws-sdk-rust-client"]))?;
+        run(cargo().args(["build", "--bins", "-p", "aws-sdk-rust-client"]))?;
         // The image test puts this binary in a scratch image.
         run(cargo().args(["build", "--release", "--target", MUSL, "-p", "imds-observer"]))?;
         total += run_tests(
