@@ -171,13 +171,10 @@ fn wrap(text: &str, width: usize, indent: &str) -> String {
     out
 }
 
-/// A shell command broken at option boundaries with `\` continuations.
-fn wrap_command(cmd: &str, width: usize, indent: &str) -> String {
-    let cont = format!("{indent}    ");
-    let mut out = String::new();
-    let mut line = String::from(indent);
+/// A shell command in lines of at most `width`, broken before options
+/// ("--flag value" kept together) with `\` continuations; never cut.
+pub fn command_lines(cmd: &str, width: usize) -> Vec<String> {
     let mut pieces: Vec<String> = Vec::new();
-    // Keep "--flag value" together.
     for word in cmd.split_whitespace() {
         match pieces.last_mut() {
             Some(last) if last.starts_with("--") && !last.contains(' ') && !word.starts_with("--") => {
@@ -187,22 +184,33 @@ fn wrap_command(cmd: &str, width: usize, indent: &str) -> String {
             _ => pieces.push(word.to_string()),
         }
     }
-    let mut empty = true;
+    let mut out = Vec::new();
+    let mut line = String::new();
+    let mut fresh = true;
     for p in pieces {
-        if !empty && line.chars().count() + 1 + p.chars().count() + 2 > width {
-            out.push_str(&line);
-            out.push_str(" \\\n");
-            line = cont.clone();
-            empty = true;
+        if !fresh && line.chars().count() + 1 + p.chars().count() + 2 > width {
+            out.push(format!("{line} \\"));
+            line = "    ".to_string();
+            fresh = true;
         }
-        if !empty {
+        if !fresh {
             line.push(' ');
         }
         line.push_str(&p);
-        empty = false;
+        fresh = false;
     }
-    out.push_str(&line);
-    out.push('\n');
+    out.push(line);
+    out
+}
+
+/// [`command_lines`] for the report: indented, one string.
+fn wrap_command(cmd: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    for line in command_lines(cmd, width.saturating_sub(indent.chars().count())) {
+        out.push_str(indent);
+        out.push_str(&line);
+        out.push('\n');
+    }
     out
 }
 

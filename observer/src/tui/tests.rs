@@ -589,7 +589,7 @@ async fn a_file_is_followed_like_tail_f() {
 #[test]
 fn command_lines_break_at_options_and_keep_everything() {
     let cmd = "aws ec2 modify-instance-metadata-options --instance-id i-0123456789abcdef0 --http-put-response-hop-limit 2 --http-endpoint enabled";
-    let l = ui::command_lines(cmd, 50);
+    let l = crate::sink::report::command_lines(cmd, 50);
     assert_eq!(
         l,
         [
@@ -599,7 +599,7 @@ fn command_lines_break_at_options_and_keep_everything() {
             "    --http-endpoint enabled"
         ]
     );
-    assert_eq!(ui::command_lines(cmd, 200), [cmd]);
+    assert_eq!(crate::sink::report::command_lines(cmd, 200), [cmd]);
     assert_eq!(ui::wrap("a bb ccc", 8), ["a bb ccc"]);
     assert_eq!(ui::thousands(1_234_567), "1,234,567");
 }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     diagnose::{Attempt, ContainerView, Evidence, Finding, FindingKind, Fix},
-    sink::report::shorten,
+    sink::report::{self, shorten},
 };
 
 /// Narrower than this, the container column drops other columns.
@@ -513,7 +513,7 @@ fn detail_lines(app: &App, row: &Row, view: &ContainerView, width: usize, t: The
 fn fix_lines(fix: &Fix, findings: &[Finding], width: usize, t: Theme) -> Vec<Line<'static>> {
     let mut out = vec![Line::styled(format!("FIX: raise the hop limit to {}", fix.hop_limit), t.bold())];
     out.push(Line::raw("  on the running instance:"));
-    for l in command_lines(&fix.command, width.saturating_sub(4)) {
+    for l in report::command_lines(&fix.command, width.saturating_sub(4)) {
         out.push(Line::styled(format!("    {l}"), t.fg(Color::Green)));
     }
     for (name, text) in [
@@ -531,7 +531,7 @@ fn fix_lines(fix: &Fix, findings: &[Finding], width: usize, t: Theme) -> Vec<Lin
                 for l in wrap(&format!("then, {text}:"), width.saturating_sub(2)) {
                     out.push(Line::raw(format!("  {l}")));
                 }
-                for l in command_lines(&format!("aws {cmd}"), width.saturating_sub(4)) {
+                for l in report::command_lines(&format!("aws {cmd}"), width.saturating_sub(4)) {
                     out.push(Line::styled(format!("    {l}"), t.fg(Color::Green)));
                 }
             }
@@ -820,37 +820,5 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
     if !line.is_empty() {
         out.push(line);
     }
-    out
-}
-
-/// A shell command in lines of at most `width`, broken before options
-/// ("--flag value" kept together) with `\` continuations; never cut.
-pub fn command_lines(cmd: &str, width: usize) -> Vec<String> {
-    let mut pieces: Vec<String> = Vec::new();
-    for word in cmd.split_whitespace() {
-        match pieces.last_mut() {
-            Some(last) if last.starts_with("--") && !last.contains(' ') && !word.starts_with("--") => {
-                last.push(' ');
-                last.push_str(word);
-            }
-            _ => pieces.push(word.to_string()),
-        }
-    }
-    let mut out = Vec::new();
-    let mut line = String::new();
-    let mut fresh = true;
-    for p in pieces {
-        if !fresh && line.chars().count() + 1 + p.chars().count() + 2 > width {
-            out.push(format!("{line} \\"));
-            line = "    ".to_string();
-            fresh = true;
-        }
-        if !fresh {
-            line.push(' ');
-        }
-        line.push_str(&p);
-        fresh = false;
-    }
-    out.push(line);
     out
 }
