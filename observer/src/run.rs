@@ -45,6 +45,7 @@ pub fn node_name(flag: Option<String>) -> String {
 pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
     preflight::check_kernel()?;
     preflight::check_privileges()?;
+    preflight::raise_memlock();
     let endpoints: Vec<IpAddr> = if args.endpoints.is_empty() {
         capture::DEFAULT_ENDPOINTS.iter().map(|e| e.parse().expect("valid default endpoint")).collect()
     } else {

@@ -76,6 +76,17 @@ pub fn check_kernel() -> Result<()> {
     Ok(())
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose usual
+/// default is smaller than the ring buffer. Raise it (needs
+/// CAP_SYS_RESOURCE where the limit is lower); later kernels ignore it.
+pub fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit for this process.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (only kernels before 5.11 need it)");
+    }
+}
+
 pub fn ifindex(name: &str) -> Result<u32> {
     let c = CString::new(name)?;
     // SAFETY: c is a valid NUL-terminated string.
