@@ -173,7 +173,12 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     }
     .await;
     drop(cap); // detaches every program
-    info!(malformed = pipe.skipped.malformed, flows_evicted = pipe.flows.evicted(), "detached");
+    info!(
+        malformed = pipe.skipped.malformed,
+        unknown_records = pipe.skipped.unknown_hook,
+        flows_evicted = pipe.flows.evicted(),
+        "detached"
+    );
     result
 }
 

@@ -940,6 +940,20 @@ impl Observer {
         (status.code().unwrap_or(-1), self.raw())
     }
 
+    /// Let the last packets (and the engine's timeouts, `settle`) pass,
+    /// check that no token or credential reached stdout or stderr (the fake
+    /// IMDS marks every one), then stop: everything it wrote.
+    pub fn finish(self, settle: Duration) -> Vec<Value> {
+        thread::sleep(settle);
+        let stderr = self.stderr.lock().unwrap().join("\n");
+        let stdout = self.raw();
+        for marker in ["FAKETOKEN", "FAKESECRET"] {
+            assert!(!stdout.contains(marker), "a secret reached the observer's stdout");
+            assert!(!stderr.contains(marker), "a secret reached the observer's stderr");
+        }
+        self.stop()
+    }
+
     /// SIGINT, wait for exit, and return everything it wrote.
     pub fn stop(self) -> Vec<Value> {
         self.signal("INT")

@@ -4,17 +4,13 @@
 use std::{path::Path, time::Duration};
 
 use imds_lab::{
-    Attach, ClientRun, Container, Lab, LabOpts, Observer, Tokens, Value, bin, bin_dir, findings_for,
+    Attach, ClientRun, Container, Lab, LabOpts, Tokens, Value, bin, bin_dir, findings_for,
 };
 
 const IMDS: &str = "http://169.254.169.254";
 
-fn finish(obs: Observer) -> Vec<Value> {
-    std::thread::sleep(Duration::from_millis(1500)); // past the engine's timeouts
-    let raw = obs.raw();
-    assert!(!raw.contains("FAKETOKEN") && !raw.contains("FAKESECRET"), "a secret reached the output");
-    obs.stop()
-}
+/// Past the engine's timeouts.
+const SETTLE: Duration = Duration::from_millis(1500);
 
 /// The latest line of each finding kind for the container.
 fn latest<'a>(events: &'a [Value], c: &Container, kind: &str) -> Option<&'a Value> {
@@ -61,7 +57,7 @@ fn hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback() {
     let obs = lab.observer(&["--instance-id", "i-0123456789abcdef0"]);
     let client = c.sdk("js-v2", IMDS);
     assert_eq!(client.lines.iter().filter(|l| l["method"] == "PUT").count(), 4, "{:?}", client.lines);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
 
     let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("no hop_limit_exceeded: {:?}", kinds(&events, &c)));
     let ev = &f["evidence"];
@@ -96,7 +92,7 @@ fn two_forwarding_hops_need_hop_limit_3() {
     let c = lab.add_container("far", Attach::Router);
     let obs = lab.observer(&[]);
     c.sdk("botocore", IMDS);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
     let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert_eq!(f["evidence"]["reply_ttl_at_host"], 2);
     assert_eq!(f["evidence"]["forwarding_hops"], 2);
@@ -109,7 +105,7 @@ fn two_forwarding_hops_need_hop_limit_3() {
     let obs = lab.observer(&[]);
     let run = c.sdk("botocore", IMDS);
     assert_eq!(run.lines[0]["status"], 200);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
     assert_eq!(kinds(&events, &c), vec!["healthy"], "{events:#?}");
 }
 
@@ -124,7 +120,7 @@ fn tokenless_container_on_a_hop_limit_1_host_is_at_risk() {
     assert_eq!(host.sdk("token-only", IMDS).code, 0);
     // ...and this container, one hop away, has only used IMDSv1 so far.
     assert_eq!(c.sdk("v1-only", IMDS).code, 0);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
     let f = latest(&events, &c, "at_risk").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert_eq!(f["evidence"]["forwarding_hops"], 1);
     assert_eq!(f["evidence"]["node_hop_limit"], 1);
@@ -143,7 +139,7 @@ fn botocore_one_put_then_tokenless_gets() {
     assert_eq!(run.code, 0, "botocore fell back to IMDSv1 and got credentials: {:?}", run.lines);
     let took = run.lines[0]["t_end"].as_f64().unwrap() - run.lines[0]["t_start"].as_f64().unwrap();
     assert!((1.0..2.0).contains(&took), "botocore waited {took:.2}s (one 1 s token timeout)");
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
 
     let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     let t = f["timeline"].as_array().unwrap();
@@ -167,7 +163,7 @@ fn aws_sdk_for_rust_one_put_then_fails_without_fallback() {
     let obs = lab.observer(&[]);
     let run = c.client(&bin_dir().join("aws-sdk-rust-client"), &[], &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)]);
     assert_eq!(run.code, 3, "the SDK for Rust has no IMDSv1 fallback: {:?}", run.lines);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
 
     let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     let t = f["timeline"].as_array().unwrap();
@@ -184,7 +180,7 @@ fn tokens_required_401_is_explained_by_the_hop_limit() {
     let obs = lab.observer(&[]);
     let run = c.sdk("botocore", IMDS);
     assert!(run.lines.iter().any(|l| l["status"] == 401), "{:?}", run.lines);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
     assert!(latest(&events, &c, "hop_limit_exceeded").is_some(), "{:?}", kinds(&events, &c));
     let f = latest(&events, &c, "token_rejected").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert_eq!(f["evidence"]["status"], 401);
@@ -200,7 +196,7 @@ fn nothing_on_the_ecs_endpoint_is_unreachable_not_hop_limit() {
     let obs = lab.observer(&[]);
     let run = c.sdk("v1-only", "http://169.254.170.2");
     assert_eq!(run.lines[0]["outcome"], "refused");
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
     let f = latest(&events, &c, "unreachable").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert!(!f["summary"].as_str().unwrap().to_lowercase().contains("hop limit"), "{f}");
     assert!(f.get("fix").is_none() || !f["fix"].to_string().contains("hop-limit"));

@@ -2,7 +2,7 @@
 //! with real podman containers. Root only: `cargo xtask test`.
 use std::time::Duration;
 
-use imds_lab::{Attach, Lab, LabOpts, Observer, Podman, Value, findings_for};
+use imds_lab::{Attach, Lab, LabOpts, Podman, Value, findings_for};
 
 /// An IMDSv2 token PUT with busybox nc (the reply never comes at hop limit
 /// 1), then a tokenless GET.
@@ -10,10 +10,8 @@ const TOKEN_THEN_V1: &str = "printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: 1
 X-aws-ec2-metadata-token-ttl-seconds: 21600\\r\\nConnection: close\\r\\n\\r\\n' | timeout 2 nc 169.254.169.254 80; \
 timeout 5 wget -q -O /dev/null http://169.254.169.254/latest/meta-data/iam/security-credentials/; true";
 
-fn finish(obs: Observer) -> Vec<Value> {
-    std::thread::sleep(Duration::from_millis(1500));
-    obs.stop()
-}
+/// Past the engine's timeouts.
+const SETTLE: Duration = Duration::from_millis(1500);
 
 fn hop_finding<'a>(events: &'a [Value], id: &str) -> &'a Value {
     events
@@ -33,7 +31,7 @@ fn podman_container_is_named_through_the_api() {
     let mut podman = Podman::new(&lab, true);
     let obs = lab.observer(&["--runtime-socket", podman.socket.to_str().unwrap()]);
     let id = podman.run("imds-lab-payments", TOKEN_THEN_V1);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
 
     let f = hop_finding(&events, &id);
     let c = &f["container"];
@@ -57,7 +55,7 @@ fn podman_container_without_the_api_is_named_by_its_cgroup() {
     let missing = std::env::temp_dir().join("imds-lab-no-such.sock");
     let obs = lab.observer(&["--runtime-socket", missing.to_str().unwrap()]);
     let id = podman.run("imds-lab-noapi", TOKEN_THEN_V1);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
     let c = &hop_finding(&events, &id)["container"];
     assert_eq!(c["runtime"], "podman");
     assert_eq!(c["id"], id.as_str());
@@ -73,7 +71,7 @@ fn host_process_is_identified_as_host() {
     let obs = lab.observer(&[]);
     assert_eq!(h.sdk("token-only", "http://169.254.169.254").code, 0);
     assert_eq!(c.sdk("v1-only", "http://169.254.169.254").code, 0);
-    let events = finish(obs);
+    let events = obs.finish(SETTLE);
     let hf = findings_for(&events, &h.cgroup_rel());
     assert!(!hf.is_empty() && hf.iter().all(|f| f["container"]["host"] == true), "{hf:#?}");
     let cf = findings_for(&events, &c.cgroup_rel());

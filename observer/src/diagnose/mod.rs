@@ -25,6 +25,7 @@
 mod assess;
 mod finding;
 mod state;
+pub(crate) use state::ReqKind as RequestKind;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -60,7 +60,7 @@ pub(super) mod tcp {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum ReqKind {
+pub(crate) enum ReqKind {
     Token,
     Credentials,
     Other,

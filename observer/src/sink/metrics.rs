@@ -54,7 +54,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    diagnose::{Diagnoser, Finding, FindingKind},
+    diagnose::{Diagnoser, Finding, FindingKind, RequestKind},
     event::{Event, Kind},
     identity::Container,
 };
@@ -105,23 +105,14 @@ type Who = (String, String);
 
 const KINDS: [&str; 3] = ["token", "credentials", "other"];
 const VERSIONS: [&str; 2] = ["v1", "v2"];
-const CREDS: &str = "/latest/meta-data/iam/security-credentials";
 
-/// Index into KINDS and VERSIONS. The same classification as the
+/// Index into KINDS (in ReqKind's order) and VERSIONS. The same classification as the
 /// Diagnoser's (diagnose::state::ReqKind::of).
 fn classify(method: &str, path: Option<&str>, token_header: Option<bool>) -> (usize, usize) {
-    let path = path.unwrap_or("");
-    let p = path.split(['?', '#']).next().unwrap_or(path);
-    let token = method.eq_ignore_ascii_case("PUT") && p == "/latest/api/token";
-    let kind = if token {
-        0
-    } else if p == CREDS || p.strip_prefix(CREDS).is_some_and(|rest| rest.starts_with('/')) {
-        1
-    } else {
-        2
-    };
-    let v2 = token || token_header == Some(true);
-    (kind, usize::from(v2))
+    // The Diagnoser's classification, so metrics and findings agree.
+    let kind = RequestKind::of(method, path.unwrap_or(""));
+    let v2 = kind == RequestKind::Token || token_header == Some(true);
+    (kind as usize, usize::from(v2))
 }
 
 fn clip(s: &str) -> String {
