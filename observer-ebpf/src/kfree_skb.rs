@@ -68,11 +68,19 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let ip = (head + nh as u64) as *const u8;
-    let Ok(b0) = (unsafe { bpf_probe_read_kernel(ip) }) else {
+    let Ok(h) = (unsafe { bpf_probe_read_kernel(ip as *const [u8; 8]) }) else {
         return 0;
     };
-    // skb->len counts from skb->data, which is the IP header here (ip_forward).
-    let pkt = KernelPacket { ip, len };
-    capture::packet(&pkt, b0 >> 4, Match::Any, || Meta { hook: Hook::Drop, ifindex: 0, cgroup_id: 0, cookie: 0, reason });
+    let version = h[0] >> 4;
+    // skb->len counts from skb->data: the IP header in ip_forward, but past
+    // it once a transport protocol pulled its headers (a pure ACK dropped by
+    // TCP has skb->len 0). The IP header's own length says what is there.
+    let ip_len = match version {
+        4 => u16::from_be_bytes([h[2], h[3]]) as u32,
+        6 => 40 + u16::from_be_bytes([h[4], h[5]]) as u32,
+        _ => return 0,
+    };
+    let pkt = KernelPacket { ip, len: if ip_len > len { ip_len } else { len } };
+    capture::packet(&pkt, version, Match::Any, || Meta { hook: Hook::Drop, ifindex: 0, cgroup_id: 0, cookie: 0, reason });
     0
 }
