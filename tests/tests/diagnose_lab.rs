@@ -14,7 +14,7 @@ const SETTLE: Duration = Duration::from_millis(1500);
 
 /// The latest line of each finding kind for the container.
 fn latest<'a>(events: &'a [Value], c: &Container, kind: &str) -> Option<&'a Value> {
-    findings_for(events, &c.cgroup_rel()).into_iter().filter(|f| f["kind"] == kind).last()
+    findings_for(events, &c.cgroup_rel()).into_iter().rfind(|f| f["kind"] == kind)
 }
 
 fn kinds(events: &[Value], c: &Container) -> Vec<String> {

@@ -282,7 +282,7 @@ pub(crate) fn feed(d: &mut Diagnoser, events: &[Event]) -> Vec<Finding> {
     events.iter().flat_map(|e| d.observe(e)).collect()
 }
 
-pub(crate) fn of<'a>(fs: &'a [Finding], kind: FindingKind) -> Vec<&'a Finding> {
+pub(crate) fn of(fs: &[Finding], kind: FindingKind) -> Vec<&Finding> {
     fs.iter().filter(|f| f.kind == kind).collect()
 }
 
