@@ -29,6 +29,9 @@ pub enum Hook {
     Connect = 5,
     /// skb:kfree_skb: the kernel dropped a packet to or from an endpoint.
     Drop = 6,
+    /// tc ingress on a container's host-side veth: a packet from the
+    /// container entering the host (cgroup v1 hosts only).
+    VethIngress = 7,
 }
 
 impl Hook {
@@ -40,6 +43,7 @@ impl Hook {
             4 => Self::TcEgress,
             5 => Self::Connect,
             6 => Self::Drop,
+            7 => Self::VethIngress,
             _ => return None,
         })
     }
@@ -66,7 +70,7 @@ pub struct Record {
     pub family: u8,
     /// Connect: destination port, host byte order.
     pub dport: u16,
-    /// tc: the interface the program is attached to.
+    /// tc, veth: the interface the program is attached to.
     pub ifindex: u32,
     /// Drop: the kernel's `enum skb_drop_reason` value.
     pub reason: u32,

@@ -15,6 +15,8 @@ mod connect;
 mod kfree_skb;
 #[cfg(target_arch = "bpf")]
 mod tc;
+#[cfg(target_arch = "bpf")]
+mod veth;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

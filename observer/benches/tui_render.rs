@@ -28,6 +28,11 @@ mod ui;
 mod sink {
     pub(crate) use super::report;
 }
+#[path = "../src/capture/netlink.rs"]
+mod netlink;
+mod capture {
+    pub(crate) use super::netlink;
+}
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 

@@ -95,6 +95,11 @@ impl Event {
     pub fn new(kind: Kind, ts: String, node: String) -> Self {
         Self { kind: Some(kind), ts, node, ..Default::default() }
     }
+
+    /// The workload it is about (see `Container::key`).
+    pub fn workload_key(&self) -> Option<u64> {
+        self.cgroup_id.or_else(|| self.container.as_ref()?.key())
+    }
 }
 
 /// Format a wall-clock time as RFC 3339 UTC with microseconds.

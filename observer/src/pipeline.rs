@@ -1,6 +1,13 @@
 //! Record → Event: decode the snapshot, name the flow and the cgroup.
+//!
+//! On cgroup v1 hosts a container's socket may sit in the cgroup2 root, and
+//! its packets name no container; the first packet of such a flow is held
+//! (at most [`VETH_WAIT`]) until the same packet is seen entering the host on
+//! the container's veth, which names it (identity/netns.rs). The veth is then
+//! remembered for the socket's network namespace, so later flows from it are
+//! named at connect and never wait.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -44,6 +51,18 @@ pub struct Skipped {
     pub unknown_hook: u64,
 }
 
+/// How long a flow's first packets wait for the veth that names them. The
+/// veth sees the same packet microseconds after the socket did; this only
+/// bounds the wait when no veth ever will (a macvlan or a routed netns).
+pub const VETH_WAIT: Duration = Duration::from_millis(100);
+/// Network namespaces whose veth is remembered.
+const MAX_NETNS: usize = 16_384;
+
+/// The monotonic clock the eBPF timestamps use.
+pub fn mono_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
 pub struct Pipeline {
     pub node: String,
     pub clock: Clock,
@@ -55,6 +74,13 @@ pub struct Pipeline {
     /// The observer's own network namespace cookie (the host's, as deployed).
     own_netns: Option<u64>,
     last_sweep: u64,
+    /// The cgroup v1 fallback is on: container veths are attached.
+    veth_fallback: bool,
+    /// Network namespace cookie → the container veth it sends by (None: it
+    /// was waited for and did not come).
+    netns_veth: HashMap<u64, Option<u32>>,
+    /// Records of flows waiting for their veth, in arrival order.
+    held: VecDeque<Record>,
 }
 
 /// This process's network namespace cookie, as `bpf_get_netns_cookie`
@@ -89,6 +115,17 @@ impl Pipeline {
             skipped: Skipped::default(),
             own_netns: own_netns_cookie(),
             last_sweep: 0,
+            veth_fallback: false,
+            netns_veth: HashMap::new(),
+            held: VecDeque::new(),
+        }
+    }
+
+    /// The container veths attached now; an empty list turns the fallback off.
+    pub fn set_veths(&mut self, links: &[crate::capture::netlink::Link]) {
+        self.veth_fallback = !links.is_empty();
+        if let Some(ids) = self.identities.as_mut() {
+            ids.set_veths(links);
         }
     }
 
@@ -105,24 +142,132 @@ impl Pipeline {
                 ev.container = self.identities.as_mut().and_then(|i| i.identify(f.cgroup_id));
                 // Not a container the runtime conventions know, in the host's
                 // network namespace: a host process.
+                // In another network namespace: not a host process, whatever
+                // its cgroup says.
                 if let Some(c) = ev.container.as_mut() {
                     if c.runtime.is_none() && c.id.is_none() && f.host_netns == Some(true) {
                         c.host = true;
                     }
+                    if f.host_netns == Some(false) {
+                        c.host = false;
+                    }
                 }
-                ev.cgroup = ev.container.as_ref().and_then(|c| c.cgroup.clone());
             }
+            // Its cgroup names no container, its veth does: the container is
+            // told apart by its network namespace, not by the shared cgroup.
+            if f.host_netns != Some(true) && !ev.container.as_ref().is_some_and(|c| c.is_container()) {
+                let veth = f.veth.or_else(|| self.netns_veth.get(&f.netns_cookie).copied().flatten());
+                if let Some(c) = veth.and_then(|v| self.identities.as_mut()?.identify_veth(v)) {
+                    ev.container = Some(c);
+                    ev.cgroup_id = None;
+                }
+            }
+            ev.cgroup = ev.container.as_ref().and_then(|c| c.cgroup.clone());
             ev.pid = f.pid;
             ev.comm = f.comm;
         }
     }
 
-    /// An event for `rec`, if it makes one (connects only teach the table).
-    pub fn process(&mut self, rec: &Record) -> Option<Event> {
-        if rec.ts_ns.saturating_sub(self.last_sweep) > 10_000_000_000 {
-            self.flows.sweep(rec.ts_ns);
-            self.last_sweep = rec.ts_ns;
+    /// A socket packet of a flow whose container only its veth can name,
+    /// and the veth has not yet been seen: it waits (and so do the flow's
+    /// later packets, to keep their order).
+    fn waits_for_veth(&mut self, rec: &Record) -> bool {
+        if !self.veth_fallback {
+            return false;
         }
+        if self.held.iter().any(|h| h.cookie == rec.cookie) {
+            return true;
+        }
+        let Some(f) = self.flows.get(rec.cookie) else { return false };
+        if f.veth.is_some() || f.host_netns != Some(false) {
+            return false;
+        }
+        if self.netns_veth.contains_key(&f.netns_cookie) {
+            return false;
+        }
+        let cgroup_id = f.cgroup_id;
+        let named = self.identities.as_mut().and_then(|i| i.identify(cgroup_id)).is_some_and(|c| c.is_container());
+        !named
+    }
+
+    /// A container's packet entering the host on its veth: the veth of the
+    /// flow (by socket cookie) and of the flow's network namespace.
+    fn on_veth(&mut self, rec: &Record, out: &mut Vec<Event>) {
+        // Forwarded packets (a netns behind a router netns) have no socket:
+        // the veth is not where they were sent from.
+        if rec.cookie == 0 {
+            return;
+        }
+        let Some(f) = self.flows.get_mut(rec.cookie) else { return };
+        if f.veth.is_none() {
+            f.veth = Some(rec.ifindex);
+        }
+        if f.netns_cookie != 0 {
+            if self.netns_veth.len() >= MAX_NETNS {
+                self.netns_veth.clear();
+            }
+            self.netns_veth.insert(f.netns_cookie, Some(rec.ifindex));
+        }
+        self.release(|h| h.cookie == rec.cookie, out);
+    }
+
+    /// Process the held records `which` selects, in order.
+    fn release(&mut self, which: impl Fn(&Record) -> bool, out: &mut Vec<Event>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let (go, stay): (VecDeque<Record>, VecDeque<Record>) = std::mem::take(&mut self.held).into_iter().partition(|h| which(h));
+        self.held = stay;
+        for h in go {
+            if let Some(ev) = self.event_for(&h) {
+                out.push(ev);
+            }
+        }
+    }
+
+    /// Release what waited longer than [`VETH_WAIT`] by `now_ns` (all of it
+    /// with `u64::MAX`, at the end); their namespaces stop waiting.
+    pub fn release_due(&mut self, now_ns: u64, out: &mut Vec<Event>) {
+        let wait = VETH_WAIT.as_nanos() as u64;
+        let due: Vec<u64> = self.held.iter().filter(|h| now_ns.saturating_sub(h.ts_ns) >= wait).map(|h| h.cookie).collect();
+        for cookie in &due {
+            if let Some(ns) = self.flows.get(*cookie).map(|f| f.netns_cookie).filter(|&n| n != 0) {
+                self.netns_veth.entry(ns).or_insert(None);
+            }
+        }
+        self.release(|h| due.contains(&h.cookie), out);
+    }
+
+    /// Records are waiting for a veth.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The events `rec` makes, now or (for a flow waiting for its veth) when
+    /// the veth is seen: appended to `out`.
+    pub fn process(&mut self, rec: &Record, out: &mut Vec<Event>) {
+        match Hook::from_u8(rec.hook) {
+            Some(Hook::CgroupEgress | Hook::CgroupIngress) if self.waits_for_veth(rec) => {
+                self.held.push_back(*rec);
+            }
+            Some(Hook::VethIngress) => {
+                self.sweep(rec.ts_ns);
+                self.on_veth(rec, out);
+            }
+            _ => out.extend(self.event_for(rec)),
+        }
+    }
+
+    fn sweep(&mut self, now: u64) {
+        if now.saturating_sub(self.last_sweep) > 10_000_000_000 {
+            self.flows.sweep(now);
+            self.last_sweep = now;
+        }
+    }
+
+    /// An event for `rec`, if it makes one (connects only teach the table).
+    fn event_for(&mut self, rec: &Record) -> Option<Event> {
+        self.sweep(rec.ts_ns);
         let Some(hook) = Hook::from_u8(rec.hook) else {
             self.skipped.unknown_hook += 1;
             return None;
@@ -131,7 +276,11 @@ impl Pipeline {
             let comm = comm(&rec.comm);
             let pid = (rec.pid_tgid >> 32) as u32;
             let host_netns = self.own_netns.filter(|_| rec.netns_cookie != 0).map(|own| own == rec.netns_cookie);
-            self.flows.on_connect(rec.cookie, rec.cgroup_id, pid, comm, host_netns, rec.ts_ns);
+            let veth = self.netns_veth.get(&rec.netns_cookie).copied().flatten();
+            let f = self.flows.on_connect(rec.cookie, rec.cgroup_id, pid, comm, rec.ts_ns);
+            f.host_netns = host_netns;
+            f.netns_cookie = rec.netns_cookie;
+            f.veth = f.veth.or(veth);
             return None;
         }
         let n = (rec.snap_len as usize).min(rec.data.len());
@@ -147,7 +296,7 @@ impl Pipeline {
             Hook::TcEgress if pkt.icmp.is_some() => self.icmp_drop(rec, &pkt),
             Hook::TcIngress | Hook::TcEgress => self.uplink_packet(hook, rec, &pkt),
             Hook::Drop => self.drop(rec, &pkt),
-            Hook::Connect => None,
+            Hook::Connect | Hook::VethIngress => None,
         }
     }
 
@@ -160,7 +309,7 @@ impl Pipeline {
         let sent = hook == Hook::CgroupEgress;
         let (local, endpoint) = if sent { (pkt.src, pkt.dst) } else { (pkt.dst, pkt.src) };
         let seq_ack = pkt.tcp.as_ref().map(|t| (t.seq, t.ack));
-        let flow = self.flows.on_socket_packet(rec.cookie, rec.cgroup_id, local, endpoint, seq_ack, sent, rec.ts_ns).clone();
+        let flow = self.flows.on_socket_packet(rec.cookie, rec.cgroup_id, (local, endpoint), seq_ack, sent, rec.ts_ns).clone();
         let mut ev = self.event(if sent { Kind::Request } else { Kind::Reply }, rec.ts_ns);
         self.with_flow(&mut ev, Some(flow));
         fill_packet(&mut ev, pkt);
@@ -254,5 +403,143 @@ fn fill_packet(ev: &mut Event, pkt: &Packet) {
         }
         Some(Http::Response { status }) => ev.status = Some(*status),
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::netlink::Link;
+
+    const MS: u64 = 1_000_000;
+    const HOST_NS: u64 = 1;
+    const CONTAINER_NS: u64 = 77;
+
+    /// An IPv4 TCP SYN from 198.18.2.2:40000 to 169.254.169.254:80.
+    fn syn(seq: u32) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[198, 18, 2, 2]);
+        p[16..20].copy_from_slice(&[169, 254, 169, 254]);
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x02;
+        p
+    }
+
+    fn rec(hook: Hook, ts_ns: u64, cookie: u64) -> Record {
+        // SAFETY: Record is plain old data; all zeroes is a valid value.
+        let mut r: Record = unsafe { std::mem::zeroed() };
+        r.hook = hook as u8;
+        r.ts_ns = ts_ns;
+        r.cookie = cookie;
+        r.family = 4;
+        r
+    }
+
+    fn connect(ts: u64, cookie: u64, netns: u64) -> Record {
+        let mut r = rec(Hook::Connect, ts, cookie);
+        r.cgroup_id = 1;
+        r.netns_cookie = netns;
+        r.pid_tgid = 4242 << 32;
+        r
+    }
+
+    fn packet(hook: Hook, ts: u64, cookie: u64, seq: u32) -> Record {
+        let mut r = rec(hook, ts, cookie);
+        let p = syn(seq);
+        r.data[..p.len()].copy_from_slice(&p);
+        r.snap_len = p.len() as u32;
+        r.pkt_len = p.len() as u32;
+        r.cgroup_id = if hook == Hook::CgroupEgress { 1 } else { 0 };
+        r.ifindex = 9;
+        r
+    }
+
+    fn pipeline(fallback: bool) -> Pipeline {
+        let mut p = Pipeline::new("n".into(), Clock::now(), None);
+        p.own_netns = Some(HOST_NS);
+        if fallback {
+            p.set_veths(&[Link { ifindex: 9, name: "veth9".into(), kind: Some("veth".into()), peer_netnsid: Some(3) }]);
+        }
+        p
+    }
+
+    fn kinds(out: &[Event]) -> Vec<(Kind, Option<u32>)> {
+        out.iter().map(|e| (e.kind.unwrap(), e.seq)).collect()
+    }
+
+    #[test]
+    fn without_the_fallback_nothing_waits() {
+        let mut p = pipeline(false);
+        let mut out = Vec::new();
+        p.process(&connect(0, 5, CONTAINER_NS), &mut out);
+        p.process(&packet(Hook::CgroupEgress, MS, 5, 100), &mut out);
+        assert_eq!(kinds(&out), [(Kind::Request, Some(100))]);
+        assert!(!p.holding());
+    }
+
+    #[test]
+    fn first_packets_wait_for_their_veth_in_order() {
+        let mut p = pipeline(true);
+        let mut out = Vec::new();
+        p.process(&connect(0, 5, CONTAINER_NS), &mut out);
+        p.process(&packet(Hook::CgroupEgress, MS, 5, 100), &mut out);
+        p.process(&packet(Hook::CgroupEgress, 2 * MS, 5, 101), &mut out);
+        assert!(out.is_empty() && p.holding(), "held until the veth is seen");
+        p.process(&packet(Hook::VethIngress, MS + 10, 5, 100), &mut out);
+        assert_eq!(kinds(&out), [(Kind::Request, Some(100)), (Kind::Request, Some(101))]);
+        assert!(!p.holding());
+        assert_eq!(p.flows.get(5).unwrap().veth, Some(9));
+
+        // The next flow of that namespace knows its veth at connect.
+        out.clear();
+        p.process(&connect(10 * MS, 6, CONTAINER_NS), &mut out);
+        assert_eq!(p.flows.get(6).unwrap().veth, Some(9));
+        p.process(&packet(Hook::CgroupEgress, 11 * MS, 6, 200), &mut out);
+        assert_eq!(kinds(&out), [(Kind::Request, Some(200))]);
+    }
+
+    #[test]
+    fn host_processes_never_wait() {
+        let mut p = pipeline(true);
+        let mut out = Vec::new();
+        p.process(&connect(0, 5, HOST_NS), &mut out);
+        p.process(&packet(Hook::CgroupEgress, MS, 5, 100), &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn no_veth_in_time_releases_and_stops_waiting_for_that_netns() {
+        let mut p = pipeline(true);
+        let mut out = Vec::new();
+        p.process(&connect(0, 5, CONTAINER_NS), &mut out);
+        p.process(&packet(Hook::CgroupEgress, MS, 5, 100), &mut out);
+        p.release_due(MS + VETH_WAIT.as_nanos() as u64 / 2, &mut out);
+        assert!(out.is_empty(), "not due yet");
+        p.release_due(MS + VETH_WAIT.as_nanos() as u64, &mut out);
+        assert_eq!(kinds(&out), [(Kind::Request, Some(100))]);
+        out.clear();
+        p.process(&connect(300 * MS, 6, CONTAINER_NS), &mut out);
+        p.process(&packet(Hook::CgroupEgress, 301 * MS, 6, 200), &mut out);
+        assert_eq!(out.len(), 1, "that namespace no longer waits");
+        // A forwarded packet (no socket) teaches nothing.
+        p.process(&packet(Hook::VethIngress, 302 * MS, 0, 200), &mut out);
+        assert_eq!(p.flows.get(6).unwrap().veth, None);
+    }
+
+    #[test]
+    fn end_of_capture_releases_everything() {
+        let mut p = pipeline(true);
+        let mut out = Vec::new();
+        p.process(&connect(0, 5, CONTAINER_NS), &mut out);
+        p.process(&packet(Hook::CgroupEgress, MS, 5, 100), &mut out);
+        p.release_due(u64::MAX, &mut out);
+        assert_eq!(out.len(), 1);
     }
 }

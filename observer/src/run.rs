@@ -25,7 +25,7 @@ use crate::{
     diagnose::{self, Diagnoser},
     event::{Event, Kind},
     identity::{Identities, cgroup, docker},
-    pipeline::{Clock, Pipeline},
+    pipeline::{self, Clock, Pipeline},
     sink::{
         http,
         json::JsonLines,
@@ -136,6 +136,8 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     let mut pipe = Pipeline::new(node, Clock::now(), Some(identities));
     pipe.drop_reasons = cap.drop_reasons.clone();
     pipe.ifaces = cap.ifaces.clone();
+    let links = cap.watch_links()?;
+    pipe.set_veths(&cap.sync_veths());
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -143,6 +145,7 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut lost_reported = 0u64;
     let mut recs = Vec::new();
+    let mut events = Vec::new();
 
     let result: Result<()> = async {
         let mut go = true;
@@ -157,15 +160,21 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
                     sink.bpf_stats(&|| cap.bpf_stats());
                     go = sink.tick(SystemTime::now())?;
                 }
+                _ = async { links.as_ref().unwrap().changed().await }, if links.is_some() => {
+                    pipe.set_veths(&cap.sync_veths());
+                }
+                _ = tokio::time::sleep(pipeline::VETH_WAIT), if pipe.holding() => {}
             }
             // What the kernel already handed over is still delivered.
             if !go {
                 cap.drain(&mut recs);
             }
             for rec in recs.drain(..) {
-                if let Some(ev) = pipe.process(&rec) {
-                    go &= sink.event(ev)?;
-                }
+                pipe.process(&rec, &mut events);
+            }
+            pipe.release_due(if go { pipeline::mono_now_ns() } else { u64::MAX }, &mut events);
+            for ev in events.drain(..) {
+                go &= sink.event(ev)?;
             }
         }
         report_lost(&cap, &pipe, lost_reported, sink)?;

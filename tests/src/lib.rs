@@ -150,6 +150,9 @@ pub struct Container {
     pub cgroup: PathBuf,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
+    /// A cgroup joined before `cgroup` (the cgroup2 root, for a container
+    /// that only has a cgroup v1 cgroup of its own).
+    pub first_cgroup: Option<PathBuf>,
 }
 
 impl Container {
@@ -166,7 +169,17 @@ impl Container {
 
     /// A command run inside the container's netns and cgroup.
     pub fn command(&self, program: &Path, args: &[&str]) -> Command {
-        netns_cgroup_command(&self.netns, Some(&self.cgroup), program, args)
+        match &self.first_cgroup {
+            None => netns_cgroup_command(&self.netns, Some(&self.cgroup), program, args),
+            Some(first) => {
+                let mut inner = vec!["sh", "-c", "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"", "sh"];
+                let cg = self.cgroup.to_str().unwrap();
+                inner.push(cg);
+                inner.push(program.to_str().unwrap());
+                inner.extend_from_slice(args);
+                netns_cgroup_command(&self.netns, Some(first), Path::new("sh"), &inner[1..])
+            }
+        }
     }
 
     pub fn run(&self, program: &Path, args: &[&str]) -> Output {
@@ -617,9 +630,37 @@ impl Lab {
             netns,
             v4,
             v6,
+            first_cgroup: None,
         }
     }
 
+    /// A container as on a cgroup v1 host (Docker on Amazon Linux 2): its
+    /// processes sit in the cgroup2 root, in no cgroup2 cgroup of their own,
+    /// and in `/docker/<id>` of a cgroup v1 hierarchy (a named one the lab
+    /// mounts, so no controller is taken from the machine).
+    pub fn add_v1_container(&mut self, name: &str, attach: Attach, id: &str) -> Container {
+        let mut c = self.add_container(name, attach);
+        remove_cgroup_tree(&c.cgroup);
+        let v1 = self.v1_hierarchy();
+        c.cgroup = v1.join("docker").join(id);
+        fs::create_dir_all(&c.cgroup).expect("create v1 cgroup");
+        c.first_cgroup = Some(cgroup2_root());
+        c
+    }
+
+    /// The lab's cgroup v1 hierarchy, mounted on first use.
+    fn v1_hierarchy(&mut self) -> PathBuf {
+        let mp = self.v1_mount();
+        if !mp.join("cgroup.procs").exists() {
+            fs::create_dir_all(&mp).expect("v1 mountpoint");
+            sh(&["mount", "-t", "cgroup", "-o", &format!("none,name={}", self.id), "cgroup", mp.to_str().unwrap()]);
+        }
+        mp
+    }
+
+    fn v1_mount(&self) -> PathBuf {
+        PathBuf::from(format!("/run/{}-cgroup-v1", self.id))
+    }
     fn container_side(
         &self,
         netns: &str,
@@ -729,6 +770,7 @@ impl Lab {
             cgroup: self.new_cgroup(name),
             v4: Ipv4Addr::new(198, 18, 0, 2),
             v6: "fd00:18::2".parse().unwrap(),
+            first_cgroup: None,
         }
     }
 
@@ -783,6 +825,16 @@ impl Lab {
         }
         self.netns.clear();
         remove_cgroup_tree(&self.cgroup_parent);
+        let v1 = self.v1_mount();
+        if v1.join("cgroup.procs").exists() {
+            for dir in fs::read_dir(&v1).into_iter().flatten().flatten() {
+                if dir.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    remove_cgroup_tree(&dir.path());
+                }
+            }
+            sh_quiet(&["umount", v1.to_str().unwrap()]);
+        }
+        let _ = fs::remove_dir(&v1);
     }
 }
 
@@ -828,7 +880,7 @@ impl Observer {
     fn start(host_netns: &str, args: &[&str]) -> Observer {
         let mut child = netns_cgroup_command(host_netns, None, &bin("imds-observer"), args)
             .env("NODE_NAME", "lab-node")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("LAB_RUST_LOG").unwrap_or("info".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -1044,9 +1096,11 @@ impl Podman {
         for tool in ["sh", "nc", "printf", "wget", "sleep", "cat", "timeout"] {
             std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
         }
-        let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
-        let out = Command::new("podman").args(["import", "-", BUSYBOX_IMAGE]).stdin(tar.stdout.unwrap()).output().unwrap();
+        let mut tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
+        let out = Command::new("podman").args(["import", "-", BUSYBOX_IMAGE]).stdin(tar.stdout.take().unwrap()).output().unwrap();
+        let tar_ok = tar.wait().map(|s| s.success()).unwrap_or(false);
         let _ = fs::remove_dir_all(&root);
+        assert!(tar_ok, "tar of the busybox rootfs failed");
         assert!(out.status.success(), "podman import: {}", String::from_utf8_lossy(&out.stderr));
     }
 

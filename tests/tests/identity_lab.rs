@@ -16,8 +16,7 @@ const SETTLE: Duration = Duration::from_millis(1500);
 fn hop_finding<'a>(events: &'a [Value], id: &str) -> &'a Value {
     events
         .iter()
-        .filter(|e| e["type"] == "finding" && e["kind"] == "hop_limit_exceeded" && e["container"]["id"] == id)
-        .last()
+        .rfind(|e| e["type"] == "finding" && e["kind"] == "hop_limit_exceeded" && e["container"]["id"] == id)
         .unwrap_or_else(|| {
             let found: Vec<_> = events.iter().filter(|e| e["type"] == "finding").collect();
             panic!("no hop_limit_exceeded for container {id}: {found:#?}")
@@ -111,4 +110,48 @@ fn churn_of_200_containers_is_attributed_and_memory_stays_flat() {
     }
     // Flat: 180 more containers (and gone) cost less than 8 MiB.
     assert!(rss_end < rss_warm + 8 * 1024, "RSS grew from {rss_warm} to {rss_end} KiB");
+}
+
+/// A cgroup v1 host (Docker on Amazon Linux 2): the container's processes
+/// are in no cgroup2 cgroup of their own, so the socket's cgroup names
+/// nothing; the container's host-side veth does. One container exists
+/// before the observer starts, one only after (its veth appears later).
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn cgroup_v1_container_is_named_through_its_veth() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let ids = [format!("{:0>64}", "c1a55e7"), format!("{:0>64}", "1a7e4")];
+    let before = lab.add_v1_container("v1-before", Attach::Bridge, &ids[0]);
+    let obs = lab.observer(&[]);
+    let after = lab.add_v1_container("v1-after", Attach::Bridge, &ids[1]);
+    let runs = [&before, &after].map(|c| c.sdk("js-v2", "http://169.254.169.254"));
+    let events = obs.finish(SETTLE);
+
+    for ((c, id), run) in [&before, &after].into_iter().zip(&ids).zip(&runs) {
+        let f = hop_finding(&events, id);
+        let who = &f["container"];
+        assert_eq!(who["runtime"], "docker", "{who}");
+        assert_eq!(who["cgroup"], format!("/docker/{id}"), "the v1 path, from /proc/<pid>/cgroup");
+        assert!(who["veth"].as_str().is_some_and(|v| v.starts_with("veth")), "named through its veth: {who}");
+        assert!(who["netns"].as_u64().is_some(), "{who}");
+        assert!(who.get("cgroup_id").is_none(), "no cgroup2 cgroup of its own: {who}");
+        assert!(who.get("host").is_none(), "{who}");
+        assert_eq!(f["evidence"]["forwarding_hops"], 1);
+
+        // Every packet the client sent is attributed to it, the very first
+        // one too (it waited for the veth), and by nothing else.
+        let src = c.v4.to_string();
+        let requests: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "request" && e["src"].as_str().is_some_and(|s| s.starts_with(&format!("{src}:"))))
+            .collect();
+        assert!(requests.len() >= 3, "{} requests from {src}", requests.len());
+        for r in &requests {
+            assert_eq!(r["container"]["id"], id.as_str(), "{r}");
+            assert_eq!(r["pid"], run.pid, "{r}");
+        }
+    }
+    let a = hop_finding(&events, &ids[0])["container"]["netns"].clone();
+    let b = hop_finding(&events, &ids[1])["container"]["netns"].clone();
+    assert_ne!(a, b, "two containers, two findings");
 }

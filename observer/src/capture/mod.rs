@@ -2,12 +2,15 @@
 //!
 //! Hooks (kernel side in observer-ebpf/src/, one file each):
 //! cgroup_skb egress/ingress and cgroup connect4/connect6 at the cgroup v2
-//! root, tc ingress/egress on the uplinks, and tp_btf skb:kfree_skb.
+//! root, tc ingress/egress on the uplinks, tp_btf skb:kfree_skb, and on
+//! cgroup v1 hosts tc ingress on each container's host-side veth (veths.rs).
 pub mod attach;
 pub mod btf;
 pub mod decode;
+pub mod netlink;
 pub mod preflight;
 pub mod uplinks;
+pub mod veths;
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
@@ -41,6 +44,8 @@ pub struct Capture {
     pub drop_reasons: HashMap<u32, String>,
     /// ifindex → name, for the uplinks attached.
     pub ifaces: HashMap<u32, String>,
+    /// The cgroup v1 fallback, on hosts that have cgroup v1.
+    veths: Option<veths::Veths>,
 }
 
 /// Endpoint addresses as the programs compare them: network-order words
@@ -84,6 +89,10 @@ impl Capture {
         attach::cgroup_hooks(&mut ebpf, &cfg.cgroup_root)?;
         let ifaces = attach::tc(&mut ebpf, &cfg.ifaces)?;
         attach::kfree_skb(&mut ebpf)?;
+        let mut veths = veths::Veths::new(&cfg.ifaces)?;
+        if let Some(v) = veths.as_mut() {
+            v.sync(&mut ebpf)?;
+        }
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map")?)?;
@@ -95,7 +104,23 @@ impl Capture {
             lost,
             drop_reasons: kbtf.drop_reasons(),
             ifaces,
+            veths,
         })
+    }
+
+    /// With the veth fallback on: what tells when links come or go.
+    pub fn watch_links(&self) -> Result<Option<veths::LinkWatch>> {
+        self.veths.as_ref().map(|_| veths::LinkWatch::new()).transpose()
+    }
+
+    /// Bring the veth attachments in step with the links; the container
+    /// veths attached now (none without the fallback).
+    pub fn sync_veths(&mut self) -> Vec<netlink::Link> {
+        let Some(v) = self.veths.as_mut() else { return Vec::new() };
+        if let Err(e) = v.sync(&mut self._ebpf) {
+            tracing::warn!("veth fallback: {e:#}");
+        }
+        v.links()
     }
 
     /// Wait for records and append what the ring holds to `out`.

@@ -33,6 +33,11 @@ pub struct Flow {
     /// The connecting process shares the observer's network namespace
     /// (host networking).
     pub host_netns: Option<bool>,
+    /// The connecting socket's network namespace cookie (0: unknown).
+    pub netns_cookie: u64,
+    /// The container veth its packets entered the host by (cgroup v1
+    /// fallback).
+    pub veth: Option<u32>,
     last_seen: Nanos,
 }
 
@@ -69,9 +74,12 @@ impl FlowTable {
         self.evicted
     }
 
-    #[cfg(test)]
     pub fn get(&self, cookie: u64) -> Option<&Flow> {
         self.flows.get(&cookie)
+    }
+
+    pub fn get_mut(&mut self, cookie: u64) -> Option<&mut Flow> {
+        self.flows.get_mut(&cookie)
     }
 
     fn flow_mut(&mut self, cookie: u64, cgroup_id: u64, now: Nanos) -> &mut Flow {
@@ -90,11 +98,11 @@ impl FlowTable {
     }
 
     /// A process connected: remember who it is.
-    pub fn on_connect(&mut self, cookie: u64, cgroup_id: u64, pid: u32, comm: String, host_netns: Option<bool>, now: Nanos) {
+    pub fn on_connect(&mut self, cookie: u64, cgroup_id: u64, pid: u32, comm: String, now: Nanos) -> &mut Flow {
         let f = self.flow_mut(cookie, cgroup_id, now);
         f.pid = Some(pid);
         f.comm = Some(comm);
-        f.host_netns = host_netns;
+        f
     }
 
     /// A packet at a socket (cgroup hook). `sent` is true for packets the
@@ -103,8 +111,7 @@ impl FlowTable {
         &mut self,
         cookie: u64,
         cgroup_id: u64,
-        local: SocketAddr,
-        endpoint: SocketAddr,
+        (local, endpoint): Tuple,
         tcp_seq_ack: Option<(u32, u32)>,
         sent: bool,
         now: Nanos,
@@ -190,8 +197,8 @@ mod tests {
     #[test]
     fn routed_flow_matches_by_tuple() {
         let mut t = FlowTable::new();
-        t.on_connect(7, 42, 100, "curl".into(), None, S);
-        t.on_socket_packet(7, 42, sa("198.18.1.2:4000"), sa("169.254.169.254:80"), Some((1, 0)), true, S);
+        t.on_connect(7, 42, 100, "curl".into(), S);
+        t.on_socket_packet(7, 42, (sa("198.18.1.2:4000"), sa("169.254.169.254:80")), Some((1, 0)), true, S);
         let f = t.on_uplink_egress(sa("198.18.1.2:4000"), sa("169.254.169.254:80"), Some((1, 0)), S).unwrap();
         assert_eq!((f.cookie, f.cgroup_id, f.pid), (7, 42, Some(100)));
         assert_eq!(t.lookup(sa("198.18.1.2:4000"), sa("169.254.169.254:80"), S).unwrap().cookie, 7);
@@ -201,7 +208,7 @@ mod tests {
     fn nat_flow_matches_by_sequence_then_by_learned_tuple() {
         let mut t = FlowTable::new();
         let ep = sa("169.254.169.254:80");
-        t.on_socket_packet(9, 5, sa("198.18.2.2:5000"), ep, Some((1000, 0)), true, S);
+        t.on_socket_packet(9, 5, (sa("198.18.2.2:5000"), ep), Some((1000, 0)), true, S);
         // The uplink sees the host's address and another port.
         let f = t.on_uplink_egress(sa("198.18.0.2:61000"), ep, Some((1000, 0)), S).unwrap();
         assert_eq!(f.cookie, 9);
@@ -215,8 +222,8 @@ mod tests {
     fn two_containers_behind_one_nat_stay_apart() {
         let mut t = FlowTable::new();
         let ep = sa("169.254.169.254:80");
-        t.on_socket_packet(1, 10, sa("198.18.2.2:5000"), ep, Some((111, 0)), true, S);
-        t.on_socket_packet(2, 20, sa("198.18.2.3:5000"), ep, Some((222, 0)), true, S);
+        t.on_socket_packet(1, 10, (sa("198.18.2.2:5000"), ep), Some((111, 0)), true, S);
+        t.on_socket_packet(2, 20, (sa("198.18.2.3:5000"), ep), Some((222, 0)), true, S);
         assert_eq!(t.on_uplink_egress(sa("198.18.0.2:6002"), ep, Some((222, 0)), S).unwrap().cgroup_id, 20);
         assert_eq!(t.on_uplink_egress(sa("198.18.0.2:6001"), ep, Some((111, 0)), S).unwrap().cgroup_id, 10);
         assert_eq!(t.lookup(sa("198.18.0.2:6001"), ep, S).unwrap().cookie, 1);
@@ -226,7 +233,7 @@ mod tests {
     fn idle_flows_and_stale_nat_candidates_are_evicted() {
         let mut t = FlowTable::new();
         let ep = sa("169.254.169.254:80");
-        t.on_socket_packet(1, 10, sa("198.18.2.2:5000"), ep, Some((111, 0)), true, S);
+        t.on_socket_packet(1, 10, (sa("198.18.2.2:5000"), ep), Some((111, 0)), true, S);
         t.sweep(S + ns(NAT_WINDOW) + 1);
         // Too late for NAT matching, still known by its own tuple.
         assert!(t.on_uplink_egress(sa("198.18.0.2:6001"), ep, Some((111, 0)), S + ns(NAT_WINDOW) + 1).is_none());
@@ -243,7 +250,7 @@ mod tests {
         let ep = sa("169.254.169.254:80");
         for i in 0..(MAX_FLOWS as u64 + 10) {
             let local = SocketAddr::new([10, (i >> 16) as u8, (i >> 8) as u8, i as u8].into(), 1000);
-            t.on_socket_packet(i + 1, 1, local, ep, None, true, S + i);
+            t.on_socket_packet(i + 1, 1, (local, ep), None, true, S + i);
         }
         assert_eq!(t.len(), MAX_FLOWS);
         assert!(t.get(1).is_none(), "the oldest flow goes first");

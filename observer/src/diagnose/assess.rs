@@ -325,7 +325,9 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
 /// The container a finding is about: its identity, with the cgroup filled in.
 pub(super) fn container(cg: u64, c: &ContainerState) -> Container {
     let mut who = c.identity.clone().unwrap_or_default();
-    who.cgroup_id = Some(cg);
+    if cg & crate::identity::NETNS_KEY == 0 {
+        who.cgroup_id = Some(cg);
+    }
     if who.cgroup.is_none() {
         who.cgroup = c.cgroup.clone();
     }

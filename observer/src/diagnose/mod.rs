@@ -550,7 +550,7 @@ fn make_room_containers(node: &mut NodeState, stats: &mut Stats) {
 /// be attributed (no flow, or a flow never seen with a cgroup).
 fn handle(node: &mut NodeState, cfg: &Config, stats: &mut Stats, kind: Kind, ev: &Event, ts: Ts) -> bool {
     let Some(flow_id) = ev.flow else { return false };
-    let Some(cg) = node.flows.get(&flow_id).map(|f| f.cgroup_id).or(ev.cgroup_id) else { return false };
+    let Some(cg) = node.flows.get(&flow_id).map(|f| f.cgroup_id).or_else(|| ev.workload_key()) else { return false };
     if !node.flows.contains_key(&flow_id) {
         if node.flows.len() >= cfg.max_flows_per_node {
             make_room_flows(node, cfg, stats);

@@ -1,9 +1,11 @@
 //! Who is behind a packet: the cgroup (its path below the cgroup2 root), the
 //! runtime's conventions in that path (runtime.rs), and names from the
 //! runtime's API (docker.rs, behind a cache: a slow or broken socket never
-//! holds an event back).
+//! holds an event back). On cgroup v1 hosts, a container's host-side veth
+//! names it when its cgroup2 cgroup does not (netns.rs).
 pub mod cgroup;
 pub mod docker;
+pub mod netns;
 pub mod runtime;
 
 #[cfg(test)]
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use self::{cgroup::CgroupResolver, docker::DockerClient, runtime::parse_cgroup_path};
+use self::{cgroup::CgroupResolver, docker::DockerClient, netns::NetnsNames, runtime::parse_cgroup_path};
 
 /// The workload behind a cgroup, as events and findings carry it. Absent
 /// fields are omitted.
@@ -50,6 +52,12 @@ pub struct Container {
     pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    /// Attributed through its host-side veth (cgroup v1 hosts): the inode of
+    /// its network namespace, and the veth's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub veth: Option<String>,
     /// A host process (systemd service, session, root cgroup), not a container.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host: bool,
@@ -67,7 +75,17 @@ pub struct Nomad {
     pub task: Option<String>,
 }
 
+/// Tags a workload key that is a network namespace's inode (a container
+/// named by its veth) rather than a cgroup id, so the two never collide.
+pub const NETNS_KEY: u64 = 1 << 63;
+
 impl Container {
+    /// What tells this workload apart on its node: its cgroup id, or for a
+    /// container named by its veth, its network namespace.
+    pub fn key(&self) -> Option<u64> {
+        self.cgroup_id.or(self.netns.map(|n| n | NETNS_KEY))
+    }
+
     /// A short human label: name, pod, short id, else the cgroup path.
     pub fn label(&self) -> String {
         if let (Some(ns), Some(pod)) = (&self.namespace, &self.pod) {
@@ -84,6 +102,11 @@ impl Container {
             (None, Some(id)) => format!("cgroup {id}"),
             (None, None) => "?".into(),
         }
+    }
+
+    /// The path names a container (a runtime's convention matched).
+    pub fn is_container(&self) -> bool {
+        self.id.is_some() || self.pod_uid.is_some() || (self.runtime.is_some() && !self.host)
     }
 
     /// What the cgroup path alone says.
@@ -146,6 +169,7 @@ const MAX_LOOKUPS: usize = 16_384;
 pub struct Identities {
     cgroups: CgroupResolver,
     cache: HashMap<u64, Container>,
+    veths: NetnsNames,
     lookups: Arc<Mutex<HashMap<String, Lookup>>>,
     ask: Option<mpsc::UnboundedSender<String>>,
     generation: Arc<std::sync::atomic::AtomicU64>,
@@ -171,6 +195,7 @@ impl Identities {
         Self {
             cgroups: CgroupResolver::new(root),
             cache: HashMap::new(),
+            veths: NetnsNames::new(PathBuf::from("/proc")),
             lookups,
             ask,
             generation,
@@ -195,18 +220,33 @@ impl Identities {
         }
         let path = self.cgroups.resolve(cgroup_id)?;
         let mut c = Container::from_path(cgroup_id, &path);
-        if let Some(id) = c.id.clone() {
-            match self.lookup(&id) {
-                Some(Lookup::Found(info)) => c.enrich(&info),
-                Some(_) => {}
-                None => {}
-            }
-        }
+        self.enrich(&mut c);
         if self.cache.len() >= MAX_LOOKUPS {
             self.cache.clear();
         }
         self.cache.insert(cgroup_id, c.clone());
         Some(c)
+    }
+
+    /// The container veths the capture is attached to (cgroup v1 fallback).
+    pub fn set_veths(&mut self, links: &[crate::capture::netlink::Link]) {
+        self.veths.set_veths(links);
+    }
+
+    /// The container behind a host-side veth, named like `identify` does.
+    pub fn identify_veth(&mut self, ifindex: u32) -> Option<Container> {
+        let mut c = self.veths.identify(ifindex)?;
+        self.enrich(&mut c);
+        Some(c)
+    }
+
+    /// Names from the runtime's API, when it has answered.
+    fn enrich(&mut self, c: &mut Container) {
+        if let Some(id) = c.id.clone() {
+            if let Some(Lookup::Found(info)) = self.lookup(&id) {
+                c.enrich(&info);
+            }
+        }
     }
 
     fn retry_due(&self, id: &str) -> bool {

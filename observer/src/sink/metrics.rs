@@ -348,7 +348,7 @@ impl Metrics {
         let mut renamed = None;
         // The runtime named the container after its first packets: its
         // series follow it to the new name.
-        if let (Some(cg), Some(w)) = (ev.cgroup_id, &who) {
+        if let (Some(cg), Some(w)) = (ev.workload_key(), &who) {
             if node.names.len() >= MAX_FLOWS_PER_NODE {
                 node.names.clear();
             }

@@ -401,11 +401,11 @@ impl App {
             b.events += 1;
         }
         for f in self.diag.observe(ev) {
-            if let Some(cg) = f.container.cgroup_id {
+            if let Some(cg) = f.container.key() {
                 self.touch(node, cg, sec);
             }
         }
-        if let Some(cg) = ev.cgroup_id {
+        if let Some(cg) = ev.workload_key() {
             self.touch(node, cg, sec);
         }
     }
