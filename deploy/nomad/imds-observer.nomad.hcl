@@ -72,6 +72,10 @@ job "imds-observer" {
         network_mode = "host"
         ports        = ["metrics"]
 
+        # On cgroup v1 clients (Amazon Linux 2) add pid_mode = "host", so that
+        # containers are named through their veth's network namespace
+        # (docs/deploy.md, "cgroup v1 nodes").
+
         readonly_rootfs = true
 
         # Least privilege: CAP_BPF (load programs, maps), CAP_PERFMON (the

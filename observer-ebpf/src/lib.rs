@@ -32,6 +32,9 @@ pub enum Hook {
     /// tc ingress on a container's host-side veth: a packet from the
     /// container entering the host (cgroup v1 hosts only).
     VethIngress = 7,
+    /// cgroup:cgroup_mkdir: a cgroup2 cgroup was created; `cgroup_id` is
+    /// its id and `data` its path (NUL-terminated, `snap_len` bytes).
+    CgroupMkdir = 8,
 }
 
 impl Hook {
@@ -44,6 +47,7 @@ impl Hook {
             5 => Self::Connect,
             6 => Self::Drop,
             7 => Self::VethIngress,
+            8 => Self::CgroupMkdir,
             _ => return None,
         })
     }
@@ -97,8 +101,24 @@ pub struct SkbOffsets {
     pub _pad: u32,
 }
 
+/// Offsets into `struct cgroup`, `struct kernfs_node` and `struct
+/// cgroup_root`, read from BTF at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupOffsets {
+    /// `cgroup.kn`
+    pub kn: u32,
+    /// `cgroup.root`
+    pub root: u32,
+    /// `kernfs_node.id` (the cgroup id, as bpf_skb_cgroup_id reports it)
+    pub kn_id: u32,
+    /// `cgroup_root.hierarchy_id`
+    pub hierarchy_id: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     unsafe impl aya::Pod for super::Record {}
     unsafe impl aya::Pod for super::SkbOffsets {}
+    unsafe impl aya::Pod for super::CgroupOffsets {}
 }

@@ -8,6 +8,8 @@
 #[cfg(target_arch = "bpf")]
 mod capture;
 #[cfg(target_arch = "bpf")]
+mod cgroup_mkdir;
+#[cfg(target_arch = "bpf")]
 mod cgroup_skb;
 #[cfg(target_arch = "bpf")]
 mod connect;

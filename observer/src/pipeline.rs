@@ -18,7 +18,7 @@ use crate::{
     capture::decode::{self, Http, IcmpError, IcmpKind, Packet, Proto},
     correlate::flows::{Flow, FlowTable},
     event::{Event, Kind, rfc3339},
-    identity::Identities,
+    identity::{Container, Identities},
 };
 
 /// Maps the eBPF clock (CLOCK_MONOTONIC) to wall-clock time.
@@ -49,6 +49,8 @@ impl Clock {
 pub struct Skipped {
     pub malformed: u64,
     pub unknown_hook: u64,
+    /// Packets a socket had received and was freeing unread as it closed.
+    pub purged: u64,
 }
 
 /// How long a flow's first packets wait for the veth that names them. The
@@ -137,9 +139,11 @@ impl Pipeline {
     fn with_flow(&mut self, ev: &mut Event, flow: Option<Flow>) {
         if let Some(f) = flow {
             ev.flow = Some(f.cookie);
+            let mut veth_names_it = f.host_netns != Some(true);
             if f.cgroup_id != 0 {
                 ev.cgroup_id = Some(f.cgroup_id);
                 ev.container = self.identities.as_mut().and_then(|i| i.identify(f.cgroup_id));
+                veth_names_it &= ev.container.as_ref().is_none_or(Container::is_shared_cgroup);
                 // Not a container the runtime conventions know, in the host's
                 // network namespace: a host process.
                 // In another network namespace: not a host process, whatever
@@ -153,9 +157,9 @@ impl Pipeline {
                     }
                 }
             }
-            // Its cgroup names no container, its veth does: the container is
-            // told apart by its network namespace, not by the shared cgroup.
-            if f.host_netns != Some(true) && !ev.container.as_ref().is_some_and(|c| c.is_container()) {
+            // Its cgroup is shared, its veth is not: the container is told
+            // apart by its network namespace.
+            if veth_names_it {
                 let veth = f.veth.or_else(|| self.netns_veth.get(&f.netns_cookie).copied().flatten());
                 if let Some(c) = veth.and_then(|v| self.identities.as_mut()?.identify_veth(v)) {
                     ev.container = Some(c);
@@ -186,8 +190,8 @@ impl Pipeline {
             return false;
         }
         let cgroup_id = f.cgroup_id;
-        let named = self.identities.as_mut().and_then(|i| i.identify(cgroup_id)).is_some_and(|c| c.is_container());
-        !named
+        let shared = self.identities.as_mut().and_then(|i| i.identify(cgroup_id)).is_none_or(|c| c.is_shared_cgroup());
+        shared
     }
 
     /// A container's packet entering the host on its veth: the veth of the
@@ -254,6 +258,15 @@ impl Pipeline {
                 self.sweep(rec.ts_ns);
                 self.on_veth(rec, out);
             }
+            Some(Hook::CgroupMkdir) => {
+                let n = (rec.snap_len as usize).min(rec.data.len());
+                let path = rec.data[..n].split(|&b| b == 0).next().unwrap_or_default();
+                match (std::str::from_utf8(path), self.identities.as_mut()) {
+                    (Ok(p), Some(ids)) if !p.is_empty() => ids.learn_cgroup(rec.cgroup_id, p),
+                    (Ok(_), _) => {}
+                    (Err(_), _) => self.skipped.malformed += 1,
+                }
+            }
             _ => out.extend(self.event_for(rec)),
         }
     }
@@ -296,7 +309,7 @@ impl Pipeline {
             Hook::TcEgress if pkt.icmp.is_some() => self.icmp_drop(rec, &pkt),
             Hook::TcIngress | Hook::TcEgress => self.uplink_packet(hook, rec, &pkt),
             Hook::Drop => self.drop(rec, &pkt),
-            Hook::Connect | Hook::VethIngress => None,
+            Hook::Connect | Hook::VethIngress | Hook::CgroupMkdir => None,
         }
     }
 
@@ -332,9 +345,16 @@ impl Pipeline {
     }
 
     fn drop(&mut self, rec: &Record, pkt: &Packet) -> Option<Event> {
+        let reason = self.drop_reasons.get(&rec.reason).cloned().unwrap_or_else(|| format!("REASON_{}", rec.reason));
+        // Delivered, then freed unread when its socket closed (a FIN after
+        // the client hung up): nothing was lost on the way.
+        if reason == "QUEUE_PURGE" {
+            self.skipped.purged += 1;
+            return None;
+        }
         let flow = self.flow_of(pkt.src, pkt.dst, rec.ts_ns);
         let mut ev = self.event(Kind::Drop, rec.ts_ns);
-        ev.reason = Some(self.drop_reasons.get(&rec.reason).cloned().unwrap_or_else(|| format!("REASON_{}", rec.reason)));
+        ev.reason = Some(reason);
         self.with_flow(&mut ev, flow);
         fill_packet(&mut ev, pkt);
         Some(ev)
@@ -531,6 +551,22 @@ mod tests {
         // A forwarded packet (no socket) teaches nothing.
         p.process(&packet(Hook::VethIngress, 302 * MS, 0, 200), &mut out);
         assert_eq!(p.flows.get(6).unwrap().veth, None);
+    }
+
+    #[test]
+    fn a_reply_purged_unread_at_close_is_no_drop() {
+        let mut p = pipeline(false);
+        p.drop_reasons = HashMap::from([(2, "NOT_SPECIFIED".to_string()), (5, "QUEUE_PURGE".to_string())]);
+        let mut out = Vec::new();
+        let mut purged = packet(Hook::Drop, MS, 0, 1);
+        purged.reason = 5;
+        p.process(&purged, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(p.skipped.purged, 1);
+        let mut dropped = packet(Hook::Drop, MS, 0, 1);
+        dropped.reason = 2;
+        p.process(&dropped, &mut out);
+        assert_eq!(out[0].reason.as_deref(), Some("NOT_SPECIFIED"));
     }
 
     #[test]

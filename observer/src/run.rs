@@ -136,8 +136,10 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     let mut pipe = Pipeline::new(node, Clock::now(), Some(identities));
     pipe.drop_reasons = cap.drop_reasons.clone();
     pipe.ifaces = cap.ifaces.clone();
-    let links = cap.watch_links()?;
-    pipe.set_veths(&cap.sync_veths());
+    let mut veths = cap.veths();
+    if let Some(v) = &veths {
+        pipe.set_veths(&v.borrow());
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -160,9 +162,10 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
                     sink.bpf_stats(&|| cap.bpf_stats());
                     go = sink.tick(SystemTime::now())?;
                 }
-                _ = async { links.as_ref().unwrap().changed().await }, if links.is_some() => {
-                    pipe.set_veths(&cap.sync_veths());
-                }
+                r = async { veths.as_mut().unwrap().changed().await }, if veths.is_some() => match r {
+                    Ok(()) => pipe.set_veths(&veths.as_mut().unwrap().borrow_and_update()),
+                    Err(_) => veths = None,
+                },
                 _ = tokio::time::sleep(pipeline::VETH_WAIT), if pipe.holding() => {}
             }
             // What the kernel already handed over is still delivered.
@@ -185,6 +188,7 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     info!(
         malformed = pipe.skipped.malformed,
         unknown_records = pipe.skipped.unknown_hook,
+        purged_at_close = pipe.skipped.purged,
         flows_evicted = pipe.flows.evicted(),
         "detached"
     );

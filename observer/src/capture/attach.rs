@@ -8,6 +8,7 @@ use aya::{
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier,
         TcAttachType, tc,
+        tc::SchedClassifierLinkId,
     },
 };
 
@@ -37,14 +38,7 @@ pub fn tc(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<HashMap<u32, String>> {
         let prog: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load().with_context(|| format!("loading {name}"))?;
         for iface in ifaces {
-            // Kernels before 6.6 have no TCX: the program needs a clsact
-            // qdisc, and its netlink filter outlives a SIGKILLed observer
-            // (fd-based links do not): remove such leftovers by name first.
-            if !has_tcx() {
-                let _ = tc::qdisc_add_clsact(iface);
-                let _ = tc::qdisc_detach_program(iface, ty, name);
-            }
-            prog.attach(iface, ty).with_context(|| format!("attaching {name} to {iface}"))?;
+            tc_attach(prog, name, iface, ty)?;
         }
     }
     for iface in ifaces {
@@ -53,19 +47,34 @@ pub fn tc(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<HashMap<u32, String>> {
     Ok(names)
 }
 
+/// Attach one tc program to `iface`.
+pub fn tc_attach(prog: &mut SchedClassifier, name: &str, iface: &str, ty: TcAttachType) -> Result<SchedClassifierLinkId> {
+    // Kernels before 6.6 have no TCX: the program needs a clsact qdisc, and
+    // its netlink filter outlives a SIGKILLed observer (fd-based links do
+    // not): remove such leftovers by name first.
+    if !has_tcx() {
+        let _ = tc::qdisc_add_clsact(iface);
+        let _ = tc::qdisc_detach_program(iface, ty, name);
+    }
+    prog.attach(iface, ty).with_context(|| format!("attaching {name} to {iface}"))
+}
+
 /// TCX (kernel 6.6+) attaches without a qdisc; aya uses it when present.
 fn has_tcx() -> bool {
     use aya::util::KernelVersion;
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
-/// tp_btf skb:kfree_skb: drop reasons.
-pub fn kfree_skb(ebpf: &mut Ebpf) -> Result<()> {
+/// The BTF tracepoints: skb:kfree_skb (drop reasons) and
+/// cgroup:cgroup_mkdir (cgroups named as they appear).
+pub fn tracepoints(ebpf: &mut Ebpf) -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    let prog: &mut BtfTracePoint = ebpf.program_mut("kfree_skb").context("kfree_skb")?.try_into()?;
-    if let Err(e) = prog.load("kfree_skb", &btf) {
-        bail!("loading kfree_skb: {e:#}");
+    for name in ["kfree_skb", "cgroup_mkdir"] {
+        let prog: &mut BtfTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+        if let Err(e) = prog.load(name, &btf) {
+            bail!("loading {name}: {e:#}");
+        }
+        prog.attach().with_context(|| format!("attaching {name}"))?;
     }
-    prog.attach().context("attaching kfree_skb")?;
     Ok(())
 }

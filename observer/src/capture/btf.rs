@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result, anyhow};
 use btf_rs::{Btf, Struct, Type};
-use observer_ebpf::SkbOffsets;
+use observer_ebpf::{CgroupOffsets, SkbOffsets};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -51,6 +51,19 @@ impl KernelBtf {
         let skb = self.struct_named("sk_buff")?;
         let off = |f: &str| self.member_offset(&skb, f).ok_or_else(|| anyhow!("sk_buff.{f} not in kernel BTF"));
         Ok(SkbOffsets { head: off("head")?, network_header: off("network_header")?, len: off("len")?, _pad: 0 })
+    }
+
+    pub fn cgroup_offsets(&self) -> Result<CgroupOffsets> {
+        let off = |st: &str, f: &str| -> Result<u32> {
+            let s = self.struct_named(st)?;
+            self.member_offset(&s, f).ok_or_else(|| anyhow!("{st}.{f} not in kernel BTF"))
+        };
+        Ok(CgroupOffsets {
+            kn: off("cgroup", "kn")?,
+            root: off("cgroup", "root")?,
+            kn_id: off("kernfs_node", "id")?,
+            hierarchy_id: off("cgroup_root", "hierarchy_id")?,
+        })
     }
 
     /// `enum skb_drop_reason` value → name without the `SKB_DROP_REASON_` prefix.

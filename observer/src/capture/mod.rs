@@ -2,7 +2,8 @@
 //!
 //! Hooks (kernel side in observer-ebpf/src/, one file each):
 //! cgroup_skb egress/ingress and cgroup connect4/connect6 at the cgroup v2
-//! root, tc ingress/egress on the uplinks, tp_btf skb:kfree_skb, and on
+//! root, tc ingress/egress on the uplinks, tp_btf skb:kfree_skb and
+//! cgroup:cgroup_mkdir, and on
 //! cgroup v1 hosts tc ingress on each container's host-side veth (veths.rs).
 pub mod attach;
 pub mod btf;
@@ -20,7 +21,9 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
 };
 use observer_ebpf::{MAX_ENDPOINTS, Record};
-use tokio::io::unix::AsyncFd;
+use std::sync::{Arc, Mutex};
+
+use tokio::{io::unix::AsyncFd, sync::watch};
 
 /// The metadata endpoints watched by default: AWS IMDS (also GCP and Azure),
 /// the ECS task-credentials endpoint and the EKS Pod Identity agent.
@@ -36,16 +39,17 @@ pub struct Config {
 }
 
 pub struct Capture {
+    /// The cgroup v1 fallback's thread, on hosts that have cgroup v1.
+    /// Stopped first on drop: it shares the programs.
+    veths: Option<(veths::VethWorker, watch::Receiver<Vec<netlink::Link>>)>,
     // Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Arc<Mutex<Ebpf>>,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     /// Kernel drop-reason number → name.
     pub drop_reasons: HashMap<u32, String>,
     /// ifindex → name, for the uplinks attached.
     pub ifaces: HashMap<u32, String>,
-    /// The cgroup v1 fallback, on hosts that have cgroup v1.
-    veths: Option<veths::Veths>,
 }
 
 /// Endpoint addresses as the programs compare them: network-order words
@@ -83,44 +87,37 @@ impl Capture {
             .override_global("ENDPOINTS_V4", &v4, true)
             .override_global("ENDPOINTS_V6", &v6, true)
             .override_global("SKB_OFFSETS", &skb, true)
+            .override_global("CGROUP_OFFSETS", &kbtf.cgroup_offsets()?, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf")))
             .context("loading the eBPF object")?;
 
         attach::cgroup_hooks(&mut ebpf, &cfg.cgroup_root)?;
         let ifaces = attach::tc(&mut ebpf, &cfg.ifaces)?;
-        attach::kfree_skb(&mut ebpf)?;
-        let mut veths = veths::Veths::new(&cfg.ifaces)?;
-        if let Some(v) = veths.as_mut() {
-            v.sync(&mut ebpf)?;
-        }
+        attach::tracepoints(&mut ebpf)?;
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map")?)?;
+        let ebpf = Arc::new(Mutex::new(ebpf));
+        let veths = match veths::Veths::new(&cfg.ifaces)? {
+            Some(v) => Some(veths::VethWorker::start(v, ebpf.clone())?),
+            None => None,
+        };
         Ok(Self {
-            _ebpf: ebpf,
+            veths,
+            ebpf,
             // SAFETY: the ring owns its fd, which stays open as long as the AsyncFd
             // (and is deregistered before it closes, on drop).
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
             lost,
             drop_reasons: kbtf.drop_reasons(),
             ifaces,
-            veths,
         })
     }
 
-    /// With the veth fallback on: what tells when links come or go.
-    pub fn watch_links(&self) -> Result<Option<veths::LinkWatch>> {
-        self.veths.as_ref().map(|_| veths::LinkWatch::new()).transpose()
-    }
-
-    /// Bring the veth attachments in step with the links; the container
-    /// veths attached now (none without the fallback).
-    pub fn sync_veths(&mut self) -> Vec<netlink::Link> {
-        let Some(v) = self.veths.as_mut() else { return Vec::new() };
-        if let Err(e) = v.sync(&mut self._ebpf) {
-            tracing::warn!("veth fallback: {e:#}");
-        }
-        v.links()
+    /// The container veths attached now, as they change (None without the
+    /// cgroup v1 fallback).
+    pub fn veths(&self) -> Option<watch::Receiver<Vec<netlink::Link>>> {
+        self.veths.as_ref().map(|(_, rx)| rx.clone())
     }
 
     /// Wait for records and append what the ring holds to `out`.
@@ -156,7 +153,9 @@ impl Capture {
     /// Per program: name, run time (ns), run count. The kernel counts them
     /// only while `kernel.bpf_stats_enabled` is 1 (zeros otherwise).
     pub fn bpf_stats(&self) -> Vec<crate::sink::metrics::BpfProgramStats> {
-        self._ebpf
+        self.ebpf
+            .lock()
+            .unwrap()
             .programs()
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;

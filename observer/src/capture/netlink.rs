@@ -4,7 +4,7 @@
 //! justify a netlink stack; the parsers are pure and unit-tested.
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 const NETLINK_ROUTE: libc::c_int = 0;
@@ -176,15 +176,19 @@ pub struct LinkEvents {
     fd: OwnedFd,
 }
 
+
 impl LinkEvents {
     pub fn subscribe() -> io::Result<Self> {
-        let fd = socket(RTMGRP_LINK)?;
-        // SAFETY: fcntl on an fd we own.
-        unsafe {
-            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-        Ok(Self { fd })
+        Ok(Self { fd: socket(RTMGRP_LINK)? })
+    }
+
+    /// Wait up to `timeout` for changes; true if any arrived (they are
+    /// consumed).
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        r > 0 && self.drain()
     }
 
     /// Discard what arrived; true if anything did (or the socket overran,
@@ -200,12 +204,6 @@ impl LinkEvents {
                 Err(_) => return true, // ENOBUFS: events were lost; rescan
             }
         }
-    }
-}
-
-impl AsRawFd for LinkEvents {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
     }
 }
 

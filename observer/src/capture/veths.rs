@@ -3,18 +3,31 @@
 //! go (a netlink subscription, so a new container's veth is attached before
 //! its process starts).
 //!
+//! The syncing runs on a thread of its own: listing links and attaching
+//! both take the kernel's RTNL lock, which container churn (netns deletion)
+//! holds for tens of milliseconds. The event loop must not wait on it: a
+//! short-lived container's cgroup can be gone before its events are named.
+//!
 //! Only on hosts with cgroup v1 hierarchies (older Amazon Linux 2 nodes,
 //! hybrid systemd): there a container's processes may sit in no cgroup2
 //! cgroup of their own, and the veth is what tells containers apart. On pure
 //! cgroup2 hosts the socket's cgroup already does, and no veth is touched.
-use std::{collections::HashMap, fs};
+use std::{
+    collections::HashMap,
+    fs,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
-use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::netlink::{self, Link, LinkEvents};
@@ -86,13 +99,13 @@ impl Veths {
             if self.attached.contains_key(&i) {
                 continue;
             }
-            match prog.attach(&link.name, TcAttachType::Ingress) {
+            match super::attach::tc_attach(prog, PROGRAM, &link.name, TcAttachType::Ingress) {
                 Ok(id) => {
                     debug!(veth = %link.name, ifindex = i, nsid = ?link.peer_netnsid, "veth attached");
                     self.attached.insert(i, (link.clone(), id));
                 }
                 Err(e) if !self.warned => {
-                    warn!(veth = %link.name, "attaching {PROGRAM}: {e}");
+                    warn!(veth = %link.name, "{e:#}");
                     self.warned = true;
                 }
                 Err(_) => {}
@@ -101,33 +114,59 @@ impl Veths {
         Ok(())
     }
 
-    /// The veths attached now.
+    /// The veths attached now, by ifindex.
     pub fn links(&self) -> Vec<Link> {
-        self.attached.values().map(|(l, _)| l.clone()).collect()
+        let mut links: Vec<Link> = self.attached.values().map(|(l, _)| l.clone()).collect();
+        links.sort_by_key(|l| l.ifindex);
+        links
     }
 }
 
-/// Hears when links come and go, to sync the veths at once.
-pub struct LinkWatch(AsyncFd<LinkEvents>);
+/// The thread that keeps the veths attached; it publishes the veths
+/// attached now. Dropping it stops the thread (before the programs go).
+pub struct VethWorker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
-impl LinkWatch {
-    pub fn new() -> Result<Self> {
+/// How often the worker looks at its stop flag while no link changes.
+const POLL: Duration = Duration::from_millis(100);
+
+impl VethWorker {
+    /// Sync once now (so the veths that exist are attached before capture
+    /// is reported ready), then follow link changes on a thread.
+    pub fn start(mut veths: Veths, ebpf: Arc<Mutex<Ebpf>>) -> Result<(Self, watch::Receiver<Vec<Link>>)> {
+        // Subscribed before the first listing: no change falls in between.
         let events = LinkEvents::subscribe().context("subscribing to link changes (netlink)")?;
-        // SAFETY: the AsyncFd owns the socket, which stays open while it is
-        // registered (it is deregistered before the fd closes, on drop).
-        let fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) };
-        Ok(Self(fd.map_err(|e| e.into_parts().1)?))
-    }
-
-    /// Wait until links changed.
-    pub async fn changed(&self) {
-        loop {
-            let Ok(mut guard) = self.0.readable().await else { return std::future::pending().await };
-            let any = guard.get_inner().drain();
-            guard.clear_ready();
-            if any {
-                return;
+        veths.sync(&mut ebpf.lock().unwrap())?;
+        let (tx, rx) = watch::channel(veths.links());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new().name("veths".into()).spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                if !events.wait(POLL) {
+                    continue;
+                }
+                if let Err(e) = veths.sync(&mut ebpf.lock().unwrap()) {
+                    warn!("veth fallback: {e:#}");
+                }
+                let now = veths.links();
+                tx.send_if_modified(|old| {
+                    let changed = *old != now;
+                    *old = now;
+                    changed
+                });
             }
+        })?;
+        Ok((Self { stop, thread: Some(thread) }, rx))
+    }
+}
+
+impl Drop for VethWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

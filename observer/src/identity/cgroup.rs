@@ -138,6 +138,8 @@ pub struct CgroupResolver {
     skipped: u64,
     scans: u64,
     handles: Handles,
+    /// The root is the hierarchy's own (inode 1), not a subtree.
+    hierarchy_root: Option<bool>,
 }
 
 impl CgroupResolver {
@@ -160,6 +162,7 @@ impl CgroupResolver {
             skipped: 0,
             scans: 0,
             handles: Handles::Unprobed,
+            hierarchy_root: None,
         }
     }
 
@@ -193,6 +196,22 @@ impl CgroupResolver {
     /// Tree walks so far.
     pub fn scans(&self) -> u64 {
         self.scans
+    }
+
+    /// A cgroup the kernel reported as it was created (cgroup_mkdir), with
+    /// its path from the hierarchy's root. Taken only when this resolver's
+    /// root is that root (inode 1), where the two kinds of path agree.
+    pub fn learn(&mut self, id: u64, path: &str) {
+        use std::os::unix::fs::MetadataExt;
+        let root = &self.root;
+        let at_root = *self.hierarchy_root.get_or_insert_with(|| fs::metadata(root).map(|m| m.ino()).ok() == Some(1));
+        if !at_root || !path.starts_with('/') {
+            return;
+        }
+        self.tick += 1;
+        self.negative.remove(&id);
+        self.entries.insert(id, Entry { path: path.to_string(), last_used: self.tick, seen_gen: self.generation });
+        self.enforce_cap();
     }
 
     /// The path of cgroup `id` below the root, `"/"` for the root.
@@ -615,6 +634,24 @@ mod tests {
         assert_eq!(res.len(), dirs.len() + 1);
         assert_eq!(res.resolve(ino(&r.join("a/cgroup.procs"))), None);
         assert_eq!(res.resolve(ino(&odd.join("child"))), None);
+    }
+
+    #[test]
+    fn cgroups_learned_at_creation_need_no_walk() {
+        let t = tempdir("learn");
+        let mut res = CgroupResolver::new(t.0.clone());
+        res.set_min_rescan_interval(Duration::from_secs(3600));
+        // A temporary directory is a subtree: its paths are not the
+        // hierarchy's, so nothing is learned.
+        res.learn(4711, "/kubepods.slice/x");
+        assert_eq!(res.len(), 0);
+        res.hierarchy_root = Some(true);
+        res.learn(4711, "/kubepods.slice/x");
+        res.learn(4712, "relative/is/refused");
+        // Gone already, never walked: still named.
+        assert_eq!(res.resolve(4711).as_deref(), Some("/kubepods.slice/x"));
+        assert_eq!(res.resolve(4712), None);
+        assert_eq!(res.scans(), 1, "only the miss walked");
     }
 
     #[test]

@@ -109,6 +109,14 @@ impl Container {
         self.id.is_some() || self.pod_uid.is_some() || (self.runtime.is_some() && !self.host)
     }
 
+    /// A cgroup that many processes share and that names no container: the
+    /// root, or a host service's (where a runtime that manages only cgroup
+    /// v1 leaves its containers in the unified hierarchy). Only the veth can
+    /// tell containers apart there.
+    pub fn is_shared_cgroup(&self) -> bool {
+        !self.is_container() && (self.host || self.cgroup.as_deref() == Some("/"))
+    }
+
     /// What the cgroup path alone says.
     pub fn from_path(cgroup_id: u64, path: &str) -> Self {
         let p = parse_cgroup_path(path);
@@ -228,6 +236,11 @@ impl Identities {
         Some(c)
     }
 
+    /// A cgroup2 cgroup the kernel reported as it was created.
+    pub fn learn_cgroup(&mut self, cgroup_id: u64, path: &str) {
+        self.cgroups.learn(cgroup_id, path);
+    }
+
     /// The container veths the capture is attached to (cgroup v1 fallback).
     pub fn set_veths(&mut self, links: &[crate::capture::netlink::Link]) {
         self.veths.set_veths(links);
@@ -320,6 +333,19 @@ mod tests {
         assert_eq!(json["host"], true);
         let c = Container::from_path(1, "/libpod_parent/libpod-abc");
         assert!(serde_json::to_value(&c).unwrap().get("host").is_none(), "host omitted when false");
+    }
+
+    #[test]
+    fn shared_cgroups_name_no_one() {
+        let shared = |p: &str| Container::from_path(1, p).is_shared_cgroup();
+        assert!(shared("/"), "the root");
+        // dockerd with the cgroupfs driver on a hybrid host leaves its
+        // containers in its own unified cgroup.
+        assert!(shared("/system.slice/containerd.service"));
+        assert!(!shared(&format!("/system.slice/docker-{ID}.scope")));
+        assert!(!shared("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod8d7f3c6e_2b1a_4c5d_9e8f_7a6b5c4d3e2f.slice"));
+        // A cgroup of its own, by no runtime's convention: still its own.
+        assert!(!shared("/imdslab1/app"));
     }
 
     #[test]
