@@ -252,3 +252,244 @@ fn container(cs: &ContainerStatus, spec_image: &dyn Fn(&str) -> Option<String>) 
     };
     Some(PodContainer { id, name: cs.name.clone(), image })
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::identity::{
+        http1::find,
+        lookup::{Answer, Changes, Table},
+    };
+    use std::time::{Duration, Instant};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+        sync::broadcast,
+    };
+
+    pub const UID_A: &str = "0f4b2c7e-9a1d-4e3b-8c6a-5d2e1f0a9b8c";
+    pub const UID_B: &str = "7d1e0c3a-2b4f-4a6e-9c8d-1e2f3a4b5c6d";
+    pub const CID_A: &str = "8d1c3e5fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
+    pub const CID_B: &str = "3f2a9c0d1e4b5a6978877665544332211009988776655443322110099887766a";
+
+    /// A pod as the API server sends it (trimmed), on node `node-a`.
+    pub fn pod_json(uid: &str, name: &str, cid: &str, rv: u32) -> String {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"payments","uid":"{uid}","resourceVersion":"{rv}",
+"labels":{{"app":"{name}","team":"payments"}},"annotations":{{"kubernetes.io/psp":"eks.privileged"}},
+"managedFields":[{{"manager":"kubelet","operation":"Update","apiVersion":"v1","time":"2024-05-02T09:14:07Z","fieldsType":"FieldsV1","fieldsV1":{{}}}}]}},
+"spec":{{"nodeName":"node-a","containers":[{{"name":"api","image":"registry.example/{name}:1.42"}},{{"name":"envoy","image":"envoy:1.30"}}],
+"initContainers":[{{"name":"init","image":"busybox:1.36"}}]}},
+"status":{{"phase":"Running","podIP":"10.0.1.33",
+"initContainerStatuses":[{{"name":"init","image":"docker.io/library/busybox:1.36","imageID":"docker.io/library/busybox@sha256:aa","containerID":"containerd://{cid}00","ready":true,"restartCount":0}}],
+"containerStatuses":[{{"name":"api","image":"registry.example/{name}:1.42","imageID":"registry.example/{name}@sha256:bb","containerID":"containerd://{cid}","ready":true,"restartCount":0}},
+{{"name":"envoy","image":"sha256:4f0a1d6bd4c25b4ff4a0b3a6a0c2b9b8e7f3b1c2d3e4f5a6b7c8d9e0f1a2b3c4","imageID":"","ready":false,"restartCount":0}}]}}}}"#
+        )
+        // One line: watch events are JSON lines.
+        .replace('\n', "")
+    }
+
+    /// What the fake API server answers to the list.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub enum ListMode {
+        Ok,
+        Forbidden,
+        Garbage,
+    }
+
+    /// A fake API server on 127.0.0.1 speaking enough of list+watch for
+    /// kube's watcher: `GET /api/v1/pods` (a PodList of `pods`) and the
+    /// same with `watch=true` (a chunked stream of the events sent on the
+    /// returned channel, as JSON lines).
+    pub struct FakeApi {
+        pub port: u16,
+        pub events: broadcast::Sender<String>,
+        pub requests: Arc<Mutex<Vec<String>>>,
+        pub mode: Arc<Mutex<ListMode>>,
+    }
+
+    pub async fn fake_api(pods: Vec<String>, mode: ListMode) -> FakeApi {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (events, _) = broadcast::channel::<String>(64);
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let mode = Arc::new(Mutex::new(mode));
+        let (tx, reqs, m) = (events.clone(), requests.clone(), mode.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (tx, reqs, m, pods) = (tx.clone(), reqs.clone(), m.clone(), pods.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 4096];
+                    while find(&req, b"\r\n\r\n").is_none() {
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&req).into_owned();
+                    reqs.lock().unwrap().push(head.clone());
+                    let target = head.split(' ').nth(1).unwrap_or_default().to_string();
+                    if !target.starts_with("/api/v1/pods") {
+                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                        return;
+                    }
+                    if target.contains("watch=true") {
+                        // Subscribe before answering, so no event sent after
+                        // the list is missed.
+                        let mut rx = tx.subscribe();
+                        let h = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                        if s.write_all(h.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        while let Ok(line) = rx.recv().await {
+                            let line = format!("{line}\n");
+                            let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+                            if s.write_all(chunk.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    let mode = *m.lock().unwrap();
+                    let (status, body) = match mode {
+                        ListMode::Ok => (
+                            "200 OK",
+                            format!(
+                                r#"{{"apiVersion":"v1","kind":"PodList","metadata":{{"resourceVersion":"10"}},"items":[{}]}}"#,
+                                pods.join(",")
+                            ),
+                        ),
+                        ListMode::Forbidden => (
+                            "403 Forbidden",
+                            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden: User \"system:serviceaccount:imds-observer:imds-observer\" cannot list resource \"pods\" in API group \"\" at the cluster scope","reason":"Forbidden","details":{"kind":"pods"},"code":403}"#
+                                .to_string(),
+                        ),
+                        ListMode::Garbage => ("200 OK", "<html>this is not the API server</html>".to_string()),
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        FakeApi { port, events, requests, mode }
+    }
+
+    fn start(api: &FakeApi) -> (Table<Arc<PodInfo>>, SharedState) {
+        let changes = Changes::default();
+        let (table, writer) = Table::watched(&changes);
+        let config = kube::Config::new(format!("http://127.0.0.1:{}", api.port).parse().unwrap());
+        let state = SharedState::default();
+        tokio::spawn(watch(client(config).unwrap(), "node-a".into(), writer, state.clone()));
+        (table, state)
+    }
+
+    async fn until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < timeout, "{what}: not within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn found(t: &Table<Arc<PodInfo>>, uid: &str) -> Option<Arc<PodInfo>> {
+        match t.get(uid) {
+            Answer::Found(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_then_follows_adds_and_deletes_on_this_node_only() {
+        let api = fake_api(vec![pod_json(UID_A, "api-7f9c", CID_A, 9)], ListMode::Ok).await;
+        let (table, state) = start(&api);
+        until("pod A listed", Duration::from_secs(10), || found(&table, UID_A).is_some()).await;
+        let a = found(&table, UID_A).unwrap();
+        assert_eq!((a.name.as_str(), a.namespace.as_str()), ("api-7f9c", "payments"));
+        assert_eq!(a.labels.get("app").map(String::as_str), Some("api-7f9c"));
+        assert_eq!(a.labels.len(), 2, "labels only, not annotations");
+        let c = a.container(CID_A).expect("container by id");
+        assert_eq!((c.name.as_str(), c.image.as_str()), ("api", "registry.example/api-7f9c:1.42"));
+        assert_eq!(a.container(&format!("{CID_A}00")).map(|c| c.name.as_str()), Some("init"));
+        assert_eq!(a.containers.len(), 2, "envoy has no container id yet");
+        assert!(state.lock().unwrap().synced);
+        // Only this node's pods were asked for, by list and by watch.
+        until("watch started", Duration::from_secs(5), || {
+            api.requests.lock().unwrap().iter().any(|r| r.contains("watch=true"))
+        })
+        .await;
+        for r in api.requests.lock().unwrap().iter() {
+            assert!(r.contains("fieldSelector=spec.nodeName%3Dnode-a"), "{r}");
+        }
+
+        // A pod started after the list.
+        let added = format!(r#"{{"type":"ADDED","object":{}}}"#, pod_json(UID_B, "worker-1", CID_B, 11));
+        api.events.send(added).unwrap();
+        until("pod B added", Duration::from_secs(5), || found(&table, UID_B).is_some()).await;
+        assert_eq!(found(&table, UID_B).unwrap().container(CID_B).unwrap().image, "registry.example/worker-1:1.42");
+
+        // Pod A deleted.
+        let deleted = format!(r#"{{"type":"DELETED","object":{}}}"#, pod_json(UID_A, "api-7f9c", CID_A, 12));
+        api.events.send(deleted).unwrap();
+        until("pod A deleted", Duration::from_secs(5), || found(&table, UID_A).is_none()).await;
+        assert_eq!(table.get(UID_A), Answer::Pending);
+        assert!(found(&table, UID_B).is_some());
+        assert_eq!(state.lock().unwrap().pods, 1);
+        assert_eq!(state.lock().unwrap().failures, 0);
+    }
+
+    #[tokio::test]
+    async fn forbidden_names_the_missing_rbac_retries_and_recovers() {
+        let api = fake_api(vec![pod_json(UID_A, "api-7f9c", CID_A, 9)], ListMode::Forbidden).await;
+        let (table, state) = start(&api);
+        until("two failed lists (a retry)", Duration::from_secs(10), || state.lock().unwrap().failures >= 2).await;
+        let err = state.lock().unwrap().last_error.clone().unwrap();
+        assert!(err.contains("pods list/watch on node node-a forbidden (HTTP 403"), "{err}");
+        assert!(err.contains("get, list and watch on pods"), "{err}");
+        assert_eq!(table.get(UID_A), Answer::Pending);
+        assert!(!state.lock().unwrap().synced);
+        // RBAC fixed: the next retry lists.
+        *api.mode.lock().unwrap() = ListMode::Ok;
+        until("listed after the fix", Duration::from_secs(15), || found(&table, UID_A).is_some()).await;
+        assert!(state.lock().unwrap().synced);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_not_a_crash() {
+        let api = fake_api(vec![], ListMode::Garbage).await;
+        let (table, state) = start(&api);
+        until("a failed list", Duration::from_secs(10), || state.lock().unwrap().failures >= 1).await;
+        assert!(state.lock().unwrap().last_error.is_some());
+        assert!(!state.lock().unwrap().synced);
+        assert_eq!(table.get(UID_A), Answer::Pending);
+    }
+
+    #[test]
+    fn pod_record_is_compact_and_prefers_the_spec_image_over_a_digest() {
+        let mut pod: Pod = serde_json::from_str(&pod_json(UID_A, "api", CID_A, 1)).unwrap();
+        // envoy gets an id; its status image is a bare digest.
+        let st = pod.status.as_mut().unwrap().container_statuses.as_mut().unwrap();
+        st[1].container_id = Some(format!("cri-o://{CID_B}"));
+        let p = pod_info(&pod).unwrap();
+        assert_eq!(p.container(CID_B).unwrap().image, "envoy:1.30");
+        assert_eq!(p.mirror_of, None);
+        // A mirror pod is also known by the static pod's UID.
+        pod.metadata.annotations.as_mut().unwrap().insert(MIRROR_ANNOTATION.into(), "6f6c8b1fa0a1f2b5e7e8c9d0e1f2a3b4".into());
+        let p = pod_info(&pod).unwrap();
+        assert_eq!(p.keys().collect::<Vec<_>>(), vec![UID_A, "6f6c8b1fa0a1f2b5e7e8c9d0e1f2a3b4"]);
+        pod.metadata.uid = None;
+        assert_eq!(pod_info(&pod), None);
+    }
+
+    #[test]
+    fn configured_in_cluster_or_with_kubeconfig() {
+        assert!(!configured(|_| None));
+        assert!(configured(|k| (k == "KUBERNETES_SERVICE_HOST").then(|| "10.100.0.1".to_string())));
+        assert!(configured(|k| (k == "KUBECONFIG").then(|| "/etc/kubeconfig".to_string())));
+        assert!(!configured(|k| (k == "KUBECONFIG").then(|| " ".to_string())));
+    }
+}

@@ -148,6 +148,7 @@ impl<V: Clone + Send + 'static> Table<V> {
     }
 
     /// A table kept by a watch: the task holds the [`Writer`].
+    #[cfg_attr(not(any(feature = "kubernetes", test)), allow(dead_code))]
     pub fn watched(changes: &Changes) -> (Self, Writer<V>) {
         let shared = Arc::new(Shared { entries: Mutex::new(HashMap::new()), changes: changes.clone() });
         (Table { shared: shared.clone(), ask: None }, Writer { shared })
@@ -216,6 +217,7 @@ impl<V> Writer<V> {
         }
         self.shared.changes.bump();
     }
+    #[cfg_attr(not(any(feature = "kubernetes", test)), allow(dead_code))]
     pub fn remove(&self, key: &str) {
         let removed = self.shared.lock().remove(key).is_some();
         if removed {
@@ -223,6 +225,7 @@ impl<V> Writer<V> {
         }
     }
     /// Replace everything with `all` (a fresh list from a watch).
+    #[cfg_attr(not(any(feature = "kubernetes", test)), allow(dead_code))]
     pub fn replace_all(&self, all: HashMap<String, V>) {
         {
             let mut entries = self.shared.lock();

@@ -249,6 +249,7 @@ impl Identities {
     }
 
     /// A pod table for a watch to fill (see `kubernetes.rs`).
+    #[cfg_attr(not(any(feature = "kubernetes", test)), allow(dead_code))]
     pub fn with_pod_table(mut self) -> (Self, lookup::Writer<Arc<PodInfo>>) {
         let (table, writer) = Table::watched(&self.changes);
         self.pods = Some(table);
@@ -396,5 +397,156 @@ mod tests {
         let n = c.nomad.as_ref().unwrap();
         assert_eq!((n.alloc.as_deref(), n.job.as_deref(), n.group.as_deref(), n.task.as_deref()), (Some("a1"), Some("web"), Some("g"), Some("t")));
         assert_eq!(c.ecs_task.as_deref(), Some("arn:aws:ecs:task/1"));
+    }
+
+    // --- Identities with lookups --------------------------------------
+
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    };
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    const POD_UID: &str = "0f4b2c7e-9a1d-4e3b-8c6a-5d2e1f0a9b8c";
+    const ALLOC: &str = "5c3f8f2e-1b2a-4d7e-9f10-2a3b4c5d6e7f";
+
+    struct Tree(PathBuf);
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A directory tree standing in for the cgroup2 root (cgroup ids are
+    /// directory inode numbers); the ids of `paths`.
+    fn tree(paths: &[&str]) -> (Tree, Vec<u64>) {
+        use std::os::unix::fs::MetadataExt;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let root = std::env::temp_dir()
+            .join(format!("imds-identities-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let ids = paths
+            .iter()
+            .map(|p| {
+                let d = root.join(p.trim_start_matches('/'));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::metadata(&d).unwrap().ino()
+            })
+            .collect();
+        (Tree(root), ids)
+    }
+
+    /// A fake Nomad agent: answers `status` (shared, changeable) after `delay`.
+    async fn nomad(status: Arc<Mutex<u16>>, delay: Duration) -> NomadClient {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let status = status.clone();
+                tokio::spawn(async move {
+                    let mut b = [0u8; 4096];
+                    let _ = s.read(&mut b).await;
+                    tokio::time::sleep(delay).await;
+                    let code = *status.lock().unwrap();
+                    let body = if code == 200 {
+                        format!(r#"{{"ID":"{ALLOC}","Namespace":"batch","JobID":"billing","TaskGroup":"api","Job":{{"Name":"billing"}}}}"#)
+                    } else {
+                        "No cluster leader".to_string()
+                    };
+                    let r = format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    let _ = s.write_all(r.as_bytes()).await;
+                });
+            }
+        });
+        NomadClient::new(&format!("http://127.0.0.1:{port}"), &nomad::TlsSettings::default()).unwrap()
+    }
+
+    fn kube_path() -> String {
+        format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            POD_UID.replace('-', "_")
+        )
+    }
+
+    fn pod() -> PodInfo {
+        PodInfo {
+            uid: POD_UID.into(),
+            name: "api-7f9c".into(),
+            namespace: "payments".into(),
+            labels: BTreeMap::from([("app".to_string(), "api".to_string())]),
+            containers: vec![pods::PodContainer { id: ID.into(), name: "api".into(), image: "api:1.42".into() }],
+            mirror_of: None,
+        }
+    }
+
+    async fn eventually(ids: &mut Identities, cg: u64, within: Duration, f: impl Fn(&Container) -> bool) -> Container {
+        let t0 = Instant::now();
+        loop {
+            let c = ids.identify(cg).unwrap();
+            if f(&c) {
+                return c;
+            }
+            assert!(t0.elapsed() < within, "not within {within:?}: {c:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn identify_never_waits_and_picks_answers_up_when_they_come() {
+        let nomad_path = format!("/nomad.slice/share.slice/{ALLOC}.server.scope");
+        let (t, ids) = tree(&[&kube_path(), &nomad_path]);
+        let (kube_cg, nomad_cg) = (ids[0], ids[1]);
+        // Nomad answers only after 300 ms.
+        let client = nomad(Arc::new(Mutex::new(200)), Duration::from_millis(300)).await;
+        let (mut ids, pods) = Identities::new(t.0.clone(), &[]).with_nomad(client, RETRY_AFTER).with_pod_table();
+
+        let t0 = Instant::now();
+        let n = ids.identify(nomad_cg).unwrap();
+        let k = ids.identify(kube_cg).unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(200), "identify waited {:?}", t0.elapsed());
+        let nm = n.nomad.as_ref().unwrap();
+        assert_eq!((nm.alloc.as_deref(), nm.task.as_deref(), nm.job.as_deref()), (Some(ALLOC), Some("server"), None));
+        assert_eq!((k.pod_uid.as_deref(), k.pod.as_deref(), k.name.as_deref()), (Some(POD_UID), None, None));
+        assert!(serde_json::to_value(&k).unwrap().get("labels").is_none(), "labels omitted when empty");
+
+        // The watch lists the pod: the next identify carries it.
+        pods.found(POD_UID.into(), Arc::new(pod()));
+        let k = ids.identify(kube_cg).unwrap();
+        assert_eq!((k.pod.as_deref(), k.namespace.as_deref()), (Some("api-7f9c"), Some("payments")));
+        assert_eq!((k.name.as_deref(), k.image.as_deref()), (Some("api"), Some("api:1.42")));
+        assert_eq!(k.label(), "payments/api-7f9c");
+        let json = serde_json::to_value(&k).unwrap();
+        assert_eq!(json["labels"]["app"], "api");
+
+        let n = eventually(&mut ids, nomad_cg, Duration::from_secs(3), |c| c.nomad.as_ref().unwrap().job.is_some()).await;
+        let nm = n.nomad.unwrap();
+        assert_eq!((nm.job.as_deref(), nm.group.as_deref(), nm.namespace.as_deref()), (Some("billing"), Some("api"), Some("batch")));
+        assert_eq!(nm.task.as_deref(), Some("server"), "the task still comes from the path");
+
+        // Deleted pod: the cached identity is kept (events of a dying
+        // container still name it) until the cgroup is looked up again.
+        pods.remove(POD_UID);
+        assert_eq!(ids.identify(kube_cg).unwrap().pod.as_deref(), Some("api-7f9c"));
+    }
+
+    #[tokio::test]
+    async fn failed_lookups_are_retried_after_the_delay() {
+        let nomad_path = format!("/nomad.slice/share.slice/{ALLOC}.server.scope");
+        let (t, cgs) = tree(&[&nomad_path]);
+        let cg = cgs[0];
+        let status = Arc::new(Mutex::new(500));
+        let client = nomad(status.clone(), Duration::ZERO).await;
+        let mut ids = Identities::new(t.0.clone(), &[]).with_nomad(client, Duration::from_millis(300));
+        ids.identify(cg);
+        // The failure arrives; nothing more is asked until the delay passes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ids.identify(cg).unwrap().nomad.unwrap().job, None);
+        *status.lock().unwrap() = 200;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ids.identify(cg).unwrap().nomad.unwrap().job, None, "retried too early");
+        let c = eventually(&mut ids, cg, Duration::from_secs(3), |c| c.nomad.as_ref().unwrap().job.is_some()).await;
+        assert_eq!(c.nomad.unwrap().job.as_deref(), Some("billing"));
     }
 }

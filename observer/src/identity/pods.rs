@@ -34,12 +34,14 @@ impl PodInfo {
     }
 
     /// The keys a cgroup path may know this pod by.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.uid.as_str()).chain(self.mirror_of.as_deref())
     }
 }
 
 /// `containerd://<id>`, `cri-o://<id>`, `docker://<id>` → `<id>`.
+#[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
 pub fn runtime_container_id(s: &str) -> Option<&str> {
     let (_, id) = s.split_once("://")?;
     (!id.is_empty()).then_some(id)
