@@ -12,13 +12,14 @@
 //! the runtime socket say meanwhile.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     pin::pin,
     sync::{Arc, Mutex},
 };
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     Api, Client,
     runtime::{
@@ -26,6 +27,7 @@ use kube::{
         watcher::{self, Event},
     },
 };
+use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -35,6 +37,81 @@ use super::{
 
 /// The annotation a mirror pod carries: the static pod's UID on the node.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// The parts of a Pod read here. Parsing into this rather than the full
+/// `k8s_openapi` Pod skips the rest of the object (volumes, probes,
+/// affinity, ...) without building it, keeps the parser small in the
+/// binary, and tolerates fields this code does not need being absent.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Pod {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<PodSpec>,
+    #[serde(default)]
+    pub status: Option<PodStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub containers: Option<Vec<SpecContainer>>,
+    #[serde(default)]
+    pub init_containers: Option<Vec<SpecContainer>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SpecContainer {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default)]
+    pub container_statuses: Option<Vec<ContainerStatus>>,
+    #[serde(default)]
+    pub init_container_statuses: Option<Vec<ContainerStatus>>,
+    #[serde(default)]
+    pub ephemeral_container_statuses: Option<Vec<ContainerStatus>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ContainerStatus {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, rename = "containerID")]
+    pub container_id: Option<String>,
+}
+
+impl kube::Resource for Pod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// Whether the environment asks for pod lookups: in a cluster, or with a
 /// kubeconfig named by `KUBECONFIG`.
@@ -213,6 +290,7 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         let spec = pod.spec.as_ref()?;
         spec.containers
             .iter()
+            .flatten()
             .chain(spec.init_containers.iter().flatten())
             .find(|c| c.name == name)
             .and_then(|c| c.image.clone())
