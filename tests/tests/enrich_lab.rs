@@ -53,7 +53,7 @@ fn alloc() -> Value {
 }
 
 fn last_hop_finding<'a>(events: &'a [Value], cgroup: &str) -> &'a Value {
-    findings_for(events, cgroup).into_iter().filter(|f| f["kind"] == "hop_limit_exceeded").next_back().unwrap_or_else(|| {
+    findings_for(events, cgroup).into_iter().rfind(|f| f["kind"] == "hop_limit_exceeded").unwrap_or_else(|| {
         panic!("no hop_limit_exceeded for {cgroup}: {:#?}", findings_for(events, cgroup))
     })
 }
