@@ -79,6 +79,13 @@ job "imds-observer" {
 
       env {
         NODE_NAME = "${node.unique.name}"
+        # Allocation -> job, task group and namespace from the Nomad HTTP
+        # API (exec/raw_exec/java tasks' cgroup paths name only the
+        # allocation and task). With ACLs, a token whose policy has read-job
+        # on the namespaces (docs/deploy.md), better from a template block
+        # than written here; for https also NOMAD_CACERT.
+        # NOMAD_ADDR = "http://127.0.0.1:4646"
+        # NOMAD_TOKEN = "..."
       }
 
       # Sizing: see "Sizing" in docs/deploy.md. For the scheduler these

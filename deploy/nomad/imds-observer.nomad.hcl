@@ -129,9 +129,15 @@ job "imds-observer" {
 
       env {
         NODE_NAME = "${node.unique.name}"
-        # For allocation -> job, group and task names from the Nomad HTTP
-        # API, point the observer at the local agent:
+        # Allocation -> job, task group and namespace from the Nomad HTTP
+        # API, for exec/raw_exec/java tasks (the cgroup path names only the
+        # allocation and task) and Docker tasks whose labels are out of
+        # reach: point the observer at the local agent. With ACLs, give it a
+        # token whose policy has read-job on the namespaces (docs/deploy.md),
+        # e.g. from Variables or Vault in a template block rather than here.
+        # For https also NOMAD_CACERT (and NOMAD_CLIENT_CERT/KEY for mTLS).
         # NOMAD_ADDR = "http://${attr.unique.network.ip-address}:4646"
+        # NOMAD_TOKEN = "..."
       }
 
       # Sizing: see "Sizing" in docs/deploy.md. memory_max is the hard limit

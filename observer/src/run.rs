@@ -132,7 +132,10 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     );
     sink.attached();
     let sockets = if args.runtime_sockets.is_empty() { docker::default_sockets() } else { args.runtime_sockets.clone() };
-    let identities = Identities::new(cfg.cgroup_root.clone(), &sockets);
+    // Names beyond the cgroup path: the runtime socket, and (from the
+    // environment) Nomad and the pods on this node. The pod watch wants the
+    // node name as the cluster knows it, not the host name guessed above.
+    let identities = Identities::new(cfg.cgroup_root.clone(), &sockets).with_env_lookups(args.node_name.as_deref());
     let mut pipe = Pipeline::new(node, Clock::now(), Some(identities));
     pipe.drop_reasons = cap.drop_reasons.clone();
     pipe.ifaces = cap.ifaces.clone();

@@ -422,6 +422,28 @@ impl Lab {
         cg
     }
 
+    /// A cgroup at `rel` below the lab's cgroup (parents created), for a
+    /// path that follows a runtime's convention, e.g.
+    /// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`.
+    /// Put a container in it with `c.cgroup = lab.cgroup_at(...)`; removed
+    /// with the lab.
+    pub fn cgroup_at(&self, rel: &str) -> PathBuf {
+        self.new_cgroup(rel.trim_start_matches('/'))
+    }
+
+    /// Start a helper (a fake API server, say) in the host netns; its first
+    /// line on stdout (e.g. `ready <port>`). Killed with the lab.
+    pub fn start_in_host(&mut self, program: &Path, args: &[&str]) -> String {
+        let mut child = netns_cgroup_command(&self.host, None, program, args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        self.children.push(child);
+        line.trim().to_string()
+    }
+
     /// A container netns wired to the host as `attach` says.
     pub fn add_container(&mut self, name: &str, attach: Attach) -> Container {
         self.containers += 1;
@@ -788,14 +810,19 @@ impl Lab {
 
     /// Start the observer in the host netns and wait until it captures.
     pub fn observer(&self, extra: &[&str]) -> Observer {
+        self.observer_with_env(extra, &[])
+    }
+
+    /// `observer` with more environment (KUBECONFIG, NOMAD_ADDR, ...).
+    pub fn observer_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Observer {
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
-        Observer::start(&self.host, &args)
+        Observer::start(&self.host, &args, env)
     }
 
     /// Any observer command (`report ...`) in the host netns, once capturing.
     pub fn observer_cmd(&self, args: &[&str]) -> Observer {
-        Observer::start(&self.host, args)
+        Observer::start(&self.host, args, &[])
     }
 
     fn cleanup(&mut self) {
@@ -877,9 +904,10 @@ pub struct Observer {
 }
 
 impl Observer {
-    fn start(host_netns: &str, args: &[&str]) -> Observer {
+    fn start(host_netns: &str, args: &[&str], env: &[(&str, &str)]) -> Observer {
         let mut child = netns_cgroup_command(host_netns, None, &bin("imds-observer"), args)
             .env("NODE_NAME", "lab-node")
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("LAB_RUST_LOG").unwrap_or("info".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -205,6 +205,11 @@ fn on_path(cmd: &str) -> bool {
         || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(cmd).is_file())
 }
 
+/// The static observer of the published image (Containerfile builds the
+/// same), with the `kubernetes` feature named even though it is a default.
+const MUSL_OBSERVER: [&str; 7] =
+    ["build", "--release", "--target", MUSL, "-p", "imds-observer", "--features=kubernetes"];
+
 /// Binaries the lab starts: build them before its tests.
 const LAB_BINS: [&str; 6] = ["build", "--bins", "-p", "imds-observer", "-p", "imds-lab"];
 
@@ -218,14 +223,18 @@ fn test(unit_only: bool, filter: &[String]) -> Result<()> {
     let mut total = Tally::default();
     // Unit tests: pure logic, no root. Lab tests are #[ignore]d here.
     total += run_tests(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+    // The build without the kubernetes feature (no kube, no hyper) keeps
+    // compiling: the Nomad and Docker lookups do not depend on it.
+    run(cargo().args(["check", "-p", "imds-observer", "--no-default-features"]))?;
     if !unit_only {
         if !is_root() {
             bail!("the lab tests need root (eBPF, namespaces, cgroups): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
         }
         lab_packages()?;
         run(cargo().args(["build", "--bins", "-p", "aws-sdk-rust-client"]))?;
-        // The image test puts this binary in a scratch image.
-        run(cargo().args(["build", "--release", "--target", MUSL, "-p", "imds-observer"]))?;
+        // The image test puts this binary in a scratch image: the published
+        // image's build, pod lookups included.
+        run(cargo().args(MUSL_OBSERVER))?;
         total += run_tests(
             cargo()
                 .args(["test", "-p", "imds-lab", "--tests", "--no-fail-fast", "--", "--ignored", "--test-threads=1"])
@@ -300,7 +309,7 @@ fn bench() -> Result<()> {
     }
     lab_packages()?;
     run(cargo().args(LAB_BINS))?;
-    run(cargo().args(["build", "--release", "--target", MUSL, "-p", "imds-observer"]))?;
+    run(cargo().args(MUSL_OBSERVER))?;
     run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-bench"]))?;
     run(cargo().args(["bench", "-p", "imds-observer"]))
 }

@@ -4,15 +4,10 @@
 //! `GET /containers/{id}/json` ("ContainerInspect" in the Engine API
 //! reference; Podman's compat handler mirrors it).
 //!
-//! HTTP/1.1 is written by hand: one GET per connection with
-//! `Connection: close`, a body framed by `Content-Length`, by
-//! `Transfer-Encoding: chunked`, or by the end of the stream. One request is
-//! all this needs, so a client stack (hyper + hyperlocal) would add
-//! dependencies without adding anything used here.
-//!
-//! Nothing the peer does can hang or crash the caller: the whole exchange
-//! (connect, write, read) is bounded by one timeout, the reply by
-//! [`MAX_REPLY`] bytes, and every failure is a [`DockerError`].
+//! HTTP/1.1 is the shared hand-written client (`http1.rs`): one GET per
+//! connection, the whole exchange (connect, write, read) bounded by one
+//! timeout, the reply by [`MAX_REPLY`] bytes, and every failure is a
+//! [`DockerError`] that names the socket.
 
 use std::{
     collections::BTreeMap,
@@ -22,14 +17,9 @@ use std::{
 };
 
 use serde::Deserialize;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::UnixStream,
-};
 
-/// Replies larger than this (head and body together) are refused. A real
-/// inspect reply is a few KiB; the bound only stops a broken or hostile peer.
-pub const MAX_REPLY: usize = 4 << 20;
+use super::http1::{self, snippet, truncate};
+pub use super::http1::MAX_REPLY;
 
 /// Default bound on one whole request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -169,194 +159,18 @@ impl DockerClient {
     }
 
     /// One GET, bounded by the timeout as a whole.
-    async fn get(&self, target: &str) -> Result<Reply, DockerError> {
-        match tokio::time::timeout(self.timeout, self.exchange(target)).await {
-            Ok(r) => r,
-            Err(_) => Err(DockerError::Timeout { socket: self.socket.clone(), after: self.timeout }),
-        }
+    async fn get(&self, target: &str) -> Result<http1::Reply, DockerError> {
+        let req = http1::Request { host: "docker", target, headers: &[], timeout: self.timeout, max_reply: MAX_REPLY };
+        let socket = self.socket.clone();
+        http1::get(&http1::Transport::Unix(self.socket.clone()), &req).await.map_err(|e| match e {
+            http1::Error::Connect(source) => DockerError::Connect { socket, source },
+            http1::Error::Timeout(after) => DockerError::Timeout { socket, after },
+            http1::Error::Io(source) | http1::Error::Tls(source) => DockerError::Io { socket, source },
+            http1::Error::TooLarge(limit) => DockerError::TooLarge { socket, limit },
+            http1::Error::Protocol(detail) => DockerError::Protocol { socket, detail },
+            e @ http1::Error::BadHeader(_) => DockerError::Protocol { socket, detail: e.to_string() },
+        })
     }
-
-    async fn exchange(&self, target: &str) -> Result<Reply, DockerError> {
-        let socket = &self.socket;
-        let mut stream = UnixStream::connect(socket)
-            .await
-            .map_err(|source| DockerError::Connect { socket: socket.clone(), source })?;
-        let request = format!(
-            "GET {target} HTTP/1.1\r\nHost: docker\r\nUser-Agent: imds-observer\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-        );
-        let io_err = |source| DockerError::Io { socket: socket.clone(), source };
-        stream.write_all(request.as_bytes()).await.map_err(io_err)?;
-
-        let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut head: Option<Head> = None;
-        loop {
-            let n = stream.read(&mut chunk).await.map_err(io_err)?;
-            let eof = n == 0;
-            if buf.len() + n > MAX_REPLY {
-                return Err(DockerError::TooLarge { socket: socket.clone(), limit: MAX_REPLY });
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if head.is_none() {
-                match parse_head(&buf).map_err(|detail| self.protocol(detail))? {
-                    Some(h) => {
-                        if let Framing::Length(len) = h.framing {
-                            if h.len.saturating_add(len) > MAX_REPLY {
-                                return Err(DockerError::TooLarge { socket: socket.clone(), limit: MAX_REPLY });
-                            }
-                        }
-                        head = Some(h);
-                    }
-                    None if eof && buf.is_empty() => return Err(self.protocol("empty reply".into())),
-                    None if eof => {
-                        return Err(self.protocol(format!("reply ends inside its header: {}", snippet(&buf))))
-                    }
-                    None => continue,
-                }
-            }
-            let Some(h) = &head else { continue };
-            let body = &buf[h.len..];
-            match h.framing {
-                Framing::Length(len) => {
-                    if body.len() >= len {
-                        return Ok(Reply { status: h.status, body: body[..len].to_vec() });
-                    }
-                    if eof {
-                        return Err(self.protocol(format!("body cut short: {} of {len} bytes", body.len())));
-                    }
-                }
-                Framing::Chunked => {
-                    // Decoding is tried only when the terminating chunk may
-                    // have arrived, or at the end of the stream.
-                    if eof || body.ends_with(b"0\r\n\r\n") {
-                        match decode_chunked(body) {
-                            Ok(Some(decoded)) => return Ok(Reply { status: h.status, body: decoded }),
-                            Ok(None) if eof => return Err(self.protocol("chunked body cut short".into())),
-                            Ok(None) => {}
-                            Err(detail) => return Err(self.protocol(detail)),
-                        }
-                    }
-                }
-                Framing::Eof => {
-                    if eof {
-                        return Ok(Reply { status: h.status, body: body.to_vec() });
-                    }
-                }
-            }
-        }
-    }
-
-    fn protocol(&self, detail: String) -> DockerError {
-        DockerError::Protocol { socket: self.socket.clone(), detail }
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    Eof,
-}
-
-#[derive(Debug)]
-struct Head {
-    status: u16,
-    /// Bytes of the status line and headers, with the blank line.
-    len: usize,
-    framing: Framing,
-}
-
-/// The status line and headers, once all of them are in `buf`.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
-    // Reject garbage early rather than waiting for a blank line that will
-    // never come.
-    let probe = &buf[..buf.len().min(5)];
-    if !b"HTTP/".starts_with(probe) {
-        return Err(format!("not an HTTP response: {}", snippet(buf)));
-    }
-    let Some(end) = find(buf, b"\r\n\r\n") else {
-        if buf.len() > 64 << 10 {
-            return Err("header longer than 64 KiB".into());
-        }
-        return Ok(None);
-    };
-    let text = std::str::from_utf8(&buf[..end]).map_err(|_| "header is not UTF-8".to_string())?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    // HTTP/1.1 200 OK
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") || code.len() != 3 {
-        return Err(format!("bad status line {:?}", truncate(status_line, 80)));
-    }
-    let status: u16 = code.parse().map_err(|_| format!("bad status line {:?}", truncate(status_line, 80)))?;
-    let mut framing = Framing::Eof;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("bad header line {:?}", truncate(line, 80)));
-        };
-        let value = value.trim();
-        if name.trim().eq_ignore_ascii_case("transfer-encoding") {
-            if value.rsplit(',').next().is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked")) {
-                framing = Framing::Chunked;
-            }
-        } else if name.trim().eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
-            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
-            let len = value.parse::<usize>().map_err(|_| format!("bad Content-Length {:?}", truncate(value, 40)))?;
-            framing = Framing::Length(len);
-        }
-    }
-    // 1xx, 204 and 304 have no body.
-    if status < 200 || status == 204 || status == 304 {
-        framing = Framing::Length(0);
-    }
-    Ok(Some(Head { status, len: end + 4, framing }))
-}
-
-/// The decoded body, `None` if the last chunk has not arrived yet.
-fn decode_chunked(mut body: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut out = Vec::with_capacity(body.len());
-    loop {
-        let Some(eol) = find(body, b"\r\n") else { return Ok(None) };
-        let size_line = std::str::from_utf8(&body[..eol]).map_err(|_| "bad chunk size".to_string())?;
-        // Chunk extensions (";name=value") are ignored.
-        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-        let size =
-            usize::from_str_radix(size_hex, 16).map_err(|_| format!("bad chunk size {:?}", truncate(size_line, 40)))?;
-        if size > MAX_REPLY {
-            return Err(format!("chunk of {size} bytes"));
-        }
-        body = &body[eol + 2..];
-        if size == 0 {
-            // Trailer fields, then a blank line.
-            loop {
-                let Some(eol) = find(body, b"\r\n") else { return Ok(None) };
-                if eol == 0 {
-                    return Ok(Some(out));
-                }
-                body = &body[eol + 2..];
-            }
-        }
-        if body.len() < size + 2 {
-            return Ok(None);
-        }
-        if &body[size..size + 2] != b"\r\n" {
-            return Err("chunk not followed by CRLF".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The daemon's `{"message": "..."}`, or the start of the body.
@@ -368,18 +182,6 @@ fn error_message(body: &[u8]) -> String {
     match serde_json::from_slice::<Msg>(body) {
         Ok(m) => truncate(&m.message, 200),
         Err(_) => snippet(body),
-    }
-}
-
-fn snippet(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&b[..b.len().min(60)]);
-    format!("{:?}", s.as_ref())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
     }
 }
 
@@ -411,7 +213,12 @@ mod tests {
         },
         time::Instant,
     };
-    use tokio::{net::UnixListener, sync::Mutex};
+    use crate::identity::http1::find;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::UnixListener,
+        sync::Mutex,
+    };
 
     const ID: &str = "8d1c3e5fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
 
@@ -771,15 +578,5 @@ mod tests {
             ["/var/run/docker.sock", "/run/podman/podman.sock", "/run/docker.sock"].map(PathBuf::from).to_vec()
         );
         assert_eq!(DockerClient::new("/x".into()).timeout(), Duration::from_secs(2));
-    }
-
-    #[test]
-    fn chunk_decoder() {
-        assert_eq!(decode_chunked(b"3\r\nabc\r\n0\r\n\r\n"), Ok(Some(b"abc".to_vec())));
-        assert_eq!(decode_chunked(b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"), Ok(Some(b"abc".to_vec())));
-        assert_eq!(decode_chunked(b"3\r\nab"), Ok(None));
-        assert_eq!(decode_chunked(b"0\r\n"), Ok(None));
-        assert!(decode_chunked(b"fffffffffffffffffffff\r\n").is_err());
-        assert!(decode_chunked(b"ffffffffff\r\n").is_err());
     }
 }

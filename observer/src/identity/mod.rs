@@ -1,27 +1,40 @@
 //! Who is behind a packet: the cgroup (its path below the cgroup2 root), the
 //! runtime's conventions in that path (runtime.rs), and names from the
-//! runtime's API (docker.rs, behind a cache: a slow or broken socket never
-//! holds an event back). On cgroup v1 hosts, a container's host-side veth
-//! names it when its cgroup2 cgroup does not (netns.rs).
+//! runtime's API (docker.rs), the Kubernetes API server (kubernetes.rs, the
+//! pods on this node) and the Nomad API (nomad.rs). Every lookup goes
+//! through one never-blocking table (lookup.rs): a slow or broken source
+//! never holds an event back. On cgroup v1 hosts, a container's host-side
+//! veth names it when its cgroup2 cgroup does not (netns.rs).
 pub mod cgroup;
 pub mod docker;
+pub mod http1;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
+pub mod lookup;
 pub mod netns;
+pub mod nomad;
+pub mod pods;
 pub mod runtime;
 
-#[cfg(test)]
-use std::collections::BTreeMap;
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use self::{cgroup::CgroupResolver, docker::DockerClient, netns::NetnsNames, runtime::parse_cgroup_path};
+use self::{
+    cgroup::CgroupResolver,
+    docker::{ContainerInfo, DockerClient},
+    lookup::{Answer, Changes, Table},
+    netns::NetnsNames,
+    nomad::{AllocInfo, NomadClient},
+    pods::PodInfo,
+    runtime::parse_cgroup_path,
+};
 
 /// The workload behind a cgroup, as events and findings carry it. Absent
 /// fields are omitted.
@@ -43,6 +56,9 @@ pub struct Container {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// The pod's labels, from the API server.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nomad: Option<Nomad>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +89,9 @@ pub struct Nomad {
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// The job's Nomad namespace, from the Nomad API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// Tags a workload key that is a network namespace's inode (a container
@@ -138,7 +157,7 @@ impl Container {
 
     /// Add what the runtime's API said: name, image, and the orchestrator
     /// labels that Kubernetes, Nomad and ECS put on containers.
-    pub fn enrich(&mut self, info: &docker::ContainerInfo) {
+    pub fn enrich(&mut self, info: &ContainerInfo) {
         let label = |k: &str| info.labels.get(k).filter(|v| !v.is_empty()).cloned();
         self.name = Some(label("io.kubernetes.container.name").unwrap_or_else(|| info.name.clone()));
         self.image = Some(info.image.clone()).filter(|i| !i.is_empty());
@@ -155,33 +174,68 @@ impl Container {
             n.task = label("com.hashicorp.nomad.task_name").or(n.task.take());
         }
     }
+
+    /// Add what the API server says about the pod: its name, namespace and
+    /// labels, and the container's name and image from the pod's status
+    /// where the runtime's API gave none (containerd and CRI-O nodes).
+    pub fn enrich_pod(&mut self, pod: &PodInfo) {
+        self.pod = Some(pod.name.clone()).filter(|n| !n.is_empty()).or(self.pod.take());
+        self.namespace = Some(pod.namespace.clone()).filter(|n| !n.is_empty()).or(self.namespace.take());
+        self.pod_uid = self.pod_uid.take().or_else(|| Some(pod.uid.clone()));
+        self.labels = pod.labels.clone();
+        if let Some(c) = self.id.as_deref().and_then(|id| pod.container(id)) {
+            if self.name.is_none() && !c.name.is_empty() {
+                self.name = Some(c.name.clone());
+            }
+            if self.image.is_none() && !c.image.is_empty() {
+                self.image = Some(c.image.clone());
+            }
+        }
+    }
+
+    /// Add what the Nomad API says about the allocation: job, task group,
+    /// namespace (labels the runtime already gave are kept).
+    pub fn enrich_alloc(&mut self, alloc: &AllocInfo) {
+        let n = self.nomad.get_or_insert_with(Nomad::default);
+        n.alloc = n.alloc.take().or_else(|| Some(alloc.id.clone()));
+        n.job = n.job.take().or_else(|| Some(alloc.job.clone()).filter(|j| !j.is_empty()));
+        n.group = n.group.take().or_else(|| Some(alloc.group.clone()).filter(|g| !g.is_empty()));
+        n.namespace = n.namespace.take().or_else(|| Some(alloc.namespace.clone()).filter(|s| !s.is_empty()));
+    }
 }
 
-/// Runtime API answers, by container id.
-#[derive(Clone)]
-enum Lookup {
-    Pending,
-    Found(docker::ContainerInfo),
-    /// Not known to the runtime (another runtime's container).
-    Unknown,
-    /// The socket failed; retry after this.
-    Failed(Instant),
+/// How long a failed lookup waits before it is asked again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// cgroups remembered at most (each a few hundred bytes).
+const MAX_CACHED: usize = 16_384;
+
+/// One cgroup's identity, and whether lookups may still add to it.
+struct Cached {
+    container: Container,
+    /// Some lookup is pending: rebuild when a table changes.
+    pending: bool,
+    /// Some lookup failed: rebuild once it is due for a retry.
+    retry_at: Option<Instant>,
 }
 
-const RETRY_AFTER: Duration = Duration::from_secs(30);
-const MAX_LOOKUPS: usize = 16_384;
-
-/// cgroup id → Container, with names from the runtime's API when a socket
-/// is there. `identify` never blocks: a miss queues a lookup, and events go
-/// out with what is known.
+/// cgroup id → Container, with names from the runtime's API socket, the
+/// pods on this node and Nomad allocations when those are configured.
+/// `identify` never blocks: a miss queues a lookup, and events go out with
+/// what is known; once an answer arrives, the next event carries it.
 pub struct Identities {
     cgroups: CgroupResolver,
-    cache: HashMap<u64, Container>,
+    cache: HashMap<u64, Cached>,
+    /// cgroup v1 hosts: container veths → their network namespace's container.
     veths: NetnsNames,
-    lookups: Arc<Mutex<HashMap<String, Lookup>>>,
-    ask: Option<mpsc::UnboundedSender<String>>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
-    seen_generation: u64,
+    /// Changes to any table below since the cache was last pruned.
+    changes: Changes,
+    seen_changes: u64,
+    /// Docker Engine API (Docker, Podman): by container id.
+    docker: Option<Table<ContainerInfo>>,
+    /// The pods on this node: by pod UID.
+    pods: Option<Table<Arc<PodInfo>>>,
+    /// Nomad allocations: by allocation id.
+    nomad: Option<Table<AllocInfo>>,
 }
 
 impl Identities {
@@ -189,50 +243,107 @@ impl Identities {
     /// exists is used). Must be called inside a tokio runtime when sockets
     /// are given.
     pub fn new(root: PathBuf, sockets: &[PathBuf]) -> Self {
-        let lookups = Arc::new(Mutex::new(HashMap::new()));
-        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let ask = sockets.iter().find(|s| s.exists()).map(|socket| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(lookup_task(DockerClient::new(socket.clone()), rx, lookups.clone(), generation.clone()));
+        let changes = Changes::default();
+        let docker = sockets.iter().find(|s| s.exists()).map(|socket| {
             debug!(socket = %socket.display(), "naming containers through the runtime API");
-            tx
+            let client = DockerClient::new(socket.clone());
+            Table::asking(&changes, "runtime API", "containers are named from cgroup paths", RETRY_AFTER, move |id| {
+                let client = client.clone();
+                async move { client.inspect(&id).await }
+            })
         });
-        if ask.is_none() && !sockets.is_empty() {
+        if docker.is_none() && !sockets.is_empty() {
             debug!("no runtime API socket: containers are named from their cgroup paths only");
         }
         Self {
             cgroups: CgroupResolver::new(root),
             cache: HashMap::new(),
             veths: NetnsNames::new(PathBuf::from("/proc")),
-            lookups,
-            ask,
-            generation,
-            seen_generation: 0,
+            changes,
+            seen_changes: 0,
+            docker,
+            pods: None,
+            nomad: None,
         }
+    }
+
+    /// Look Nomad allocations up through `client` (inside a tokio runtime).
+    pub fn with_nomad(mut self, client: NomadClient, retry_after: Duration) -> Self {
+        info!(addr = %client.addr(), "Nomad: naming allocations through the Nomad API");
+        self.nomad = Some(Table::asking(
+            &self.changes,
+            "Nomad API",
+            "Nomad jobs and groups are left out",
+            retry_after,
+            move |id| {
+                let client = client.clone();
+                async move { client.allocation(&id).await }
+            },
+        ));
+        self
+    }
+
+    /// A pod table for a watch to fill (see `kubernetes.rs`).
+    #[cfg_attr(not(any(feature = "kubernetes", test)), allow(dead_code))]
+    pub fn with_pod_table(mut self) -> (Self, lookup::Writer<Arc<PodInfo>>) {
+        let (table, writer) = Table::watched(&self.changes);
+        self.pods = Some(table);
+        (self, writer)
+    }
+
+    /// Every lookup the environment configures, beside the runtime socket:
+    /// Nomad with `NOMAD_ADDR`; with the `kubernetes` feature, the pods on
+    /// `node` when in a cluster or with `KUBECONFIG`. `node` is the node
+    /// name as given (`--node-name`/`NODE_NAME`), not the host name guessed.
+    pub fn with_env_lookups(mut self, node: Option<&str>) -> Self {
+        match NomadClient::from_env() {
+            Ok(Some(client)) => self = self.with_nomad(client, RETRY_AFTER),
+            Ok(None) => {}
+            Err(e) => warn!("{e}; Nomad jobs and groups are left out"),
+        }
+        #[cfg(feature = "kubernetes")]
+        if kubernetes::configured(|k| std::env::var(k).ok()) {
+            match node.filter(|n| !n.is_empty()) {
+                Some(node) => {
+                    let (me, writer) = self.with_pod_table();
+                    self = me;
+                    kubernetes::spawn_from_env(node.to_owned(), writer);
+                }
+                None => warn!(
+                    "Kubernetes: no node name (set NODE_NAME from the downward API, or --node-name); pod names are left out"
+                ),
+            }
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            let _ = node;
+            info!("built without the kubernetes feature: pod names come from the runtime socket only");
+        }
+        self
     }
 
     pub fn identify(&mut self, cgroup_id: u64) -> Option<Container> {
         if cgroup_id == 0 {
             return None;
         }
-        // A lookup finished since: forget what was built without it.
-        let g = self.generation.load(std::sync::atomic::Ordering::Acquire);
-        if g != self.seen_generation {
-            self.seen_generation = g;
-            self.cache.retain(|_, c| c.id.is_none() || c.name.is_some());
+        // An answer arrived since: rebuild what was waiting for one.
+        let changes = self.changes.get();
+        if changes != self.seen_changes {
+            self.seen_changes = changes;
+            self.cache.retain(|_, c| !c.pending);
         }
         if let Some(c) = self.cache.get(&cgroup_id) {
-            if c.id.is_none() || c.name.is_some() || !self.retry_due(c.id.as_deref().unwrap_or_default()) {
-                return Some(c.clone());
+            if c.retry_at.is_none_or(|at| Instant::now() < at) {
+                return Some(c.container.clone());
             }
         }
         let path = self.cgroups.resolve(cgroup_id)?;
-        let mut c = Container::from_path(cgroup_id, &path);
-        self.enrich(&mut c);
-        if self.cache.len() >= MAX_LOOKUPS {
+        let cached = self.build(cgroup_id, &path);
+        let c = cached.container.clone();
+        if self.cache.len() >= MAX_CACHED {
             self.cache.clear();
         }
-        self.cache.insert(cgroup_id, c.clone());
+        self.cache.insert(cgroup_id, cached);
         Some(c)
     }
 
@@ -248,65 +359,52 @@ impl Identities {
 
     /// The container behind a host-side veth, named like `identify` does.
     pub fn identify_veth(&mut self, ifindex: u32) -> Option<Container> {
-        let mut c = self.veths.identify(ifindex)?;
-        self.enrich(&mut c);
-        Some(c)
+        let c = self.veths.identify(ifindex)?;
+        Some(self.complete(c).container)
     }
 
-    /// Names from the runtime's API, when it has answered.
-    fn enrich(&mut self, c: &mut Container) {
-        if let Some(id) = c.id.clone() {
-            if let Some(Lookup::Found(info)) = self.lookup(&id) {
-                c.enrich(&info);
-            }
-        }
+    /// The path's identity, with every answer the tables have now.
+    fn build(&self, cgroup_id: u64, path: &str) -> Cached {
+        self.complete(Container::from_path(cgroup_id, path))
     }
 
-    fn retry_due(&self, id: &str) -> bool {
-        matches!(self.lookups.lock().unwrap().get(id), Some(Lookup::Failed(at)) if at.elapsed() > RETRY_AFTER)
-    }
-
-    fn lookup(&mut self, id: &str) -> Option<Lookup> {
-        let ask = self.ask.as_ref()?;
-        let mut l = self.lookups.lock().unwrap();
-        match l.get(id) {
-            Some(Lookup::Failed(at)) if at.elapsed() > RETRY_AFTER => {}
-            Some(v) => return Some(v.clone()),
-            None => {}
-        }
-        if l.len() >= MAX_LOOKUPS {
-            l.retain(|_, v| matches!(v, Lookup::Found(_)));
-        }
-        l.insert(id.to_string(), Lookup::Pending);
-        let _ = ask.send(id.to_string());
-        Some(Lookup::Pending)
-    }
-}
-
-async fn lookup_task(
-    client: DockerClient,
-    mut rx: mpsc::UnboundedReceiver<String>,
-    lookups: Arc<Mutex<HashMap<String, Lookup>>>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let mut warned = false;
-    while let Some(id) = rx.recv().await {
-        let result = match client.inspect(&id).await {
-            Ok(Some(info)) => Lookup::Found(info),
-            Ok(None) => Lookup::Unknown,
-            Err(e) => {
-                if !warned {
-                    warn!("runtime API: {e}; naming containers from cgroup paths until it answers");
-                    warned = true;
-                }
-                Lookup::Failed(Instant::now())
+    /// `c` with every answer the tables have now.
+    fn complete(&self, mut c: Container) -> Cached {
+        let mut pending = false;
+        let mut retry_at: Option<Instant> = None;
+        // What an answer leaves open: still pending, or failed until when.
+        let mut note = |pending_now: bool, retry: Option<Instant>| {
+            pending |= pending_now;
+            if let Some(r) = retry {
+                retry_at = Some(retry_at.map_or(r, |t| t.min(r)));
             }
         };
-        lookups.lock().unwrap().insert(id, result);
-        generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        if let (Some(t), Some(id)) = (&self.docker, c.id.clone()) {
+            let a = t.get(&id);
+            if let Answer::Found(info) = &a {
+                c.enrich(info);
+            }
+            note(a.is_pending(), a.retry_at());
+        }
+        // After the runtime's labels, which may name the pod UID.
+        if let (Some(t), Some(uid)) = (&self.pods, c.pod_uid.clone()) {
+            let a = t.get(&uid);
+            if let Answer::Found(pod) = &a {
+                c.enrich_pod(pod);
+            }
+            note(a.is_pending(), a.retry_at());
+        }
+        let alloc = c.nomad.as_ref().filter(|n| n.job.is_none() || n.group.is_none()).and_then(|n| n.alloc.clone());
+        if let (Some(t), Some(alloc)) = (&self.nomad, alloc) {
+            let a = t.get(&alloc);
+            if let Answer::Found(info) = &a {
+                c.enrich_alloc(info);
+            }
+            note(a.is_pending(), a.retry_at());
+        }
+        Cached { container: c, pending, retry_at }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -360,12 +458,163 @@ mod tests {
         labels.insert("com.hashicorp.nomad.task_group_name".into(), "g".into());
         labels.insert("com.hashicorp.nomad.task_name".into(), "t".into());
         labels.insert("com.amazonaws.ecs.task-arn".into(), "arn:aws:ecs:task/1".into());
-        c.enrich(&docker::ContainerInfo { id: ID.into(), name: "k8s_api_x".into(), image: "api:1.42".into(), labels });
+        c.enrich(&ContainerInfo { id: ID.into(), name: "k8s_api_x".into(), image: "api:1.42".into(), labels });
         assert_eq!(c.name.as_deref(), Some("api"));
         assert_eq!(c.image.as_deref(), Some("api:1.42"));
         assert_eq!(c.label(), "payments/api-7f9c");
         let n = c.nomad.as_ref().unwrap();
         assert_eq!((n.alloc.as_deref(), n.job.as_deref(), n.group.as_deref(), n.task.as_deref()), (Some("a1"), Some("web"), Some("g"), Some("t")));
         assert_eq!(c.ecs_task.as_deref(), Some("arn:aws:ecs:task/1"));
+    }
+
+    // --- Identities with lookups --------------------------------------
+
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    };
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    const POD_UID: &str = "0f4b2c7e-9a1d-4e3b-8c6a-5d2e1f0a9b8c";
+    const ALLOC: &str = "5c3f8f2e-1b2a-4d7e-9f10-2a3b4c5d6e7f";
+
+    struct Tree(PathBuf);
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A directory tree standing in for the cgroup2 root (cgroup ids are
+    /// directory inode numbers); the ids of `paths`.
+    fn tree(paths: &[&str]) -> (Tree, Vec<u64>) {
+        use std::os::unix::fs::MetadataExt;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let root = std::env::temp_dir()
+            .join(format!("imds-identities-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let ids = paths
+            .iter()
+            .map(|p| {
+                let d = root.join(p.trim_start_matches('/'));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::metadata(&d).unwrap().ino()
+            })
+            .collect();
+        (Tree(root), ids)
+    }
+
+    /// A fake Nomad agent: answers `status` (shared, changeable) after `delay`.
+    async fn nomad(status: Arc<Mutex<u16>>, delay: Duration) -> NomadClient {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let status = status.clone();
+                tokio::spawn(async move {
+                    let mut b = [0u8; 4096];
+                    let _ = s.read(&mut b).await;
+                    tokio::time::sleep(delay).await;
+                    let code = *status.lock().unwrap();
+                    let body = if code == 200 {
+                        format!(r#"{{"ID":"{ALLOC}","Namespace":"batch","JobID":"billing","TaskGroup":"api","Job":{{"Name":"billing"}}}}"#)
+                    } else {
+                        "No cluster leader".to_string()
+                    };
+                    let r = format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    let _ = s.write_all(r.as_bytes()).await;
+                });
+            }
+        });
+        NomadClient::new(&format!("http://127.0.0.1:{port}"), &nomad::TlsSettings::default()).unwrap()
+    }
+
+    fn kube_path() -> String {
+        format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            POD_UID.replace('-', "_")
+        )
+    }
+
+    fn pod() -> PodInfo {
+        PodInfo {
+            uid: POD_UID.into(),
+            name: "api-7f9c".into(),
+            namespace: "payments".into(),
+            labels: BTreeMap::from([("app".to_string(), "api".to_string())]),
+            containers: vec![pods::PodContainer { id: ID.into(), name: "api".into(), image: "api:1.42".into() }],
+            mirror_of: None,
+        }
+    }
+
+    async fn eventually(ids: &mut Identities, cg: u64, within: Duration, f: impl Fn(&Container) -> bool) -> Container {
+        let t0 = Instant::now();
+        loop {
+            let c = ids.identify(cg).unwrap();
+            if f(&c) {
+                return c;
+            }
+            assert!(t0.elapsed() < within, "not within {within:?}: {c:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn identify_never_waits_and_picks_answers_up_when_they_come() {
+        let nomad_path = format!("/nomad.slice/share.slice/{ALLOC}.server.scope");
+        let (t, ids) = tree(&[&kube_path(), &nomad_path]);
+        let (kube_cg, nomad_cg) = (ids[0], ids[1]);
+        // Nomad answers only after 300 ms.
+        let client = nomad(Arc::new(Mutex::new(200)), Duration::from_millis(300)).await;
+        let (mut ids, pods) = Identities::new(t.0.clone(), &[]).with_nomad(client, RETRY_AFTER).with_pod_table();
+
+        let t0 = Instant::now();
+        let n = ids.identify(nomad_cg).unwrap();
+        let k = ids.identify(kube_cg).unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(200), "identify waited {:?}", t0.elapsed());
+        let nm = n.nomad.as_ref().unwrap();
+        assert_eq!((nm.alloc.as_deref(), nm.task.as_deref(), nm.job.as_deref()), (Some(ALLOC), Some("server"), None));
+        assert_eq!((k.pod_uid.as_deref(), k.pod.as_deref(), k.name.as_deref()), (Some(POD_UID), None, None));
+        assert!(serde_json::to_value(&k).unwrap().get("labels").is_none(), "labels omitted when empty");
+
+        // The watch lists the pod: the next identify carries it.
+        pods.found(POD_UID.into(), Arc::new(pod()));
+        let k = ids.identify(kube_cg).unwrap();
+        assert_eq!((k.pod.as_deref(), k.namespace.as_deref()), (Some("api-7f9c"), Some("payments")));
+        assert_eq!((k.name.as_deref(), k.image.as_deref()), (Some("api"), Some("api:1.42")));
+        assert_eq!(k.label(), "payments/api-7f9c");
+        let json = serde_json::to_value(&k).unwrap();
+        assert_eq!(json["labels"]["app"], "api");
+
+        let n = eventually(&mut ids, nomad_cg, Duration::from_secs(3), |c| c.nomad.as_ref().unwrap().job.is_some()).await;
+        let nm = n.nomad.unwrap();
+        assert_eq!((nm.job.as_deref(), nm.group.as_deref(), nm.namespace.as_deref()), (Some("billing"), Some("api"), Some("batch")));
+        assert_eq!(nm.task.as_deref(), Some("server"), "the task still comes from the path");
+
+        // Deleted pod: the cached identity is kept (events of a dying
+        // container still name it) until the cgroup is looked up again.
+        pods.remove(POD_UID);
+        assert_eq!(ids.identify(kube_cg).unwrap().pod.as_deref(), Some("api-7f9c"));
+    }
+
+    #[tokio::test]
+    async fn failed_lookups_are_retried_after_the_delay() {
+        let nomad_path = format!("/nomad.slice/share.slice/{ALLOC}.server.scope");
+        let (t, cgs) = tree(&[&nomad_path]);
+        let cg = cgs[0];
+        let status = Arc::new(Mutex::new(500));
+        let client = nomad(status.clone(), Duration::ZERO).await;
+        let mut ids = Identities::new(t.0.clone(), &[]).with_nomad(client, Duration::from_millis(300));
+        ids.identify(cg);
+        // The failure arrives; nothing more is asked until the delay passes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ids.identify(cg).unwrap().nomad.unwrap().job, None);
+        *status.lock().unwrap() = 200;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ids.identify(cg).unwrap().nomad.unwrap().job, None, "retried too early");
+        let c = eventually(&mut ids, cg, Duration::from_secs(3), |c| c.nomad.as_ref().unwrap().job.is_some()).await;
+        assert_eq!(c.nomad.unwrap().job.as_deref(), Some("billing"));
     }
 }

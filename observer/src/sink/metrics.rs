@@ -971,6 +971,7 @@ mod tests {
                 job: Some("web".into()),
                 group: Some("g".into()),
                 task: Some("frontend".into()),
+                ..Default::default()
             }),
             cgroup_id: Some(11),
             ..Default::default()
@@ -1191,6 +1192,7 @@ mod tests {
                 job: job.map(Into::into),
                 task: task.map(Into::into),
                 group: None,
+                ..Default::default()
             }),
             name: Some("name".into()),
             ..base.clone()
