@@ -98,9 +98,14 @@ impl Capture {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map")?)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
-        let veths = match veths::Veths::new(&cfg.ifaces)? {
-            Some(v) => Some(veths::VethWorker::start(v, ebpf.clone())?),
-            None => None,
+        // Without it, capture still works; containers on a cgroup v1 host
+        // then share their cgroup's row.
+        let veths = match veths::Veths::new(&cfg.ifaces).and_then(|v| v.map(|v| veths::VethWorker::start(v, ebpf.clone())).transpose()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("cgroup v1 fallback off: {e:#}");
+                None
+            }
         };
         Ok(Self {
             veths,

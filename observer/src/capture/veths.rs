@@ -143,12 +143,19 @@ impl VethWorker {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new().name("veths".into()).spawn(move || {
+            let mut last_error = String::new();
             while !stopping.load(Ordering::Relaxed) {
                 if !events.wait(POLL) {
                     continue;
                 }
-                if let Err(e) = veths.sync(&mut ebpf.lock().unwrap()) {
-                    warn!("veth fallback: {e:#}");
+                match veths.sync(&mut ebpf.lock().unwrap()) {
+                    Ok(()) => last_error.clear(),
+                    // Once per distinct failure, not once per link change.
+                    Err(e) if format!("{e:#}") != last_error => {
+                        last_error = format!("{e:#}");
+                        warn!("veth fallback: {last_error}");
+                    }
+                    Err(_) => {}
                 }
                 let now = veths.links();
                 tx.send_if_modified(|old| {
