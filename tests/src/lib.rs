@@ -244,6 +244,8 @@ pub struct Lab {
     containers: usize,
     bridge: bool,
     children: Vec<Child>,
+    /// cgroups this lab made in the cgroup v1 hierarchy.
+    v1_cgroups: Vec<PathBuf>,
 }
 
 impl Lab {
@@ -261,6 +263,7 @@ impl Lab {
             containers: 0,
             bridge: false,
             children: Vec::new(),
+            v1_cgroups: Vec::new(),
         };
         lab.cleanup(); // a previous run of this pid, killed hard
         lab.add_netns(&lab.cloud.clone());
@@ -659,23 +662,28 @@ impl Lab {
     /// A container as on a cgroup v1 host (Docker on Amazon Linux 2): its
     /// processes sit in the cgroup2 root, in no cgroup2 cgroup of their own,
     /// and in `/docker/<id>` of a cgroup v1 hierarchy (a named one the lab
-    /// mounts, so no controller is taken from the machine).
+    /// mounts, so no controller is taken from the machine). `id` must be
+    /// unique to this lab.
     pub fn add_v1_container(&mut self, name: &str, attach: Attach, id: &str) -> Container {
         let mut c = self.add_container(name, attach);
         remove_cgroup_tree(&c.cgroup);
         let v1 = self.v1_hierarchy();
         c.cgroup = v1.join("docker").join(id);
         fs::create_dir_all(&c.cgroup).expect("create v1 cgroup");
+        self.v1_cgroups.push(c.cgroup.clone());
         c.first_cgroup = Some(cgroup2_root());
         c
     }
 
-    /// The lab's cgroup v1 hierarchy, mounted on first use.
+    /// The lab's mount of the cgroup v1 hierarchy, on first use. One named
+    /// hierarchy serves every lab: once a cgroup was made in it, the kernel
+    /// keeps a hierarchy after its last umount, and a name per lab would
+    /// leave one behind per run.
     fn v1_hierarchy(&mut self) -> PathBuf {
         let mp = self.v1_mount();
         if !mp.join("cgroup.procs").exists() {
             fs::create_dir_all(&mp).expect("v1 mountpoint");
-            sh(&["mount", "-t", "cgroup", "-o", &format!("none,name={}", self.id), "cgroup", mp.to_str().unwrap()]);
+            sh(&["mount", "-t", "cgroup", "-o", "none,name=imdslab", "cgroup", mp.to_str().unwrap()]);
         }
         mp
     }
@@ -854,11 +862,11 @@ impl Lab {
         remove_cgroup_tree(&self.cgroup_parent);
         let v1 = self.v1_mount();
         if v1.join("cgroup.procs").exists() {
-            for dir in fs::read_dir(&v1).into_iter().flatten().flatten() {
-                if dir.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    remove_cgroup_tree(&dir.path());
-                }
+            for cg in self.v1_cgroups.drain(..) {
+                remove_cgroup_tree(&cg);
             }
+            // Shared with other labs: removed only once empty.
+            let _ = fs::remove_dir(v1.join("docker"));
             sh_quiet(&["umount", v1.to_str().unwrap()]);
         }
         let _ = fs::remove_dir(&v1);

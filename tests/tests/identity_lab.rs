@@ -120,7 +120,9 @@ fn churn_of_200_containers_is_attributed_and_memory_stays_flat() {
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn cgroup_v1_container_is_named_through_its_veth() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
-    let ids = [format!("{:0>64}", "c1a55e7"), format!("{:0>64}", "1a7e4")];
+    // Unique to this run (the lab's v1 hierarchy is shared): hex digits.
+    let pid = std::process::id();
+    let ids = [format!("{:0>64}", format!("c1a55e7{pid}")), format!("{:0>64}", format!("1a7e4{pid}"))];
     let before = lab.add_v1_container("v1-before", Attach::Bridge, &ids[0]);
     let obs = lab.observer(&[]);
     let after = lab.add_v1_container("v1-after", Attach::Bridge, &ids[1]);

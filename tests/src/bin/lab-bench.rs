@@ -121,7 +121,20 @@ fn main() {
         if built.is_ok_and(|o| o.status.success()) {
             let size = sh(&["podman", "image", "inspect", "--format", "{{.Size}}", "localhost/imds-observer:bench"]);
             let bytes: f64 = size.trim().parse().unwrap_or(0.0);
-            println!("image: {:.1} MB (static binary {:.1} MB)", bytes / 1e6, fs::metadata(&musl).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0));
+            // The published image (Containerfile) strips the binary;
+            // Containerfile.local copies it as built.
+            let stripped = std::env::temp_dir().join("imds-observer-bench-stripped");
+            let mb = |p: &Path| fs::metadata(p).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
+            let stripped_mb = match Command::new("strip").arg("-o").arg(&stripped).arg(&musl).status() {
+                Ok(s) if s.success() => format!("{:.1} MB", mb(&stripped)),
+                _ => "not measured (no strip)".into(),
+            };
+            let _ = fs::remove_file(&stripped);
+            println!(
+                "image (Containerfile.local, unstripped): {:.1} MB; static binary {:.1} MB, stripped as the published image has it: {stripped_mb}",
+                bytes / 1e6,
+                mb(&musl)
+            );
             let _ = Command::new("podman").args(["rmi", "localhost/imds-observer:bench"]).output();
         }
     } else {
