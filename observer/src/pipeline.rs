@@ -59,6 +59,8 @@ pub struct Skipped {
 pub const VETH_WAIT: Duration = Duration::from_millis(100);
 /// Network namespaces whose veth is remembered.
 const MAX_NETNS: usize = 16_384;
+/// Records waiting for a veth at most (about 600 bytes each).
+const MAX_HELD: usize = 4_096;
 
 /// The monotonic clock the eBPF timestamps use.
 pub fn mono_now_ns() -> u64 {
@@ -145,9 +147,8 @@ impl Pipeline {
                 ev.container = self.identities.as_mut().and_then(|i| i.identify(f.cgroup_id));
                 veth_names_it &= ev.container.as_ref().is_none_or(Container::is_shared_cgroup);
                 // Not a container the runtime conventions know, in the host's
-                // network namespace: a host process.
-                // In another network namespace: not a host process, whatever
-                // its cgroup says.
+                // network namespace: a host process. In another network
+                // namespace: not a host process, whatever its cgroup says.
                 if let Some(c) = ev.container.as_mut() {
                     if c.runtime.is_none() && c.id.is_none() && f.host_netns == Some(true) {
                         c.host = true;
@@ -190,8 +191,7 @@ impl Pipeline {
             return false;
         }
         let cgroup_id = f.cgroup_id;
-        let shared = self.identities.as_mut().and_then(|i| i.identify(cgroup_id)).is_none_or(|c| c.is_shared_cgroup());
-        shared
+        self.identities.as_mut().and_then(|i| i.identify(cgroup_id)).is_none_or(|c| c.is_shared_cgroup())
     }
 
     /// A container's packet entering the host on its veth: the veth of the
@@ -252,6 +252,11 @@ impl Pipeline {
     pub fn process(&mut self, rec: &Record, out: &mut Vec<Event>) {
         match Hook::from_u8(rec.hook) {
             Some(Hook::CgroupEgress | Hook::CgroupIngress) if self.waits_for_veth(rec) => {
+                // Bounded: under a flood the oldest go out unnamed.
+                if self.held.len() >= MAX_HELD {
+                    let oldest = self.held.pop_front().expect("not empty");
+                    out.extend(self.event_for(&oldest));
+                }
                 self.held.push_back(*rec);
             }
             Some(Hook::VethIngress) => {
@@ -567,6 +572,19 @@ mod tests {
         dropped.reason = 2;
         p.process(&dropped, &mut out);
         assert_eq!(out[0].reason.as_deref(), Some("NOT_SPECIFIED"));
+    }
+
+    #[test]
+    fn waiting_is_bounded() {
+        let mut p = pipeline(true);
+        let mut out = Vec::new();
+        p.process(&connect(0, 5, CONTAINER_NS), &mut out);
+        for i in 0..MAX_HELD as u32 + 10 {
+            p.process(&packet(Hook::CgroupEgress, MS, 5, i), &mut out);
+        }
+        assert_eq!(p.held.len(), MAX_HELD);
+        assert_eq!(kinds(&out)[..2], [(Kind::Request, Some(0)), (Kind::Request, Some(1))], "oldest first");
+        assert_eq!(out.len(), 10);
     }
 
     #[test]
