@@ -160,7 +160,7 @@ impl Capture {
     pub fn bpf_stats(&self) -> Vec<crate::sink::metrics::BpfProgramStats> {
         self.ebpf
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .programs()
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;

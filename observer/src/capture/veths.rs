@@ -138,7 +138,7 @@ impl VethWorker {
     pub fn start(mut veths: Veths, ebpf: Arc<Mutex<Ebpf>>) -> Result<(Self, watch::Receiver<Vec<Link>>)> {
         // Subscribed before the first listing: no change falls in between.
         let events = LinkEvents::subscribe().context("subscribing to link changes (netlink)")?;
-        veths.sync(&mut ebpf.lock().unwrap())?;
+        veths.sync(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner()))?;
         let (tx, rx) = watch::channel(veths.links());
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -148,7 +148,7 @@ impl VethWorker {
                 if !events.wait(POLL) {
                     continue;
                 }
-                match veths.sync(&mut ebpf.lock().unwrap()) {
+                match veths.sync(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner())) {
                     Ok(()) => last_error.clear(),
                     // Once per distinct failure, not once per link change.
                     Err(e) if format!("{e:#}") != last_error => {
