@@ -207,17 +207,13 @@ struct RawConfig {
 mod tests {
     use super::*;
     use std::{
-        sync::{
-            atomic::{AtomicU32, Ordering},
-            Arc,
-        },
+        sync::atomic::{AtomicU32, Ordering},
         time::Instant,
     };
-    use crate::identity::http1::find;
+    use crate::identity::http1::fake::{self, Seen, Serve};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::UnixListener,
-        sync::Mutex,
     };
 
     const ID: &str = "8d1c3e5fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
@@ -259,62 +255,15 @@ mod tests {
         TempDir(p)
     }
 
-    /// What the server does with each connection after reading the request.
-    #[derive(Clone)]
-    enum Serve {
-        /// Write these bytes, then close.
-        Reply(Vec<u8>),
-        /// Write these bytes and keep the connection open.
-        ReplyAndHold(Vec<u8>),
-        /// Write this many bytes of body with no framing, then close.
-        Flood(usize),
-        /// Never answer, keep the connection open.
-        Silent,
-    }
-
     /// A server on a fresh socket. Returns the socket and the requests seen.
-    async fn serve(dir: &TempDir, what: Serve) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
+    async fn serve(dir: &TempDir, what: Serve) -> (PathBuf, Seen) {
         let path = dir.0.join("docker.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = Seen::default();
         let seen2 = seen.clone();
         tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
-                let what = what.clone();
-                let seen = seen2.clone();
-                tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut b = [0u8; 1024];
-                    while find(&req, b"\r\n\r\n").is_none() {
-                        match s.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    seen.lock().await.push(String::from_utf8_lossy(&req).into_owned());
-                    match what {
-                        Serve::Reply(bytes) => {
-                            let _ = s.write_all(&bytes).await;
-                        }
-                        Serve::ReplyAndHold(bytes) => {
-                            let _ = s.write_all(&bytes).await;
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                        }
-                        Serve::Flood(n) => {
-                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n").await;
-                            let block = vec![b' '; 64 << 10];
-                            let mut sent = 0;
-                            while sent < n {
-                                if s.write_all(&block).await.is_err() {
-                                    return;
-                                }
-                                sent += block.len();
-                            }
-                        }
-                        Serve::Silent => tokio::time::sleep(Duration::from_secs(30)).await,
-                    }
-                });
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(fake::handle(s, what.clone(), seen2.clone()));
             }
         });
         (path, seen)
@@ -376,7 +325,7 @@ mod tests {
         let (path, seen) = serve(&d, Serve::Reply(with_length("200 OK", &inspect_json()))).await;
         let got = client(&path).inspect(ID).await.unwrap();
         assert_eq!(got, Some(want_info()));
-        let req = seen.lock().await[0].clone();
+        let req = seen.lock().unwrap()[0].clone();
         assert!(req.starts_with(&format!("GET /containers/{ID}/json HTTP/1.1\r\n")), "{req}");
         assert!(req.contains("\r\nHost: docker\r\n"), "{req}");
         assert!(req.contains("\r\nConnection: close\r\n"), "{req}");
@@ -566,7 +515,7 @@ mod tests {
             let err = client(&path).inspect(id).await.unwrap_err();
             assert!(matches!(err, DockerError::InvalidId(_)), "{id:?}: {err:?}");
         }
-        assert!(seen.lock().await.is_empty());
+        assert!(seen.lock().unwrap().is_empty());
         // Names are fine.
         assert!(client(&path).inspect("payments-api_1.v2").await.is_ok());
     }

@@ -361,6 +361,67 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// A fake HTTP peer for the clients' tests (docker.rs over a unix socket,
+/// nomad.rs over TCP): reads one request head, records it, answers as told.
+#[cfg(test)]
+pub mod fake {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    #[derive(Clone)]
+    pub enum Serve {
+        /// Write these bytes, then close.
+        Reply(Vec<u8>),
+        /// Write these bytes and keep the connection open.
+        ReplyAndHold(Vec<u8>),
+        /// A 200 head with no framing, then this many bytes.
+        Flood(usize),
+        /// Never answer, keep the connection open.
+        Silent,
+    }
+
+    /// The request heads seen.
+    pub type Seen = Arc<Mutex<Vec<String>>>;
+
+    pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, what: Serve, seen: Seen) {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while super::find(&req, b"\r\n\r\n").is_none() {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&b[..n]),
+            }
+        }
+        seen.lock().unwrap().push(String::from_utf8_lossy(&req).into_owned());
+        match what {
+            Serve::Reply(bytes) => {
+                let _ = s.write_all(&bytes).await;
+                let _ = s.shutdown().await;
+            }
+            Serve::ReplyAndHold(bytes) => {
+                let _ = s.write_all(&bytes).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            Serve::Flood(n) => {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n").await;
+                let block = vec![b' '; 64 << 10];
+                let mut sent = 0;
+                while sent < n {
+                    if s.write_all(&block).await.is_err() {
+                        return;
+                    }
+                    sent += block.len();
+                }
+            }
+            Serve::Silent => tokio::time::sleep(Duration::from_secs(30)).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

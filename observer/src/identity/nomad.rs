@@ -419,18 +419,12 @@ impl ServerCertVerifier for AcceptAnyCert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::http1::find;
+    use crate::identity::http1::fake::{self, Seen, Serve};
     use std::{
-        sync::{
-            Mutex,
-            atomic::{AtomicU32, Ordering},
-        },
+        sync::atomic::{AtomicU32, Ordering},
         time::Instant,
     };
-    use tokio::{
-        io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-        net::{TcpListener, UnixListener},
-    };
+    use tokio::net::{TcpListener, UnixListener};
 
     const ALLOC: &str = "5c3f8f2e-1b2a-4d7e-9f10-2a3b4c5d6e7f";
     const TOKEN: &str = "b7a1c2d3-0000-4000-8000-secret0token";
@@ -448,47 +442,7 @@ mod tests {
         )
     }
 
-    #[derive(Clone)]
-    enum Serve {
-        /// Write these bytes, then close.
-        Reply(Vec<u8>),
-        /// A 200 head with no framing, then this many bytes.
-        Flood(usize),
-        /// Never answer.
-        Silent,
-    }
 
-    type Seen = Arc<Mutex<Vec<String>>>;
-
-    async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, what: Serve, seen: Seen) {
-        let mut req = Vec::new();
-        let mut b = [0u8; 1024];
-        while find(&req, b"\r\n\r\n").is_none() {
-            match s.read(&mut b).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => req.extend_from_slice(&b[..n]),
-            }
-        }
-        seen.lock().unwrap().push(String::from_utf8_lossy(&req).into_owned());
-        match what {
-            Serve::Reply(bytes) => {
-                let _ = s.write_all(&bytes).await;
-                let _ = s.shutdown().await;
-            }
-            Serve::Flood(n) => {
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n").await;
-                let block = vec![b' '; 64 << 10];
-                let mut sent = 0;
-                while sent < n {
-                    if s.write_all(&block).await.is_err() {
-                        return;
-                    }
-                    sent += block.len();
-                }
-            }
-            Serve::Silent => tokio::time::sleep(Duration::from_secs(30)).await,
-        }
-    }
 
     /// A fake Nomad agent on 127.0.0.1; its port and the requests it saw.
     async fn serve(what: Serve) -> (u16, Seen) {
@@ -498,7 +452,7 @@ mod tests {
         let s2 = seen.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(handle(s, what.clone(), s2.clone()));
+                tokio::spawn(fake::handle(s, what.clone(), s2.clone()));
             }
         });
         (port, seen)
@@ -633,7 +587,7 @@ mod tests {
         let s2 = seen.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(handle(s, Serve::Reply(reply("200 OK", &alloc_json())), s2.clone()));
+                tokio::spawn(fake::handle(s, Serve::Reply(reply("200 OK", &alloc_json())), s2.clone()));
             }
         });
         let vars = |k: &str| match k {
@@ -762,7 +716,7 @@ mod tests {
                 let (acceptor, seen) = (acceptor.clone(), s2.clone());
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(s).await {
-                        handle(tls, Serve::Reply(reply("200 OK", &alloc_json())), seen).await;
+                        fake::handle(tls, Serve::Reply(reply("200 OK", &alloc_json())), seen).await;
                     }
                 });
             }
