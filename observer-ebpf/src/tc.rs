@@ -1,7 +1,7 @@
 //! tc ingress/egress on the host's uplinks: replies as they arrive at the
 //! host (their TTL is the hop limit the instance applied) and requests as
 //! they leave it (their TTL, against the container's, counts the hops).
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::classifier, programs::TcContext};
 use observer_ebpf::Hook;
 
 use crate::{
@@ -12,10 +12,13 @@ use crate::{
 /// Ethernet header; userspace attaches only to Ethernet devices.
 const ETH_HLEN: u32 = 14;
 /// TC_ACT_UNSPEC, which TCX reads as "next": observe, never decide.
-const TC_NEXT: i32 = -1;
+pub const TC_NEXT: i32 = -1;
 
+/// Record a matching packet. `socket`: also its sending socket's cookie
+/// (a container's veth, where the socket is still attached); asked only for
+/// a match.
 #[inline(always)]
-fn on_packet(ctx: &TcContext, hook: Hook, want: Match) {
+pub fn on_packet(ctx: &TcContext, hook: Hook, want: Match, socket: bool) {
     let version = ip_version(unsafe { (*ctx.skb.skb).protocol });
     if version == 0 {
         return;
@@ -25,19 +28,19 @@ fn on_packet(ctx: &TcContext, hook: Hook, want: Match) {
         hook,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         cgroup_id: 0,
-        cookie: 0,
+        cookie: if socket { unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) } } else { 0 },
         reason: 0,
     });
 }
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    on_packet(&ctx, Hook::TcIngress, Match::Src);
+    on_packet(&ctx, Hook::TcIngress, Match::Src, false);
     TC_NEXT
 }
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    on_packet(&ctx, Hook::TcEgress, Match::Dst);
+    on_packet(&ctx, Hook::TcEgress, Match::Dst, false);
     TC_NEXT
 }

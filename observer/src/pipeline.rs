@@ -141,7 +141,8 @@ impl Pipeline {
     fn with_flow(&mut self, ev: &mut Event, flow: Option<Flow>) {
         if let Some(f) = flow {
             ev.flow = Some(f.cookie);
-            let mut veth_names_it = f.host_netns != Some(true);
+            let host_netns = self.host_netns(&f);
+            let mut veth_names_it = host_netns != Some(true);
             if f.cgroup_id != 0 {
                 ev.cgroup_id = Some(f.cgroup_id);
                 ev.container = self.identities.as_mut().and_then(|i| i.identify(f.cgroup_id));
@@ -150,10 +151,10 @@ impl Pipeline {
                 // network namespace: a host process. In another network
                 // namespace: not a host process, whatever its cgroup says.
                 if let Some(c) = ev.container.as_mut() {
-                    if c.runtime.is_none() && c.id.is_none() && f.host_netns == Some(true) {
+                    if c.runtime.is_none() && c.id.is_none() && host_netns == Some(true) {
                         c.host = true;
                     }
-                    if f.host_netns == Some(false) {
+                    if host_netns == Some(false) {
                         c.host = false;
                     }
                 }
@@ -173,6 +174,12 @@ impl Pipeline {
         }
     }
 
+    /// The flow's process shares the observer's network namespace (host
+    /// networking); None when either cookie is unknown.
+    fn host_netns(&self, f: &Flow) -> Option<bool> {
+        self.own_netns.filter(|_| f.netns_cookie != 0).map(|own| own == f.netns_cookie)
+    }
+
     /// A socket packet of a flow whose container only its veth can name,
     /// and the veth has not yet been seen: it waits (and so do the flow's
     /// later packets, to keep their order).
@@ -184,7 +191,7 @@ impl Pipeline {
             return true;
         }
         let Some(f) = self.flows.get(rec.cookie) else { return false };
-        if f.veth.is_some() || f.host_netns != Some(false) {
+        if f.veth.is_some() || self.host_netns(f) != Some(false) {
             return false;
         }
         if self.netns_veth.contains_key(&f.netns_cookie) {
@@ -293,10 +300,8 @@ impl Pipeline {
         if hook == Hook::Connect {
             let comm = comm(&rec.comm);
             let pid = (rec.pid_tgid >> 32) as u32;
-            let host_netns = self.own_netns.filter(|_| rec.netns_cookie != 0).map(|own| own == rec.netns_cookie);
             let veth = self.netns_veth.get(&rec.netns_cookie).copied().flatten();
             let f = self.flows.on_connect(rec.cookie, rec.cgroup_id, pid, comm, rec.ts_ns);
-            f.host_netns = host_netns;
             f.netns_cookie = rec.netns_cookie;
             f.veth = f.veth.or(veth);
             return None;

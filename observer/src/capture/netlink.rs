@@ -193,7 +193,7 @@ impl LinkEvents {
 
     /// Discard what arrived; true if anything did (or the socket overran,
     /// which also means "look again").
-    pub fn drain(&self) -> bool {
+    fn drain(&self) -> bool {
         let mut buf = vec![0u8; 16 << 10];
         let mut any = false;
         loop {

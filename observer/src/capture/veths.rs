@@ -50,10 +50,13 @@ pub fn container_veths<'a>(links: &'a [Link], uplinks: &[String]) -> Vec<&'a Lin
         .collect()
 }
 
+fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    Ok(ebpf.program_mut(PROGRAM).context(PROGRAM)?.try_into()?)
+}
+
 pub struct Veths {
     uplinks: Vec<String>,
     attached: HashMap<u32, (Link, SchedClassifierLinkId)>,
-    loaded: bool,
     warned: bool,
 }
 
@@ -68,7 +71,6 @@ impl Veths {
         Ok(Some(Self {
             uplinks: uplinks.to_vec(),
             attached: HashMap::new(),
-            loaded: false,
             warned: false,
         }))
     }
@@ -78,11 +80,7 @@ impl Veths {
     pub fn sync(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         let links = netlink::links().context("listing links (netlink)")?;
         let want: HashMap<u32, &Link> = container_veths(&links, &self.uplinks).into_iter().map(|l| (l.ifindex, l)).collect();
-        let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).context(PROGRAM)?.try_into()?;
-        if !self.loaded {
-            prog.load().with_context(|| format!("loading {PROGRAM}"))?;
-            self.loaded = true;
-        }
+        let prog = program(ebpf)?;
         let gone: Vec<u32> = self
             .attached
             .iter()
@@ -138,7 +136,11 @@ impl VethWorker {
     pub fn start(mut veths: Veths, ebpf: Arc<Mutex<Ebpf>>) -> Result<(Self, watch::Receiver<Vec<Link>>)> {
         // Subscribed before the first listing: no change falls in between.
         let events = LinkEvents::subscribe().context("subscribing to link changes (netlink)")?;
-        veths.sync(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner()))?;
+        {
+            let mut ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
+            program(&mut ebpf)?.load().with_context(|| format!("loading {PROGRAM}"))?;
+            veths.sync(&mut ebpf)?;
+        }
         let (tx, rx) = watch::channel(veths.links());
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();

@@ -30,9 +30,6 @@ pub struct Flow {
     pub cgroup_id: u64,
     pub pid: Option<u32>,
     pub comm: Option<String>,
-    /// The connecting process shares the observer's network namespace
-    /// (host networking).
-    pub host_netns: Option<bool>,
     /// The connecting socket's network namespace cookie (0: unknown).
     pub netns_cookie: u64,
     /// The container veth its packets entered the host by (cgroup v1

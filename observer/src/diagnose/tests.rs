@@ -286,6 +286,22 @@ pub(crate) fn of(fs: &[Finding], kind: FindingKind) -> Vec<&Finding> {
     fs.iter().filter(|f| f.kind == kind).collect()
 }
 
+/// The hop-limit failure as an SDK meets it: the token reply (TTL 1) is lost,
+/// the client gives up after 1 s and fetches credentials without a token;
+/// that reply has `status`.
+fn lost_token_then_credentials(ctr: &Ctr, status: u16) -> Vec<Event> {
+    let mut a = ctr.conn(1);
+    let mut v = a.connect(0);
+    v.extend(a.put_token(1));
+    v.extend(a.respond(2, 200, 1));
+    v.extend(a.fin(1001));
+    let mut b = ctr.conn(2);
+    v.extend(b.connect(1002));
+    v.extend(b.request(1003, "GET", CREDS, false));
+    v.extend(b.respond(1004, status, 64));
+    v
+}
+
 fn one(fs: &[Finding], kind: FindingKind) -> &Finding {
     let v = of(fs, kind);
     assert_eq!(v.len(), 1, "expected one {kind}: {fs:#?}");
@@ -555,16 +571,7 @@ fn hop_limit_2_two_forwarding_hops_needs_3_and_is_healthy_at_3() {
 fn raising_the_hop_limit_resolves_the_finding() {
     let ctr = Ctr::podman();
     let mut d = Diagnoser::default();
-    let mut v = Vec::new();
-    let mut a = ctr.conn(1);
-    v.extend(a.connect(0));
-    v.extend(a.put_token(1));
-    v.extend(a.respond(2, 200, 1));
-    v.extend(a.fin(1001));
-    let mut b = ctr.conn(2);
-    v.extend(b.connect(1002));
-    v.extend(b.request(1003, "GET", CREDS, false));
-    v.extend(b.respond(1004, 200, 64));
+    let v = lost_token_then_credentials(&ctr, 200);
     feed(&mut d, &v);
     assert_eq!(kinds(&d.findings()), vec![FindingKind::HopLimitExceeded, FindingKind::Imdsv1Fallback]);
     // The operator ran the fix; the next refresh gets its token.
@@ -648,16 +655,7 @@ fn at_risk_before_the_first_token_request() {
 #[test]
 fn token_rejected_after_hop_limit_failure_names_the_hop_limit() {
     let ctr = Ctr::podman();
-    let mut v = Vec::new();
-    let mut a = ctr.conn(1);
-    v.extend(a.connect(0));
-    v.extend(a.put_token(1));
-    v.extend(a.respond(2, 200, 1));
-    v.extend(a.fin(1001));
-    let mut b = ctr.conn(2);
-    v.extend(b.connect(1002));
-    v.extend(b.request(1003, "GET", CREDS, false));
-    v.extend(b.respond(1004, 401, 64));
+    let v = lost_token_then_credentials(&ctr, 401);
     let mut d = Diagnoser::default();
     feed(&mut d, &v);
     let f = d.findings();

@@ -123,9 +123,14 @@ impl Container {
         }
     }
 
-    /// The path names a container (a runtime's convention matched).
-    pub fn is_container(&self) -> bool {
-        self.id.is_some() || self.pod_uid.is_some() || (self.runtime.is_some() && !self.host)
+    /// The path named a workload: the test of `PathIdentity::is_workload`,
+    /// on what `from_path` kept of it.
+    pub fn is_workload(&self) -> bool {
+        self.id.is_some()
+            || self.runtime.as_deref().is_some_and(|r| r != runtime::runtimes::SYSTEMD)
+            || self.pod_uid.is_some()
+            || self.ecs_task.is_some()
+            || self.nomad.is_some()
     }
 
     /// A cgroup that many processes share and that names no container: the
@@ -133,7 +138,7 @@ impl Container {
     /// v1 leaves its containers in the unified hierarchy). Only the veth can
     /// tell containers apart there.
     pub fn is_shared_cgroup(&self) -> bool {
-        !self.is_container() && (self.host || self.cgroup.as_deref() == Some("/"))
+        !self.is_workload() && (self.host || self.cgroup.as_deref() == Some("/"))
     }
 
     /// What the cgroup path alone says.

@@ -175,10 +175,7 @@ pub fn container_of_process(text: &str) -> Option<Container> {
     let path = paths
         .iter()
         .map(|(_, p)| *p)
-        .find(|p| {
-            let id = parse_cgroup_path(p);
-            id.id.is_some() || (id.runtime.is_some() && !id.host)
-        })
+        .find(|p| parse_cgroup_path(p).is_workload())
         .unwrap_or(first);
     let mut c = Container::from_path(0, path);
     c.cgroup_id = None;
