@@ -57,7 +57,8 @@ pub trait Packet {
     fn len(&self) -> u32;
     /// Copy `buf.len()` bytes from `off` (relative to the IP header).
     fn read(&self, off: u32, buf: &mut [u8]) -> Result<(), ()>;
-    /// Copy `n` (<= SNAP_LEN) bytes from the IP header into `dst`.
+    /// Copy `n` (1..=SNAP_LEN) bytes from the IP header into `dst`. Pass
+    /// the length through `observer_ebpf::snap_len` on its way to the helper.
     fn snapshot(&self, dst: &mut [u8; SNAP_LEN], n: u32) -> Result<(), ()>;
 }
 
@@ -78,6 +79,29 @@ pub struct Meta {
     pub cgroup_id: u64,
     pub cookie: u64,
     pub reason: u32,
+    pub location: u64,
+}
+
+/// Set every header field of a reserved record (ring memory is not zeroed):
+/// the one place that knows the header's layout.
+#[inline(always)]
+pub fn header(rec: &mut Record, hook: Hook, family: u8, cgroup_id: u64, cookie: u64) {
+    rec.ts_ns = unsafe { bpf_ktime_get_ns() };
+    rec.cgroup_id = cgroup_id;
+    rec.cookie = cookie;
+    rec.pid_tgid = 0;
+    rec.netns_cookie = 0;
+    rec.location = 0;
+    rec.hook = hook as u8;
+    rec.family = family;
+    rec.dport = 0;
+    rec.ifindex = 0;
+    rec.reason = 0;
+    rec.pkt_len = 0;
+    rec.snap_len = 0;
+    rec._pad = 0;
+    rec.comm = [0; 16];
+    rec.daddr = [0; 16];
 }
 
 /// Record `pkt` if it is to or from an endpoint. `version` is 4 or 6.
@@ -145,33 +169,17 @@ fn emit<P: Packet>(pkt: &P, version: u8, inbound: bool, proto: u8, l3_len: u32, 
         cap = l3_len + l4_len + INBOUND_PAYLOAD as u32;
     }
     let len = pkt.len();
-    let n = if len < cap { len } else { cap };
-    // Launder through the stack so that LLVM cannot fold the bounds check
-    // below into the min() above: the verifier must see 1 <= n <= SNAP_LEN
-    // on the very register passed to the helper.
-    let mut n = unsafe { core::ptr::read_volatile(&n) };
+    let mut n = if len < cap { len } else { cap };
 
-    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(0) {
-            unsafe { *lost += 1 };
-        }
+    let Some(mut entry) = reserve() else {
         return;
     };
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    rec.ts_ns = unsafe { bpf_ktime_get_ns() };
-    rec.cgroup_id = meta.cgroup_id;
-    rec.cookie = meta.cookie;
-    rec.pid_tgid = 0;
-    rec.netns_cookie = 0;
-    rec.hook = meta.hook as u8;
-    rec.family = version;
-    rec.dport = 0;
+    header(rec, meta.hook, version, meta.cgroup_id, meta.cookie);
     rec.ifindex = meta.ifindex;
     rec.reason = meta.reason;
+    rec.location = meta.location;
     rec.pkt_len = len;
-    rec._pad = 0;
-    rec.comm = [0; 16];
-    rec.daddr = [0; 16];
     if n == 0 || pkt.snapshot(&mut rec.data, n).is_err() {
         n = 0;
     }

@@ -4,7 +4,7 @@
 //! packets are read (a short-lived container). The struct offsets come from
 //! the kernel's BTF at load time.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -43,19 +43,7 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    rec.ts_ns = unsafe { bpf_ktime_get_ns() };
-    rec.cgroup_id = id;
-    rec.cookie = 0;
-    rec.pid_tgid = 0;
-    rec.netns_cookie = 0;
-    rec.hook = Hook::CgroupMkdir as u8;
-    rec.family = 0;
-    rec.dport = 0;
-    rec.ifindex = 0;
-    rec.reason = 0;
-    rec._pad = 0;
-    rec.comm = [0; 16];
-    rec.daddr = [0; 16];
+    capture::header(rec, Hook::CgroupMkdir, 0, id, 0);
     let n = match unsafe { bpf_probe_read_kernel_str_bytes(path, &mut rec.data) } {
         Ok(s) => s.len() as u32,
         Err(_) => 0,

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use observer_ebpf::{Hook, SNAP_LEN};
+use observer_ebpf::{Hook, SNAP_LEN, snap_len};
 
 use crate::capture::{self, Match, Meta, Packet};
 
@@ -38,7 +38,7 @@ impl Packet for Skb<'_> {
     }
     #[inline(always)]
     fn snapshot(&self, dst: &mut [u8; SNAP_LEN], n: u32) -> Result<(), ()> {
-        if n == 0 || n > SNAP_LEN as u32 {
+        if n == 0 {
             return Err(());
         }
         let r = unsafe {
@@ -46,7 +46,7 @@ impl Packet for Skb<'_> {
                 self.skb.skb as *const _,
                 self.l3,
                 dst.as_mut_ptr() as *mut _,
-                n,
+                snap_len(n),
             )
         };
         if r == 0 { Ok(()) } else { Err(()) }
@@ -76,6 +76,7 @@ fn on_packet(ctx: &SkBuffContext, hook: Hook, want: Match) {
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         cookie: unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) },
         reason: 0,
+        location: 0,
     });
 }
 

@@ -4,7 +4,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -19,19 +19,16 @@ fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
         return;
     };
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    rec.ts_ns = unsafe { bpf_ktime_get_ns() };
-    rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    rec.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    capture::header(
+        rec,
+        Hook::Connect,
+        family,
+        unsafe { bpf_get_current_cgroup_id() },
+        unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    );
     rec.pid_tgid = bpf_get_current_pid_tgid();
     rec.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    rec.hook = Hook::Connect as u8;
-    rec.family = family;
     rec.dport = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
-    rec.ifindex = 0;
-    rec.reason = 0;
-    rec.pkt_len = 0;
-    rec.snap_len = 0;
-    rec._pad = 0;
     rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let mut i = 0;
     while i < 4 {

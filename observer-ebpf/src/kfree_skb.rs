@@ -1,13 +1,17 @@
 //! skb:kfree_skb (tp_btf): the kernel's own word that it dropped a packet to
-//! or from an endpoint, and why (e.g. IP_INHDR when a reply's TTL ran out in
-//! ip_forward). This is the one hook that must read `struct sk_buff`; its
-//! offsets come from the kernel's BTF at load time.
+//! or from an endpoint, where (`location`, e.g. in ip_forward) and why (e.g.
+//! IP_INHDR when a reply's TTL ran out). This is the one hook that must read
+//! `struct sk_buff`; its offsets come from the kernel's BTF at load time.
+//!
+//! Two variants, one loaded: the tracepoint gained its `reason` argument in
+//! 5.17, and a program that reads an argument the prototype lacks does not
+//! load. Userspace picks by the prototype in the kernel's BTF.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use observer_ebpf::{Hook, SNAP_LEN, SkbOffsets};
+use observer_ebpf::{Hook, SNAP_LEN, SkbOffsets, snap_len};
 
 use crate::capture::{self, Match, Meta, Packet};
 
@@ -31,13 +35,13 @@ impl Packet for KernelPacket {
     }
     #[inline(always)]
     fn snapshot(&self, dst: &mut [u8; SNAP_LEN], n: u32) -> Result<(), ()> {
-        if n == 0 || n > SNAP_LEN as u32 {
+        if n == 0 {
             return Err(());
         }
         let r = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
                 dst.as_mut_ptr() as *mut _,
-                n,
+                snap_len(n),
                 self.ip as *const _,
             )
         };
@@ -45,11 +49,23 @@ impl Packet for KernelPacket {
     }
 }
 
-// TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)
+// 5.17+: TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
-    let skb: *const u8 = ctx.arg(0);
     let reason: u32 = ctx.arg(2);
+    on_drop(&ctx, reason)
+}
+
+// Before 5.17: TP_PROTO(struct sk_buff *skb, void *location)
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_plain(ctx: BtfTracePointContext) -> i32 {
+    on_drop(&ctx, 0)
+}
+
+#[inline(always)]
+fn on_drop(ctx: &BtfTracePointContext, reason: u32) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
     let off = unsafe { core::ptr::read_volatile(&SKB_OFFSETS) };
     if off.head == 0 {
         return 0;
@@ -81,6 +97,13 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         _ => return 0,
     };
     let pkt = KernelPacket { ip, len: if ip_len > len { ip_len } else { len } };
-    capture::packet(&pkt, version, Match::Any, || Meta { hook: Hook::Drop, ifindex: 0, cgroup_id: 0, cookie: 0, reason });
+    capture::packet(&pkt, version, Match::Any, || Meta {
+        hook: Hook::Drop,
+        ifindex: 0,
+        cgroup_id: 0,
+        cookie: 0,
+        reason,
+        location,
+    });
     0
 }

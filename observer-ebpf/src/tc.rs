@@ -30,6 +30,7 @@ pub fn on_packet(ctx: &TcContext, hook: Hook, want: Match, socket: bool) {
         cgroup_id: 0,
         cookie: if socket { unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) } } else { 0 },
         reason: 0,
+        location: 0,
     });
 }
 
