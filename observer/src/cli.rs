@@ -4,6 +4,8 @@ use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::capture;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "imds-observer",
@@ -73,6 +75,12 @@ pub struct CaptureArgs {
     /// exists. Without one, containers are named from their cgroup paths.
     #[arg(long = "runtime-socket", value_name = "PATH", env = "IMDS_OBSERVER_RUNTIME_SOCKETS", value_delimiter = ',')]
     pub runtime_sockets: Vec<PathBuf>,
+
+    /// Kernel BTF to read struct offsets and the hooks' prototypes from
+    /// (the programs still attach by the running kernel's own BTF). For
+    /// testing, or a kernel that keeps a copy elsewhere.
+    #[arg(long, value_name = "PATH", env = "IMDS_OBSERVER_KERNEL_BTF", default_value = capture::btf::VMLINUX)]
+    pub kernel_btf: PathBuf,
 
     /// Run even if another imds-observer is running in this network
     /// namespace. Both then attach their programs and each reports every

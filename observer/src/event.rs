@@ -80,9 +80,14 @@ pub struct Event {
     /// HTTP status, when the packet starts a response.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    /// Drop: the kernel's reason name without its SKB_DROP_REASON_ prefix.
+    /// Drop: the kernel's reason name without its SKB_DROP_REASON_ prefix
+    /// (absent on kernels before 5.17, which give none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Drop: the kernel function that freed the packet, when it is one the
+    /// diagnosis reads (e.g. "ip_forward": its TTL ran out while forwarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// Drop: "icmp_time_exceeded" when the evidence is the host's ICMP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,

@@ -15,7 +15,10 @@ use std::{
 use observer_ebpf::{Hook, Record};
 
 use crate::{
-    capture::decode::{self, Http, IcmpError, IcmpKind, Packet, Proto},
+    capture::{
+        decode::{self, Http, IcmpError, IcmpKind, Packet, Proto},
+        kallsyms::{self, Locations},
+    },
     correlate::flows::{Flow, FlowTable},
     event::{Event, Kind, rfc3339},
     identity::{Container, Identities},
@@ -73,6 +76,8 @@ pub struct Pipeline {
     pub flows: FlowTable,
     pub identities: Option<Identities>,
     pub drop_reasons: HashMap<u32, String>,
+    /// Drop locations → function names (capture::kallsyms).
+    pub locations: Locations,
     pub ifaces: HashMap<u32, String>,
     pub skipped: Skipped,
     /// The observer's own network namespace cookie (the host's, as deployed).
@@ -115,6 +120,7 @@ impl Pipeline {
             flows: FlowTable::new(),
             identities,
             drop_reasons: HashMap::new(),
+            locations: Locations::default(),
             ifaces: HashMap::new(),
             skipped: Skipped::default(),
             own_netns: own_netns_cookie(),
@@ -355,16 +361,24 @@ impl Pipeline {
     }
 
     fn drop(&mut self, rec: &Record, pkt: &Packet) -> Option<Event> {
-        let reason = self.drop_reasons.get(&rec.reason).cloned().unwrap_or_else(|| format!("REASON_{}", rec.reason));
+        // Kernels before 5.17 give no reason (0); later ones always do.
+        let reason = match self.drop_reasons.get(&rec.reason) {
+            Some(name) => Some(name.clone()),
+            None if self.drop_reasons.is_empty() => None,
+            None => Some(format!("REASON_{}", rec.reason)),
+        };
+        let location = self.locations.name(rec.location);
         // Delivered, then freed unread when its socket closed (a FIN after
-        // the client hung up): nothing was lost on the way.
-        if reason == "QUEUE_PURGE" {
+        // the client hung up): nothing was lost on the way. Kernels without
+        // the QUEUE_PURGE reason say so by where they freed it.
+        if reason.as_deref() == Some("QUEUE_PURGE") || location.is_some_and(|l| kallsyms::DELIVERED.contains(&l)) {
             self.skipped.purged += 1;
             return None;
         }
         let flow = self.flow_of(pkt.src, pkt.dst, rec.ts_ns);
         let mut ev = self.event(Kind::Drop, rec.ts_ns);
-        ev.reason = Some(reason);
+        ev.reason = reason;
+        ev.location = location.map(str::to_string);
         self.with_flow(&mut ev, flow);
         fill_packet(&mut ev, pkt);
         Some(ev)

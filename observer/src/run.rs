@@ -43,7 +43,7 @@ pub fn node_name(flag: Option<String>) -> String {
 /// Resolve the capture flags against this host, with an error that says what
 /// to do for each thing that is missing.
 pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
-    preflight::check_kernel()?;
+    preflight::check_kernel(&args.kernel_btf)?;
     preflight::check_privileges()?;
     preflight::raise_memlock();
     let endpoints: Vec<IpAddr> = if args.endpoints.is_empty() {
@@ -82,7 +82,13 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
     for i in &ifaces {
         preflight::check_ethernet(i)?;
     }
-    Ok(capture::Config { endpoints, cgroup_root, ifaces })
+    Ok(capture::Config {
+        endpoints,
+        cgroup_root,
+        ifaces,
+        kernel_btf: args.kernel_btf.clone(),
+        sole_instance: !args.alongside,
+    })
 }
 
 /// One observer per host: a second would attach the same programs and
@@ -124,6 +130,9 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     let node = node_name(args.node_name.clone());
     let _lock = if args.alongside { None } else { Some(instance_lock()?) };
     let mut cap = Capture::start(&cfg)?;
+    if let Some(limits) = cap.kernel.limits() {
+        warn!(kernel = %preflight::kernel_release(), "{limits}");
+    }
     info!(
         cgroup_root = %cfg.cgroup_root.display(),
         uplinks = ?cfg.ifaces,
@@ -138,6 +147,7 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     let identities = Identities::new(cfg.cgroup_root.clone(), &sockets).with_env_lookups(args.node_name.as_deref());
     let mut pipe = Pipeline::new(node, Clock::now(), Some(identities));
     pipe.drop_reasons = cap.drop_reasons.clone();
+    pipe.locations = cap.locations.clone();
     pipe.ifaces = cap.ifaces.clone();
     let mut veths = cap.veths();
     if let Some(v) = &veths {

@@ -1,7 +1,9 @@
 //! What the programs need from the running kernel's BTF: `struct sk_buff`
-//! offsets (Rust eBPF has no CO-RE relocations) and drop-reason names (the
-//! enum's numbers differ between kernels: resolve by name, never by number).
-use std::collections::HashMap;
+//! offsets (Rust eBPF has no CO-RE relocations), drop-reason names (the
+//! enum's numbers differ between kernels: resolve by name, never by number),
+//! and which hooks the kernel has (read from its types, never from a
+//! version string: distributions backport).
+use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context, Result, anyhow};
 use btf_rs::{Btf, Struct, Type};
@@ -14,9 +16,39 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
-    pub fn load() -> Result<Self> {
-        let btf = Btf::from_file(VMLINUX).with_context(|| format!("parsing {VMLINUX}"))?;
+    pub fn load(path: &Path) -> Result<Self> {
+        let btf = Btf::from_file(path).with_context(|| format!("parsing kernel BTF {}", path.display()))?;
         Ok(Self { btf })
+    }
+
+    /// Parameters of a tracepoint's BTF prototype (`btf_trace_<name>`),
+    /// without the leading context pointer; None if the kernel has no such
+    /// tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
+        let ty = self.btf.resolve_types_by_name(&format!("btf_trace_{name}")).ok()?.into_iter().next()?;
+        for t in self.btf.chained_type_iter(ty.as_btf_type()?) {
+            if let Type::FuncProto(p) = t {
+                return Some(p.parameters.len().saturating_sub(1));
+            }
+        }
+        None
+    }
+
+    /// skb:kfree_skb passes the drop reason (5.17+; not 5.10 or 5.15).
+    pub fn kfree_skb_has_reason(&self) -> bool {
+        self.tracepoint_args("kfree_skb").is_some_and(|n| n >= 3)
+    }
+
+    /// TCX: tc programs attach as links without a qdisc (6.6+).
+    pub fn has_tcx(&self) -> bool {
+        self.enum_has("bpf_attach_type", "BPF_TCX_INGRESS")
+    }
+
+    fn enum_has(&self, enum_name: &str, member: &str) -> bool {
+        self.btf.resolve_types_by_name(enum_name).unwrap_or_default().iter().any(|t| match t {
+            Type::Enum(e) => e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member)),
+            _ => false,
+        })
     }
 
     fn struct_named(&self, name: &str) -> Result<Struct> {

@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod btf;
 pub mod decode;
+pub mod kallsyms;
 pub mod netlink;
 pub mod preflight;
 pub mod uplinks;
@@ -36,6 +37,42 @@ pub struct Config {
     /// Interfaces for the tc programs (already resolved: never empty unless
     /// no interface routes an endpoint).
     pub ifaces: Vec<String>,
+    /// The running kernel's BTF (/sys/kernel/btf/vmlinux).
+    pub kernel_btf: PathBuf,
+    /// No other instance runs (no `--alongside`): tc filters of our
+    /// programs found at start are a killed instance's leftovers.
+    pub sole_instance: bool,
+}
+
+/// What this kernel lets the observer see, chosen from its BTF.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// skb:kfree_skb passes a drop reason (5.17+).
+    pub drop_reasons: bool,
+    /// tc attaches through TCX links (6.6+), else netlink on clsact.
+    pub tcx: bool,
+    /// /proc/kallsyms names drop locations (needs CAP_SYSLOG, or
+    /// kptr_restrict 0 with perf_event_paranoid <= 1).
+    pub locations: bool,
+}
+
+impl Kernel {
+    /// What is missing and what stands in for it, once at start (None when
+    /// nothing is).
+    pub fn limits(&self) -> Option<String> {
+        let mut said = Vec::new();
+        if !self.drop_reasons {
+            said.push(if self.locations {
+                "this kernel's skb:kfree_skb gives no drop reason (before 5.17): a drop is named by where the kernel freed the packet (ip_forward for an expired TTL), corroborated by the host's ICMP time exceeded and the reply that never reached its socket"
+            } else {
+                "this kernel's skb:kfree_skb gives no drop reason (before 5.17) and /proc/kallsyms hides addresses (no CAP_SYSLOG), so drops are not named: an expired TTL is told by the reply's TTL at the host, the host's ICMP time exceeded and the reply that never reached its socket"
+            });
+        }
+        if !self.tcx {
+            said.push("no TCX (before 6.6): uplink programs attach through netlink tc on a clsact qdisc, which stays after exit");
+        }
+        (!said.is_empty()).then(|| said.join("; "))
+    }
 }
 
 pub struct Capture {
@@ -48,6 +85,9 @@ pub struct Capture {
     lost: PerCpuArray<MapData, u64>,
     /// Kernel drop-reason number → name.
     pub drop_reasons: HashMap<u32, String>,
+    /// Drop locations (kernel text addresses) → the function they are in.
+    pub locations: kallsyms::Locations,
+    pub kernel: Kernel,
     /// ifindex → name, for the uplinks attached.
     pub ifaces: HashMap<u32, String>,
 }
@@ -80,7 +120,9 @@ fn endpoint_globals(endpoints: &[IpAddr]) -> Result<([u32; MAX_ENDPOINTS], [[u32
 
 impl Capture {
     pub fn start(cfg: &Config) -> Result<Self> {
-        let kbtf = btf::KernelBtf::load()?;
+        let kbtf = btf::KernelBtf::load(&cfg.kernel_btf)?;
+        let locations = kallsyms::Locations::read();
+        let kernel = Kernel { drop_reasons: kbtf.kfree_skb_has_reason(), tcx: kbtf.has_tcx(), locations: !locations.is_empty() };
         let skb = kbtf.skb_offsets()?;
         let (v4, v6) = endpoint_globals(&cfg.endpoints)?;
         let mut ebpf = EbpfLoader::new()
@@ -92,15 +134,17 @@ impl Capture {
             .context("loading the eBPF object")?;
 
         attach::cgroup_hooks(&mut ebpf, &cfg.cgroup_root)?;
-        let ifaces = attach::tc(&mut ebpf, &cfg.ifaces)?;
-        attach::tracepoints(&mut ebpf)?;
+        let tc_mode = attach::TcMode { tcx: kernel.tcx, clean_leftovers: cfg.sole_instance };
+        let ifaces = attach::tc(&mut ebpf, &cfg.ifaces, tc_mode)?;
+        let kfree_skb = if kernel.drop_reasons { "kfree_skb" } else { "kfree_skb_plain" };
+        attach::tracepoints(&mut ebpf, kfree_skb)?;
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map")?)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
         // Without it, capture still works; containers on a cgroup v1 host
         // then share their cgroup's row.
-        let veths = match veths::Veths::new(&cfg.ifaces).and_then(|v| v.map(|v| veths::VethWorker::start(v, ebpf.clone())).transpose()) {
+        let veths = match veths::Veths::new(&cfg.ifaces, tc_mode).and_then(|v| v.map(|v| veths::VethWorker::start(v, ebpf.clone())).transpose()) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!("cgroup v1 fallback off: {e:#}");
@@ -115,6 +159,8 @@ impl Capture {
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
             lost,
             drop_reasons: kbtf.drop_reasons(),
+            locations,
+            kernel,
             ifaces,
         })
     }

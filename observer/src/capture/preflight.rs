@@ -55,22 +55,28 @@ pub fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-pub fn check_kernel() -> Result<()> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    if let Some(v) = parse_kernel_release(release.trim()) {
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+/// The kernel is one the observer can run on: 5.8+ with BTF at `btf`.
+pub fn check_kernel(btf: &Path) -> Result<()> {
+    let release = kernel_release();
+    if let Some(v) = parse_kernel_release(&release) {
         if v < MIN_KERNEL {
             bail!(
-                "kernel {} is too old: imds-observer needs {}.{} or newer (BPF ring buffer, BTF tracepoints)",
-                release.trim(),
+                "kernel {release} is too old: imds-observer needs {}.{} or newer (BPF ring buffer, BTF tracepoints)",
                 MIN_KERNEL.0,
                 MIN_KERNEL.1
             );
         }
     }
-    if !Path::new(super::btf::VMLINUX).exists() {
+    if !btf.exists() {
         bail!(
-            "no kernel BTF at {}: the kernel must be built with CONFIG_DEBUG_INFO_BTF=y (every EKS, Bottlerocket and Amazon Linux 2023 kernel is)",
-            super::btf::VMLINUX
+            "kernel {release} has no BTF at {}: imds-observer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y \
+             (every EKS, Bottlerocket, Amazon Linux 2023 and Debian kernel is)",
+            btf.display()
         );
     }
     Ok(())

@@ -56,13 +56,14 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
 
 pub struct Veths {
     uplinks: Vec<String>,
+    mode: super::attach::TcMode,
     attached: HashMap<u32, (Link, SchedClassifierLinkId)>,
     warned: bool,
 }
 
 impl Veths {
     /// None on hosts without cgroup v1 (nothing to fall back from).
-    pub fn new(uplinks: &[String]) -> Result<Option<Self>> {
+    pub fn new(uplinks: &[String], mode: super::attach::TcMode) -> Result<Option<Self>> {
         let cgroups = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         if !has_v1_hierarchies(&cgroups) {
             return Ok(None);
@@ -70,6 +71,7 @@ impl Veths {
         info!("cgroup v1 hierarchies present: containers are also told apart by their host-side veth");
         Ok(Some(Self {
             uplinks: uplinks.to_vec(),
+            mode,
             attached: HashMap::new(),
             warned: false,
         }))
@@ -97,7 +99,7 @@ impl Veths {
             if self.attached.contains_key(&i) {
                 continue;
             }
-            match super::attach::tc_attach(prog, PROGRAM, &link.name, TcAttachType::Ingress) {
+            match super::attach::tc_attach(prog, PROGRAM, &link.name, TcAttachType::Ingress, self.mode) {
                 Ok(id) => {
                     debug!(veth = %link.name, ifindex = i, nsid = ?link.peer_netnsid, "veth attached");
                     self.attached.insert(i, (link.clone(), id));

@@ -785,13 +785,16 @@ fn on_host_egress(cx: &mut Cx, ev: &Event) {
     sample_ttl(cx, ev, false);
 }
 
-/// A TTL (hop limit) expiry while forwarding, by reason name.
+/// A TTL (hop limit) expiry while forwarding: by reason name, or (kernels
+/// without reasons) by where the kernel freed a packet whose TTL was spent.
 fn is_ttl_drop(ev: &Event) -> bool {
     if ev.via.is_some() {
         return true;
     }
     let r = ev.reason.as_deref().unwrap_or("");
-    r.contains("TTL") || r.contains("HOP_LIMIT") || (r == "IP_INHDR" && ev.ttl.is_none_or(|t| t <= 1))
+    let spent = ev.ttl.is_none_or(|t| t <= 1);
+    let forwarding = ev.location.as_deref().is_some_and(|l| crate::capture::kallsyms::FORWARD.contains(&l));
+    r.contains("TTL") || r.contains("HOP_LIMIT") || (spent && (r == "IP_INHDR" || forwarding))
 }
 
 fn on_drop(cx: &mut Cx, ev: &Event) {
