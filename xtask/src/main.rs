@@ -4,10 +4,13 @@ use std::{
     env,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod vm;
 
 #[derive(Parser)]
 #[command(about = "Build chain, tests and demo for imds-observer")]
@@ -26,9 +29,20 @@ enum Cmd {
         /// Only the unit tests (no root needed).
         #[arg(long)]
         unit: bool,
+        /// Skip the kernel matrix (the lab in 5.10, 6.1 and 6.12 guests).
+        #[arg(long)]
+        no_matrix: bool,
         /// Passed to the lab test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
+    },
+    /// Boot one kernel of the matrix (5.10, 6.1, 6.12) under qemu and run
+    /// lab tests in it (root). Without a filter, the matrix's scenarios.
+    Vm {
+        /// Which kernel.
+        kernel: String,
+        /// Test names to run (exact), default: the matrix's scenarios.
+        tests: Vec<String>,
     },
     /// Setup, build, then run the lab with hop limit 1: a container client
     /// that behaves like an AWS SDK, the observer watching. Needs root.
@@ -42,7 +56,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Setup => setup(),
-        Cmd::Test { unit, filter } => test(unit, &filter),
+        Cmd::Test { unit, no_matrix, filter } => test(unit, !no_matrix, &filter),
+        Cmd::Vm { kernel, tests } => vm_one(&kernel, &tests),
         Cmd::Demo => demo(),
         Cmd::Bench => bench(),
     };
@@ -174,16 +189,26 @@ fn lab_packages() -> Result<()> {
         ("runc", "runc"),
         ("busybox", "busybox-static"),
     ];
-    let missing: Vec<&str> = need.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
-    if !missing.is_empty() {
-        if !is_root() || !on_path("apt-get") {
-            bail!("the lab needs {}: install them", missing.join(", "));
-        }
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    apt_install(&need)?;
     // A real SDK for the lab's client tests.
     pip_install("botocore", &["botocore"])
+}
+
+/// Install the Debian packages whose commands (`(command, package)`) are
+/// missing.
+fn apt_install(need: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = need.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() || !on_path("apt-get") {
+        bail!("the lab needs {}: install them", missing.join(", "));
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Install PyPI packages unless `module` imports already.
@@ -213,7 +238,7 @@ const MUSL_OBSERVER: [&str; 7] =
 /// Binaries the lab starts: build them before its tests.
 const LAB_BINS: [&str; 6] = ["build", "--bins", "-p", "imds-observer", "-p", "imds-lab"];
 
-fn test(unit_only: bool, filter: &[String]) -> Result<()> {
+fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
     setup()?;
     // The deploy-manifest checks validate offline against the Kubernetes
     // schemas kubernetes-validate ships, and parse the Nomad jobs.
@@ -238,8 +263,13 @@ fn test(unit_only: bool, filter: &[String]) -> Result<()> {
         total += run_tests(
             cargo()
                 .args(["test", "-p", "imds-lab", "--tests", "--no-fail-fast", "--", "--ignored", "--test-threads=1"])
+                // Tests for kernels without drop reasons: the matrix's 5.10 runs them.
+                .args(["--skip", OLD_KERNEL_TESTS])
                 .args(filter),
         )?;
+        if matrix {
+            total += kernel_matrix()?;
+        }
     }
     // One closing line for the whole run, unit and lab together.
     println!("xtask: {} passed, {} failed", total.passed, total.failed);
@@ -253,6 +283,24 @@ fn test(unit_only: bool, filter: &[String]) -> Result<()> {
 struct Tally {
     passed: u64,
     failed: u64,
+}
+
+impl Tally {
+    /// Count a libtest summary line:
+    /// "test result: ok. 12 passed; 0 failed; 3 ignored; ...".
+    fn count(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let n: u64 = n.parse().unwrap_or(0);
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 impl std::ops::AddAssign for Tally {
@@ -271,25 +319,136 @@ fn run_tests(cmd: &mut Command) -> Result<Tally> {
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line?;
         println!("{line}");
-        // "test result: ok. 12 passed; 0 failed; 3 ignored; ..."
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(';') {
-                let mut words = part.split_whitespace().rev();
-                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
-                let n: u64 = n.parse().unwrap_or(0);
-                match what {
-                    "passed" => tally.passed += n,
-                    "failed" => tally.failed += n,
-                    _ => {}
-                }
-            }
-        }
+        tally.count(&line);
     }
     let st = child.wait()?;
     if !st.success() && tally.failed == 0 {
         bail!("{cmd:?} failed: {st}");
     }
     Ok(tally)
+}
+
+/// The lab tests every kernel of the matrix runs: hop limit 1 and 2, IPv6,
+/// the diagnosis with its evidence, detach on exit and restart, and the
+/// start-up errors. (test binary, exact test names)
+const MATRIX_TESTS: &[(&str, &[&str])] = &[
+    (
+        "capture_lab",
+        &[
+            "hop_limit_1_routed_container_loses_the_token_reply",
+            "hop_limit_2_delivers_the_token_reply",
+            "ipv6_endpoint_hop_limit_1_is_dropped_too",
+        ],
+    ),
+    ("diagnose_lab", &["hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback"]),
+    (
+        "cli_lab",
+        &[
+            "sigint_detaches_every_program",
+            "sigkill_then_restart_leaves_no_duplicates_and_sigterm_detaches",
+            "second_instance_is_refused_unless_alongside",
+            "clear_errors_for_what_is_wrong",
+            "startup_says_what_this_kernel_lacks",
+        ],
+    ),
+];
+
+/// Lab tests (name prefix) only kernels without drop reasons (5.10) run.
+const OLD_KERNEL_TESTS: &str = "old_kernel_";
+
+/// A guest this long is hung (a run takes a few minutes under TCG).
+const GUEST_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// The lab test binaries, built, by target name.
+fn lab_test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = output(cargo().args(["test", "-p", "imds-lab", "--tests", "--no-run", "--message-format=json", "-q"]))?;
+    let mut bins = Vec::new();
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
+            bins.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    Ok(bins)
+}
+
+/// The guest script: each test binary with its tests, then the status.
+fn matrix_script(tests: &[(&str, Vec<String>)]) -> Result<String> {
+    let bins = lab_test_binaries()?;
+    // The release build users run (the image's static binary).
+    let observer = root_dir().join(format!("target/{MUSL}/release/imds-observer"));
+    // A newer kernel's BTF (this machine's), for the tests of old kernels.
+    let btf = vm::host_btf()?;
+    let mut script =
+        format!("export IMDS_OBSERVER_BIN='{}' IMDS_LAB_NEWER_BTF='{}'\nrc=0\n", observer.display(), btf.display());
+    for (target, names) in tests {
+        if names.is_empty() {
+            continue;
+        }
+        let exe = bins.iter().find(|(n, _)| n == target).with_context(|| format!("no test binary {target}"))?;
+        script += &format!(
+            "'{}' --ignored --test-threads=1 --color never --exact {} || rc=1\n",
+            exe.1.display(),
+            names.join(" ")
+        );
+    }
+    script += "finish $rc
+";
+    Ok(script)
+}
+
+/// The matrix's tests for kernel `k`; kernels without drop reasons also
+/// run the `old_kernel_` tests.
+fn matrix_tests(k: &vm::Unpacked) -> Vec<(&'static str, Vec<String>)> {
+    let mut tests: Vec<_> =
+        MATRIX_TESTS.iter().map(|(t, names)| (*t, names.iter().map(|n| n.to_string()).collect())).collect();
+    if !k.has_drop_reasons() {
+        tests.push(("cli_lab", vec!["old_kernel_verifier_rejection_shows_its_last_lines".to_string()]));
+    }
+    tests
+}
+
+/// Boot every kernel of the matrix and run the matrix's lab tests in each.
+fn kernel_matrix() -> Result<Tally> {
+    vm::packages()?;
+    let kernels = vm::kernels()?;
+    let mut total = Tally::default();
+    for k in &kernels {
+        let t0 = std::time::Instant::now();
+        let t = vm::boot(k, &matrix_script(&matrix_tests(k))?, GUEST_LIMIT)?;
+        eprintln!("kernel {}: {} passed, {} failed in {:.0?}", k.release, t.passed, t.failed, t0.elapsed());
+        total += t;
+    }
+    Ok(total)
+}
+
+/// `cargo xtask vm KERNEL [TEST…]`: one guest, for working on one kernel.
+fn vm_one(kernel: &str, tests: &[String]) -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the guests run the lab as root and need root to start virtiofsd: run `sudo -E cargo xtask vm {kernel}`");
+    }
+    lab_packages()?;
+    vm::packages()?;
+    run(cargo().args(LAB_BINS))?;
+    run(cargo().args(MUSL_OBSERVER))?;
+    let k = vm::kernel(kernel)?;
+    let selected = if tests.is_empty() {
+        matrix_tests(&k)
+    } else {
+        // Each name goes to whichever binary has it (the others print 0 passed).
+        MATRIX_TESTS.iter().map(|(t, _)| *t).chain(["capture_lab", "diagnose_lab", "cli_lab", "identity_lab"])
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|t| (t, tests.to_vec()))
+            .collect()
+    };
+    let t = vm::boot(&k, &matrix_script(&selected)?, GUEST_LIMIT)?;
+    println!("xtask: {} passed, {} failed", t.passed, t.failed);
+    if t.failed > 0 {
+        bail!("{} tests failed on {}", t.failed, k.release);
+    }
+    Ok(())
 }
 
 fn demo() -> Result<()> {

@@ -1,0 +1,381 @@
+//! The kernel matrix: Debian's cloud kernels for the kernels the fleet runs
+//! (5.10: Amazon Linux 2, 6.1: AL2023/Bottlerocket/Debian 12, 6.12), booted
+//! under qemu, each running the lab's test binaries as root.
+//!
+//! The guest's root is this machine's own root, shared read-only over
+//! virtiofs, with tmpfs where the lab writes (/tmp, /run, /var/tmp): the
+//! guest runs the very binaries and tools the host lab runs, on its own
+//! kernel. The guest's kernel modules come from the kernel package.
+//!
+//! Kernels are fetched with `apt-get download` through a private apt state
+//! (target/vm/apt), never installed on this machine, and kept in target/vm.
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Tally, output, run};
+
+/// One kernel of the matrix: the Debian suites that carry it and the
+/// package that depends on its current build (resolved through apt, since
+/// security updates retire exact versions).
+pub struct Kernel {
+    pub name: &'static str,
+    suites: &'static [&'static str],
+    meta: &'static str,
+}
+
+pub const MATRIX: &[Kernel] = &[
+    Kernel { name: "5.10", suites: &["bullseye", "bullseye-security"], meta: "linux-image-cloud-amd64" },
+    Kernel { name: "6.1", suites: &["bookworm", "bookworm-security"], meta: "linux-image-cloud-amd64" },
+    Kernel { name: "6.12", suites: &["bookworm", "bookworm-security"], meta: "linux-image-6.12-cloud-amd64" },
+];
+
+/// A kernel unpacked and ready to boot.
+pub struct Unpacked {
+    pub release: String,
+    vmlinuz: PathBuf,
+    /// The root of the extracted package (lib/modules/<release> below it).
+    root: PathBuf,
+}
+
+fn vm_dir() -> PathBuf {
+    crate::root_dir().join("target/vm")
+}
+
+/// apt-get/apt-cache with a private state for `suites`, so the machine's own
+/// sources and lists are never touched.
+fn apt(tool: &str, state: &Path) -> Command {
+    let mut c = Command::new(tool);
+    for (k, v) in [
+        ("Dir::Etc::SourceList", state.join("sources.list")),
+        ("Dir::Etc::SourceParts", state.join("sources.list.d")),
+        ("Dir::State::Lists", state.join("lists")),
+        ("Dir::Cache", state.join("cache")),
+    ] {
+        c.arg("-o").arg(format!("{k}={}", v.display()));
+    }
+    c.args(["-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root", "-qq"]);
+    c
+}
+
+/// The Debian archive this machine's apt already uses (its first active
+/// `URIs:` or `deb` line).
+fn debian_mirror() -> String {
+    let mut text = String::new();
+    for f in ["/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"] {
+        text += &fs::read_to_string(f).unwrap_or_default();
+        text.push('\n');
+    }
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("URIs:").or_else(|| l.strip_prefix("deb ")))
+        .flat_map(str::split_whitespace)
+        .find(|w| w.starts_with("http") && w.contains("debian") && !w.contains("security"))
+        .unwrap_or("http://deb.debian.org/debian")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn fetch(k: &Kernel) -> Result<Unpacked> {
+    let dir = vm_dir().join(format!("kernel-{}", k.name));
+    let done = dir.join("release");
+    if let Ok(release) = fs::read_to_string(&done) {
+        let release = release.trim().to_string();
+        return Ok(Unpacked { vmlinuz: dir.join(format!("root/boot/vmlinuz-{release}")), root: dir.join("root"), release });
+    }
+    let state = vm_dir().join(format!("apt-{}", k.suites[0]));
+    fs::create_dir_all(state.join("lists/partial"))?;
+    fs::create_dir_all(state.join("cache/archives/partial"))?;
+    fs::create_dir_all(state.join("sources.list.d"))?;
+    let mirror = debian_mirror();
+    let security = mirror.replace("/debian", "/debian-security");
+    let mut list = String::new();
+    for s in k.suites {
+        let base = if s.ends_with("-security") { &security } else { &mirror };
+        list += &format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {base} {s} main\n");
+    }
+    fs::write(state.join("sources.list"), list)?;
+    if !state.join("updated").exists() {
+        run(apt("apt-get", &state).arg("update"))?;
+        fs::write(state.join("updated"), "")?;
+    }
+    let deps = output(apt("apt-cache", &state).args(["depends", "--no-recommends", "--no-suggests", k.meta]))?;
+    let pkg = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-cloud-amd64") && p != &k.meta)
+        .with_context(|| format!("{} names no kernel package:\n{deps}", k.meta))?
+        .to_string();
+    eprintln!("kernel {}: {pkg}", k.name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    run(apt("apt-get", &state).arg("download").arg(&pkg).current_dir(&dir))?;
+    let deb = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.join("root")))?;
+    fs::remove_file(&deb)?;
+    let release = pkg.trim_start_matches("linux-image-").to_string();
+    let root = dir.join("root");
+    // Debian 13+ packages put modules below usr/lib; bookworm and older below lib.
+    run(Command::new("depmod").arg("-b").arg(&root).arg(&release))?;
+    fs::write(&done, &release)?;
+    Ok(Unpacked { vmlinuz: root.join(format!("boot/vmlinuz-{release}")), root, release })
+}
+
+/// The module files to insert, in order, for `name` (e.g. "virtiofs") and
+/// what it depends on; empty when it is built in.
+fn module_chain(k: &Unpacked, name: &str) -> Vec<PathBuf> {
+    let base = k.root.join(format!("lib/modules/{}", k.release));
+    let dep = fs::read_to_string(base.join("modules.dep")).unwrap_or_default();
+    let Some(line) = dep.lines().find(|l| {
+        let file = l.split(':').next().unwrap_or("");
+        Path::new(file).file_name().and_then(|n| n.to_str()).and_then(|n| n.split('.').next()) == Some(name)
+    }) else {
+        return Vec::new();
+    };
+    let (file, deps) = line.split_once(':').unwrap_or((line, ""));
+    // modules.dep lists a module's dependencies deepest last: insert those first.
+    deps.split_whitespace().rev().chain([file]).map(|f| base.join(f)).collect()
+}
+
+/// A tiny initramfs: static busybox, our init, and the modules needed to
+/// mount the virtiofs root (fuse, virtiofs) where they are not built in.
+fn initramfs(k: &Unpacked) -> Result<PathBuf> {
+    let dir = vm_dir().join(format!("initramfs-{}", k.release));
+    let out = vm_dir().join(format!("initramfs-{}.cpio", k.release));
+    let _ = fs::remove_dir_all(&dir);
+    for d in ["bin", "modules", "proc", "sys", "dev", "newroot"] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox-static is not installed")?;
+    fs::copy(busybox, dir.join("bin/busybox"))?;
+    fs::write(dir.join("init"), include_str!("../vm/init"))?;
+    set_exec(&dir.join("init"))?;
+    let mut seen = Vec::new();
+    for m in ["virtio_pci", "virtiofs", "virtio_fs"] {
+        for src in module_chain(k, m) {
+            if seen.contains(&src) {
+                continue;
+            }
+            let stem = src.file_name().and_then(|n| n.to_str()).and_then(|n| n.split('.').next()).unwrap_or("m");
+            let dst = dir.join(format!("modules/{:02}-{stem}.ko", seen.len()));
+            if src.extension().is_some_and(|e| e == "xz") {
+                let data = Command::new("xz").arg("-dc").arg(&src).output()?;
+                fs::write(&dst, data.stdout)?;
+            } else {
+                fs::copy(&src, &dst)?;
+            }
+            seen.push(src);
+        }
+    }
+    let files = output(Command::new("find").arg(".").current_dir(&dir))?;
+    let mut cpio = Command::new("cpio")
+        .args(["-o", "-H", "newc", "--quiet"])
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(fs::File::create(&out)?)
+        .spawn()
+        .context("cpio (apt-get install cpio)")?;
+    cpio.stdin.take().unwrap().write_all(files.as_bytes())?;
+    if !cpio.wait()?.success() {
+        bail!("cpio failed");
+    }
+    Ok(out)
+}
+
+fn set_exec(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Software emulation unless the CPU can really virtualise (this kind of
+/// machine's /dev/kvm is kvm_pvm, which fails on these guests).
+fn accel() -> &'static str {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let vmx = cpuinfo.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    if vmx && Path::new("/dev/kvm").exists() { "kvm" } else { "tcg,thread=multi" }
+}
+
+/// Kills its process (and waits) when dropped, failing or not.
+struct Reaped(Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Boot `k` and run `script` (bash, as root, in the guest, from the repo's
+/// directory). Its output streams to ours line by line; test results in it
+/// are tallied. Fails if the guest does not finish within `limit`.
+pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
+    let vm = vm_dir();
+    let initrd = initramfs(k)?;
+    let tag = k.release.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    let runner = vm.join(format!("run-{tag}.sh"));
+    fs::write(
+        &runner,
+        format!(
+            "{}\ncd {}\n{script}\n",
+            include_str!("../vm/guest-setup.sh"),
+            shell_quote(&crate::root_dir().display().to_string())
+        ),
+    )?;
+    set_exec(&runner)?;
+    let sock = vm.join(format!("virtiofs-{tag}.sock"));
+    let console = vm.join(format!("console-{tag}.log"));
+    let _ = fs::remove_file(&sock);
+    let virtiofsd = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("no virtiofsd (apt-get install qemu-system-x86)")?;
+    let _fsd = Reaped(
+        Command::new(virtiofsd)
+            .arg(format!("--socket-path={}", sock.display()))
+            .args(["-o", "source=/", "-o", "cache=auto", "-o", "sandbox=chroot"])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(vm.join(format!("virtiofsd-{tag}.log")))?)
+            .spawn()
+            .context("starting virtiofsd")?,
+    );
+    let t0 = Instant::now();
+    while !sock.exists() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("virtiofsd did not create {}", sock.display());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mem = "2G";
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", accel(), "-cpu", "max", "-m", mem, "-smp", "2"])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on"), "-numa", "node,memdev=mem"])
+        .args(["-chardev", &format!("socket,id=fs,path={}", sock.display())])
+        .args(["-device", "vhost-user-fs-pci,chardev=fs,tag=hostroot"])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet imds_run={} imds_kroot={}",
+            runner.display(),
+            k.root.display()
+        ))
+        // ttyS0: the kernel's console, to a file; ttyS1: the script's output.
+        .args(["-serial", &format!("file:{}", console.display()), "-serial", "stdio"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    eprintln!("+ {qemu:?}");
+    let mut child = Reaped(qemu.spawn().context("qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.0.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut tally = Tally::default();
+    let mut exit = None;
+    let deadline = Instant::now() + limit;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                println!("[{}] {line}", k.release);
+                tally.count(line);
+                if let Some(rc) = line.strip_prefix("vm-exit: ") {
+                    exit = rc.trim().parse::<i32>().ok();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                print_tail(&console);
+                bail!("kernel {}: the guest did not finish within {limit:?}", k.release);
+            }
+        }
+    }
+    let _ = child.0.wait();
+    match exit {
+        Some(0) => Ok(tally),
+        Some(rc) if tally.failed > 0 => {
+            eprintln!("kernel {}: guest script exited {rc}", k.release);
+            Ok(tally)
+        }
+        other => {
+            print_tail(&console);
+            bail!("kernel {}: the guest script ended with {other:?} (console above)", k.release)
+        }
+    }
+}
+
+fn print_tail(console: &Path) {
+    let text = fs::read_to_string(console).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    eprintln!("--- last lines of {}:", console.display());
+    for l in &lines[lines.len().saturating_sub(40)..] {
+        eprintln!("{l}");
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Unpacked {
+    /// skb:kfree_skb passes a drop reason from 5.17 on: of the matrix, all
+    /// but 5.10.
+    pub fn has_drop_reasons(&self) -> bool {
+        !self.release.starts_with("5.10.")
+    }
+}
+
+/// A copy of this machine's kernel BTF where the guests can read it.
+pub fn host_btf() -> Result<PathBuf> {
+    let dst = vm_dir().join("btf-host");
+    fs::create_dir_all(vm_dir())?;
+    fs::copy("/sys/kernel/btf/vmlinux", &dst).context("copying /sys/kernel/btf/vmlinux")?;
+    Ok(dst)
+}
+
+/// Fetch (cached) every kernel of the matrix.
+pub fn kernels() -> Result<Vec<Unpacked>> {
+    MATRIX.iter().map(fetch).collect()
+}
+
+pub fn kernel(name: &str) -> Result<Unpacked> {
+    let k = MATRIX.iter().find(|k| k.name == name).with_context(|| {
+        format!("no kernel {name} in the matrix ({})", MATRIX.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))
+    })?;
+    fetch(k)
+}
+
+/// Debian packages the matrix needs on the host.
+pub fn packages() -> Result<()> {
+    crate::apt_install(&[
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("cpio", "cpio"),
+        ("depmod", "kmod"),
+        ("xz", "xz-utils"),
+        ("busybox", "busybox-static"),
+    ])
+}
