@@ -85,6 +85,23 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The running kernel passes a drop reason to skb:kfree_skb (5.17+). The
+/// lab may read the version; the observer reads the tracepoint's BTF.
+pub fn kernel_has_drop_reasons() -> bool {
+    kernel_version() >= (5, 17)
+}
+
+/// tc programs attach as TCX links (6.6+); before, as netlink filters.
+pub fn kernel_has_tcx() -> bool {
+    kernel_version() >= (6, 6)
+}
+
+fn kernel_version() -> (u32, u32) {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0))
+}
+
 /// The cgroup v2 mount (pure cgroup2 hosts: /sys/fs/cgroup; hybrid: unified).
 pub fn cgroup2_root() -> PathBuf {
     let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");

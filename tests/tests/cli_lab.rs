@@ -2,15 +2,24 @@
 //! wrong on the host, and nothing left attached after it exits.
 use std::process::Command;
 
-use imds_lab::{Attach, Lab, LabOpts, bin, sh};
+use imds_lab::{Attach, Lab, LabOpts, bin, kernel_has_drop_reasons, kernel_has_tcx, sh};
 
 /// Names of the loaded BPF programs, from the kernel's own view (bpftool).
 fn loaded_programs() -> String {
     sh(&["bpftool", "prog", "show"])
 }
 
-const OUR_PROGRAMS: [&str; 7] =
-    ["cgroup_egress", "cgroup_ingress", "connect4", "connect6", "tc_ingress", "tc_egress", "kfree_skb"];
+/// Our programs as this kernel runs them: skb:kfree_skb without a reason
+/// argument (before 5.17) is the `kfree_skb_plain` variant.
+fn our_programs() -> [&'static str; 7] {
+    let kfree_skb = if kernel_has_drop_reasons() { "kfree_skb" } else { "kfree_skb_plain" };
+    ["cgroup_egress", "cgroup_ingress", "connect4", "connect6", "tc_ingress", "tc_egress", kfree_skb]
+}
+
+/// The tc filters on the lab host's uplink (kernels without TCX).
+fn uplink_filters(lab: &Lab) -> String {
+    ["ingress", "egress"].map(|dir| sh(&["tc", "-n", &lab.host, "filter", "show", "dev", "uplink0", dir])).join("")
+}
 
 #[test]
 #[ignore = "lab: needs root; run `cargo xtask test`"]
@@ -19,23 +28,37 @@ fn sigint_detaches_every_program() {
     let _c = lab.add_container("app", Attach::Routed);
     let obs = lab.observer(&[]);
     let running = loaded_programs();
-    for p in OUR_PROGRAMS {
-        assert!(running.contains(p), "{p} not loaded while running:\n{running}");
+    for p in our_programs() {
+        assert!(running.contains(&format!("name {p} ")), "{p} not loaded while running:\n{running}");
     }
-    // Each program is attached by a link (TCX for tc on kernels >= 6.6).
+    // Each program is attached by a link; tc ones only with TCX (6.6+),
+    // before that by netlink filters on the uplink.
     let links = sh(&["bpftool", "link", "show"]);
-    for line in running.lines().filter(|l| OUR_PROGRAMS.iter().any(|p| l.contains(&format!("name {p} ")))) {
+    for line in running.lines().filter(|l| our_programs().iter().any(|p| l.contains(&format!("name {p} ")))) {
+        if !kernel_has_tcx() && line.contains(" name tc_") {
+            continue;
+        }
         let id = line.split(':').next().unwrap();
         assert!(links.contains(&format!("prog {id} ")), "program {line} has no link:\n{links}");
     }
+    if !kernel_has_tcx() {
+        let filters = uplink_filters(&lab);
+        assert!(filters.contains("tc_ingress") && filters.contains("tc_egress"), "no netlink filters: {filters}");
+    }
     obs.stop();
     let after = loaded_programs();
-    for p in OUR_PROGRAMS {
-        assert!(!after.contains(p), "{p} still loaded after exit:\n{after}");
+    for p in our_programs() {
+        assert!(!after.contains(&format!("name {p} ")), "{p} still loaded after exit:\n{after}");
     }
-    // TCX needs no qdisc, and the observer made none.
     let qdiscs = sh(&["tc", "-n", &lab.host, "qdisc", "show", "dev", "uplink0"]);
-    assert!(!qdiscs.contains("clsact"), "a clsact qdisc was left behind: {qdiscs}");
+    if kernel_has_tcx() {
+        // TCX needs no qdisc, and the observer made none.
+        assert!(!qdiscs.contains("clsact"), "a clsact qdisc was left behind: {qdiscs}");
+    } else {
+        // The qdisc stays (it may be shared); our filters do not.
+        let filters = uplink_filters(&lab);
+        assert!(!filters.contains("tc_"), "filters left behind: {filters}");
+    }
 }
 
 fn run_observer(args: &[&str], as_nobody: bool) -> (i32, String) {
@@ -66,6 +89,14 @@ fn clear_errors_for_what_is_wrong() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("missing capabilities: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"), "{err}");
 
+    // A kernel without BTF (here: pointed elsewhere) is named, with what it needs.
+    let (code, err) = run_observer(&["run", "--duration", "1", "--kernel-btf", "/nonexistent/vmlinux"], false);
+    assert_eq!(code, 2, "{err}");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(err.contains(&format!("kernel {} has no BTF at /nonexistent/vmlinux", release.trim())), "{err}");
+    assert!(err.contains("CONFIG_DEBUG_INFO_BTF=y"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
     let (code, err) = run_observer(&["run", "--no-such-flag"], false);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unexpected argument '--no-such-flag'"), "{err}");
@@ -93,7 +124,7 @@ fn demo_shows_the_failure() {
 /// How many of each of our programs the kernel has loaded.
 fn program_counts() -> Vec<(&'static str, usize)> {
     let progs = loaded_programs();
-    OUR_PROGRAMS.iter().map(|p| (*p, progs.matches(&format!("name {p} ")).count())).collect()
+    our_programs().iter().map(|p| (*p, progs.matches(&format!("name {p} ")).count())).collect()
 }
 
 #[test]
@@ -120,7 +151,7 @@ fn sigkill_then_restart_leaves_no_duplicates_and_sigterm_detaches() {
 #[test]
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn second_instance_is_refused_unless_alongside() {
-    let lab = Lab::new(LabOpts::default());
+    let mut lab = Lab::new(LabOpts::default());
     let first = lab.observer(&[]);
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.host))
@@ -135,5 +166,41 @@ fn second_instance_is_refused_unless_alongside() {
     let along = lab.observer(&["--alongside"]);
     assert!(program_counts().iter().all(|(_, n)| *n == 2), "{:?}", program_counts());
     along.stop();
+    // The second instance took only its own programs with it: the first
+    // still sees the uplink (before TCX, a start that removed "leftover"
+    // filters by name blinded it).
+    let c = lab.add_container("app", Attach::Routed);
+    assert_eq!(c.sdk("v1-only", "http://169.254.169.254").code, 0);
+    first.wait_for("the uplink still watched", std::time::Duration::from_secs(5), |e| e["type"] == "host_ingress");
+    assert!(program_counts().iter().all(|(_, n)| *n == 1), "{:?}", program_counts());
     first.stop();
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn startup_says_what_this_kernel_lacks() {
+    let lab = Lab::new(LabOpts::default());
+    let obs = lab.observer(&[]);
+    let err = obs.stderr.lock().unwrap().join("\n");
+    assert_eq!(err.contains("gives no drop reason"), !kernel_has_drop_reasons(), "{err}");
+    assert_eq!(err.contains("no TCX"), !kernel_has_tcx(), "{err}");
+    obs.stop();
+}
+
+/// Kernels without skb:kfree_skb's reason (5.10) only: given the BTF of a
+/// kernel that has it (`IMDS_LAB_NEWER_BTF`, the matrix host's), the
+/// observer picks the variant that reads the reason, and the verifier
+/// refuses it. The error shows the verifier's own last lines. `cargo xtask
+/// test` runs it in the 5.10 guest and skips it elsewhere.
+#[test]
+#[ignore = "lab: needs root and a kernel without drop reasons; run `cargo xtask test`"]
+fn old_kernel_verifier_rejection_shows_its_last_lines() {
+    assert!(!kernel_has_drop_reasons(), "this test needs a kernel without kfree_skb reasons (5.10)");
+    let btf = std::env::var("IMDS_LAB_NEWER_BTF").expect("IMDS_LAB_NEWER_BTF: a newer kernel's BTF");
+    let (code, err) = run_observer(&["run", "--duration", "1", "--kernel-btf", &btf], false);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("loading kfree_skb: the kernel's verifier rejected it"), "{err}");
+    let (_, tail) = err.split_once("its last lines:").expect("the verifier's lines");
+    assert!(tail.contains("kfree_skb"), "the verifier's own words: {err}");
+    assert!(tail.lines().filter(|l| l.starts_with("  ")).count() >= 2, "{err}");
 }

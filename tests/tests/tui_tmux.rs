@@ -62,7 +62,20 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        let out = self.tmux(&["capture-pane", "-p", "-t", &self.session]).expect("tmux capture-pane");
+        self.capture(&[])
+    }
+
+    /// The screen with the lines the terminal wrapped joined again: a
+    /// command line longer than the pane (a clone in a long path) stays
+    /// one line.
+    fn screen_joined(&self) -> String {
+        self.capture(&["-J"])
+    }
+
+    fn capture(&self, opts: &[&str]) -> String {
+        let mut args = vec!["capture-pane", "-p", "-t", &self.session];
+        args.extend_from_slice(opts);
+        let out = self.tmux(&args).expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -93,7 +106,8 @@ impl Tmux {
     /// After the TUI: the normal screen, the command line it was started
     /// from, its exit status, and a shell that echoes typed input again.
     fn assert_restored(&self, status: &str) {
-        let s = self.wait_for("the shell after the TUI", |s| s.contains(&format!("exit={status}")));
+        self.wait_for("the shell after the TUI", |s| s.contains(&format!("exit={status}")));
+        let s = self.screen_joined();
         assert_eq!(self.display("#{alternate_on}"), "0", "still on the alternate screen:\n{s}");
         assert_eq!(self.display("#{cursor_flag}"), "1", "the cursor is still hidden");
         assert!(s.contains("imds-observer tui"), "the command line is back:\n{s}");
