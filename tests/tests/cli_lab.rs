@@ -258,3 +258,66 @@ fn report_names_the_path_it_cannot_read() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("opening /nonexistent/node.jsonl: "), "{err}");
 }
+
+#[test]
+fn variables_shared_with_run_do_not_conflict_with_from() {
+    let file = temp_file("rec.jsonl", recording().as_bytes());
+    let path = file.to_str().unwrap();
+    // From the environment (set for `run`), they do not apply and are left.
+    let env = [
+        ("IMDS_OBSERVER_DURATION", "5"),
+        ("IMDS_OBSERVER_CGROUP_ROOT", "/nonexistent"),
+        ("IMDS_OBSERVER_IFACES", "nosuch0"),
+        ("NODE_NAME", "ip-10-0-9-9"),
+    ];
+    let (code, out, err) = observer_plain(&["report", "--from", path], &env, b"");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("hop_limit_exceeded"), "{out}");
+    // Typed, they are refused: nothing is captured.
+    for flag in [
+        &["--duration", "5"][..],
+        &["--cgroup-root", "/nonexistent"],
+        &["--endpoint", "169.254.169.254"],
+        &["--iface", "eth0"],
+        &["--runtime-socket", "/run/docker.sock"],
+        &["--alongside"],
+    ] {
+        let args = [&["report", "--from", path][..], flag].concat();
+        let (code, _, err) = observer_plain(&args, &[], b"");
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(&format!("{} cannot be used with --from", flag[0])), "{args:?}: {err}");
+    }
+    let (code, _, err) = observer_plain(&["tui", "--from", path, "--iface", "eth0"], &[], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--iface cannot be used with --from"), "{err}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn boolean_variables_take_the_usual_spellings() {
+    let rec = recording();
+    for v in ["1", "true", "TRUE", "yes", "on", "On"] {
+        let (code, out, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", v)], rec.as_bytes());
+        assert_eq!(code, 1, "IMDS_OBSERVER_JSON={v}: {err}");
+        assert!(out.starts_with("{\"type\":\"finding\""), "IMDS_OBSERVER_JSON={v}: {out}");
+    }
+    for v in ["0", "false", "no", "off", "OFF"] {
+        let (code, out, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", v)], rec.as_bytes());
+        assert_eq!(code, 1, "IMDS_OBSERVER_JSON={v}: {err}");
+        assert!(!out.starts_with('{'), "IMDS_OBSERVER_JSON={v}: a table, not JSON: {out}");
+    }
+    // A bad value names the variable it came from.
+    let (code, _, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", "maybe")], rec.as_bytes());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value 'maybe' in IMDS_OBSERVER_JSON (for --json)"), "{err}");
+    assert!(err.contains("1/0, true/false, yes/no or on/off"), "{err}");
+    let (code, _, err) = observer_plain(&["run"], &[("IMDS_OBSERVER_ALONGSIDE", "2")], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("IMDS_OBSERVER_ALONGSIDE"), "{err}");
+    let (code, _, err) = observer_plain(&["run", "--duration", "x"], &[], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'--duration <SECONDS>'") && !err.contains("IMDS_OBSERVER_DURATION="), "typed: {err}");
+    let (code, _, err) = observer_plain(&["run"], &[("IMDS_OBSERVER_DURATION", "soon")], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value 'soon' in IMDS_OBSERVER_DURATION (for --duration)"), "{err}");
+}
