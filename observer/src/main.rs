@@ -2,6 +2,8 @@ mod capture;
 mod cli;
 mod correlate;
 mod diagnose;
+#[cfg(test)]
+mod docs;
 mod event;
 mod identity;
 mod pipeline;
