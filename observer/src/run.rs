@@ -325,8 +325,10 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
                     None => bail!("{name}: no event to diagnose: the input is empty"),
                 }
             }
-            if let Some(why) = why {
-                warn!("{name}: {} skipped: {why}", lines(d.skipped.total()));
+            // Beside events, finding lines are expected (`run` writes both).
+            let ignored = report::Skipped { findings: 0, ..d.skipped };
+            if let Some(why) = ignored.describe() {
+                warn!("{name}: {} skipped: {why}", lines(ignored.total()));
             }
             d.findings
         }

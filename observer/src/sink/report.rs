@@ -58,15 +58,20 @@ impl Skipped {
         self.not_json + self.not_event + self.findings + self.bad_time
     }
 
-    /// "3 not JSON, 1 finding line (...)", or None when nothing was skipped.
+    /// "3 not JSON (...), 1 finding line (...)", or None when nothing was
+    /// skipped.
     pub fn describe(&self) -> Option<String> {
+        let s = |n: u64| if n == 1 { "" } else { "s" };
         let parts: Vec<String> = [
-            (self.not_json, "not JSON (garbage, truncated or a log line)"),
-            (self.not_event, "JSON but not an event"),
-            (self.findings, "findings (report reads the events `run` writes, not findings)"),
-            (self.bad_time, "events with a bad timestamp"),
+            (self.not_json, "not JSON (garbage, truncated or a log line)".to_string()),
+            (self.not_event, "JSON but not an event".to_string()),
+            (
+                self.findings,
+                format!("finding line{} (report reads the events `run` writes, not findings)", s(self.findings)),
+            ),
+            (self.bad_time, format!("event{} with a bad timestamp", s(self.bad_time))),
         ]
-        .iter()
+        .into_iter()
         .filter(|(n, _)| *n > 0)
         .map(|(n, why)| format!("{n} {why}"))
         .collect();
