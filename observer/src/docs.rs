@@ -394,10 +394,8 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
         }
     }
     match sub {
-        "logs" | "get" | "exec" | "rollout" => {
-            if ns.is_none() {
-                return Err(format!("no -n {}: the observer's pods live in that namespace", m.namespace));
-            }
+        "logs" | "get" | "exec" | "rollout" if ns.is_none() => {
+            return Err(format!("no -n {}: the observer's pods live in that namespace", m.namespace));
         }
         "apply" => {
             let dir = flag(&["-k"]).ok_or("kubectl apply without -k")?;
