@@ -1,8 +1,15 @@
 //! Command line. Every flag can also be set from the environment
-//! (IMDS_OBSERVER_<FLAG>), as a DaemonSet or Nomad job prefers.
-use std::{net::IpAddr, path::PathBuf};
+//! (IMDS_OBSERVER_<FLAG>), as a DaemonSet or Nomad job prefers. Variables are
+//! shared between commands, so a value from the environment that does not
+//! apply (a duration with `--from`) is ignored; the same flag typed is refused.
+use std::{ffi::OsString, net::IpAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
+    builder::BoolishValueParser,
+    error::{ContextKind, ContextValue, ErrorKind},
+    parser::ValueSource,
+};
 
 use crate::capture;
 
@@ -29,26 +36,35 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Capture metadata traffic and stream events as JSON lines on stdout.
-    ///
-    /// Example: `imds-observer run --duration 30 | jq 'select(.type=="drop")'`
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// Observe for a while (or read a recording), then print what is wrong
     /// per container and how to fix it.
     ///
     /// Exit status: 0 when every container is healthy, 1 when any finding
-    /// needs action, 2 on error; usable as a CI preflight or through
-    /// `kubectl exec`. Examples:
-    ///   imds-observer report --duration 60
-    ///   kubectl logs -l app.kubernetes.io/name=imds-observer | imds-observer report --from -
+    /// needs action, 2 on error, including a recording with no event in it;
+    /// usable as a CI preflight or through `kubectl exec`.
+    #[command(after_help = REPORT_EXAMPLES)]
     Report(ReportArgs),
     /// Watch metadata traffic per container, live on this host or from a
     /// recorded/streamed JSON event stream.
-    ///
-    /// Examples:
-    ///   imds-observer tui
-    ///   kubectl logs -f ds/imds-observer | imds-observer tui --from -
+    #[command(after_help = TUI_EXAMPLES)]
     Tui(TuiArgs),
 }
+
+// Examples as `after_help`: clap folds doc comments into one paragraph.
+const RUN_EXAMPLES: &str = "\
+Example:
+  imds-observer run --duration 30 | jq -c 'select(.type == \"drop\")'";
+const REPORT_EXAMPLES: &str = "\
+Examples:
+  imds-observer report --duration 60
+  imds-observer report --from node.jsonl
+  kubectl logs -n imds-observer -l app.kubernetes.io/name=imds-observer --tail=-1 | imds-observer report --from -";
+const TUI_EXAMPLES: &str = "\
+Examples:
+  imds-observer tui
+  kubectl logs -n imds-observer -l app.kubernetes.io/name=imds-observer -f --tail=-1 --max-log-requests=1000 | imds-observer tui --from -";
 
 #[derive(Args, Debug, Clone)]
 pub struct CaptureArgs {
@@ -69,10 +85,11 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "PATH", env = "IMDS_OBSERVER_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
 
-    /// Docker Engine API socket to name containers by (repeatable; Podman's
-    /// `podman system service` socket works too). Default: the first of
-    /// /var/run/docker.sock, /run/podman/podman.sock, /run/docker.sock that
-    /// exists. Without one, containers are named from their cgroup paths.
+    /// Docker Engine API socket to name containers by (Podman's `podman
+    /// system service` socket works too). Repeatable, but only the first one
+    /// that exists is used. Default: the first of /var/run/docker.sock,
+    /// /run/podman/podman.sock, /run/docker.sock that exists. Without one,
+    /// containers are named from their cgroup paths.
     #[arg(long = "runtime-socket", value_name = "PATH", env = "IMDS_OBSERVER_RUNTIME_SOCKETS", value_delimiter = ',')]
     pub runtime_sockets: Vec<PathBuf>,
 
@@ -85,7 +102,7 @@ pub struct CaptureArgs {
     /// Run even if another imds-observer is running in this network
     /// namespace. Both then attach their programs and each reports every
     /// packet; meant for trying a new version beside the deployed one.
-    #[arg(long, env = "IMDS_OBSERVER_ALONGSIDE")]
+    #[arg(long, env = "IMDS_OBSERVER_ALONGSIDE", value_parser = BoolishValueParser::new())]
     pub alongside: bool,
 
     /// Node name written on every event. Kubernetes sets NODE_NAME from the
@@ -136,7 +153,7 @@ pub struct ReportArgs {
     pub capture: CaptureArgs,
 
     /// Observe live for this many seconds.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "from", env = "IMDS_OBSERVER_DURATION")]
+    #[arg(long, value_name = "SECONDS", env = "IMDS_OBSERVER_DURATION")]
     pub duration: Option<f64>,
 
     /// Read a recorded JSON event stream instead (a file, or - for stdin),
@@ -146,7 +163,7 @@ pub struct ReportArgs {
     pub from: Option<String>,
 
     /// Print the findings as JSON lines instead of a table.
-    #[arg(long, env = "IMDS_OBSERVER_JSON")]
+    #[arg(long, env = "IMDS_OBSERVER_JSON", value_parser = BoolishValueParser::new())]
     pub json: bool,
 
     /// EC2 instance id to put in the fix command.
@@ -167,4 +184,89 @@ pub struct TuiArgs {
     /// EC2 instance id to put in the fix command.
     #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
     pub instance_id: Option<String>,
+}
+
+impl Cli {
+    /// Parse the command line and the environment; on error, print it and
+    /// exit 2.
+    pub fn parse_env() -> Cli {
+        Cli::try_parse_env(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// `Parser::try_parse_from`, plus: an invalid value taken from a
+    /// variable names the variable, and with `--from` capture-only flags are
+    /// refused when typed and ignored when they come from the environment.
+    pub fn try_parse_env<I: IntoIterator<Item = T>, T: Into<OsString>>(args: I) -> Result<Cli, clap::Error> {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut cmd = Cli::command();
+        let matches = cmd.try_get_matches_from_mut(&args).map_err(|e| name_the_variable(&mut cmd, &args, e))?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+        let Some((name, sub)) = matches.subcommand() else { return Ok(cli) };
+        let from = match &cli.command {
+            Command::Report(a) => a.from.is_some(),
+            Command::Tui(a) => a.from.is_some(),
+            Command::Run(_) => false,
+        };
+        if !from {
+            return Ok(cli);
+        }
+        // A recording is read: nothing is captured, so these do not apply.
+        // From the environment (shared with `run`) they are left unused.
+        const CAPTURE_ONLY: [&str; 7] =
+            ["duration", "endpoints", "ifaces", "cgroup_root", "runtime_sockets", "alongside", "node_name"];
+        let sub_cmd = cmd.find_subcommand_mut(name).expect("parsed subcommand");
+        for id in CAPTURE_ONLY {
+            if typed(sub, id) {
+                let flag = sub_cmd.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_long()).unwrap_or(id);
+                return Err(sub_cmd.error(
+                    ErrorKind::ArgumentConflict,
+                    format!("--{flag} cannot be used with --from: a recording is read, nothing is captured"),
+                ));
+            }
+        }
+        Ok(cli)
+    }
+}
+
+fn typed(m: &ArgMatches, id: &str) -> bool {
+    m.try_contains_id(id).unwrap_or(false) && m.value_source(id) == Some(ValueSource::CommandLine)
+}
+
+/// clap names the flag of an invalid value even when the value came from
+/// the environment; say which variable held it.
+fn name_the_variable(cmd: &mut clap::Command, args: &[OsString], e: clap::Error) -> clap::Error {
+    if !matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return e;
+    }
+    let (Some(ContextValue::String(shown)), Some(ContextValue::String(value))) =
+        (e.get(ContextKind::InvalidArg), e.get(ContextKind::InvalidValue))
+    else {
+        return e;
+    };
+    let typed = |long: &str| {
+        let flag = format!("--{long}");
+        args.iter().filter_map(|a| a.to_str()).any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    let Some(sub) = args.iter().skip(1).filter_map(|a| a.to_str()).find(|a| cmd.find_subcommand(a).is_some()) else {
+        return e;
+    };
+    let sub = sub.to_string();
+    let from_env = cmd.find_subcommand(&sub).and_then(|s| {
+        s.get_arguments()
+            .find(|a| {
+                a.get_long().is_some_and(|l| shown.split(' ').next() == Some(format!("--{l}").as_str()) && !typed(l))
+                    && a.get_env().and_then(std::env::var_os).is_some_and(|v| v.to_str() == Some(value.as_str()))
+            })
+            .cloned()
+    });
+    let Some(arg) = from_env else { return e };
+    let var = arg.get_env().unwrap_or_default().to_string_lossy().into_owned();
+    let why = if matches!(arg.get_action(), ArgAction::SetTrue) {
+        "use 1/0, true/false, yes/no or on/off".to_string()
+    } else {
+        std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| "not valid here".into())
+    };
+    let long = arg.get_long().unwrap_or_default();
+    let cmd = cmd.find_subcommand_mut(&sub).expect("found above");
+    cmd.error(ErrorKind::InvalidValue, format!("invalid value '{value}' in {var} (for --{long}): {why}"))
 }

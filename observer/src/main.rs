@@ -2,14 +2,14 @@ mod capture;
 mod cli;
 mod correlate;
 mod diagnose;
+#[cfg(test)]
+mod docs;
 mod event;
 mod identity;
 mod pipeline;
 mod run;
 mod sink;
 mod tui;
-
-use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_env();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -594,6 +594,34 @@ mod tests {
     }
 
     #[test]
+    fn kernels_without_reasons_name_drops_by_location() {
+        let mut p = pipeline(false);
+        // What 5.10's /proc/kallsyms says; no reason names at all.
+        p.locations = Locations::parse(
+            "ffffffff82057290 T ip_forward\nffffffff820577a0 t ip_forward_finish\n\
+             ffffffff81e90000 T sk_stream_kill_queues\nffffffff81e90400 T sk_stream_wait_memory\n"
+                .as_bytes(),
+        );
+        let mut out = Vec::new();
+        let mut forwarded = packet(Hook::Drop, MS, 0, 1);
+        forwarded.location = 0xffffffff820572f0;
+        p.process(&forwarded, &mut out);
+        assert_eq!(out[0].reason, None, "no REASON_0 where the kernel has no reasons");
+        assert_eq!(out[0].location.as_deref(), Some("ip_forward"));
+        // Freed unread when the socket closed: the purge 5.10 has no reason for.
+        let mut purged = packet(Hook::Drop, MS, 0, 2);
+        purged.location = 0xffffffff81e90010;
+        p.process(&purged, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(p.skipped.purged, 1);
+        // Elsewhere: a drop, not located.
+        let mut other = packet(Hook::Drop, MS, 0, 3);
+        other.location = 0xffffffff81000000;
+        p.process(&other, &mut out);
+        assert_eq!((out.len(), out[1].location.as_deref()), (2, None));
+    }
+
+    #[test]
     fn waiting_is_bounded() {
         let mut p = pipeline(true);
         let mut out = Vec::new();

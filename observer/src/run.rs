@@ -317,14 +317,28 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
     let findings = match &args.from {
         Some(path) => {
             let cfg = diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
+            let name = if path == "-" { "stdin" } else { path.as_str() };
             let d = if path == "-" {
-                report::diagnose_stream_with(io::stdin().lock(), cfg)?
+                report::diagnose_stream_with(io::stdin().lock(), cfg)
             } else {
                 let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
-                report::diagnose_stream_with(io::BufReader::new(f), cfg)?
-            };
-            if d.skipped > 0 {
-                warn!(skipped = d.skipped, "lines that are not events were skipped");
+                report::diagnose_stream_with(io::BufReader::new(f), cfg)
+            }
+            .with_context(|| format!("reading {name}"))?;
+            let why = d.skipped.describe();
+            // No usable event is an error, not a pass: an empty `kubectl
+            // logs` (wrong namespace) or `report --json` output fed back
+            // would otherwise read as "all healthy".
+            if d.events == 0 {
+                match why {
+                    Some(why) => bail!("{name}: no event to diagnose in {}: {why}", lines(d.skipped.total())),
+                    None => bail!("{name}: no event to diagnose: the input is empty"),
+                }
+            }
+            // Beside events, finding lines are expected (`run` writes both).
+            let ignored = report::Skipped { findings: 0, ..d.skipped };
+            if let Some(why) = ignored.describe() {
+                warn!("{name}: {} skipped: {why}", lines(ignored.total()));
             }
             d.findings
         }
@@ -360,6 +374,10 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
         io::Write::write_all(&mut out, report::render(&findings).as_bytes())?;
     }
     Ok(report::exit_code(&findings))
+}
+
+fn lines(n: u64) -> String {
+    if n == 1 { "1 line".into() } else { format!("{n} lines") }
 }
 
 /// Live events on a channel, captured on a thread of their own, for the

@@ -203,4 +203,188 @@ fn old_kernel_verifier_rejection_shows_its_last_lines() {
     let (_, tail) = err.split_once("its last lines:").expect("the verifier's lines");
     assert!(tail.contains("kfree_skb"), "the verifier's own words: {err}");
     assert!(tail.lines().filter(|l| l.starts_with("  ")).count() >= 2, "{err}");
+
+// Plain tests (no root): `report --from` and the command line, run as a user
+// would, with the built binary.
+
+/// `imds-observer ARGS` with `env` (and none of the observer's variables
+/// from this process), `stdin` fed in: (exit code, stdout, stderr).
+fn observer_plain(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> (i32, String, String) {
+    use std::{io::Write, process::Stdio};
+    let mut cmd = Command::new(bin("imds-observer"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("IMDS_OBSERVER_") || k == "NODE_NAME") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).envs(env.iter().copied()).env("RUST_LOG", "warn");
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run imds-observer");
+    // A refusal may exit before reading stdin: a broken pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// A container's token PUT whose reply dies at the host (hop limit 1, one
+/// hop behind the uplink), as `imds-observer run` writes it.
+fn recording() -> String {
+    let ev = |kind: &str, ms: u32, extra: serde_json::Value| {
+        let mut e = serde_json::json!({
+            "type": kind, "ts": format!("2026-11-26T20:54:00.{ms:03}000Z"), "node": "ip-10-0-1-17",
+            "flow": 11, "cgroup_id": 1108, "cgroup": "/docker/3f2a9c1b7d4e", "proto": "tcp",
+            "container": {"runtime": "docker", "id": "3f2a9c1b7d4e", "cgroup": "/docker/3f2a9c1b7d4e", "cgroup_id": 1108},
+        });
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        format!("{e}\n")
+    };
+    let out = serde_json::json!({"src": "172.17.0.2:41644", "dst": "169.254.169.254:80", "pid": 42, "comm": "python3"});
+    let back = serde_json::json!({"src": "169.254.169.254:80", "dst": "172.17.0.2:41644"});
+    let with = |base: &serde_json::Value, extra: serde_json::Value| {
+        let mut b = base.clone();
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let put = serde_json::json!({"method": "PUT", "path": "/latest/api/token", "token_header": false, "token_ttl_header": true});
+    [
+        ev("request", 0, with(&out, serde_json::json!({"ttl": 64, "tcp_flags": "SYN", "seq": 1000, "ack": 0, "len": 0}))),
+        ev("host_egress", 0, with(&out, serde_json::json!({"iface": "ens5", "ttl": 63, "tcp_flags": "SYN", "seq": 1000, "ack": 0, "len": 0}))),
+        ev("host_ingress", 1, with(&back, serde_json::json!({"iface": "ens5", "ttl": 64, "tcp_flags": "SYN|ACK", "seq": 5000, "ack": 1001, "len": 0}))),
+        ev("reply", 1, with(&back, serde_json::json!({"ttl": 63, "tcp_flags": "SYN|ACK", "seq": 5000, "ack": 1001, "len": 0, "pid": 42}))),
+        ev("request", 2, with(&with(&out, put.clone()), serde_json::json!({"ttl": 64, "tcp_flags": "PSH|ACK", "seq": 1001, "ack": 5001, "len": 120}))),
+        ev("host_egress", 2, with(&with(&out, put), serde_json::json!({"iface": "ens5", "ttl": 63, "tcp_flags": "PSH|ACK", "seq": 1001, "ack": 5001, "len": 120}))),
+        ev("host_ingress", 3, with(&back, serde_json::json!({"iface": "ens5", "ttl": 1, "tcp_flags": "PSH|ACK", "seq": 5001, "ack": 1121, "len": 56, "status": 200}))),
+        ev("drop", 3, with(&back, serde_json::json!({"ttl": 1, "tcp_flags": "PSH|ACK", "seq": 5001, "ack": 1121, "len": 56, "reason": "IP_INHDR"}))),
+    ]
+    .concat()
+}
+
+fn temp_file(name: &str, content: &[u8]) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("imds-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+#[test]
+fn report_from_a_recording_finds_the_failure() {
+    let (code, out, err) = observer_plain(&["report", "--from", "-"], &[], recording().as_bytes());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("hop_limit_exceeded"), "{out}");
+}
+
+#[test]
+fn report_refuses_input_with_no_event() {
+    // 100 KB of binary garbage (newlines included, as in any binary file).
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let (code, out, err) = observer_plain(&["report", "--from", "-"], &[], &garbage);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("stdin: no event to diagnose in") && err.contains("not JSON"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    // `report --json` output (findings only) fed back.
+    let (code, findings, err) = observer_plain(&["report", "--from", "-", "--json"], &[], recording().as_bytes());
+    assert_eq!(code, 1, "{err}");
+    assert!(findings.contains("\"type\":\"finding\""), "{findings}");
+    let file = temp_file("findings.jsonl", findings.as_bytes());
+    let (code, out, err) = observer_plain(&["report", "--from", file.to_str().unwrap()], &[], b"");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains(&format!("{}: no event to diagnose", file.display())), "{err}");
+    assert!(err.contains("1 finding line (report reads the events `run` writes"), "{err}");
+    let _ = std::fs::remove_file(file);
+
+    // A single truncated line.
+    let line = recording().lines().next().unwrap().to_string();
+    let (code, out, err) = observer_plain(&["report", "--from", "-"], &[], &line.as_bytes()[..line.len() / 2]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no event to diagnose in 1 line: 1 not JSON"), "{err}");
+
+    // Nothing at all (`kubectl logs` in the wrong namespace prints nothing).
+    let (code, _, err) = observer_plain(&["report", "--from", "-"], &[], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("stdin: no event to diagnose: the input is empty"), "{err}");
+}
+
+#[test]
+fn report_says_what_it_skipped() {
+    let input = format!("a log line on stderr\n{}{{\"type\":\"finding\"}}\n", recording());
+    let (code, _, err) = observer_plain(&["report", "--from", "-"], &[], input.as_bytes());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("stdin: 1 line skipped: 1 not JSON"), "{err}");
+    // Beside events, finding lines are expected: `run` writes both.
+    assert!(!err.contains("finding"), "{err}");
+}
+
+#[test]
+fn report_names_the_path_it_cannot_read() {
+    let dir = std::env::temp_dir();
+    let (code, _, err) = observer_plain(&["report", "--from", dir.to_str().unwrap()], &[], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("reading {}: ", dir.display())), "{err}");
+    let (code, _, err) = observer_plain(&["report", "--from", "/nonexistent/node.jsonl"], &[], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("opening /nonexistent/node.jsonl: "), "{err}");
+}
+
+#[test]
+fn variables_shared_with_run_do_not_conflict_with_from() {
+    let file = temp_file("rec.jsonl", recording().as_bytes());
+    let path = file.to_str().unwrap();
+    // From the environment (set for `run`), they do not apply and are left.
+    let env = [
+        ("IMDS_OBSERVER_DURATION", "5"),
+        ("IMDS_OBSERVER_CGROUP_ROOT", "/nonexistent"),
+        ("IMDS_OBSERVER_IFACES", "nosuch0"),
+        ("NODE_NAME", "ip-10-0-9-9"),
+    ];
+    let (code, out, err) = observer_plain(&["report", "--from", path], &env, b"");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("hop_limit_exceeded"), "{out}");
+    // Typed, they are refused: nothing is captured.
+    for flag in [
+        &["--duration", "5"][..],
+        &["--cgroup-root", "/nonexistent"],
+        &["--endpoint", "169.254.169.254"],
+        &["--iface", "eth0"],
+        &["--runtime-socket", "/run/docker.sock"],
+        &["--alongside"],
+    ] {
+        let args = [&["report", "--from", path][..], flag].concat();
+        let (code, _, err) = observer_plain(&args, &[], b"");
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(&format!("{} cannot be used with --from", flag[0])), "{args:?}: {err}");
+    }
+    let (code, _, err) = observer_plain(&["tui", "--from", path, "--iface", "eth0"], &[], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--iface cannot be used with --from"), "{err}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn boolean_variables_take_the_usual_spellings() {
+    let rec = recording();
+    for v in ["1", "true", "TRUE", "yes", "on", "On"] {
+        let (code, out, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", v)], rec.as_bytes());
+        assert_eq!(code, 1, "IMDS_OBSERVER_JSON={v}: {err}");
+        assert!(out.starts_with("{\"type\":\"finding\""), "IMDS_OBSERVER_JSON={v}: {out}");
+    }
+    for v in ["0", "false", "no", "off", "OFF"] {
+        let (code, out, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", v)], rec.as_bytes());
+        assert_eq!(code, 1, "IMDS_OBSERVER_JSON={v}: {err}");
+        assert!(!out.starts_with('{'), "IMDS_OBSERVER_JSON={v}: a table, not JSON: {out}");
+    }
+    // A bad value names the variable it came from.
+    let (code, _, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", "maybe")], rec.as_bytes());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value 'maybe' in IMDS_OBSERVER_JSON (for --json)"), "{err}");
+    assert!(err.contains("1/0, true/false, yes/no or on/off"), "{err}");
+    let (code, _, err) = observer_plain(&["run"], &[("IMDS_OBSERVER_ALONGSIDE", "2")], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("IMDS_OBSERVER_ALONGSIDE"), "{err}");
+    let (code, _, err) = observer_plain(&["run", "--duration", "x"], &[], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'--duration <SECONDS>'") && !err.contains("IMDS_OBSERVER_DURATION="), "typed: {err}");
+    let (code, _, err) = observer_plain(&["run"], &[("IMDS_OBSERVER_DURATION", "soon")], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value 'soon' in IMDS_OBSERVER_DURATION (for --duration)"), "{err}");
 }

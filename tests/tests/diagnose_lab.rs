@@ -1,8 +1,11 @@
 //! Lab tests of the diagnosis: the findings the observer writes for what
 //! containers really did, with the lab's SDK stand-in and with real SDKs
 //! (botocore, the AWS SDK for Rust). Root only: `cargo xtask test`.
+mod common;
+
 use std::{path::Path, time::Duration};
 
+use common::assert_fields_documented;
 use imds_lab::{
     Attach, ClientRun, Container, Lab, LabOpts, Tokens, Value, bin, bin_dir, findings_for,
 };
@@ -58,6 +61,7 @@ fn hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback() {
     let client = c.sdk("js-v2", IMDS);
     assert_eq!(client.lines.iter().filter(|l| l["method"] == "PUT").count(), 4, "{:?}", client.lines);
     let events = obs.finish(SETTLE);
+    assert_fields_documented(&events);
 
     let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("no hop_limit_exceeded: {:?}", kinds(&events, &c)));
     let ev = &f["evidence"];
@@ -181,6 +185,7 @@ fn tokens_required_401_is_explained_by_the_hop_limit() {
     let run = c.sdk("botocore", IMDS);
     assert!(run.lines.iter().any(|l| l["status"] == 401), "{:?}", run.lines);
     let events = obs.finish(SETTLE);
+    assert_fields_documented(&events);
     assert!(latest(&events, &c, "hop_limit_exceeded").is_some(), "{:?}", kinds(&events, &c));
     let f = latest(&events, &c, "token_rejected").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert_eq!(f["evidence"]["status"], 401);
@@ -197,6 +202,7 @@ fn nothing_on_the_ecs_endpoint_is_unreachable_not_hop_limit() {
     let run = c.sdk("v1-only", "http://169.254.170.2");
     assert_eq!(run.lines[0]["outcome"], "refused");
     let events = obs.finish(SETTLE);
+    assert_fields_documented(&events);
     let f = latest(&events, &c, "unreachable").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert!(!f["summary"].as_str().unwrap().to_lowercase().contains("hop limit"), "{f}");
     assert!(f.get("fix").is_none() || !f["fix"].to_string().contains("hop-limit"));

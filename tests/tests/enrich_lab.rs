@@ -4,6 +4,8 @@
 //! observer reads a fake Kubernetes API server (through KUBECONFIG) and a
 //! fake Nomad agent (NOMAD_ADDR, NOMAD_TOKEN), both on the lab host's
 //! loopback. Root only: `cargo xtask test`.
+mod common;
+
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
@@ -136,6 +138,7 @@ fn findings_name_pods_and_nomad_allocations_from_their_apis() {
     assert!(!kr.lines.is_empty() && !nr.lines.is_empty(), "clients ran: {:?} {:?}", kr.lines, nr.lines);
     let stderr = obs.stderr.clone();
     let events = obs.finish(SETTLE);
+    common::assert_fields_documented(&events);
 
     // The pod: names from the API server, container name and image from
     // the pod's status (no runtime socket here).

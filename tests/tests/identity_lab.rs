@@ -1,5 +1,7 @@
 //! Lab tests of identity: findings name the workload behind the traffic,
 //! with real podman containers. Root only: `cargo xtask test`.
+mod common;
+
 use std::time::Duration;
 
 use imds_lab::{Attach, Lab, LabOpts, Podman, Value, findings_for};
@@ -31,6 +33,7 @@ fn podman_container_is_named_through_the_api() {
     let obs = lab.observer(&["--runtime-socket", podman.socket.to_str().unwrap()]);
     let id = podman.run("imds-lab-payments", TOKEN_THEN_V1);
     let events = obs.finish(SETTLE);
+    common::assert_fields_documented(&events);
 
     let f = hop_finding(&events, &id);
     let c = &f["container"];
@@ -71,6 +74,7 @@ fn host_process_is_identified_as_host() {
     assert_eq!(h.sdk("token-only", "http://169.254.169.254").code, 0);
     assert_eq!(c.sdk("v1-only", "http://169.254.169.254").code, 0);
     let events = obs.finish(SETTLE);
+    common::assert_fields_documented(&events);
     let hf = findings_for(&events, &h.cgroup_rel());
     assert!(!hf.is_empty() && hf.iter().all(|f| f["container"]["host"] == true), "{hf:#?}");
     let cf = findings_for(&events, &c.cgroup_rel());
@@ -128,6 +132,7 @@ fn cgroup_v1_container_is_named_through_its_veth() {
     let after = lab.add_v1_container("v1-after", Attach::Bridge, &ids[1]);
     let runs = [&before, &after].map(|c| c.sdk("js-v2", "http://169.254.169.254"));
     let events = obs.finish(SETTLE);
+    common::assert_fields_documented(&events);
 
     for ((c, id), run) in [&before, &after].into_iter().zip(&ids).zip(&runs) {
         let f = hop_finding(&events, id);

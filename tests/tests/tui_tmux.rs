@@ -345,6 +345,17 @@ fn sigterm_restores_the_terminal() {
 }
 
 #[test]
+fn a_directory_is_named_before_the_screen_is_taken() {
+    let dir = tempdir("dir");
+    let t = Tmux::new("dir");
+    t.run(&format!("{} tui --from {}; echo exit=$?", observer(), dir.display()));
+    let screen = t.wait_for("the error", |s| s.contains("exit="));
+    assert!(screen.contains(&format!("reading {}: it is a directory", dir.display())), "{screen}");
+    assert!(screen.contains("exit=2"), "{screen}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn closing_the_terminal_ends_the_tui() {
     let dir = tempdir("hangup");
     let file = dir.join("capture.jsonl");

@@ -215,3 +215,19 @@ impl Capture {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Kernel;
+
+    #[test]
+    fn start_up_line_says_what_is_missing_and_what_stands_in() {
+        let k = |drop_reasons, tcx, locations| Kernel { drop_reasons, tcx, locations };
+        assert_eq!(k(true, true, true).limits(), None);
+        let old = k(false, false, true).limits().unwrap();
+        assert!(old.contains("no drop reason") && old.contains("ip_forward") && old.contains("no TCX"), "{old}");
+        let hidden = k(false, true, false).limits().unwrap();
+        assert!(hidden.contains("CAP_SYSLOG") && !hidden.contains("TCX"), "{hidden}");
+        assert!(k(true, false, false).limits().unwrap().contains("netlink"));
+    }
+}

@@ -420,6 +420,48 @@ fn hop_limit_failure_is_found_at_the_first_drop_with_evidence_timeline_and_fix()
     assert!(fb.fix.as_ref().unwrap().note.as_ref().unwrap().contains("--http-tokens required"));
 }
 
+/// 5.10 gives no drop reason: the kernel's drop carries only where it
+/// happened (ip_forward). The finding and its evidence are the same.
+#[test]
+fn hop_limit_failure_without_drop_reasons_is_told_by_the_drop_location() {
+    let located = |mut e: Event| {
+        if e.kind == Some(Kind::Drop) && e.via.is_none() {
+            e.reason = None;
+            e.location = Some("ip_forward".into());
+        }
+        e
+    };
+    let mut d = Diagnoser::default();
+    let first = hop_limit_failure()
+        .into_iter()
+        .map(located)
+        .flat_map(|e| d.observe(&e))
+        .find(|f| f.kind == FindingKind::HopLimitExceeded)
+        .expect("hop_limit_exceeded without reasons");
+    assert_eq!(first.ts, at(2), "at the kernel's drop, as with reasons");
+    assert_eq!(first.evidence.drops, Some(1));
+    assert_eq!(first.evidence.required_hop_limit, Some(2));
+
+    // A drop elsewhere, or in ip_forward with TTL to spare, is no TTL drop.
+    for (location, ttl) in [(None, 1), (Some("ip_forward"), 5)] {
+        let mut d = Diagnoser::default();
+        let found = hop_limit_failure()
+            .into_iter()
+            .map(|mut e| {
+                if e.kind == Some(Kind::Drop) && e.via.is_none() {
+                    e.reason = None;
+                    e.location = location.map(str::to_string);
+                    e.ttl = Some(ttl);
+                }
+                e
+            })
+            .filter(|e| e.via.is_none())
+            .flat_map(|e| d.observe(&e))
+            .find(|f| f.kind == FindingKind::HopLimitExceeded);
+        assert!(found.as_ref().is_none_or(|f| f.evidence.drops.is_none()), "{location:?} ttl {ttl}: {found:#?}");
+    }
+}
+
 #[test]
 fn finding_json_shape() {
     let mut d = Diagnoser::new(Config { instance_id: Some("i-0abc1234def567890".into()), ..Default::default() });

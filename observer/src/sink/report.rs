@@ -34,14 +34,49 @@ pub struct StreamDiagnosis {
     pub emitted: Vec<Finding>,
     /// Events fed to the engine.
     pub events: u64,
-    /// Lines that are neither events nor findings (garbage, truncated JSON,
-    /// bad timestamps).
-    pub skipped: u64,
-    /// `"type":"finding"` lines in the input: ignored, the engine recomputes
-    /// them.
-    pub finding_lines: u64,
+    /// Lines not fed to the engine, by why.
+    pub skipped: Skipped,
     /// Records the capture reported lost.
     pub lost_events: u64,
+}
+
+/// Lines of a stream that are not events the engine can use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Not JSON: garbage, a truncated line, not UTF-8 (or a log line).
+    pub not_json: u64,
+    /// JSON, but not an event: no or an unknown `type`, missing fields.
+    pub not_event: u64,
+    /// `"type":"finding"` lines: the engine recomputes findings from events.
+    pub findings: u64,
+    /// Events whose `ts` is not an RFC 3339 time.
+    pub bad_time: u64,
+}
+
+impl Skipped {
+    pub fn total(&self) -> u64 {
+        self.not_json + self.not_event + self.findings + self.bad_time
+    }
+
+    /// "3 not JSON (...), 1 finding line (...)", or None when nothing was
+    /// skipped.
+    pub fn describe(&self) -> Option<String> {
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        let parts: Vec<String> = [
+            (self.not_json, "not JSON (garbage, truncated or a log line)".to_string()),
+            (self.not_event, "JSON but not an event".to_string()),
+            (
+                self.findings,
+                format!("finding line{} (report reads the events `run` writes, not findings)", s(self.findings)),
+            ),
+            (self.bad_time, format!("event{} with a bad timestamp", s(self.bad_time))),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
 }
 
 #[cfg(test)]
@@ -69,20 +104,16 @@ pub fn diagnose_stream_with(mut r: impl BufRead, cfg: Config) -> io::Result<Stre
                 let bad_before = d.stats().bad_time;
                 out.emitted.extend(d.observe(&ev));
                 if d.stats().bad_time > bad_before {
-                    out.skipped += 1;
+                    out.skipped.bad_time += 1;
                 } else {
                     out.events += 1;
                 }
             }
-            _ => {
-                let is_finding = serde_json::from_slice::<serde_json::Value>(text)
-                    .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("finding"));
-                if is_finding {
-                    out.finding_lines += 1;
-                } else {
-                    out.skipped += 1;
-                }
-            }
+            _ => match serde_json::from_slice::<serde_json::Value>(text) {
+                Err(_) => out.skipped.not_json += 1,
+                Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("finding") => out.skipped.findings += 1,
+                Ok(_) => out.skipped.not_event += 1,
+            },
         }
     }
     out.emitted.extend(d.settle());
@@ -562,8 +593,8 @@ mod tests {
         bytes.extend_from_slice(b"\xff\xfe not utf-8\n");
         let got = diagnose_stream(&bytes[..]).unwrap();
         assert_eq!(got.events, events.len() as u64);
-        assert_eq!(got.skipped, 6, "garbage, bogus type, {{}}, truncated, bad ts, not utf-8");
-        assert_eq!(got.finding_lines, 1);
+        let skipped = Skipped { not_json: 3, not_event: 2, findings: 1, bad_time: 1 };
+        assert_eq!(got.skipped, skipped, "garbage, truncated, not utf-8; bogus type, {{}}; a finding; bad ts");
         assert_eq!(got.findings, live_findings);
         assert_eq!(got.emitted, live_emitted);
         assert_eq!(

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
 
 pub use super::app::Feed;
@@ -40,6 +40,11 @@ impl Source {
             Some("-") => Ok(Source::lines(spawn_reader(io::stdin(), false), "from stdin")),
             Some(path) => {
                 let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+                // Reading a directory would fail only later, on the reader's
+                // thread, behind the screen.
+                if f.metadata().is_ok_and(|m| m.is_dir()) {
+                    bail!("reading {path}: it is a directory");
+                }
                 Ok(Source::lines(spawn_reader(f, true), &format!("from {path}")))
             }
             None => {
