@@ -4,7 +4,7 @@
 use std::{process::Stdio, time::Duration};
 
 
-use imds_lab::{Attach, Container, IMDS_V4, Lab, LabOpts, Value, bin, kernel_has_drop_reasons, of_type};
+use imds_lab::{Attach, Container, IMDS_V4, Lab, LabOpts, Value, bin, findings_for, kernel_has_drop_reasons, of_type};
 
 const TOKEN_PATH: &str = "/latest/api/token";
 /// For the kernel to hand over the last packets.
@@ -116,6 +116,9 @@ fn hop_limit_2_delivers_the_token_reply() {
     assert!(of_type(&events, "drop").is_empty(), "unexpected drops: {events:#?}");
     // The GETs that followed carried the token header (never its value).
     assert!(of_type(&events, "request").iter().any(|r| r["method"] == "GET" && r["token_header"] == true));
+    // And the verdict: healthy, no hop-limit finding.
+    let kinds: Vec<_> = findings_for(&events, &c.cgroup_rel()).iter().map(|f| f["kind"].clone()).collect();
+    assert!(!kinds.is_empty() && kinds.iter().all(|k| k == "healthy"), "{kinds:?}");
 }
 
 #[test]

@@ -203,6 +203,7 @@ fn old_kernel_verifier_rejection_shows_its_last_lines() {
     let (_, tail) = err.split_once("its last lines:").expect("the verifier's lines");
     assert!(tail.contains("kfree_skb"), "the verifier's own words: {err}");
     assert!(tail.lines().filter(|l| l.starts_with("  ")).count() >= 2, "{err}");
+}
 
 // Plain tests (no root): `report --from` and the command line, run as a user
 // would, with the built binary.
