@@ -30,8 +30,10 @@ mod sink {
 }
 #[path = "../src/capture/netlink.rs"]
 mod netlink;
+#[path = "../src/capture/kallsyms.rs"]
+mod kallsyms;
 mod capture {
-    pub(crate) use super::netlink;
+    pub(crate) use super::{kallsyms, netlink};
 }
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
