@@ -389,3 +389,25 @@ fn boolean_variables_take_the_usual_spellings() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid value 'soon' in IMDS_OBSERVER_DURATION (for --duration)"), "{err}");
 }
+
+/// A recording `cargo xtask demo` made before the typed-event change (hop
+/// limit 1, one forwarding hop, tokens optional) replays to the findings
+/// `report --json` gave then. A change to these findings is a change to the
+/// diagnosis: update the expected file in the same commit, and say why.
+#[test]
+fn a_recording_from_an_earlier_version_replays_to_the_same_findings() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings");
+    let recording = dir.join("hop-limit-1.jsonl");
+    let (code, out, err) = observer_plain(&["report", "--from", recording.to_str().unwrap(), "--json"], &[], b"");
+    assert_eq!(code, 1, "{err}");
+    let parse = |text: &str| -> Vec<serde_json::Value> {
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    };
+    let expected = parse(&std::fs::read_to_string(dir.join("hop-limit-1.report.json")).unwrap());
+    let got = parse(&out);
+    let kinds = |v: &[serde_json::Value]| v.iter().map(|f| f["kind"].to_string()).collect::<Vec<_>>();
+    assert_eq!(kinds(&got), kinds(&expected));
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g, e, "finding {} changed", e["kind"]);
+    }
+}
