@@ -4,50 +4,26 @@
 //!
 //!   cargo bench -p imds-observer --bench tui_render
 //!
-//! The package has no library target, so the modules the TUI state and its
-//! drawing need are compiled in here by path. (So rustfmt on this file would
-//! reformat those modules too: format src/tui/ instead.)
-#![allow(dead_code, unused_imports)]
-
-// `crate::` and `super::` paths in these files resolve as in the binary:
-// the TUI's modules sit at the root here, where they expect their siblings.
-#[path = "../src/tui/app.rs"]
-mod app;
-#[path = "../src/diagnose/mod.rs"]
-mod diagnose;
-#[path = "../src/event.rs"]
-mod event;
-#[path = "../src/identity/mod.rs"]
-mod identity;
-#[path = "../src/tui/input.rs"]
-mod input;
-#[path = "../src/sink/report.rs"]
-mod report;
-#[path = "../src/tui/ui.rs"]
-mod ui;
-mod sink {
-    pub(crate) use super::report;
-}
-#[path = "../src/capture/netlink.rs"]
-mod netlink;
-#[path = "../src/capture/kallsyms.rs"]
-mod kallsyms;
-mod capture {
-    pub(crate) use super::{kallsyms, netlink};
-}
-
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, Instant, UNIX_EPOCH},
+};
 
 use ratatui::{backend::TestBackend, Terminal};
 
-use crate::{
-    app::{App, Feed, Mode},
-    diagnose::Config,
-    event::{rfc3339, Event, Kind},
-    input::Action,
+use imds_observer::{
+    diagnose::{Config, Diagnoser},
+    model::{Event, Kind, Proto, TcpFlags},
+    tui::{
+        app::{App, Feed, Mode},
+        input::Action,
+        ui,
+    },
 };
 
 const CONTAINERS: u64 = 5_000;
+const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 33)), 41644);
+const IMDS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80);
 const EVENTS: usize = 1_000_000;
 /// The node's hop limit is 2; one container in this many sits two hops
 /// away (behind a router) and loses its token replies.
@@ -83,11 +59,11 @@ impl Gen {
 
     fn ev(&self, kind: Kind, Conn { cg, flow, .. }: Conn) -> Event {
         let ts = UNIX_EPOCH + Duration::from_secs(1_790_000_000) + Duration::from_millis(self.ms);
-        let mut e = Event::new(kind, rfc3339(ts), "ip-10-0-1-17".into());
+        let mut e = Event::new(kind, ts, "ip-10-0-1-17".into());
         e.flow = Some(flow);
         e.cgroup_id = Some(cg);
         e.cgroup = Some(format!("/kubepods.slice/kubepods-burstable.slice/pod{cg:08x}/cri-containerd-{cg:064x}.scope"));
-        e.proto = Some("tcp".into());
+        e.proto = Some(Proto::Tcp);
         if matches!(kind, Kind::HostIngress | Kind::HostEgress) {
             e.iface = Some("ens5".into());
         }
@@ -98,10 +74,10 @@ impl Gen {
     fn send(&mut self, c: Conn, seq: u32, ack: u32, flags: &str, http: Option<(&str, &str, bool)>) {
         for (kind, ttl) in [(Kind::Request, 64), (Kind::HostEgress, 64 - c.hops)] {
             let mut e = self.ev(kind, c);
-            e.src = Some("10.0.1.33:41644".into());
-            e.dst = Some("169.254.169.254:80".into());
+            e.src = Some(CLIENT);
+            e.dst = Some(IMDS);
             e.ttl = Some(ttl);
-            e.tcp_flags = Some(flags.into());
+            e.tcp_flags = Some(TcpFlags::parse(flags));
             e.seq = Some(seq);
             e.ack = Some(ack);
             e.len = Some(if http.is_some() { 120 } else { 0 });
@@ -118,10 +94,10 @@ impl Gen {
     /// A reply at the uplink with `ttl`; delivered or dropped.
     fn receive(&mut self, c: Conn, seq: u32, ack: u32, status: Option<u16>, ttl: u8) {
         let mut hi = self.ev(Kind::HostIngress, c);
-        hi.src = Some("169.254.169.254:80".into());
-        hi.dst = Some("10.0.1.33:41644".into());
+        hi.src = Some(IMDS);
+        hi.dst = Some(CLIENT);
         hi.ttl = Some(ttl);
-        hi.tcp_flags = Some(if status.is_some() { "PSH|ACK" } else { "SYN|ACK" }.into());
+        hi.tcp_flags = Some(if status.is_some() { TcpFlags::PSH } else { TcpFlags::SYN } | TcpFlags::ACK);
         hi.seq = Some(seq);
         hi.ack = Some(ack);
         hi.len = Some(if status.is_some() { 56 } else { 0 });
@@ -129,13 +105,13 @@ impl Gen {
         self.buf.push_back(hi.clone());
         if ttl > c.hops {
             let mut r = hi;
-            r.kind = Some(Kind::Reply);
+            r.kind = Kind::Reply;
             r.ttl = Some(ttl - c.hops);
             r.iface = None;
             self.buf.push_back(r);
         } else {
             let mut d = hi;
-            d.kind = Some(Kind::Drop);
+            d.kind = Kind::Drop;
             d.iface = None;
             d.reason = Some("IP_INHDR".into());
             self.buf.push_back(d.clone());
@@ -262,7 +238,7 @@ fn main() {
 
     // The engine alone, for comparison: what the TUI state adds per event.
     let t = Instant::now();
-    let mut d = diagnose::Diagnoser::default();
+    let mut d = Diagnoser::default();
     for e in Gen::new().take(EVENTS) {
         d.observe(&e);
     }

@@ -1,16 +1,4 @@
-mod capture;
-mod cli;
-mod correlate;
-mod diagnose;
-#[cfg(test)]
-mod docs;
-mod event;
-mod identity;
-mod pipeline;
-mod run;
-mod sink;
-mod tui;
-
+//! The `imds-observer` command: logging, the runtime, and the subcommand.
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -19,7 +7,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = cli::Cli::parse_env();
+    let cli = imds_observer::cli::Cli::parse_env();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -28,9 +16,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.command {
-        cli::Command::Run(args) => rt.block_on(run::run(args)).map(|()| 0),
-        cli::Command::Report(args) => rt.block_on(run::report(args)),
-        cli::Command::Tui(args) => rt.block_on(tui::main(args)).map(|()| 0),
+        imds_observer::cli::Command::Run(args) => rt.block_on(imds_observer::run::run(args)).map(|()| 0),
+        imds_observer::cli::Command::Report(args) => rt.block_on(imds_observer::run::report(args)),
+        imds_observer::cli::Command::Tui(args) => rt.block_on(imds_observer::tui::main(args)).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

@@ -20,7 +20,7 @@ use crate::{
         kallsyms::{self, Locations},
     },
     correlate::flows::{Flow, FlowTable},
-    event::{Event, Kind, rfc3339},
+    model::{self, Event, Kind, TcpFlags},
     identity::{Container, Identities},
 };
 
@@ -140,7 +140,7 @@ impl Pipeline {
     }
 
     fn event(&self, kind: Kind, ts_ns: u64) -> Event {
-        Event::new(kind, rfc3339(self.clock.wall(ts_ns)), self.node.clone())
+        Event::new(kind, self.clock.wall(ts_ns), self.node.clone())
     }
 
 
@@ -396,10 +396,10 @@ impl Pipeline {
         ev.reason = Some("TTL_EXCEEDED".into());
         ev.via = Some("icmp_time_exceeded".into());
         self.with_flow(&mut ev, flow);
-        ev.src = Some(icmp.inner_src.to_string());
-        ev.dst = Some(icmp.inner_dst.to_string());
+        ev.src = Some(icmp.inner_src);
+        ev.dst = Some(icmp.inner_dst);
         ev.ttl = Some(icmp.inner_ttl);
-        ev.proto = Some(proto_name(icmp.inner_proto).into());
+        ev.proto = Some(proto(icmp.inner_proto));
         ev.seq = icmp.inner_tcp_seq;
         Some(ev)
     }
@@ -418,23 +418,23 @@ fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
-fn proto_name(p: Proto) -> &'static str {
+fn proto(p: Proto) -> model::Proto {
     match p {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-        Proto::Icmp => "icmp",
-        Proto::Other(_) => "other",
+        Proto::Tcp => model::Proto::Tcp,
+        Proto::Udp => model::Proto::Udp,
+        Proto::Icmp => model::Proto::Icmp,
+        Proto::Other(_) => model::Proto::Other,
     }
 }
 
 fn fill_packet(ev: &mut Event, pkt: &Packet) {
-    ev.src = Some(pkt.src.to_string());
-    ev.dst = Some(pkt.dst.to_string());
+    ev.src = Some(pkt.src);
+    ev.dst = Some(pkt.dst);
     ev.ttl = Some(pkt.ttl);
-    ev.proto = Some(proto_name(pkt.proto).into());
+    ev.proto = Some(proto(pkt.proto));
     ev.len = Some(pkt.payload_len);
     if let Some(t) = &pkt.tcp {
-        ev.tcp_flags = Some(decode::tcp_flags_str(t.flags));
+        ev.tcp_flags = Some(TcpFlags::from_bits_retain(t.flags));
         ev.seq = Some(t.seq);
         ev.ack = Some(t.ack);
     }
@@ -515,7 +515,7 @@ mod tests {
     }
 
     fn kinds(out: &[Event]) -> Vec<(Kind, Option<u32>)> {
-        out.iter().map(|e| (e.kind.unwrap(), e.seq)).collect()
+        out.iter().map(|e| (e.kind, e.seq)).collect()
     }
 
     #[test]

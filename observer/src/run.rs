@@ -23,7 +23,7 @@ use crate::{
     capture::{self, Capture, preflight, uplinks},
     cli::{CaptureArgs, ReportArgs, RunArgs},
     diagnose::{self, Diagnoser},
-    event::{Event, Kind},
+    model::{Event, Kind},
     identity::{Identities, cgroup, docker},
     pipeline::{self, Clock, Pipeline},
     sink::{
@@ -211,7 +211,7 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
 fn report_lost(cap: &Capture, pipe: &Pipeline, reported: u64, sink: &mut impl EventSink) -> Result<u64> {
     let lost = cap.lost();
     if lost > reported {
-        let mut ev = Event::new(Kind::LostEvents, crate::event::rfc3339(SystemTime::now()), pipe.node.clone());
+        let mut ev = Event::new(Kind::LostEvents, SystemTime::now(), pipe.node.clone());
         ev.count = Some(lost - reported);
         warn!(count = lost - reported, "events lost: the ring buffer was full");
         sink.event(ev)?;
@@ -409,7 +409,7 @@ pub fn spawn_live(args: CaptureArgs) -> Result<mpsc::Receiver<Event>> {
             }
             fn tick(&mut self, now: SystemTime) -> Result<bool> {
                 if self.dropped > 0 {
-                    let mut ev = Event::new(Kind::LostEvents, crate::event::rfc3339(now), self.node.clone());
+                    let mut ev = Event::new(Kind::LostEvents, now, self.node.clone());
                     ev.count = Some(self.dropped);
                     if self.tx.try_send(ev).is_ok() {
                         self.dropped = 0;

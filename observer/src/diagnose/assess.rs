@@ -7,7 +7,7 @@ use super::{
     finding::{Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix},
     state::{ContainerState, Outcome, StatusState, Ts},
 };
-use crate::event::rfc3339;
+use crate::model::rfc3339;
 
 pub(super) struct NodeView<'a> {
     pub name: &'a str,
@@ -106,7 +106,7 @@ pub(super) fn timeline(c: &ContainerState) -> Vec<Attempt> {
             ts: rfc3339(a.ts),
             method: a.method.clone(),
             path: a.path.clone(),
-            dst: a.dst.clone(),
+            dst: a.dst.map(|d| d.to_string()),
             token: a.token_header,
             outcome: a.outcome.label(),
             latency_ms: a.latency.map(|d| super::state::round3(d.as_secs_f64() * 1000.0)),
@@ -262,7 +262,7 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
                 .endpoints
                 .iter()
                 .filter(|e| e.failing())
-                .map(|e| EndpointFailures { endpoint: e.endpoint.clone(), refused: e.refused, timeouts: e.timeouts })
+                .map(|e| EndpointFailures { endpoint: e.endpoint.to_string(), refused: e.refused, timeouts: e.timeouts })
                 .collect();
             ev.endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
             ev.drop_reasons = c.drop_reasons.clone();
@@ -278,7 +278,7 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
                     if e.timeouts > 0 {
                         how.push(format!("{} timed out with no answer", plural(e.timeouts, "attempt", "attempts")));
                     }
-                    format!("{}: {}{}", e.endpoint, how.join(", "), endpoint_hint(&e.endpoint))
+                    format!("{}: {}{}", e.endpoint, how.join(", "), endpoint_hint(&e.endpoint.to_string()))
                 })
                 .collect();
             let dropped = if ev.drop_reasons.is_empty() {
@@ -325,7 +325,7 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
 /// The container a finding is about: its identity, with the cgroup filled in.
 pub(super) fn container(cg: u64, c: &ContainerState) -> Container {
     let mut who = c.identity.clone().unwrap_or_default();
-    if cg & crate::identity::NETNS_KEY == 0 {
+    if cg & crate::model::NETNS_KEY == 0 {
         who.cgroup_id = Some(cg);
     }
     if who.cgroup.is_none() {

@@ -77,7 +77,7 @@ impl std::fmt::Display for FindingKind {
 }
 
 /// Who the finding is about: the same identity events carry.
-pub use crate::identity::Container;
+pub use crate::model::Container;
 
 /// Requests the container made to metadata endpoints, retransmissions not
 /// counted.

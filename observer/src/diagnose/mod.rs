@@ -31,6 +31,7 @@ pub(crate) mod tests;
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
@@ -39,12 +40,12 @@ pub use finding::{
     Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency, Requests,
 };
 use state::{
-    since, tcp, AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, NodeState, Outcome,
+    since, AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, NodeState, Outcome,
     PendingDrop, ReqKind, Resp, StatusState, TtlSample, Ts, MAX_DROP_REASONS, MAX_EXCHANGES, MAX_PATHS,
     MAX_PENDING_DROPS, MAX_REQ_SEQS, MAX_TTL_SAMPLES,
 };
 
-use crate::event::{Event, Kind};
+use crate::model::{Event, Kind, TcpFlags};
 
 /// How long after the client closed (FIN/RST) an unanswered request is
 /// declared timed out (a late reply, or a half-closing client, gets this
@@ -100,10 +101,8 @@ impl Default for Config {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub events: u64,
-    /// Events without a type, a flow, or a container to attribute them to.
+    /// Events without a flow, or a container to attribute them to.
     pub ignored: u64,
-    /// Events whose `ts` is not RFC 3339.
-    pub bad_time: u64,
     /// Sum of `lost_events` counts (records the capture could not hand over).
     pub lost_events: u64,
     pub evicted_flows: u64,
@@ -111,8 +110,7 @@ pub struct Stats {
     pub evicted_nodes: u64,
 }
 
-#[cfg(test)]
-/// How much state is held (for tests and metrics).
+/// How much state is held (for tests, the bench and metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateSize {
     pub nodes: usize,
@@ -160,7 +158,6 @@ impl Diagnoser {
         self.stats
     }
 
-    #[cfg(test)]
     pub fn state_size(&self) -> StateSize {
         let mut s = StateSize { nodes: self.nodes.len(), ..Default::default() };
         for n in self.nodes.values() {
@@ -181,14 +178,7 @@ impl Diagnoser {
     /// (an unchanged finding is not returned again), worst first.
     pub fn observe(&mut self, ev: &Event) -> Vec<Finding> {
         self.stats.events += 1;
-        let Some(kind) = ev.kind else {
-            self.stats.ignored += 1;
-            return Vec::new();
-        };
-        let Ok(ts) = humantime::parse_rfc3339(&ev.ts) else {
-            self.stats.bad_time += 1;
-            return Vec::new();
-        };
+        let (kind, ts) = (ev.kind, ev.ts);
         self.ensure_node(&ev.node, ts);
         let cfg = &self.cfg;
         let node = self.nodes.get_mut(&ev.node).expect("ensured");
@@ -615,7 +605,7 @@ fn payload(ev: &Event) -> bool {
 /// flags) leaving the uplink, whichever is seen first.
 fn sample_ttl(cx: &mut Cx, ev: &Event, sent: bool) {
     let (Some(seq), Some(ttl)) = (ev.seq, ev.ttl) else { return };
-    let flags = tcp::parse(ev.tcp_flags.as_deref());
+    let flags = ev.flags();
     let (mine, other) = if sent {
         (&mut cx.flow.sent_ttl, &cx.flow.egress_ttl)
     } else {
@@ -635,12 +625,12 @@ fn sample_ttl(cx: &mut Cx, ev: &Event, sent: bool) {
 }
 
 fn on_request(cx: &mut Cx, ev: &Event) {
-    let flags = tcp::parse(ev.tcp_flags.as_deref());
+    let flags = ev.flags();
     if cx.flow.endpoint.is_none() {
-        cx.flow.endpoint = ev.dst.clone();
+        cx.flow.endpoint = ev.dst;
     }
     sample_ttl(cx, ev, true);
-    if flags & tcp::SYN != 0 && flags & tcp::ACK == 0 && cx.flow.syn_ts.is_none() && !cx.flow.connect_done {
+    if flags.is_syn() && cx.flow.syn_ts.is_none() && !cx.flow.connect_done {
         cx.flow.syn_ts = Some(cx.ts);
     }
     if let (Some(method), Some(path)) = (&ev.method, &ev.path) {
@@ -655,7 +645,7 @@ fn on_request(cx: &mut Cx, ev: &Event) {
             new_request(cx, ev, method, path);
         }
     }
-    if flags & (tcp::FIN | tcp::RST) != 0 && cx.flow.closed_at.is_none() {
+    if flags.intersects(TcpFlags::FIN | TcpFlags::RST) && cx.flow.closed_at.is_none() {
         cx.flow.closed_at = Some(cx.ts);
     }
 }
@@ -690,7 +680,7 @@ fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
     }
     let id = c.next_attempt;
     c.next_attempt += 1;
-    let dst = cx.flow.endpoint.clone().or_else(|| ev.dst.clone());
+    let dst = cx.flow.endpoint.or(ev.dst);
     c.push_attempt(
         AttemptRec {
             id,
@@ -727,17 +717,17 @@ fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
 }
 
 fn on_reply(cx: &mut Cx, ev: &Event) {
-    let flags = tcp::parse(ev.tcp_flags.as_deref());
-    if flags & tcp::SYN != 0 && flags & tcp::ACK != 0 {
+    let flags = ev.flags();
+    if flags.contains(TcpFlags::SYN | TcpFlags::ACK) {
         cx.flow.syn_acked = true;
         if !cx.flow.connect_done {
             cx.flow.connect_done = true;
-            if let (Some(ep), Some(syn)) = (cx.flow.endpoint.clone(), cx.flow.syn_ts) {
-                endpoint_ok(cx.c, &ep, syn, cx.ts);
+            if let (Some(ep), Some(syn)) = (cx.flow.endpoint, cx.flow.syn_ts) {
+                endpoint_ok(cx.c, ep, syn, cx.ts);
             }
         }
     }
-    if flags & tcp::RST != 0 {
+    if flags.contains(TcpFlags::RST) {
         match cx.flow.syn_ts {
             Some(syn) if !cx.flow.syn_acked && !cx.flow.connect_done => {
                 cx.flow.connect_done = true;
@@ -798,7 +788,7 @@ fn is_ttl_drop(ev: &Event) -> bool {
 }
 
 fn on_drop(cx: &mut Cx, ev: &Event) {
-    let inbound = match (&cx.flow.endpoint, &ev.src, &ev.dst) {
+    let inbound = match (cx.flow.endpoint, ev.src, ev.dst) {
         (Some(ep), Some(src), _) if src == ep => true,
         (Some(ep), _, Some(dst)) if dst == ep => false,
         _ => true,
@@ -964,7 +954,7 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
     let reply_ttl = ex.resp.as_ref().and_then(|r| r.ttl_at_host);
     let (method, path, ttl_header) = (ex.method.clone(), ex.path.clone(), ex.ttl_header);
     let latency = (matches!(new, Outcome::Status(_)) && delivered).then(|| since(req_ts, ts));
-    let endpoint = cx.flow.endpoint.clone();
+    let endpoint = cx.flow.endpoint;
     let had_ttl_drop = cx.flow.had_ttl_drop();
     let other_drop = cx.flow.other_drop_reason.clone();
     let (flow_drops, flow_icmp) = (cx.flow.ttl_drops, cx.flow.icmp);
@@ -979,7 +969,7 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
     }
     match new {
         Outcome::Status(s) => {
-            if let Some(ep) = &endpoint {
+            if let Some(ep) = endpoint {
                 endpoint_ok(c, ep, req_ts, ts);
             }
             if (200..300).contains(&s) || s == 404 {
@@ -1062,7 +1052,7 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
             }
         }
         Outcome::Timeout | Outcome::Refused => {
-            if let Some(ep) = &endpoint {
+            if let Some(ep) = endpoint {
                 if new == Outcome::Refused || !had_ttl_drop {
                     endpoint_failed(c, ep, new, req_ts, ts, other_drop.as_ref());
                 }
@@ -1094,7 +1084,7 @@ fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
     let ts = cx.ts;
     let had_ttl_drop = cx.flow.had_ttl_drop();
     let other_drop = cx.flow.other_drop_reason.clone();
-    let endpoint = cx.flow.endpoint.clone();
+    let endpoint = cx.flow.endpoint;
     let c = &mut *cx.c;
     let id = c.next_attempt;
     c.next_attempt += 1;
@@ -1104,7 +1094,7 @@ fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
             ts: syn,
             method: None,
             path: None,
-            dst: endpoint.clone(),
+            dst: endpoint,
             token_header: None,
             imdsv1: false,
             outcome: how,
@@ -1113,19 +1103,19 @@ fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
         },
         cx.cfg.timeline_cap,
     );
-    if let Some(ep) = &endpoint {
+    if let Some(ep) = endpoint {
         if how == Outcome::Refused || !had_ttl_drop {
             endpoint_failed(c, ep, how, syn, ts, other_drop.as_ref());
         }
     }
 }
 
-fn endpoint_ok(c: &mut ContainerState, ep: &str, attempt_ts: Ts, now: Ts) {
+fn endpoint_ok(c: &mut ContainerState, ep: SocketAddr, attempt_ts: Ts, now: Ts) {
     let e = c.endpoint_mut(ep, now);
     e.last_ok = Some(e.last_ok.map_or(attempt_ts, |t| t.max(attempt_ts)));
 }
 
-fn endpoint_failed(c: &mut ContainerState, ep: &str, how: Outcome, attempt_ts: Ts, now: Ts, reason: Option<&String>) {
+fn endpoint_failed(c: &mut ContainerState, ep: SocketAddr, how: Outcome, attempt_ts: Ts, now: Ts, reason: Option<&String>) {
     if let Some(r) = reason {
         if !c.drop_reasons.contains(r) {
             if c.drop_reasons.len() >= MAX_DROP_REASONS {

@@ -3,10 +3,12 @@
 //! uptime.
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
 use super::finding::{FindingKind, Latency, Requests};
+use crate::model::TcpFlags;
 
 pub(super) type Ts = SystemTime;
 
@@ -32,31 +34,6 @@ pub(super) fn secs(d: Duration) -> f64 {
 /// `b - a`, zero when negative (events may be slightly out of order).
 pub(super) fn since(a: Ts, b: Ts) -> Duration {
     b.duration_since(a).unwrap_or_default()
-}
-
-pub(super) mod tcp {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
-
-    /// "SYN|ACK" → bits.
-    pub fn parse(s: Option<&str>) -> u8 {
-        let Some(s) = s else { return 0 };
-        s.split('|')
-            .map(|f| match f.trim() {
-                "FIN" => FIN,
-                "SYN" => SYN,
-                "RST" => RST,
-                "PSH" => 0x08,
-                "ACK" => ACK,
-                "URG" => 0x20,
-                "ECE" => 0x40,
-                "CWR" => 0x80,
-                _ => 0,
-            })
-            .fold(0, |a, b| a | b)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -133,7 +110,7 @@ pub(super) struct AttemptRec {
     pub ts: Ts,
     pub method: Option<String>,
     pub path: Option<String>,
-    pub dst: Option<String>,
+    pub dst: Option<SocketAddr>,
     pub token_header: Option<bool>,
     /// An AWS IMDS request (not the token PUT) without a token.
     pub imdsv1: bool,
@@ -176,7 +153,7 @@ pub(super) struct Exchange {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct TtlSample {
     pub seq: u32,
-    pub flags: u8,
+    pub flags: TcpFlags,
     pub ttl: u8,
 }
 
@@ -190,8 +167,8 @@ pub(super) struct PendingDrop {
 #[derive(Clone, Debug)]
 pub(super) struct FlowState {
     pub cgroup_id: u64,
-    /// The endpoint, as the socket addressed it ("ip:port").
-    pub endpoint: Option<String>,
+    /// The endpoint, as the socket addressed it.
+    pub endpoint: Option<SocketAddr>,
     pub last_seen: Ts,
     pub syn_ts: Option<Ts>,
     /// The connect's outcome is known (answered, refused or timed out).
@@ -272,7 +249,7 @@ pub(super) struct StatusState {
 
 #[derive(Clone, Debug)]
 pub(super) struct EndpointHealth {
-    pub endpoint: String,
+    pub endpoint: SocketAddr,
     pub refused: u64,
     pub timeouts: u64,
     pub last_fail: Option<Ts>,
@@ -331,7 +308,7 @@ pub(super) struct ContainerState {
     pub cgroup: Option<String>,
     /// Who it is, as the latest event named it (names arrive after the
     /// first packets when the runtime API answers later).
-    pub identity: Option<crate::identity::Container>,
+    pub identity: Option<crate::model::Container>,
     pub last_seen: Ts,
     pub forwarding_hops: Option<u8>,
     pub requests: Requests,
@@ -412,7 +389,7 @@ impl ContainerState {
         }
     }
 
-    pub fn endpoint_mut(&mut self, endpoint: &str, now: Ts) -> &mut EndpointHealth {
+    pub fn endpoint_mut(&mut self, endpoint: SocketAddr, now: Ts) -> &mut EndpointHealth {
         if let Some(i) = self.endpoints.iter().position(|e| e.endpoint == endpoint) {
             let e = &mut self.endpoints[i];
             e.touched = now;
@@ -425,7 +402,7 @@ impl ContainerState {
             }
         }
         self.endpoints.push(EndpointHealth {
-            endpoint: endpoint.to_string(),
+            endpoint,
             refused: 0,
             timeouts: 0,
             last_fail: None,

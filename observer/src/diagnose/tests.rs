@@ -5,7 +5,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::event::{rfc3339, Event, Kind};
+use std::net::SocketAddr;
+
+use crate::model::{rfc3339, Event, Kind, Proto, TcpFlags};
 
 /// 2026-09-21T...Z: any fixed instant will do.
 const T0: u64 = 1_790_000_000;
@@ -60,7 +62,7 @@ impl Ctr {
 pub(crate) struct Conn {
     pub ctr: Ctr,
     pub flow: u64,
-    pub dst: String,
+    pub dst: SocketAddr,
     pub isn: u32,
     pub cseq: u32,
     pub sseq: u32,
@@ -78,28 +80,28 @@ pub(crate) struct Http<'a> {
 impl Conn {
     pub fn new(ctr: Ctr, flow: u64, dst: &str) -> Self {
         let isn = (flow as u32).wrapping_mul(7919).wrapping_add(1000);
-        Self { ctr, flow, dst: dst.into(), isn, cseq: isn, sseq: 5_000_000 + flow as u32 * 10, last_reply: None }
+        Self { ctr, flow, dst: dst.parse().unwrap(), isn, cseq: isn, sseq: 5_000_000 + flow as u32 * 10, last_reply: None }
     }
 
-    fn local(&self) -> String {
-        format!("{}:{}", self.ctr.addr, 40000 + (self.flow % 20000))
+    fn local(&self) -> SocketAddr {
+        format!("{}:{}", self.ctr.addr, 40000 + (self.flow % 20000)).parse().unwrap()
     }
 
     /// The tuple on the uplink: masqueraded when the client is behind the host.
-    fn uplink_local(&self) -> String {
+    fn uplink_local(&self) -> SocketAddr {
         if self.ctr.hops == 0 {
             self.local()
         } else {
-            format!("198.18.0.2:{}", 60000 + (self.flow % 5000))
+            format!("198.18.0.2:{}", 60000 + (self.flow % 5000)).parse().unwrap()
         }
     }
 
     fn base(&self, kind: Kind, ms: u64) -> Event {
-        let mut e = Event::new(kind, at(ms), self.ctr.node.clone());
+        let mut e = Event::new(kind, time(ms), self.ctr.node.clone());
         e.flow = Some(self.flow);
         e.cgroup_id = Some(self.ctr.cg);
         e.cgroup = Some(self.ctr.path.clone());
-        e.proto = Some("tcp".into());
+        e.proto = Some(Proto::Tcp);
         if matches!(kind, Kind::Request | Kind::Reply) {
             e.pid = Some(1234);
             e.comm = Some("python3".into());
@@ -113,9 +115,9 @@ impl Conn {
     fn send(&mut self, ms: u64, flags: &str, len: u32, http: Option<Http>) -> Vec<Event> {
         let mut req = self.base(Kind::Request, ms);
         req.src = Some(self.local());
-        req.dst = Some(self.dst.clone());
+        req.dst = Some(self.dst);
         req.ttl = Some(64);
-        req.tcp_flags = Some(flags.into());
+        req.tcp_flags = Some(TcpFlags::parse(flags));
         req.seq = Some(self.cseq);
         req.ack = Some(if flags == "SYN" { 0 } else { self.sseq });
         req.len = Some(len);
@@ -154,10 +156,10 @@ impl Conn {
     fn receive(&mut self, ms: u64, flags: &str, len: u32, status: Option<u16>, host_ttl: u8, icmp: bool) -> Vec<Event> {
         let mut v = Vec::new();
         let mut hi = self.base(Kind::HostIngress, ms);
-        hi.src = Some(self.dst.clone());
+        hi.src = Some(self.dst);
         hi.dst = Some(self.uplink_local());
         hi.ttl = Some(host_ttl);
-        hi.tcp_flags = Some(flags.into());
+        hi.tcp_flags = Some(TcpFlags::parse(flags));
         hi.seq = Some(self.sseq);
         hi.ack = Some(self.cseq);
         hi.len = Some(len);
@@ -166,7 +168,7 @@ impl Conn {
         v.push(hi.clone());
         if host_ttl > self.ctr.hops {
             let mut r = self.base(Kind::Reply, ms);
-            r.src = Some(self.dst.clone());
+            r.src = Some(self.dst);
             r.dst = Some(self.local());
             r.ttl = Some(host_ttl - self.ctr.hops);
             r.tcp_flags = hi.tcp_flags.clone();
@@ -186,11 +188,11 @@ impl Conn {
         let mut d = self.base(Kind::Drop, ms);
         d.cgroup = None;
         d.reason = Some("IP_INHDR".into());
-        d.src = Some(self.dst.clone());
+        d.src = Some(self.dst);
         d.dst = Some(self.local());
         // The last forwarder drops it with TTL 1.
         d.ttl = Some(1);
-        d.tcp_flags = Some("PSH|ACK".into());
+        d.tcp_flags = Some(TcpFlags::PSH | TcpFlags::ACK);
         d.seq = Some(self.sseq);
         d.ack = Some(self.cseq);
         d.len = Some(len);
@@ -218,10 +220,10 @@ impl Conn {
 
     pub fn rst(&mut self, ms: u64) -> Vec<Event> {
         let mut r = self.base(Kind::Reply, ms);
-        r.src = Some(self.dst.clone());
+        r.src = Some(self.dst);
         r.dst = Some(self.local());
         r.ttl = Some(64 - self.ctr.hops);
-        r.tcp_flags = Some("RST|ACK".into());
+        r.tcp_flags = Some(TcpFlags::RST | TcpFlags::ACK);
         r.seq = Some(0);
         r.ack = Some(self.cseq);
         r.len = Some(0);
@@ -359,7 +361,7 @@ fn hop_limit_failure_is_found_at_the_first_drop_with_evidence_timeline_and_fix()
     }
     let (i, first) = first_hop.expect("hop_limit_exceeded emitted");
     // Established by the kernel drop of the first token reply...
-    assert_eq!(events[i].kind, Some(Kind::Drop));
+    assert_eq!(events[i].kind, Kind::Drop);
     assert!(events[i].via.is_none(), "established by the kernel drop, not the ICMP");
     assert_eq!(first.ts, at(2));
     // ...well before the client's own 1 s timeout.
@@ -425,7 +427,7 @@ fn hop_limit_failure_is_found_at_the_first_drop_with_evidence_timeline_and_fix()
 #[test]
 fn hop_limit_failure_without_drop_reasons_is_told_by_the_drop_location() {
     let located = |mut e: Event| {
-        if e.kind == Some(Kind::Drop) && e.via.is_none() {
+        if e.kind == Kind::Drop && e.via.is_none() {
             e.reason = None;
             e.location = Some("ip_forward".into());
         }
@@ -448,7 +450,7 @@ fn hop_limit_failure_without_drop_reasons_is_told_by_the_drop_location() {
         let found = hop_limit_failure()
             .into_iter()
             .map(|mut e| {
-                if e.kind == Some(Kind::Drop) && e.via.is_none() {
+                if e.kind == Kind::Drop && e.via.is_none() {
                     e.reason = None;
                     e.location = location.map(str::to_string);
                     e.ttl = Some(ttl);
@@ -814,7 +816,7 @@ fn unreachable_syn_timeout() {
     let mut f = Conn::new(ctr.clone(), 8, "169.254.170.2:80");
     let mut v = f.syn(0);
     let mut drop = v[0].clone();
-    drop.kind = Some(Kind::Drop);
+    drop.kind = Kind::Drop;
     drop.reason = Some("NETFILTER_DROP".into());
     drop.ttl = Some(64);
     v.push(drop);
@@ -900,24 +902,22 @@ fn nat_resolved_events_and_events_without_flow() {
     v.extend(a.put_token(1));
     v.extend(a.respond(2, 200, 1));
     // The uplink saw the masqueraded tuple; the pipeline resolved the flow.
-    let egress = v.iter().find(|e| e.kind == Some(Kind::HostEgress)).unwrap();
+    let egress = v.iter().find(|e| e.kind == Kind::HostEgress).unwrap();
     assert_ne!(egress.src, v[0].src, "the builder masquerades");
     // Events the pipeline could not attribute come without flow/cgroup.
-    let mut stray = Event::new(Kind::HostIngress, at(5), "node-a".into());
-    stray.src = Some("169.254.169.254:80".into());
-    stray.dst = Some("198.18.0.2:61234".into());
+    let mut stray = Event::new(Kind::HostIngress, time(5), "node-a".into());
+    stray.src = "169.254.169.254:80".parse().ok();
+    stray.dst = "198.18.0.2:61234".parse().ok();
     stray.ttl = Some(3);
     stray.status = Some(200);
     stray.seq = Some(1);
-    let mut stray_drop = Event::new(Kind::Drop, at(5), "node-a".into());
+    let mut stray_drop = Event::new(Kind::Drop, time(5), "node-a".into());
     stray_drop.reason = Some("IP_INHDR".into());
     stray_drop.ttl = Some(1);
     let flow_without_cgroup = Event { flow: Some(999), ..stray.clone() };
-    let mut untyped = stray.clone();
-    untyped.kind = None;
     let mut d = Diagnoser::default();
-    assert!(feed(&mut d, &[stray.clone(), stray_drop, flow_without_cgroup, untyped]).is_empty());
-    assert_eq!(d.stats().ignored, 4);
+    assert!(feed(&mut d, &[stray.clone(), stray_drop, flow_without_cgroup]).is_empty());
+    assert_eq!(d.stats().ignored, 3);
     assert_eq!(d.hop_limit("node-a"), None, "an unattributed reply teaches nothing");
     feed(&mut d, &v);
     let f = d.findings();
@@ -1105,8 +1105,8 @@ fn a_lost_reply_delivered_after_all_is_not_lost() {
     v.extend(reply.clone());
     // The same reply (same seq) delivered after all.
     let mut delivered = reply[0].clone();
-    delivered.kind = Some(Kind::Reply);
-    delivered.ts = at(300);
+    delivered.kind = Kind::Reply;
+    delivered.ts = time(300);
     delivered.ttl = Some(63);
     v.push(delivered);
     let mut d = Diagnoser::default();

@@ -17,14 +17,15 @@ pub mod pods;
 pub mod runtime;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
+
+pub use crate::model::{Container, NETNS_KEY, Nomad};
 
 use self::{
     cgroup::CgroupResolver,
@@ -36,93 +37,7 @@ use self::{
     runtime::parse_cgroup_path,
 };
 
-/// The workload behind a cgroup, as events and findings carry it. Absent
-/// fields are omitted.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Container {
-    /// Container id (64 hex) from the cgroup path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// docker, containerd, cri-o, podman, nomad, systemd.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
-    /// The pod's labels, from the API server.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nomad: Option<Nomad>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ecs_task: Option<String>,
-    /// Path below the cgroup2 root.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup_id: Option<u64>,
-    /// Attributed through its host-side veth (cgroup v1 hosts): the inode of
-    /// its network namespace, and the veth's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub veth: Option<String>,
-    /// A host process (systemd service, session, root cgroup), not a container.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub host: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Nomad {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alloc: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<String>,
-    /// The job's Nomad namespace, from the Nomad API.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
-
-/// Tags a workload key that is a network namespace's inode (a container
-/// named by its veth) rather than a cgroup id, so the two never collide.
-pub const NETNS_KEY: u64 = 1 << 63;
-
 impl Container {
-    /// What tells this workload apart on its node: its cgroup id, or for a
-    /// container named by its veth, its network namespace.
-    pub fn key(&self) -> Option<u64> {
-        self.cgroup_id.or(self.netns.map(|n| n | NETNS_KEY))
-    }
-
-    /// A short human label: name, pod, short id, else the cgroup path.
-    pub fn label(&self) -> String {
-        if let (Some(ns), Some(pod)) = (&self.namespace, &self.pod) {
-            return format!("{ns}/{pod}");
-        }
-        if let Some(n) = &self.name {
-            return n.clone();
-        }
-        if let (Some(rt), Some(id)) = (&self.runtime, &self.id) {
-            return format!("{rt}:{}", &id[..id.len().min(12)]);
-        }
-        match (&self.cgroup, self.cgroup_id) {
-            (Some(p), _) => p.clone(),
-            (None, Some(id)) => format!("cgroup {id}"),
-            (None, None) => "?".into(),
-        }
-    }
-
     /// The path named a workload: the test of `PathIdentity::is_workload`,
     /// on what `from_path` kept of it.
     pub fn is_workload(&self) -> bool {
@@ -454,7 +369,7 @@ mod tests {
     #[test]
     fn labels_name_pods_nomad_and_ecs() {
         let mut c = Container::from_path(7, &format!("/system.slice/docker-{ID}.scope"));
-        let mut labels = BTreeMap::new();
+        let mut labels = std::collections::BTreeMap::new();
         labels.insert("io.kubernetes.pod.name".into(), "api-7f9c".into());
         labels.insert("io.kubernetes.pod.namespace".into(), "payments".into());
         labels.insert("io.kubernetes.container.name".into(), "api".into());
@@ -548,7 +463,7 @@ mod tests {
             uid: POD_UID.into(),
             name: "api-7f9c".into(),
             namespace: "payments".into(),
-            labels: BTreeMap::from([("app".to_string(), "api".to_string())]),
+            labels: std::collections::BTreeMap::from([("app".to_string(), "api".to_string())]),
             containers: vec![pods::PodContainer { id: ID.into(), name: "api".into(), image: "api:1.42".into() }],
             mirror_of: None,
         }

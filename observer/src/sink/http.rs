@@ -284,7 +284,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::event::{Event, Kind};
+    use crate::model::{Event, Kind};
 
     /// A server on 127.0.0.1:0, on a thread of its own (the client below
     /// blocks).
@@ -327,7 +327,7 @@ mod tests {
         let (addr, state, ready) = start(READ_TIMEOUT);
         {
             let mut m = state.lock().unwrap();
-            let mut ev = Event::new(Kind::LostEvents, "2026-11-26T20:00:00Z".into(), "node-a".into());
+            let mut ev = Event::new(Kind::LostEvents, std::time::SystemTime::now(), "node-a".into());
             ev.count = Some(5);
             m.observe(&ev);
         }

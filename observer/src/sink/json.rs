@@ -29,17 +29,17 @@ impl<W: Write> JsonLines<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Kind};
+    use crate::model::{Event, Kind};
 
     #[test]
     fn one_object_per_line_with_type_ts_node() {
         let mut buf = Vec::new();
         {
             let mut s = JsonLines::new(&mut buf);
-            let mut ev = Event::new(Kind::Request, "2026-11-26T20:00:00.000000Z".into(), "node-a".into());
+            let mut ev = Event::new(Kind::Request, humantime::parse_rfc3339("2026-11-26T20:00:00.000000Z").unwrap(), "node-a".into());
             ev.ttl = Some(64);
             s.write(&ev).unwrap();
-            s.write(&Event::new(Kind::LostEvents, "2026-11-26T20:00:01.000000Z".into(), "node-a".into())).unwrap();
+            s.write(&Event::new(Kind::LostEvents, humantime::parse_rfc3339("2026-11-26T20:00:01.000000Z").unwrap(), "node-a".into())).unwrap();
             s.flush().unwrap();
         }
         let text = String::from_utf8(buf).unwrap();

@@ -55,7 +55,7 @@ use prometheus_client::{
 
 use crate::{
     diagnose::{Diagnoser, Finding, FindingKind, RequestKind},
-    event::{Event, Kind},
+    model::{Event, Kind},
     identity::Container,
 };
 
@@ -319,8 +319,7 @@ impl Metrics {
 
     /// Feed one event (the same stream the Diagnoser gets).
     pub fn observe(&mut self, ev: &Event) {
-        let Some(kind) = ev.kind else { return };
-        let ts = humantime::parse_rfc3339(&ev.ts).unwrap_or_else(|_| SystemTime::now());
+        let (kind, ts) = (ev.kind, ev.ts);
         if !self.nodes.contains_key(&ev.node) {
             self.nodes.insert(ev.node.clone(), Node::default());
         }
@@ -779,7 +778,7 @@ mod tests {
     }
 
     fn request(ms: u64, node: &str, flow: u64, seq: u32, who: &Container, method: &str, path: &str) -> Event {
-        let mut e = Event::new(Kind::Request, at(ms), node.into());
+        let mut e = Event::new(Kind::Request, crate::diagnose::tests::time(ms), node.into());
         e.flow = Some(flow);
         e.cgroup_id = who.cgroup_id;
         e.cgroup = who.cgroup.clone();
@@ -865,8 +864,8 @@ mod tests {
     fn lost_reply_counted_when_the_drop_comes_first() {
         let mut events = hop_limit_failure();
         // Swap the first token reply's host_ingress and drop.
-        let hi = events.iter().position(|e| e.kind == Some(Kind::HostIngress) && e.status.is_some()).unwrap();
-        assert_eq!(events[hi + 1].kind, Some(Kind::Drop));
+        let hi = events.iter().position(|e| e.kind == Kind::HostIngress && e.status.is_some()).unwrap();
+        assert_eq!(events[hi + 1].kind, Kind::Drop);
         events.swap(hi, hi + 1);
         let mut m = Metrics::default();
         events.iter().for_each(|e| m.observe(e));
@@ -930,7 +929,7 @@ mod tests {
         let who = named(9, "web");
         let put = request(0, "node-a", 5, 100, &who, "PUT", "/latest/api/token");
         let mut again = put.clone();
-        again.ts = at(200);
+        again.ts = crate::diagnose::tests::time(200);
         let get = request(300, "node-a", 5, 156, &who, "GET", "/latest/meta-data/iam/security-credentials/role?x=1");
         let mut with_token = get.clone();
         with_token.seq = Some(300);
@@ -1118,7 +1117,7 @@ mod tests {
     #[test]
     fn events_lost_and_bpf_stats() {
         let mut m = Metrics::default();
-        let mut ev = Event::new(Kind::LostEvents, at(0), "node-a".into());
+        let mut ev = Event::new(Kind::LostEvents, crate::diagnose::tests::time(0), "node-a".into());
         ev.count = Some(17);
         m.observe(&ev);
         ev.count = Some(3);
@@ -1147,12 +1146,12 @@ mod tests {
     #[test]
     fn requests_without_identity_and_odd_names() {
         let mut m = Metrics::default();
-        let mut anon = Event::new(Kind::Request, at(0), "node-a".into());
+        let mut anon = Event::new(Kind::Request, crate::diagnose::tests::time(0), "node-a".into());
         anon.method = Some("GET".into());
         anon.path = Some("/computeMetadata/v1/".into());
         m.observe(&anon);
         // A reply without a flow or identity attributes to nothing.
-        m.observe(&Event::new(Kind::Reply, at(1), "node-a".into()));
+        m.observe(&Event::new(Kind::Reply, crate::diagnose::tests::time(1), "node-a".into()));
         let long = "x".repeat(300);
         m.observe(&request(2, "node-a", 1, 1, &named(1, "we\"ird\\name\n"), "GET", "/"));
         m.observe(&request(3, "node-a", 2, 1, &named(2, &long), "GET", "/"));

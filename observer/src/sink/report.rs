@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     diagnose::{Config, Diagnoser, Finding, Fix},
-    event::Event,
+    model::Line,
 };
 
 /// Target width of the text report.
@@ -95,25 +95,16 @@ pub fn diagnose_stream_with(mut r: impl BufRead, cfg: Config) -> io::Result<Stre
         if r.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        let text = line.trim_ascii();
-        if text.is_empty() {
-            continue;
-        }
-        match serde_json::from_slice::<Event>(text) {
-            Ok(ev) if ev.kind.is_some() => {
-                let bad_before = d.stats().bad_time;
+        match Line::parse(&line) {
+            None => {}
+            Some(Line::Event(ev)) => {
                 out.emitted.extend(d.observe(&ev));
-                if d.stats().bad_time > bad_before {
-                    out.skipped.bad_time += 1;
-                } else {
-                    out.events += 1;
-                }
+                out.events += 1;
             }
-            _ => match serde_json::from_slice::<serde_json::Value>(text) {
-                Err(_) => out.skipped.not_json += 1,
-                Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("finding") => out.skipped.findings += 1,
-                Ok(_) => out.skipped.not_event += 1,
-            },
+            Some(Line::BadTime) => out.skipped.bad_time += 1,
+            Some(Line::Finding) => out.skipped.findings += 1,
+            Some(Line::NotEvent) => out.skipped.not_event += 1,
+            Some(Line::NotJson) => out.skipped.not_json += 1,
         }
     }
     out.emitted.extend(d.settle());

@@ -15,7 +15,7 @@ use std::{
 use super::input::Action;
 use crate::{
     diagnose::{Config, Container, ContainerView, Diagnoser, FindingKind},
-    event::{Event, Kind},
+    model::{Event, Kind},
 };
 
 /// Seconds of history for the rates.
@@ -343,7 +343,7 @@ impl App {
 
     /// Lines that were not usable events (bad JSON, bad timestamps).
     pub fn skipped_total(&self) -> u64 {
-        self.skipped + self.diag.stats().bad_time
+        self.skipped
     }
 
     pub fn held(&self) -> usize {
@@ -383,20 +383,17 @@ impl App {
     pub fn apply(&mut self, ev: &Event) {
         self.events += 1;
         let node = self.node(&ev.node);
-        if let (Some(Kind::HostIngress | Kind::HostEgress), Some(iface)) = (ev.kind, &ev.iface) {
+        if let (Kind::HostIngress | Kind::HostEgress, Some(iface)) = (ev.kind, &ev.iface) {
             let up = &mut self.nodes[node].uplinks;
             if up.len() < MAX_UPLINKS && !up.contains(iface) {
                 up.push(iface.clone());
                 up.sort();
             }
         }
-        let ts = humantime::parse_rfc3339(&ev.ts).ok();
-        if let Some(t) = ts {
-            if self.stream_now.is_none_or(|n| t > n) {
-                self.stream_now = Some(t);
-            }
+        if self.stream_now.is_none_or(|n| ev.ts > n) {
+            self.stream_now = Some(ev.ts);
         }
-        let sec = ts.map(unix_secs);
+        let sec = Some(unix_secs(ev.ts));
         if let Some(b) = sec.and_then(|s| self.rates.at(s)) {
             b.events += 1;
         }

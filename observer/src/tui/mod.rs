@@ -5,10 +5,10 @@
 //! the screen is redrawn on input at once and on data at most every frame.
 //! The state (`app`) knows nothing of the terminal and the drawing (`ui`)
 //! nothing of I/O, so both are tested without one.
-mod app;
-mod input;
-mod source;
-mod ui;
+pub mod app;
+pub mod input;
+pub mod source;
+pub mod ui;
 
 #[cfg(test)]
 mod tests;

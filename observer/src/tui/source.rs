@@ -12,7 +12,11 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
 
 pub use super::app::Feed;
-use crate::{cli::TuiArgs, event::Event, run};
+use crate::{
+    cli::TuiArgs,
+    model::{Event, Line},
+    run,
+};
 
 /// How often a followed file is polled for appended lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -109,21 +113,10 @@ impl Source {
 
 /// What one line of a stream is; `None` for a blank line.
 pub fn classify(line: &[u8]) -> Option<Feed> {
-    let text = line.trim_ascii();
-    if text.is_empty() {
-        return None;
-    }
-    Some(match serde_json::from_slice::<Event>(text) {
-        Ok(ev) if ev.kind.is_some() => Feed::Event(Box::new(ev)),
-        _ => {
-            let is_finding = serde_json::from_slice::<serde_json::Value>(text)
-                .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("finding"));
-            if is_finding {
-                Feed::Finding
-            } else {
-                Feed::Skipped
-            }
-        }
+    Some(match Line::parse(line)? {
+        Line::Event(ev) => Feed::Event(ev),
+        Line::Finding => Feed::Finding,
+        Line::BadTime | Line::NotEvent | Line::NotJson => Feed::Skipped,
     })
 }
 

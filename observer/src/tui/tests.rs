@@ -21,7 +21,7 @@ use crate::{
         tests::{hop_limit_failure, Conn, Ctr},
         Config, Diagnoser, FindingKind,
     },
-    event::Event,
+    model::Event,
 };
 
 const LIBPOD: &str = "/libpod_parent/libpod-3f2a9c1b7d4e";
@@ -485,7 +485,7 @@ fn rows_follow_the_engine_as_events_arrive() {
     // The reply dies at the host: found at the first drop.
     for e in &v[put + 1..] {
         a.feed(Feed::Event(Box::new(e.clone())));
-        if e.kind == Some(crate::event::Kind::Drop) {
+        if e.kind == crate::model::Kind::Drop {
             break;
         }
     }

@@ -445,7 +445,7 @@ fn detail_lines(app: &App, row: &Row, view: &ContainerView, width: usize, t: The
         out.push(Line::raw(l));
     }
     let key = view.cgroup_id();
-    let unit = if key & crate::identity::NETNS_KEY == 0 { format!("cgroup {key}") } else { format!("netns {}", key & !crate::identity::NETNS_KEY) };
+    let unit = if key & crate::model::NETNS_KEY == 0 { format!("cgroup {key}") } else { format!("netns {}", key & !crate::model::NETNS_KEY) };
     let mut facts = vec![format!("node {node}"), unit];
     facts.push(format!("forwarding hops {}", opt(view.forwarding_hops())));
     if let Some(n) = view.required_hop_limit() {

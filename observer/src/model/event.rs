@@ -1,0 +1,264 @@
+//! The typed event stream: what the kernel saw, after decoding and
+//! correlation. The pipeline makes these; diagnose, metrics and the TUI read
+//! them as they are. JSON exists only at the edges: the stdout sink writes
+//! it, and `report`/`tui --from` turn each line back into an [`Event`] once
+//! ([`Line::parse`]). The schema is documented in docs/events.md; keep the
+//! two in step, and keep old recordings readable.
+use std::{
+    net::SocketAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Container, TcpFlags};
+
+/// Which hook saw it: one variant per hook of the kernel side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A packet from a socket to an endpoint, at the socket (container side).
+    Request,
+    /// A packet from an endpoint delivered to a socket.
+    Reply,
+    /// A packet from an endpoint arriving on an uplink.
+    HostIngress,
+    /// A packet to an endpoint leaving on an uplink.
+    HostEgress,
+    /// The kernel dropped a packet to or from an endpoint.
+    Drop,
+    /// Records the kernel could not hand over (ring buffer full).
+    LostEvents,
+}
+
+/// The transport protocol of the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    /// Anything else (also a name a newer version may write).
+    #[serde(other)]
+    Other,
+}
+
+/// One line of the stream. Fields that do not apply are omitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Written as RFC 3339, UTC, with microseconds.
+    #[serde(with = "rfc3339_serde")]
+    pub ts: SystemTime,
+    /// Host name, or NODE_NAME when set.
+    pub node: String,
+    /// Stable id of the connection (the socket cookie of its container side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// Path below the cgroup2 root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The workload behind the cgroup: runtime, id, name, image, pod, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// Written "ip:port" ("[ip]:port" for IPv6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<SocketAddr>,
+    /// IPv4 TTL or IPv6 hop limit, as the packet carried it at this hook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<Proto>,
+    /// Written "SYN", "PSH|ACK".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<TcpFlags>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u32>,
+    /// Transport payload bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub len: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `X-aws-ec2-metadata-token` present (never its value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_header: Option<bool>,
+    /// `X-aws-ec2-metadata-token-ttl-seconds` present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ttl_header: Option<bool>,
+    /// HTTP status, when the packet starts a response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Drop: the kernel's reason name without its SKB_DROP_REASON_ prefix
+    /// (absent on kernels before 5.17, which give none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Drop: the kernel function that freed the packet, when it is one the
+    /// diagnosis reads (e.g. "ip_forward": its TTL ran out while forwarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Drop: "icmp_time_exceeded" when the evidence is the host's ICMP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// lost_events: how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+impl Event {
+    pub fn new(kind: Kind, ts: SystemTime, node: String) -> Self {
+        Self {
+            kind,
+            ts,
+            node,
+            flow: None,
+            cgroup_id: None,
+            cgroup: None,
+            container: None,
+            pid: None,
+            comm: None,
+            iface: None,
+            src: None,
+            dst: None,
+            ttl: None,
+            proto: None,
+            tcp_flags: None,
+            seq: None,
+            ack: None,
+            len: None,
+            method: None,
+            path: None,
+            token_header: None,
+            token_ttl_header: None,
+            status: None,
+            reason: None,
+            location: None,
+            via: None,
+            count: None,
+        }
+    }
+
+    /// The workload it is about (see `Container::key`).
+    pub fn workload_key(&self) -> Option<u64> {
+        self.cgroup_id.or_else(|| self.container.as_ref()?.key())
+    }
+
+    /// Its TCP flags; none for other protocols.
+    pub fn flags(&self) -> TcpFlags {
+        self.tcp_flags.unwrap_or_default()
+    }
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Self::new(Kind::Request, UNIX_EPOCH, String::new())
+    }
+}
+
+/// Format a wall-clock time as RFC 3339 UTC with microseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+mod rfc3339_serde {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map_err(D::Error::custom)
+    }
+}
+
+/// One line of a JSON-lines stream, read back: the only place the stream's
+/// JSON becomes an [`Event`].
+#[derive(Debug)]
+pub enum Line {
+    Event(Box<Event>),
+    /// A finding line (`run` interleaves them; `report` reads events).
+    Finding,
+    /// An event whose `ts` is not RFC 3339.
+    BadTime,
+    /// JSON, but not an event.
+    NotEvent,
+    /// Not JSON at all (garbage, a truncated line, a log line).
+    NotJson,
+}
+
+impl Line {
+    /// What `text` is; None for a blank line.
+    pub fn parse(text: &[u8]) -> Option<Line> {
+        let text = text.trim_ascii();
+        if text.is_empty() {
+            return None;
+        }
+        if let Ok(ev) = serde_json::from_slice::<Event>(text) {
+            return Some(Line::Event(Box::new(ev)));
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(text) else { return Some(Line::NotJson) };
+        let is_event = v.get("type").is_some_and(|t| serde_json::from_value::<Kind>(t.clone()).is_ok());
+        Some(match v.get("type").and_then(|t| t.as_str()) {
+            Some("finding") => Line::Finding,
+            // An event in every other way: only its time is unreadable.
+            _ if is_event && v.get("ts").is_some() && {
+                let mut fixed = v.clone();
+                fixed["ts"] = serde_json::Value::from("1970-01-01T00:00:00Z");
+                serde_json::from_value::<Event>(fixed).is_ok()
+            } =>
+            {
+                Line::BadTime
+            }
+            _ => Line::NotEvent,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_round_trips_with_its_types() {
+        let line = r#"{"type":"request","ts":"2026-11-26T20:54:00.002000Z","node":"n","flow":11,"src":"172.17.0.2:41644","dst":"[fd00:ec2::254]:80","ttl":64,"proto":"tcp","tcp_flags":"PSH|ACK","seq":1001,"len":120,"method":"PUT","path":"/latest/api/token"}"#;
+        let Some(Line::Event(ev)) = Line::parse(line.as_bytes()) else { panic!("an event") };
+        assert_eq!(ev.kind, Kind::Request);
+        assert_eq!(ev.dst, Some("[fd00:ec2::254]:80".parse().unwrap()));
+        assert_eq!(ev.tcp_flags, Some(TcpFlags::PSH | TcpFlags::ACK));
+        assert_eq!(ev.proto, Some(Proto::Tcp));
+        assert_eq!(serde_json::to_string(&ev).unwrap(), line);
+    }
+
+    #[test]
+    fn lines_that_are_not_events_say_what_they_are() {
+        assert!(Line::parse(b"  \n").is_none());
+        assert!(matches!(Line::parse(b"not json"), Some(Line::NotJson)));
+        assert!(matches!(Line::parse(br#"{"type":"bogus","ts":"x","node":"n"}"#), Some(Line::NotEvent)));
+        assert!(matches!(Line::parse(br#"{"type":"finding","kind":"healthy"}"#), Some(Line::Finding)));
+        assert!(matches!(Line::parse(br#"{"type":"request","ts":"yesterday","node":"n"}"#), Some(Line::BadTime)));
+        // A protocol name from a newer version is read, as "other".
+        let Some(Line::Event(ev)) = Line::parse(br#"{"type":"reply","ts":"2026-11-26T20:54:00Z","node":"n","proto":"sctp"}"#)
+        else {
+            panic!("an event")
+        };
+        assert_eq!(ev.proto, Some(Proto::Other));
+    }
+}

@@ -1,0 +1,11 @@
+//! The leaf of the house: the data every layer shares, and no I/O. The
+//! typed [`Event`] the pipeline produces and every sink consumes, the
+//! [`Container`] behind it, and the small value types they are made of.
+//! Nothing here imports from another module of the crate.
+mod container;
+mod event;
+mod tcp_flags;
+
+pub use container::{Container, NETNS_KEY, Nomad};
+pub use event::{Event, Kind, Line, Proto, rfc3339};
+pub use tcp_flags::TcpFlags;
