@@ -252,7 +252,7 @@ impl<W: io::Write> EventSink for JsonSink<W> {
         let findings = self.diag.observe(&ev);
         if let Some((m, _)) = &self.metrics {
             let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
-            m.observe(&ev);
+            m.observe(&self.diag, &ev);
             if !findings.is_empty() {
                 m.update_from(&self.diag);
             }

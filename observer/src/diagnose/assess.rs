@@ -7,7 +7,7 @@ use super::{
     finding::{Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix},
     state::{ContainerState, Outcome, StatusState, Ts},
 };
-use crate::model::rfc3339;
+use crate::model::{bounded::plural, rfc3339};
 
 pub(super) struct NodeView<'a> {
     pub name: &'a str,
@@ -94,9 +94,6 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Vec<(FindingKind, u
     v
 }
 
-fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
 
 pub(super) fn timeline(c: &ContainerState) -> Vec<Attempt> {
     c.timeline

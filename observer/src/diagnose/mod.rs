@@ -25,7 +25,7 @@
 mod assess;
 mod finding;
 mod state;
-pub(crate) use state::ReqKind as RequestKind;
+pub use state::Counts;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -45,7 +45,7 @@ use state::{
     MAX_PENDING_DROPS, MAX_REQ_SEQS, MAX_TTL_SAMPLES,
 };
 
-use crate::model::{Event, Kind, TcpFlags};
+use crate::model::{Event, Kind, TcpFlags, bounded::oldest_eighth};
 
 /// How long after the client closed (FIN/RST) an unanswered request is
 /// declared timed out (a late reply, or a half-closing client, gets this
@@ -169,6 +169,18 @@ impl Diagnoser {
         s
     }
 
+    /// Requests on `node` that no container could be attributed to.
+    pub fn unattributed(&self, node: &str) -> Option<Counts> {
+        Some(self.nodes.get(node)?.unattributed)
+    }
+
+    /// The container an event is about, as this engine attributed it: its
+    /// flow's, else the event's own.
+    pub fn workload_of(&self, ev: &Event) -> Option<u64> {
+        let node = self.nodes.get(&ev.node)?;
+        ev.flow.and_then(|f| Some(node.flows.get(&f)?.cgroup_id)).or_else(|| ev.workload_key())
+    }
+
     /// The hop limit seen on `node` (TTL of token replies at its uplink).
     pub fn hop_limit(&self, node: &str) -> Option<u8> {
         self.nodes.get(node)?.hop_limit
@@ -196,6 +208,10 @@ impl Diagnoser {
         }
         if !handle(node, cfg, &mut self.stats, kind, ev, ts) {
             self.stats.ignored += 1;
+            if let (Kind::Request, Some(method)) = (kind, &ev.method) {
+                let req = ReqKind::of(method, ev.path.as_deref().unwrap_or(""));
+                node.unattributed.request(req, ev.token_header == Some(true));
+            }
         }
         let mut out = Vec::new();
         maintain(node, cfg, &mut self.stats, false);
@@ -324,6 +340,11 @@ impl ContainerView<'_> {
     pub fn required_hop_limit(&self) -> Option<u8> {
         let known = self.c.forwarding_hops.is_some() || self.c.episode.as_ref().is_some_and(|e| e.reply_ttl.is_some());
         known.then(|| assess::required(&node_view(self.cfg, self.name, self.node), self.c))
+    }
+
+    /// Its monotonic counters (what metrics export).
+    pub fn counts(&self) -> Counts {
+        self.c.counts
     }
 
     /// Token PUTs answered 2xx and delivered.
@@ -517,20 +538,14 @@ fn make_room_flows(node: &mut NodeState, cfg: &Config, stats: &mut Stats) {
     if node.flows.len() < cfg.max_flows_per_node {
         return;
     }
-    let mut ages: Vec<(Ts, u64)> = node.flows.iter().map(|(k, f)| (f.last_seen, *k)).collect();
-    let n = (ages.len() / 8).max(1);
-    ages.select_nth_unstable(n - 1);
-    for &(_, id) in &ages[..n] {
+    for id in oldest_eighth(node.flows.iter().map(|(k, f)| (*k, f.last_seen))) {
         evict_flow(node, cfg, id, now);
         stats.evicted_flows += 1;
     }
 }
 
 fn make_room_containers(node: &mut NodeState, stats: &mut Stats) {
-    let mut ages: Vec<(Ts, u64)> = node.containers.iter().map(|(k, c)| (c.last_seen, *k)).collect();
-    let n = (ages.len() / 8).max(1);
-    ages.select_nth_unstable(n - 1);
-    for &(_, id) in &ages[..n] {
+    for id in oldest_eighth(node.containers.iter().map(|(k, c)| (*k, c.last_seen))) {
         node.containers.remove(&id);
         stats.evicted_containers += 1;
     }
@@ -661,6 +676,7 @@ fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
     let aws = state::is_aws_imds_path(path);
     let token_header = ev.token_header.unwrap_or(false);
     let c = &mut *cx.c;
+    c.counts.request(kind, token_header);
     c.requests.total += 1;
     match kind {
         ReqKind::Token => c.requests.token += 1,
@@ -1027,6 +1043,7 @@ fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
         Outcome::Lost => {
             if kind == ReqKind::Token {
                 c.tokens_lost += 1;
+                c.counts.replies_lost += 1;
                 match c.episode.as_mut() {
                     Some(ep) => {
                         ep.lost += 1;

@@ -37,7 +37,7 @@ pub(super) fn since(a: Ts, b: Ts) -> Duration {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum ReqKind {
+pub enum ReqKind {
     Token,
     Credentials,
     Other,
@@ -295,6 +295,24 @@ pub(super) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Monotonic counters of a workload, for metrics (which read them, and
+/// never recount from events).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// HTTP requests, retransmissions once: [ReqKind as usize][v2 as usize],
+    /// v2 meaning it carried a token or is the token PUT.
+    pub requests: [[u64; 2]; 3],
+    /// Token replies lost on the way in (never decreases, unlike
+    /// `tokens_lost`).
+    pub replies_lost: u64,
+}
+
+impl Counts {
+    pub fn request(&mut self, kind: ReqKind, token_header: bool) {
+        self.requests[kind as usize][usize::from(kind == ReqKind::Token || token_header)] += 1;
+    }
+}
+
 /// What was last emitted for one finding kind of a container.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Emitted {
@@ -328,6 +346,7 @@ pub(super) struct ContainerState {
     pub tokens_ok: u64,
     /// Token replies lost on the way in, over all episodes.
     pub tokens_lost: u64,
+    pub counts: Counts,
     pub tokenless_since_failure: u64,
     pub s401: Option<StatusState>,
     pub s403: Option<StatusState>,
@@ -357,6 +376,7 @@ impl ContainerState {
             failed_token_requests: 0,
             tokens_ok: 0,
             tokens_lost: 0,
+            counts: Counts::default(),
             tokenless_since_failure: 0,
             s401: None,
             s403: None,
@@ -442,6 +462,8 @@ pub(super) struct NodeState {
     pub next_check: Ts,
     pub next_sweep: Ts,
     pub lost_events: u64,
+    /// Requests no flow or container could be attributed to.
+    pub unattributed: Counts,
     /// Newest event time (ticks excluded).
     pub last_event: Ts,
     /// Containers to re-assess after the current event.
@@ -459,6 +481,7 @@ impl NodeState {
             next_check: now,
             next_sweep: now,
             lost_events: 0,
+            unattributed: Counts::default(),
             last_event: now,
             dirty: Vec::new(),
         }

@@ -2,6 +2,7 @@
 //! typed [`Event`] the pipeline produces and every sink consumes, the
 //! [`Container`] behind it, and the small value types they are made of.
 //! Nothing here imports from another module of the crate.
+pub mod bounded;
 mod container;
 mod event;
 mod tcp_flags;

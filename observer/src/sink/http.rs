@@ -329,7 +329,7 @@ mod tests {
             let mut m = state.lock().unwrap();
             let mut ev = Event::new(Kind::LostEvents, std::time::SystemTime::now(), "node-a".into());
             ev.count = Some(5);
-            m.observe(&ev);
+            m.observe(&crate::diagnose::Diagnoser::default(), &ev);
         }
         // What Prometheus asks for.
         let (status, head, body) = send(

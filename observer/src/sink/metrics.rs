@@ -1,22 +1,25 @@
 //! Prometheus metrics for `--metrics-addr` (served by `sink::http`).
 //!
-//! [`Metrics`] keeps its own bounded maps, fed with the event stream
-//! ([`Metrics::observe`]) and the Diagnoser's current findings
-//! ([`Metrics::update_findings`] / [`Metrics::update_from`]), and builds a
-//! fresh prometheus-client `Registry` (one collector over a sorted snapshot)
-//! on every [`Metrics::encode`]: expiry is then a matter of forgetting map
-//! entries, and series come out in a stable order.
+//! [`Metrics`] holds no flow state of its own: the Diagnoser counts requests
+//! and lost replies per container (monotonic [`Counts`]), and metrics read
+//! them, for the container an event touched ([`Metrics::observe`]) and for
+//! all of them with the current findings ([`Metrics::update_from`]), adding
+//! what grew to the container's workload series. Only node-wide counters
+//! (drops by reason, events lost) are counted here. A fresh
+//! prometheus-client `Registry` (one collector over a sorted snapshot) is
+//! built on every [`Metrics::encode`]: expiry is then a matter of forgetting
+//! map entries, and series come out in a stable order.
 //!
 //! Families (all prefixed `imds_observer_`):
 //! - `requests_total{node,workload,namespace,kind,version}`: HTTP requests
 //!   (request events that carry `method`), retransmissions counted once
-//!   (flow + seq). kind: `token` (`PUT /latest/api/token`) | `credentials`
+//!   (flow + seq), as the Diagnoser counts them. kind: `token` (`PUT /latest/api/token`) | `credentials`
 //!   (under `/latest/meta-data/iam/security-credentials/`) | `other`, as the
 //!   Diagnoser classifies them; version: `v2` when the request carried the
 //!   token header or is the token PUT, else `v1`.
-//! - `replies_lost_total{node,workload,namespace}`: distinct token replies
-//!   seen at the host (host_ingress with a status) and dropped by the kernel
-//!   (a `drop` without `via`, same flow and seq), in either order.
+//! - `replies_lost_total{node,workload,namespace}`: token replies the
+//!   Diagnoser found lost on the way in (seen at the host, dropped by the
+//!   kernel, never delivered), each reply once whatever its retransmissions.
 //! - `drops_total{node,reason}`: kernel drops (not the ICMP evidence).
 //! - `findings{node,workload,namespace,kind}`: 1 per finding kind that holds
 //!   now (including `healthy`), rebuilt on every update.
@@ -42,7 +45,7 @@
 //! series exist, and workloads beyond that are folded into `_other` (each
 //! counted once in `series_capped_total`) until they are idle for `grace`.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -54,9 +57,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    diagnose::{Diagnoser, Finding, FindingKind, RequestKind},
-    model::{Event, Kind},
-    identity::Container,
+    diagnose::{ContainerView, Counts, Diagnoser, Finding, FindingKind},
+    model::{Container, Event, Kind, bounded::oldest_eighth},
 };
 
 /// `Content-Type` of [`Metrics::encode`] (OpenMetrics 1.0 text).
@@ -71,11 +73,11 @@ pub const UNKNOWN: &str = "_unknown";
 
 const PREFIX: &str = "imds_observer";
 const MAX_LABEL_BYTES: usize = 128;
-const MAX_FLOWS_PER_NODE: usize = 65_536;
+/// Containers whose counters were last read (the Diagnoser's own cap, one
+/// node's worth, is 16,384 containers).
+const MAX_SEEN: usize = 65_536;
 const MAX_DROP_REASONS: usize = 256;
 const MAX_PROGRAMS: usize = 256;
-/// Per flow: requests, token replies, drops and lost replies remembered.
-const FLOW_SEQS: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -105,15 +107,6 @@ type Who = (String, String);
 
 const KINDS: [&str; 3] = ["token", "credentials", "other"];
 const VERSIONS: [&str; 2] = ["v1", "v2"];
-
-/// Index into KINDS (in ReqKind's order) and VERSIONS. The same classification as the
-/// Diagnoser's (diagnose::state::ReqKind::of).
-fn classify(method: &str, path: Option<&str>, token_header: Option<bool>) -> (usize, usize) {
-    // The Diagnoser's classification, so metrics and findings agree.
-    let kind = RequestKind::of(method, path.unwrap_or(""));
-    let v2 = kind == RequestKind::Token || token_header == Some(true);
-    (kind as usize, usize::from(v2))
-}
 
 fn clip(s: &str) -> String {
     if s.len() <= MAX_LABEL_BYTES {
@@ -175,15 +168,6 @@ fn who(c: &Container, parse_path: bool) -> Option<Who> {
     }
 }
 
-/// Who an event is about, from its identity or else its cgroup path.
-fn event_who(ev: &Event) -> Option<Who> {
-    if let Some(w) = ev.container.as_ref().and_then(workload_labels) {
-        return Some(w);
-    }
-    let path = ev.cgroup.as_deref().filter(|p| !p.is_empty())?;
-    workload_labels(&Container::from_path(ev.cgroup_id.unwrap_or(0), path))
-}
-
 struct Workload {
     last_seen: SystemTime,
     /// [kind][version].
@@ -199,82 +183,34 @@ impl Workload {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Req {
-    seq: Option<u32>,
-    ack: Option<u32>,
-    token: bool,
-}
-
-struct Flow {
-    who: Option<Who>,
+/// What was last read of one container of the Diagnoser.
+struct Seen {
+    who: Who,
+    counts: Counts,
     last_seen: SystemTime,
-    reqs: VecDeque<Req>,
-    /// First seq of token replies seen at the host.
-    token_replies: VecDeque<u32>,
-    /// Seqs of kernel drops.
-    dropped: VecDeque<u32>,
-    /// Replies already counted as lost.
-    lost: VecDeque<u32>,
-}
-
-impl Flow {
-    fn new(ts: SystemTime) -> Self {
-        Self {
-            who: None,
-            last_seen: ts,
-            reqs: VecDeque::new(),
-            token_replies: VecDeque::new(),
-            dropped: VecDeque::new(),
-            lost: VecDeque::new(),
-        }
-    }
-
-    /// Both a token reply at the host and its drop, not counted yet.
-    fn newly_lost(&mut self, seq: u32) -> bool {
-        if self.lost.contains(&seq) || !self.token_replies.contains(&seq) || !self.dropped.contains(&seq) {
-            return false;
-        }
-        push_capped(&mut self.lost, seq);
-        true
-    }
-}
-
-fn push_capped<T: PartialEq>(q: &mut VecDeque<T>, v: T) {
-    if !q.contains(&v) {
-        q.push_back(v);
-        if q.len() > FLOW_SEQS {
-            q.pop_front();
-        }
-    }
 }
 
 #[derive(Default)]
 struct Node {
     drops: BTreeMap<String, u64>,
     events_lost: u64,
-    flows: HashMap<u64, Flow>,
-    /// cgroup id → the workload name it was last seen under.
-    names: HashMap<u64, Who>,
+    /// The Diagnoser's unattributed requests, as last read.
+    unattributed: Counts,
 }
 
-impl Node {
-    fn flow(&mut self, id: u64, ts: SystemTime) -> &mut Flow {
-        if !self.flows.contains_key(&id) && self.flows.len() >= MAX_FLOWS_PER_NODE {
-            // Forget the least recently seen eighth.
-            let mut ages: Vec<(SystemTime, u64)> = self.flows.iter().map(|(k, f)| (f.last_seen, *k)).collect();
-            let n = ages.len() / 8;
-            ages.select_nth_unstable(n);
-            for &(_, k) in &ages[..=n] {
-                self.flows.remove(&k);
-            }
-        }
-        let f = self.flows.entry(id).or_insert_with(|| Flow::new(ts));
-        if ts > f.last_seen {
-            f.last_seen = ts;
-        }
-        f
+/// What grew from `before` to `now`; all of `now` after a reset (the
+/// Diagnoser evicted the container and met it again).
+fn growth(before: &Counts, now: &Counts) -> Counts {
+    let cells = |c: &Counts| c.requests.into_iter().flatten().chain([c.replies_lost]).collect::<Vec<_>>();
+    if cells(now).iter().zip(cells(before)).any(|(n, b)| *n < b) {
+        return *now;
     }
+    let mut d = *now;
+    for (x, b) in d.requests.iter_mut().flatten().zip(before.requests.iter().flatten()) {
+        *x -= b;
+    }
+    d.replies_lost -= before.replies_lost;
+    d
 }
 
 /// Per-program BPF statistics: name, run time (ns), run count.
@@ -284,6 +220,11 @@ pub struct Metrics {
     cfg: Config,
     nodes: BTreeMap<String, Node>,
     workloads: BTreeMap<Key, Workload>,
+    /// (node, container key) → what was last read of it.
+    seen: HashMap<(String, u64), Seen>,
+    /// The last expiry's cutoff: containers idle since before it make no
+    /// series, though the Diagnoser may still hold them.
+    cutoff: SystemTime,
     /// Workloads folded into `_other`, with when they were last seen.
     folded: HashMap<Key, SystemTime>,
     capped: u64,
@@ -304,6 +245,8 @@ impl Metrics {
             cfg,
             nodes: BTreeMap::new(),
             workloads: BTreeMap::new(),
+            seen: HashMap::new(),
+            cutoff: UNIX_EPOCH,
             folded: HashMap::new(),
             capped: 0,
             hop_limits: BTreeMap::new(),
@@ -317,18 +260,12 @@ impl Metrics {
         self.workloads.len()
     }
 
-    /// Feed one event (the same stream the Diagnoser gets).
-    pub fn observe(&mut self, ev: &Event) {
-        let (kind, ts) = (ev.kind, ev.ts);
-        if !self.nodes.contains_key(&ev.node) {
-            self.nodes.insert(ev.node.clone(), Node::default());
-        }
-        let node = self.nodes.get_mut(&ev.node).expect("inserted");
-        match kind {
-            Kind::LostEvents => {
-                node.events_lost += ev.count.unwrap_or(1);
-                return;
-            }
+    /// After the Diagnoser observed `ev`: count node-wide drops and lost
+    /// events, and read the counters of the container it touched.
+    pub fn observe(&mut self, diag: &Diagnoser, ev: &Event) {
+        let node = self.nodes.entry(ev.node.clone()).or_default();
+        match ev.kind {
+            Kind::LostEvents => node.events_lost += ev.count.unwrap_or(1),
             Kind::Drop if ev.via.is_none() => {
                 let reason = ev.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or("unknown");
                 let reason = if node.drops.contains_key(reason) || node.drops.len() < MAX_DROP_REASONS {
@@ -340,97 +277,66 @@ impl Metrics {
             }
             _ => {}
         }
-
-        let mut who = event_who(ev);
-        let mut request = None;
-        let mut lost = false;
-        let mut renamed = None;
-        // The runtime named the container after its first packets: its
-        // series follow it to the new name.
-        if let (Some(cg), Some(w)) = (ev.workload_key(), &who) {
-            if node.names.len() >= MAX_FLOWS_PER_NODE {
-                node.names.clear();
-            }
-            if let Some(old) = node.names.insert(cg, w.clone()).filter(|old| old != w) {
-                renamed = Some((old, w.clone()));
-            }
+        if let Some(c) = diag.workload_of(ev).and_then(|key| diag.container(&ev.node, key)) {
+            self.read(&c);
         }
-        match ev.flow.map(|id| node.flow(id, ts)) {
-            Some(flow) => {
-                if who.is_some() {
-                    if flow.who != who {
-                        flow.who = who.clone();
-                    }
-                } else {
-                    who = flow.who.clone();
-                }
-                match kind {
-                    Kind::Request => {
-                        if let Some(method) = &ev.method {
-                            let again = ev.seq.is_some() && flow.reqs.iter().any(|r| r.seq == ev.seq);
-                            if !again {
-                                let c = classify(method, ev.path.as_deref(), ev.token_header);
-                                flow.reqs.push_back(Req { seq: ev.seq, ack: ev.ack, token: c.0 == 0 });
-                                if flow.reqs.len() > FLOW_SEQS {
-                                    flow.reqs.pop_front();
-                                }
-                                request = Some(c);
-                            }
-                        }
-                    }
-                    Kind::HostIngress => {
-                        if let (Some(_), Some(seq)) = (ev.status, ev.seq) {
-                            // The reply to the request it acknowledges, else
-                            // to the flow's latest request.
-                            let token = flow
-                                .reqs
-                                .iter()
-                                .rev()
-                                .find(|r| r.ack == Some(seq))
-                                .or(flow.reqs.back())
-                                .is_some_and(|r| r.token);
-                            if token {
-                                push_capped(&mut flow.token_replies, seq);
-                                lost = flow.newly_lost(seq);
-                            }
-                        }
-                    }
-                    Kind::Drop if ev.via.is_none() => {
-                        if let Some(seq) = ev.seq {
-                            push_capped(&mut flow.dropped, seq);
-                            lost = flow.newly_lost(seq);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            None => {
-                if let (Kind::Request, Some(method)) = (kind, &ev.method) {
-                    request = Some(classify(method, ev.path.as_deref(), ev.token_header));
-                }
-            }
-        }
-
-        let who = match who {
-            Some(w) => w,
-            None if request.is_some() => (UNKNOWN.to_string(), String::new()),
-            None => return,
-        };
-        if let Some((old, new)) = renamed {
-            self.rename(&ev.node, old, new);
-        }
-        let key = self.assign(&ev.node, who, ts);
-        let w = self.workloads.get_mut(&key).expect("assigned");
-        if let Some((k, v)) = request {
-            w.requests[k][v] += 1;
-        }
-        if lost {
-            w.replies_lost += 1;
+        if let Some(now) = diag.unattributed(&ev.node) {
+            self.read_unattributed(&ev.node, now, ev.ts);
         }
     }
 
-    /// The series key for a workload seen at `ts`: its own, or `_other`
-    /// beyond the cap. Creates it, and marks it seen.
+    /// Add what one container's counters grew by to its workload's series
+    /// (moving the series when the container got a new name).
+    fn read(&mut self, c: &ContainerView) {
+        let node = c.node();
+        let who = workload_labels(&c.container()).unwrap_or_else(|| (UNKNOWN.to_string(), String::new()));
+        let (now, ts) = (c.counts(), c.last_seen());
+        if ts < self.cutoff {
+            return;
+        }
+        let id = (node.to_string(), c.cgroup_id());
+        let before = match self.seen.get(&id).map(|s| (s.who.clone(), s.counts)) {
+            Some((old, counts)) => {
+                if old != who {
+                    self.rename(node, old, who.clone());
+                }
+                counts
+            }
+            None => {
+                if self.seen.len() >= MAX_SEEN {
+                    let old: Vec<_> =
+                        oldest_eighth(self.seen.iter().map(|(k, s)| (k, s.last_seen))).into_iter().cloned().collect();
+                    for k in old {
+                        self.seen.remove(&k);
+                    }
+                }
+                Counts::default()
+            }
+        };
+        self.seen.insert(id, Seen { who: who.clone(), counts: now, last_seen: ts });
+        let key = self.assign(node, who, ts);
+        self.add(&key, growth(&before, &now));
+    }
+
+    /// Requests the Diagnoser could not attribute count as `_unknown`.
+    fn read_unattributed(&mut self, node: &str, now: Counts, ts: SystemTime) {
+        let Some(n) = self.nodes.get_mut(node) else { return };
+        let grew = growth(&n.unattributed, &now);
+        n.unattributed = now;
+        if grew != Counts::default() {
+            let key = self.assign(node, (UNKNOWN.to_string(), String::new()), ts);
+            self.add(&key, grew);
+        }
+    }
+
+    fn add(&mut self, key: &Key, d: Counts) {
+        let w = self.workloads.get_mut(key).expect("assigned");
+        for (x, n) in w.requests.iter_mut().flatten().zip(d.requests.iter().flatten()) {
+            *x += n;
+        }
+        w.replies_lost += d.replies_lost;
+    }
+
     /// Move a workload's counters to its new name (adding to what the new
     /// name already has).
     fn rename(&mut self, node: &str, old: Who, new: Who) {
@@ -451,6 +357,8 @@ impl Metrics {
         }
     }
 
+    /// The series key for a workload seen at `ts`: its own, or `_other`
+    /// beyond the cap. Creates it, and marks it seen.
     fn assign(&mut self, node: &str, who: Who, ts: SystemTime) -> Key {
         let mut key = (node.to_string(), who.0, who.1);
         if !self.workloads.contains_key(&key) {
@@ -521,6 +429,7 @@ impl Metrics {
     pub fn update_from(&mut self, diag: &Diagnoser) {
         self.clear_findings();
         for c in diag.containers() {
+            self.read(&c);
             self.apply(c.node(), &c.container(), c.kinds(), c.forwarding_hops());
         }
         self.hop_limits = self.nodes.keys().filter_map(|n| Some((n.clone(), diag.hop_limit(n)?))).collect();
@@ -557,14 +466,14 @@ impl Metrics {
         }
     }
 
-    /// Forget workloads (and flows) not seen for the grace period.
+    /// Forget workloads (and what was read of their containers) not seen
+    /// for the grace period.
     pub fn expire(&mut self, now: SystemTime) {
         let cutoff = now.checked_sub(self.cfg.grace).unwrap_or(UNIX_EPOCH);
+        self.cutoff = self.cutoff.max(cutoff);
         self.workloads.retain(|_, w| w.last_seen >= cutoff);
         self.folded.retain(|_, t| *t >= cutoff);
-        for n in self.nodes.values_mut() {
-            n.flows.retain(|_, f| f.last_seen >= cutoff);
-        }
+        self.seen.retain(|_, s| s.last_seen >= cutoff);
     }
 
     /// OpenMetrics text ([`OPENMETRICS_CONTENT_TYPE`]), ending in `# EOF`.
@@ -754,10 +663,15 @@ mod tests {
         events
     }
 
+    /// One event, as `run` hands it on: to the Diagnoser, then to metrics.
+    fn fed(m: &mut Metrics, d: &mut Diagnoser, e: &Event) {
+        d.observe(e);
+        m.observe(d, e);
+    }
+
     fn feed_both(m: &mut Metrics, d: &mut Diagnoser, events: &[Event]) {
         for e in events {
-            d.observe(e);
-            m.observe(e);
+            fed(m, d, e);
         }
         m.update_from(d);
     }
@@ -846,9 +760,9 @@ mod tests {
         lacks(&text, "bpf_program");
 
         // The same from whole findings.
-        let mut m2 = Metrics::default();
+        let (mut m2, mut d2) = (Metrics::default(), Diagnoser::default());
         for e in &events {
-            m2.observe(e);
+            fed(&mut m2, &mut d2, e);
         }
         m2.update_findings(&d.findings(), &[("node-a".into(), 1)]);
         assert_eq!(m2.encode(), text);
@@ -868,7 +782,8 @@ mod tests {
         assert_eq!(events[hi + 1].kind, Kind::Drop);
         events.swap(hi, hi + 1);
         let mut m = Metrics::default();
-        events.iter().for_each(|e| m.observe(e));
+        let mut d = Diagnoser::default();
+        events.iter().for_each(|e| fed(&mut m, &mut d, e));
         let text = m.encode();
         has(&text, r#"imds_observer_replies_lost_total{node="node-a",workload="podman:3f2a9c1b7d4e",namespace=""} 1"#);
     }
@@ -881,6 +796,7 @@ mod tests {
         let n = events.len();
         let named = Container { name: Some("checkout-api".into()), ..Default::default() };
         let mut m = Metrics::default();
+        let mut d = Diagnoser::default();
         for (i, e) in events.iter().enumerate() {
             let mut e = e.clone();
             if let (true, Some(cg), Some(path)) = (i > n / 2, e.cgroup_id, e.cgroup.clone()) {
@@ -888,7 +804,7 @@ mod tests {
                 c.name = named.name.clone();
                 e.container = Some(c);
             }
-            m.observe(&e);
+            fed(&mut m, &mut d, &e);
         }
         let text = m.encode();
         has(&text, r#"imds_observer_replies_lost_total{node="node-a",workload="checkout-api",namespace=""} 1"#);
@@ -943,8 +859,9 @@ mod tests {
         cont.path = None;
         cont.seq = Some(400);
         let mut m = Metrics::default();
+        let mut d = Diagnoser::default();
         for e in [&put, &again, &get, &get, &with_token, &other_flow, &cont] {
-            m.observe(e);
+            fed(&mut m, &mut d, e);
         }
         let text = m.encode();
         let w = r#"node="node-a",workload="web",namespace="""#;
@@ -977,8 +894,9 @@ mod tests {
         };
         b.cgroup = Some(format!("/nomad.slice/{}.scope", b.id.as_deref().unwrap()));
         let mut m = Metrics::default();
-        m.observe(&request(0, "node-a", 1, 10, &a, "GET", "/latest/meta-data/"));
-        m.observe(&request(0, "node-a", 2, 10, &b, "GET", "/latest/meta-data/"));
+        let mut d = Diagnoser::default();
+        fed(&mut m, &mut d, &request(0, "node-a", 1, 10, &a, "GET", "/latest/meta-data/"));
+        fed(&mut m, &mut d, &request(0, "node-a", 2, 10, &b, "GET", "/latest/meta-data/"));
         let finding = |c: &Container, kind: FindingKind, hops: u8| Finding {
             tag: FindingTag::Finding,
             ts: at(0),
@@ -1038,7 +956,7 @@ mod tests {
         b.path = format!("/libpod_parent/libpod-{}", ID.replace('3', "5"));
         let mut c = b.conn(40);
         let later = c.connect(200_000).into_iter().chain(c.request(200_001, "GET", "/latest/meta-data/", true));
-        later.for_each(|e| m.observe(&e));
+        later.for_each(|e| fed(&mut m, &mut d, &e));
         assert_eq!(m.workloads(), 2);
 
         m.expire(time(1_010) + Duration::from_secs(299));
@@ -1060,7 +978,7 @@ mod tests {
         // It comes back (from zero) when it talks again.
         let mut again = request(400_000, "node-a", 900, 1, &who, "GET", "/latest/meta-data/");
         again.token_header = Some(true);
-        m.observe(&again);
+        fed(&mut m, &mut d, &again);
         has(
             &m.encode(),
             r#"imds_observer_requests_total{node="node-a",workload="api-7f9c8d-x2x4q",namespace="payments",kind="other",version="v2"} 1"#,
@@ -1074,13 +992,14 @@ mod tests {
     #[test]
     fn workloads_beyond_the_cap_fold_into_other() {
         let mut m = Metrics::new(Config { max_workloads: 2, ..Default::default() });
+        let mut d = Diagnoser::default();
         let names = ["a", "b", "c", "d"];
         for (i, n) in names.iter().enumerate() {
             let who = named(i as u64 + 1, n);
-            m.observe(&request(i as u64, "node-a", i as u64 + 1, 7, &who, "GET", "/latest/meta-data/"));
+            fed(&mut m, &mut d, &request(i as u64, "node-a", i as u64 + 1, 7, &who, "GET", "/latest/meta-data/"));
         }
         // d again, on a new connection: still folded, not counted again.
-        m.observe(&request(10, "node-a", 50, 7, &named(4, "d"), "GET", "/latest/meta-data/"));
+        fed(&mut m, &mut d, &request(10, "node-a", 50, 7, &named(4, "d"), "GET", "/latest/meta-data/"));
         m.update_findings(
             &[Finding {
                 tag: FindingTag::Finding,
@@ -1110,18 +1029,19 @@ mod tests {
         // Once a and b are gone, a new workload gets its own series again.
         m.expire(time(0) + Duration::from_secs(601));
         assert_eq!(m.workloads(), 0);
-        m.observe(&request(700_000, "node-a", 60, 7, &named(5, "e"), "GET", "/latest/meta-data/"));
+        fed(&mut m, &mut d, &request(700_000, "node-a", 60, 7, &named(5, "e"), "GET", "/latest/meta-data/"));
         has(&m.encode(), &req("e", 1));
     }
 
     #[test]
     fn events_lost_and_bpf_stats() {
         let mut m = Metrics::default();
+        let mut d = Diagnoser::default();
         let mut ev = Event::new(Kind::LostEvents, crate::diagnose::tests::time(0), "node-a".into());
         ev.count = Some(17);
-        m.observe(&ev);
+        fed(&mut m, &mut d, &ev);
         ev.count = Some(3);
-        m.observe(&ev);
+        fed(&mut m, &mut d, &ev);
         let text = m.encode();
         has(&text, r#"imds_observer_events_lost_total{node="node-a"} 20"#);
         lacks(&text, "bpf_program");
@@ -1146,15 +1066,16 @@ mod tests {
     #[test]
     fn requests_without_identity_and_odd_names() {
         let mut m = Metrics::default();
+        let mut d = Diagnoser::default();
         let mut anon = Event::new(Kind::Request, crate::diagnose::tests::time(0), "node-a".into());
         anon.method = Some("GET".into());
         anon.path = Some("/computeMetadata/v1/".into());
-        m.observe(&anon);
+        fed(&mut m, &mut d, &anon);
         // A reply without a flow or identity attributes to nothing.
-        m.observe(&Event::new(Kind::Reply, crate::diagnose::tests::time(1), "node-a".into()));
+        fed(&mut m, &mut d, &Event::new(Kind::Reply, crate::diagnose::tests::time(1), "node-a".into()));
         let long = "x".repeat(300);
-        m.observe(&request(2, "node-a", 1, 1, &named(1, "we\"ird\\name\n"), "GET", "/"));
-        m.observe(&request(3, "node-a", 2, 1, &named(2, &long), "GET", "/"));
+        fed(&mut m, &mut d, &request(2, "node-a", 1, 1, &named(1, "we\"ird\\name\n"), "GET", "/"));
+        fed(&mut m, &mut d, &request(3, "node-a", 2, 1, &named(2, &long), "GET", "/"));
         let text = m.encode();
         has(
             &text,
@@ -1215,15 +1136,18 @@ mod tests {
     }
 
     #[test]
-    fn flows_are_bounded_and_expire() {
+    fn what_is_read_is_bounded_and_expires() {
         let mut m = Metrics::new(Config { grace: Duration::from_secs(60), ..Default::default() });
-        let who = named(1, "busy");
-        for i in 0..(MAX_FLOWS_PER_NODE as u64 + 10) {
-            m.observe(&request(i / 1000, "node-a", i, 1, &who, "GET", "/"));
+        let mut d = Diagnoser::default();
+        // More containers than MAX_SEEN, over several nodes (the Diagnoser
+        // holds 16,384 per node).
+        for i in 0..(MAX_SEEN as u64 + 10) {
+            let node = format!("node-{}", i % 5);
+            fed(&mut m, &mut d, &request(i / 1000, &node, i, 1, &named(i + 1, "busy"), "GET", "/"));
         }
-        assert!(m.nodes["node-a"].flows.len() <= MAX_FLOWS_PER_NODE);
+        assert!(m.seen.len() <= MAX_SEEN);
         m.expire(time(100) + Duration::from_secs(61));
-        assert!(m.nodes["node-a"].flows.is_empty());
+        assert!(m.seen.is_empty());
         assert_eq!(m.workloads(), 0);
     }
 }

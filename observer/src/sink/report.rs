@@ -7,6 +7,7 @@ use std::{
 };
 
 use crate::{
+    model::bounded::plural,
     diagnose::{Config, Diagnoser, Finding, Fix},
     model::Line,
 };
@@ -255,9 +256,6 @@ fn requests_cell(f: &Finding) -> String {
     }
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
 
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or("-".into(), |v| v.to_string())
@@ -377,8 +375,8 @@ pub fn render(findings: &[Finding]) -> String {
     let nodes: std::collections::BTreeSet<&str> = groups.iter().map(|g| g.node).collect();
     out.push_str(&format!(
         "{} on {}: {} need{} attention.\n\n",
-        plural(groups.len(), "container", "containers"),
-        plural(nodes.len(), "node", "nodes"),
+        plural(groups.len() as u64, "container", "containers"),
+        plural(nodes.len() as u64, "node", "nodes"),
         bad,
         if bad == 1 { "s" } else { "" },
     ));
