@@ -1,15 +1,28 @@
 //! The `--metrics-addr` HTTP server: `GET /metrics`, `/healthz`, `/readyz`.
 //!
-//! Minimal HTTP/1.1 by hand: one request per connection (`Connection:
-//! close`), request head capped at 8 KiB and read within 2 s, at most 64
-//! connections at once (more are closed unanswered). `GET` and `HEAD` only.
+//! HTTP/1.1 by hyper's server connection (`hyper::server::conn::http1`) on
+//! our own accept loop. The contract:
 //!
+//! - One request per connection: keep-alive is off and every answer says
+//!   `Connection: close` (a scrape every 15 s or more gains nothing from
+//!   keep-alive, and a slot is then held for a request, never by a client
+//!   idling between scrapes).
+//! - The request head is capped at 8 KiB (hyper answers 431) and must
+//!   arrive within 2 s (we answer 408 and close); a malformed head gets
+//!   hyper's 400. A connection is closed after 12 s whatever it does (2 s
+//!   for the head, 10 s to take the answer), so an idle or slow client
+//!   cannot hold a slot longer than that.
+//! - At most 64 connections at once (more are closed unanswered).
+//! - `GET` and `HEAD` only (405 with `Allow: GET, HEAD` otherwise).
+//! - The status line carries the request's version: `HTTP/1.0` for an
+//!   HTTP/1.0 request (hyper answers in the client's version).
 //! - `/metrics`: OpenMetrics text when the client accepts it (Prometheus
 //!   does), else Prometheus text 0.0.4.
 //! - `/healthz`: 200 `ok` while the process runs.
 //! - `/readyz`: 200 once capture is attached (the `ready` flag), else 503.
 //! - anything else: 404.
 use std::{
+    convert::Infallible,
     io,
     net::SocketAddr,
     sync::{
@@ -19,6 +32,16 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, ACCEPT, ALLOW, CONNECTION, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -29,12 +52,18 @@ use tracing::{debug, warn};
 
 use super::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 
-/// Largest request head accepted.
+/// Largest request head accepted (hyper's `max_buf_size`; 8 KiB is also
+/// the smallest it allows).
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// Time a client has to send its request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
+
+/// What a client that did not finish its head in time gets before the
+/// close (hyper closes without a word).
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// A bound listener: bind first (a bad `--metrics-addr` fails at startup),
 /// then [`Server::run`].
@@ -69,6 +98,14 @@ impl Server {
     /// problem, never the server's: this only returns if accepting fails
     /// for good (it does not).
     pub async fn run(self, state: Arc<Mutex<Metrics>>, ready: Arc<AtomicBool>) -> io::Result<()> {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.read_timeout)
+            .max_buf_size(MAX_REQUEST)
+            .keep_alive(false)
+            // A client may shut down its sending side once the request is out.
+            .half_close(true)
+            .title_case_headers(true);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, peer) = match self.listener.accept().await {
@@ -84,10 +121,11 @@ impl Server {
                 debug!(%peer, "metrics server: too many connections; closing");
                 continue;
             };
-            let (state, ready, read_timeout) = (state.clone(), ready.clone(), self.read_timeout);
+            let (http, state, ready) = (http.clone(), state.clone(), ready.clone());
+            let deadline = self.read_timeout + WRITE_TIMEOUT;
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &state, &ready, read_timeout).await {
-                    debug!(%peer, "metrics server: {e}");
+                if timeout(deadline, handle(stream, peer, &http, &state, &ready)).await.is_err() {
+                    debug!(%peer, "metrics server: connection open after {deadline:?}; closed");
                 }
                 drop(permit);
             });
@@ -112,106 +150,42 @@ pub async fn serve(addr: SocketAddr, state: Arc<Mutex<Metrics>>, ready: Arc<Atom
     Server::bind(addr).await?.run(state, ready).await
 }
 
-enum Head {
-    /// The head's length (through the blank line).
-    Complete(usize),
-    TooLarge,
-    /// The client closed before finishing its request.
-    Closed,
-}
-
-async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Head> {
-    let mut chunk = [0u8; 2048];
-    loop {
-        if let Some(end) = head_end(buf) {
-            return Ok(Head::Complete(end));
-        }
-        if buf.len() > MAX_REQUEST {
-            return Ok(Head::TooLarge);
-        }
-        let want = (MAX_REQUEST + 1 - buf.len()).min(chunk.len());
-        let n = s.read(&mut chunk[..want]).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-    allow: bool,
-}
-
-impl Response {
-    fn text(status: u16, body: &str) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: body.as_bytes().to_vec(), allow: false }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
+/// One connection, one request. Errors are logged, not returned: they are
+/// the client's.
 async fn handle(
-    mut s: TcpStream,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    http: &http1::Builder,
     state: &Mutex<Metrics>,
     ready: &AtomicBool,
-    read_timeout: Duration,
-) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let (resp, head_only) = match timeout(read_timeout, read_head(&mut s, &mut buf)).await {
-        Err(_) => (Response::text(408, "request timeout\n"), false),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(Head::Closed)) => return Ok(()),
-        Ok(Ok(Head::TooLarge)) => (Response::text(431, "request too large\n"), false),
-        Ok(Ok(Head::Complete(n))) => route(&buf[..n], state, ready),
+) {
+    let answered_error = AtomicBool::new(false);
+    let service = service_fn(|req| {
+        let resp = respond(&req, state, ready);
+        if resp.status().is_client_error() || resp.status().is_server_error() {
+            answered_error.store(true, Ordering::Relaxed);
+        }
+        std::future::ready(Ok::<_, Infallible>(resp))
+    });
+    // hyper borrows the stream, so that it is still ours below.
+    let served = http.serve_connection(TokioIo::new(&mut stream), service).await;
+    let failed = match served {
+        Ok(()) => answered_error.load(Ordering::Relaxed),
+        Err(e) if e.is_timeout() => {
+            // The head did not arrive in time; nothing was written yet.
+            debug!(%peer, "metrics server: {e}");
+            let _ = stream.write_all(REQUEST_TIMEOUT).await;
+            let _ = stream.shutdown().await;
+            true
+        }
+        Err(e) => {
+            // A bad head (hyper answered 400 or 431 and shut down), or the
+            // client went away.
+            debug!(%peer, "metrics server: {e}");
+            true
+        }
     };
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type,
-        resp.body.len()
-    );
-    if resp.allow {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if !head_only {
-        bytes.extend_from_slice(&resp.body);
-    }
-    let written = match timeout(WRITE_TIMEOUT, async {
-        s.write_all(&bytes).await?;
-        s.shutdown().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "writing the response timed out")),
-    };
-    if resp.status >= 400 && written.is_ok() {
+    if failed {
         // Read what the client still sends for a moment, so that closing
         // with unread data (an RST) does not destroy the answer before the
         // client reads it.
@@ -219,7 +193,7 @@ async fn handle(
         let _ = timeout(Duration::from_millis(500), async {
             let mut left: usize = 64 * 1024;
             while left > 0 {
-                match s.read(&mut sink).await {
+                match stream.read(&mut sink).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => left = left.saturating_sub(n),
                 }
@@ -227,53 +201,57 @@ async fn handle(
         })
         .await;
     }
-    written
 }
 
-/// The response, and whether to send the head only (HEAD).
-fn route(head: &[u8], state: &Mutex<Metrics>, ready: &AtomicBool) -> (Response, bool) {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return (Response::text(400, "bad request\n"), false);
-    };
-    let mut lines = head.lines();
-    let mut parts = lines.next().unwrap_or("").split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (Response::text(400, "bad request\n"), false);
-    };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return (Response::text(400, "bad request\n"), false);
-    }
-    let head_only = method == "HEAD";
-    let path = target.split(['?', '#']).next().unwrap_or(target);
+fn answer(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    answer(status, "text/plain; charset=utf-8", body)
+}
+
+/// The answer to one request (hyper leaves out the body for `HEAD`).
+fn respond(
+    req: &Request<Incoming>,
+    state: &Mutex<Metrics>,
+    ready: &AtomicBool,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-        return (Response::text(404, "not found\n"), head_only);
+        return text(StatusCode::NOT_FOUND, "not found\n");
     }
-    if method != "GET" && !head_only {
-        let mut r = Response::text(405, "method not allowed\n");
-        r.allow = true;
-        return (r, false);
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
-    let resp = match path {
-        "/healthz" => Response::text(200, "ok\n"),
-        "/readyz" if ready.load(Ordering::Acquire) => Response::text(200, "ready\n"),
-        "/readyz" => Response::text(503, "not ready: capture is not attached\n"),
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: capture is not attached\n"),
         _ => {
-            let openmetrics = lines.any(|l| {
-                l.split_once(':').is_some_and(|(k, v)| {
-                    k.trim().eq_ignore_ascii_case("accept") && v.contains("application/openmetrics-text")
-                })
+            const OPENMETRICS: &[u8] = b"application/openmetrics-text";
+            let openmetrics = req.headers().get_all(ACCEPT).iter().any(|v| {
+                v.as_bytes().windows(OPENMETRICS.len()).any(|w| w == OPENMETRICS)
             });
             let m = state.lock().unwrap_or_else(|e| e.into_inner());
-            let (body, content_type) = if openmetrics {
-                (m.encode(), OPENMETRICS_CONTENT_TYPE)
+            if openmetrics {
+                answer(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, m.encode())
             } else {
-                (m.encode_prometheus(), PROMETHEUS_CONTENT_TYPE)
-            };
-            Response { status: 200, content_type, body: body.into_bytes(), allow: false }
+                answer(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, m.encode_prometheus())
+            }
         }
-    };
-    (resp, head_only)
+    }
 }
 
 #[cfg(test)]
