@@ -15,7 +15,7 @@ const IMAGE: &str = "localhost/imds-observer:lab";
 /// listens), with bash's /dev/tcp: no client to install.
 fn http_get(lab: &Lab, port: u16, path: &str) -> String {
     let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
     );
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.host))
