@@ -14,4 +14,5 @@ pub mod model;
 pub mod pipeline;
 pub mod run;
 pub mod sink;
+pub mod sys;
 pub mod tui;

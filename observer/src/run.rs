@@ -25,7 +25,8 @@ use crate::{
     diagnose::{self, Diagnoser},
     model::{Event, Kind},
     identity::{Identities, cgroup, docker},
-    pipeline::{self, Clock, Pipeline},
+    pipeline::{self, KernelNames, Pipeline},
+    sys::clock::{Clock, mono_now_ns},
     sink::{
         http,
         json::JsonLines,
@@ -145,10 +146,12 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     // environment) Nomad and the pods on this node. The pod watch wants the
     // node name as the cluster knows it, not the host name guessed above.
     let identities = Identities::new(cfg.cgroup_root.clone(), &sockets).with_env_lookups(args.node_name.as_deref());
-    let mut pipe = Pipeline::new(node, Clock::now(), Some(identities));
-    pipe.drop_reasons = cap.drop_reasons.clone();
-    pipe.locations = cap.locations.clone();
-    pipe.ifaces = cap.ifaces.clone();
+    let names = KernelNames {
+        drop_reasons: cap.drop_reasons.clone(),
+        locations: cap.locations.clone(),
+        ifaces: cap.ifaces.clone(),
+    };
+    let mut pipe = Pipeline::new(node, Clock::now(), Some(identities), names);
     let mut veths = cap.veths();
     if let Some(v) = &veths {
         pipe.set_veths(&v.borrow());
@@ -188,7 +191,7 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
             for rec in recs.drain(..) {
                 pipe.process(&rec, &mut events);
             }
-            pipe.release_due(if go { pipeline::mono_now_ns() } else { u64::MAX }, &mut events);
+            pipe.release_due(if go { mono_now_ns() } else { u64::MAX }, &mut events);
             for ev in events.drain(..) {
                 go &= sink.event(ev)?;
             }
@@ -199,10 +202,10 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     .await;
     drop(cap); // detaches every program
     info!(
-        malformed = pipe.skipped.malformed,
-        unknown_records = pipe.skipped.unknown_hook,
-        purged_at_close = pipe.skipped.purged,
-        flows_evicted = pipe.flows.evicted(),
+        malformed = pipe.skipped().malformed,
+        unknown_records = pipe.skipped().unknown_hook,
+        purged_at_close = pipe.skipped().purged,
+        flows_evicted = pipe.flows_evicted(),
         "detached"
     );
     result
@@ -211,7 +214,7 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
 fn report_lost(cap: &Capture, pipe: &Pipeline, reported: u64, sink: &mut impl EventSink) -> Result<u64> {
     let lost = cap.lost();
     if lost > reported {
-        let mut ev = Event::new(Kind::LostEvents, SystemTime::now(), pipe.node.clone());
+        let mut ev = Event::new(Kind::LostEvents, SystemTime::now(), pipe.node().to_string());
         ev.count = Some(lost - reported);
         warn!(count = lost - reported, "events lost: the ring buffer was full");
         sink.event(ev)?;

@@ -75,6 +75,15 @@ impl Kernel {
     }
 }
 
+/// What the kernel counted for one program (only while
+/// `kernel.bpf_stats_enabled` is 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_time_ns: u64,
+    pub runs: u64,
+}
+
 pub struct Capture {
     /// The cgroup v1 fallback's thread, on hosts that have cgroup v1.
     /// Stopped first on drop: it shares the programs.
@@ -203,14 +212,14 @@ impl Capture {
 
     /// Per program: name, run time (ns), run count. The kernel counts them
     /// only while `kernel.bpf_stats_enabled` is 1 (zeros otherwise).
-    pub fn bpf_stats(&self) -> Vec<crate::sink::metrics::BpfProgramStats> {
+    pub fn bpf_stats(&self) -> Vec<ProgramStats> {
         self.ebpf
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .programs()
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
-                Some((name.to_string(), info.run_time().as_nanos() as u64, info.run_count()))
+                Some(ProgramStats { name: name.to_string(), run_time_ns: info.run_time().as_nanos() as u64, runs: info.run_count() })
             })
             .collect()
     }

@@ -213,8 +213,7 @@ fn growth(before: &Counts, now: &Counts) -> Counts {
     d
 }
 
-/// Per-program BPF statistics: name, run time (ns), run count.
-pub type BpfProgramStats = (String, u64, u64);
+pub use crate::capture::ProgramStats as BpfProgramStats;
 
 pub struct Metrics {
     cfg: Config,
@@ -456,7 +455,7 @@ impl Metrics {
     /// the kernel does not count them: the series are then left out.
     pub fn set_bpf_stats(&mut self, stats: Vec<BpfProgramStats>) {
         self.bpf.clear();
-        for (name, ns, runs) in stats {
+        for BpfProgramStats { name, run_time_ns: ns, runs } in stats {
             if self.bpf.len() >= MAX_PROGRAMS && !self.bpf.contains_key(&name) {
                 continue;
             }
@@ -1046,11 +1045,12 @@ mod tests {
         has(&text, r#"imds_observer_events_lost_total{node="node-a"} 20"#);
         lacks(&text, "bpf_program");
 
+        let stats = |name: &str, run_time_ns, runs| BpfProgramStats { name: name.into(), run_time_ns, runs };
         m.set_bpf_stats(vec![
-            ("imds_cgroup_egress".into(), 1_500_000_000, 42),
-            ("imds_tc".into(), 250_000, 3),
+            stats("imds_cgroup_egress", 1_500_000_000, 42),
+            stats("imds_tc", 250_000, 3),
             // The same program attached twice: one series.
-            ("imds_tc".into(), 250_000, 4),
+            stats("imds_tc", 250_000, 4),
         ]);
         let text = m.encode();
         has(&text, "# TYPE imds_observer_bpf_program_run_time_seconds counter");

@@ -6,14 +6,13 @@
 //! the container's veth, which names it (identity/netns.rs). The veth is then
 //! remembered for the socket's network namespace, so later flows from it are
 //! named at connect and never wait.
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+mod hold;
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use observer_ebpf::{Hook, Record};
 
+use self::hold::HoldQueue;
 use crate::{
     capture::{
         decode::{self, Http, IcmpError, IcmpKind, Packet, Proto},
@@ -21,31 +20,9 @@ use crate::{
     },
     correlate::flows::{Flow, FlowTable},
     model::{self, Event, Kind, TcpFlags},
+    sys::{clock::Clock, socket::own_netns_cookie},
     identity::{Container, Identities},
 };
-
-/// Maps the eBPF clock (CLOCK_MONOTONIC) to wall-clock time.
-#[derive(Clone, Copy)]
-pub struct Clock {
-    offset_ns: i128,
-}
-
-fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC) }
-    }
-    pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        let ns = (mono_ns as i128 + self.offset_ns).max(0) as u128;
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    }
-}
 
 /// Counters of input the pipeline skipped, reported on exit.
 #[derive(Default, Debug)]
@@ -65,21 +42,25 @@ const MAX_NETNS: usize = 16_384;
 /// Records waiting for a veth at most (about 600 bytes each).
 const MAX_HELD: usize = 4_096;
 
-/// The monotonic clock the eBPF timestamps use.
-pub fn mono_now_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC) as u64
-}
-
-pub struct Pipeline {
-    pub node: String,
-    pub clock: Clock,
-    pub flows: FlowTable,
-    pub identities: Option<Identities>,
+/// What the kernel side names by number: drop reasons, drop locations,
+/// interfaces (from capture, at start).
+#[derive(Default)]
+pub struct KernelNames {
+    /// Drop-reason number → name.
     pub drop_reasons: HashMap<u32, String>,
     /// Drop locations → function names (capture::kallsyms).
     pub locations: Locations,
+    /// ifindex → name.
     pub ifaces: HashMap<u32, String>,
-    pub skipped: Skipped,
+}
+
+pub struct Pipeline {
+    node: String,
+    clock: Clock,
+    flows: FlowTable,
+    identities: Option<Identities>,
+    names: KernelNames,
+    skipped: Skipped,
     /// The observer's own network namespace cookie (the host's, as deployed).
     own_netns: Option<u64>,
     last_sweep: u64,
@@ -88,47 +69,38 @@ pub struct Pipeline {
     /// Network namespace cookie → the container veth it sends by (None: it
     /// was waited for and did not come).
     netns_veth: HashMap<u64, Option<u32>>,
-    /// Records of flows waiting for their veth, in arrival order.
-    held: VecDeque<Record>,
-}
-
-/// This process's network namespace cookie, as `bpf_get_netns_cookie`
-/// reports it for sockets (SO_NETNS_COOKIE, Linux 5.14+). The kernel side
-/// takes it at connect: a short-lived process may be gone from /proc by
-/// the time userspace reads the record.
-fn own_netns_cookie() -> Option<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    // SAFETY: a throwaway socket and a u64 out-parameter of the right size.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let mut cookie = 0u64;
-        let mut len = size_of::<u64>() as libc::socklen_t;
-        let r = libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len);
-        libc::close(fd);
-        (r == 0).then_some(cookie)
-    }
+    /// Records of flows waiting for their veth.
+    held: HoldQueue,
 }
 
 impl Pipeline {
-    pub fn new(node: String, clock: Clock, identities: Option<Identities>) -> Self {
+    pub fn new(node: String, clock: Clock, identities: Option<Identities>, names: KernelNames) -> Self {
         Self {
             node,
             clock,
             flows: FlowTable::new(),
             identities,
-            drop_reasons: HashMap::new(),
-            locations: Locations::default(),
-            ifaces: HashMap::new(),
+            names,
             skipped: Skipped::default(),
             own_netns: own_netns_cookie(),
             last_sweep: 0,
             veth_fallback: false,
             netns_veth: HashMap::new(),
-            held: VecDeque::new(),
+            held: HoldQueue::new(MAX_HELD),
         }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn skipped(&self) -> &Skipped {
+        &self.skipped
+    }
+
+    /// Flows the flow table forgot, idle or to stay in bounds.
+    pub fn flows_evicted(&self) -> u64 {
+        self.flows.evicted()
     }
 
     /// The container veths attached now; an empty list turns the fallback off.
@@ -193,7 +165,7 @@ impl Pipeline {
         if !self.veth_fallback {
             return false;
         }
-        if self.held.iter().any(|h| h.cookie == rec.cookie) {
+        if self.held.holds(rec.cookie) {
             return true;
         }
         let Some(f) = self.flows.get(rec.cookie) else { return false };
@@ -225,17 +197,12 @@ impl Pipeline {
             }
             self.netns_veth.insert(f.netns_cookie, Some(rec.ifindex));
         }
-        self.release(|h| h.cookie == rec.cookie, out);
+        self.release(&[rec.cookie], out);
     }
 
-    /// Process the held records `which` selects, in order.
-    fn release(&mut self, which: impl Fn(&Record) -> bool, out: &mut Vec<Event>) {
-        if self.held.is_empty() {
-            return;
-        }
-        let (go, stay): (VecDeque<Record>, VecDeque<Record>) = std::mem::take(&mut self.held).into_iter().partition(|h| which(h));
-        self.held = stay;
-        for h in go {
+    /// Process the held records of the flows `cookies`, in order.
+    fn release(&mut self, cookies: &[u64], out: &mut Vec<Event>) {
+        for h in self.held.take(cookies) {
             if let Some(ev) = self.event_for(&h) {
                 out.push(ev);
             }
@@ -245,14 +212,13 @@ impl Pipeline {
     /// Release what waited longer than [`VETH_WAIT`] by `now_ns` (all of it
     /// with `u64::MAX`, at the end); their namespaces stop waiting.
     pub fn release_due(&mut self, now_ns: u64, out: &mut Vec<Event>) {
-        let wait = VETH_WAIT.as_nanos() as u64;
-        let due: Vec<u64> = self.held.iter().filter(|h| now_ns.saturating_sub(h.ts_ns) >= wait).map(|h| h.cookie).collect();
+        let due = self.held.due(now_ns.saturating_sub(VETH_WAIT.as_nanos() as u64));
         for cookie in &due {
             if let Some(ns) = self.flows.get(*cookie).map(|f| f.netns_cookie).filter(|&n| n != 0) {
                 self.netns_veth.entry(ns).or_insert(None);
             }
         }
-        self.release(|h| due.contains(&h.cookie), out);
+        self.release(&due, out);
     }
 
     /// Records are waiting for a veth.
@@ -266,11 +232,9 @@ impl Pipeline {
         match Hook::from_u8(rec.hook) {
             Some(Hook::CgroupEgress | Hook::CgroupIngress) if self.waits_for_veth(rec) => {
                 // Bounded: under a flood the oldest go out unnamed.
-                if self.held.len() >= MAX_HELD {
-                    let oldest = self.held.pop_front().expect("not empty");
+                if let Some(oldest) = self.held.push(*rec) {
                     out.extend(self.event_for(&oldest));
                 }
-                self.held.push_back(*rec);
             }
             Some(Hook::VethIngress) => {
                 self.sweep(rec.ts_ns);
@@ -354,7 +318,7 @@ impl Pipeline {
             self.flows.lookup(pkt.dst, pkt.src, rec.ts_ns).cloned()
         };
         let mut ev = self.event(if egress { Kind::HostEgress } else { Kind::HostIngress }, rec.ts_ns);
-        ev.iface = Some(self.ifaces.get(&rec.ifindex).cloned().unwrap_or_else(|| format!("if{}", rec.ifindex)));
+        ev.iface = Some(self.names.ifaces.get(&rec.ifindex).cloned().unwrap_or_else(|| format!("if{}", rec.ifindex)));
         self.with_flow(&mut ev, flow);
         fill_packet(&mut ev, pkt);
         Some(ev)
@@ -362,12 +326,12 @@ impl Pipeline {
 
     fn drop(&mut self, rec: &Record, pkt: &Packet) -> Option<Event> {
         // Kernels before 5.17 give no reason (0); later ones always do.
-        let reason = match self.drop_reasons.get(&rec.reason) {
+        let reason = match self.names.drop_reasons.get(&rec.reason) {
             Some(name) => Some(name.clone()),
-            None if self.drop_reasons.is_empty() => None,
+            None if self.names.drop_reasons.is_empty() => None,
             None => Some(format!("REASON_{}", rec.reason)),
         };
-        let location = self.locations.name(rec.location);
+        let location = self.names.locations.name(rec.location);
         // Delivered, then freed unread when its socket closed (a FIN after
         // the client hung up): nothing was lost on the way. Kernels without
         // the QUEUE_PURGE reason say so by where they freed it.
@@ -506,7 +470,7 @@ mod tests {
     }
 
     fn pipeline(fallback: bool) -> Pipeline {
-        let mut p = Pipeline::new("n".into(), Clock::now(), None);
+        let mut p = Pipeline::new("n".into(), Clock::now(), None, KernelNames::default());
         p.own_netns = Some(HOST_NS);
         if fallback {
             p.set_veths(&[Link { ifindex: 9, name: "veth9".into(), kind: Some("veth".into()), peer_netnsid: Some(3) }]);
@@ -580,7 +544,7 @@ mod tests {
     #[test]
     fn a_reply_purged_unread_at_close_is_no_drop() {
         let mut p = pipeline(false);
-        p.drop_reasons = HashMap::from([(2, "NOT_SPECIFIED".to_string()), (5, "QUEUE_PURGE".to_string())]);
+        p.names.drop_reasons = HashMap::from([(2, "NOT_SPECIFIED".to_string()), (5, "QUEUE_PURGE".to_string())]);
         let mut out = Vec::new();
         let mut purged = packet(Hook::Drop, MS, 0, 1);
         purged.reason = 5;
@@ -597,7 +561,7 @@ mod tests {
     fn kernels_without_reasons_name_drops_by_location() {
         let mut p = pipeline(false);
         // What 5.10's /proc/kallsyms says; no reason names at all.
-        p.locations = Locations::parse(
+        p.names.locations = Locations::parse(
             "ffffffff82057290 T ip_forward\nffffffff820577a0 t ip_forward_finish\n\
              ffffffff81e90000 T sk_stream_kill_queues\nffffffff81e90400 T sk_stream_wait_memory\n"
                 .as_bytes(),
