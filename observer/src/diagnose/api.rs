@@ -1,0 +1,397 @@
+//! The engine's API: feed events and time, read containers and findings.
+//! Upkeep (timeouts that time decides, eviction within the caps) runs here;
+//! what one event does to a flow is exchange.rs, what an outcome says about
+//! a container is outcome.rs, which findings hold is assess.rs.
+use super::{
+    exchange::{Cx, Effects, handle, resolve_due},
+    *,
+};
+pub struct Diagnoser {
+    cfg: Config,
+    nodes: HashMap<String, NodeState>,
+    stats: Stats,
+}
+
+impl Default for Diagnoser {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
+impl Diagnoser {
+    pub fn new(cfg: Config) -> Self {
+        Self { cfg, nodes: HashMap::new(), stats: Stats::default() }
+    }
+
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn state_size(&self) -> StateSize {
+        let mut s = StateSize { nodes: self.nodes.len(), ..Default::default() };
+        for n in self.nodes.values() {
+            s.containers += n.containers.len();
+            s.flows += n.flows.len();
+            s.exchanges += n.flows.values().map(|f| f.exchanges.len()).sum::<usize>();
+            s.attempts += n.containers.values().map(|c| c.timeline.len()).sum::<usize>();
+        }
+        s
+    }
+
+    /// Requests on `node` that no container could be attributed to.
+    pub fn unattributed(&self, node: &str) -> Option<Counts> {
+        Some(self.nodes.get(node)?.unattributed)
+    }
+
+    /// The container an event is about, as this engine attributed it: its
+    /// flow's, else the event's own.
+    pub fn workload_of(&self, ev: &Event) -> Option<u64> {
+        let node = self.nodes.get(&ev.node)?;
+        ev.flow.and_then(|f| Some(node.flows.get(&f)?.cgroup_id)).or_else(|| ev.workload_key())
+    }
+
+    /// The hop limit seen on `node` (TTL of token replies at its uplink).
+    pub fn hop_limit(&self, node: &str) -> Option<u8> {
+        self.nodes.get(node)?.hop_limit
+    }
+
+    /// Feed one event. Returns the findings it established or changed
+    /// (an unchanged finding is not returned again), worst first.
+    pub fn observe(&mut self, ev: &Event) -> Vec<Finding> {
+        self.stats.events += 1;
+        let (kind, ts) = (ev.kind, ev.ts);
+        self.ensure_node(&ev.node, ts);
+        let cfg = &self.cfg;
+        let node = self.nodes.get_mut(&ev.node).expect("ensured");
+        if ts > node.now {
+            node.now = ts;
+        }
+        if ts > node.last_event {
+            node.last_event = ts;
+        }
+        if kind == Kind::LostEvents {
+            let n = ev.count.unwrap_or(1);
+            node.lost_events += n;
+            self.stats.lost_events += n;
+            return Vec::new();
+        }
+        if !handle(node, cfg, &mut self.stats, kind, ev, ts) {
+            self.stats.ignored += 1;
+            if let (Kind::Request, Some(method)) = (kind, &ev.method) {
+                let req = ReqKind::of(method, ev.path.as_deref().unwrap_or(""));
+                node.unattributed.request(req, ev.token_header == Some(true));
+            }
+        }
+        let mut out = Vec::new();
+        maintain(node, cfg, &mut self.stats, false);
+        flush(&ev.node, node, cfg, ts, &mut out);
+        out.sort_by_key(|f| f.kind);
+        out
+    }
+
+    /// Let time pass on every node (live: call it every second or so with
+    /// the wall clock): connects and requests without an answer time out,
+    /// idle flows and containers are evicted. Returns findings this
+    /// established or changed.
+    pub fn tick(&mut self, now: SystemTime) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let cfg = &self.cfg;
+        for (name, node) in self.nodes.iter_mut() {
+            if now > node.now {
+                node.now = now;
+            }
+            maintain(node, cfg, &mut self.stats, true);
+            let at = node.now;
+            flush(name, node, cfg, at, &mut out);
+        }
+        let before = self.nodes.len();
+        let idle = self.cfg.container_idle;
+        self.nodes.retain(|_, n| !(n.containers.is_empty() && n.flows.is_empty() && since(n.last_event, n.now) > idle));
+        self.stats.evicted_nodes += (before - self.nodes.len()) as u64;
+        out.sort_by_key(|f| f.kind);
+        out
+    }
+
+    /// Resolve what the newest event time of each node already decides (for
+    /// the end of a recorded stream), without guessing beyond it.
+    pub fn settle(&mut self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let cfg = &self.cfg;
+        for (name, node) in self.nodes.iter_mut() {
+            maintain(node, cfg, &mut self.stats, true);
+            let at = node.now;
+            flush(name, node, cfg, at, &mut out);
+        }
+        out.sort_by_key(|f| f.kind);
+        out
+    }
+
+    /// Every current finding, worst first (then by node and container).
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out: Vec<Finding> = self.containers().flat_map(|c| c.findings()).collect();
+        out.sort_by(|a, b| {
+            (a.kind, &a.node, a.container.label(), a.container.cgroup_id).cmp(&(
+                b.kind,
+                &b.node,
+                b.container.label(),
+                b.container.cgroup_id,
+            ))
+        });
+        out
+    }
+
+    /// One container, for views that show containers as they change (the
+    /// TUI).
+    pub fn container(&self, node: &str, cgroup_id: u64) -> Option<ContainerView<'_>> {
+        let (name, n) = self.nodes.get_key_value(node)?;
+        let c = n.containers.get(&cgroup_id)?;
+        Some(ContainerView { cfg: &self.cfg, name, node: n, cg: cgroup_id, c })
+    }
+
+    /// Every container held, in no particular order.
+    pub fn containers(&self) -> impl Iterator<Item = ContainerView<'_>> {
+        self.nodes.iter().flat_map(move |(name, n)| {
+            n.containers.iter().map(move |(&cg, c)| ContainerView { cfg: &self.cfg, name, node: n, cg, c })
+        })
+    }
+
+    fn ensure_node(&mut self, name: &str, ts: Ts) {
+        if self.nodes.contains_key(name) {
+            return;
+        }
+        if self.nodes.len() >= self.cfg.max_nodes {
+            if let Some(oldest) = self.nodes.iter().min_by_key(|(_, n)| n.now).map(|(k, _)| k.clone()) {
+                self.nodes.remove(&oldest);
+                self.stats.evicted_nodes += 1;
+            }
+        }
+        self.nodes.insert(name.to_string(), NodeState::new(ts));
+    }
+}
+
+/// Read access to one container: each method computes only what it returns,
+/// so a view can poll counters per event and build findings on demand.
+pub struct ContainerView<'a> {
+    cfg: &'a Config,
+    name: &'a str,
+    node: &'a NodeState,
+    cg: u64,
+    c: &'a ContainerState,
+}
+
+impl ContainerView<'_> {
+    pub fn node(&self) -> &str {
+        self.name
+    }
+
+    pub fn cgroup_id(&self) -> u64 {
+        self.cg
+    }
+
+    pub fn container(&self) -> Container {
+        assess::container(self.cg, self.c)
+    }
+
+    pub fn last_seen(&self) -> SystemTime {
+        self.c.last_seen
+    }
+
+    pub fn requests(&self) -> Requests {
+        self.c.requests
+    }
+
+    pub fn forwarding_hops(&self) -> Option<u8> {
+        self.c.forwarding_hops
+    }
+
+    /// The hop limit it needs, once its hops (or a lost reply's TTL) are
+    /// known.
+    pub fn required_hop_limit(&self) -> Option<u8> {
+        let known = self.c.forwarding_hops.is_some() || self.c.episode.as_ref().is_some_and(|e| e.reply_ttl.is_some());
+        known.then(|| assess::required(&node_view(self.cfg, self.name, self.node), self.c))
+    }
+
+    /// Its monotonic counters (what metrics export).
+    pub fn counts(&self) -> Counts {
+        self.c.counts
+    }
+
+    /// Token PUTs answered 2xx and delivered.
+    pub fn tokens_ok(&self) -> u64 {
+        self.c.tokens_ok
+    }
+
+    /// Token replies lost on the way in (never decreases, but for a lost
+    /// reply that a retransmission delivered after all).
+    pub fn tokens_lost(&self) -> u64 {
+        self.c.tokens_lost
+    }
+
+    /// The finding kinds that hold now, worst first; empty while nothing is
+    /// decided.
+    pub fn kinds(&self) -> Vec<FindingKind> {
+        let view = node_view(self.cfg, self.name, self.node);
+        assess::active(&view, self.c).into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// The findings that hold now, worst first.
+    pub fn findings(&self) -> Vec<Finding> {
+        let view = node_view(self.cfg, self.name, self.node);
+        assess::active(&view, self.c)
+            .into_iter()
+            .map(|(kind, _)| {
+                let ts = self.c.emitted.iter().find(|e| e.kind == kind).map_or(self.node.now, |e| e.ts);
+                assess::build(&view, self.cg, self.c, kind, ts)
+            })
+            .collect()
+    }
+
+    /// Its attempts with a known outcome, oldest first, whatever the finding.
+    pub fn timeline(&self) -> Vec<Attempt> {
+        assess::timeline(self.c)
+    }
+}
+
+pub(super) fn node_view<'a>(cfg: &'a Config, name: &'a str, node: &NodeState) -> assess::NodeView<'a> {
+    assess::NodeView {
+        name,
+        hop_limit: node.hop_limit,
+        now: node.now,
+        lost_events: node.lost_events,
+        instance_id: instance_id(cfg, name),
+    }
+}
+
+/// The instance id for a node's fix command.
+pub(super) fn instance_id<'a>(cfg: &'a Config, node: &'a str) -> Option<&'a str> {
+    if let Some(id) = cfg.instance_ids.get(node) {
+        return Some(id);
+    }
+    if let Some(id) = &cfg.instance_id {
+        return Some(id);
+    }
+    // EKS/Karpenter resource-name host names: i-0123456789abcdef0.<region>...
+    let first = node.split('.').next().unwrap_or(node);
+    let hex = first.strip_prefix("i-")?;
+    ((hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then_some(first)
+}
+
+/// Re-assess the containers an event touched; queue findings that are new or
+/// changed.
+pub(super) fn flush(name: &str, node: &mut NodeState, cfg: &Config, at: Ts, out: &mut Vec<Finding>) {
+    if node.dirty.is_empty() {
+        return;
+    }
+    let dirty = std::mem::take(&mut node.dirty);
+    let view = node_view(cfg, name, node);
+    for cg in dirty {
+        let Some(c) = node.containers.get_mut(&cg) else { continue };
+        // A name learned later is news too: findings go out again with it.
+        let who = assess::fp(&c.identity);
+        let current: Vec<_> = assess::active(&view, c).into_iter().map(|(k, f)| (k, f ^ who)).collect();
+        let mut emitted = Vec::with_capacity(current.len());
+        let mut changed = Vec::new();
+        for (kind, fingerprint) in current {
+            match c.emitted.iter().find(|e| e.kind == kind) {
+                Some(e) if e.fingerprint == fingerprint => emitted.push(*e),
+                _ => {
+                    emitted.push(Emitted { kind, fingerprint, ts: at });
+                    changed.push(kind);
+                }
+            }
+        }
+        c.emitted = emitted;
+        for kind in changed {
+            out.push(assess::build(&view, cg, c, kind, at));
+        }
+    }
+}
+
+/// Time-based outcomes and eviction, by the node's clock.
+pub(super) fn maintain(node: &mut NodeState, cfg: &Config, stats: &mut Stats, force: bool) {
+    let now = node.now;
+    if force || now >= node.next_check {
+        node.next_check = now + CHECK_EVERY;
+        check_pending(node, cfg, now);
+    }
+    if force || now >= node.next_sweep {
+        node.next_sweep = now + SWEEP_EVERY;
+        sweep(node, cfg, stats, now);
+    }
+}
+
+/// Connects and requests that time has decided.
+pub(super) fn check_pending(node: &mut NodeState, cfg: &Config, now: Ts) {
+    if node.watch.is_empty() {
+        return;
+    }
+    let watched: Vec<u64> = node.watch.iter().copied().collect();
+    for id in watched {
+        let Some(flow) = node.flows.get_mut(&id) else {
+            node.watch.remove(&id);
+            continue;
+        };
+        let cg = flow.cgroup_id;
+        let Some(c) = node.containers.get_mut(&cg) else {
+            node.watch.remove(&id);
+            continue;
+        };
+        let mut cx = Cx { cfg, ts: now, flow, c, fx: Effects::default() };
+        if resolve_due(&mut cx, now, false) {
+            node.dirty.push(cg);
+        }
+        if !cx.flow.has_pending() {
+            node.watch.remove(&id);
+        }
+    }
+    node.dirty.sort_unstable();
+    node.dirty.dedup();
+}
+
+/// Forget idle flows and containers; make room when over the caps.
+pub(super) fn sweep(node: &mut NodeState, cfg: &Config, stats: &mut Stats, now: Ts) {
+    let idle: Vec<u64> =
+        node.flows.iter().filter(|(_, f)| since(f.last_seen, now) > cfg.flow_idle).map(|(k, _)| *k).collect();
+    for id in idle {
+        evict_flow(node, cfg, id, now);
+        stats.evicted_flows += 1;
+    }
+    let before = node.containers.len();
+    node.containers.retain(|_, c| since(c.last_seen, now) <= cfg.container_idle);
+    stats.evicted_containers += (before - node.containers.len()) as u64;
+}
+
+pub(super) fn evict_flow(node: &mut NodeState, cfg: &Config, id: u64, now: Ts) {
+    let Some(mut flow) = node.flows.remove(&id) else { return };
+    node.watch.remove(&id);
+    if flow.has_pending() {
+        let cg = flow.cgroup_id;
+        if let Some(c) = node.containers.get_mut(&cg) {
+            let mut cx = Cx { cfg, ts: now, flow: &mut flow, c, fx: Effects::default() };
+            resolve_due(&mut cx, now, true);
+            node.mark(cg);
+        }
+    }
+}
+
+/// Evict the least recently seen eighth of the flows.
+pub(super) fn make_room_flows(node: &mut NodeState, cfg: &Config, stats: &mut Stats) {
+    let now = node.now;
+    sweep(node, cfg, stats, now);
+    if node.flows.len() < cfg.max_flows_per_node {
+        return;
+    }
+    for id in oldest_eighth(node.flows.iter().map(|(k, f)| (*k, f.last_seen))) {
+        evict_flow(node, cfg, id, now);
+        stats.evicted_flows += 1;
+    }
+}
+
+pub(super) fn make_room_containers(node: &mut NodeState, stats: &mut Stats) {
+    for id in oldest_eighth(node.containers.iter().map(|(k, c)| (*k, c.last_seen))) {
+        node.containers.remove(&id);
+        stats.evicted_containers += 1;
+    }
+}
