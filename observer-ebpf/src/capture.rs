@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use observer_ebpf::{Hook, INBOUND_PAYLOAD, MAX_ENDPOINTS, Record, SNAP_LEN};
+use observer_ebpf::{Hook, INBOUND_PAYLOAD, MAX_ENDPOINTS, Record, SNAP_LEN, snap_len};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
@@ -22,7 +22,20 @@ static ENDPOINTS_V4: [u32; MAX_ENDPOINTS] = [0; MAX_ENDPOINTS];
 static ENDPOINTS_V6: [[u32; 4]; MAX_ENDPOINTS] = [[0; 4]; MAX_ENDPOINTS];
 
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+
+// Where the filter reads, in bytes from the IP header.
+const IPV4_MIN_HLEN: usize = 20;
+const IPV4_PROTOCOL: usize = 9;
+const IPV4_SADDR: usize = 12;
+const IPV4_DADDR: usize = 16;
+const IPV6_HLEN: usize = 40;
+const IPV6_NEXTHDR: usize = 6;
+const IPV6_SADDR: usize = 8;
+const IPV6_DADDR: usize = 24;
+/// From the TCP header: data offset, in its high nibble.
+const TCP_DOFF: u32 = 12;
+/// UDP and ICMP headers (what the snapshot keeps of other protocols).
+const L4_MIN_HLEN: u32 = 8;
 
 #[inline(always)]
 pub fn is_endpoint_v4(addr: u32) -> bool {
@@ -60,6 +73,60 @@ pub trait Packet {
     /// Copy `n` (1..=SNAP_LEN) bytes from the IP header into `dst`. Pass
     /// the length through `observer_ebpf::snap_len` on its way to the helper.
     fn snapshot(&self, dst: &mut [u8; SNAP_LEN], n: u32) -> Result<(), ()>;
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// An skb whose data starts `l3` bytes before its IP header (0 for cgroup_skb,
+/// the Ethernet header for tc).
+pub struct Skb<'a> {
+    pub skb: &'a aya_ebpf::programs::sk_buff::SkBuff,
+    pub l3: u32,
+}
+
+impl Packet for Skb<'_> {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        self.skb.len().saturating_sub(self.l3)
+    }
+    #[inline(always)]
+    fn read(&self, off: u32, buf: &mut [u8]) -> Result<(), ()> {
+        let r = unsafe {
+            aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+                self.skb.skb as *const _,
+                self.l3 + off,
+                buf.as_mut_ptr() as *mut _,
+                buf.len() as u32,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(()) }
+    }
+    #[inline(always)]
+    fn snapshot(&self, dst: &mut [u8; SNAP_LEN], n: u32) -> Result<(), ()> {
+        if n == 0 {
+            return Err(());
+        }
+        let r = unsafe {
+            aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+                self.skb.skb as *const _,
+                self.l3,
+                dst.as_mut_ptr() as *mut _,
+                snap_len(n),
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(()) }
+    }
+}
+
+/// The IP version of an skb from its EtherType (`skb->protocol`).
+#[inline(always)]
+pub fn ip_version(protocol: u32) -> u8 {
+    match u16::from_be(protocol as u16) {
+        ETH_P_IP => 4,
+        ETH_P_IPV6 => 6,
+        _ => 0,
+    }
 }
 
 /// Which side of the packet must be an endpoint.
@@ -112,12 +179,12 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
     // Header bytes up to and including both addresses; the version decides
     // which endpoint set, `want` which address.
     let (inbound, proto, l3_len) = if version == 4 {
-        let mut h = [0u8; 20];
+        let mut h = [0u8; IPV4_MIN_HLEN];
         if pkt.read(0, &mut h).is_err() {
             return;
         }
-        let src = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
-        let dst = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+        let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let (src, dst) = (w(IPV4_SADDR), w(IPV4_DADDR));
         let inbound = match want {
             Match::Dst if is_endpoint_v4(dst) => false,
             Match::Src if is_endpoint_v4(src) => true,
@@ -125,15 +192,16 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
             Match::Any if is_endpoint_v4(dst) => false,
             _ => return,
         };
-        (inbound, h[9], ((h[0] & 0x0f) as u32) * 4)
+        // IHL, in 32-bit words.
+        (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4)
     } else if version == 6 {
-        let mut h = [0u8; 40];
+        let mut h = [0u8; IPV6_HLEN];
         if pkt.read(0, &mut h).is_err() {
             return;
         }
         let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        let src = [w(8), w(12), w(16), w(20)];
-        let dst = [w(24), w(28), w(32), w(36)];
+        let src = [w(IPV6_SADDR), w(IPV6_SADDR + 4), w(IPV6_SADDR + 8), w(IPV6_SADDR + 12)];
+        let dst = [w(IPV6_DADDR), w(IPV6_DADDR + 4), w(IPV6_DADDR + 8), w(IPV6_DADDR + 12)];
         let inbound = match want {
             Match::Dst if is_endpoint_v6(&dst) => false,
             Match::Src if is_endpoint_v6(&src) => true,
@@ -141,7 +209,7 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
             Match::Any if is_endpoint_v6(&dst) => false,
             _ => return,
         };
-        (inbound, h[6], 40)
+        (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32)
     } else {
         return;
     };
@@ -158,13 +226,12 @@ fn emit<P: Packet>(pkt: &P, version: u8, inbound: bool, proto: u8, l3_len: u32, 
         let l4_len = match proto {
             IPPROTO_TCP => {
                 let mut b = [0u8; 1];
-                if pkt.read(l3_len + 12, &mut b).is_err() {
+                if pkt.read(l3_len + TCP_DOFF, &mut b).is_err() {
                     return;
                 }
                 ((b[0] >> 4) as u32) * 4
             }
-            IPPROTO_UDP => 8,
-            _ => 8,
+            _ => L4_MIN_HLEN,
         };
         cap = l3_len + l4_len + INBOUND_PAYLOAD as u32;
     }

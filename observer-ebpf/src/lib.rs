@@ -23,10 +23,32 @@ pub const INBOUND_PAYLOAD: usize = 16;
 /// Most endpoints per address family the programs compare against.
 pub const MAX_ENDPOINTS: usize = 8;
 
-/// Where a record was taken.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
+/// Defines `Hook` and its `TryFrom<u8>` from one list, so the wire
+/// numbers and the decoding cannot drift apart.
+macro_rules! hooks {
+    ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
+        /// Where a record was taken.
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Hook {
+            $($(#[$doc])* $name = $value,)*
+        }
+
+        impl TryFrom<u8> for Hook {
+            /// The unknown value.
+            type Error = u8;
+
+            fn try_from(v: u8) -> Result<Self, u8> {
+                match v {
+                    $($value => Ok(Self::$name),)*
+                    _ => Err(v),
+                }
+            }
+        }
+    };
+}
+
+hooks! {
     /// cgroup_skb egress: a packet leaving a socket (the container side).
     CgroupEgress = 1,
     /// cgroup_skb ingress: a packet delivered to a socket.
@@ -45,22 +67,6 @@ pub enum Hook {
     /// cgroup:cgroup_mkdir: a cgroup2 cgroup was created; `cgroup_id` is
     /// its id and `data` its path (NUL-terminated, `snap_len` bytes).
     CgroupMkdir = 8,
-}
-
-impl Hook {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::CgroupEgress,
-            2 => Self::CgroupIngress,
-            3 => Self::TcIngress,
-            4 => Self::TcEgress,
-            5 => Self::Connect,
-            6 => Self::Drop,
-            7 => Self::VethIngress,
-            8 => Self::CgroupMkdir,
-            _ => return None,
-        })
-    }
 }
 
 /// One record in the ring buffer. Packet hooks fill `data` with the packet

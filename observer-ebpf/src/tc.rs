@@ -4,10 +4,7 @@
 use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::classifier, programs::TcContext};
 use observer_ebpf::Hook;
 
-use crate::{
-    capture::{self, Match, Meta},
-    cgroup_skb::{Skb, ip_version},
-};
+use crate::capture::{self, Match, Meta, Skb, ip_version};
 
 /// Ethernet header; userspace attaches only to Ethernet devices.
 const ETH_HLEN: u32 = 14;

@@ -229,7 +229,7 @@ impl Pipeline {
     /// The events `rec` makes, now or (for a flow waiting for its veth) when
     /// the veth is seen: appended to `out`.
     pub fn process(&mut self, rec: &Record, out: &mut Vec<Event>) {
-        match Hook::from_u8(rec.hook) {
+        match Hook::try_from(rec.hook).ok() {
             Some(Hook::CgroupEgress | Hook::CgroupIngress) if self.waits_for_veth(rec) => {
                 // Bounded: under a flood the oldest go out unnamed.
                 if let Some(oldest) = self.held.push(*rec) {
@@ -263,7 +263,7 @@ impl Pipeline {
     /// An event for `rec`, if it makes one (connects only teach the table).
     fn event_for(&mut self, rec: &Record) -> Option<Event> {
         self.sweep(rec.ts_ns);
-        let Some(hook) = Hook::from_u8(rec.hook) else {
+        let Some(hook) = Hook::try_from(rec.hook).ok() else {
             self.skipped.unknown_hook += 1;
             return None;
         };
