@@ -9,6 +9,7 @@ mod identity;
 mod pipeline;
 mod run;
 mod sink;
+mod sys;
 mod tui;
 
 fn main() -> std::process::ExitCode {
