@@ -1,6 +1,6 @@
 //! rtnetlink for the observer: list the links (name, kind, the peer's netns
-//! id), ask the netns id of a namespace file, and hear when links come and
-//! go.
+//! id), ask the netns id of a namespace file, ask the kernel how it routes an
+//! address (`ip route get`), and hear when links come and go.
 //!
 //! The messages are built and parsed by netlink-packet-route (on
 //! netlink-packet-core), the socket is netlink-sys's; what stays here is
@@ -18,6 +18,7 @@
 //! [`LinkEvents::wait`] never waits longer than it is told.
 use std::{
     io,
+    net::IpAddr,
     os::fd::{AsRawFd, BorrowedFd},
     time::Duration,
 };
@@ -30,7 +31,10 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     link::{InfoKind, LinkAttribute, LinkHeader, LinkInfo, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
-    RouteNetlinkMessage,
+    route::{
+        RouteAttribute, RouteFlags, RouteHeader, RouteLwEnCapType, RouteMessage, RouteType,
+    },
+    AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -38,6 +42,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 // that netlink-packet-route keeps private: the replies are dispatched here,
 // attribute by attribute, rather than parsed whole by the crate.
 const RTM_NEWLINK: u16 = 16;
+const RTM_NEWROUTE: u16 = 24;
 const RTM_NEWNSID: u16 = 88;
 const IFLA_LINKINFO: u16 = 18;
 /// Multicast group of link changes.
@@ -221,6 +226,93 @@ pub fn parse_nsid(data: &[u8]) -> Result<Option<i32>, Error> {
         }
         (ty, _) => Err(Error::Unexpected(ty)),
     }
+}
+
+/// How the kernel routes one destination, as far as choosing the
+/// interfaces to watch needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Leaves by these interfaces (ifindex): one, or every nexthop of a
+    /// multipath route. Empty when the reply named none.
+    Out(Vec<u32>),
+    /// Delivered to this host: one of its own (or anycast) addresses.
+    Local,
+    /// Leaves by no interface: a reject route (unreachable, prohibit,
+    /// blackhole, throw), no route at all, or no such address family here.
+    Refused(String),
+}
+
+/// What the kernel's lookup errors mean for a route request: no route
+/// (ENETUNREACH), a reject route or rule (EHOSTUNREACH, EACCES, EINVAL for
+/// blackhole, EAGAIN for throw), no IPv6 in this kernel (EAFNOSUPPORT,
+/// EOPNOTSUPP), or an interface gone meanwhile (ENODEV).
+const UNROUTABLE: [i32; 8] = [
+    libc::ENETUNREACH,
+    libc::EHOSTUNREACH,
+    libc::EACCES,
+    libc::EINVAL,
+    libc::EAGAIN,
+    libc::EAFNOSUPPORT,
+    libc::EOPNOTSUPP,
+    libc::ENODEV,
+];
+
+/// Ask the kernel how it routes `dst` from this host (RTM_GETROUTE, as
+/// `ip route get`), leaving by `oif` if given. With `fib_match`, the answer
+/// is the routing entry that matched (`ip route get fibmatch`: every
+/// nexthop of a multipath route) rather than the one path this lookup took.
+pub fn route_get(dst: IpAddr, oif: Option<u32>, fib_match: bool) -> Result<Route, Error> {
+    let mut msg = RouteMessage::default();
+    (msg.header.address_family, msg.header.destination_prefix_length) = match dst {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    if fib_match {
+        msg.header.flags = RouteFlags::FibMatch;
+    }
+    msg.attributes.push(RouteAttribute::Destination(dst.into()));
+    msg.attributes.extend(oif.map(RouteAttribute::Oif));
+    let socket = request(RouteNetlinkMessage::GetRoute(msg), 0)?;
+    let (reply, _) = socket.recv_from_full()?;
+    parse_route(&reply)
+}
+
+/// The reply to RTM_GETROUTE.
+pub fn parse_route(data: &[u8]) -> Result<Route, Error> {
+    let payload = match first_message(data)? {
+        (NLMSG_ERROR, payload) => {
+            return match kernel_error(payload) {
+                Error::Kernel(errno) if UNROUTABLE.contains(&errno) => {
+                    Ok(Route::Refused(io::Error::from_raw_os_error(errno).to_string()))
+                }
+                e => Err(e),
+            };
+        }
+        (RTM_NEWROUTE, payload) => payload,
+        (ty, _) => return Err(Error::Unexpected(ty)),
+    };
+    let header = RouteHeader::parse(payload)?;
+    match header.kind {
+        RouteType::Unicast | RouteType::Broadcast | RouteType::Multicast => {}
+        RouteType::Local | RouteType::Anycast => return Ok(Route::Local),
+        other => return Ok(Route::Refused(format!("{other:?} route").to_lowercase())),
+    }
+    let param = (header.address_family, header.kind, RouteLwEnCapType::default());
+    let body = &payload[header.buffer_len()..];
+    let mut oifs = Vec::new();
+    for attr in attributes(body, |nla| RouteAttribute::parse_with_param(nla, param)) {
+        match attr {
+            Ok(RouteAttribute::Oif(i)) => oifs.push(i),
+            // Dead nexthops too: their link may come back.
+            Ok(RouteAttribute::MultiPath(hops)) => {
+                oifs.extend(hops.iter().map(|h| h.interface_index))
+            }
+            _ => {}
+        }
+    }
+    oifs.retain(|&i| i != 0);
+    oifs.dedup();
+    Ok(Route::Out(oifs))
 }
 
 /// A socket that hears about links appearing, changing and going, so that a
@@ -464,10 +556,105 @@ mod tests {
         assert_eq!(out, vec![want]);
     }
 
+    /// Replies of a 6.18 kernel to RTM_GETROUTE, recorded in a namespace with
+    /// `default nexthop via 10.9.0.1 dev dummy0 nexthop via 10.9.1.1 dev
+    /// dummy1` (ifindex 3 and 5), `unreachable 169.254.169.253`, `unreachable
+    /// fd00:ec2::254`, `fd00:ec2::23 dev dummy1`, and the addresses 10.9.1.2
+    /// and 2001:db8::1.
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn recorded_route_replies() {
+        let multipath_lookup = concat!(
+        "700000001800000001000000bfec04be02200000fe0000010002000008000f00fe00000008000100a9fea9fe",
+        "0800040003000000080007000a090002080005000a090001080019000000000024000c000200000000000000",
+        "000000000000000000000000000000000000000000000000",
+        );
+        let multipath_entry = concat!(
+        "480000001800000001000000632389de02000000fe0300010000000008000f00fe0000002400090010000000",
+        "03000000080005000a0900011000000005000000080005000a090101",
+        );
+        let unreachable4 = concat!(
+        "380000000200000001000000ee1a16e88fffffff240000001a00010001000000000000000220000000000000",
+        "0020000008000100a9fea9fd",
+        );
+        let local4_entry = concat!(
+        "3c0000001800000001000000927b369102200000fe02fe020000000008000f00fe000000080001000a090102",
+        "080007000a0901020800040005000000",
+        );
+        let unicast6_entry = concat!(
+        "74000000180000000100000032e7f9d80a800000fe0300010000000008000f00fe00000014000100fd000ec2",
+        "000000000000000000000023080006000a000000080004000500000024000c00000000000000000000000000",
+        "00000000000000000000000000000000000000000500140000000000",
+        );
+        let unreachable6 = concat!(
+        "44000000020000000100000095cce4f18fffffff300000001a00010001000000000000000a80000000000000",
+        "0020000014000100fd000ec2000000000000000000000254",
+        );
+        let local6_lookup = concat!(
+        "9c00000018000000010000001a2f6ea40a808000ff0200020000000008000f00ff0000001400010020010db8",
+        "00000000000000000000000114000200000000000000000000000000000000001400070020010db800000000",
+        "00000000000000010800060000000000080004000100000024000c0002000000000000000000000000000000",
+        "000000000000000000000000000000000500140000000000",
+        );
+        let route = |hex: &str| parse_route(&unhex(hex)).unwrap();
+        // The lookup takes one path; the matching entry holds both.
+        assert_eq!(route(multipath_lookup), Route::Out(vec![3]));
+        assert_eq!(route(multipath_entry), Route::Out(vec![3, 5]));
+        assert_eq!(route(unicast6_entry), Route::Out(vec![5]));
+        // The entry of a local address names the device holding it.
+        assert_eq!(route(local4_entry), Route::Local);
+        assert_eq!(route(local6_lookup), Route::Local);
+        let refused = Route::Refused(io::Error::from_raw_os_error(libc::EHOSTUNREACH).to_string());
+        assert_eq!(route(unreachable4), refused);
+        assert_eq!(route(unreachable6), refused);
+    }
+
+    #[test]
+    fn route_reply_errors_and_reject_types() {
+        let error = |errno: i32| message(NLMSG_ERROR, &(-errno).to_ne_bytes());
+        assert!(matches!(parse_route(&error(libc::ENETUNREACH)), Ok(Route::Refused(_))));
+        assert!(matches!(parse_route(&error(libc::EAFNOSUPPORT)), Ok(Route::Refused(_))));
+        let enobufs = parse_route(&error(libc::ENOBUFS)).unwrap_err();
+        assert_eq!(enobufs.raw_os_error(), Some(libc::ENOBUFS));
+        assert!(matches!(parse_route(&message(NLMSG_ERROR, &[0; 4])), Err(Error::Ack)));
+        assert!(parse_route(&[0; 8]).is_err());
+        // struct rtmsg: family, dst_len, src_len, tos, table, protocol,
+        // scope, type, flags; then RTA_OIF.
+        let rtmsg = |rtn: u8| {
+            let mut body = vec![libc::AF_INET as u8, 32, 0, 0, 254, 4, 0, rtn, 0, 0, 0, 0];
+            body.extend(attr(4, &2u32.to_ne_bytes()));
+            message(RTM_NEWROUTE, &body)
+        };
+        assert_eq!(parse_route(&rtmsg(1)).unwrap(), Route::Out(vec![2]), "unicast");
+        assert_eq!(parse_route(&rtmsg(3)).unwrap(), Route::Out(vec![2]), "broadcast");
+        assert_eq!(parse_route(&rtmsg(4)).unwrap(), Route::Local, "anycast");
+        for (rtn, what) in [(6, "blackhole"), (7, "unreachable"), (8, "prohibit"), (9, "throw")] {
+            assert_eq!(parse_route(&rtmsg(rtn)).unwrap(), Route::Refused(format!("{what} route")));
+        }
+        // An RTA_OIF the crate cannot parse is no device, not an error.
+        let mut body = vec![libc::AF_INET as u8, 32, 0, 0, 254, 4, 0, 1, 0, 0, 0, 0];
+        body.extend(attr(4, &[2, 0]));
+        assert_eq!(parse_route(&message(RTM_NEWROUTE, &body)).unwrap(), Route::Out(vec![]));
+    }
+
     /// The real kernel: this namespace's links include `lo`.
     #[test]
     fn lists_this_namespace() {
         let links = links().expect("RTM_GETLINK needs no privilege");
         assert!(links.iter().any(|l| l.name == "lo" && l.ifindex == 1), "{links:?}");
+    }
+
+    /// The real kernel: loopback addresses are delivered locally, whether
+    /// the lookup or the matching entry is asked for.
+    #[test]
+    fn routes_this_namespace() {
+        for fib_match in [false, true] {
+            let r = route_get("127.0.0.1".parse().unwrap(), None, fib_match).unwrap();
+            assert_eq!(r, Route::Local, "fibmatch {fib_match}");
+            match route_get("::1".parse().unwrap(), None, fib_match).unwrap() {
+                Route::Local | Route::Refused(_) => {} // Refused: no IPv6 here
+                r => panic!("::1: {r:?}"),
+            }
+        }
     }
 }
