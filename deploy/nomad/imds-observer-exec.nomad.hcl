@@ -6,7 +6,7 @@
 # raw_exec runs the binary in the host's namespaces, as the user the Nomad
 # client runs as (root on a usual client install), with no filesystem
 # isolation: the observer sees the host's /sys/fs/cgroup, /sys/kernel/btf,
-# /proc/net/route and runtime sockets directly, and needs nothing mounted.
+# routes and runtime sockets directly, and needs nothing mounted.
 # Root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN (docs/deploy.md).
 #
 # Client configuration this job needs:

@@ -67,8 +67,8 @@ job "imds-observer" {
         image = "ghcr.io/imds-observer/imds-observer:0.1.0"
         args  = ["run", "--metrics-addr", "${NOMAD_ADDR_metrics}"]
 
-        # The tc programs attach to the host's uplinks, and /proc/net/route
-        # must be the host's routing table.
+        # The tc programs attach to the host's uplinks, and the routes the
+        # observer asks the kernel for must be the host's.
         network_mode = "host"
         ports        = ["metrics"]
 

@@ -72,7 +72,8 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
         );
     }
     let ifaces = if args.ifaces.is_empty() {
-        let found = uplinks::uplinks_for(&endpoints).context("reading the routing table")?;
+        let found = uplinks::uplinks_for(&endpoints)
+            .context("asking the kernel for the routes to the endpoints")?;
         if found.is_empty() {
             warn!("no interface routes a metadata endpoint here; host-side (tc) capture is off. Name one with --iface");
         }

@@ -9,7 +9,6 @@ pub mod attach;
 pub mod btf;
 pub mod decode;
 pub mod kallsyms;
-pub mod netlink;
 pub mod preflight;
 pub mod uplinks;
 pub mod veths;
@@ -25,6 +24,8 @@ use observer_ebpf::{MAX_ENDPOINTS, Record};
 use std::sync::{Arc, Mutex};
 
 use tokio::{io::unix::AsyncFd, sync::watch};
+
+use crate::sys::netlink;
 
 /// The metadata endpoints watched by default: AWS IMDS (also GCP and Azure),
 /// the ECS task-credentials endpoint and the EKS Pod Identity agent.

@@ -30,7 +30,7 @@ use aya::{
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::netlink::{self, Link, LinkEvents};
+use crate::sys::netlink::{self, Link, LinkEvents};
 
 const PROGRAM: &str = "tc_veth";
 

@@ -273,7 +273,7 @@ impl Identities {
     }
 
     /// The container veths the capture is attached to (cgroup v1 fallback).
-    pub fn set_veths(&mut self, links: &[crate::capture::netlink::Link]) {
+    pub fn set_veths(&mut self, links: &[crate::sys::netlink::Link]) {
         self.veths.set_veths(links);
     }
 

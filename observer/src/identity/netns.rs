@@ -18,7 +18,7 @@ use std::{
 use tracing::debug;
 
 use super::{Container, runtime::parse_cgroup_path};
-use crate::capture::netlink::{self, Link};
+use crate::sys::netlink::{self, Link};
 
 /// A scan of /proc on a miss, at most this often.
 const RESCAN: Duration = Duration::from_millis(200);

@@ -104,7 +104,7 @@ impl Pipeline {
     }
 
     /// The container veths attached now; an empty list turns the fallback off.
-    pub fn set_veths(&mut self, links: &[crate::capture::netlink::Link]) {
+    pub fn set_veths(&mut self, links: &[crate::sys::netlink::Link]) {
         self.veth_fallback = !links.is_empty();
         if let Some(ids) = self.identities.as_mut() {
             ids.set_veths(links);
@@ -417,7 +417,7 @@ fn fill_packet(ev: &mut Event, pkt: &Packet) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::netlink::Link;
+    use crate::sys::netlink::Link;
 
     const MS: u64 = 1_000_000;
     const HOST_NS: u64 = 1;

@@ -1,4 +1,7 @@
-//! OS plumbing the layers above share: clocks and socket options. No
-//! policy here, only what the kernel says.
+//! OS plumbing: the kernel interfaces that capture, identity and the
+//! pipeline lean on (netlink, clocks, socket options), behind typed calls.
+//! No policy here, only what the kernel says. This layer imports from no
+//! other module of the observer but the model.
 pub mod clock;
+pub mod netlink;
 pub mod socket;
