@@ -4,9 +4,9 @@
 //! `GET /containers/{id}/json` ("ContainerInspect" in the Engine API
 //! reference; Podman's compat handler mirrors it).
 //!
-//! HTTP/1.1 is the shared hand-written client (`http1.rs`): one GET per
+//! HTTP/1.1 is the shared client (`http.rs`, on hyper): one GET per
 //! connection, the whole exchange (connect, write, read) bounded by one
-//! timeout, the reply by [`MAX_REPLY`] bytes, and every failure is a
+//! timeout, the reply's body by [`MAX_REPLY`] bytes, and every failure is a
 //! [`DockerError`] that names the socket.
 
 use std::{
@@ -18,8 +18,8 @@ use std::{
 
 use serde::Deserialize;
 
-use super::http1::{self, snippet, truncate};
-pub use super::http1::MAX_REPLY;
+use super::http::{self, snippet, truncate};
+pub use super::http::MAX_REPLY;
 
 /// Default bound on one whole request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -159,16 +159,16 @@ impl DockerClient {
     }
 
     /// One GET, bounded by the timeout as a whole.
-    async fn get(&self, target: &str) -> Result<http1::Reply, DockerError> {
-        let req = http1::Request { host: "docker", target, headers: &[], timeout: self.timeout, max_reply: MAX_REPLY };
+    async fn get(&self, target: &str) -> Result<http::Reply, DockerError> {
+        let req = http::Request { host: "docker", target, headers: &[], timeout: self.timeout, max_reply: MAX_REPLY };
         let socket = self.socket.clone();
-        http1::get(&http1::Transport::Unix(self.socket.clone()), &req).await.map_err(|e| match e {
-            http1::Error::Connect(source) => DockerError::Connect { socket, source },
-            http1::Error::Timeout(after) => DockerError::Timeout { socket, after },
-            http1::Error::Io(source) | http1::Error::Tls(source) => DockerError::Io { socket, source },
-            http1::Error::TooLarge(limit) => DockerError::TooLarge { socket, limit },
-            http1::Error::Protocol(detail) => DockerError::Protocol { socket, detail },
-            e @ http1::Error::BadHeader(_) => DockerError::Protocol { socket, detail: e.to_string() },
+        http::get(&http::Transport::Unix(self.socket.clone()), &req).await.map_err(|e| match e {
+            http::Error::Connect(source) => DockerError::Connect { socket, source },
+            http::Error::Timeout(after) => DockerError::Timeout { socket, after },
+            http::Error::Io(source) | http::Error::Tls(source) => DockerError::Io { socket, source },
+            http::Error::TooLarge(limit) => DockerError::TooLarge { socket, limit },
+            http::Error::Protocol(detail) => DockerError::Protocol { socket, detail },
+            e @ http::Error::BadHeader(_) => DockerError::Protocol { socket, detail: e.to_string() },
         })
     }
 }
@@ -210,7 +210,7 @@ mod tests {
         sync::atomic::{AtomicU32, Ordering},
         time::Instant,
     };
-    use crate::identity::http1::fake::{self, Seen, Serve};
+    use crate::identity::http::fake::{self, Seen, Serve};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::UnixListener,
@@ -397,16 +397,19 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_replies_are_protocol_errors() {
+        // The details past the first two are hyper's words (the
+        // hand-written parser said "bad status line", "bad Content-Length",
+        // "bad header line", "bad chunk size", "CRLF").
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (Vec::new(), "empty reply"),
             (b"HTTP/1.1 200 OK\r\nContent-Le".to_vec(), "ends inside its header"),
-            (b"HTTP/1.1 abc OK\r\n\r\n".to_vec(), "bad status line"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(), "bad Content-Length"),
-            (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), "bad header line"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}".to_vec(), "cut short"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), "bad chunk size"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}".to_vec(), "chunked body cut short"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n".to_vec(), "CRLF"),
+            (b"HTTP/1.1 abc OK\r\n\r\n".to_vec(), "invalid HTTP status-code"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(), "invalid content-length"),
+            (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), "invalid HTTP header"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}".to_vec(), "body cut short"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), "chunk size"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}".to_vec(), "body cut short"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n".to_vec(), "chunk body CR"),
         ];
         for (reply, want) in cases {
             let d = tempdir();
