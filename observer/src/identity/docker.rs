@@ -11,7 +11,7 @@
 
 use std::{
     collections::BTreeMap,
-    fmt, io,
+    io,
     path::PathBuf,
     time::Duration,
 };
@@ -44,63 +44,32 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     /// The id would not be a safe path segment (only `[A-Za-z0-9_.-]`).
+    #[error("invalid container id {:?}", truncate(.0, 80))]
     InvalidId(String),
     /// Could not connect: no socket there, connection refused, permission.
+    #[error("cannot connect to container runtime socket {}: {source}", .socket.display())]
     Connect { socket: PathBuf, source: io::Error },
     /// The exchange did not finish within the timeout.
+    #[error("container runtime at {} did not answer within {after:?}", .socket.display())]
     Timeout { socket: PathBuf, after: Duration },
     /// Reading or writing failed after connecting.
+    #[error("i/o error talking to container runtime at {}: {source}", .socket.display())]
     Io { socket: PathBuf, source: io::Error },
     /// The reply is not well-formed HTTP (or was cut short).
+    #[error("container runtime at {} sent an invalid HTTP reply: {detail}", .socket.display())]
     Protocol { socket: PathBuf, detail: String },
     /// The reply exceeds [`MAX_REPLY`].
+    #[error("container runtime at {} sent a reply larger than {limit} bytes", .socket.display())]
     TooLarge { socket: PathBuf, limit: usize },
     /// An HTTP status other than 200 and 404, with the daemon's message.
+    #[error("container runtime at {} answered HTTP {code}: {message}", .socket.display())]
     Status { socket: PathBuf, code: u16, message: String },
     /// The body is not the JSON of a container.
+    #[error("container runtime at {} sent invalid container JSON: {source}", .socket.display())]
     Json { socket: PathBuf, source: serde_json::Error },
-}
-
-impl fmt::Display for DockerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DockerError::InvalidId(id) => write!(f, "invalid container id {:?}", truncate(id, 80)),
-            DockerError::Connect { socket, source } => {
-                write!(f, "cannot connect to container runtime socket {}: {source}", socket.display())
-            }
-            DockerError::Timeout { socket, after } => {
-                write!(f, "container runtime at {} did not answer within {after:?}", socket.display())
-            }
-            DockerError::Io { socket, source } => {
-                write!(f, "i/o error talking to container runtime at {}: {source}", socket.display())
-            }
-            DockerError::Protocol { socket, detail } => {
-                write!(f, "container runtime at {} sent an invalid HTTP reply: {detail}", socket.display())
-            }
-            DockerError::TooLarge { socket, limit } => {
-                write!(f, "container runtime at {} sent a reply larger than {limit} bytes", socket.display())
-            }
-            DockerError::Status { socket, code, message } => {
-                write!(f, "container runtime at {} answered HTTP {code}: {message}", socket.display())
-            }
-            DockerError::Json { socket, source } => {
-                write!(f, "container runtime at {} sent invalid container JSON: {source}", socket.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for DockerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            DockerError::Connect { source, .. } | DockerError::Io { source, .. } => Some(source),
-            DockerError::Json { source, .. } => Some(source),
-            _ => None,
-        }
-    }
 }
 
 /// A client for one socket. Cheap; each call opens its own connection.

@@ -79,46 +79,30 @@ pub struct Request<'a> {
     pub max_reply: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Could not connect: no socket there, connection refused, permission,
     /// name resolution.
-    Connect(io::Error),
+    #[error("cannot connect: {0}")]
+    Connect(#[source] io::Error),
     /// The TLS handshake failed (certificate not trusted, wrong name, ...).
-    Tls(io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] io::Error),
     /// The exchange did not finish within the timeout.
+    #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// Reading or writing failed after connecting.
-    Io(io::Error),
+    #[error("i/o error: {0}")]
+    Io(#[source] io::Error),
     /// The reply is not well-formed HTTP (or was cut short).
+    #[error("invalid HTTP reply: {0}")]
     Protocol(String),
     /// The reply's body exceeds the byte limit.
+    #[error("reply larger than {0} bytes")]
     TooLarge(usize),
     /// A request header would not be a single valid header line.
+    #[error("header {0} contains a line break")]
     BadHeader(&'static str),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Connect(e) => write!(f, "cannot connect: {e}"),
-            Error::Tls(e) => write!(f, "TLS handshake failed: {e}"),
-            Error::Timeout(after) => write!(f, "no answer within {after:?}"),
-            Error::Io(e) => write!(f, "i/o error: {e}"),
-            Error::Protocol(d) => write!(f, "invalid HTTP reply: {d}"),
-            Error::TooLarge(limit) => write!(f, "reply larger than {limit} bytes"),
-            Error::BadHeader(name) => write!(f, "header {name} contains a line break"),
-        }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Connect(e) | Error::Tls(e) | Error::Io(e) => Some(e),
-            _ => None,
-        }
-    }
 }
 
 /// One GET, bounded by `req.timeout` as a whole.

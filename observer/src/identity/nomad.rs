@@ -85,40 +85,30 @@ pub struct TlsSettings {
     pub skip_verify: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum NomadError {
     /// NOMAD_ADDR or a TLS setting is unusable.
+    #[error("Nomad API configuration: {0}")]
     Config(String),
     /// The exchange failed (connect, TLS, timeout, malformed or oversized reply).
+    #[error("Nomad API at {addr}: {source}")]
     Http { addr: String, source: http::Error },
     /// 403: the token may not read the allocation's job.
+    #[error(
+        "Nomad API at {addr}: allocation lookup forbidden (HTTP 403: {message}): the token in NOMAD_TOKEN \
+         needs the read-job capability on the allocations' namespaces (see docs/deploy.md)"
+    )]
     Forbidden { addr: String, message: String },
     /// Another status than 200, 404 and 403.
+    #[error("Nomad API at {addr} answered HTTP {code}: {message}")]
     Status { addr: String, code: u16, message: String },
     /// The body is not an allocation.
+    #[error("Nomad API at {addr} sent an invalid allocation: {source}")]
     Json { addr: String, source: serde_json::Error },
     /// The id would not be a safe path segment.
+    #[error("invalid allocation id {:?}", truncate(.0, 80))]
     InvalidId(String),
 }
-
-impl fmt::Display for NomadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NomadError::Config(m) => write!(f, "Nomad API configuration: {m}"),
-            NomadError::Http { addr, source } => write!(f, "Nomad API at {addr}: {source}"),
-            NomadError::Forbidden { addr, message } => write!(
-                f,
-                "Nomad API at {addr}: allocation lookup forbidden (HTTP 403: {message}): the token in NOMAD_TOKEN \
-                 needs the read-job capability on the allocations' namespaces (see docs/deploy.md)"
-            ),
-            NomadError::Status { addr, code, message } => write!(f, "Nomad API at {addr} answered HTTP {code}: {message}"),
-            NomadError::Json { addr, source } => write!(f, "Nomad API at {addr} sent an invalid allocation: {source}"),
-            NomadError::InvalidId(id) => write!(f, "invalid allocation id {:?}", truncate(id, 80)),
-        }
-    }
-}
-
-impl std::error::Error for NomadError {}
 
 impl NomadClient {
     /// From the process environment: `Ok(None)` when `NOMAD_ADDR` is not set.
