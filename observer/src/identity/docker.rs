@@ -4,22 +4,22 @@
 //! `GET /containers/{id}/json` ("ContainerInspect" in the Engine API
 //! reference; Podman's compat handler mirrors it).
 //!
-//! HTTP/1.1 is the shared hand-written client (`http1.rs`): one GET per
+//! HTTP/1.1 is the shared client (`http.rs`, on hyper): one GET per
 //! connection, the whole exchange (connect, write, read) bounded by one
-//! timeout, the reply by [`MAX_REPLY`] bytes, and every failure is a
+//! timeout, the reply's body by [`MAX_REPLY`] bytes, and every failure is a
 //! [`DockerError`] that names the socket.
 
 use std::{
     collections::BTreeMap,
-    fmt, io,
+    io,
     path::PathBuf,
     time::Duration,
 };
 
 use serde::Deserialize;
 
-use super::http1::{self, snippet, truncate};
-pub use super::http1::MAX_REPLY;
+use super::http::{self, snippet, truncate};
+pub use super::http::MAX_REPLY;
 
 /// Default bound on one whole request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,63 +44,32 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     /// The id would not be a safe path segment (only `[A-Za-z0-9_.-]`).
+    #[error("invalid container id {:?}", truncate(.0, 80))]
     InvalidId(String),
     /// Could not connect: no socket there, connection refused, permission.
+    #[error("cannot connect to container runtime socket {}: {source}", .socket.display())]
     Connect { socket: PathBuf, source: io::Error },
     /// The exchange did not finish within the timeout.
+    #[error("container runtime at {} did not answer within {after:?}", .socket.display())]
     Timeout { socket: PathBuf, after: Duration },
     /// Reading or writing failed after connecting.
+    #[error("i/o error talking to container runtime at {}: {source}", .socket.display())]
     Io { socket: PathBuf, source: io::Error },
     /// The reply is not well-formed HTTP (or was cut short).
+    #[error("container runtime at {} sent an invalid HTTP reply: {detail}", .socket.display())]
     Protocol { socket: PathBuf, detail: String },
     /// The reply exceeds [`MAX_REPLY`].
+    #[error("container runtime at {} sent a reply larger than {limit} bytes", .socket.display())]
     TooLarge { socket: PathBuf, limit: usize },
     /// An HTTP status other than 200 and 404, with the daemon's message.
+    #[error("container runtime at {} answered HTTP {code}: {message}", .socket.display())]
     Status { socket: PathBuf, code: u16, message: String },
     /// The body is not the JSON of a container.
+    #[error("container runtime at {} sent invalid container JSON: {source}", .socket.display())]
     Json { socket: PathBuf, source: serde_json::Error },
-}
-
-impl fmt::Display for DockerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DockerError::InvalidId(id) => write!(f, "invalid container id {:?}", truncate(id, 80)),
-            DockerError::Connect { socket, source } => {
-                write!(f, "cannot connect to container runtime socket {}: {source}", socket.display())
-            }
-            DockerError::Timeout { socket, after } => {
-                write!(f, "container runtime at {} did not answer within {after:?}", socket.display())
-            }
-            DockerError::Io { socket, source } => {
-                write!(f, "i/o error talking to container runtime at {}: {source}", socket.display())
-            }
-            DockerError::Protocol { socket, detail } => {
-                write!(f, "container runtime at {} sent an invalid HTTP reply: {detail}", socket.display())
-            }
-            DockerError::TooLarge { socket, limit } => {
-                write!(f, "container runtime at {} sent a reply larger than {limit} bytes", socket.display())
-            }
-            DockerError::Status { socket, code, message } => {
-                write!(f, "container runtime at {} answered HTTP {code}: {message}", socket.display())
-            }
-            DockerError::Json { socket, source } => {
-                write!(f, "container runtime at {} sent invalid container JSON: {source}", socket.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for DockerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            DockerError::Connect { source, .. } | DockerError::Io { source, .. } => Some(source),
-            DockerError::Json { source, .. } => Some(source),
-            _ => None,
-        }
-    }
 }
 
 /// A client for one socket. Cheap; each call opens its own connection.
@@ -159,16 +128,16 @@ impl DockerClient {
     }
 
     /// One GET, bounded by the timeout as a whole.
-    async fn get(&self, target: &str) -> Result<http1::Reply, DockerError> {
-        let req = http1::Request { host: "docker", target, headers: &[], timeout: self.timeout, max_reply: MAX_REPLY };
+    async fn get(&self, target: &str) -> Result<http::Reply, DockerError> {
+        let req = http::Request { host: "docker", target, headers: &[], timeout: self.timeout, max_reply: MAX_REPLY };
         let socket = self.socket.clone();
-        http1::get(&http1::Transport::Unix(self.socket.clone()), &req).await.map_err(|e| match e {
-            http1::Error::Connect(source) => DockerError::Connect { socket, source },
-            http1::Error::Timeout(after) => DockerError::Timeout { socket, after },
-            http1::Error::Io(source) | http1::Error::Tls(source) => DockerError::Io { socket, source },
-            http1::Error::TooLarge(limit) => DockerError::TooLarge { socket, limit },
-            http1::Error::Protocol(detail) => DockerError::Protocol { socket, detail },
-            e @ http1::Error::BadHeader(_) => DockerError::Protocol { socket, detail: e.to_string() },
+        http::get(&http::Transport::Unix(self.socket.clone()), &req).await.map_err(|e| match e {
+            http::Error::Connect(source) => DockerError::Connect { socket, source },
+            http::Error::Timeout(after) => DockerError::Timeout { socket, after },
+            http::Error::Io(source) | http::Error::Tls(source) => DockerError::Io { socket, source },
+            http::Error::TooLarge(limit) => DockerError::TooLarge { socket, limit },
+            http::Error::Protocol(detail) => DockerError::Protocol { socket, detail },
+            e @ http::Error::BadHeader(_) => DockerError::Protocol { socket, detail: e.to_string() },
         })
     }
 }
@@ -210,7 +179,7 @@ mod tests {
         sync::atomic::{AtomicU32, Ordering},
         time::Instant,
     };
-    use crate::identity::http1::fake::{self, Seen, Serve};
+    use crate::identity::http::fake::{self, Seen, Serve};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::UnixListener,
@@ -397,16 +366,19 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_replies_are_protocol_errors() {
+        // The details past the first two are hyper's words (the
+        // hand-written parser said "bad status line", "bad Content-Length",
+        // "bad header line", "bad chunk size", "CRLF").
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (Vec::new(), "empty reply"),
             (b"HTTP/1.1 200 OK\r\nContent-Le".to_vec(), "ends inside its header"),
-            (b"HTTP/1.1 abc OK\r\n\r\n".to_vec(), "bad status line"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(), "bad Content-Length"),
-            (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), "bad header line"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}".to_vec(), "cut short"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), "bad chunk size"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}".to_vec(), "chunked body cut short"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n".to_vec(), "CRLF"),
+            (b"HTTP/1.1 abc OK\r\n\r\n".to_vec(), "invalid HTTP status-code"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(), "invalid content-length"),
+            (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), "invalid HTTP header"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}".to_vec(), "body cut short"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), "chunk size"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}".to_vec(), "body cut short"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n".to_vec(), "chunk body CR"),
         ];
         for (reply, want) in cases {
             let d = tempdir();

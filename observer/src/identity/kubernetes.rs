@@ -271,7 +271,7 @@ fn describe(e: &watcher::Error, node: &str) -> String {
         _ => None,
     };
     let Some(s) = status else { return e.to_string() };
-    let message = super::http1::truncate(s.message.trim(), 300);
+    let message = super::http::truncate(s.message.trim(), 300);
     match s.code {
         403 => format!(
             "pods list/watch on node {node} forbidden (HTTP 403: {message}): the observer's ServiceAccount needs \
@@ -335,7 +335,7 @@ fn container(cs: &ContainerStatus, spec_image: &dyn Fn(&str) -> Option<String>) 
 pub(crate) mod tests {
     use super::*;
     use crate::identity::{
-        http1::find,
+        http::fake::find,
         lookup::{Answer, Changes, Table},
     };
     use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! veth names it when its cgroup2 cgroup does not (netns.rs).
 pub mod cgroup;
 pub mod docker;
-pub mod http1;
+pub mod http;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod lookup;

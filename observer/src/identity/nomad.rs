@@ -34,7 +34,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
 use serde::Deserialize;
 
-use super::http1::{self, Transport, snippet, truncate};
+use super::http::{self, Transport, snippet, truncate};
 
 /// Bound on one whole request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -85,40 +85,30 @@ pub struct TlsSettings {
     pub skip_verify: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum NomadError {
     /// NOMAD_ADDR or a TLS setting is unusable.
+    #[error("Nomad API configuration: {0}")]
     Config(String),
     /// The exchange failed (connect, TLS, timeout, malformed or oversized reply).
-    Http { addr: String, source: http1::Error },
+    #[error("Nomad API at {addr}: {source}")]
+    Http { addr: String, source: http::Error },
     /// 403: the token may not read the allocation's job.
+    #[error(
+        "Nomad API at {addr}: allocation lookup forbidden (HTTP 403: {message}): the token in NOMAD_TOKEN \
+         needs the read-job capability on the allocations' namespaces (see docs/deploy.md)"
+    )]
     Forbidden { addr: String, message: String },
     /// Another status than 200, 404 and 403.
+    #[error("Nomad API at {addr} answered HTTP {code}: {message}")]
     Status { addr: String, code: u16, message: String },
     /// The body is not an allocation.
+    #[error("Nomad API at {addr} sent an invalid allocation: {source}")]
     Json { addr: String, source: serde_json::Error },
     /// The id would not be a safe path segment.
+    #[error("invalid allocation id {:?}", truncate(.0, 80))]
     InvalidId(String),
 }
-
-impl fmt::Display for NomadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NomadError::Config(m) => write!(f, "Nomad API configuration: {m}"),
-            NomadError::Http { addr, source } => write!(f, "Nomad API at {addr}: {source}"),
-            NomadError::Forbidden { addr, message } => write!(
-                f,
-                "Nomad API at {addr}: allocation lookup forbidden (HTTP 403: {message}): the token in NOMAD_TOKEN \
-                 needs the read-job capability on the allocations' namespaces (see docs/deploy.md)"
-            ),
-            NomadError::Status { addr, code, message } => write!(f, "Nomad API at {addr} answered HTTP {code}: {message}"),
-            NomadError::Json { addr, source } => write!(f, "Nomad API at {addr} sent an invalid allocation: {source}"),
-            NomadError::InvalidId(id) => write!(f, "invalid allocation id {:?}", truncate(id, 80)),
-        }
-    }
-}
-
-impl std::error::Error for NomadError {}
 
 impl NomadClient {
     /// From the process environment: `Ok(None)` when `NOMAD_ADDR` is not set.
@@ -216,16 +206,16 @@ impl NomadClient {
             target.push_str(&query_escape(r));
         }
         let headers: Vec<(&str, &str)> = self.token.iter().map(|t| ("X-Nomad-Token", t.as_str())).collect();
-        let req = http1::Request {
+        let req = http::Request {
             host: &self.host,
             target: &target,
             headers: &headers,
             timeout: self.timeout,
-            max_reply: http1::MAX_REPLY,
+            max_reply: http::MAX_REPLY,
         };
-        let reply = http1::get(&self.transport, &req).await.map_err(|source| match source {
+        let reply = http::get(&self.transport, &req).await.map_err(|source| match source {
             // Never echo a header value back (the token).
-            http1::Error::BadHeader(_) => NomadError::Config("NOMAD_TOKEN contains a line break".into()),
+            http::Error::BadHeader(_) => NomadError::Config("NOMAD_TOKEN contains a line break".into()),
             source => NomadError::Http { addr: self.addr.clone(), source },
         })?;
         let message = || truncate(String::from_utf8_lossy(&reply.body).trim(), 200);
@@ -419,7 +409,7 @@ impl ServerCertVerifier for AcceptAnyCert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::http1::fake::{self, Seen, Serve};
+    use crate::identity::http::fake::{self, Seen, Serve};
     use std::{
         sync::atomic::{AtomicU32, Ordering},
         time::Instant,
@@ -532,14 +522,14 @@ mod tests {
         }
         let (port, _) = serve(Serve::Reply(b"\x16\x03\x01 not http at all".to_vec())).await;
         let err = client(port).allocation(ALLOC).await.unwrap_err();
-        assert!(matches!(err, NomadError::Http { source: http1::Error::Protocol(_), .. }), "{err:?}");
+        assert!(matches!(err, NomadError::Http { source: http::Error::Protocol(_), .. }), "{err:?}");
     }
 
     #[tokio::test]
     async fn oversized_reply_is_refused() {
-        let (port, _) = serve(Serve::Flood(http1::MAX_REPLY + (1 << 20))).await;
+        let (port, _) = serve(Serve::Flood(http::MAX_REPLY + (1 << 20))).await;
         let err = client(port).with_timeout(Duration::from_secs(5)).allocation(ALLOC).await.unwrap_err();
-        assert!(matches!(err, NomadError::Http { source: http1::Error::TooLarge(_), .. }), "{err:?}");
+        assert!(matches!(err, NomadError::Http { source: http::Error::TooLarge(_), .. }), "{err:?}");
     }
 
     #[tokio::test]
@@ -547,7 +537,7 @@ mod tests {
         let (port, _) = serve(Serve::Silent).await;
         let start = Instant::now();
         let err = client(port).with_timeout(Duration::from_millis(300)).allocation(ALLOC).await.unwrap_err();
-        assert!(matches!(err, NomadError::Http { source: http1::Error::Timeout(_), .. }), "{err:?}");
+        assert!(matches!(err, NomadError::Http { source: http::Error::Timeout(_), .. }), "{err:?}");
         assert!(start.elapsed() < Duration::from_millis(1300), "{:?}", start.elapsed());
     }
 
@@ -557,7 +547,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         drop(l);
         let err = client(port).allocation(ALLOC).await.unwrap_err();
-        assert!(matches!(err, NomadError::Http { source: http1::Error::Connect(_), .. }), "{err:?}");
+        assert!(matches!(err, NomadError::Http { source: http::Error::Connect(_), .. }), "{err:?}");
     }
 
     #[tokio::test]
@@ -742,7 +732,7 @@ mod tests {
         // The certificate names server.global.nomad, not 127.0.0.1.
         let c = https(port, &[("NOMAD_CACERT", ca.clone()), ("NOMAD_TOKEN", TOKEN.into())]).unwrap().unwrap();
         let err = c.allocation(ALLOC).await.unwrap_err();
-        assert!(matches!(err, NomadError::Http { source: http1::Error::Tls(_), .. }), "{err:?}");
+        assert!(matches!(err, NomadError::Http { source: http::Error::Tls(_), .. }), "{err:?}");
         assert!(seen.lock().unwrap().is_empty(), "no request (and no token) sent to an unverified server");
         let c = https(
             port,
@@ -780,7 +770,7 @@ mod tests {
         .unwrap()
         .unwrap();
         let err = c.allocation(ALLOC).await.unwrap_err();
-        assert!(matches!(err, NomadError::Http { source: http1::Error::Tls(_), .. }), "{err:?}");
+        assert!(matches!(err, NomadError::Http { source: http::Error::Tls(_), .. }), "{err:?}");
         assert!(err.to_string().contains("TLS handshake failed"), "{err}");
         let c = https(port, &[("NOMAD_SKIP_VERIFY", "true".into())]).unwrap().unwrap();
         assert_eq!(c.allocation(ALLOC).await.unwrap(), Some(want()));
