@@ -64,13 +64,16 @@ impl fmt::Display for Layer {
 }
 
 /// Why a snapshot could not be decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// `family` was neither 4 nor 6.
+    #[error("unsupported address family {0} (expected 4 or 6)")]
     UnsupportedFamily(u8),
     /// The IP version nibble does not match `family`.
+    #[error("IP version {version} in a family-{family} record")]
     VersionMismatch { family: u8, version: u8 },
     /// The snapshot ends inside a header that must be present.
+    #[error("{layer} header truncated: need {need} bytes, snapshot has {have}")]
     Truncated {
         layer: Layer,
         need: usize,
@@ -78,10 +81,12 @@ pub enum DecodeError {
     },
     /// A header-length field is below its minimum (IPv4 IHL < 5, TCP data
     /// offset < 5); `len` is the length it claims, in bytes.
+    #[error("{layer} header length {len} is below the minimum")]
     BadHeaderLength { layer: Layer, len: usize },
     /// The IP length field leaves less room than the headers need: `declared`
     /// bytes where `need` are required. Also raised for an IPv4 total length
     /// or IPv6 payload length of 0 (jumbograms / BIG TCP are not decoded).
+    #[error("{layer}: length field leaves {declared} bytes, headers need {need}")]
     BadLength {
         layer: Layer,
         declared: usize,
@@ -89,41 +94,9 @@ pub enum DecodeError {
     },
     /// A non-first IPv4 fragment: no transport header to decode. `offset` is
     /// in bytes.
+    #[error("non-first IPv4 fragment (offset {offset})")]
     Fragment { offset: usize },
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::UnsupportedFamily(fam) => {
-                write!(f, "unsupported address family {fam} (expected 4 or 6)")
-            }
-            DecodeError::VersionMismatch { family, version } => {
-                write!(f, "IP version {version} in a family-{family} record")
-            }
-            DecodeError::Truncated { layer, need, have } => write!(
-                f,
-                "{layer} header truncated: need {need} bytes, snapshot has {have}"
-            ),
-            DecodeError::BadHeaderLength { layer, len } => {
-                write!(f, "{layer} header length {len} is below the minimum")
-            }
-            DecodeError::BadLength {
-                layer,
-                declared,
-                need,
-            } => write!(
-                f,
-                "{layer}: length field leaves {declared} bytes, headers need {need}"
-            ),
-            DecodeError::Fragment { offset } => {
-                write!(f, "non-first IPv4 fragment (offset {offset})")
-            }
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 /// Transport protocol. ICMPv4 (1) and ICMPv6 (58) are both [`Proto::Icmp`];
 /// `Other` carries the IPv4 protocol / IPv6 next-header number (an IPv6
@@ -1710,6 +1683,45 @@ mod tests {
             .to_string(),
             "TCP header truncated: need 40 bytes, snapshot has 30"
         );
+    }
+
+    #[test]
+    fn error_messages() {
+        let cases = [
+            (
+                DecodeError::UnsupportedFamily(5),
+                "unsupported address family 5 (expected 4 or 6)",
+            ),
+            (
+                DecodeError::VersionMismatch {
+                    family: 4,
+                    version: 6,
+                },
+                "IP version 6 in a family-4 record",
+            ),
+            (
+                DecodeError::BadHeaderLength {
+                    layer: Layer::Ipv4,
+                    len: 16,
+                },
+                "IPv4 header length 16 is below the minimum",
+            ),
+            (
+                DecodeError::BadLength {
+                    layer: Layer::Udp,
+                    declared: 4,
+                    need: 8,
+                },
+                "UDP: length field leaves 4 bytes, headers need 8",
+            ),
+            (
+                DecodeError::Fragment { offset: 24 },
+                "non-first IPv4 fragment (offset 24)",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want);
+        }
     }
 
     #[test]
