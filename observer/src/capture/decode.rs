@@ -2,9 +2,11 @@
 //! `data[..snap_len]`, bytes from the IP header on.
 //!
 //! Pure and std-only. [`decode`] runs on every captured packet, so it never
-//! panics: every read goes through bounds-checked slice access, and no length
-//! field is trusted (a header that claims more bytes than the packet or the
-//! snapshot holds is either an error or, for the optional parts, ignored).
+//! panics: the IP, TCP and UDP headers are read by `etherparse` (its lax
+//! slicing takes the IP length fields without trusting them), the few bytes
+//! read here go through bounds-checked slice access, and no length field is
+//! trusted (a header that claims more bytes than the packet or the snapshot
+//! holds is either an error or, for the optional parts, ignored).
 //!
 //! What counts as what:
 //! - The snapshot may be shorter than the packet (the eBPF side copies at most
@@ -16,6 +18,8 @@
 //! - The IP header and the fixed part of the transport header (TCP 20, UDP 8,
 //!   ICMP 8 bytes) must be in the snapshot, else [`DecodeError::Truncated`].
 //!   TCP options cut off by the snapshot are tolerated (no payload is seen).
+//! - Extension headers (IPv4 AH, IPv6's) are not followed: the protocol is the
+//!   IP header's own protocol / next-header field.
 //! - Checksums are not verified (offloads leave them unset on egress).
 //!
 //! Security rule: HTTP header VALUES are never stored. Only the presence of
@@ -23,20 +27,16 @@
 //! and path are kept.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
 
-/// Length of the fixed IPv4 header (IHL 5).
-const IPV4_MIN_HDR: usize = 20;
-/// Length of the IPv6 header (extension headers are not followed).
-const IPV6_HDR: usize = 40;
-const TCP_MIN_HDR: usize = 20;
-const UDP_HDR: usize = 8;
+use etherparse::err::{ipv4, ipv6, tcp, LenError};
+use etherparse::{
+    icmpv4, icmpv6, IpNumber, Ipv6Header, LaxIpv4Slice, LaxIpv6Slice, TcpHeader, UdpHeader,
+    UdpHeaderSlice,
+};
+
+/// Length of the fixed ICMP(v6) header: type, code, checksum, 4 more bytes.
 const ICMP_HDR: usize = 8;
-
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
 
 /// Longest request path kept, in bytes (the path is ASCII, so also chars).
 pub const MAX_PATH: usize = 256;
@@ -64,13 +64,16 @@ impl fmt::Display for Layer {
 }
 
 /// Why a snapshot could not be decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// `family` was neither 4 nor 6.
+    #[error("unsupported address family {0} (expected 4 or 6)")]
     UnsupportedFamily(u8),
     /// The IP version nibble does not match `family`.
+    #[error("IP version {version} in a family-{family} record")]
     VersionMismatch { family: u8, version: u8 },
     /// The snapshot ends inside a header that must be present.
+    #[error("{layer} header truncated: need {need} bytes, snapshot has {have}")]
     Truncated {
         layer: Layer,
         need: usize,
@@ -78,10 +81,12 @@ pub enum DecodeError {
     },
     /// A header-length field is below its minimum (IPv4 IHL < 5, TCP data
     /// offset < 5); `len` is the length it claims, in bytes.
+    #[error("{layer} header length {len} is below the minimum")]
     BadHeaderLength { layer: Layer, len: usize },
     /// The IP length field leaves less room than the headers need: `declared`
     /// bytes where `need` are required. Also raised for an IPv4 total length
     /// or IPv6 payload length of 0 (jumbograms / BIG TCP are not decoded).
+    #[error("{layer}: length field leaves {declared} bytes, headers need {need}")]
     BadLength {
         layer: Layer,
         declared: usize,
@@ -89,41 +94,9 @@ pub enum DecodeError {
     },
     /// A non-first IPv4 fragment: no transport header to decode. `offset` is
     /// in bytes.
+    #[error("non-first IPv4 fragment (offset {offset})")]
     Fragment { offset: usize },
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::UnsupportedFamily(fam) => {
-                write!(f, "unsupported address family {fam} (expected 4 or 6)")
-            }
-            DecodeError::VersionMismatch { family, version } => {
-                write!(f, "IP version {version} in a family-{family} record")
-            }
-            DecodeError::Truncated { layer, need, have } => write!(
-                f,
-                "{layer} header truncated: need {need} bytes, snapshot has {have}"
-            ),
-            DecodeError::BadHeaderLength { layer, len } => {
-                write!(f, "{layer} header length {len} is below the minimum")
-            }
-            DecodeError::BadLength {
-                layer,
-                declared,
-                need,
-            } => write!(
-                f,
-                "{layer}: length field leaves {declared} bytes, headers need {need}"
-            ),
-            DecodeError::Fragment { offset } => {
-                write!(f, "non-first IPv4 fragment (offset {offset})")
-            }
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 /// Transport protocol. ICMPv4 (1) and ICMPv6 (58) are both [`Proto::Icmp`];
 /// `Other` carries the IPv4 protocol / IPv6 next-header number (an IPv6
@@ -137,12 +110,12 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn from_number(n: u8, family: u8) -> Self {
+    fn from_number(n: IpNumber, family: u8) -> Self {
         match (n, family) {
-            (IPPROTO_TCP, _) => Proto::Tcp,
-            (IPPROTO_UDP, _) => Proto::Udp,
-            (IPPROTO_ICMP, 4) | (IPPROTO_ICMPV6, 6) => Proto::Icmp,
-            (n, _) => Proto::Other(n),
+            (IpNumber::TCP, _) => Proto::Tcp,
+            (IpNumber::UDP, _) => Proto::Udp,
+            (IpNumber::ICMP, 4) | (IpNumber::IPV6_ICMP, 6) => Proto::Icmp,
+            (n, _) => Proto::Other(n.0),
         }
     }
 }
@@ -299,101 +272,112 @@ pub struct Packet {
 /// family (4 or 6). Never panics.
 pub fn decode(data: &[u8], family: u8) -> Result<Packet, DecodeError> {
     let ip = match family {
-        4 => parse_ipv4(data)?,
-        6 => parse_ipv6(data)?,
+        4 => ipv4(data)?,
+        6 => ipv6(data)?,
         other => return Err(DecodeError::UnsupportedFamily(other)),
     };
-    if let Some(offset) = ip.frag_offset {
-        return Err(DecodeError::Fragment { offset });
-    }
-
-    // L4 bytes that exist both in the datagram (per its length field) and in
-    // the snapshot; anything past `ip.total` is link-layer padding.
-    let l4_end = ip.total.min(data.len());
-    let l4 = data.get(ip.hdr_len..l4_end).unwrap_or(&[]);
     // L4 length per the IP header.
-    let l4_declared = ip.total.saturating_sub(ip.hdr_len);
-
-    let proto = Proto::from_number(ip.proto, family);
-    // Only a transport header directly after the IP header is decoded.
-    let proto = if ip.proto_is_direct {
-        proto
+    let l4_declared = if family == 4 {
+        ip.len_field
+            .checked_sub(ip.hdr_len)
+            .ok_or(DecodeError::BadLength {
+                layer: Layer::Ipv4,
+                declared: ip.len_field,
+                need: ip.hdr_len,
+            })?
+    } else if ip.len_field == 0 {
+        // Jumbogram / BIG TCP: the real length is elsewhere.
+        return Err(DecodeError::BadLength {
+            layer: Layer::Ipv6,
+            declared: 0,
+            need: 1,
+        });
     } else {
-        Proto::Other(ip.proto)
+        ip.len_field
     };
+    if ip.frag_offset != 0 {
+        return Err(DecodeError::Fragment {
+            offset: ip.frag_offset,
+        });
+    }
+    // What the IP length leaves for the payload after a transport header of
+    // `need` bytes.
+    let payload_len = |layer, need| {
+        l4_declared
+            .checked_sub(need)
+            .map(clamp_u32)
+            .ok_or(DecodeError::BadLength {
+                layer,
+                declared: l4_declared,
+                need,
+            })
+    };
+    // The transport header is read from the snapshot (as far as it goes: a
+    // datagram too short for it is for `payload_len` to report), the payload
+    // only from `ip.payload`.
+    let after_ip = data.get(ip.hdr_len..).unwrap_or(&[]);
 
     let mut pkt = Packet {
-        src: sockaddr(ip.src, 0),
-        dst: sockaddr(ip.dst, 0),
-        proto,
+        src: SocketAddr::new(ip.src, 0),
+        dst: SocketAddr::new(ip.dst, 0),
+        proto: ip.proto,
         ttl: ip.ttl,
         tcp: None,
-        ip_len: clamp_u32(ip.total),
+        ip_len: clamp_u32(ip.hdr_len + l4_declared),
         payload_len: clamp_u32(l4_declared),
         http: None,
         icmp: None,
     };
-
-    match proto {
+    match ip.proto {
         Proto::Tcp => {
-            let hdr = need(data, ip.hdr_len, TCP_MIN_HDR, Layer::Tcp)?;
-            let doff = usize::from(hdr[12] >> 4) * 4;
-            if doff < TCP_MIN_HDR {
-                return Err(DecodeError::BadHeaderLength {
+            let h = tcp_header(after_ip).map_err(|e| match e {
+                tcp::HeaderSliceError::Len(e) => truncated(Layer::Tcp, ip.hdr_len, &e),
+                tcp::HeaderSliceError::Content(tcp::HeaderError::DataOffsetTooSmall {
+                    data_offset,
+                }) => DecodeError::BadHeaderLength {
                     layer: Layer::Tcp,
-                    len: doff,
-                });
-            }
-            if l4_declared < doff {
-                return Err(DecodeError::BadLength {
-                    layer: Layer::Tcp,
-                    declared: l4_declared,
-                    need: doff,
-                });
-            }
-            pkt.src = sockaddr(ip.src, be16(hdr, 0));
-            pkt.dst = sockaddr(ip.dst, be16(hdr, 2));
-            pkt.tcp = Some(Tcp {
-                seq: be32(hdr, 4),
-                ack: be32(hdr, 8),
-                flags: hdr[13],
-            });
-            pkt.payload_len = clamp_u32(l4_declared - doff);
+                    len: usize::from(data_offset) * 4,
+                },
+            })?;
+            pkt.payload_len = payload_len(Layer::Tcp, h.header_len())?;
+            pkt.src.set_port(h.source_port);
+            pkt.dst.set_port(h.destination_port);
+            pkt.tcp = Some(tcp_fields(&h));
             // Options cut by the snapshot: no payload bytes to look at.
-            let payload = l4.get(doff..).unwrap_or(&[]);
-            pkt.http = parse_http(payload);
+            pkt.http = parse_http(ip.payload.get(h.header_len()..).unwrap_or(&[]));
         }
         Proto::Udp => {
-            let hdr = need(data, ip.hdr_len, UDP_HDR, Layer::Udp)?;
-            if l4_declared < UDP_HDR {
-                return Err(DecodeError::BadLength {
-                    layer: Layer::Udp,
-                    declared: l4_declared,
-                    need: UDP_HDR,
-                });
-            }
-            pkt.src = sockaddr(ip.src, be16(hdr, 0));
-            pkt.dst = sockaddr(ip.dst, be16(hdr, 2));
-            pkt.payload_len = clamp_u32(l4_declared - UDP_HDR);
+            let h = UdpHeaderSlice::from_slice(after_ip)
+                .map_err(|e| truncated(Layer::Udp, ip.hdr_len, &e))?;
+            pkt.payload_len = payload_len(Layer::Udp, UdpHeader::LEN)?;
+            pkt.src.set_port(h.source_port());
+            pkt.dst.set_port(h.destination_port());
         }
         Proto::Icmp => {
-            let hdr = need(data, ip.hdr_len, ICMP_HDR, Layer::Icmp)?;
-            if l4_declared < ICMP_HDR {
-                return Err(DecodeError::BadLength {
+            // Type and code are read here, not by etherparse: its Icmpv4Slice
+            // wants a timestamp message to be exactly 20 bytes, which a cut or
+            // padded snapshot need not be, and its typed view files codes it
+            // does not know under `Unknown`, whatever the type.
+            let Some(&[ty, code, ..]) = after_ip.get(..ICMP_HDR) else {
+                return Err(DecodeError::Truncated {
                     layer: Layer::Icmp,
-                    declared: l4_declared,
-                    need: ICMP_HDR,
+                    need: ip.hdr_len + ICMP_HDR,
+                    have: data.len(),
                 });
-            }
-            pkt.payload_len = clamp_u32(l4_declared - ICMP_HDR);
-            let kind = match (family, hdr[0]) {
-                (4, 11) | (6, 3) => Some(IcmpKind::TimeExceeded),
-                (4, 3) | (6, 1) => Some(IcmpKind::DestUnreachable),
+            };
+            pkt.payload_len = payload_len(Layer::Icmp, ICMP_HDR)?;
+            let kind = match (family, ty) {
+                (4, icmpv4::TYPE_TIME_EXCEEDED) | (6, icmpv6::TYPE_TIME_EXCEEDED) => {
+                    Some(IcmpKind::TimeExceeded)
+                }
+                (4, icmpv4::TYPE_DEST_UNREACH) | (6, icmpv6::TYPE_DST_UNREACH) => {
+                    Some(IcmpKind::DestUnreachable)
+                }
                 _ => None,
             };
             if let Some(kind) = kind {
-                let inner = l4.get(ICMP_HDR..).unwrap_or(&[]);
-                pkt.icmp = parse_inner(inner, family, kind, hdr[1]);
+                let quote = ip.payload.get(ICMP_HDR..).unwrap_or(&[]);
+                pkt.icmp = parse_inner(quote, family, kind, code);
             }
         }
         Proto::Other(_) => {}
@@ -401,169 +385,163 @@ pub fn decode(data: &[u8], family: u8) -> Result<Packet, DecodeError> {
     Ok(pkt)
 }
 
-/// The IP-layer facts both families share.
-struct IpHdr {
-    src: IpBytes,
-    dst: IpBytes,
-    proto: u8,
-    /// False for an IPv6 next header that is not TCP/UDP/ICMPv6 (an extension
-    /// header): then nothing after the IP header is decoded.
-    proto_is_direct: bool,
+/// The IP-layer facts both families share, from etherparse's lax slices.
+/// The length fields are as the header says, unchecked: [`decode`] checks
+/// them, an ICMP quote's describe the original packet rather than the quote.
+struct Ip<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    /// From the IP header's own protocol / next-header field.
+    proto: Proto,
     ttl: u8,
     hdr_len: usize,
-    /// Datagram length per the header.
-    total: usize,
-    /// Some(byte offset) for a non-first IPv4 fragment.
-    frag_offset: Option<usize>,
+    /// IPv4 total length or IPv6 payload length.
+    len_field: usize,
+    /// Byte offset of a non-first IPv4 fragment, else 0.
+    frag_offset: usize,
+    /// The bytes after the IP header that are both in the snapshot and in
+    /// the datagram: the lax payload ends where the length field says or,
+    /// if sooner, where the snapshot does. Meant for TCP, UDP and ICMP only
+    /// (for an extension header etherparse would have skipped it).
+    payload: &'a [u8],
 }
 
-#[derive(Clone, Copy)]
-enum IpBytes {
-    V4([u8; 4]),
-    V6([u8; 16]),
-}
-
-fn sockaddr(ip: IpBytes, port: u16) -> SocketAddr {
-    match ip {
-        IpBytes::V4(a) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a), port)),
-        IpBytes::V6(a) => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(a), port, 0, 0)),
-    }
-}
-
-fn parse_ipv4(data: &[u8]) -> Result<IpHdr, DecodeError> {
-    let fixed = need(data, 0, IPV4_MIN_HDR, Layer::Ipv4)?;
-    let version = fixed[0] >> 4;
-    if version != 4 {
-        return Err(DecodeError::VersionMismatch { family: 4, version });
-    }
-    let hdr_len = usize::from(fixed[0] & 0x0f) * 4;
-    if hdr_len < IPV4_MIN_HDR {
-        return Err(DecodeError::BadHeaderLength {
+fn ipv4(data: &[u8]) -> Result<Ip<'_>, DecodeError> {
+    use ipv4::{HeaderError as E, HeaderSliceError as S};
+    // The AH error (second) is for an extension header, not followed here.
+    let (ip, _) = LaxIpv4Slice::from_slice(data).map_err(|e| match e {
+        S::Len(e) => truncated(Layer::Ipv4, 0, &e),
+        S::Content(E::UnexpectedVersion { version_number }) => DecodeError::VersionMismatch {
+            family: 4,
+            version: version_number,
+        },
+        S::Content(E::HeaderLengthSmallerThanHeader { ihl }) => DecodeError::BadHeaderLength {
             layer: Layer::Ipv4,
-            len: hdr_len,
-        });
-    }
-    // Options must be in the snapshot too: the transport header follows them.
-    need(data, 0, hdr_len, Layer::Ipv4)?;
-    let total = usize::from(be16(fixed, 2));
-    if total < hdr_len {
-        return Err(DecodeError::BadLength {
-            layer: Layer::Ipv4,
-            declared: total,
-            need: hdr_len,
-        });
-    }
-    let frag = usize::from(be16(fixed, 6) & 0x1fff) * 8;
-    Ok(IpHdr {
-        src: IpBytes::V4(arr4(fixed, 12)),
-        dst: IpBytes::V4(arr4(fixed, 16)),
-        proto: fixed[9],
-        proto_is_direct: true,
-        ttl: fixed[8],
-        hdr_len,
-        total,
-        frag_offset: (frag != 0).then_some(frag),
+            len: usize::from(ihl) * 4,
+        },
+    })?;
+    let h = ip.header();
+    Ok(Ip {
+        src: h.source_addr().into(),
+        dst: h.destination_addr().into(),
+        proto: Proto::from_number(h.protocol(), 4),
+        ttl: h.ttl(),
+        hdr_len: h.slice().len(),
+        len_field: h.total_len().into(),
+        frag_offset: h.fragments_offset().byte_offset().into(),
+        payload: ip.payload().payload,
     })
 }
 
-fn parse_ipv6(data: &[u8]) -> Result<IpHdr, DecodeError> {
-    let hdr = need(data, 0, IPV6_HDR, Layer::Ipv6)?;
-    let version = hdr[0] >> 4;
-    if version != 6 {
-        return Err(DecodeError::VersionMismatch { family: 6, version });
-    }
-    let payload = usize::from(be16(hdr, 4));
-    if payload == 0 {
-        // Jumbogram / BIG TCP: the real length is elsewhere.
-        return Err(DecodeError::BadLength {
-            layer: Layer::Ipv6,
-            declared: 0,
-            need: 1,
-        });
-    }
-    let nh = hdr[6];
-    Ok(IpHdr {
-        src: IpBytes::V6(arr16(hdr, 8)),
-        dst: IpBytes::V6(arr16(hdr, 24)),
-        proto: nh,
-        proto_is_direct: matches!(nh, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6),
-        ttl: hdr[7],
-        hdr_len: IPV6_HDR,
-        total: IPV6_HDR + payload,
-        frag_offset: None,
+fn ipv6(data: &[u8]) -> Result<Ip<'_>, DecodeError> {
+    use ipv6::{HeaderError as E, HeaderSliceError as S};
+    // The extension header error (second) is for headers not followed here.
+    let (ip, _) = LaxIpv6Slice::from_slice(data).map_err(|e| match e {
+        S::Len(e) => truncated(Layer::Ipv6, 0, &e),
+        S::Content(E::UnexpectedVersion { version_number }) => DecodeError::VersionMismatch {
+            family: 6,
+            version: version_number,
+        },
+    })?;
+    let h = ip.header();
+    Ok(Ip {
+        src: h.source_addr().into(),
+        dst: h.destination_addr().into(),
+        proto: Proto::from_number(h.next_header(), 6),
+        ttl: h.hop_limit(),
+        hdr_len: Ipv6Header::LEN,
+        len_field: h.payload_length().into(),
+        frag_offset: 0,
+        payload: ip.payload().payload,
     })
+}
+
+/// etherparse's length error for the header of `layer`, which starts `off`
+/// bytes into the snapshot, as ours.
+fn truncated(layer: Layer, off: usize, e: &LenError) -> DecodeError {
+    DecodeError::Truncated {
+        layer,
+        need: off + e.required_len,
+        have: off + e.len,
+    }
+}
+
+/// The TCP header at the start of `l4`. Options cut by the snapshot are
+/// tolerated: etherparse then gets the header with the missing option bytes
+/// as zeros (options are never read, and the header length stays the one the
+/// data offset says).
+fn tcp_header(l4: &[u8]) -> Result<TcpHeader, tcp::HeaderSliceError> {
+    match TcpHeader::from_slice(l4) {
+        Err(tcp::HeaderSliceError::Len(e)) if e.len >= TcpHeader::MIN_LEN => {
+            let mut padded = [0u8; TcpHeader::MAX_LEN];
+            padded.iter_mut().zip(l4).for_each(|(p, b)| *p = *b);
+            TcpHeader::from_slice(&padded).map(|(h, _)| h)
+        }
+        r => r.map(|(h, _)| h),
+    }
+}
+
+fn tcp_fields(h: &TcpHeader) -> Tcp {
+    let flags = [
+        (h.fin, Tcp::FIN),
+        (h.syn, Tcp::SYN),
+        (h.rst, Tcp::RST),
+        (h.psh, Tcp::PSH),
+        (h.ack, Tcp::ACK),
+        (h.urg, Tcp::URG),
+        (h.ece, Tcp::ECE),
+        (h.cwr, Tcp::CWR),
+    ];
+    Tcp {
+        seq: h.sequence_number,
+        ack: h.acknowledgment_number,
+        flags: flags
+            .into_iter()
+            .filter(|&(set, _)| set)
+            .fold(0, |acc, (_, bit)| acc | bit),
+    }
 }
 
 /// The packet quoted in an ICMP error. None when its IP header is not all in
 /// the snapshot or does not parse; the ports and sequence number are optional.
 /// The inner length fields describe the original packet, not the quote, so
 /// they are not checked against anything.
-fn parse_inner(inner: &[u8], family: u8, kind: IcmpKind, code: u8) -> Option<IcmpError> {
-    let (src, dst, proto_num, direct, ttl, hdr_len, first_frag) = match family {
-        4 => {
-            let fixed = inner.get(..IPV4_MIN_HDR)?;
-            if fixed[0] >> 4 != 4 {
-                return None;
-            }
-            let hdr_len = usize::from(fixed[0] & 0x0f) * 4;
-            if hdr_len < IPV4_MIN_HDR || inner.len() < hdr_len {
-                return None;
-            }
-            let first = be16(fixed, 6) & 0x1fff == 0;
-            (
-                IpBytes::V4(arr4(fixed, 12)),
-                IpBytes::V4(arr4(fixed, 16)),
-                fixed[9],
-                true,
-                fixed[8],
-                hdr_len,
-                first,
-            )
+fn parse_inner(quote: &[u8], family: u8, kind: IcmpKind, code: u8) -> Option<IcmpError> {
+    let parse = if family == 4 { ipv4 } else { ipv6 };
+    let ip = parse(quote).ok()?;
+    // Only a first fragment starts with the transport header, and all of the
+    // quote after the IP header is the transport header (not `ip.payload`,
+    // which ends where the inner length field says). RFC 792 quotes just 8
+    // bytes of it, too few for etherparse's TCP header (20 bytes), so the
+    // ports and the sequence number are read here.
+    let l4 = match quote.get(ip.hdr_len..) {
+        Some(l4) if ip.frag_offset == 0 => l4,
+        _ => &[],
+    };
+    let (sport, dport) = match (ip.proto, bytes(l4, 0)) {
+        (Proto::Tcp | Proto::Udp, Some([a, b, c, d])) => {
+            (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]))
         }
-        _ => {
-            let hdr = inner.get(..IPV6_HDR)?;
-            if hdr[0] >> 4 != 6 {
-                return None;
-            }
-            let nh = hdr[6];
-            (
-                IpBytes::V6(arr16(hdr, 8)),
-                IpBytes::V6(arr16(hdr, 24)),
-                nh,
-                matches!(nh, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6),
-                hdr[7],
-                IPV6_HDR,
-                true,
-            )
-        }
-    };
-    let proto = if direct {
-        Proto::from_number(proto_num, family)
-    } else {
-        Proto::Other(proto_num)
-    };
-    let l4 = if first_frag {
-        inner.get(hdr_len..).unwrap_or(&[])
-    } else {
-        &[]
-    };
-    let (sport, dport) = match (proto, l4.get(..4)) {
-        (Proto::Tcp | Proto::Udp, Some(p)) => (be16(p, 0), be16(p, 2)),
         _ => (0, 0),
     };
-    let inner_tcp_seq = match (proto, l4.get(..8)) {
-        (Proto::Tcp, Some(h)) => Some(be32(h, 4)),
+    let inner_tcp_seq = match ip.proto {
+        Proto::Tcp => bytes(l4, 4).map(u32::from_be_bytes),
         _ => None,
     };
     Some(IcmpError {
         kind,
         code,
-        inner_src: sockaddr(src, sport),
-        inner_dst: sockaddr(dst, dport),
-        inner_proto: proto,
-        inner_ttl: ttl,
+        inner_src: SocketAddr::new(ip.src, sport),
+        inner_dst: SocketAddr::new(ip.dst, dport),
+        inner_proto: ip.proto,
+        inner_ttl: ip.ttl,
         inner_tcp_seq,
     })
+}
+
+/// The `N` bytes at `off` in `d`, if all there.
+fn bytes<const N: usize>(d: &[u8], off: usize) -> Option<[u8; N]> {
+    d.get(off..)?.get(..N)?.try_into().ok()
 }
 
 const METHODS: [&str; 7] = ["GET", "PUT", "POST", "HEAD", "DELETE", "PATCH", "OPTIONS"];
@@ -660,49 +638,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
         return None;
     }
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// `data[off..off + len]`, or `Truncated`.
-fn need(data: &[u8], off: usize, len: usize, layer: Layer) -> Result<&[u8], DecodeError> {
-    off.checked_add(len)
-        .and_then(|end| data.get(off..end))
-        .ok_or(DecodeError::Truncated {
-            layer,
-            need: off.saturating_add(len),
-            have: data.len(),
-        })
-}
-
-// The readers below are only called on slices already checked to be long
-// enough; out of range they return zeros rather than panic.
-fn be16(d: &[u8], off: usize) -> u16 {
-    match d.get(off..off.saturating_add(2)) {
-        Some(&[a, b]) => u16::from_be_bytes([a, b]),
-        _ => 0,
-    }
-}
-
-fn be32(d: &[u8], off: usize) -> u32 {
-    match d.get(off..off.saturating_add(4)) {
-        Some(&[a, b, c, e]) => u32::from_be_bytes([a, b, c, e]),
-        _ => 0,
-    }
-}
-
-fn arr4(d: &[u8], off: usize) -> [u8; 4] {
-    let mut out = [0u8; 4];
-    if let Some(s) = d.get(off..off.saturating_add(4)) {
-        out.copy_from_slice(s);
-    }
-    out
-}
-
-fn arr16(d: &[u8], off: usize) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    if let Some(s) = d.get(off..off.saturating_add(16)) {
-        out.copy_from_slice(s);
-    }
-    out
 }
 
 fn clamp_u32(n: usize) -> u32 {
@@ -1710,6 +1645,45 @@ mod tests {
             .to_string(),
             "TCP header truncated: need 40 bytes, snapshot has 30"
         );
+    }
+
+    #[test]
+    fn error_messages() {
+        let cases = [
+            (
+                DecodeError::UnsupportedFamily(5),
+                "unsupported address family 5 (expected 4 or 6)",
+            ),
+            (
+                DecodeError::VersionMismatch {
+                    family: 4,
+                    version: 6,
+                },
+                "IP version 6 in a family-4 record",
+            ),
+            (
+                DecodeError::BadHeaderLength {
+                    layer: Layer::Ipv4,
+                    len: 16,
+                },
+                "IPv4 header length 16 is below the minimum",
+            ),
+            (
+                DecodeError::BadLength {
+                    layer: Layer::Udp,
+                    declared: 4,
+                    need: 8,
+                },
+                "UDP: length field leaves 4 bytes, headers need 8",
+            ),
+            (
+                DecodeError::Fragment { offset: 24 },
+                "non-first IPv4 fragment (offset 24)",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want);
+        }
     }
 
     #[test]
