@@ -29,6 +29,8 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::model::TcpFlags;
+
 use etherparse::err::{ipv4, ipv6, tcp, LenError};
 use etherparse::{
     icmpv4, icmpv6, IpNumber, Ipv6Header, LaxIpv4Slice, LaxIpv6Slice, TcpHeader, UdpHeader,
@@ -136,55 +138,19 @@ impl fmt::Display for Proto {
 pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
-    /// The low 8 flag bits (CWR..FIN); see the associated constants.
-    pub flags: u8,
+    pub flags: TcpFlags,
 }
 
+#[cfg(test)]
 impl Tcp {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-    pub const URG: u8 = 0x20;
-    pub const ECE: u8 = 0x40;
-    pub const CWR: u8 = 0x80;
-
-    #[cfg(test)]
-    pub fn has(&self, flag: u8) -> bool {
-        self.flags & flag == flag
+    pub fn has(&self, flag: TcpFlags) -> bool {
+        self.flags.contains(flag)
     }
 
-    #[cfg(test)]
-    /// [`tcp_flags_str`] of this segment's flags.
+    /// This segment's flags as the event stream writes them.
     pub fn flags_str(&self) -> String {
-        tcp_flags_str(self.flags)
+        self.flags.to_string()
     }
-}
-
-/// TCP flags as names joined by `|`, lowest bit first: `"SYN"`, `"SYN|ACK"`,
-/// `"PSH|ACK"`, `"FIN|ACK"`, `"RST"`. No flags: the empty string.
-pub fn tcp_flags_str(flags: u8) -> String {
-    const NAMES: [(u8, &str); 8] = [
-        (Tcp::FIN, "FIN"),
-        (Tcp::SYN, "SYN"),
-        (Tcp::RST, "RST"),
-        (Tcp::PSH, "PSH"),
-        (Tcp::ACK, "ACK"),
-        (Tcp::URG, "URG"),
-        (Tcp::ECE, "ECE"),
-        (Tcp::CWR, "CWR"),
-    ];
-    let mut out = String::new();
-    for (bit, name) in NAMES {
-        if flags & bit != 0 {
-            if !out.is_empty() {
-                out.push('|');
-            }
-            out.push_str(name);
-        }
-    }
-    out
 }
 
 /// What the first payload bytes of a TCP segment say, if they start an
@@ -483,14 +449,14 @@ fn tcp_header(l4: &[u8]) -> Result<TcpHeader, tcp::HeaderSliceError> {
 
 fn tcp_fields(h: &TcpHeader) -> Tcp {
     let flags = [
-        (h.fin, Tcp::FIN),
-        (h.syn, Tcp::SYN),
-        (h.rst, Tcp::RST),
-        (h.psh, Tcp::PSH),
-        (h.ack, Tcp::ACK),
-        (h.urg, Tcp::URG),
-        (h.ece, Tcp::ECE),
-        (h.cwr, Tcp::CWR),
+        (h.fin, TcpFlags::FIN),
+        (h.syn, TcpFlags::SYN),
+        (h.rst, TcpFlags::RST),
+        (h.psh, TcpFlags::PSH),
+        (h.ack, TcpFlags::ACK),
+        (h.urg, TcpFlags::URG),
+        (h.ece, TcpFlags::ECE),
+        (h.cwr, TcpFlags::CWR),
     ];
     Tcp {
         seq: h.sequence_number,
@@ -498,7 +464,7 @@ fn tcp_fields(h: &TcpHeader) -> Tcp {
         flags: flags
             .into_iter()
             .filter(|&(set, _)| set)
-            .fold(0, |acc, (_, bit)| acc | bit),
+            .fold(TcpFlags::empty(), |acc, (_, bit)| acc | bit),
     }
 }
 
@@ -748,9 +714,9 @@ mod tests {
     }
 
     const MSS: [u8; 4] = [2, 4, 0x05, 0xb4];
-    const SYN: u8 = Tcp::SYN;
-    const SYNACK: u8 = Tcp::SYN | Tcp::ACK;
-    const PSHACK: u8 = Tcp::PSH | Tcp::ACK;
+    const SYN: u8 = TcpFlags::SYN.bits();
+    const SYNACK: u8 = TcpFlags::SYN.bits() | TcpFlags::ACK.bits();
+    const PSHACK: u8 = TcpFlags::PSH.bits() | TcpFlags::ACK.bits();
 
     fn v4(a: [u8; 4], port: u16) -> SocketAddr {
         SocketAddr::from((a, port))
@@ -903,9 +869,9 @@ mod tests {
         assert_eq!(d.ip_len, 44);
         assert_eq!(d.payload_len, 0);
         let t = d.tcp.unwrap();
-        assert_eq!((t.seq, t.ack, t.flags), (1000, 0, Tcp::SYN));
+        assert_eq!((t.seq, t.ack, t.flags), (1000, 0, TcpFlags::SYN));
         assert_eq!(t.flags_str(), "SYN");
-        assert!(t.has(Tcp::SYN) && !t.has(Tcp::ACK));
+        assert!(t.has(TcpFlags::SYN) && !t.has(TcpFlags::ACK));
         assert_eq!(d.http, None);
         assert_eq!(d.icmp, None);
     }
@@ -1193,7 +1159,7 @@ mod tests {
             6,
             64,
             &[],
-            &tcp(1, 80, 1, 1, Tcp::ACK, &[], &[]),
+            &tcp(1, 80, 1, 1, TcpFlags::ACK.bits(), &[], &[]),
         );
         p.extend_from_slice(b"GET / ");
         let d = decode(&p, 4).unwrap();
@@ -1306,7 +1272,7 @@ mod tests {
                 43210,
                 5001,
                 1100,
-                Tcp::FIN | Tcp::PSH | Tcp::ACK,
+                TcpFlags::FIN.bits() | TcpFlags::PSH.bits() | TcpFlags::ACK.bits(),
                 &[],
                 reply,
             ),
@@ -1473,7 +1439,7 @@ mod tests {
             6,
             1,
             &[],
-            &tcp(80, 1, 1, 1, Tcp::ACK, &[], &[]),
+            &tcp(80, 1, 1, 1, TcpFlags::ACK.bits(), &[], &[]),
         );
         let p = ipv6(HOST6, IMDS6, 58, 64, &icmp(3, 0, &inner4));
         assert_eq!(decode(&p, 6).unwrap().icmp, None);
@@ -1705,17 +1671,6 @@ mod tests {
         assert!(matches!(d.http, Some(Http::Request { ref path, .. }) if path == "/a"));
     }
 
-    #[test]
-    fn flags_strings() {
-        assert_eq!(tcp_flags_str(Tcp::SYN), "SYN");
-        assert_eq!(tcp_flags_str(Tcp::SYN | Tcp::ACK), "SYN|ACK");
-        assert_eq!(tcp_flags_str(Tcp::PSH | Tcp::ACK), "PSH|ACK");
-        assert_eq!(tcp_flags_str(Tcp::FIN | Tcp::ACK), "FIN|ACK");
-        assert_eq!(tcp_flags_str(Tcp::RST), "RST");
-        assert_eq!(tcp_flags_str(Tcp::RST | Tcp::ACK), "RST|ACK");
-        assert_eq!(tcp_flags_str(0), "");
-        assert_eq!(tcp_flags_str(0xff), "FIN|SYN|RST|PSH|ACK|URG|ECE|CWR");
-    }
 
     #[test]
     fn every_truncation_never_panics() {

@@ -19,7 +19,7 @@ use crate::{
         kallsyms::{self, Locations},
     },
     correlate::flows::{Flow, FlowTable},
-    model::{self, Event, Kind, TcpFlags},
+    model::{self, Event, Kind},
     sys::{clock::Clock, socket::own_netns_cookie},
     identity::{Container, Identities},
 };
@@ -398,7 +398,7 @@ fn fill_packet(ev: &mut Event, pkt: &Packet) {
     ev.proto = Some(proto(pkt.proto));
     ev.len = Some(pkt.payload_len);
     if let Some(t) = &pkt.tcp {
-        ev.tcp_flags = Some(TcpFlags::from_bits_retain(t.flags));
+        ev.tcp_flags = Some(t.flags);
         ev.seq = Some(t.seq);
         ev.ack = Some(t.ack);
     }
