@@ -26,17 +26,21 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
     }
     // cgroup2 only: the default hierarchy is number 0 (the "0::" line of
     // /proc/<pid>/cgroup). cgroup v1 hierarchies number their ids apart.
-    let Ok(root) = (unsafe { bpf_probe_read_kernel(cgrp.add(off.root as usize) as *const *const u8) }) else {
+    let Ok(root) =
+        (unsafe { bpf_probe_read_kernel(cgrp.add(off.root as usize) as *const *const u8) })
+    else {
         return 0;
     };
     match unsafe { bpf_probe_read_kernel(root.add(off.hierarchy_id as usize) as *const i32) } {
         Ok(0) => {}
         _ => return 0,
     }
-    let Ok(kn) = (unsafe { bpf_probe_read_kernel(cgrp.add(off.kn as usize) as *const *const u8) }) else {
+    let Ok(kn) = (unsafe { bpf_probe_read_kernel(cgrp.add(off.kn as usize) as *const *const u8) })
+    else {
         return 0;
     };
-    let Ok(id) = (unsafe { bpf_probe_read_kernel(kn.add(off.kn_id as usize) as *const u64) }) else {
+    let Ok(id) = (unsafe { bpf_probe_read_kernel(kn.add(off.kn_id as usize) as *const u64) })
+    else {
         return 0;
     };
     let Some(mut entry) = capture::reserve() else {

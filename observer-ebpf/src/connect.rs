@@ -19,13 +19,9 @@ fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
         return;
     };
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    capture::header(
-        rec,
-        Hook::Connect,
-        family,
-        unsafe { bpf_get_current_cgroup_id() },
-        unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-    );
+    capture::header(rec, Hook::Connect, family, unsafe { bpf_get_current_cgroup_id() }, unsafe {
+        bpf_get_socket_cookie(ctx.as_ptr())
+    });
     rec.pid_tgid = bpf_get_current_pid_tgid();
     rec.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     rec.dport = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
@@ -54,9 +50,7 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    let a = unsafe {
-        [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]]
-    };
+    let a = unsafe { [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]] };
     // A dual-stack socket may reach an IPv4 endpoint as ::ffff:a.b.c.d.
     let mapped = a[0] == 0 && a[1] == 0 && a[2] == 0xffffu32.to_be();
     if mapped && is_endpoint_v4(a[3]) {

@@ -1,7 +1,9 @@
 //! tc ingress/egress on the host's uplinks: replies as they arrive at the
 //! host (their TTL is the hop limit the instance applied) and requests as
 //! they leave it (their TTL, against the container's, counts the hops).
-use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie, macros::classifier, programs::TcContext,
+};
 use observer_ebpf::Hook;
 
 use crate::capture::{self, Match, Meta, Skb, ip_version};

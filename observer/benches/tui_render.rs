@@ -9,8 +9,6 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
-use ratatui::{backend::TestBackend, Terminal};
-
 use imds_observer::{
     diagnose::{Config, Diagnoser},
     model::{Event, Kind, Proto, TcpFlags},
@@ -20,6 +18,7 @@ use imds_observer::{
         ui,
     },
 };
+use ratatui::{Terminal, backend::TestBackend};
 
 const CONTAINERS: u64 = 5_000;
 const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 33)), 41644);
@@ -62,7 +61,9 @@ impl Gen {
         let mut e = Event::new(kind, ts, "ip-10-0-1-17".into());
         e.flow = Some(flow);
         e.cgroup_id = Some(cg);
-        e.cgroup = Some(format!("/kubepods.slice/kubepods-burstable.slice/pod{cg:08x}/cri-containerd-{cg:064x}.scope"));
+        e.cgroup = Some(format!(
+            "/kubepods.slice/kubepods-burstable.slice/pod{cg:08x}/cri-containerd-{cg:064x}.scope"
+        ));
         e.proto = Some(Proto::Tcp);
         if matches!(kind, Kind::HostIngress | Kind::HostEgress) {
             e.iface = Some("ens5".into());
@@ -97,7 +98,8 @@ impl Gen {
         hi.src = Some(IMDS);
         hi.dst = Some(CLIENT);
         hi.ttl = Some(ttl);
-        hi.tcp_flags = Some(if status.is_some() { TcpFlags::PSH } else { TcpFlags::SYN } | TcpFlags::ACK);
+        hi.tcp_flags =
+            Some(if status.is_some() { TcpFlags::PSH } else { TcpFlags::SYN } | TcpFlags::ACK);
         hi.seq = Some(seq);
         hi.ack = Some(ack);
         hi.len = Some(if status.is_some() { 56 } else { 0 });
@@ -161,12 +163,19 @@ fn ms(t: Instant) -> f64 {
 
 fn status(field: &str) -> String {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find(|l| l.starts_with(field)).map_or("?".into(), |l| l[field.len()..].trim().to_string())
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .map_or("?".into(), |l| l[field.len()..].trim().to_string())
 }
 
 /// Mean, p99 and max frame time (ms) over `FRAMES` frames, with `churn`
 /// new events applied before each (not timed: that is the replay's cost).
-fn frames(app: &mut App, term: &mut Terminal<TestBackend>, gen: &mut Gen, churn: usize) -> (f64, f64, f64) {
+fn frames(
+    app: &mut App,
+    term: &mut Terminal<TestBackend>,
+    gen: &mut Gen,
+    churn: usize,
+) -> (f64, f64, f64) {
     let mut times = Vec::with_capacity(FRAMES);
     for i in 0..FRAMES {
         for e in gen.by_ref().take(churn) {
@@ -187,7 +196,9 @@ fn frames(app: &mut App, term: &mut Terminal<TestBackend>, gen: &mut Gen, churn:
 }
 
 fn main() {
-    println!("imds-observer TUI: {CONTAINERS} containers, {EVENTS} events, {FRAMES} frames on a 200x50 TestBackend");
+    println!(
+        "imds-observer TUI: {CONTAINERS} containers, {EVENTS} events, {FRAMES} frames on a 200x50 TestBackend"
+    );
     let mut app = App::new(Config::default(), Mode::Stream, "from bench");
     let mut term = Terminal::new(TestBackend::new(200, 50)).unwrap();
     let mut gen = Gen::new();
@@ -214,20 +225,28 @@ fn main() {
         println!("  {} rows ({undecided} undecided): {counts:?}", app.rows().len());
         println!("  first frame (reads every row the replay touched): {first:.3} ms");
         let (mean, p99, max) = frames(&mut app, &mut term, &mut gen, 0);
-        println!("  table, no new data:            mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms");
+        println!(
+            "  table, no new data:            mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms"
+        );
     }
     let (mean, p99, max) = frames(&mut app, &mut term, &mut gen, CHURN);
-    println!("  table, {CHURN} new events/frame:   mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms");
+    println!(
+        "  table, {CHURN} new events/frame:   mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms"
+    );
     app.handle(Action::Top);
     app.handle(Action::Open);
     let (mean, p99, max) = frames(&mut app, &mut term, &mut gen, CHURN);
-    println!("  detail, {CHURN} new events/frame:  mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms");
+    println!(
+        "  detail, {CHURN} new events/frame:  mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms"
+    );
     app.handle(Action::Back);
     app.handle(Action::Filter);
     app.editing = Some("0001".into());
     app.handle(Action::Open);
     let (mean, p99, max) = frames(&mut app, &mut term, &mut gen, CHURN);
-    println!("  filtered, {CHURN} new events/frame: mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms");
+    println!(
+        "  filtered, {CHURN} new events/frame: mean {mean:.3} ms  p99 {p99:.3} ms  max {max:.3} ms"
+    );
     let size = app.diagnoser().state_size();
     println!(
         "\nengine state: {} containers, {} flows, {} exchanges, {} timeline attempts",

@@ -71,12 +71,22 @@ pub struct CaptureArgs {
     /// Metadata endpoint to watch (repeatable; replaces the defaults).
     /// Defaults: 169.254.169.254 (IMDS), 169.254.170.2 (ECS task credentials),
     /// 169.254.170.23 (EKS Pod Identity), fd00:ec2::254, fd00:ec2::23.
-    #[arg(long = "endpoint", value_name = "IP", env = "IMDS_OBSERVER_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long = "endpoint",
+        value_name = "IP",
+        env = "IMDS_OBSERVER_ENDPOINTS",
+        value_delimiter = ','
+    )]
     pub endpoints: Vec<IpAddr>,
 
     /// Uplink interface for the tc hooks (repeatable). Default: the interfaces
     /// that route the endpoints in this network namespace.
-    #[arg(long = "iface", value_name = "NAME", env = "IMDS_OBSERVER_IFACES", value_delimiter = ',')]
+    #[arg(
+        long = "iface",
+        value_name = "NAME",
+        env = "IMDS_OBSERVER_IFACES",
+        value_delimiter = ','
+    )]
     pub ifaces: Vec<String>,
 
     /// cgroup v2 mount to attach the cgroup hooks to. Default: /sys/fs/cgroup
@@ -90,7 +100,12 @@ pub struct CaptureArgs {
     /// that exists is used. Default: the first of /var/run/docker.sock,
     /// /run/podman/podman.sock, /run/docker.sock that exists. Without one,
     /// containers are named from their cgroup paths.
-    #[arg(long = "runtime-socket", value_name = "PATH", env = "IMDS_OBSERVER_RUNTIME_SOCKETS", value_delimiter = ',')]
+    #[arg(
+        long = "runtime-socket",
+        value_name = "PATH",
+        env = "IMDS_OBSERVER_RUNTIME_SOCKETS",
+        value_delimiter = ','
+    )]
     pub runtime_sockets: Vec<PathBuf>,
 
     /// Kernel BTF to read struct offsets and the hooks' prototypes from
@@ -143,7 +158,12 @@ pub struct RunArgs {
 
     /// Workload series at most; further workloads are counted under
     /// workload="_other".
-    #[arg(long, value_name = "N", env = "IMDS_OBSERVER_METRICS_MAX_WORKLOADS", default_value_t = 2000)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "IMDS_OBSERVER_METRICS_MAX_WORKLOADS",
+        default_value_t = 2000
+    )]
     pub metrics_max_workloads: usize,
 }
 
@@ -196,10 +216,14 @@ impl Cli {
     /// `Parser::try_parse_from`, plus: an invalid value taken from a
     /// variable names the variable, and with `--from` capture-only flags are
     /// refused when typed and ignored when they come from the environment.
-    pub fn try_parse_env<I: IntoIterator<Item = T>, T: Into<OsString>>(args: I) -> Result<Cli, clap::Error> {
+    pub fn try_parse_env<I: IntoIterator<Item = T>, T: Into<OsString>>(
+        args: I,
+    ) -> Result<Cli, clap::Error> {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let mut cmd = Cli::command();
-        let matches = cmd.try_get_matches_from_mut(&args).map_err(|e| name_the_variable(&mut cmd, &args, e))?;
+        let matches = cmd
+            .try_get_matches_from_mut(&args)
+            .map_err(|e| name_the_variable(&mut cmd, &args, e))?;
         let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
         let Some((name, sub)) = matches.subcommand() else { return Ok(cli) };
         let from = match &cli.command {
@@ -212,12 +236,23 @@ impl Cli {
         }
         // A recording is read: nothing is captured, so these do not apply.
         // From the environment (shared with `run`) they are left unused.
-        const CAPTURE_ONLY: [&str; 7] =
-            ["duration", "endpoints", "ifaces", "cgroup_root", "runtime_sockets", "alongside", "node_name"];
+        const CAPTURE_ONLY: [&str; 7] = [
+            "duration",
+            "endpoints",
+            "ifaces",
+            "cgroup_root",
+            "runtime_sockets",
+            "alongside",
+            "node_name",
+        ];
         let sub_cmd = cmd.find_subcommand_mut(name).expect("parsed subcommand");
         for id in CAPTURE_ONLY {
             if typed(sub, id) {
-                let flag = sub_cmd.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_long()).unwrap_or(id);
+                let flag = sub_cmd
+                    .get_arguments()
+                    .find(|a| a.get_id() == id)
+                    .and_then(|a| a.get_long())
+                    .unwrap_or(id);
                 return Err(sub_cmd.error(
                     ErrorKind::ArgumentConflict,
                     format!("--{flag} cannot be used with --from: a recording is read, nothing is captured"),
@@ -245,17 +280,25 @@ fn name_the_variable(cmd: &mut clap::Command, args: &[OsString], e: clap::Error)
     };
     let typed = |long: &str| {
         let flag = format!("--{long}");
-        args.iter().filter_map(|a| a.to_str()).any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        args.iter()
+            .filter_map(|a| a.to_str())
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
     };
-    let Some(sub) = args.iter().skip(1).filter_map(|a| a.to_str()).find(|a| cmd.find_subcommand(a).is_some()) else {
+    let Some(sub) =
+        args.iter().skip(1).filter_map(|a| a.to_str()).find(|a| cmd.find_subcommand(a).is_some())
+    else {
         return e;
     };
     let sub = sub.to_string();
     let from_env = cmd.find_subcommand(&sub).and_then(|s| {
         s.get_arguments()
             .find(|a| {
-                a.get_long().is_some_and(|l| shown.split(' ').next() == Some(format!("--{l}").as_str()) && !typed(l))
-                    && a.get_env().and_then(std::env::var_os).is_some_and(|v| v.to_str() == Some(value.as_str()))
+                a.get_long().is_some_and(|l| {
+                    shown.split(' ').next() == Some(format!("--{l}").as_str()) && !typed(l)
+                }) && a
+                    .get_env()
+                    .and_then(std::env::var_os)
+                    .is_some_and(|v| v.to_str() == Some(value.as_str()))
             })
             .cloned()
     });
@@ -264,9 +307,14 @@ fn name_the_variable(cmd: &mut clap::Command, args: &[OsString], e: clap::Error)
     let why = if matches!(arg.get_action(), ArgAction::SetTrue) {
         "use 1/0, true/false, yes/no or on/off".to_string()
     } else {
-        std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| "not valid here".into())
+        std::error::Error::source(&e)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "not valid here".into())
     };
     let long = arg.get_long().unwrap_or_default();
     let cmd = cmd.find_subcommand_mut(&sub).expect("found above");
-    cmd.error(ErrorKind::InvalidValue, format!("invalid value '{value}' in {var} (for --{long}): {why}"))
+    cmd.error(
+        ErrorKind::InvalidValue,
+        format!("invalid value '{value}' in {var} (for --{long}): {why}"),
+    )
 }

@@ -13,9 +13,12 @@ use serde_json::Value;
 
 use crate::{
     cli::Cli,
-    diagnose::{Attempt, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency, Requests},
-    model::{Event, Kind},
+    diagnose::{
+        Attempt, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency,
+        Requests,
+    },
     identity::{Container, Nomad},
+    model::{Event, Kind},
 };
 
 fn repo() -> PathBuf {
@@ -73,20 +76,22 @@ fn split(chars: &[char], out: &mut Vec<Vec<String>>) {
     let mut in_word = false;
     let mut redirect = false;
     let mut i = 0;
-    let end_word = |cmd: &mut Vec<String>, word: &mut String, in_word: &mut bool, redirect: &mut bool| {
-        if *in_word {
-            if !std::mem::take(redirect) {
-                cmd.push(std::mem::take(word));
+    let end_word =
+        |cmd: &mut Vec<String>, word: &mut String, in_word: &mut bool, redirect: &mut bool| {
+            if *in_word {
+                if !std::mem::take(redirect) {
+                    cmd.push(std::mem::take(word));
+                }
+                word.clear();
+                *in_word = false;
             }
-            word.clear();
-            *in_word = false;
-        }
-    };
+        };
     while i < chars.len() {
         let c = chars[i];
         match c {
             '\'' => {
-                let close = chars[i + 1..].iter().position(|&c| c == '\'').expect("unclosed '") + i + 1;
+                let close =
+                    chars[i + 1..].iter().position(|&c| c == '\'').expect("unclosed '") + i + 1;
                 word.extend(&chars[i + 1..close]);
                 in_word = true;
                 i = close;
@@ -240,7 +245,10 @@ fn shell_splitting() {
          kubectl logs -f \"$(kubectl get pod -l a=b -o name)\"; echo done",
     );
     let words = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert_eq!(c[0], words(&["sudo", "./target/release/imds-observer", "report", "--duration", "60"]));
+    assert_eq!(
+        c[0],
+        words(&["sudo", "./target/release/imds-observer", "report", "--duration", "60"])
+    );
     assert_eq!(c[1], words(&["kubectl", "logs", "-n", "x", "-l", "a=b", "--tail=-1"]));
     assert_eq!(c[2], words(&["jq", "-cR", "fromjson? | .a"]));
     assert_eq!(c[3], words(&["kubectl", "get", "pod", "-l", "a=b", "-o", "name"]));
@@ -258,7 +266,10 @@ fn help_examples_keep_their_lines() {
         for help in [sub.render_help().to_string(), sub.render_long_help().to_string()] {
             assert!(!lines.is_empty(), "{name} --help has no examples");
             for l in &lines {
-                assert!(help.lines().any(|h| h.trim() == l), "{name} --help: {l:?} is not a line of its own:\n{help}");
+                assert!(
+                    help.lines().any(|h| h.trim() == l),
+                    "{name} --help: {l:?} is not a line of its own:\n{help}"
+                );
             }
         }
     }
@@ -287,16 +298,25 @@ fn yaml_lines(text: &str) -> Vec<(usize, String, String)> {
 
 fn manifests() -> Manifests {
     let kustomize = yaml_lines(&read("deploy/kubernetes/kustomization.yaml"));
-    let namespace =
-        kustomize.iter().find(|(i, k, _)| *i == 0 && k == "namespace").expect("kustomization namespace").2.clone();
+    let namespace = kustomize
+        .iter()
+        .find(|(i, k, _)| *i == 0 && k == "namespace")
+        .expect("kustomization namespace")
+        .2
+        .clone();
     let ds = yaml_lines(&read("deploy/kubernetes/daemonset.yaml"));
-    let name_of =
-        |lines: &[(usize, String, String)]| lines.iter().find(|(i, k, _)| *i == 2 && k == "name").unwrap().2.clone();
+    let name_of = |lines: &[(usize, String, String)]| {
+        lines.iter().find(|(i, k, _)| *i == 2 && k == "name").unwrap().2.clone()
+    };
     // The pod template's labels: the `labels:` after `template:`.
     let template = ds.iter().position(|(_, k, _)| k == "template").expect("pod template");
     let (li, _, _) = ds[template..].iter().find(|(_, k, _)| k == "labels").expect("pod labels");
     let start = template + ds[template..].iter().position(|(_, k, _)| k == "labels").unwrap() + 1;
-    let pod_labels = ds[start..].iter().take_while(|(i, _, _)| i > li).map(|(_, k, v)| format!("{k}={v}")).collect();
+    let pod_labels = ds[start..]
+        .iter()
+        .take_while(|(i, _, _)| i > li)
+        .map(|(_, k, v)| format!("{k}={v}"))
+        .collect();
     Manifests {
         namespace,
         pod_labels,
@@ -306,8 +326,13 @@ fn manifests() -> Manifests {
 }
 
 /// kubectl's flags that take a value, or not, before any subcommand.
-const KUBECTL_GLOBAL: [(&str, bool); 5] =
-    [("-n", true), ("--namespace", true), ("--context", true), ("--as", true), ("--kubeconfig", true)];
+const KUBECTL_GLOBAL: [(&str, bool); 5] = [
+    ("-n", true),
+    ("--namespace", true),
+    ("--context", true),
+    ("--as", true),
+    ("--kubeconfig", true),
+];
 
 /// kubectl's flags used in the docs, per subcommand: (flag, takes a value).
 /// A command using another flag fails here: check it exists, then add it.
@@ -338,7 +363,9 @@ fn kubectl_flags(sub: &str) -> Option<Vec<(&'static str, bool)>> {
         "apply" => &[("-k", true), ("-f", true)],
         "rollout" => &[("--timeout", true)],
         "auth" => &[],
-        "exec" => &[("-i", false), ("-t", false), ("-it", false), ("-c", true), ("--container", true)],
+        "exec" => {
+            &[("-i", false), ("-t", false), ("-it", false), ("-c", true), ("--container", true)]
+        }
         _ => return None,
     };
     Some(KUBECTL_GLOBAL.iter().chain(own).copied().collect())
@@ -357,7 +384,8 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
         }
         if !a.starts_with('-') || a == "-" {
             if positional.is_empty() {
-                table = kubectl_flags(a).ok_or_else(|| format!("kubectl {a}: not a subcommand this test knows"))?;
+                table = kubectl_flags(a)
+                    .ok_or_else(|| format!("kubectl {a}: not a subcommand this test knows"))?;
             }
             positional.push(a.clone());
             continue;
@@ -366,11 +394,9 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (a.clone(), None),
         };
-        let takes = table
-            .iter()
-            .find(|(f, _)| *f == name)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| format!("kubectl {}: no flag {name}", positional.first().map_or("", |p| p.as_str())))?;
+        let takes = table.iter().find(|(f, _)| *f == name).map(|(_, v)| *v).ok_or_else(|| {
+            format!("kubectl {}: no flag {name}", positional.first().map_or("", |p| p.as_str()))
+        })?;
         let value = match (takes, inline) {
             (true, Some(v)) => v,
             (true, None) => it.next().cloned().ok_or(format!("{name} needs a value"))?,
@@ -389,13 +415,19 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
     if let Some(sel) = flag(&["-l", "--selector"]) {
         for term in sel.split(',') {
             if !m.pod_labels.contains(term) {
-                return Err(format!("selector {term}: not a label of the DaemonSet's pods ({:?})", m.pod_labels));
+                return Err(format!(
+                    "selector {term}: not a label of the DaemonSet's pods ({:?})",
+                    m.pod_labels
+                ));
             }
         }
     }
     match sub {
         "logs" | "get" | "exec" | "rollout" if ns.is_none() => {
-            return Err(format!("no -n {}: the observer's pods live in that namespace", m.namespace));
+            return Err(format!(
+                "no -n {}: the observer's pods live in that namespace",
+                m.namespace
+            ));
         }
         "apply" => {
             let dir = flag(&["-k"]).ok_or("kubectl apply without -k")?;
@@ -415,7 +447,9 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
     }
     if sub == "rollout" {
         let target = positional.get(2).ok_or("rollout without a target")?;
-        if *target != format!("daemonset/{}", m.daemonset) && *target != format!("ds/{}", m.daemonset) {
+        if *target != format!("daemonset/{}", m.daemonset)
+            && *target != format!("ds/{}", m.daemonset)
+        {
             return Err(format!("rollout {target}: the DaemonSet is daemonset/{}", m.daemonset));
         }
     }
@@ -428,9 +462,12 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
                 return Err("logs -l shows 10 lines per pod unless --tail=-1".into());
             }
             if flags.contains_key("-f") || flags.contains_key("--follow") {
-                let n: u32 = flag(&["--max-log-requests"]).and_then(|n| n.parse().ok()).unwrap_or(5);
+                let n: u32 =
+                    flag(&["--max-log-requests"]).and_then(|n| n.parse().ok()).unwrap_or(5);
                 if n < 100 {
-                    return Err(format!("logs -f -l follows at most {n} pods: raise --max-log-requests"));
+                    return Err(format!(
+                        "logs -f -l follows at most {n} pods: raise --max-log-requests"
+                    ));
                 }
             }
         }
@@ -447,7 +484,8 @@ fn every_example_command_runs_as_written() {
     for (at, words) in examples() {
         let Some((mut prog, mut args)) = program(&words) else { continue };
         // `docker run ... IMAGE ARGS`: the observer's image takes observer args.
-        if matches!(prog.as_str(), "docker" | "podman") && args.first().is_some_and(|a| a == "run") {
+        if matches!(prog.as_str(), "docker" | "podman") && args.first().is_some_and(|a| a == "run")
+        {
             if let Some(i) = args.iter().position(|a| a.contains("imds-observer:")) {
                 (prog, args) = ("imds-observer".into(), args[i + 1..].to_vec());
             }
@@ -462,7 +500,14 @@ fn every_example_command_runs_as_written() {
                 let argv = std::iter::once("imds-observer".to_string()).chain(args.iter().cloned());
                 match Cli::try_parse_env(argv) {
                     Ok(_) => Ok(()),
-                    Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => Ok(()),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                        ) =>
+                    {
+                        Ok(())
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -478,7 +523,10 @@ fn every_example_command_runs_as_written() {
     }
     assert!(failures.is_empty(), "examples that do not run as written:\n{}", failures.join("\n"));
     // The extraction finds what is there (README, docs/deploy.md, --help).
-    assert!(observer >= 8 && kubectl >= 8, "only {observer} imds-observer and {kubectl} kubectl commands found");
+    assert!(
+        observer >= 8 && kubectl >= 8,
+        "only {observer} imds-observer and {kubectl} kubectl commands found"
+    );
 }
 
 #[test]
@@ -487,15 +535,28 @@ fn kubectl_checks_catch_the_usual_mistakes() {
     let check = |line: &str| check_kubectl(&commands(line)[0][1..], &m);
     let sel = "-l app.kubernetes.io/name=imds-observer";
     assert!(check(&format!("kubectl logs {sel} --tail=-1")).unwrap_err().contains("no -n"));
-    assert!(check(&format!("kubectl logs -n imds-observer {sel}")).unwrap_err().contains("--tail=-1"));
     assert!(
-        check(&format!("kubectl logs -n imds-observer -f {sel} --tail -1")).unwrap_err().contains("max-log-requests")
+        check(&format!("kubectl logs -n imds-observer {sel}")).unwrap_err().contains("--tail=-1")
     );
-    assert!(check("kubectl logs -n imds-observer -f ds/imds-observer").unwrap_err().contains("one pod"));
-    assert!(check("kubectl logs -n kube-system -l app=x --tail=-1").unwrap_err().contains("namespace"));
-    assert!(check("kubectl logs -n imds-observer -l app=x --tail=-1").unwrap_err().contains("selector"));
-    assert!(check("kubectl logs -n imds-observer --no-such-flag x").unwrap_err().contains("no flag"));
-    check(&format!("kubectl -n imds-observer logs -f {sel} --tail=-1 --max-log-requests=500")).unwrap();
+    assert!(
+        check(&format!("kubectl logs -n imds-observer -f {sel} --tail -1"))
+            .unwrap_err()
+            .contains("max-log-requests")
+    );
+    assert!(
+        check("kubectl logs -n imds-observer -f ds/imds-observer").unwrap_err().contains("one pod")
+    );
+    assert!(
+        check("kubectl logs -n kube-system -l app=x --tail=-1").unwrap_err().contains("namespace")
+    );
+    assert!(
+        check("kubectl logs -n imds-observer -l app=x --tail=-1").unwrap_err().contains("selector")
+    );
+    assert!(
+        check("kubectl logs -n imds-observer --no-such-flag x").unwrap_err().contains("no flag")
+    );
+    check(&format!("kubectl -n imds-observer logs -f {sel} --tail=-1 --max-log-requests=500"))
+        .unwrap();
 }
 
 /// Dotted paths of every field in `v`; a list's elements share its path.
@@ -589,9 +650,20 @@ fn every_field() -> Vec<Value> {
         path: Some("/".into()),
         paths: vec!["/".into()],
         token_ttl_header: Some(false),
-        endpoints: vec![EndpointFailures { endpoint: "169.254.169.254:80".into(), refused: 1, timeouts: 1 }],
+        endpoints: vec![EndpointFailures {
+            endpoint: "169.254.169.254:80".into(),
+            refused: 1,
+            timeouts: 1,
+        }],
         drop_reasons: vec!["NETFILTER_DROP".into()],
-        requests: Some(Requests { total: 1, token: 1, credentials: 1, other: 1, imdsv1: 1, imdsv2: 1 }),
+        requests: Some(Requests {
+            total: 1,
+            token: 1,
+            credentials: 1,
+            other: 1,
+            imdsv1: 1,
+            imdsv2: 1,
+        }),
         latency_ms: Some(Latency { count: 1, mean: 1.0, max: 1.0 }),
         lost_events: Some(1),
     };
@@ -655,19 +727,37 @@ fn events_md_documents_every_field_and_only_those() {
     let documented = documented_fields();
     let undocumented: Vec<_> = code.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&code).collect();
-    assert!(undocumented.is_empty(), "fields the code writes that docs/events.md does not list: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "fields the code writes that docs/events.md does not list: {undocumented:?}"
+    );
     assert!(unknown.is_empty(), "fields docs/events.md lists that no type has: {unknown:?}");
 
     // Every type and finding kind is named.
     let md = read("docs/events.md");
-    let kinds = [Kind::Request, Kind::Reply, Kind::HostIngress, Kind::HostEgress, Kind::Drop, Kind::LostEvents];
+    let kinds = [
+        Kind::Request,
+        Kind::Reply,
+        Kind::HostIngress,
+        Kind::HostEgress,
+        Kind::Drop,
+        Kind::LostEvents,
+    ];
     for k in kinds {
         // A new kind fails to compile here until it is listed above.
         match k {
-            Kind::Request | Kind::Reply | Kind::HostIngress | Kind::HostEgress | Kind::Drop | Kind::LostEvents => {}
+            Kind::Request
+            | Kind::Reply
+            | Kind::HostIngress
+            | Kind::HostEgress
+            | Kind::Drop
+            | Kind::LostEvents => {}
         }
         let name = serde_json::to_value(k).unwrap();
-        assert!(md.contains(&format!("`{}`", name.as_str().unwrap())), "type {name} is not in docs/events.md");
+        assert!(
+            md.contains(&format!("`{}`", name.as_str().unwrap())),
+            "type {name} is not in docs/events.md"
+        );
     }
     for k in FindingKind::ALL {
         assert!(md.contains(&format!("`{k}`")), "finding kind {k} is not in docs/events.md");
@@ -677,7 +767,8 @@ fn events_md_documents_every_field_and_only_those() {
     let mut examples = 0;
     for (lang, body) in code_blocks(&md).into_iter().filter(|(l, _)| l == "json") {
         for line in body.lines() {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{lang} example {line}: {e}"));
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{lang} example {line}: {e}"));
             let as_event = serde_json::from_value::<Event>(v.clone()).is_ok();
             let as_finding = serde_json::from_value::<Finding>(v.clone()).is_ok();
             assert!(as_event || as_finding, "example is neither an event nor a finding: {line}");

@@ -16,9 +16,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.command {
-        imds_observer::cli::Command::Run(args) => rt.block_on(imds_observer::run::run(args)).map(|()| 0),
+        imds_observer::cli::Command::Run(args) => {
+            rt.block_on(imds_observer::run::run(args)).map(|()| 0)
+        }
         imds_observer::cli::Command::Report(args) => rt.block_on(imds_observer::run::report(args)),
-        imds_observer::cli::Command::Tui(args) => rt.block_on(imds_observer::tui::main(args)).map(|()| 0),
+        imds_observer::cli::Command::Tui(args) => {
+            rt.block_on(imds_observer::tui::main(args)).map(|()| 0)
+        }
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

@@ -23,21 +23,23 @@ use crate::{
     capture::{self, Capture, preflight, uplinks},
     cli::{CaptureArgs, ReportArgs, RunArgs},
     diagnose::{self, Diagnoser},
-    model::{Event, Kind},
     identity::{Identities, cgroup, docker},
+    model::{Event, Kind},
     pipeline::{self, KernelNames, Pipeline},
-    sys::clock::{Clock, mono_now_ns},
     sink::{
         http,
         json::JsonLines,
         metrics::{self, BpfProgramStats, Metrics},
         report,
     },
+    sys::clock::{Clock, mono_now_ns},
 };
 
 pub fn node_name(flag: Option<String>) -> String {
     flag.filter(|n| !n.is_empty()).unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
     })
 }
 
@@ -48,7 +50,10 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
     preflight::check_privileges()?;
     preflight::raise_memlock();
     let endpoints: Vec<IpAddr> = if args.endpoints.is_empty() {
-        capture::DEFAULT_ENDPOINTS.iter().map(|e| e.parse().expect("valid default endpoint")).collect()
+        capture::DEFAULT_ENDPOINTS
+            .iter()
+            .map(|e| e.parse().expect("valid default endpoint"))
+            .collect()
     } else {
         args.endpoints.clone()
     };
@@ -65,7 +70,9 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
     };
     // The cgroup2 root directory is inode 1; anything else is a subtree (a
     // container's own cgroup namespace, say) and sees only its processes.
-    if std::fs::metadata(&cgroup_root).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(1) {
+    if std::fs::metadata(&cgroup_root).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok()
+        != Some(1)
+    {
         warn!(
             root = %cgroup_root.display(),
             "this is not the host's cgroup2 root: only processes below it are seen (mount the host's /sys/fs/cgroup)"
@@ -75,7 +82,9 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
         let found = uplinks::uplinks_for(&endpoints)
             .context("asking the kernel for the routes to the endpoints")?;
         if found.is_empty() {
-            warn!("no interface routes a metadata endpoint here; host-side (tc) capture is off. Name one with --iface");
+            warn!(
+                "no interface routes a metadata endpoint here; host-side (tc) capture is off. Name one with --iface"
+            );
         }
         found
     } else {
@@ -127,7 +136,11 @@ pub trait EventSink {
 
 /// Capture until SIGINT/SIGTERM, `deadline`, or the sink says stop; then
 /// hand over what the kernel already has and detach.
-pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &mut impl EventSink) -> Result<()> {
+pub async fn capture_loop(
+    args: &CaptureArgs,
+    deadline: Option<Instant>,
+    sink: &mut impl EventSink,
+) -> Result<()> {
     let cfg = capture_config(args)?;
     let node = node_name(args.node_name.clone());
     let _lock = if args.alongside { None } else { Some(instance_lock()?) };
@@ -142,11 +155,16 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
         "capturing"
     );
     sink.attached();
-    let sockets = if args.runtime_sockets.is_empty() { docker::default_sockets() } else { args.runtime_sockets.clone() };
+    let sockets = if args.runtime_sockets.is_empty() {
+        docker::default_sockets()
+    } else {
+        args.runtime_sockets.clone()
+    };
     // Names beyond the cgroup path: the runtime socket, and (from the
     // environment) Nomad and the pods on this node. The pod watch wants the
     // node name as the cluster knows it, not the host name guessed above.
-    let identities = Identities::new(cfg.cgroup_root.clone(), &sockets).with_env_lookups(args.node_name.as_deref());
+    let identities = Identities::new(cfg.cgroup_root.clone(), &sockets)
+        .with_env_lookups(args.node_name.as_deref());
     let names = KernelNames {
         drop_reasons: cap.drop_reasons.clone(),
         locations: cap.locations.clone(),
@@ -212,7 +230,12 @@ pub async fn capture_loop(args: &CaptureArgs, deadline: Option<Instant>, sink: &
     result
 }
 
-fn report_lost(cap: &Capture, pipe: &Pipeline, reported: u64, sink: &mut impl EventSink) -> Result<u64> {
+fn report_lost(
+    cap: &Capture,
+    pipe: &Pipeline,
+    reported: u64,
+    sink: &mut impl EventSink,
+) -> Result<u64> {
     let lost = cap.lost();
     if lost > reported {
         let mut ev = Event::new(Kind::LostEvents, SystemTime::now(), pipe.node().to_string());
@@ -300,7 +323,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(addr) => {
             let server = http::Server::bind(addr).await?;
             info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
-            let cfg = metrics::Config { grace: args.metrics_grace, max_workloads: args.metrics_max_workloads };
+            let cfg = metrics::Config {
+                grace: args.metrics_grace,
+                max_workloads: args.metrics_max_workloads,
+            };
             let state = Arc::new(Mutex::new(Metrics::new(cfg)));
             let ready = Arc::new(AtomicBool::new(false));
             tokio::spawn(server.run(state.clone(), ready.clone()));
@@ -308,8 +334,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut sink =
-        JsonSink { out: JsonLines::new(io::stdout().lock()), diag: diagnoser(args.instance_id.clone()), metrics };
+    let mut sink = JsonSink {
+        out: JsonLines::new(io::stdout().lock()),
+        diag: diagnoser(args.instance_id.clone()),
+        metrics,
+    };
     capture_loop(&args.capture, deadline(args.duration), &mut sink).await?;
     info!(lines = sink.out.written, "done");
     Ok(())
@@ -320,7 +349,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
 pub async fn report(args: ReportArgs) -> Result<u8> {
     let findings = match &args.from {
         Some(path) => {
-            let cfg = diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
+            let cfg =
+                diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
             let name = if path == "-" { "stdin" } else { path.as_str() };
             let d = if path == "-" {
                 report::diagnose_stream_with(io::stdin().lock(), cfg)
@@ -335,7 +365,9 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
             // would otherwise read as "all healthy".
             if d.events == 0 {
                 match why {
-                    Some(why) => bail!("{name}: no event to diagnose in {}: {why}", lines(d.skipped.total())),
+                    Some(why) => {
+                        bail!("{name}: no event to diagnose in {}: {why}", lines(d.skipped.total()))
+                    }
                     None => bail!("{name}: no event to diagnose: the input is empty"),
                 }
             }
@@ -348,7 +380,9 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
         }
         None => {
             let Some(secs) = args.duration else {
-                bail!("report needs --duration <seconds> to observe, or --from <file|-> to read a recording");
+                bail!(
+                    "report needs --duration <seconds> to observe, or --from <file|-> to read a recording"
+                );
             };
             struct Collect(Diagnoser);
             impl EventSink for Collect {

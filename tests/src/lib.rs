@@ -27,10 +27,8 @@ pub const ECS_CREDS: &str = "169.254.170.2";
 
 /// Run a command; panic with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out =
+        Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -42,11 +40,8 @@ pub fn sh(args: &[&str]) -> String {
 
 /// Like `sh`, ignoring failure (cleanup).
 fn sh_quiet(args: &[&str]) {
-    let _ = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let _ =
+        Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
 pub fn is_root() -> bool {
@@ -98,7 +93,8 @@ pub fn kernel_has_tcx() -> bool {
 
 fn kernel_version() -> (u32, u32) {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut v = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let mut v =
+        release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
     (v.next().unwrap_or(0), v.next().unwrap_or(0))
 }
 
@@ -137,10 +133,7 @@ pub struct LabOpts {
 
 impl Default for LabOpts {
     fn default() -> Self {
-        Self {
-            hop_limit: 1,
-            tokens: Tokens::Optional,
-        }
+        Self { hop_limit: 1, tokens: Tokens::Optional }
     }
 }
 
@@ -189,7 +182,8 @@ impl Container {
         match &self.first_cgroup {
             None => netns_cgroup_command(&self.netns, Some(&self.cgroup), program, args),
             Some(first) => {
-                let mut inner = vec!["sh", "-c", "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"", "sh"];
+                let mut inner =
+                    vec!["sh", "-c", "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"", "sh"];
                 let cg = self.cgroup.to_str().unwrap();
                 inner.push(cg);
                 inner.push(program.to_str().unwrap());
@@ -200,9 +194,7 @@ impl Container {
     }
 
     pub fn run(&self, program: &Path, args: &[&str]) -> Output {
-        self.command(program, args)
-            .output()
-            .expect("spawn in container")
+        self.command(program, args).output().expect("spawn in container")
     }
 
     /// Run a lab client (sdk-client, a real SDK) to completion; its pid, exit
@@ -216,7 +208,10 @@ impl Container {
         ClientRun {
             pid,
             code: out.status.code().unwrap_or(-1),
-            lines: String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+            lines: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
         }
     }
 
@@ -239,12 +234,7 @@ fn netns_cgroup_command(
     cmd.arg(format!("--net=/run/netns/{netns}")).arg("--");
     if let Some(cg) = cgroup {
         // Join the cgroup before exec, so the first packet is already in it.
-        cmd.args([
-            "sh",
-            "-c",
-            "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"",
-            "sh",
-        ]);
+        cmd.args(["sh", "-c", "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"", "sh"]);
         cmd.arg(cg);
     }
     cmd.arg(program).args(args);
@@ -302,72 +292,15 @@ impl Lab {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         for a in [IMDS_V4, ECS_CREDS, "169.254.170.23"] {
-            sh(&[
-                "ip",
-                "-n",
-                &cloud,
-                "addr",
-                "add",
-                &format!("{a}/32"),
-                "dev",
-                "eth0",
-            ]);
+            sh(&["ip", "-n", &cloud, "addr", "add", &format!("{a}/32"), "dev", "eth0"]);
         }
         for a in [IMDS_V6, "fd00:ec2::23"] {
-            sh(&[
-                "ip",
-                "-n",
-                &cloud,
-                "addr",
-                "add",
-                &format!("{a}/128"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
+            sh(&["ip", "-n", &cloud, "addr", "add", &format!("{a}/128"), "dev", "eth0", "nodad"]);
         }
-        sh(&[
-            "ip",
-            "-n",
-            &cloud,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.18.0.2",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &cloud,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd00:18::2",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &host,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.18.0.1",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &host,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd00:18::1",
-        ]);
+        sh(&["ip", "-n", &cloud, "route", "add", "default", "via", "198.18.0.2"]);
+        sh(&["ip", "-n", &cloud, "-6", "route", "add", "default", "via", "fd00:18::2"]);
+        sh(&["ip", "-n", &host, "route", "add", "default", "via", "198.18.0.1"]);
+        sh(&["ip", "-n", &host, "-6", "route", "add", "default", "via", "fd00:18::1"]);
         lab.forwarding(&host.clone());
 
         // The fake IMDS, with the hop limit on its token replies.
@@ -396,9 +329,7 @@ impl Lab {
         .spawn()
         .expect("start fake-imds");
         let mut ready = String::new();
-        BufReader::new(imds.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
+        BufReader::new(imds.stdout.take().unwrap()).read_line(&mut ready).unwrap();
         assert_eq!(ready.trim(), "ready", "fake-imds did not start");
         lab.children.push(imds);
         lab
@@ -410,30 +341,20 @@ impl Lab {
         // No duplicate address detection: a tentative link-local address
         // stalls neighbour discovery for the first second or two.
         sh(&[
-            "ip", "netns", "exec", name, "sysctl", "-qw",
-            "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+            "ip",
+            "netns",
+            "exec",
+            name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
         ]);
     }
 
     fn forwarding(&self, ns: &str) {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
+        sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     }
 
     fn new_cgroup(&self, name: &str) -> PathBuf {
@@ -663,7 +584,10 @@ impl Lab {
         // so that a test's first SYN is not held up by neighbour discovery:
         // a closed port on the cloud's own (non-metadata) address.
         sh_quiet(&[
-            "nsenter", &format!("--net=/run/netns/{netns}"), "bash", "-c",
+            "nsenter",
+            &format!("--net=/run/netns/{netns}"),
+            "bash",
+            "-c",
             "timeout 3 bash -c 'exec 3<>/dev/tcp/198.18.0.1/9'; timeout 3 bash -c 'exec 3<>/dev/tcp/fd00:18::1/9'",
         ]);
         Container {
@@ -700,7 +624,15 @@ impl Lab {
         let mp = self.v1_mount();
         if !mp.join("cgroup.procs").exists() {
             fs::create_dir_all(&mp).expect("v1 mountpoint");
-            sh(&["mount", "-t", "cgroup", "-o", "none,name=imdslab", "cgroup", mp.to_str().unwrap()]);
+            sh(&[
+                "mount",
+                "-t",
+                "cgroup",
+                "-o",
+                "none,name=imdslab",
+                "cgroup",
+                mp.to_str().unwrap(),
+            ]);
         }
         mp
     }
@@ -717,33 +649,12 @@ impl Lab {
         gw6: &str,
         plen: u8,
     ) {
-        sh(&[
-            "ip",
-            "-n",
-            netns,
-            "addr",
-            "add",
-            &format!("{v4}/{plen}"),
-            "dev",
-            "eth0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            netns,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
+        sh(&["ip", "-n", netns, "addr", "add", &format!("{v4}/{plen}"), "dev", "eth0"]);
+        sh(&["ip", "-n", netns, "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
         sh(&["ip", "-n", netns, "link", "set", "eth0", "up"]);
         sh(&["ip", "-n", netns, "link", "set", "lo", "up"]);
         sh(&["ip", "-n", netns, "route", "add", "default", "via", gw4]);
-        sh(&[
-            "ip", "-n", netns, "-6", "route", "add", "default", "via", gw6,
-        ]);
+        sh(&["ip", "-n", netns, "-6", "route", "add", "default", "via", gw6]);
     }
 
     fn ensure_bridge(&mut self) {
@@ -752,33 +663,11 @@ impl Lab {
         }
         let host = self.host.clone();
         sh(&["ip", "-n", &host, "link", "add", "br0", "type", "bridge"]);
-        sh(&[
-            "ip",
-            "-n",
-            &host,
-            "addr",
-            "add",
-            "198.18.100.1/24",
-            "dev",
-            "br0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &host,
-            "addr",
-            "add",
-            "fd00:18:100::1/64",
-            "dev",
-            "br0",
-            "nodad",
-        ]);
+        sh(&["ip", "-n", &host, "addr", "add", "198.18.100.1/24", "dev", "br0"]);
+        sh(&["ip", "-n", &host, "addr", "add", "fd00:18:100::1/64", "dev", "br0", "nodad"]);
         sh(&["ip", "-n", &host, "link", "set", "br0", "up"]);
         // Docker's default network: masquerade what leaves by the uplink.
-        for (tool, net) in [
-            ("iptables", "198.18.100.0/24"),
-            ("ip6tables", "fd00:18:100::/64"),
-        ] {
+        for (tool, net) in [("iptables", "198.18.100.0/24"), ("ip6tables", "fd00:18:100::/64")] {
             sh(&[
                 "ip",
                 "netns",
@@ -952,28 +841,14 @@ impl Observer {
                 e.lock().unwrap().push(line);
             }
         });
-        let obs = Observer {
-            child,
-            lines,
-            stderr,
-        };
+        let obs = Observer { child, lines, stderr };
         let t0 = Instant::now();
         loop {
-            if obs
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("capturing"))
-            {
+            if obs.stderr.lock().unwrap().iter().any(|l| l.contains("capturing")) {
                 return obs;
             }
-            if let Some(l) = obs
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains("imds-observer:"))
+            if let Some(l) =
+                obs.stderr.lock().unwrap().iter().find(|l| l.contains("imds-observer:"))
             {
                 panic!("observer failed: {l}");
             }
@@ -992,7 +867,8 @@ impl Observer {
 
     /// Resident memory now, in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -1069,10 +945,7 @@ impl Observer {
         sh_quiet(&["kill", &format!("-{sig}"), &self.child.id().to_string()]);
         let t0 = Instant::now();
         while self.child.try_wait().ok().flatten().is_none() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "observer did not exit on SIG{sig}"
-            );
+            assert!(t0.elapsed() < Duration::from_secs(10), "observer did not exit on SIG{sig}");
             thread::sleep(Duration::from_millis(20));
         }
         thread::sleep(Duration::from_millis(100)); // let the readers finish
@@ -1117,7 +990,12 @@ impl Podman {
     pub fn new(lab: &Lab, api: bool) -> Podman {
         let socket = std::env::temp_dir().join(format!("{}-podman.sock", lab.id));
         let _ = fs::remove_file(&socket);
-        let mut p = Podman { host: lab.host.clone(), socket: socket.clone(), service: None, names: Vec::new() };
+        let mut p = Podman {
+            host: lab.host.clone(),
+            socket: socket.clone(),
+            service: None,
+            names: Vec::new(),
+        };
         p.ensure_image();
         if api {
             let child = Command::new("nsenter")
@@ -1139,7 +1017,11 @@ impl Podman {
     }
 
     fn ensure_image(&self) {
-        if Command::new("podman").args(["image", "exists", BUSYBOX_IMAGE]).status().is_ok_and(|s| s.success()) {
+        if Command::new("podman")
+            .args(["image", "exists", BUSYBOX_IMAGE])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
             return;
         }
         let root = std::env::temp_dir().join(format!("imds-lab-rootfs-{}", std::process::id()));
@@ -1149,8 +1031,18 @@ impl Podman {
         for tool in ["sh", "nc", "printf", "wget", "sleep", "cat", "timeout"] {
             std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
         }
-        let mut tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
-        let out = Command::new("podman").args(["import", "-", BUSYBOX_IMAGE]).stdin(tar.stdout.take().unwrap()).output().unwrap();
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Command::new("podman")
+            .args(["import", "-", BUSYBOX_IMAGE])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
         let tar_ok = tar.wait().map(|s| s.success()).unwrap_or(false);
         let _ = fs::remove_dir_all(&root);
         assert!(tar_ok, "tar of the busybox rootfs failed");

@@ -3,8 +3,10 @@
 //! `cargo xtask test` (they are #[ignore]d in a plain `cargo test`).
 use std::{process::Stdio, time::Duration};
 
-
-use imds_lab::{Attach, Container, IMDS_V4, Lab, LabOpts, Value, bin, findings_for, kernel_has_drop_reasons, of_type};
+use imds_lab::{
+    Attach, Container, IMDS_V4, Lab, LabOpts, Value, bin, findings_for, kernel_has_drop_reasons,
+    of_type,
+};
 
 const TOKEN_PATH: &str = "/latest/api/token";
 /// For the kernel to hand over the last packets.
@@ -19,7 +21,11 @@ fn sdk(c: &Container, profile: &str, endpoint: &str) -> (u32, Vec<Value>) {
 fn token_puts<'a>(events: &'a [Value], c: &Container) -> Vec<&'a Value> {
     of_type(events, "request")
         .into_iter()
-        .filter(|e| e["method"] == "PUT" && e["path"] == TOKEN_PATH && e["cgroup"] == c.cgroup_rel().as_str())
+        .filter(|e| {
+            e["method"] == "PUT"
+                && e["path"] == TOKEN_PATH
+                && e["cgroup"] == c.cgroup_rel().as_str()
+        })
         .collect()
 }
 
@@ -40,9 +46,15 @@ fn assert_token_reply_dropped(events: &[Value], c: &Container, hop: u64) -> Valu
     let flow = put["flow"].clone();
     assert!(flow.as_u64().is_some_and(|f| f != 0), "PUT has no flow: {put}");
 
-    let at_host: Vec<_> = flow_events(events, "host_ingress", &flow).into_iter().filter(|e| e["status"] == 200).collect();
+    let at_host: Vec<_> = flow_events(events, "host_ingress", &flow)
+        .into_iter()
+        .filter(|e| e["status"] == 200)
+        .collect();
     assert!(!at_host.is_empty(), "the token reply was not seen at the host: {events:#?}");
-    assert!(at_host.iter().all(|e| e["ttl"] == hop), "token reply TTL at the host is not {hop}: {at_host:#?}");
+    assert!(
+        at_host.iter().all(|e| e["ttl"] == hop),
+        "token reply TTL at the host is not {hop}: {at_host:#?}"
+    );
 
     let drops = flow_events(events, "drop", &flow);
     let kernel_drops: Vec<_> = drops.iter().filter(|d| d.get("via").is_none()).collect();
@@ -50,12 +62,16 @@ fn assert_token_reply_dropped(events: &[Value], c: &Container, hop: u64) -> Valu
     assert!(
         kernel_drops.iter().any(|d| {
             let forwarding = d["location"] == "ip_forward" || d["location"] == "ip6_forward";
-            let ttl_reason = d["reason"] == "IP_INHDR" || d["reason"].as_str().is_some_and(|r| r.contains("TTL"));
+            let ttl_reason = d["reason"] == "IP_INHDR"
+                || d["reason"].as_str().is_some_and(|r| r.contains("TTL"));
             forwarding && (ttl_reason || !kernel_has_drop_reasons())
         }),
         "no TTL drop in ip_forward for the token reply's flow: {drops:#?}\nall: {events:#?}"
     );
-    assert!(kernel_drops.iter().all(|d| d["cgroup_id"] == c.cgroup_id()), "drop not attributed to the container");
+    assert!(
+        kernel_drops.iter().all(|d| d["cgroup_id"] == c.cgroup_id()),
+        "drop not attributed to the container"
+    );
     assert!(
         flow_events(events, "reply", &flow).iter().all(|r| r.get("status").is_none()),
         "the token reply reached the container"
@@ -90,9 +106,13 @@ fn hop_limit_1_routed_container_loses_the_token_reply() {
         "no ICMP time-exceeded evidence: {events:#?}"
     );
     // The client fell back to a tokenless GET, which worked (normal TTL).
-    let gets: Vec<_> = of_type(&events, "request").into_iter().filter(|e| e["method"] == "GET").collect();
+    let gets: Vec<_> =
+        of_type(&events, "request").into_iter().filter(|e| e["method"] == "GET").collect();
     assert!(gets.iter().all(|g| g["token_header"] == false), "fallback GETs carry no token");
-    assert!(of_type(&events, "reply").iter().any(|r| r["status"] == 200), "the fallback GET's reply was delivered");
+    assert!(
+        of_type(&events, "reply").iter().any(|r| r["status"] == 200),
+        "the fallback GET's reply was delivered"
+    );
 }
 
 #[test]
@@ -108,16 +128,24 @@ fn hop_limit_2_delivers_the_token_reply() {
     let put = token_puts(&events, &c)[0].clone();
     let flow = &put["flow"];
     // The first response on the connection is the token reply; GETs follow on it.
-    let token_reply = flow_events(&events, "host_ingress", flow).into_iter().find(|e| e["status"] == 200).cloned();
+    let token_reply = flow_events(&events, "host_ingress", flow)
+        .into_iter()
+        .find(|e| e["status"] == 200)
+        .cloned();
     assert_eq!(token_reply.expect("token reply at the host")["ttl"], 2);
     let replies = flow_events(&events, "reply", flow);
     assert!(replies.iter().any(|r| r["status"] == 200), "token reply not delivered: {events:#?}");
     assert!(replies.iter().all(|r| r["cgroup_id"] == c.cgroup_id()));
     assert!(of_type(&events, "drop").is_empty(), "unexpected drops: {events:#?}");
     // The GETs that followed carried the token header (never its value).
-    assert!(of_type(&events, "request").iter().any(|r| r["method"] == "GET" && r["token_header"] == true));
+    assert!(
+        of_type(&events, "request")
+            .iter()
+            .any(|r| r["method"] == "GET" && r["token_header"] == true)
+    );
     // And the verdict: healthy, no hop-limit finding.
-    let kinds: Vec<_> = findings_for(&events, &c.cgroup_rel()).iter().map(|f| f["kind"].clone()).collect();
+    let kinds: Vec<_> =
+        findings_for(&events, &c.cgroup_rel()).iter().map(|f| f["kind"].clone()).collect();
     assert!(!kinds.is_empty() && kinds.iter().all(|k| k == "healthy"), "{kinds:?}");
 }
 
@@ -134,10 +162,19 @@ fn host_network_process_gets_the_reply_at_hop_limit_1() {
     let put = token_puts(&events, &h)[0].clone();
     let flow = &put["flow"];
     // No forwarding: the host's own socket takes the TTL-1 reply.
-    assert!(flow_events(&events, "host_ingress", flow).iter().any(|e| e["ttl"] == 1 && e["status"] == 200));
-    assert!(flow_events(&events, "reply", flow).iter().any(|r| r["status"] == 200 && r["ttl"] == 1));
+    assert!(
+        flow_events(&events, "host_ingress", flow)
+            .iter()
+            .any(|e| e["ttl"] == 1 && e["status"] == 200)
+    );
+    assert!(
+        flow_events(&events, "reply", flow).iter().any(|r| r["status"] == 200 && r["ttl"] == 1)
+    );
     // Leaving the host, the request is seen with the host process's cgroup.
-    assert!(flow_events(&events, "host_egress", flow).iter().all(|e| e["ttl"] == put["ttl"]), "no forwarding hop");
+    assert!(
+        flow_events(&events, "host_egress", flow).iter().all(|e| e["ttl"] == put["ttl"]),
+        "no forwarding hop"
+    );
     assert!(of_type(&events, "drop").is_empty(), "{events:#?}");
 }
 
@@ -163,7 +200,10 @@ fn nat_bridge_drop_is_attributed_to_the_container() {
         assert_eq!(e["ttl"], 63);
     }
     // The other container's traffic is its own.
-    let b_reqs: Vec<_> = of_type(&events, "request").into_iter().filter(|e| e["cgroup_id"] == b.cgroup_id()).collect();
+    let b_reqs: Vec<_> = of_type(&events, "request")
+        .into_iter()
+        .filter(|e| e["cgroup_id"] == b.cgroup_id())
+        .collect();
     assert!(!b_reqs.is_empty());
     assert!(b_reqs.iter().all(|r| r["flow"] != flow));
 }
@@ -181,7 +221,10 @@ fn ipv6_endpoint_hop_limit_1_is_dropped_too() {
     let flow = assert_token_reply_dropped(&events, &c, 1);
     let put = token_puts(&events, &c)[0];
     assert_eq!(put["dst"], "[fd00:ec2::254]:80");
-    assert!(flow_events(&events, "drop", &flow).iter().any(|d| d["via"] == "icmp_time_exceeded"), "no ICMPv6 evidence");
+    assert!(
+        flow_events(&events, "drop", &flow).iter().any(|d| d["via"] == "icmp_time_exceeded"),
+        "no ICMPv6 evidence"
+    );
 }
 
 #[test]
@@ -192,14 +235,21 @@ fn traffic_to_other_addresses_makes_no_event() {
     let peer = lab.add_container("peer", Attach::Routed);
     // A TCP server (the fake IMDS binary on another address) and a UDP sink in the peer.
     let server = peer
-        .command(&bin("fake-imds"), &["--listen", &format!("{}:8080", peer.v4), "--hop-limit", "64"])
+        .command(
+            &bin("fake-imds"),
+            &["--listen", &format!("{}:8080", peer.v4), "--hop-limit", "64"],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut server = KillOnDrop(server);
     let mut ready = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.0.stdout.take().unwrap()), &mut ready).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
     let obs = lab.observer(&[]);
 
     let (_, timeline) = sdk(&c, "token-only", &format!("http://{}:8080", peer.v4));

@@ -13,12 +13,22 @@ fn loaded_programs() -> String {
 /// argument (before 5.17) is the `kfree_skb_plain` variant.
 fn our_programs() -> [&'static str; 7] {
     let kfree_skb = if kernel_has_drop_reasons() { "kfree_skb" } else { "kfree_skb_plain" };
-    ["cgroup_egress", "cgroup_ingress", "connect4", "connect6", "tc_ingress", "tc_egress", kfree_skb]
+    [
+        "cgroup_egress",
+        "cgroup_ingress",
+        "connect4",
+        "connect6",
+        "tc_ingress",
+        "tc_egress",
+        kfree_skb,
+    ]
 }
 
 /// The tc filters on the lab host's uplink (kernels without TCX).
 fn uplink_filters(lab: &Lab) -> String {
-    ["ingress", "egress"].map(|dir| sh(&["tc", "-n", &lab.host, "filter", "show", "dev", "uplink0", dir])).join("")
+    ["ingress", "egress"]
+        .map(|dir| sh(&["tc", "-n", &lab.host, "filter", "show", "dev", "uplink0", dir]))
+        .join("")
 }
 
 #[test]
@@ -29,12 +39,17 @@ fn sigint_detaches_every_program() {
     let obs = lab.observer(&[]);
     let running = loaded_programs();
     for p in our_programs() {
-        assert!(running.contains(&format!("name {p} ")), "{p} not loaded while running:\n{running}");
+        assert!(
+            running.contains(&format!("name {p} ")),
+            "{p} not loaded while running:\n{running}"
+        );
     }
     // Each program is attached by a link; tc ones only with TCX (6.6+),
     // before that by netlink filters on the uplink.
     let links = sh(&["bpftool", "link", "show"]);
-    for line in running.lines().filter(|l| our_programs().iter().any(|p| l.contains(&format!("name {p} ")))) {
+    for line in
+        running.lines().filter(|l| our_programs().iter().any(|p| l.contains(&format!("name {p} "))))
+    {
         if !kernel_has_tcx() && line.contains(" name tc_") {
             continue;
         }
@@ -43,7 +58,10 @@ fn sigint_detaches_every_program() {
     }
     if !kernel_has_tcx() {
         let filters = uplink_filters(&lab);
-        assert!(filters.contains("tc_ingress") && filters.contains("tc_egress"), "no netlink filters: {filters}");
+        assert!(
+            filters.contains("tc_ingress") && filters.contains("tc_egress"),
+            "no netlink filters: {filters}"
+        );
     }
     obs.stop();
     let after = loaded_programs();
@@ -64,7 +82,13 @@ fn sigint_detaches_every_program() {
 fn run_observer(args: &[&str], as_nobody: bool) -> (i32, String) {
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]);
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]);
         c.arg(bin("imds-observer"));
         c
     } else {
@@ -81,7 +105,8 @@ fn clear_errors_for_what_is_wrong() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("\"nosuch0\" does not exist"), "{err}");
 
-    let (code, err) = run_observer(&["run", "--duration", "1", "--cgroup-root", "/nonexistent/cgroup"], false);
+    let (code, err) =
+        run_observer(&["run", "--duration", "1", "--cgroup-root", "/nonexistent/cgroup"], false);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--cgroup-root /nonexistent/cgroup: no such directory"), "{err}");
 
@@ -90,10 +115,14 @@ fn clear_errors_for_what_is_wrong() {
     assert!(err.contains("missing capabilities: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"), "{err}");
 
     // A kernel without BTF (here: pointed elsewhere) is named, with what it needs.
-    let (code, err) = run_observer(&["run", "--duration", "1", "--kernel-btf", "/nonexistent/vmlinux"], false);
+    let (code, err) =
+        run_observer(&["run", "--duration", "1", "--kernel-btf", "/nonexistent/vmlinux"], false);
     assert_eq!(code, 2, "{err}");
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    assert!(err.contains(&format!("kernel {} has no BTF at /nonexistent/vmlinux", release.trim())), "{err}");
+    assert!(
+        err.contains(&format!("kernel {} has no BTF at /nonexistent/vmlinux", release.trim())),
+        "{err}"
+    );
     assert!(err.contains("CONFIG_DEBUG_INFO_BTF=y"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
@@ -139,13 +168,23 @@ fn sigkill_then_restart_leaves_no_duplicates_and_sigterm_detaches() {
     // The kernel released the killed instance's links with its fds; the
     // next start attaches once, and events still flow.
     let second = lab.observer(&[]);
-    assert!(program_counts().iter().all(|(_, n)| *n == 1), "duplicates after restart: {:?}", program_counts());
+    assert!(
+        program_counts().iter().all(|(_, n)| *n == 1),
+        "duplicates after restart: {:?}",
+        program_counts()
+    );
     assert_eq!(c.sdk("v1-only", "http://169.254.169.254").code, 0);
-    second.wait_for("a request after restart", std::time::Duration::from_secs(5), |e| e["type"] == "request");
+    second.wait_for("a request after restart", std::time::Duration::from_secs(5), |e| {
+        e["type"] == "request"
+    });
     let t0 = std::time::Instant::now();
     second.signal("TERM");
     assert!(t0.elapsed() < std::time::Duration::from_secs(2), "SIGTERM took {:?}", t0.elapsed());
-    assert!(program_counts().iter().all(|(_, n)| *n == 0), "left attached after SIGTERM: {:?}", program_counts());
+    assert!(
+        program_counts().iter().all(|(_, n)| *n == 0),
+        "left attached after SIGTERM: {:?}",
+        program_counts()
+    );
 }
 
 #[test]
@@ -171,7 +210,9 @@ fn second_instance_is_refused_unless_alongside() {
     // filters by name blinded it).
     let c = lab.add_container("app", Attach::Routed);
     assert_eq!(c.sdk("v1-only", "http://169.254.169.254").code, 0);
-    first.wait_for("the uplink still watched", std::time::Duration::from_secs(5), |e| e["type"] == "host_ingress");
+    first.wait_for("the uplink still watched", std::time::Duration::from_secs(5), |e| {
+        e["type"] == "host_ingress"
+    });
     assert!(program_counts().iter().all(|(_, n)| *n == 1), "{:?}", program_counts());
     first.stop();
 }
@@ -195,8 +236,12 @@ fn startup_says_what_this_kernel_lacks() {
 #[test]
 #[ignore = "lab: needs root and a kernel without drop reasons; run `cargo xtask test`"]
 fn old_kernel_verifier_rejection_shows_its_last_lines() {
-    assert!(!kernel_has_drop_reasons(), "this test needs a kernel without kfree_skb reasons (5.10)");
-    let btf = std::env::var("IMDS_LAB_NEWER_BTF").expect("IMDS_LAB_NEWER_BTF: a newer kernel's BTF");
+    assert!(
+        !kernel_has_drop_reasons(),
+        "this test needs a kernel without kfree_skb reasons (5.10)"
+    );
+    let btf =
+        std::env::var("IMDS_LAB_NEWER_BTF").expect("IMDS_LAB_NEWER_BTF: a newer kernel's BTF");
     let (code, err) = run_observer(&["run", "--duration", "1", "--kernel-btf", &btf], false);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("loading kfree_skb: the kernel's verifier rejected it"), "{err}");
@@ -219,8 +264,12 @@ fn observer_plain(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> (i32, St
         }
     }
     cmd.args(args).envs(env.iter().copied()).env("RUST_LOG", "warn");
-    let mut child =
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run imds-observer");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run imds-observer");
     // A refusal may exit before reading stdin: a broken pipe is fine.
     let _ = child.stdin.take().unwrap().write_all(stdin);
     let out = child.wait_with_output().unwrap();
@@ -277,14 +326,16 @@ fn report_from_a_recording_finds_the_failure() {
 #[test]
 fn report_refuses_input_with_no_event() {
     // 100 KB of binary garbage (newlines included, as in any binary file).
-    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> =
+        (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let (code, out, err) = observer_plain(&["report", "--from", "-"], &[], &garbage);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("stdin: no event to diagnose in") && err.contains("not JSON"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
     // `report --json` output (findings only) fed back.
-    let (code, findings, err) = observer_plain(&["report", "--from", "-", "--json"], &[], recording().as_bytes());
+    let (code, findings, err) =
+        observer_plain(&["report", "--from", "-", "--json"], &[], recording().as_bytes());
     assert_eq!(code, 1, "{err}");
     assert!(findings.contains("\"type\":\"finding\""), "{findings}");
     let file = temp_file("findings.jsonl", findings.as_bytes());
@@ -296,7 +347,8 @@ fn report_refuses_input_with_no_event() {
 
     // A single truncated line.
     let line = recording().lines().next().unwrap().to_string();
-    let (code, out, err) = observer_plain(&["report", "--from", "-"], &[], &line.as_bytes()[..line.len() / 2]);
+    let (code, out, err) =
+        observer_plain(&["report", "--from", "-"], &[], &line.as_bytes()[..line.len() / 2]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("no event to diagnose in 1 line: 1 not JSON"), "{err}");
 
@@ -353,7 +405,10 @@ fn variables_shared_with_run_do_not_conflict_with_from() {
         let args = [&["report", "--from", path][..], flag].concat();
         let (code, _, err) = observer_plain(&args, &[], b"");
         assert_eq!(code, 2, "{args:?}: {err}");
-        assert!(err.contains(&format!("{} cannot be used with --from", flag[0])), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{} cannot be used with --from", flag[0])),
+            "{args:?}: {err}"
+        );
     }
     let (code, _, err) = observer_plain(&["tui", "--from", path, "--iface", "eth0"], &[], b"");
     assert_eq!(code, 2, "{err}");
@@ -365,17 +420,29 @@ fn variables_shared_with_run_do_not_conflict_with_from() {
 fn boolean_variables_take_the_usual_spellings() {
     let rec = recording();
     for v in ["1", "true", "TRUE", "yes", "on", "On"] {
-        let (code, out, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", v)], rec.as_bytes());
+        let (code, out, err) = observer_plain(
+            &["report", "--from", "-"],
+            &[("IMDS_OBSERVER_JSON", v)],
+            rec.as_bytes(),
+        );
         assert_eq!(code, 1, "IMDS_OBSERVER_JSON={v}: {err}");
         assert!(out.starts_with("{\"type\":\"finding\""), "IMDS_OBSERVER_JSON={v}: {out}");
     }
     for v in ["0", "false", "no", "off", "OFF"] {
-        let (code, out, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", v)], rec.as_bytes());
+        let (code, out, err) = observer_plain(
+            &["report", "--from", "-"],
+            &[("IMDS_OBSERVER_JSON", v)],
+            rec.as_bytes(),
+        );
         assert_eq!(code, 1, "IMDS_OBSERVER_JSON={v}: {err}");
         assert!(!out.starts_with('{'), "IMDS_OBSERVER_JSON={v}: a table, not JSON: {out}");
     }
     // A bad value names the variable it came from.
-    let (code, _, err) = observer_plain(&["report", "--from", "-"], &[("IMDS_OBSERVER_JSON", "maybe")], rec.as_bytes());
+    let (code, _, err) = observer_plain(
+        &["report", "--from", "-"],
+        &[("IMDS_OBSERVER_JSON", "maybe")],
+        rec.as_bytes(),
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid value 'maybe' in IMDS_OBSERVER_JSON (for --json)"), "{err}");
     assert!(err.contains("1/0, true/false, yes/no or on/off"), "{err}");
@@ -384,10 +451,16 @@ fn boolean_variables_take_the_usual_spellings() {
     assert!(err.contains("IMDS_OBSERVER_ALONGSIDE"), "{err}");
     let (code, _, err) = observer_plain(&["run", "--duration", "x"], &[], b"");
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("'--duration <SECONDS>'") && !err.contains("IMDS_OBSERVER_DURATION="), "typed: {err}");
+    assert!(
+        err.contains("'--duration <SECONDS>'") && !err.contains("IMDS_OBSERVER_DURATION="),
+        "typed: {err}"
+    );
     let (code, _, err) = observer_plain(&["run"], &[("IMDS_OBSERVER_DURATION", "soon")], b"");
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("invalid value 'soon' in IMDS_OBSERVER_DURATION (for --duration)"), "{err}");
+    assert!(
+        err.contains("invalid value 'soon' in IMDS_OBSERVER_DURATION (for --duration)"),
+        "{err}"
+    );
 }
 
 /// A recording `cargo xtask demo` made before the typed-event change (hop
@@ -398,14 +471,18 @@ fn boolean_variables_take_the_usual_spellings() {
 fn a_recording_from_an_earlier_version_replays_to_the_same_findings() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings");
     let recording = dir.join("hop-limit-1.jsonl");
-    let (code, out, err) = observer_plain(&["report", "--from", recording.to_str().unwrap(), "--json"], &[], b"");
+    let (code, out, err) =
+        observer_plain(&["report", "--from", recording.to_str().unwrap(), "--json"], &[], b"");
     assert_eq!(code, 1, "{err}");
     let parse = |text: &str| -> Vec<serde_json::Value> {
-        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
     };
     let expected = parse(&std::fs::read_to_string(dir.join("hop-limit-1.report.json")).unwrap());
     let got = parse(&out);
-    let kinds = |v: &[serde_json::Value]| v.iter().map(|f| f["kind"].to_string()).collect::<Vec<_>>();
+    let kinds =
+        |v: &[serde_json::Value]| v.iter().map(|f| f["kind"].to_string()).collect::<Vec<_>>();
     assert_eq!(kinds(&got), kinds(&expected));
     for (g, e) in got.iter().zip(&expected) {
         assert_eq!(g, e, "finding {} changed", e["kind"]);

@@ -45,7 +45,12 @@ fn require_python() {
         if out.status.success() {
             Ok(())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or_default().to_string())
+            Err(String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_string())
         }
     });
     if let Err(e) = r {
@@ -60,8 +65,13 @@ fn require_python() {
 /// Run a Python snippet with `args`; its stdout is JSON.
 fn python_json(script: &str, args: &[&Path]) -> Value {
     require_python();
-    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("run python3");
-    assert!(out.status.success(), "python3 failed on {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        Command::new("python3").arg("-c").arg(script).args(args).output().expect("run python3");
+    assert!(
+        out.status.success(),
+        "python3 failed on {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("python printed JSON")
 }
 
@@ -125,7 +135,11 @@ fn object<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
 }
 
 fn strs(v: &Value) -> BTreeSet<String> {
-    v.as_array().unwrap_or_else(|| panic!("not a list: {v}")).iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -145,12 +159,19 @@ fn kubernetes_manifests_validate_against_the_schemas() {
                 .arg(file)
                 .output()
                 .expect("run kubernetes-validate");
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             // An unknown kind is only a WARN with exit status 0: require a
             // pass for every document, and nothing else.
             let passed = text.lines().filter(|l| l.contains(" passed for resource ")).count();
             assert!(
-                out.status.success() && passed == docs && !text.contains("WARN") && !text.contains("ERROR"),
+                out.status.success()
+                    && passed == docs
+                    && !text.contains("WARN")
+                    && !text.contains("ERROR"),
                 "{} against Kubernetes {version} (strict): {passed} of {docs} objects passed\n{text}",
                 file.display()
             );
@@ -175,14 +196,25 @@ fn kustomization_applies_every_manifest_in_one_namespace() {
     let objs = objects();
     assert_eq!(object(&objs, "Namespace")["metadata"]["name"], "imds-observer");
     for o in &objs {
-        if !["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap()) {
-            assert_eq!(o["metadata"]["namespace"], "imds-observer", "{} {}", o["kind"], o["metadata"]["name"]);
+        if !["Namespace", "ClusterRole", "ClusterRoleBinding"]
+            .contains(&o["kind"].as_str().unwrap())
+        {
+            assert_eq!(
+                o["metadata"]["namespace"], "imds-observer",
+                "{} {}",
+                o["kind"], o["metadata"]["name"]
+            );
         }
     }
     // The image the kustomization pins is the one the DaemonSet names.
-    let image = object(&objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
+    let image = object(&objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
     let pinned = &k["images"][0];
-    assert_eq!(image, format!("{}:{}", pinned["name"].as_str().unwrap(), pinned["newTag"].as_str().unwrap()));
+    assert_eq!(
+        image,
+        format!("{}:{}", pinned["name"].as_str().unwrap(), pinned["newTag"].as_str().unwrap())
+    );
 }
 
 #[test]
@@ -195,7 +227,11 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     assert_ne!(pod["hostPID"], true);
     assert_ne!(pod["hostIPC"], true);
     assert!(
-        pod["tolerations"].as_array().unwrap().iter().any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
+        pod["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
         "the DaemonSet must tolerate every taint: {}",
         pod["tolerations"]
     );
@@ -208,9 +244,13 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
 
-    let node_name: Vec<&Value> = c["env"].as_array().unwrap().iter().filter(|e| e["name"] == "NODE_NAME").collect();
+    let node_name: Vec<&Value> =
+        c["env"].as_array().unwrap().iter().filter(|e| e["name"] == "NODE_NAME").collect();
     assert_eq!(node_name.len(), 1, "NODE_NAME set once");
-    assert_eq!(node_name[0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName", "NODE_NAME from the downward API");
+    assert_eq!(
+        node_name[0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+        "NODE_NAME from the downward API"
+    );
 
     let sc = &c["securityContext"];
     assert_ne!(sc["privileged"], true, "no privileged mode");
@@ -218,7 +258,11 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["runAsUser"], 0);
     assert_eq!(strs(&sc["capabilities"]["drop"]), set(&["ALL"]));
-    assert_eq!(strs(&sc["capabilities"]["add"]), set(&CAPABILITIES), "capabilities beyond docs/deploy.md's");
+    assert_eq!(
+        strs(&sc["capabilities"]["add"]),
+        set(&CAPABILITIES),
+        "capabilities beyond docs/deploy.md's"
+    );
 
     // Read-only host mounts, among them the host's cgroup2 tree over the
     // container's own.
@@ -234,17 +278,33 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
         );
     }
     let host_path = |mount_path: &str| -> String {
-        let m = mounts.iter().find(|m| m["mountPath"] == mount_path).unwrap_or_else(|| panic!("no mount at {mount_path}"));
-        let v = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).expect("volume of the mount");
-        v["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("{} is not a hostPath", m["name"])).to_string()
+        let m = mounts
+            .iter()
+            .find(|m| m["mountPath"] == mount_path)
+            .unwrap_or_else(|| panic!("no mount at {mount_path}"));
+        let v = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .expect("volume of the mount");
+        v["hostPath"]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{} is not a hostPath", m["name"]))
+            .to_string()
     };
     assert_eq!(host_path("/sys/fs/cgroup"), "/sys/fs/cgroup");
     assert_eq!(host_path("/sys/kernel/btf"), "/sys/kernel/btf");
 
     // Metrics, probes and scrape annotations agree on one port.
-    let argv: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let argv: Vec<&str> =
+        c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(argv.first(), Some(&"run"), "{argv:?}");
-    let addr = argv.iter().position(|a| *a == "--metrics-addr").map(|i| argv[i + 1]).expect("--metrics-addr");
+    let addr = argv
+        .iter()
+        .position(|a| *a == "--metrics-addr")
+        .map(|i| argv[i + 1])
+        .expect("--metrics-addr");
     let port: u64 = addr.rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], port);
@@ -253,7 +313,10 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     let ann = &ds["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(ann["prometheus.io/scrape"], "true");
     assert_eq!(ann["prometheus.io/port"], port.to_string());
-    assert!(c["resources"]["requests"].get("cpu").is_some() && c["resources"]["limits"].get("memory").is_some());
+    assert!(
+        c["resources"]["requests"].get("cpu").is_some()
+            && c["resources"]["limits"].get("memory").is_some()
+    );
 }
 
 #[test]
@@ -301,13 +364,21 @@ fn nomad_task(file: &str) -> (Value, Value, Value) {
     let task = labelled(&group, "task", "imds-observer").clone();
     assert_eq!(block(&task, "env")["NODE_NAME"], "${node.unique.name}", "{file}");
 
-    let args: Vec<&str> = block(&task, "config")["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = block(&task, "config")["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     assert_eq!(args.first(), Some(&"run"), "{file}: {args:?}");
     assert!(args.contains(&"--metrics-addr"), "{file}: {args:?}");
 
     let service = block(&task, "service");
     let port = service["port"].as_str().unwrap();
-    assert!(labelled(network, "port", port).get("static").is_some(), "{file}: the metrics port is static");
+    assert!(
+        labelled(network, "port", port).get("static").is_some(),
+        "{file}: the metrics port is static"
+    );
     let check = block(service, "check");
     assert_eq!(check["type"], "http", "{file}");
     assert_eq!(check["path"], "/healthz", "{file}");
@@ -322,7 +393,10 @@ fn nomad_docker_job_is_a_host_network_system_job_with_the_three_capabilities() {
     let config = block(&task, "config");
     assert_eq!(config["network_mode"], "host");
     assert!(config["image"].as_str().unwrap().starts_with("ghcr.io/imds-observer/imds-observer:"));
-    assert_ne!(config["privileged"], true, "privileged is the documented alternative, not the default");
+    assert_ne!(
+        config["privileged"], true,
+        "privileged is the documented alternative, not the default"
+    );
     assert_eq!(config["readonly_rootfs"], true);
     assert_eq!(strs(&config["cap_drop"]), set(&["all"]));
     let lower: Vec<String> = CAPABILITIES.iter().map(|c| c.to_lowercase()).collect();
@@ -344,5 +418,8 @@ fn nomad_raw_exec_job_runs_the_installed_binary() {
     let (_, _, task) = nomad_task("imds-observer-exec.nomad.hcl");
     assert_eq!(task["driver"], "raw_exec");
     assert_eq!(block(&task, "config")["command"], "/usr/local/bin/imds-observer");
-    assert!(task.get("artifact").is_none(), "the artifact block is an example and stays commented out");
+    assert!(
+        task.get("artifact").is_none(),
+        "the artifact block is an example and stays commented out"
+    );
 }

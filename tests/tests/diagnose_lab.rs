@@ -21,8 +21,10 @@ fn latest<'a>(events: &'a [Value], c: &Container, kind: &str) -> Option<&'a Valu
 }
 
 fn kinds(events: &[Value], c: &Container) -> Vec<String> {
-    let mut k: Vec<String> =
-        findings_for(events, &c.cgroup_rel()).iter().map(|f| f["kind"].as_str().unwrap().to_string()).collect();
+    let mut k: Vec<String> = findings_for(events, &c.cgroup_rel())
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_string())
+        .collect();
     k.dedup();
     k
 }
@@ -38,7 +40,12 @@ fn unix(ts: &Value) -> f64 {
 /// order, within 50 ms of the client's own send times.
 fn assert_timeline_matches(finding: &Value, client: &ClientRun) {
     let timeline = finding["timeline"].as_array().expect("timeline");
-    assert_eq!(timeline.len(), client.lines.len(), "timeline {timeline:#?}\nclient {:#?}", client.lines);
+    assert_eq!(
+        timeline.len(),
+        client.lines.len(),
+        "timeline {timeline:#?}\nclient {:#?}",
+        client.lines
+    );
     for (seen, did) in timeline.iter().zip(&client.lines) {
         assert_eq!(seen["method"], did["method"]);
         assert_eq!(seen["path"], did["path"]);
@@ -46,7 +53,10 @@ fn assert_timeline_matches(finding: &Value, client: &ClientRun) {
         assert!(dt < 0.05, "attempt at {} seen {dt:.3}s off the client's own time", seen["ts"]);
         match did["outcome"].as_str().unwrap() {
             "timeout" => assert_eq!(seen["outcome"], "lost", "{seen}"),
-            "ok" => assert_eq!(seen["outcome"], if did["status"] == 200 { "ok".into() } else { did["status"].to_string() }),
+            "ok" => assert_eq!(
+                seen["outcome"],
+                if did["status"] == 200 { "ok".into() } else { did["status"].to_string() }
+            ),
             other => panic!("unexpected client outcome {other}"),
         }
     }
@@ -59,11 +69,17 @@ fn hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback() {
     let c = lab.add_container("js", Attach::Routed);
     let obs = lab.observer(&["--instance-id", "i-0123456789abcdef0"]);
     let client = c.sdk("js-v2", IMDS);
-    assert_eq!(client.lines.iter().filter(|l| l["method"] == "PUT").count(), 4, "{:?}", client.lines);
+    assert_eq!(
+        client.lines.iter().filter(|l| l["method"] == "PUT").count(),
+        4,
+        "{:?}",
+        client.lines
+    );
     let events = obs.finish(SETTLE);
     assert_fields_documented(&events);
 
-    let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("no hop_limit_exceeded: {:?}", kinds(&events, &c)));
+    let f = latest(&events, &c, "hop_limit_exceeded")
+        .unwrap_or_else(|| panic!("no hop_limit_exceeded: {:?}", kinds(&events, &c)));
     let ev = &f["evidence"];
     assert_eq!(ev["reply_ttl_at_host"], 1);
     assert_eq!(ev["forwarding_hops"], 1);
@@ -83,10 +99,17 @@ fn hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback() {
     assert!(fb["summary"].as_str().unwrap().contains("SSRF"), "{fb}");
 
     // The first verdict went out before the client's first 1 s timeout.
-    let first = findings_for(&events, &c.cgroup_rel()).into_iter().find(|f| f["kind"] == "hop_limit_exceeded").unwrap();
+    let first = findings_for(&events, &c.cgroup_rel())
+        .into_iter()
+        .find(|f| f["kind"] == "hop_limit_exceeded")
+        .unwrap();
     let first_put = client.lines[0]["t"].as_f64().unwrap();
     let at = unix(&first["ts"]);
-    assert!(at < first_put + 1.0, "first hop_limit_exceeded at +{:.3}s, after the client's timeout", at - first_put);
+    assert!(
+        at < first_put + 1.0,
+        "first hop_limit_exceeded at +{:.3}s, after the client's timeout",
+        at - first_put
+    );
 }
 
 #[test]
@@ -97,7 +120,8 @@ fn two_forwarding_hops_need_hop_limit_3() {
     let obs = lab.observer(&[]);
     c.sdk("botocore", IMDS);
     let events = obs.finish(SETTLE);
-    let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    let f = latest(&events, &c, "hop_limit_exceeded")
+        .unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert_eq!(f["evidence"]["reply_ttl_at_host"], 2);
     assert_eq!(f["evidence"]["forwarding_hops"], 2);
     assert_eq!(f["evidence"]["required_hop_limit"], 3);
@@ -139,13 +163,18 @@ fn botocore_one_put_then_tokenless_gets() {
     let c = lab.add_container("boto", Attach::Routed);
     let obs = lab.observer(&[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/botocore_client.py");
-    let run = c.client(Path::new("python3"), &[script.to_str().unwrap()], &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)]);
+    let run = c.client(
+        Path::new("python3"),
+        &[script.to_str().unwrap()],
+        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)],
+    );
     assert_eq!(run.code, 0, "botocore fell back to IMDSv1 and got credentials: {:?}", run.lines);
     let took = run.lines[0]["t_end"].as_f64().unwrap() - run.lines[0]["t_start"].as_f64().unwrap();
     assert!((1.0..2.0).contains(&took), "botocore waited {took:.2}s (one 1 s token timeout)");
     let events = obs.finish(SETTLE);
 
-    let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    let f = latest(&events, &c, "hop_limit_exceeded")
+        .unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     let t = f["timeline"].as_array().unwrap();
     assert_eq!(t[0]["method"], "PUT");
     assert_eq!(t[0]["outcome"], "lost");
@@ -165,11 +194,16 @@ fn aws_sdk_for_rust_one_put_then_fails_without_fallback() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("rust", Attach::Routed);
     let obs = lab.observer(&[]);
-    let run = c.client(&bin_dir().join("aws-sdk-rust-client"), &[], &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)]);
+    let run = c.client(
+        &bin_dir().join("aws-sdk-rust-client"),
+        &[],
+        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)],
+    );
     assert_eq!(run.code, 3, "the SDK for Rust has no IMDSv1 fallback: {:?}", run.lines);
     let events = obs.finish(SETTLE);
 
-    let f = latest(&events, &c, "hop_limit_exceeded").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    let f = latest(&events, &c, "hop_limit_exceeded")
+        .unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     let t = f["timeline"].as_array().unwrap();
     assert_eq!(t.len(), 1, "one PUT, nothing after: {t:#?}");
     assert_eq!((t[0]["method"].as_str(), t[0]["outcome"].as_str()), (Some("PUT"), Some("lost")));
@@ -187,7 +221,8 @@ fn tokens_required_401_is_explained_by_the_hop_limit() {
     let events = obs.finish(SETTLE);
     assert_fields_documented(&events);
     assert!(latest(&events, &c, "hop_limit_exceeded").is_some(), "{:?}", kinds(&events, &c));
-    let f = latest(&events, &c, "token_rejected").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    let f =
+        latest(&events, &c, "token_rejected").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert_eq!(f["evidence"]["status"], 401);
     let summary = f["summary"].as_str().unwrap();
     assert!(summary.contains("hop limit"), "401 not tied to the hop limit: {summary}");
@@ -203,7 +238,8 @@ fn nothing_on_the_ecs_endpoint_is_unreachable_not_hop_limit() {
     assert_eq!(run.lines[0]["outcome"], "refused");
     let events = obs.finish(SETTLE);
     assert_fields_documented(&events);
-    let f = latest(&events, &c, "unreachable").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
+    let f =
+        latest(&events, &c, "unreachable").unwrap_or_else(|| panic!("{:?}", kinds(&events, &c)));
     assert!(!f["summary"].as_str().unwrap().to_lowercase().contains("hop limit"), "{f}");
     assert!(f.get("fix").is_none() || !f["fix"].to_string().contains("hop-limit"));
     assert!(latest(&events, &c, "hop_limit_exceeded").is_none());
@@ -221,7 +257,8 @@ fn report_exit_codes_and_replay_match_live() {
     let (code, live_out) = live.wait(Duration::from_secs(15));
     assert_eq!(code, 1, "{live_out}");
     let (_, recording) = rec.wait(Duration::from_secs(15));
-    let file = std::env::temp_dir().join(format!("imds-lab-recording-{}.jsonl", std::process::id()));
+    let file =
+        std::env::temp_dir().join(format!("imds-lab-recording-{}.jsonl", std::process::id()));
     std::fs::write(&file, &recording).unwrap();
     let replay = std::process::Command::new(bin("imds-observer"))
         .args(["report", "--json", "--from", file.to_str().unwrap()])
@@ -234,23 +271,43 @@ fn report_exit_codes_and_replay_match_live() {
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|f| f["container"]["cgroup"] == c.cgroup_rel().as_str())
-            .map(|f| format!("{} {} {}", f["kind"], f["evidence"]["forwarding_hops"], f["evidence"]["required_hop_limit"]))
+            .map(|f| {
+                format!(
+                    "{} {} {}",
+                    f["kind"],
+                    f["evidence"]["forwarding_hops"],
+                    f["evidence"]["required_hop_limit"]
+                )
+            })
             .collect();
         v.sort();
         v
     };
     let live_keys = key(&live_out);
     assert!(live_keys.iter().any(|k| k.starts_with("\"hop_limit_exceeded\" 1 2")), "{live_keys:?}");
-    assert_eq!(live_keys, key(&String::from_utf8_lossy(&replay.stdout)), "replay differs from live");
+    assert_eq!(
+        live_keys,
+        key(&String::from_utf8_lossy(&replay.stdout)),
+        "replay differs from live"
+    );
 
     // The table names the finding and the fix.
-    let table = std::process::Command::new(bin("imds-observer")).args(["report", "--from", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().map(|mut ch| {
-        use std::io::Write;
-        ch.stdin.take().unwrap().write_all(recording.as_bytes()).unwrap();
-        ch.wait_with_output().unwrap()
-    }).unwrap();
+    let table = std::process::Command::new(bin("imds-observer"))
+        .args(["report", "--from", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(|mut ch| {
+            use std::io::Write;
+            ch.stdin.take().unwrap().write_all(recording.as_bytes()).unwrap();
+            ch.wait_with_output().unwrap()
+        })
+        .unwrap();
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("hop_limit_exceeded") && text.contains("--http-put-response-hop-limit 2"), "{text}");
+    assert!(
+        text.contains("hop_limit_exceeded") && text.contains("--http-put-response-hop-limit 2"),
+        "{text}"
+    );
     drop(lab);
 
     // Healthy host: exit 0.
@@ -262,9 +319,13 @@ fn report_exit_codes_and_replay_match_live() {
     assert_eq!(code, 0, "{out}");
 
     // Usage error: exit 2.
-    let bad = std::process::Command::new(bin("imds-observer")).args(["report", "--bogus"]).output().unwrap();
+    let bad = std::process::Command::new(bin("imds-observer"))
+        .args(["report", "--bogus"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
-    let no_source = std::process::Command::new(bin("imds-observer")).args(["report"]).output().unwrap();
+    let no_source =
+        std::process::Command::new(bin("imds-observer")).args(["report"]).output().unwrap();
     assert_eq!(no_source.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_source.stderr).contains("--duration"));
 }

@@ -55,9 +55,12 @@ fn alloc() -> Value {
 }
 
 fn last_hop_finding<'a>(events: &'a [Value], cgroup: &str) -> &'a Value {
-    findings_for(events, cgroup).into_iter().rfind(|f| f["kind"] == "hop_limit_exceeded").unwrap_or_else(|| {
-        panic!("no hop_limit_exceeded for {cgroup}: {:#?}", findings_for(events, cgroup))
-    })
+    findings_for(events, cgroup)
+        .into_iter()
+        .rfind(|f| f["kind"] == "hop_limit_exceeded")
+        .unwrap_or_else(|| {
+            panic!("no hop_limit_exceeded for {cgroup}: {:#?}", findings_for(events, cgroup))
+        })
 }
 
 struct TempDir(PathBuf);
@@ -89,7 +92,8 @@ fn findings_name_pods_and_nomad_allocations_from_their_apis() {
         &bin("fake-orchestrator"),
         &["--config", config.to_str().unwrap(), "--log", log.to_str().unwrap()],
     );
-    let ports: Vec<&str> = ready.strip_prefix("ready ").expect("fake-orchestrator ready line").split(' ').collect();
+    let ports: Vec<&str> =
+        ready.strip_prefix("ready ").expect("fake-orchestrator ready line").split(' ').collect();
     let (kube_port, nomad_port) = (ports[0], ports[1]);
     let kubeconfig = dir.0.join("kubeconfig");
     std::fs::write(
@@ -129,13 +133,22 @@ fn findings_name_pods_and_nomad_allocations_from_their_apis() {
     // observer; the Nomad lookup happens at the task's first packet).
     let t0 = Instant::now();
     while !obs.stderr.lock().unwrap().iter().any(|l| l.contains("pods on this node listed")) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "pods never listed: {:#?}", obs.stderr.lock().unwrap());
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "pods never listed: {:#?}",
+            obs.stderr.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
     let kr = kube.sdk("botocore", IMDS);
     let nr = task.sdk("botocore", IMDS);
-    assert!(!kr.lines.is_empty() && !nr.lines.is_empty(), "clients ran: {:?} {:?}", kr.lines, nr.lines);
+    assert!(
+        !kr.lines.is_empty() && !nr.lines.is_empty(),
+        "clients ran: {:?} {:?}",
+        kr.lines,
+        nr.lines
+    );
     let stderr = obs.stderr.clone();
     let events = obs.finish(SETTLE);
     common::assert_fields_documented(&events);
@@ -177,10 +190,17 @@ fn findings_name_pods_and_nomad_allocations_from_their_apis() {
     let kube_lines: Vec<&str> = seen.lines().filter(|l| l.starts_with("kube ")).collect();
     assert!(kube_lines.iter().any(|l| l.contains("watch=true")), "{seen}");
     for l in &kube_lines {
-        assert!(l.contains("fieldSelector=spec.nodeName%3Dlab-node") && l.ends_with("authorized=true"), "{l}");
+        assert!(
+            l.contains("fieldSelector=spec.nodeName%3Dlab-node") && l.ends_with("authorized=true"),
+            "{l}"
+        );
     }
     let nomad_lines: Vec<&str> = seen.lines().filter(|l| l.starts_with("nomad ")).collect();
-    assert_eq!(nomad_lines, vec![format!("nomad /v1/allocation/{ALLOC} authorized=true")], "one lookup, cached: {seen}");
+    assert_eq!(
+        nomad_lines,
+        vec![format!("nomad /v1/allocation/{ALLOC} authorized=true")],
+        "one lookup, cached: {seen}"
+    );
 
     // Tokens never reach the logs or the event stream.
     let stderr = stderr.lock().unwrap().join("\n");

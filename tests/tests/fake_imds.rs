@@ -2,13 +2,15 @@
 //! delivers even hop-limit-1 replies, so losing the token reply is simulated
 //! with a small in-test server that never answers PUTs.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 
@@ -18,10 +20,7 @@ const MARKERS: [&str; 2] = ["FAKETOKEN", "FAKESECRET"];
 
 fn assert_no_secrets(what: &str, text: &str) {
     for marker in MARKERS {
-        assert!(
-            !text.contains(marker),
-            "{what} leaks a {marker} value:\n{text}"
-        );
+        assert!(!text.contains(marker), "{what} leaks a {marker} value:\n{text}");
     }
 }
 
@@ -59,13 +58,9 @@ impl FakeImds {
         });
 
         let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
         assert_eq!(ready, "ready\n", "fake-imds did not start");
-        let addr = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("listening address");
+        let addr = rx.recv_timeout(Duration::from_secs(5)).expect("listening address");
         FakeImds { child, addr, log }
     }
 
@@ -91,10 +86,7 @@ struct Response {
 
 impl Response {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -104,9 +96,7 @@ struct Conn(BufReader<TcpStream>);
 impl Conn {
     fn open(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Conn(BufReader::new(stream))
     }
 
@@ -117,11 +107,7 @@ impl Conn {
     fn response(&mut self) -> Response {
         let mut line = String::new();
         self.0.read_line(&mut line).unwrap();
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect(&line);
+        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect(&line);
         let mut headers = Vec::new();
         loop {
             line.clear();
@@ -131,11 +117,7 @@ impl Conn {
             };
             headers.push((name.to_string(), value.trim().to_string()));
         }
-        let mut resp = Response {
-            status,
-            headers,
-            body: String::new(),
-        };
+        let mut resp = Response { status, headers, body: String::new() };
         let len: usize = resp.header("content-length").unwrap().parse().unwrap();
         let mut body = vec![0; len];
         self.0.read_exact(&mut body).unwrap();
@@ -169,10 +151,8 @@ fn new_token(addr: SocketAddr) -> String {
 
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
     let token = token.map(|t| format!("X-aws-ec2-metadata-token: {t}\r\n"));
-    Conn::open(addr).request(&format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{}\r\n",
-        token.unwrap_or_default()
-    ))
+    Conn::open(addr)
+        .request(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n{}\r\n", token.unwrap_or_default()))
 }
 
 #[test]
@@ -180,31 +160,17 @@ fn token_put_statuses() {
     let imds = FakeImds::start(&[]);
     let addr = imds.addr;
 
-    assert_eq!(
-        put_token(addr, TOKEN_PATH, None).status,
-        400,
-        "missing TTL header"
-    );
+    assert_eq!(put_token(addr, TOKEN_PATH, None).status, 400, "missing TTL header");
     for bad in ["0", "21601", "abc", "", "-5", "+5"] {
-        assert_eq!(
-            put_token(addr, TOKEN_PATH, Some(bad)).status,
-            400,
-            "TTL {bad:?}"
-        );
+        assert_eq!(put_token(addr, TOKEN_PATH, Some(bad)).status, 400, "TTL {bad:?}");
     }
-    assert_eq!(
-        put_token(addr, "/2021-01-01/api/token", Some("60")).status,
-        403
-    );
+    assert_eq!(put_token(addr, "/2021-01-01/api/token", Some("60")).status, 403);
     assert_eq!(put_token(addr, "/latest/api/other", Some("60")).status, 404);
 
     let resp = put_token(addr, TOKEN_PATH, Some("21600"));
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("content-type"), Some("text/plain"));
-    assert_eq!(
-        resp.header("x-aws-ec2-metadata-token-ttl-seconds"),
-        Some("21600")
-    );
+    assert_eq!(resp.header("x-aws-ec2-metadata-token-ttl-seconds"), Some("21600"));
     assert_eq!(resp.body.len(), 56);
     assert!(resp.body.starts_with("FAKETOKEN"));
     assert_ne!(resp.body, new_token(addr), "tokens must differ");
@@ -249,10 +215,7 @@ fn gets_with_optional_tokens() {
 
     let token = new_token(addr);
     assert_eq!(get(addr, ROLE_PATH, Some(&token)).status, 200);
-    assert_eq!(
-        get(addr, ROLE_PATH, Some("FAKETOKENnot-issued")).status,
-        401
-    );
+    assert_eq!(get(addr, ROLE_PATH, Some("FAKETOKENnot-issued")).status, 401);
     imds.finish();
 }
 
@@ -263,22 +226,13 @@ fn gets_with_required_tokens() {
 
     assert_eq!(get(addr, ROLE_PATH, None).status, 401);
     assert_eq!(get(addr, "/latest/meta-data/instance-id", None).status, 401);
-    assert_eq!(
-        get(addr, ROLE_PATH, Some("FAKETOKENnot-issued")).status,
-        401
-    );
+    assert_eq!(get(addr, ROLE_PATH, Some("FAKETOKENnot-issued")).status, 401);
 
     let token = new_token(addr);
     let role = get(addr, ROLE_PATH, Some(&token));
     assert_eq!((role.status, role.body.as_str()), (200, "web"));
-    assert_eq!(
-        get(addr, &format!("{ROLE_PATH}web"), Some(&token)).status,
-        200
-    );
-    assert_eq!(
-        get(addr, "/latest/meta-data/nope", Some(&token)).status,
-        404
-    );
+    assert_eq!(get(addr, &format!("{ROLE_PATH}web"), Some(&token)).status, 200);
+    assert_eq!(get(addr, "/latest/meta-data/nope", Some(&token)).status, 404);
     imds.finish();
 }
 
@@ -311,10 +265,7 @@ fn keep_alive_split_and_pipelined_requests() {
     conn.send(&(get_role + &get_id_close));
     assert_eq!(conn.response().status, 200);
     let last = conn.response();
-    assert_eq!(
-        (last.status, last.body.as_str()),
-        (200, "i-0123456789abcdef0")
-    );
+    assert_eq!((last.status, last.body.as_str()), (200, "i-0123456789abcdef0"));
     assert_eq!(last.header("connection"), Some("close"));
     assert!(conn.is_closed_by_peer());
 
@@ -324,11 +275,7 @@ fn keep_alive_split_and_pipelined_requests() {
         .filter(|l| l.contains(" GET ") || l.contains(" PUT "))
         .map(|l| l.split(' ').next().unwrap())
         .collect();
-    assert_eq!(
-        peers.len(),
-        1,
-        "all four requests on one connection:\n{log}"
-    );
+    assert_eq!(peers.len(), 1, "all four requests on one connection:\n{log}");
 }
 
 #[test]
@@ -383,10 +330,7 @@ fn parse_output(out: Output) -> Timeline {
         assert!(l["t"].as_f64().unwrap() > 1.0e9, "{l}");
         assert!(l["ms"].as_f64().unwrap() >= 0.0, "{l}");
     }
-    Timeline {
-        lines,
-        exit: out.status.code().unwrap(),
-    }
+    Timeline { lines, exit: out.status.code().unwrap() }
 }
 
 fn sdk_client(endpoint: &str, profile: &str, timeout_ms: u64) -> Timeline {
@@ -429,17 +373,10 @@ fn sdk_client_profiles_get_credentials() {
     // restored a normal TTL for them.
     let log = imds.finish();
     let peer = |l: &str| l.split(' ').next().unwrap().to_string();
-    let put_peers: Vec<_> = log
-        .lines()
-        .filter(|l| l.contains("ttl=1"))
-        .map(peer)
-        .collect();
+    let put_peers: Vec<_> = log.lines().filter(|l| l.contains("ttl=1")).map(peer).collect();
     assert_eq!(put_peers.len(), 4, "{log}");
     for p in put_peers {
-        let gets = log
-            .lines()
-            .filter(|l| l.starts_with(&format!("{p} GET ")))
-            .count();
+        let gets = log.lines().filter(|l| l.starts_with(&format!("{p} GET "))).count();
         assert_eq!(gets, 2, "{p}:\n{log}");
     }
 }
@@ -496,10 +433,7 @@ fn serve_blackhole(stream: TcpStream) {
             })
             .to_string()
         };
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         if reader.get_mut().write_all(reply.as_bytes()).is_err() {
             return;
         }
@@ -531,10 +465,7 @@ fn sdk_client_profiles_when_token_reply_is_lost() {
     for n in 0..3 {
         let gap = t[n + 1] - t[n];
         let max_backoff = f64::from(1u32 << n) * 0.1;
-        assert!(
-            gap >= 0.18 && gap <= 0.2 + max_backoff + 0.2,
-            "gap {n}: {gap}"
-        );
+        assert!(gap >= 0.18 && gap <= 0.2 + max_backoff + 0.2, "gap {n}: {gap}");
     }
 
     let run = sdk_client(&endpoint, "botocore", timeout);
@@ -556,10 +487,7 @@ fn sdk_client_profiles_when_token_reply_is_lost() {
 
 #[test]
 fn sdk_client_reports_refused_connections() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     // The listener is gone: nothing accepts on this port any more.
     let run = sdk_client(&format!("http://{addr}"), "rust", 1000);
     assert_eq!(run.exit, 3);

@@ -18,7 +18,11 @@ const SETTLE: Duration = Duration::from_millis(1500);
 fn hop_finding<'a>(events: &'a [Value], id: &str) -> &'a Value {
     events
         .iter()
-        .rfind(|e| e["type"] == "finding" && e["kind"] == "hop_limit_exceeded" && e["container"]["id"] == id)
+        .rfind(|e| {
+            e["type"] == "finding"
+                && e["kind"] == "hop_limit_exceeded"
+                && e["container"]["id"] == id
+        })
         .unwrap_or_else(|| {
             let found: Vec<_> = events.iter().filter(|e| e["type"] == "finding").collect();
             panic!("no hop_limit_exceeded for container {id}: {found:#?}")
@@ -45,7 +49,10 @@ fn podman_container_is_named_through_the_api() {
     // Behind podman's NAT bridge: one forwarding hop.
     assert_eq!(f["evidence"]["forwarding_hops"], 1);
     // The packets carry the same identity.
-    let req = events.iter().find(|e| e["type"] == "request" && e["container"]["id"] == id.as_str()).expect("request");
+    let req = events
+        .iter()
+        .find(|e| e["type"] == "request" && e["container"]["id"] == id.as_str())
+        .expect("request");
     assert_eq!(req["container"]["runtime"], "podman");
 }
 
@@ -109,7 +116,11 @@ fn churn_of_200_containers_is_attributed_and_memory_stays_flat() {
         let mine: Vec<_> = requests.iter().filter(|e| e["pid"] == *pid).collect();
         assert!(!mine.is_empty(), "no request from pid {pid} ({cgroup})");
         for e in mine {
-            assert_eq!(e["cgroup"], cgroup.as_str(), "pid {pid} attributed to the wrong cgroup: {e}");
+            assert_eq!(
+                e["cgroup"],
+                cgroup.as_str(),
+                "pid {pid} attributed to the wrong cgroup: {e}"
+            );
         }
     }
     // Flat: 180 more containers (and gone) cost less than 8 MiB.
@@ -126,7 +137,8 @@ fn cgroup_v1_container_is_named_through_its_veth() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     // Unique to this run (the lab's v1 hierarchy is shared): hex digits.
     let pid = std::process::id();
-    let ids = [format!("{:0>64}", format!("c1a55e7{pid}")), format!("{:0>64}", format!("1a7e4{pid}"))];
+    let ids =
+        [format!("{:0>64}", format!("c1a55e7{pid}")), format!("{:0>64}", format!("1a7e4{pid}"))];
     let before = lab.add_v1_container("v1-before", Attach::Bridge, &ids[0]);
     let obs = lab.observer(&[]);
     let after = lab.add_v1_container("v1-after", Attach::Bridge, &ids[1]);
@@ -139,7 +151,10 @@ fn cgroup_v1_container_is_named_through_its_veth() {
         let who = &f["container"];
         assert_eq!(who["runtime"], "docker", "{who}");
         assert_eq!(who["cgroup"], format!("/docker/{id}"), "the v1 path, from /proc/<pid>/cgroup");
-        assert!(who["veth"].as_str().is_some_and(|v| v.starts_with("veth")), "named through its veth: {who}");
+        assert!(
+            who["veth"].as_str().is_some_and(|v| v.starts_with("veth")),
+            "named through its veth: {who}"
+        );
         assert!(who["netns"].as_u64().is_some(), "{who}");
         assert!(who.get("cgroup_id").is_none(), "no cgroup2 cgroup of its own: {who}");
         assert!(who.get("host").is_none(), "{who}");
@@ -147,7 +162,8 @@ fn cgroup_v1_container_is_named_through_its_veth() {
 
         // Every packet the client sent is attributed to it, the very first
         // one too (it waited for the veth).
-        let requests: Vec<&Value> = events.iter().filter(|e| e["type"] == "request" && e["pid"] == run.pid).collect();
+        let requests: Vec<&Value> =
+            events.iter().filter(|e| e["type"] == "request" && e["pid"] == run.pid).collect();
         assert!(requests.len() >= 3, "{} requests from {}", requests.len(), c.name);
         for r in &requests {
             assert_eq!(r["container"]["id"], id.as_str(), "{r}");

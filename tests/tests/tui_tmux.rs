@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imds_lab::{bin, Attach, Lab, LabOpts, IMDS_V4};
-use serde_json::{json, Value};
+use imds_lab::{Attach, IMDS_V4, Lab, LabOpts, bin};
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
 const APP: &str = "/kubepods.slice/kubepods-besteffort.slice/cri-containerd-3f2a9c1b7d4e.scope";
@@ -32,10 +32,23 @@ struct Tmux {
 impl Tmux {
     /// A 100x30 session running a plain shell with a known prompt.
     fn new(name: &str) -> Tmux {
-        let t = Tmux { socket: format!("imds-tui-{}-{name}", std::process::id()), session: "tui".into() };
+        let t = Tmux {
+            socket: format!("imds-tui-{}-{name}", std::process::id()),
+            session: "tui".into(),
+        };
         t.tmux(&["kill-server"]).ok();
         let out = t
-            .tmux(&["new-session", "-d", "-s", &t.session, "-x", "100", "-y", "30", "env PS1='tui-test$ ' sh"])
+            .tmux(&[
+                "new-session",
+                "-d",
+                "-s",
+                &t.session,
+                "-x",
+                "100",
+                "-y",
+                "30",
+                "env PS1='tui-test$ ' sh",
+            ])
             .expect("tmux is installed (CI setup installs it)");
         assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
         t.wait_for("the shell prompt", |s| s.contains("tui-test$"));
@@ -56,7 +69,11 @@ impl Tmux {
         let mut args = vec!["send-keys", "-t", &self.session];
         args.extend_from_slice(keys);
         let out = self.tmux(&args).expect("tmux send-keys");
-        assert!(out.status.success(), "send-keys {keys:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "send-keys {keys:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Keys sent back to back can merge (Esc then `/` reads as Alt-/).
         thread::sleep(Duration::from_millis(150));
     }
@@ -80,7 +97,9 @@ impl Tmux {
     }
 
     fn display(&self, format: &str) -> String {
-        let out = self.tmux(&["display-message", "-p", "-t", &self.session, format]).expect("tmux display");
+        let out = self
+            .tmux(&["display-message", "-p", "-t", &self.session, format])
+            .expect("tmux display");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -149,7 +168,14 @@ struct Conn {
 
 impl Conn {
     fn new(flow: u64, cg: u64, path: &'static str, hops: u8) -> Conn {
-        Conn { flow, cg, path, hops, cseq: 1000 + flow as u32 * 7919, sseq: 5_000_000 + flow as u32 * 10 }
+        Conn {
+            flow,
+            cg,
+            path,
+            hops,
+            cseq: 1000 + flow as u32 * 7919,
+            sseq: 5_000_000 + flow as u32 * 10,
+        }
     }
 
     fn ev(&self, kind: &str, ms: u64) -> Value {
@@ -173,7 +199,13 @@ impl Conn {
     }
 
     /// A packet the client sends: at its socket, then leaving the uplink.
-    fn send(&mut self, ms: u64, flags: &str, len: u32, http: Option<(&str, &str, bool)>) -> Vec<Value> {
+    fn send(
+        &mut self,
+        ms: u64,
+        flags: &str,
+        len: u32,
+        http: Option<(&str, &str, bool)>,
+    ) -> Vec<Value> {
         let mut v = Vec::new();
         for (kind, ttl) in [("request", 64), ("host_egress", 64 - self.hops)] {
             let mut e = self.ev(kind, ms);
@@ -192,13 +224,21 @@ impl Conn {
             }
             v.push(e);
         }
-        self.cseq = self.cseq.wrapping_add(len + u32::from(flags.contains("SYN") || flags.contains("FIN")));
+        self.cseq =
+            self.cseq.wrapping_add(len + u32::from(flags.contains("SYN") || flags.contains("FIN")));
         v
     }
 
     /// A packet from the endpoint reaching the uplink with `ttl`: delivered
     /// if it survives the hops, else dropped by the host (plus its ICMP).
-    fn receive(&mut self, ms: u64, flags: &str, len: u32, status: Option<u16>, ttl: u8) -> Vec<Value> {
+    fn receive(
+        &mut self,
+        ms: u64,
+        flags: &str,
+        len: u32,
+        status: Option<u16>,
+        ttl: u8,
+    ) -> Vec<Value> {
         let mut hi = self.ev("host_ingress", ms);
         hi["src"] = json!("169.254.169.254:80");
         hi["dst"] = json!("10.0.1.33:41644");
@@ -253,7 +293,12 @@ fn hop_limit_failure() -> Vec<Value> {
     v.extend(a.send(1001, "FIN|ACK", 0, None));
     let mut b = Conn::new(12, 1108, APP, 1);
     v.extend(b.connect(1003));
-    v.extend(b.send(1005, "PSH|ACK", 120, Some(("GET", "/latest/meta-data/iam/security-credentials/", false))));
+    v.extend(b.send(
+        1005,
+        "PSH|ACK",
+        120,
+        Some(("GET", "/latest/meta-data/iam/security-credentials/", false)),
+    ));
     v.extend(b.receive(1006, "PSH|ACK", 56, Some(200), 64));
     let mut h = Conn::new(50, 7, AGENT, 0);
     v.extend(h.connect(2000));
@@ -271,7 +316,10 @@ fn observer() -> String {
 }
 
 fn row<'a>(screen: &'a str, needle: &str) -> &'a str {
-    screen.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no row with {needle}:\n{screen}"))
+    screen
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no row with {needle}:\n{screen}"))
 }
 
 #[test]
@@ -285,15 +333,27 @@ fn recorded_stream_failing_container_detail_filter_and_quit() {
 
     let t = Tmux::new("recorded");
     t.run(&format!("{} tui --from {}; echo exit=$?", observer(), file.display()));
-    let s = t.wait_for("the failing container", |s| s.contains("hop_limit_exceeded") && s.contains("healthy"));
+    let s = t.wait_for("the failing container", |s| {
+        s.contains("hop_limit_exceeded") && s.contains("healthy")
+    });
     let lines: Vec<&str> = s.lines().collect();
-    assert!(lines[0].starts_with("imds-observer · from ") && lines[0].contains("events lost 0"), "{s}");
+    assert!(
+        lines[0].starts_with("imds-observer · from ") && lines[0].contains("events lost 0"),
+        "{s}"
+    );
     assert_eq!(lines[1], "node ip-10-0-1-17 · uplinks ens5 · hop limit 1", "{s}");
-    assert!(lines[2].starts_with("2 containers · hop_limit_exceeded 1 · imdsv1_fallback 1 · healthy 1"), "{s}");
+    assert!(
+        lines[2].starts_with("2 containers · hop_limit_exceeded 1 · imdsv1_fallback 1 · healthy 1"),
+        "{s}"
+    );
     // Worst first, selected: the pod, 1 token PUT lost, 1 hop, needs 2.
     let app = row(&s, "hop_limit_exceeded +1");
     let cells: Vec<&str> = app.split_whitespace().collect();
-    assert_eq!(cells[..8], ["▶", "web", POD, "2", "0/1", "1", "1", "2"], "REQ, PUT ok/lost, IMDSv1, HOPS, NEED:\n{s}");
+    assert_eq!(
+        cells[..8],
+        ["▶", "web", POD, "2", "0/1", "1", "1", "2"],
+        "REQ, PUT ok/lost, IMDSv1, HOPS, NEED:\n{s}"
+    );
     assert!(row(&s, AGENT_SHOWN).contains("healthy"));
     assert!(s.contains("1 line skipped"), "the garbage line is counted:\n{s}");
 
@@ -303,7 +363,10 @@ fn recorded_stream_failing_container_detail_filter_and_quit() {
     assert!(s.contains("runtime containerd · workload shop/web-7d9c4"), "{s}");
     assert!(s.contains(&format!("cgroup {APP}")), "{s}");
     assert!(s.contains("1 IMDSv2 token reply reached the host with TTL 1"), "{s}");
-    assert!(s.contains("    aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\\n"), "{s}");
+    assert!(
+        s.contains("    aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\\n"),
+        "{s}"
+    );
     assert!(s.contains("        --http-put-response-hop-limit 2 --http-endpoint enabled\n"), "{s}");
     t.keys(&["G"]);
     let s = t.wait_for("the timeline", |s| s.contains("TIMELINE"));
@@ -317,10 +380,13 @@ fn recorded_stream_failing_container_detail_filter_and_quit() {
     t.keys(&["-l", "agent"]);
     t.wait_for("the filter prompt", |s| s.lines().last().is_some_and(|l| l.starts_with("/agent█")));
     t.keys(&["Enter"]);
-    let s = t.wait_for("the filtered table", |s| s.contains("filter \"agent\"") && !s.contains(POD));
+    let s =
+        t.wait_for("the filtered table", |s| s.contains("filter \"agent\"") && !s.contains(POD));
     assert!(row(&s, AGENT_SHOWN).starts_with("▶ "), "{s}");
     t.keys(&["Escape"]);
-    t.wait_for("the filter cleared", |s| s.contains(POD) && s.contains(AGENT_SHOWN) && !s.contains("filter \""));
+    t.wait_for("the filter cleared", |s| {
+        s.contains(POD) && s.contains(AGENT_SHOWN) && !s.contains("filter \"")
+    });
 
     // `q` quits and gives the terminal back.
     t.keys(&["q"]);
@@ -403,7 +469,8 @@ fn stdin_stream_is_shown_as_it_is_written() {
 
     w.write_all(jsonl(&events[put..]).as_bytes()).unwrap();
     w.flush().unwrap();
-    let s = t.wait_for("the finding", |s| s.contains("hop_limit_exceeded") && s.contains(AGENT_SHOWN));
+    let s =
+        t.wait_for("the finding", |s| s.contains("hop_limit_exceeded") && s.contains(AGENT_SHOWN));
     assert!(!s.contains("end of stream"), "still open:\n{s}");
     drop(w);
     t.wait_for("the end of the stream", |s| s.contains("end of stream"));
@@ -426,7 +493,9 @@ fn live_in_the_lab_shows_the_failure_as_it_happens() {
     t.wait_for("the capture", |s| s.contains("· live on ") && s.contains("capturing"));
     c.sdk("botocore", &format!("http://{IMDS_V4}"));
     let label = c.cgroup_rel();
-    let s = t.wait_for("the failing container", |s| s.contains("hop_limit_exceeded") && s.contains(&label));
+    let s = t.wait_for("the failing container", |s| {
+        s.contains("hop_limit_exceeded") && s.contains(&label)
+    });
     assert!(s.contains("hop limit 1"), "{s}");
     t.keys(&["Enter"]);
     t.wait_for("the fix", |s| s.contains("--http-put-response-hop-limit 2"));

@@ -98,9 +98,9 @@ fn cargo() -> Command {
 }
 
 fn cargo_home() -> PathBuf {
-    env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+    env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+    })
 }
 
 fn is_root() -> bool {
@@ -111,11 +111,29 @@ fn setup() -> Result<()> {
     // The nightly toolchain builds the eBPF object (-Z build-std=core).
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let comps = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    let comps = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
     if !comps.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     // The container image holds a static binary.
     let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
@@ -140,10 +158,15 @@ fn install_bpf_linker() -> Result<()> {
     let major = llvm.split('.').next().unwrap_or_default().to_string();
     let bin = cargo_home().join("bin/bpf-linker");
     let stamp = cargo_home().join(format!("imds-observer/bpf-linker-llvm-{llvm}"));
-    if bin.exists() && stamp.exists() && Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if bin.exists()
+        && stamp.exists()
+        && Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
-    let sysroot = PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
     let libdir = sysroot.join("lib");
     let lib = std::fs::read_dir(&libdir)?
         .flatten()
@@ -162,7 +185,15 @@ fn install_bpf_linker() -> Result<()> {
     }
     eprintln!("building bpf-linker 0.13.0 against nightly's LLVM {llvm} (about 90 s, once)");
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--force", "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--locked",
+            "--force",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major}")])
         .arg("--root")
         .arg(cargo_home())
@@ -197,7 +228,8 @@ fn lab_packages() -> Result<()> {
 /// Install the Debian packages whose commands (`(command, package)`) are
 /// missing.
 fn apt_install(need: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = need.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> =
+        need.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -213,7 +245,11 @@ fn apt_install(need: &[(&str, &str)]) -> Result<()> {
 
 /// Install PyPI packages unless `module` imports already.
 fn pip_install(module: &str, packages: &[&str]) -> Result<()> {
-    if Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success()) {
+    if Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     // Debian's own python refuses pip installs unless told (PEP 668).
@@ -242,7 +278,10 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
     setup()?;
     // The deploy-manifest checks validate offline against the Kubernetes
     // schemas kubernetes-validate ships, and parse the Nomad jobs.
-    pip_install("kubernetes_validate, hcl2", &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"])?;
+    pip_install(
+        "kubernetes_validate, hcl2",
+        &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"],
+    )?;
     // Some plain tests start the binaries (the TUI in tmux, the lab's helpers).
     run(cargo().args(LAB_BINS))?;
     let mut total = Tally::default();
@@ -253,7 +292,9 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
     run(cargo().args(["check", "-p", "imds-observer", "--no-default-features"]))?;
     if !unit_only {
         if !is_root() {
-            bail!("the lab tests need root (eBPF, namespaces, cgroups): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
+            bail!(
+                "the lab tests need root (eBPF, namespaces, cgroups): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`"
+            );
         }
         lab_packages()?;
         run(cargo().args(["build", "--bins", "-p", "aws-sdk-rust-client"]))?;
@@ -262,7 +303,16 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         run(cargo().args(MUSL_OBSERVER))?;
         total += run_tests(
             cargo()
-                .args(["test", "-p", "imds-lab", "--tests", "--no-fail-fast", "--", "--ignored", "--test-threads=1"])
+                .args([
+                    "test",
+                    "-p",
+                    "imds-lab",
+                    "--tests",
+                    "--no-fail-fast",
+                    "--",
+                    "--ignored",
+                    "--test-threads=1",
+                ])
                 // Tests for kernels without drop reasons: the matrix's 5.10 runs them.
                 .args(["--skip", OLD_KERNEL_TESTS])
                 .args(filter),
@@ -314,7 +364,10 @@ impl std::ops::AddAssign for Tally {
 fn run_tests(cmd: &mut Command) -> Result<Tally> {
     use std::io::{BufRead, BufReader};
     eprintln!("+ {cmd:?}");
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
     let mut tally = Tally::default();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line?;
@@ -361,7 +414,15 @@ const GUEST_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// The lab test binaries, built, by target name.
 fn lab_test_binaries() -> Result<Vec<(String, PathBuf)>> {
-    let out = output(cargo().args(["test", "-p", "imds-lab", "--tests", "--no-run", "--message-format=json", "-q"]))?;
+    let out = output(cargo().args([
+        "test",
+        "-p",
+        "imds-lab",
+        "--tests",
+        "--no-run",
+        "--message-format=json",
+        "-q",
+    ]))?;
     let mut bins = Vec::new();
     for line in out.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
@@ -379,13 +440,19 @@ fn matrix_script(tests: &[(&str, Vec<String>)]) -> Result<String> {
     let observer = root_dir().join(format!("target/{MUSL}/release/imds-observer"));
     // A newer kernel's BTF (this machine's), for the tests of old kernels.
     let btf = vm::host_btf()?;
-    let mut script =
-        format!("export IMDS_OBSERVER_BIN='{}' IMDS_LAB_NEWER_BTF='{}'\nrc=0\n", observer.display(), btf.display());
+    let mut script = format!(
+        "export IMDS_OBSERVER_BIN='{}' IMDS_LAB_NEWER_BTF='{}'\nrc=0\n",
+        observer.display(),
+        btf.display()
+    );
     for (target, names) in tests {
         if names.is_empty() {
             continue;
         }
-        let exe = bins.iter().find(|(n, _)| n == target).with_context(|| format!("no test binary {target}"))?;
+        let exe = bins
+            .iter()
+            .find(|(n, _)| n == target)
+            .with_context(|| format!("no test binary {target}"))?;
         script += &format!(
             "'{}' --ignored --test-threads=1 --color never --exact {} || rc=1\n",
             exe.1.display(),
@@ -400,10 +467,15 @@ fn matrix_script(tests: &[(&str, Vec<String>)]) -> Result<String> {
 /// The matrix's tests for kernel `k`; kernels without drop reasons also
 /// run the `old_kernel_` tests.
 fn matrix_tests(k: &vm::Unpacked) -> Vec<(&'static str, Vec<String>)> {
-    let mut tests: Vec<_> =
-        MATRIX_TESTS.iter().map(|(t, names)| (*t, names.iter().map(|n| n.to_string()).collect())).collect();
+    let mut tests: Vec<_> = MATRIX_TESTS
+        .iter()
+        .map(|(t, names)| (*t, names.iter().map(|n| n.to_string()).collect()))
+        .collect();
     if !k.has_drop_reasons() {
-        tests.push(("cli_lab", vec!["old_kernel_verifier_rejection_shows_its_last_lines".to_string()]));
+        tests.push((
+            "cli_lab",
+            vec!["old_kernel_verifier_rejection_shows_its_last_lines".to_string()],
+        ));
     }
     tests
 }
@@ -412,7 +484,8 @@ fn matrix_tests(k: &vm::Unpacked) -> Vec<(&'static str, Vec<String>)> {
 fn kernel_matrix() -> Result<Tally> {
     vm::packages()?;
     let kernels = vm::kernels()?;
-    let scripts = kernels.iter().map(|k| matrix_script(&matrix_tests(k))).collect::<Result<Vec<_>>>()?;
+    let scripts =
+        kernels.iter().map(|k| matrix_script(&matrix_tests(k))).collect::<Result<Vec<_>>>()?;
     // The guests run side by side: most of a lab test is waiting (client
     // timeouts, settling), so they share the two cores well, and the
     // matrix takes about as long as its slowest kernel.
@@ -424,12 +497,20 @@ fn kernel_matrix() -> Result<Tally> {
                 s.spawn(move || {
                     let t0 = std::time::Instant::now();
                     let t = vm::boot(k, script, GUEST_LIMIT)?;
-                    eprintln!("kernel {}: {} passed, {} failed in {:.0?}", k.release, t.passed, t.failed, t0.elapsed());
+                    eprintln!(
+                        "kernel {}: {} passed, {} failed in {:.0?}",
+                        k.release,
+                        t.passed,
+                        t.failed,
+                        t0.elapsed()
+                    );
                     Ok(t)
                 })
             })
             .collect();
-        runs.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a guest's thread panicked")))).collect()
+        runs.into_iter()
+            .map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a guest's thread panicked"))))
+            .collect()
     });
     let mut total = Tally::default();
     for r in results {
@@ -442,7 +523,9 @@ fn kernel_matrix() -> Result<Tally> {
 fn vm_one(kernel: &str, tests: &[String]) -> Result<()> {
     setup()?;
     if !is_root() {
-        bail!("the guests run the lab as root and need root to start virtiofsd: run `sudo -E cargo xtask vm {kernel}`");
+        bail!(
+            "the guests run the lab as root and need root to start virtiofsd: run `sudo -E cargo xtask vm {kernel}`"
+        );
     }
     lab_packages()?;
     vm::packages()?;
@@ -453,7 +536,10 @@ fn vm_one(kernel: &str, tests: &[String]) -> Result<()> {
         matrix_tests(&k)
     } else {
         // Each name goes to whichever binary has it (the others print 0 passed).
-        MATRIX_TESTS.iter().map(|(t, _)| *t).chain(["capture_lab", "diagnose_lab", "cli_lab", "identity_lab"])
+        MATRIX_TESTS
+            .iter()
+            .map(|(t, _)| *t)
+            .chain(["capture_lab", "diagnose_lab", "cli_lab", "identity_lab"])
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .map(|t| (t, tests.to_vec()))
@@ -470,7 +556,9 @@ fn vm_one(kernel: &str, tests: &[String]) -> Result<()> {
 fn demo() -> Result<()> {
     setup()?;
     if !is_root() {
-        bail!("the demo builds network namespaces and loads eBPF programs: run `sudo -E cargo xtask demo`");
+        bail!(
+            "the demo builds network namespaces and loads eBPF programs: run `sudo -E cargo xtask demo`"
+        );
     }
     lab_packages()?;
     run(cargo().args(LAB_BINS))?;
@@ -480,7 +568,9 @@ fn demo() -> Result<()> {
 fn bench() -> Result<()> {
     setup()?;
     if !is_root() {
-        bail!("the lab benchmark loads eBPF programs and builds namespaces: run `sudo -E cargo xtask bench`");
+        bail!(
+            "the lab benchmark loads eBPF programs and builds namespaces: run `sudo -E cargo xtask bench`"
+        );
     }
     lab_packages()?;
     run(cargo().args(LAB_BINS))?;

@@ -33,9 +33,21 @@ pub struct Kernel {
 }
 
 pub const MATRIX: &[Kernel] = &[
-    Kernel { name: "5.10", suites: &["bullseye", "bullseye-security"], meta: "linux-image-cloud-amd64" },
-    Kernel { name: "6.1", suites: &["bookworm", "bookworm-security"], meta: "linux-image-cloud-amd64" },
-    Kernel { name: "6.12", suites: &["bookworm", "bookworm-security"], meta: "linux-image-6.12-cloud-amd64" },
+    Kernel {
+        name: "5.10",
+        suites: &["bullseye", "bullseye-security"],
+        meta: "linux-image-cloud-amd64",
+    },
+    Kernel {
+        name: "6.1",
+        suites: &["bookworm", "bookworm-security"],
+        meta: "linux-image-cloud-amd64",
+    },
+    Kernel {
+        name: "6.12",
+        suites: &["bookworm", "bookworm-security"],
+        meta: "linux-image-6.12-cloud-amd64",
+    },
 ];
 
 /// A kernel unpacked and ready to boot.
@@ -90,7 +102,11 @@ fn fetch(k: &Kernel) -> Result<Unpacked> {
     let done = dir.join("release");
     if let Ok(release) = fs::read_to_string(&done) {
         let release = release.trim().to_string();
-        return Ok(Unpacked { vmlinuz: dir.join(format!("root/boot/vmlinuz-{release}")), root: dir.join("root"), release });
+        return Ok(Unpacked {
+            vmlinuz: dir.join(format!("root/boot/vmlinuz-{release}")),
+            root: dir.join("root"),
+            release,
+        });
     }
     let state = vm_dir().join(format!("apt-{}", k.suites[0]));
     fs::create_dir_all(state.join("lists/partial"))?;
@@ -101,14 +117,21 @@ fn fetch(k: &Kernel) -> Result<Unpacked> {
     let mut list = String::new();
     for s in k.suites {
         let base = if s.ends_with("-security") { &security } else { &mirror };
-        list += &format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {base} {s} main\n");
+        list += &format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {base} {s} main\n"
+        );
     }
     fs::write(state.join("sources.list"), list)?;
     if !state.join("updated").exists() {
         run(apt("apt-get", &state).arg("update"))?;
         fs::write(state.join("updated"), "")?;
     }
-    let deps = output(apt("apt-cache", &state).args(["depends", "--no-recommends", "--no-suggests", k.meta]))?;
+    let deps = output(apt("apt-cache", &state).args([
+        "depends",
+        "--no-recommends",
+        "--no-suggests",
+        k.meta,
+    ]))?;
     let pkg = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -141,7 +164,8 @@ fn module_chain(k: &Unpacked, name: &str) -> Vec<PathBuf> {
     let dep = fs::read_to_string(base.join("modules.dep")).unwrap_or_default();
     let Some(line) = dep.lines().find(|l| {
         let file = l.split(':').next().unwrap_or("");
-        Path::new(file).file_name().and_then(|n| n.to_str()).and_then(|n| n.split('.').next()) == Some(name)
+        Path::new(file).file_name().and_then(|n| n.to_str()).and_then(|n| n.split('.').next())
+            == Some(name)
     }) else {
         return Vec::new();
     };
@@ -172,7 +196,11 @@ fn initramfs(k: &Unpacked) -> Result<PathBuf> {
             if seen.contains(&src) {
                 continue;
             }
-            let stem = src.file_name().and_then(|n| n.to_str()).and_then(|n| n.split('.').next()).unwrap_or("m");
+            let stem = src
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('.').next())
+                .unwrap_or("m");
             let dst = dir.join(format!("modules/{:02}-{stem}.ko", seen.len()));
             if src.extension().is_some_and(|e| e == "xz") {
                 let data = Command::new("xz").arg("-dc").arg(&src).output()?;
@@ -208,7 +236,9 @@ fn set_exec(p: &Path) -> Result<()> {
 /// machine's /dev/kvm is kvm_pvm, which fails on these guests).
 fn accel() -> &'static str {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let vmx = cpuinfo.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    let vmx = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
     if vmx && Path::new("/dev/kvm").exists() { "kvm" } else { "tcg,thread=multi" }
 }
 
@@ -265,7 +295,12 @@ pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", accel(), "-cpu", "max", "-m", mem, "-smp", "2"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
-        .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on"), "-numa", "node,memdev=mem"])
+        .args([
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            "-numa",
+            "node,memdev=mem",
+        ])
         .args(["-chardev", &format!("socket,id=fs,path={}", sock.display())])
         .args(["-device", "vhost-user-fs-pci,chardev=fs,tag=hostroot"])
         .arg("-kernel")
@@ -283,7 +318,8 @@ pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     eprintln!("+ {qemu:?}");
-    let mut child = Reaped(qemu.spawn().context("qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
+    let mut child =
+        Reaped(qemu.spawn().context("qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
     let (tx, rx) = mpsc::channel();
     let stdout = child.0.stdout.take().unwrap();
     thread::spawn(move || {
@@ -364,7 +400,10 @@ pub fn kernels() -> Result<Vec<Unpacked>> {
 
 pub fn kernel(name: &str) -> Result<Unpacked> {
     let k = MATRIX.iter().find(|k| k.name == name).with_context(|| {
-        format!("no kernel {name} in the matrix ({})", MATRIX.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))
+        format!(
+            "no kernel {name} in the matrix ({})",
+            MATRIX.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        )
     })?;
     fetch(k)
 }

@@ -6,8 +6,8 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Btf, Ebpf,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, LinkOrder, ProgramError,
-        SchedClassifier, TcAttachType, tc,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, LinkOrder,
+        ProgramError, SchedClassifier, TcAttachType, tc,
         tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
 };
@@ -22,7 +22,8 @@ pub fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = format!("{verifier_log:?}");
             tracing::debug!(program = name, "verifier log:\n{log}");
-            let lines: Vec<&str> = log.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+            let lines: Vec<&str> =
+                log.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(VERIFIER_LINES)..].join("\n  ");
             anyhow!(
                 "loading {name}: the kernel's verifier rejected it ({io_error}); its last lines:\n  {tail}\n\
@@ -36,8 +37,12 @@ pub fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
 /// cgroup_skb egress/ingress and connect4/connect6 at the cgroup v2 root:
 /// one attachment sees every process on the host, in every netns.
 pub fn cgroup_hooks(ebpf: &mut Ebpf, root: &Path) -> Result<()> {
-    let cgroup = File::open(root).with_context(|| format!("opening cgroup root {}", root.display()))?;
-    for (name, ty) in [("cgroup_egress", CgroupSkbAttachType::Egress), ("cgroup_ingress", CgroupSkbAttachType::Ingress)] {
+    let cgroup =
+        File::open(root).with_context(|| format!("opening cgroup root {}", root.display()))?;
+    for (name, ty) in [
+        ("cgroup_egress", CgroupSkbAttachType::Egress),
+        ("cgroup_ingress", CgroupSkbAttachType::Ingress),
+    ] {
         let prog: &mut CgroupSkb = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load().map_err(|e| load_error(name, e))?;
         prog.attach(&cgroup, ty, CgroupAttachMode::Single)
@@ -100,7 +105,8 @@ pub fn tc_attach(
         }
         TcAttachOptions::Netlink(NlOptions::default())
     };
-    prog.attach_with_options(iface, ty, opts).with_context(|| format!("attaching {name} to {iface}"))
+    prog.attach_with_options(iface, ty, opts)
+        .with_context(|| format!("attaching {name} to {iface}"))
 }
 
 /// The BTF tracepoints: skb:kfree_skb (drops; `kfree_skb` or, on kernels

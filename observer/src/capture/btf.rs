@@ -17,7 +17,8 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn load(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path).with_context(|| format!("parsing kernel BTF {}", path.display()))?;
+        let btf = Btf::from_file(path)
+            .with_context(|| format!("parsing kernel BTF {}", path.display()))?;
         Ok(Self { btf })
     }
 
@@ -25,7 +26,12 @@ impl KernelBtf {
     /// without the leading context pointer; None if the kernel has no such
     /// tracepoint.
     pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
-        let ty = self.btf.resolve_types_by_name(&format!("btf_trace_{name}")).ok()?.into_iter().next()?;
+        let ty = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?
+            .into_iter()
+            .next()?;
         for t in self.btf.chained_type_iter(ty.as_btf_type()?) {
             if let Type::FuncProto(p) = t {
                 return Some(p.parameters.len().saturating_sub(1));
@@ -46,7 +52,9 @@ impl KernelBtf {
 
     fn enum_has(&self, enum_name: &str, member: &str) -> bool {
         self.btf.resolve_types_by_name(enum_name).unwrap_or_default().iter().any(|t| match t {
-            Type::Enum(e) => e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member)),
+            Type::Enum(e) => {
+                e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member))
+            }
             _ => false,
         })
     }
@@ -69,7 +77,9 @@ impl KernelBtf {
                 return Some(m.bit_offset() / 8);
             }
             if mname.is_empty() {
-                if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.btf.resolve_chained_type(m) {
+                if let Ok(Type::Struct(inner) | Type::Union(inner)) =
+                    self.btf.resolve_chained_type(m)
+                {
                     if let Some(off) = self.member_offset(&inner, name) {
                         return Some(m.bit_offset() / 8 + off);
                     }
@@ -81,8 +91,15 @@ impl KernelBtf {
 
     pub fn skb_offsets(&self) -> Result<SkbOffsets> {
         let skb = self.struct_named("sk_buff")?;
-        let off = |f: &str| self.member_offset(&skb, f).ok_or_else(|| anyhow!("sk_buff.{f} not in kernel BTF"));
-        Ok(SkbOffsets { head: off("head")?, network_header: off("network_header")?, len: off("len")?, _pad: 0 })
+        let off = |f: &str| {
+            self.member_offset(&skb, f).ok_or_else(|| anyhow!("sk_buff.{f} not in kernel BTF"))
+        };
+        Ok(SkbOffsets {
+            head: off("head")?,
+            network_header: off("network_header")?,
+            len: off("len")?,
+            _pad: 0,
+        })
     }
 
     pub fn cgroup_offsets(&self) -> Result<CgroupOffsets> {

@@ -26,16 +26,18 @@
 //! the IMDSv2 token headers is recorded, and only the request line's method
 //! and path are kept.
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use etherparse::{
+    IpNumber, Ipv6Header, LaxIpv4Slice, LaxIpv6Slice, TcpHeader, UdpHeader, UdpHeaderSlice,
+    err::{LenError, ipv4, ipv6, tcp},
+    icmpv4, icmpv6,
+};
 
 use crate::model::TcpFlags;
-
-use etherparse::err::{ipv4, ipv6, tcp, LenError};
-use etherparse::{
-    icmpv4, icmpv6, IpNumber, Ipv6Header, LaxIpv4Slice, LaxIpv6Slice, TcpHeader, UdpHeader,
-    UdpHeaderSlice,
-};
 
 /// Length of the fixed ICMP(v6) header: type, code, checksum, 4 more bytes.
 const ICMP_HDR: usize = 8;
@@ -76,11 +78,7 @@ pub enum DecodeError {
     VersionMismatch { family: u8, version: u8 },
     /// The snapshot ends inside a header that must be present.
     #[error("{layer} header truncated: need {need} bytes, snapshot has {have}")]
-    Truncated {
-        layer: Layer,
-        need: usize,
-        have: usize,
-    },
+    Truncated { layer: Layer, need: usize, have: usize },
     /// A header-length field is below its minimum (IPv4 IHL < 5, TCP data
     /// offset < 5); `len` is the length it claims, in bytes.
     #[error("{layer} header length {len} is below the minimum")]
@@ -89,11 +87,7 @@ pub enum DecodeError {
     /// bytes where `need` are required. Also raised for an IPv4 total length
     /// or IPv6 payload length of 0 (jumbograms / BIG TCP are not decoded).
     #[error("{layer}: length field leaves {declared} bytes, headers need {need}")]
-    BadLength {
-        layer: Layer,
-        declared: usize,
-        need: usize,
-    },
+    BadLength { layer: Layer, declared: usize, need: usize },
     /// A non-first IPv4 fragment: no transport header to decode. `offset` is
     /// in bytes.
     #[error("non-first IPv4 fragment (offset {offset})")]
@@ -244,39 +238,28 @@ pub fn decode(data: &[u8], family: u8) -> Result<Packet, DecodeError> {
     };
     // L4 length per the IP header.
     let l4_declared = if family == 4 {
-        ip.len_field
-            .checked_sub(ip.hdr_len)
-            .ok_or(DecodeError::BadLength {
-                layer: Layer::Ipv4,
-                declared: ip.len_field,
-                need: ip.hdr_len,
-            })?
+        ip.len_field.checked_sub(ip.hdr_len).ok_or(DecodeError::BadLength {
+            layer: Layer::Ipv4,
+            declared: ip.len_field,
+            need: ip.hdr_len,
+        })?
     } else if ip.len_field == 0 {
         // Jumbogram / BIG TCP: the real length is elsewhere.
-        return Err(DecodeError::BadLength {
-            layer: Layer::Ipv6,
-            declared: 0,
-            need: 1,
-        });
+        return Err(DecodeError::BadLength { layer: Layer::Ipv6, declared: 0, need: 1 });
     } else {
         ip.len_field
     };
     if ip.frag_offset != 0 {
-        return Err(DecodeError::Fragment {
-            offset: ip.frag_offset,
-        });
+        return Err(DecodeError::Fragment { offset: ip.frag_offset });
     }
     // What the IP length leaves for the payload after a transport header of
     // `need` bytes.
     let payload_len = |layer, need| {
-        l4_declared
-            .checked_sub(need)
-            .map(clamp_u32)
-            .ok_or(DecodeError::BadLength {
-                layer,
-                declared: l4_declared,
-                need,
-            })
+        l4_declared.checked_sub(need).map(clamp_u32).ok_or(DecodeError::BadLength {
+            layer,
+            declared: l4_declared,
+            need,
+        })
     };
     // The transport header is read from the snapshot (as far as it goes: a
     // datagram too short for it is for `payload_len` to report), the payload
@@ -377,14 +360,12 @@ fn ipv4(data: &[u8]) -> Result<Ip<'_>, DecodeError> {
     // The AH error (second) is for an extension header, not followed here.
     let (ip, _) = LaxIpv4Slice::from_slice(data).map_err(|e| match e {
         S::Len(e) => truncated(Layer::Ipv4, 0, &e),
-        S::Content(E::UnexpectedVersion { version_number }) => DecodeError::VersionMismatch {
-            family: 4,
-            version: version_number,
-        },
-        S::Content(E::HeaderLengthSmallerThanHeader { ihl }) => DecodeError::BadHeaderLength {
-            layer: Layer::Ipv4,
-            len: usize::from(ihl) * 4,
-        },
+        S::Content(E::UnexpectedVersion { version_number }) => {
+            DecodeError::VersionMismatch { family: 4, version: version_number }
+        }
+        S::Content(E::HeaderLengthSmallerThanHeader { ihl }) => {
+            DecodeError::BadHeaderLength { layer: Layer::Ipv4, len: usize::from(ihl) * 4 }
+        }
     })?;
     let h = ip.header();
     Ok(Ip {
@@ -404,10 +385,9 @@ fn ipv6(data: &[u8]) -> Result<Ip<'_>, DecodeError> {
     // The extension header error (second) is for headers not followed here.
     let (ip, _) = LaxIpv6Slice::from_slice(data).map_err(|e| match e {
         S::Len(e) => truncated(Layer::Ipv6, 0, &e),
-        S::Content(E::UnexpectedVersion { version_number }) => DecodeError::VersionMismatch {
-            family: 6,
-            version: version_number,
-        },
+        S::Content(E::UnexpectedVersion { version_number }) => {
+            DecodeError::VersionMismatch { family: 6, version: version_number }
+        }
     })?;
     let h = ip.header();
     Ok(Ip {
@@ -425,11 +405,7 @@ fn ipv6(data: &[u8]) -> Result<Ip<'_>, DecodeError> {
 /// etherparse's length error for the header of `layer`, which starts `off`
 /// bytes into the snapshot, as ours.
 fn truncated(layer: Layer, off: usize, e: &LenError) -> DecodeError {
-    DecodeError::Truncated {
-        layer,
-        need: off + e.required_len,
-        have: off + e.len,
-    }
+    DecodeError::Truncated { layer, need: off + e.required_len, have: off + e.len }
 }
 
 /// The TCP header at the start of `l4`. Options cut by the snapshot are
@@ -536,12 +512,7 @@ fn parse_http(payload: &[u8]) -> Option<Http> {
     let path = String::from_utf8(kept.to_vec()).ok()?;
 
     let (token_header, token_ttl_header) = header_names(rest.get(end..).unwrap_or(&[]));
-    Some(Http::Request {
-        method: (*method).to_string(),
-        path,
-        token_header,
-        token_ttl_header,
-    })
+    Some(Http::Request { method: (*method).to_string(), path, token_header, token_ttl_header })
 }
 
 /// `HTTP/1.x NNN` followed by a space, CR or the end of the snapshot.
@@ -558,9 +529,7 @@ fn parse_status(payload: &[u8]) -> Option<Http> {
         None | Some(b' ') | Some(b'\r') => {}
         Some(_) => return None,
     }
-    let status = digits
-        .iter()
-        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
+    let status = digits.iter().fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
     Some(Http::Response { status })
 }
 
@@ -620,13 +589,9 @@ mod tests {
     const POD4: [u8; 4] = [10, 244, 1, 7];
     const HOST4: [u8; 4] = [10, 0, 3, 15];
     // fd00:ec2::254
-    const IMDS6: [u8; 16] = [
-        0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
-    ];
+    const IMDS6: [u8; 16] = [0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54];
     // fd00:10:244::7
-    const POD6: [u8; 16] = [
-        0xfd, 0x00, 0x00, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x07,
-    ];
+    const POD6: [u8; 16] = [0xfd, 0x00, 0x00, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x07];
     // fd00::1
     const HOST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
@@ -734,117 +699,20 @@ mod tests {
     fn all_packets() -> Vec<(Vec<u8>, u8)> {
         let get = get_with_token();
         let reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nAQAEtokenbody";
-        let inner4 = ipv4(
-            IMDS4,
-            POD4,
-            6,
-            1,
-            &[],
-            &tcp(80, 43210, 7777, 1, PSHACK, &[], reply),
-        );
-        let inner6 = ipv6(
-            IMDS6,
-            POD6,
-            6,
-            1,
-            &tcp(80, 43210, 7777, 1, PSHACK, &[], reply),
-        );
+        let inner4 = ipv4(IMDS4, POD4, 6, 1, &[], &tcp(80, 43210, 7777, 1, PSHACK, &[], reply));
+        let inner6 = ipv6(IMDS6, POD6, 6, 1, &tcp(80, 43210, 7777, 1, PSHACK, &[], reply));
         vec![
-            (
-                ipv4(
-                    POD4,
-                    IMDS4,
-                    6,
-                    64,
-                    &[],
-                    &tcp(43210, 80, 1000, 0, SYN, &MSS, &[]),
-                ),
-                4,
-            ),
-            (
-                ipv4(
-                    POD4,
-                    IMDS4,
-                    6,
-                    64,
-                    &[],
-                    &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
-                ),
-                4,
-            ),
-            (
-                ipv4(
-                    POD4,
-                    IMDS4,
-                    6,
-                    64,
-                    &[],
-                    &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get),
-                ),
-                4,
-            ),
-            (
-                ipv4(
-                    IMDS4,
-                    POD4,
-                    6,
-                    1,
-                    &[],
-                    &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply),
-                ),
-                4,
-            ),
-            (
-                ipv4(
-                    POD4,
-                    IMDS4,
-                    6,
-                    64,
-                    &[1, 1, 1, 0],
-                    &tcp(43210, 80, 1000, 0, SYN, &[], &[]),
-                ),
-                4,
-            ),
-            (
-                ipv4(
-                    POD4,
-                    [10, 96, 0, 10],
-                    17,
-                    64,
-                    &[],
-                    &udp(5353, 53, b"\x12\x34query"),
-                ),
-                4,
-            ),
+            (ipv4(POD4, IMDS4, 6, 64, &[], &tcp(43210, 80, 1000, 0, SYN, &MSS, &[])), 4),
+            (ipv4(POD4, IMDS4, 6, 64, &[], &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY)), 4),
+            (ipv4(POD4, IMDS4, 6, 64, &[], &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get)), 4),
+            (ipv4(IMDS4, POD4, 6, 1, &[], &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply)), 4),
+            (ipv4(POD4, IMDS4, 6, 64, &[1, 1, 1, 0], &tcp(43210, 80, 1000, 0, SYN, &[], &[])), 4),
+            (ipv4(POD4, [10, 96, 0, 10], 17, 64, &[], &udp(5353, 53, b"\x12\x34query")), 4),
             (ipv4(HOST4, IMDS4, 1, 64, &[], &icmp(11, 0, &inner4)), 4),
-            (
-                ipv6(POD6, IMDS6, 6, 64, &tcp(43210, 80, 1000, 0, SYN, &MSS, &[])),
-                6,
-            ),
-            (
-                ipv6(
-                    POD6,
-                    IMDS6,
-                    6,
-                    64,
-                    &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
-                ),
-                6,
-            ),
-            (
-                ipv6(
-                    IMDS6,
-                    POD6,
-                    6,
-                    1,
-                    &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply),
-                ),
-                6,
-            ),
-            (
-                ipv6(POD6, HOST6, 17, 64, &udp(5353, 53, b"\x12\x34query")),
-                6,
-            ),
+            (ipv6(POD6, IMDS6, 6, 64, &tcp(43210, 80, 1000, 0, SYN, &MSS, &[])), 6),
+            (ipv6(POD6, IMDS6, 6, 64, &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY)), 6),
+            (ipv6(IMDS6, POD6, 6, 1, &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply)), 6),
+            (ipv6(POD6, HOST6, 17, 64, &udp(5353, 53, b"\x12\x34query")), 6),
             (ipv6(HOST6, IMDS6, 58, 64, &icmp(3, 0, &inner6)), 6),
         ]
     }
@@ -853,14 +721,7 @@ mod tests {
 
     #[test]
     fn ipv4_syn() {
-        let p = ipv4(
-            POD4,
-            IMDS4,
-            6,
-            64,
-            &[],
-            &tcp(43210, 80, 1000, 0, SYN, &MSS, &[]),
-        );
+        let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(43210, 80, 1000, 0, SYN, &MSS, &[]));
         let d = decode(&p, 4).unwrap();
         assert_eq!(d.src, v4(POD4, 43210));
         assert_eq!(d.dst, v4(IMDS4, 80));
@@ -878,14 +739,7 @@ mod tests {
 
     #[test]
     fn ipv4_put_token_request() {
-        let p = ipv4(
-            POD4,
-            IMDS4,
-            6,
-            63,
-            &[],
-            &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
-        );
+        let p = ipv4(POD4, IMDS4, 6, 63, &[], &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY));
         let d = decode(&p, 4).unwrap();
         assert_eq!(d.ttl, 63);
         assert_eq!(d.ip_len as usize, 40 + PUT_BODY.len());
@@ -905,14 +759,7 @@ mod tests {
     #[test]
     fn ipv4_get_with_token_never_keeps_the_value() {
         let get = get_with_token();
-        let p = ipv4(
-            POD4,
-            IMDS4,
-            6,
-            64,
-            &[],
-            &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get),
-        );
+        let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get));
         let d = decode(&p, 4).unwrap();
         assert_eq!(
             d.http,
@@ -932,11 +779,7 @@ mod tests {
         let req = b"PUT /latest/api/token HTTP/1.1\r\nx-AWS-EC2-metadata-TOKEN-ttl-seconds: 60\r\nX-Aws-Ec2-Metadata-Token: x\r\n\r\n";
         let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], req));
         match decode(&p, 4).unwrap().http {
-            Some(Http::Request {
-                token_header,
-                token_ttl_header,
-                ..
-            }) => {
+            Some(Http::Request { token_header, token_ttl_header, .. }) => {
                 assert!(token_header && token_ttl_header)
             }
             other => panic!("{other:?}"),
@@ -959,11 +802,7 @@ mod tests {
         ] {
             let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], req));
             match decode(&p, 4).unwrap().http {
-                Some(Http::Request {
-                    token_header,
-                    token_ttl_header,
-                    ..
-                }) => {
+                Some(Http::Request { token_header, token_ttl_header, .. }) => {
                     assert!(
                         !token_header && !token_ttl_header,
                         "{:?}",
@@ -978,14 +817,7 @@ mod tests {
     #[test]
     fn reply_200_from_truncated_inbound_snapshot() {
         let reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 56\r\n\r\nAQAEsecret-token-body-that-is-not-in-the-snapshot-at-all";
-        let p = ipv4(
-            IMDS4,
-            POD4,
-            6,
-            1,
-            &[],
-            &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply),
-        );
+        let p = ipv4(IMDS4, POD4, 6, 1, &[], &tcp(80, 43210, 5001, 1100, PSHACK, &[], reply));
         let snap = snap_inbound(&p, 40);
         assert_eq!(snap.len(), 56);
         let d = decode(snap, 4).unwrap();
@@ -1011,14 +843,7 @@ mod tests {
             (b"http/1.1 200 OK", None),
         ];
         for (payload, want) in cases {
-            let p = ipv4(
-                IMDS4,
-                POD4,
-                6,
-                1,
-                &[],
-                &tcp(80, 1, 1, 1, PSHACK, &[], payload),
-            );
+            let p = ipv4(IMDS4, POD4, 6, 1, &[], &tcp(80, 1, 1, 1, PSHACK, &[], payload));
             let got = decode(&p, 4).unwrap().http;
             assert_eq!(
                 got,
@@ -1031,14 +856,7 @@ mod tests {
 
     #[test]
     fn request_line_cut_by_snapshot_gives_no_http() {
-        let p = ipv4(
-            POD4,
-            IMDS4,
-            6,
-            64,
-            &[],
-            &tcp(43210, 80, 1, 1, PSHACK, &[], PUT_BODY),
-        );
+        let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(43210, 80, 1, 1, PSHACK, &[], PUT_BODY));
         // Cut inside the path.
         let d = decode(&p[..40 + 12], 4).unwrap();
         assert_eq!(d.http, None);
@@ -1046,16 +864,8 @@ mod tests {
         // Cut right after the path's terminating space: method and path known.
         let cut = 40 + b"PUT /latest/api/token ".len();
         match decode(&p[..cut], 4).unwrap().http {
-            Some(Http::Request {
-                method,
-                path,
-                token_header,
-                token_ttl_header,
-            }) => {
-                assert_eq!(
-                    (method.as_str(), path.as_str()),
-                    ("PUT", "/latest/api/token")
-                );
+            Some(Http::Request { method, path, token_header, token_ttl_header }) => {
+                assert_eq!((method.as_str(), path.as_str()), ("PUT", "/latest/api/token"));
                 assert!(!token_header && !token_ttl_header);
             }
             other => panic!("{other:?}"),
@@ -1076,31 +886,12 @@ mod tests {
             b"GET ",
             b"",
         ] {
-            let p = ipv4(
-                POD4,
-                IMDS4,
-                6,
-                64,
-                &[],
-                &tcp(1, 80, 1, 1, PSHACK, &[], payload),
-            );
-            assert_eq!(
-                decode(&p, 4).unwrap().http,
-                None,
-                "{:?}",
-                String::from_utf8_lossy(payload)
-            );
+            let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], payload));
+            assert_eq!(decode(&p, 4).unwrap().http, None, "{:?}", String::from_utf8_lossy(payload));
         }
         for m in METHODS {
             let req = format!("{m} /x HTTP/1.1\r\n\r\n");
-            let p = ipv4(
-                POD4,
-                IMDS4,
-                6,
-                64,
-                &[],
-                &tcp(1, 80, 1, 1, PSHACK, &[], req.as_bytes()),
-            );
+            let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], req.as_bytes()));
             match decode(&p, 4).unwrap().http {
                 Some(Http::Request { method, path, .. }) => {
                     assert_eq!((method.as_str(), path.as_str()), (m, "/x"))
@@ -1114,18 +905,9 @@ mod tests {
     fn long_path_capped() {
         let long = format!("/{}", "a".repeat(400));
         let req = format!("GET {long} HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\n\r\n");
-        let p = ipv4(
-            POD4,
-            IMDS4,
-            6,
-            64,
-            &[],
-            &tcp(1, 80, 1, 1, PSHACK, &[], req.as_bytes()),
-        );
+        let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], req.as_bytes()));
         match decode(&p, 4).unwrap().http {
-            Some(Http::Request {
-                path, token_header, ..
-            }) => {
+            Some(Http::Request { path, token_header, .. }) => {
                 assert_eq!(path.len(), MAX_PATH);
                 assert_eq!(path, long[..MAX_PATH]);
                 assert!(token_header);
@@ -1136,14 +918,7 @@ mod tests {
 
     #[test]
     fn http_only_for_tcp() {
-        let p = ipv4(
-            POD4,
-            IMDS4,
-            17,
-            64,
-            &[],
-            &udp(1, 80, b"GET / HTTP/1.1\r\n\r\n"),
-        );
+        let p = ipv4(POD4, IMDS4, 17, 64, &[], &udp(1, 80, b"GET / HTTP/1.1\r\n\r\n"));
         let d = decode(&p, 4).unwrap();
         assert_eq!(d.http, None);
         assert_eq!(d.tcp, None);
@@ -1153,14 +928,8 @@ mod tests {
     fn link_padding_after_datagram_is_not_payload() {
         // A 40-byte bare ACK padded to the 46-byte Ethernet minimum, with the
         // padding happening to look like a request.
-        let mut p = ipv4(
-            POD4,
-            IMDS4,
-            6,
-            64,
-            &[],
-            &tcp(1, 80, 1, 1, TcpFlags::ACK.bits(), &[], &[]),
-        );
+        let mut p =
+            ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, TcpFlags::ACK.bits(), &[], &[]));
         p.extend_from_slice(b"GET / ");
         let d = decode(&p, 4).unwrap();
         assert_eq!(d.ip_len, 40);
@@ -1203,13 +972,7 @@ mod tests {
 
     #[test]
     fn ipv6_syn_ack() {
-        let p = ipv6(
-            IMDS6,
-            POD6,
-            6,
-            255,
-            &tcp(80, 43210, 5000, 1001, SYNACK, &MSS, &[]),
-        );
+        let p = ipv6(IMDS6, POD6, 6, 255, &tcp(80, 43210, 5000, 1001, SYNACK, &MSS, &[]));
         let d = decode(&p, 6).unwrap();
         assert_eq!(d.src, v6(IMDS6, 80));
         assert_eq!(d.dst, v6(POD6, 43210));
@@ -1222,13 +985,7 @@ mod tests {
 
     #[test]
     fn ipv6_put_get_and_reply() {
-        let p = ipv6(
-            POD6,
-            IMDS6,
-            6,
-            64,
-            &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY),
-        );
+        let p = ipv6(POD6, IMDS6, 6, 64, &tcp(43210, 80, 1001, 5001, PSHACK, &[], PUT_BODY));
         let d = decode(&p, 6).unwrap();
         assert_eq!(d.ip_len as usize, 60 + PUT_BODY.len());
         assert_eq!(d.payload_len as usize, PUT_BODY.len());
@@ -1243,21 +1000,11 @@ mod tests {
         );
 
         let get = get_with_token();
-        let p = ipv6(
-            POD6,
-            IMDS6,
-            6,
-            64,
-            &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get),
-        );
+        let p = ipv6(POD6, IMDS6, 6, 64, &tcp(43210, 80, 1001, 5001, PSHACK, &[], &get));
         let d = decode(&p, 6).unwrap();
         assert!(matches!(
             d.http,
-            Some(Http::Request {
-                token_header: true,
-                token_ttl_header: false,
-                ..
-            })
+            Some(Http::Request { token_header: true, token_ttl_header: false, .. })
         ));
         assert!(!format!("{d:?}").contains(TOKEN));
 
@@ -1316,14 +1063,7 @@ mod tests {
 
     #[test]
     fn ipv4_udp() {
-        let p = ipv4(
-            POD4,
-            [10, 96, 0, 10],
-            17,
-            64,
-            &[],
-            &udp(5353, 53, b"\x12\x34query"),
-        );
+        let p = ipv4(POD4, [10, 96, 0, 10], 17, 64, &[], &udp(5353, 53, b"\x12\x34query"));
         let d = decode(&p, 4).unwrap();
         assert_eq!(d.proto, Proto::Udp);
         assert_eq!(d.src, v4(POD4, 5353));
@@ -1337,14 +1077,8 @@ mod tests {
     fn icmp_time_exceeded_with_inner_tcp() {
         // The host drops the TTL-1 PUT reply in ip_forward() and tells IMDS.
         let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 56\r\n\r\nAQAEtoken";
-        let inner = ipv4(
-            IMDS4,
-            POD4,
-            6,
-            1,
-            &[],
-            &tcp(80, 43210, 0xdead_beef, 1100, PSHACK, &[], reply),
-        );
+        let inner =
+            ipv4(IMDS4, POD4, 6, 1, &[], &tcp(80, 43210, 0xdead_beef, 1100, PSHACK, &[], reply));
         let p = ipv4(HOST4, IMDS4, 1, 64, &[], &icmp(11, 0, &inner));
         let d = decode(&p, 4).unwrap();
         assert_eq!(d.proto, Proto::Icmp);
@@ -1403,13 +1137,8 @@ mod tests {
 
     #[test]
     fn icmpv6_time_exceeded() {
-        let inner = ipv6(
-            IMDS6,
-            POD6,
-            6,
-            1,
-            &tcp(80, 43210, 42, 1100, PSHACK, &[], b"HTTP/1.1 200 OK\r\n"),
-        );
+        let inner =
+            ipv6(IMDS6, POD6, 6, 1, &tcp(80, 43210, 42, 1100, PSHACK, &[], b"HTTP/1.1 200 OK\r\n"));
         let p = ipv6(HOST6, IMDS6, 58, 64, &icmp(3, 0, &inner));
         let d = decode(&p, 6).unwrap();
         assert_eq!(d.proto, Proto::Icmp);
@@ -1428,19 +1157,10 @@ mod tests {
         );
         // ICMPv6 dest unreachable is type 1.
         let p = ipv6(HOST6, POD6, 58, 64, &icmp(1, 4, &inner));
-        assert_eq!(
-            decode(&p, 6).unwrap().icmp.unwrap().kind,
-            IcmpKind::DestUnreachable
-        );
+        assert_eq!(decode(&p, 6).unwrap().icmp.unwrap().kind, IcmpKind::DestUnreachable);
         // An inner IPv4 packet in ICMPv6 is not decoded.
-        let inner4 = ipv4(
-            IMDS4,
-            POD4,
-            6,
-            1,
-            &[],
-            &tcp(80, 1, 1, 1, TcpFlags::ACK.bits(), &[], &[]),
-        );
+        let inner4 =
+            ipv4(IMDS4, POD4, 6, 1, &[], &tcp(80, 1, 1, 1, TcpFlags::ACK.bits(), &[], &[]));
         let p = ipv6(HOST6, IMDS6, 58, 64, &icmp(3, 0, &inner4));
         assert_eq!(decode(&p, 6).unwrap().icmp, None);
     }
@@ -1451,44 +1171,20 @@ mod tests {
     fn errors() {
         let syn = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 0, SYN, &[], &[]));
         assert_eq!(decode(&syn, 5), Err(DecodeError::UnsupportedFamily(5)));
-        assert_eq!(
-            decode(&syn, 6),
-            Err(DecodeError::VersionMismatch {
-                family: 6,
-                version: 4
-            })
-        );
+        assert_eq!(decode(&syn, 6), Err(DecodeError::VersionMismatch { family: 6, version: 4 }));
         assert_eq!(
             decode(&syn[..39], 6),
-            Err(DecodeError::Truncated {
-                layer: Layer::Ipv6,
-                need: 40,
-                have: 39
-            })
+            Err(DecodeError::Truncated { layer: Layer::Ipv6, need: 40, have: 39 })
         );
         let syn6 = ipv6(POD6, IMDS6, 6, 64, &tcp(1, 80, 1, 0, SYN, &[], &[]));
-        assert_eq!(
-            decode(&syn6, 4),
-            Err(DecodeError::VersionMismatch {
-                family: 4,
-                version: 6
-            })
-        );
+        assert_eq!(decode(&syn6, 4), Err(DecodeError::VersionMismatch { family: 4, version: 6 }));
         assert_eq!(
             decode(&[], 4),
-            Err(DecodeError::Truncated {
-                layer: Layer::Ipv4,
-                need: 20,
-                have: 0
-            })
+            Err(DecodeError::Truncated { layer: Layer::Ipv4, need: 20, have: 0 })
         );
         assert_eq!(
             decode(&syn[..30], 4),
-            Err(DecodeError::Truncated {
-                layer: Layer::Tcp,
-                need: 40,
-                have: 30
-            })
+            Err(DecodeError::Truncated { layer: Layer::Tcp, need: 40, have: 30 })
         );
 
         // IHL 4.
@@ -1496,61 +1192,39 @@ mod tests {
         bad[0] = 0x44;
         assert_eq!(
             decode(&bad, 4),
-            Err(DecodeError::BadHeaderLength {
-                layer: Layer::Ipv4,
-                len: 16
-            })
+            Err(DecodeError::BadHeaderLength { layer: Layer::Ipv4, len: 16 })
         );
         // IHL 15 with only 40 bytes.
         bad[0] = 0x4f;
         assert_eq!(
             decode(&bad, 4),
-            Err(DecodeError::Truncated {
-                layer: Layer::Ipv4,
-                need: 60,
-                have: 40
-            })
+            Err(DecodeError::Truncated { layer: Layer::Ipv4, need: 60, have: 40 })
         );
         // Total length shorter than the IP header.
         let mut bad = syn.clone();
         bad[2..4].copy_from_slice(&10u16.to_be_bytes());
         assert_eq!(
             decode(&bad, 4),
-            Err(DecodeError::BadLength {
-                layer: Layer::Ipv4,
-                declared: 10,
-                need: 20
-            })
+            Err(DecodeError::BadLength { layer: Layer::Ipv4, declared: 10, need: 20 })
         );
         // Total length leaves no room for the TCP header.
         bad[2..4].copy_from_slice(&30u16.to_be_bytes());
         assert_eq!(
             decode(&bad, 4),
-            Err(DecodeError::BadLength {
-                layer: Layer::Tcp,
-                declared: 10,
-                need: 20
-            })
+            Err(DecodeError::BadLength { layer: Layer::Tcp, declared: 10, need: 20 })
         );
         // TCP data offset 2.
         let mut bad = syn.clone();
         bad[32] = 0x20;
         assert_eq!(
             decode(&bad, 4),
-            Err(DecodeError::BadHeaderLength {
-                layer: Layer::Tcp,
-                len: 8
-            })
+            Err(DecodeError::BadHeaderLength { layer: Layer::Tcp, len: 8 })
         );
         // TCP data offset 15 beyond the datagram.
         bad[32] = 0xf0;
         assert_eq!(
             decode(&bad, 4),
-            Err(DecodeError::BadLength {
-                layer: Layer::Tcp,
-                declared: 20,
-                need: 60
-            })
+            Err(DecodeError::BadLength { layer: Layer::Tcp, declared: 20, need: 60 })
         );
         // Non-first fragment.
         let mut bad = syn.clone();
@@ -1559,56 +1233,27 @@ mod tests {
         // IPv6 payload length 0.
         let mut bad = syn6.clone();
         bad[4..6].copy_from_slice(&[0, 0]);
-        assert!(matches!(
-            decode(&bad, 6),
-            Err(DecodeError::BadLength {
-                layer: Layer::Ipv6,
-                ..
-            })
-        ));
+        assert!(matches!(decode(&bad, 6), Err(DecodeError::BadLength { layer: Layer::Ipv6, .. })));
         // IPv6 payload length too small for UDP.
         let mut u6 = ipv6(POD6, HOST6, 17, 64, &udp(1, 53, b"x"));
         u6[4..6].copy_from_slice(&4u16.to_be_bytes());
         assert_eq!(
             decode(&u6, 6),
-            Err(DecodeError::BadLength {
-                layer: Layer::Udp,
-                declared: 4,
-                need: 8
-            })
+            Err(DecodeError::BadLength { layer: Layer::Udp, declared: 4, need: 8 })
         );
 
         for e in [
             DecodeError::UnsupportedFamily(5),
-            DecodeError::VersionMismatch {
-                family: 4,
-                version: 6,
-            },
-            DecodeError::Truncated {
-                layer: Layer::Tcp,
-                need: 40,
-                have: 30,
-            },
-            DecodeError::BadHeaderLength {
-                layer: Layer::Ipv4,
-                len: 16,
-            },
-            DecodeError::BadLength {
-                layer: Layer::Udp,
-                declared: 4,
-                need: 8,
-            },
+            DecodeError::VersionMismatch { family: 4, version: 6 },
+            DecodeError::Truncated { layer: Layer::Tcp, need: 40, have: 30 },
+            DecodeError::BadHeaderLength { layer: Layer::Ipv4, len: 16 },
+            DecodeError::BadLength { layer: Layer::Udp, declared: 4, need: 8 },
             DecodeError::Fragment { offset: 24 },
         ] {
             assert!(!e.to_string().is_empty());
         }
         assert_eq!(
-            DecodeError::Truncated {
-                layer: Layer::Tcp,
-                need: 40,
-                have: 30
-            }
-            .to_string(),
+            DecodeError::Truncated { layer: Layer::Tcp, need: 40, have: 30 }.to_string(),
             "TCP header truncated: need 40 bytes, snapshot has 30"
         );
     }
@@ -1616,36 +1261,20 @@ mod tests {
     #[test]
     fn error_messages() {
         let cases = [
+            (DecodeError::UnsupportedFamily(5), "unsupported address family 5 (expected 4 or 6)"),
             (
-                DecodeError::UnsupportedFamily(5),
-                "unsupported address family 5 (expected 4 or 6)",
-            ),
-            (
-                DecodeError::VersionMismatch {
-                    family: 4,
-                    version: 6,
-                },
+                DecodeError::VersionMismatch { family: 4, version: 6 },
                 "IP version 6 in a family-4 record",
             ),
             (
-                DecodeError::BadHeaderLength {
-                    layer: Layer::Ipv4,
-                    len: 16,
-                },
+                DecodeError::BadHeaderLength { layer: Layer::Ipv4, len: 16 },
                 "IPv4 header length 16 is below the minimum",
             ),
             (
-                DecodeError::BadLength {
-                    layer: Layer::Udp,
-                    declared: 4,
-                    need: 8,
-                },
+                DecodeError::BadLength { layer: Layer::Udp, declared: 4, need: 8 },
                 "UDP: length field leaves 4 bytes, headers need 8",
             ),
-            (
-                DecodeError::Fragment { offset: 24 },
-                "non-first IPv4 fragment (offset 24)",
-            ),
+            (DecodeError::Fragment { offset: 24 }, "non-first IPv4 fragment (offset 24)"),
         ];
         for (e, want) in cases {
             assert_eq!(e.to_string(), want);
@@ -1656,14 +1285,8 @@ mod tests {
     fn length_field_larger_than_snapshot_is_fine() {
         // A lying (or just truncated) total length: lengths come from the
         // header, payload from the snapshot.
-        let mut p = ipv4(
-            POD4,
-            IMDS4,
-            6,
-            64,
-            &[],
-            &tcp(1, 80, 1, 1, PSHACK, &[], b"GET /a HTTP/1.1\r\n"),
-        );
+        let mut p =
+            ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], b"GET /a HTTP/1.1\r\n"));
         p[2..4].copy_from_slice(&65535u16.to_be_bytes());
         let d = decode(&p, 4).unwrap();
         assert_eq!(d.ip_len, 65535);
@@ -1671,23 +1294,15 @@ mod tests {
         assert!(matches!(d.http, Some(Http::Request { ref path, .. }) if path == "/a"));
     }
 
-
     #[test]
     fn every_truncation_never_panics() {
         for (pkt, fam) in all_packets() {
             let full = decode(&pkt, fam).unwrap_or_else(|e| panic!("full packet: {e}"));
-            let hdrs = if fam == 4 {
-                usize::from(pkt[0] & 0xf) * 4
-            } else {
-                40
-            };
+            let hdrs = if fam == 4 { usize::from(pkt[0] & 0xf) * 4 } else { 40 };
             for len in 0..pkt.len() {
                 let r = decode(&pkt[..len], fam);
                 if len < hdrs {
-                    assert!(
-                        matches!(r, Err(DecodeError::Truncated { .. })),
-                        "len {len}: {r:?}"
-                    );
+                    assert!(matches!(r, Err(DecodeError::Truncated { .. })), "len {len}: {r:?}");
                 }
                 if let Ok(d) = &r {
                     // Header-derived facts do not depend on the snapshot size.

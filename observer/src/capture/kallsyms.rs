@@ -14,8 +14,14 @@ use std::io::{BufRead, BufReader};
 /// which on kernels without the QUEUE_PURGE reason is the only way to tell
 /// such a free from a loss.
 pub const FORWARD: &[&str] = &["ip_forward", "ip6_forward"];
-pub const DELIVERED: &[&str] =
-    &["sk_stream_kill_queues", "skb_queue_purge", "skb_queue_purge_reason", "inet_sock_destruct", "tcp_close", "__tcp_close"];
+pub const DELIVERED: &[&str] = &[
+    "sk_stream_kill_queues",
+    "skb_queue_purge",
+    "skb_queue_purge_reason",
+    "inet_sock_destruct",
+    "tcp_close",
+    "__tcp_close",
+];
 
 #[derive(Clone, Debug, Default)]
 pub struct Locations {
@@ -41,7 +47,9 @@ impl Locations {
         let mut wanted = Vec::new();
         for line in r.lines().map_while(Result::ok) {
             let mut f = line.split_ascii_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else { continue };
+            let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
             if !matches!(kind, "t" | "T") {
                 continue;
             }

@@ -13,7 +13,12 @@ pub mod preflight;
 pub mod uplinks;
 pub mod veths;
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -21,8 +26,6 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
 };
 use observer_ebpf::{MAX_ENDPOINTS, Record};
-use std::sync::{Arc, Mutex};
-
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::sys::netlink;
@@ -104,7 +107,9 @@ pub struct Capture {
 
 /// Endpoint addresses as the programs compare them: network-order words
 /// read natively.
-fn endpoint_globals(endpoints: &[IpAddr]) -> Result<([u32; MAX_ENDPOINTS], [[u32; 4]; MAX_ENDPOINTS])> {
+fn endpoint_globals(
+    endpoints: &[IpAddr],
+) -> Result<([u32; MAX_ENDPOINTS], [[u32; 4]; MAX_ENDPOINTS])> {
     let mut v4 = [0u32; MAX_ENDPOINTS];
     let mut v6 = [[0u32; 4]; MAX_ENDPOINTS];
     let (mut n4, mut n6) = (0, 0);
@@ -132,7 +137,11 @@ impl Capture {
     pub fn start(cfg: &Config) -> Result<Self> {
         let kbtf = btf::KernelBtf::load(&cfg.kernel_btf)?;
         let locations = kallsyms::Locations::read();
-        let kernel = Kernel { drop_reasons: kbtf.kfree_skb_has_reason(), tcx: kbtf.has_tcx(), locations: !locations.is_empty() };
+        let kernel = Kernel {
+            drop_reasons: kbtf.kfree_skb_has_reason(),
+            tcx: kbtf.has_tcx(),
+            locations: !locations.is_empty(),
+        };
         let skb = kbtf.skb_offsets()?;
         let (v4, v6) = endpoint_globals(&cfg.endpoints)?;
         let mut ebpf = EbpfLoader::new()
@@ -154,7 +163,9 @@ impl Capture {
         let ebpf = Arc::new(Mutex::new(ebpf));
         // Without it, capture still works; containers on a cgroup v1 host
         // then share their cgroup's row.
-        let veths = match veths::Veths::new(&cfg.ifaces, tc_mode).and_then(|v| v.map(|v| veths::VethWorker::start(v, ebpf.clone())).transpose()) {
+        let veths = match veths::Veths::new(&cfg.ifaces, tc_mode)
+            .and_then(|v| v.map(|v| veths::VethWorker::start(v, ebpf.clone())).transpose())
+        {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!("cgroup v1 fallback off: {e:#}");
@@ -220,7 +231,11 @@ impl Capture {
             .programs()
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
-                Some(ProgramStats { name: name.to_string(), run_time_ns: info.run_time().as_nanos() as u64, runs: info.run_count() })
+                Some(ProgramStats {
+                    name: name.to_string(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    runs: info.run_count(),
+                })
             })
             .collect()
     }
@@ -235,7 +250,10 @@ mod tests {
         let k = |drop_reasons, tcx, locations| Kernel { drop_reasons, tcx, locations };
         assert_eq!(k(true, true, true).limits(), None);
         let old = k(false, false, true).limits().unwrap();
-        assert!(old.contains("no drop reason") && old.contains("ip_forward") && old.contains("no TCX"), "{old}");
+        assert!(
+            old.contains("no drop reason") && old.contains("ip_forward") && old.contains("no TCX"),
+            "{old}"
+        );
         let hidden = k(false, true, false).limits().unwrap();
         assert!(hidden.contains("CAP_SYSLOG") && !hidden.contains("TCX"), "{hidden}");
         assert!(k(true, false, false).limits().unwrap().contains("netlink"));

@@ -98,7 +98,9 @@ pub fn ifindex(name: &str) -> Result<u32> {
     // SAFETY: c is a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        bail!("interface {name:?} does not exist in this network namespace (see `ip link`; with --iface name an uplink)");
+        bail!(
+            "interface {name:?} does not exist in this network namespace (see `ip link`; with --iface name an uplink)"
+        );
     }
     Ok(idx)
 }
@@ -119,7 +121,9 @@ pub fn check_ethernet(name: &str) -> Result<()> {
         let r = libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut ifr);
         libc::close(fd);
         if r == 0 && ifr.ifr_ifru.ifru_hwaddr.sa_family != libc::ARPHRD_ETHER {
-            bail!("interface {name:?} is not an Ethernet device; the tc hooks only parse Ethernet uplinks");
+            bail!(
+                "interface {name:?} is not an Ethernet device; the tc hooks only parse Ethernet uplinks"
+            );
         }
     }
     Ok(())

@@ -46,7 +46,11 @@ pub fn has_v1_hierarchies(proc_self_cgroup: &str) -> bool {
 pub fn container_veths<'a>(links: &'a [Link], uplinks: &[String]) -> Vec<&'a Link> {
     links
         .iter()
-        .filter(|l| l.kind.as_deref() == Some("veth") && l.peer_netnsid.is_some() && !uplinks.contains(&l.name))
+        .filter(|l| {
+            l.kind.as_deref() == Some("veth")
+                && l.peer_netnsid.is_some()
+                && !uplinks.contains(&l.name)
+        })
         .collect()
 }
 
@@ -68,25 +72,25 @@ impl Veths {
         if !has_v1_hierarchies(&cgroups) {
             return Ok(None);
         }
-        info!("cgroup v1 hierarchies present: containers are also told apart by their host-side veth");
-        Ok(Some(Self {
-            uplinks: uplinks.to_vec(),
-            mode,
-            attached: HashMap::new(),
-            warned: false,
-        }))
+        info!(
+            "cgroup v1 hierarchies present: containers are also told apart by their host-side veth"
+        );
+        Ok(Some(Self { uplinks: uplinks.to_vec(), mode, attached: HashMap::new(), warned: false }))
     }
 
     /// Attach to new container veths, forget vanished ones. Failures on one
     /// veth (it went away meanwhile) are logged, never fatal.
     pub fn sync(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         let links = netlink::links().context("listing links (netlink)")?;
-        let want: HashMap<u32, &Link> = container_veths(&links, &self.uplinks).into_iter().map(|l| (l.ifindex, l)).collect();
+        let want: HashMap<u32, &Link> =
+            container_veths(&links, &self.uplinks).into_iter().map(|l| (l.ifindex, l)).collect();
         let prog = program(ebpf)?;
         let gone: Vec<u32> = self
             .attached
             .iter()
-            .filter(|(i, (l, _))| want.get(i).is_none_or(|w| w.name != l.name || w.peer_netnsid != l.peer_netnsid))
+            .filter(|(i, (l, _))| {
+                want.get(i).is_none_or(|w| w.name != l.name || w.peer_netnsid != l.peer_netnsid)
+            })
             .map(|(i, _)| *i)
             .collect();
         for i in gone {
@@ -99,7 +103,13 @@ impl Veths {
             if self.attached.contains_key(&i) {
                 continue;
             }
-            match super::attach::tc_attach(prog, PROGRAM, &link.name, TcAttachType::Ingress, self.mode) {
+            match super::attach::tc_attach(
+                prog,
+                PROGRAM,
+                &link.name,
+                TcAttachType::Ingress,
+                self.mode,
+            ) {
                 Ok(id) => {
                     debug!(veth = %link.name, ifindex = i, nsid = ?link.peer_netnsid, "veth attached");
                     self.attached.insert(i, (link.clone(), id));
@@ -135,7 +145,10 @@ const POLL: Duration = Duration::from_millis(100);
 impl VethWorker {
     /// Sync once now (so the veths that exist are attached before capture
     /// is reported ready), then follow link changes on a thread.
-    pub fn start(mut veths: Veths, ebpf: Arc<Mutex<Ebpf>>) -> Result<(Self, watch::Receiver<Vec<Link>>)> {
+    pub fn start(
+        mut veths: Veths,
+        ebpf: Arc<Mutex<Ebpf>>,
+    ) -> Result<(Self, watch::Receiver<Vec<Link>>)> {
         // Subscribed before the first listing: no change falls in between.
         let events = LinkEvents::subscribe().context("subscribing to link changes (netlink)")?;
         {
@@ -216,7 +229,8 @@ mod tests {
             l(6, "uplink0", Some("veth"), Some(1)),
             l(7, "eni3f.1", Some("vlan"), Some(2)),
         ];
-        let names: Vec<&str> = container_veths(&links, &["uplink0".into()]).iter().map(|l| l.name.as_str()).collect();
+        let names: Vec<&str> =
+            container_veths(&links, &["uplink0".into()]).iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["veth1c2d"]);
     }
 }

@@ -9,12 +9,9 @@
 //!
 //! State is bounded: idle flows are evicted, and the table never holds more
 //! than `MAX_FLOWS` flows.
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
 use crate::model::bounded::oldest_eighth;
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    time::Duration,
-};
 
 /// Flows idle this long are forgotten.
 pub const IDLE: Duration = Duration::from_secs(300);
@@ -87,7 +84,11 @@ impl FlowTable {
                 self.evict_oldest();
             }
         }
-        let f = self.flows.entry(cookie).or_insert_with(|| Flow { cookie, cgroup_id, ..Default::default() });
+        let f = self.flows.entry(cookie).or_insert_with(|| Flow {
+            cookie,
+            cgroup_id,
+            ..Default::default()
+        });
         if cgroup_id != 0 {
             f.cgroup_id = cgroup_id;
         }
@@ -96,7 +97,14 @@ impl FlowTable {
     }
 
     /// A process connected: remember who it is.
-    pub fn on_connect(&mut self, cookie: u64, cgroup_id: u64, pid: u32, comm: String, now: Nanos) -> &mut Flow {
+    pub fn on_connect(
+        &mut self,
+        cookie: u64,
+        cgroup_id: u64,
+        pid: u32,
+        comm: String,
+        now: Nanos,
+    ) -> &mut Flow {
         let f = self.flow_mut(cookie, cgroup_id, now);
         f.pid = Some(pid);
         f.comm = Some(comm);
@@ -198,8 +206,17 @@ mod tests {
     fn routed_flow_matches_by_tuple() {
         let mut t = FlowTable::new();
         t.on_connect(7, 42, 100, "curl".into(), S);
-        t.on_socket_packet(7, 42, (sa("198.18.1.2:4000"), sa("169.254.169.254:80")), Some((1, 0)), true, S);
-        let f = t.on_uplink_egress(sa("198.18.1.2:4000"), sa("169.254.169.254:80"), Some((1, 0)), S).unwrap();
+        t.on_socket_packet(
+            7,
+            42,
+            (sa("198.18.1.2:4000"), sa("169.254.169.254:80")),
+            Some((1, 0)),
+            true,
+            S,
+        );
+        let f = t
+            .on_uplink_egress(sa("198.18.1.2:4000"), sa("169.254.169.254:80"), Some((1, 0)), S)
+            .unwrap();
         assert_eq!((f.cookie, f.cgroup_id, f.pid), (7, 42, Some(100)));
         assert_eq!(t.lookup(sa("198.18.1.2:4000"), sa("169.254.169.254:80"), S).unwrap().cookie, 7);
     }
@@ -224,8 +241,14 @@ mod tests {
         let ep = sa("169.254.169.254:80");
         t.on_socket_packet(1, 10, (sa("198.18.2.2:5000"), ep), Some((111, 0)), true, S);
         t.on_socket_packet(2, 20, (sa("198.18.2.3:5000"), ep), Some((222, 0)), true, S);
-        assert_eq!(t.on_uplink_egress(sa("198.18.0.2:6002"), ep, Some((222, 0)), S).unwrap().cgroup_id, 20);
-        assert_eq!(t.on_uplink_egress(sa("198.18.0.2:6001"), ep, Some((111, 0)), S).unwrap().cgroup_id, 10);
+        assert_eq!(
+            t.on_uplink_egress(sa("198.18.0.2:6002"), ep, Some((222, 0)), S).unwrap().cgroup_id,
+            20
+        );
+        assert_eq!(
+            t.on_uplink_egress(sa("198.18.0.2:6001"), ep, Some((111, 0)), S).unwrap().cgroup_id,
+            10
+        );
         assert_eq!(t.lookup(sa("198.18.0.2:6001"), ep, S).unwrap().cookie, 1);
     }
 
@@ -236,7 +259,10 @@ mod tests {
         t.on_socket_packet(1, 10, (sa("198.18.2.2:5000"), ep), Some((111, 0)), true, S);
         t.sweep(S + ns(NAT_WINDOW) + 1);
         // Too late for NAT matching, still known by its own tuple.
-        assert!(t.on_uplink_egress(sa("198.18.0.2:6001"), ep, Some((111, 0)), S + ns(NAT_WINDOW) + 1).is_none());
+        assert!(
+            t.on_uplink_egress(sa("198.18.0.2:6001"), ep, Some((111, 0)), S + ns(NAT_WINDOW) + 1)
+                .is_none()
+        );
         assert!(t.lookup(sa("198.18.2.2:5000"), ep, S).is_some());
         t.sweep(S + ns(IDLE) + ns(NAT_WINDOW) + 2);
         assert_eq!(t.len(), 0);
@@ -249,7 +275,8 @@ mod tests {
         let mut t = FlowTable::new();
         let ep = sa("169.254.169.254:80");
         for i in 0..(MAX_FLOWS as u64 + 10) {
-            let local = SocketAddr::new([10, (i >> 16) as u8, (i >> 8) as u8, i as u8].into(), 1000);
+            let local =
+                SocketAddr::new([10, (i >> 16) as u8, (i >> 8) as u8, i as u8].into(), 1000);
             t.on_socket_packet(i + 1, 1, (local, ep), None, true, S + i);
         }
         // Full, the oldest eighth went in one batch.

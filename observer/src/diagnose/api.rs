@@ -23,7 +23,6 @@ impl Diagnoser {
         Self { cfg, nodes: HashMap::new(), stats: Stats::default() }
     }
 
-
     pub fn stats(&self) -> Stats {
         self.stats
     }
@@ -107,7 +106,9 @@ impl Diagnoser {
         }
         let before = self.nodes.len();
         let idle = self.cfg.container_idle;
-        self.nodes.retain(|_, n| !(n.containers.is_empty() && n.flows.is_empty() && since(n.last_event, n.now) > idle));
+        self.nodes.retain(|_, n| {
+            !(n.containers.is_empty() && n.flows.is_empty() && since(n.last_event, n.now) > idle)
+        });
         self.stats.evicted_nodes += (before - self.nodes.len()) as u64;
         out.sort_by_key(|f| f.kind);
         out
@@ -152,7 +153,13 @@ impl Diagnoser {
     /// Every container held, in no particular order.
     pub fn containers(&self) -> impl Iterator<Item = ContainerView<'_>> {
         self.nodes.iter().flat_map(move |(name, n)| {
-            n.containers.iter().map(move |(&cg, c)| ContainerView { cfg: &self.cfg, name, node: n, cg, c })
+            n.containers.iter().map(move |(&cg, c)| ContainerView {
+                cfg: &self.cfg,
+                name,
+                node: n,
+                cg,
+                c,
+            })
         })
     }
 
@@ -161,7 +168,9 @@ impl Diagnoser {
             return;
         }
         if self.nodes.len() >= self.cfg.max_nodes {
-            if let Some(oldest) = self.nodes.iter().min_by_key(|(_, n)| n.now).map(|(k, _)| k.clone()) {
+            if let Some(oldest) =
+                self.nodes.iter().min_by_key(|(_, n)| n.now).map(|(k, _)| k.clone())
+            {
                 self.nodes.remove(&oldest);
                 self.stats.evicted_nodes += 1;
             }
@@ -208,7 +217,8 @@ impl ContainerView<'_> {
     /// The hop limit it needs, once its hops (or a lost reply's TTL) are
     /// known.
     pub fn required_hop_limit(&self) -> Option<u8> {
-        let known = self.c.forwarding_hops.is_some() || self.c.episode.as_ref().is_some_and(|e| e.reply_ttl.is_some());
+        let known = self.c.forwarding_hops.is_some()
+            || self.c.episode.as_ref().is_some_and(|e| e.reply_ttl.is_some());
         known.then(|| assess::required(&node_view(self.cfg, self.name, self.node), self.c))
     }
 
@@ -241,7 +251,8 @@ impl ContainerView<'_> {
         assess::active(&view, self.c)
             .into_iter()
             .map(|(kind, _)| {
-                let ts = self.c.emitted.iter().find(|e| e.kind == kind).map_or(self.node.now, |e| e.ts);
+                let ts =
+                    self.c.emitted.iter().find(|e| e.kind == kind).map_or(self.node.now, |e| e.ts);
                 assess::build(&view, self.cg, self.c, kind, ts)
             })
             .collect()
@@ -253,7 +264,11 @@ impl ContainerView<'_> {
     }
 }
 
-pub(super) fn node_view<'a>(cfg: &'a Config, name: &'a str, node: &NodeState) -> assess::NodeView<'a> {
+pub(super) fn node_view<'a>(
+    cfg: &'a Config,
+    name: &'a str,
+    node: &NodeState,
+) -> assess::NodeView<'a> {
     assess::NodeView {
         name,
         hop_limit: node.hop_limit,
@@ -274,13 +289,20 @@ pub(super) fn instance_id<'a>(cfg: &'a Config, node: &'a str) -> Option<&'a str>
     // EKS/Karpenter resource-name host names: i-0123456789abcdef0.<region>...
     let first = node.split('.').next().unwrap_or(node);
     let hex = first.strip_prefix("i-")?;
-    ((hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .then_some(first)
+    ((hex.len() == 8 || hex.len() == 17)
+        && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then_some(first)
 }
 
 /// Re-assess the containers an event touched; queue findings that are new or
 /// changed.
-pub(super) fn flush(name: &str, node: &mut NodeState, cfg: &Config, at: Ts, out: &mut Vec<Finding>) {
+pub(super) fn flush(
+    name: &str,
+    node: &mut NodeState,
+    cfg: &Config,
+    at: Ts,
+    out: &mut Vec<Finding>,
+) {
     if node.dirty.is_empty() {
         return;
     }
@@ -290,7 +312,8 @@ pub(super) fn flush(name: &str, node: &mut NodeState, cfg: &Config, at: Ts, out:
         let Some(c) = node.containers.get_mut(&cg) else { continue };
         // A name learned later is news too: findings go out again with it.
         let who = assess::fp(&c.identity);
-        let current: Vec<_> = assess::active(&view, c).into_iter().map(|(k, f)| (k, f ^ who)).collect();
+        let current: Vec<_> =
+            assess::active(&view, c).into_iter().map(|(k, f)| (k, f ^ who)).collect();
         let mut emitted = Vec::with_capacity(current.len());
         let mut changed = Vec::new();
         for (kind, fingerprint) in current {
@@ -352,8 +375,12 @@ pub(super) fn check_pending(node: &mut NodeState, cfg: &Config, now: Ts) {
 
 /// Forget idle flows and containers; make room when over the caps.
 pub(super) fn sweep(node: &mut NodeState, cfg: &Config, stats: &mut Stats, now: Ts) {
-    let idle: Vec<u64> =
-        node.flows.iter().filter(|(_, f)| since(f.last_seen, now) > cfg.flow_idle).map(|(k, _)| *k).collect();
+    let idle: Vec<u64> = node
+        .flows
+        .iter()
+        .filter(|(_, f)| since(f.last_seen, now) > cfg.flow_idle)
+        .map(|(k, _)| *k)
+        .collect();
     for id in idle {
         evict_flow(node, cfg, id, now);
         stats.evicted_flows += 1;

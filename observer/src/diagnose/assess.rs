@@ -4,7 +4,9 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::{
-    finding::{Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix},
+    finding::{
+        Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix,
+    },
     state::{ContainerState, Outcome, StatusState, Ts},
 };
 use crate::model::{bounded::plural, rfc3339};
@@ -62,8 +64,15 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Vec<(FindingKind, u
         // News: each lost retry, and each attempt the client made after the
         // last lost one (how it fell back), so the last line's timeline is
         // the whole story. Per client attempt, never per packet.
-        let after = c.timeline.iter().filter(|a| a.ts > ep.last_lost && a.outcome != Outcome::Pending).count();
-        v.push((FindingKind::HopLimitExceeded, fp((ep.reply_ttl, hops, required(node, c), ep.lost, after))));
+        let after = c
+            .timeline
+            .iter()
+            .filter(|a| a.ts > ep.last_lost && a.outcome != Outcome::Pending)
+            .count();
+        v.push((
+            FindingKind::HopLimitExceeded,
+            fp((ep.reply_ttl, hops, required(node, c), ep.lost, after)),
+        ));
     }
     if c.token_failed_since.is_some() && c.tokenless_since_failure > 0 {
         let req = c.episode.as_ref().map(|_| required(node, c));
@@ -87,13 +96,15 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Vec<(FindingKind, u
     if at_risk(node, c) {
         v.push((FindingKind::AtRisk, fp((hops, node.hop_limit))));
     }
-    if v.is_empty() && c.last_success.is_some() && c.last_other_failure.is_none_or(|f| Some(f) < c.last_success) {
+    if v.is_empty()
+        && c.last_success.is_some()
+        && c.last_other_failure.is_none_or(|f| Some(f) < c.last_success)
+    {
         v.push((FindingKind::Healthy, fp((hops, node.hop_limit))));
     }
     v.sort_by_key(|(k, _)| *k);
     v
 }
-
 
 pub(super) fn timeline(c: &ContainerState) -> Vec<Attempt> {
     c.timeline
@@ -133,7 +144,13 @@ fn endpoint_hint(ep: &str) -> &'static str {
 }
 
 /// The finding of `kind` for container `cg`, as of now, stamped `ts`.
-pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingKind, ts: Ts) -> Finding {
+pub(super) fn build(
+    node: &NodeView,
+    cg: u64,
+    c: &ContainerState,
+    kind: FindingKind,
+    ts: Ts,
+) -> Finding {
     let mut ev = Evidence {
         forwarding_hops: c.forwarding_hops,
         node_hop_limit: node.hop_limit,
@@ -157,10 +174,15 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
             ev.seconds_lost = Some(secs);
             tl = timeline(c);
             fix = Some(hop_fix(node, req));
-            let ttl = ep.reply_ttl.map_or("the hop limit".to_string(), |t| format!("TTL {t} (the instance's hop limit)"));
+            let ttl = ep.reply_ttl.map_or("the hop limit".to_string(), |t| {
+                format!("TTL {t} (the instance's hop limit)")
+            });
             let were = if ep.lost == 1 { "was" } else { "were" };
             let place = match c.forwarding_hops {
-                Some(h) => format!("this container, {} behind the host's uplink", plural(h as u64, "forwarding hop", "forwarding hops")),
+                Some(h) => format!(
+                    "this container, {} behind the host's uplink",
+                    plural(h as u64, "forwarding hop", "forwarding hops")
+                ),
                 None => "this container (its forwarding hops are not measured yet)".to_string(),
             };
             format!(
@@ -190,13 +212,20 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
                     "once tokens get through, turn IMDSv1 off: aws ec2 modify-instance-metadata-options --instance-id {id} --http-tokens required"
                 ));
                 fix = Some(f);
-                format!(" Raise the hop limit to {req}, then require IMDSv2 (--http-tokens required).")
+                format!(
+                    " Raise the hop limit to {req}, then require IMDSv2 (--http-tokens required)."
+                )
             } else {
-                " Find why the token request fails, then require IMDSv2 (--http-tokens required).".to_string()
+                " Find why the token request fails, then require IMDSv2 (--http-tokens required)."
+                    .to_string()
             };
             format!(
                 "After {} ({cause}), this container sent {} without a token (IMDSv1). This is also a security problem: IMDSv1 is what SSRF attacks use to steal instance credentials.{then}",
-                plural(c.failed_token_requests, "failed IMDSv2 token request", "failed IMDSv2 token requests"),
+                plural(
+                    c.failed_token_requests,
+                    "failed IMDSv2 token request",
+                    "failed IMDSv2 token requests"
+                ),
                 plural(c.tokenless_since_failure, "request", "requests"),
             )
         }
@@ -232,8 +261,12 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
                 FindingKind::ImdsForbidden => {
                     let why = if s.path.starts_with("/computeMetadata/") {
                         "the request lacks the Metadata-Flavor: Google header".to_string()
-                    } else if s.method.eq_ignore_ascii_case("PUT") && s.path.ends_with("/api/token") && s.path != "/latest/api/token" {
-                        "tokens are only issued at /latest/api/token, not at a versioned path".to_string()
+                    } else if s.method.eq_ignore_ascii_case("PUT")
+                        && s.path.ends_with("/api/token")
+                        && s.path != "/latest/api/token"
+                    {
+                        "tokens are only issued at /latest/api/token, not at a versioned path"
+                            .to_string()
                     } else {
                         "the instance metadata service is disabled for this instance (--http-endpoint disabled), or the request is not allowed".to_string()
                     };
@@ -242,7 +275,8 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
                 _ => {
                     ev.token_ttl_header = s.ttl_header;
                     let why = if s.path.starts_with("/metadata/") {
-                        "the Metadata: true header or the api-version parameter is missing".to_string()
+                        "the Metadata: true header or the api-version parameter is missing"
+                            .to_string()
                     } else if s.ttl_header == Some(false) {
                         "the X-aws-ec2-metadata-token-ttl-seconds header is missing".to_string()
                     } else {
@@ -259,7 +293,11 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
                 .endpoints
                 .iter()
                 .filter(|e| e.failing())
-                .map(|e| EndpointFailures { endpoint: e.endpoint.to_string(), refused: e.refused, timeouts: e.timeouts })
+                .map(|e| EndpointFailures {
+                    endpoint: e.endpoint.to_string(),
+                    refused: e.refused,
+                    timeouts: e.timeouts,
+                })
                 .collect();
             ev.endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
             ev.drop_reasons = c.drop_reasons.clone();
@@ -270,12 +308,23 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
                 .map(|e| {
                     let mut how = Vec::new();
                     if e.refused > 0 {
-                        how.push(format!("{} refused", plural(e.refused, "connection", "connections")));
+                        how.push(format!(
+                            "{} refused",
+                            plural(e.refused, "connection", "connections")
+                        ));
                     }
                     if e.timeouts > 0 {
-                        how.push(format!("{} timed out with no answer", plural(e.timeouts, "attempt", "attempts")));
+                        how.push(format!(
+                            "{} timed out with no answer",
+                            plural(e.timeouts, "attempt", "attempts")
+                        ));
                     }
-                    format!("{}: {}{}", e.endpoint, how.join(", "), endpoint_hint(&e.endpoint.to_string()))
+                    format!(
+                        "{}: {}{}",
+                        e.endpoint,
+                        how.join(", "),
+                        endpoint_hint(&e.endpoint.to_string())
+                    )
                 })
                 .collect();
             let dropped = if ev.drop_reasons.is_empty() {
@@ -297,13 +346,17 @@ pub(super) fn build(node: &NodeView, cg: u64, c: &ContainerState, kind: FindingK
         }
         FindingKind::Healthy => {
             let r = &c.requests;
-            let lat = c.latency.evidence().map_or(String::new(), |l| format!(" (mean {:.1} ms)", l.mean));
+            let lat =
+                c.latency.evidence().map_or(String::new(), |l| format!(" (mean {:.1} ms)", l.mean));
             let v1 = if r.imdsv1 > 0 {
                 format!("; {} without a token (IMDSv1)", plural(r.imdsv1, "request", "requests"))
             } else {
                 String::new()
             };
-            format!("{} to metadata endpoints, all answered{lat}{v1}.", plural(r.total, "request", "requests"))
+            format!(
+                "{} to metadata endpoints, all answered{lat}{v1}.",
+                plural(r.total, "request", "requests")
+            )
         }
     };
     Finding {

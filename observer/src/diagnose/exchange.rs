@@ -50,9 +50,19 @@ pub(super) fn resolve_due(cx: &mut Cx, now: Ts, all: bool) -> bool {
 
 /// Apply one packet event to its flow and container. False if it could not
 /// be attributed (no flow, or a flow never seen with a cgroup).
-pub(super) fn handle(node: &mut NodeState, cfg: &Config, stats: &mut Stats, kind: Kind, ev: &Event, ts: Ts) -> bool {
+pub(super) fn handle(
+    node: &mut NodeState,
+    cfg: &Config,
+    stats: &mut Stats,
+    kind: Kind,
+    ev: &Event,
+    ts: Ts,
+) -> bool {
     let Some(flow_id) = ev.flow else { return false };
-    let Some(cg) = node.flows.get(&flow_id).map(|f| f.cgroup_id).or_else(|| ev.workload_key()) else { return false };
+    let Some(cg) = node.flows.get(&flow_id).map(|f| f.cgroup_id).or_else(|| ev.workload_key())
+    else {
+        return false;
+    };
     if !node.flows.contains_key(&flow_id) {
         if node.flows.len() >= cfg.max_flows_per_node {
             make_room_flows(node, cfg, stats);
@@ -296,7 +306,8 @@ pub(super) fn is_ttl_drop(ev: &Event) -> bool {
     }
     let r = ev.reason.as_deref().unwrap_or("");
     let spent = ev.ttl.is_none_or(|t| t <= 1);
-    let forwarding = ev.location.as_deref().is_some_and(|l| crate::capture::kallsyms::FORWARD.contains(&l));
+    let forwarding =
+        ev.location.as_deref().is_some_and(|l| crate::capture::kallsyms::FORWARD.contains(&l));
     r.contains("TTL") || r.contains("HOP_LIMIT") || (spent && (r == "IP_INHDR" || forwarding))
 }
 
@@ -362,9 +373,16 @@ pub(super) fn on_drop(cx: &mut Cx, ev: &Event) {
 /// seen (retransmission, or the same packet at another hook), else the
 /// oldest unanswered exchange whose request acked that sequence number, else
 /// (for a packet with a status) the oldest unanswered exchange (FIFO).
-pub(super) fn match_resp(flow: &mut FlowState, seq: Option<u32>, status: Option<u16>, payload: bool) -> Option<usize> {
+pub(super) fn match_resp(
+    flow: &mut FlowState,
+    seq: Option<u32>,
+    status: Option<u16>,
+    payload: bool,
+) -> Option<usize> {
     if let Some(s) = seq {
-        if let Some(i) = flow.exchanges.iter().position(|e| e.resp.as_ref().is_some_and(|r| r.seq == Some(s))) {
+        if let Some(i) =
+            flow.exchanges.iter().position(|e| e.resp.as_ref().is_some_and(|r| r.seq == Some(s)))
+        {
             let r = flow.exchanges[i].resp.as_mut().expect("found");
             if r.status.is_none() {
                 r.status = status;
@@ -378,7 +396,8 @@ pub(super) fn match_resp(flow: &mut FlowState, seq: Option<u32>, status: Option<
         }
         _ => None,
     };
-    let i = by_ack.or_else(|| status.and_then(|_| flow.exchanges.iter().position(|e| e.resp.is_none())))?;
+    let i = by_ack
+        .or_else(|| status.and_then(|_| flow.exchanges.iter().position(|e| e.resp.is_none())))?;
     let mut r = Resp { seq, status, ..Default::default() };
     if let Some(s) = seq {
         if let Some(p) = flow.pending_drops.iter().position(|d| d.seq == Some(s)) {
@@ -422,7 +441,8 @@ pub(super) fn unanswered(cx: &mut Cx, i: usize) {
     }
     if cx.flow.exchanges[i].resp.is_none() {
         if let Some(d) = cx.flow.pending_drops.pop_front() {
-            cx.flow.exchanges[i].resp = Some(Resp { seq: d.seq, ttl_at_host: d.ttl, dropped: true, ..Default::default() });
+            cx.flow.exchanges[i].resp =
+                Some(Resp { seq: d.seq, ttl_at_host: d.ttl, dropped: true, ..Default::default() });
             set_outcome(cx, i, Outcome::Lost);
             return;
         }

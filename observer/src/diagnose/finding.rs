@@ -240,7 +240,9 @@ impl Fix {
                  --http-put-response-hop-limit {required} --http-endpoint enabled"
             ),
             launch_template: format!("MetadataOptions.HttpPutResponseHopLimit = {required}"),
-            karpenter: format!("EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: {required}"),
+            karpenter: format!(
+                "EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: {required}"
+            ),
             eks_node_group: format!(
                 "set MetadataOptions.HttpPutResponseHopLimit = {required} in the node group's launch \
                  template (Terraform: metadata_options.http_put_response_hop_limit = {required}), \

@@ -41,12 +41,13 @@ use std::{
 
 #[allow(unused_imports)]
 pub use finding::{
-    Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency, Requests,
+    Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency,
+    Requests,
 };
 use state::{
-    since, AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, NodeState, Outcome,
-    PendingDrop, ReqKind, Resp, StatusState, TtlSample, Ts, MAX_DROP_REASONS, MAX_EXCHANGES, MAX_PATHS,
-    MAX_PENDING_DROPS, MAX_REQ_SEQS, MAX_TTL_SAMPLES,
+    AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, MAX_DROP_REASONS,
+    MAX_EXCHANGES, MAX_PATHS, MAX_PENDING_DROPS, MAX_REQ_SEQS, MAX_TTL_SAMPLES, NodeState, Outcome,
+    PendingDrop, ReqKind, Resp, StatusState, Ts, TtlSample, since,
 };
 
 use crate::model::{Event, Kind, TcpFlags, bounded::oldest_eighth};

@@ -161,7 +161,8 @@ pub(super) fn token_failed(c: &mut ContainerState, req_ts: Ts, how: Outcome) {
         c.token_failed_since = Some(req_ts);
         // Tokenless requests may already have gone out (the failure is
         // decided at a timeout, the client moved on at the same moment).
-        c.tokenless_since_failure = c.timeline.iter().filter(|a| a.imdsv1 && a.ts > req_ts).count() as u64;
+        c.tokenless_since_failure =
+            c.timeline.iter().filter(|a| a.imdsv1 && a.ts > req_ts).count() as u64;
     }
 }
 
@@ -201,7 +202,14 @@ pub(super) fn endpoint_ok(c: &mut ContainerState, ep: SocketAddr, attempt_ts: Ts
     e.last_ok = Some(e.last_ok.map_or(attempt_ts, |t| t.max(attempt_ts)));
 }
 
-pub(super) fn endpoint_failed(c: &mut ContainerState, ep: SocketAddr, how: Outcome, attempt_ts: Ts, now: Ts, reason: Option<&String>) {
+pub(super) fn endpoint_failed(
+    c: &mut ContainerState,
+    ep: SocketAddr,
+    how: Outcome,
+    attempt_ts: Ts,
+    now: Ts,
+    reason: Option<&String>,
+) {
     if let Some(r) = reason {
         if !c.drop_reasons.contains(r) {
             if c.drop_reasons.len() >= MAX_DROP_REASONS {

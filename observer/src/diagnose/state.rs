@@ -100,7 +100,6 @@ impl Outcome {
             Outcome::Refused => "refused".into(),
         }
     }
-
 }
 
 /// One attempt on the container's timeline.
@@ -417,7 +416,9 @@ impl ContainerState {
         }
         if self.endpoints.len() >= MAX_ENDPOINTS {
             // Forget the endpoint least recently heard of.
-            if let Some(i) = self.endpoints.iter().enumerate().min_by_key(|(_, e)| e.touched).map(|(i, _)| i) {
+            if let Some(i) =
+                self.endpoints.iter().enumerate().min_by_key(|(_, e)| e.touched).map(|(i, _)| i)
+            {
                 self.endpoints.swap_remove(i);
             }
         }

@@ -2,12 +2,13 @@
 //! the events the pipeline would for a client in a container `hops`
 //! forwarding hops behind the host's uplink (masquerade NAT on the uplink,
 //! flow/cgroup already resolved on host_* and drop events).
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use super::*;
-use std::net::SocketAddr;
-
-use crate::model::{rfc3339, Event, Kind, Proto, TcpFlags};
+use crate::model::{Event, Kind, Proto, TcpFlags, rfc3339};
 
 /// 2026-09-21T...Z: any fixed instant will do.
 const T0: u64 = 1_790_000_000;
@@ -80,7 +81,15 @@ pub(crate) struct Http<'a> {
 impl Conn {
     pub fn new(ctr: Ctr, flow: u64, dst: &str) -> Self {
         let isn = (flow as u32).wrapping_mul(7919).wrapping_add(1000);
-        Self { ctr, flow, dst: dst.parse().unwrap(), isn, cseq: isn, sseq: 5_000_000 + flow as u32 * 10, last_reply: None }
+        Self {
+            ctr,
+            flow,
+            dst: dst.parse().unwrap(),
+            isn,
+            cseq: isn,
+            sseq: 5_000_000 + flow as u32 * 10,
+            last_reply: None,
+        }
     }
 
     fn local(&self) -> SocketAddr {
@@ -135,7 +144,8 @@ impl Conn {
         eg.seq = req.seq;
         eg.ack = req.ack;
         eg.len = req.len;
-        self.cseq = self.cseq.wrapping_add(len + u32::from(flags.contains("SYN") || flags.contains("FIN")));
+        self.cseq =
+            self.cseq.wrapping_add(len + u32::from(flags.contains("SYN") || flags.contains("FIN")));
         vec![req, eg]
     }
 
@@ -153,7 +163,15 @@ impl Conn {
     /// A packet from the endpoint arriving on the uplink with `host_ttl`:
     /// delivered when it survives the forwarding hops, else dropped (kernel
     /// drop, plus an ICMP time exceeded when `icmp`).
-    fn receive(&mut self, ms: u64, flags: &str, len: u32, status: Option<u16>, host_ttl: u8, icmp: bool) -> Vec<Event> {
+    fn receive(
+        &mut self,
+        ms: u64,
+        flags: &str,
+        len: u32,
+        status: Option<u16>,
+        host_ttl: u8,
+        icmp: bool,
+    ) -> Vec<Event> {
         let mut v = Vec::new();
         let mut hi = self.base(Kind::HostIngress, ms);
         hi.src = Some(self.dst);
@@ -315,7 +333,10 @@ fn kinds(fs: &[Finding]) -> Vec<FindingKind> {
 }
 
 fn outcomes(f: &Finding) -> Vec<(Option<&str>, Option<&str>, &str)> {
-    f.timeline.iter().map(|a| (a.method.as_deref(), a.path.as_deref(), a.outcome.as_str())).collect()
+    f.timeline
+        .iter()
+        .map(|a| (a.method.as_deref(), a.path.as_deref(), a.outcome.as_str()))
+        .collect()
 }
 
 const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
@@ -389,7 +410,10 @@ fn hop_limit_failure_is_found_at_the_first_drop_with_evidence_timeline_and_fix()
     assert_eq!(hop.container.cgroup_id, Some(4242));
     assert_eq!(hop.container.cgroup.as_deref(), Some(Ctr::podman().path.as_str()));
     let e = &hop.evidence;
-    assert_eq!((e.reply_ttl_at_host, e.forwarding_hops, e.required_hop_limit), (Some(1), Some(1), Some(2)));
+    assert_eq!(
+        (e.reply_ttl_at_host, e.forwarding_hops, e.required_hop_limit),
+        (Some(1), Some(1), Some(2))
+    );
     assert_eq!(e.lost_replies, Some(1), "retransmissions of the same reply count once");
     assert_eq!(e.drops, Some(3), "three kernel drops: the reply and two retransmissions");
     assert_eq!(e.icmp_time_exceeded, Some(2), "ICMP is corroboration, not counted as drops");
@@ -400,7 +424,11 @@ fn hop_limit_failure_is_found_at_the_first_drop_with_evidence_timeline_and_fix()
     assert_eq!((r.total, r.token, r.credentials, r.other, r.imdsv1, r.imdsv2), (3, 1, 2, 0, 2, 0));
     assert_eq!(
         outcomes(hop),
-        vec![(Some("PUT"), Some("/latest/api/token"), "lost"), (Some("GET"), Some(CREDS), "ok"), (Some("GET"), Some(ROLE), "ok")]
+        vec![
+            (Some("PUT"), Some("/latest/api/token"), "lost"),
+            (Some("GET"), Some(CREDS), "ok"),
+            (Some("GET"), Some(ROLE), "ok")
+        ]
     );
     assert_eq!(hop.timeline[0].ts, at(1));
     assert_eq!(hop.timeline[1].latency_ms, Some(1.0));
@@ -412,12 +440,20 @@ fn hop_limit_failure_is_found_at_the_first_drop_with_evidence_timeline_and_fix()
     assert_eq!(fix.launch_template, "MetadataOptions.HttpPutResponseHopLimit = 2");
     assert_eq!(fix.karpenter, "EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: 2");
     assert!(fix.eks_node_group.contains("HttpPutResponseHopLimit = 2"));
-    assert!(hop.summary.contains("TTL 1") && hop.summary.contains("Raise the hop limit to 2"), "{}", hop.summary);
+    assert!(
+        hop.summary.contains("TTL 1") && hop.summary.contains("Raise the hop limit to 2"),
+        "{}",
+        hop.summary
+    );
 
     let fb = &now[1];
     assert_eq!(fb.evidence.failed_token_requests, Some(1));
     assert_eq!(fb.evidence.tokenless_requests, Some(2));
-    assert!(fb.summary.contains("security problem") && fb.summary.contains("SSRF"), "{}", fb.summary);
+    assert!(
+        fb.summary.contains("security problem") && fb.summary.contains("SSRF"),
+        "{}",
+        fb.summary
+    );
     assert!(fb.summary.contains("lost to the hop limit"), "{}", fb.summary);
     assert!(fb.fix.as_ref().unwrap().note.as_ref().unwrap().contains("--http-tokens required"));
 }
@@ -460,13 +496,19 @@ fn hop_limit_failure_without_drop_reasons_is_told_by_the_drop_location() {
             .filter(|e| e.via.is_none())
             .flat_map(|e| d.observe(&e))
             .find(|f| f.kind == FindingKind::HopLimitExceeded);
-        assert!(found.as_ref().is_none_or(|f| f.evidence.drops.is_none()), "{location:?} ttl {ttl}: {found:#?}");
+        assert!(
+            found.as_ref().is_none_or(|f| f.evidence.drops.is_none()),
+            "{location:?} ttl {ttl}: {found:#?}"
+        );
     }
 }
 
 #[test]
 fn finding_json_shape() {
-    let mut d = Diagnoser::new(Config { instance_id: Some("i-0abc1234def567890".into()), ..Default::default() });
+    let mut d = Diagnoser::new(Config {
+        instance_id: Some("i-0abc1234def567890".into()),
+        ..Default::default()
+    });
     feed(&mut d, &hop_limit_failure());
     let hop = d.findings().into_iter().next().unwrap();
     let v = serde_json::to_value(&hop).unwrap();
@@ -506,7 +548,10 @@ fn instance_id_from_a_resource_name_node() {
     v.extend(a.respond(2, 200, 1));
     feed(&mut d, &v);
     let f = d.findings();
-    assert!(f[0].fix.as_ref().unwrap().command.contains("--instance-id i-0123456789abcdef0 "), "{f:#?}");
+    assert!(
+        f[0].fix.as_ref().unwrap().command.contains("--instance-id i-0123456789abcdef0 "),
+        "{f:#?}"
+    );
 }
 
 /// AWS SDK for JavaScript v2: 4 token PUTs (1 s timeout each, backoff
@@ -546,10 +591,16 @@ fn js_v2_four_lost_puts_then_tokenless_gets() {
     let hop = one(&now, FindingKind::HopLimitExceeded);
     let o: Vec<&str> = hop.timeline.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(o, vec!["lost", "lost", "lost", "lost", "ok", "ok"]);
-    let puts: Vec<_> = hop.timeline.iter().take(4).map(|a| (a.method.as_deref(), a.ts.clone())).collect();
+    let puts: Vec<_> =
+        hop.timeline.iter().take(4).map(|a| (a.method.as_deref(), a.ts.clone())).collect();
     assert_eq!(
         puts,
-        vec![(Some("PUT"), at(1)), (Some("PUT"), at(1101)), (Some("PUT"), at(2301)), (Some("PUT"), at(3701))]
+        vec![
+            (Some("PUT"), at(1)),
+            (Some("PUT"), at(1101)),
+            (Some("PUT"), at(2301)),
+            (Some("PUT"), at(3701))
+        ]
     );
     assert_eq!(hop.evidence.lost_replies, Some(4));
     assert_eq!(hop.evidence.drops, Some(8));
@@ -617,7 +668,10 @@ fn raising_the_hop_limit_resolves_the_finding() {
     let mut d = Diagnoser::default();
     let v = lost_token_then_credentials(&ctr, 200);
     feed(&mut d, &v);
-    assert_eq!(kinds(&d.findings()), vec![FindingKind::HopLimitExceeded, FindingKind::Imdsv1Fallback]);
+    assert_eq!(
+        kinds(&d.findings()),
+        vec![FindingKind::HopLimitExceeded, FindingKind::Imdsv1Fallback]
+    );
     // The operator ran the fix; the next refresh gets its token.
     let mut c = ctr.conn(3);
     let mut v = c.connect(60_000);
@@ -705,14 +759,21 @@ fn token_rejected_after_hop_limit_failure_names_the_hop_limit() {
     let f = d.findings();
     assert_eq!(
         kinds(&f),
-        vec![FindingKind::HopLimitExceeded, FindingKind::TokenRejected, FindingKind::Imdsv1Fallback]
+        vec![
+            FindingKind::HopLimitExceeded,
+            FindingKind::TokenRejected,
+            FindingKind::Imdsv1Fallback
+        ]
     );
     let tr = &f[1];
     assert_eq!(tr.evidence.status, Some(401));
     assert_eq!(tr.evidence.path.as_deref(), Some(CREDS));
     assert!(tr.summary.contains("The cause is the hop limit"), "{}", tr.summary);
     assert!(tr.summary.contains("Raise the hop limit to 2"), "{}", tr.summary);
-    assert_eq!(outcomes(tr), vec![(Some("PUT"), Some("/latest/api/token"), "lost"), (Some("GET"), Some(CREDS), "401")]);
+    assert_eq!(
+        outcomes(tr),
+        vec![(Some("PUT"), Some("/latest/api/token"), "lost"), (Some("GET"), Some(CREDS), "401")]
+    );
 
     // A 401 without any hop-limit trouble says something else.
     let mut d = Diagnoser::default();
@@ -738,7 +799,10 @@ fn forbidden_and_bad_token_request_carry_the_path() {
     v.extend(c.respond(2, 403, 64));
     let mut p = ctr.conn(2);
     v.extend(p.connect(10));
-    v.extend(p.request_http(11, Http { method: "PUT", path: "/latest/api/token", token: false, ttl_header: false }));
+    v.extend(p.request_http(
+        11,
+        Http { method: "PUT", path: "/latest/api/token", token: false, ttl_header: false },
+    ));
     v.extend(p.respond(12, 400, 64));
     let emitted = feed(&mut d, &v);
     assert_eq!(kinds(&emitted), vec![FindingKind::ImdsForbidden, FindingKind::BadTokenRequest]);
@@ -748,13 +812,24 @@ fn forbidden_and_bad_token_request_carry_the_path() {
     assert_eq!(forb.evidence.status, Some(403));
     assert_eq!(forb.evidence.path.as_deref(), Some("/latest/meta-data/"));
     assert_eq!(forb.evidence.method.as_deref(), Some("GET"));
-    assert!(forb.summary.contains("403") && forb.summary.contains("/latest/meta-data/"), "{}", forb.summary);
+    assert!(
+        forb.summary.contains("403") && forb.summary.contains("/latest/meta-data/"),
+        "{}",
+        forb.summary
+    );
     let bad = &f[1];
     assert_eq!(bad.evidence.status, Some(400));
     assert_eq!(bad.evidence.path.as_deref(), Some("/latest/api/token"));
     assert_eq!(bad.evidence.token_ttl_header, Some(false));
-    assert!(bad.summary.contains("X-aws-ec2-metadata-token-ttl-seconds header is missing"), "{}", bad.summary);
-    assert!(of(&f, FindingKind::Imdsv1Fallback).is_empty(), "no tokenless request after the failure");
+    assert!(
+        bad.summary.contains("X-aws-ec2-metadata-token-ttl-seconds header is missing"),
+        "{}",
+        bad.summary
+    );
+    assert!(
+        of(&f, FindingKind::Imdsv1Fallback).is_empty(),
+        "no tokenless request after the failure"
+    );
     assert!(of(&f, FindingKind::Healthy).is_empty());
 }
 
@@ -964,7 +1039,10 @@ fn keep_alive_three_requests_on_one_flow() {
     let tr = one(&f, FindingKind::TokenRejected);
     assert_eq!(tr.evidence.path.as_deref(), Some(ROLE));
     let tl = outcomes(tr);
-    assert_eq!(&tl[tl.len() - 2..], &[(Some("GET"), Some("/latest/meta-data/ami-id"), "ok"), (Some("GET"), Some(ROLE), "401")]);
+    assert_eq!(
+        &tl[tl.len() - 2..],
+        &[(Some("GET"), Some("/latest/meta-data/ami-id"), "ok"), (Some("GET"), Some(ROLE), "401")]
+    );
 }
 
 #[test]
@@ -982,7 +1060,11 @@ fn retransmissions_are_not_double_counted() {
     v.extend(a.retransmit(1400, false));
     let mut d = Diagnoser::default();
     let emitted = feed(&mut d, &v);
-    assert_eq!(of(&emitted, FindingKind::HopLimitExceeded).len(), 1, "not re-emitted per retransmission");
+    assert_eq!(
+        of(&emitted, FindingKind::HopLimitExceeded).len(),
+        1,
+        "not re-emitted per retransmission"
+    );
     let f = d.findings();
     let hop = one(&f, FindingKind::HopLimitExceeded);
     assert_eq!(hop.evidence.requests.unwrap().total, 1);
@@ -1043,7 +1125,12 @@ fn eviction_keeps_state_bounded_over_hours() {
 
 #[test]
 fn caps_hold_without_idle_time() {
-    let cfg = Config { max_flows_per_node: 100, max_containers_per_node: 10, timeline_cap: 8, ..Default::default() };
+    let cfg = Config {
+        max_flows_per_node: 100,
+        max_containers_per_node: 10,
+        timeline_cap: 8,
+        ..Default::default()
+    };
     let mut d = Diagnoser::new(cfg);
     for i in 0..1000u64 {
         let ctr = Ctr::new("node-a", 1 + i % 40, "/c", "10.0.0.2", 1);
@@ -1077,8 +1164,11 @@ fn two_nodes_keep_their_own_hop_limits() {
     assert_eq!(d.hop_limit("node-a"), Some(1));
     assert_eq!(d.hop_limit("node-b"), Some(2));
     let f = d.findings();
-    let by_node: Vec<_> =
-        f.iter().filter(|f| f.container.cgroup_id == Some(500)).map(|f| (f.node.as_str(), f.kind)).collect();
+    let by_node: Vec<_> = f
+        .iter()
+        .filter(|f| f.container.cgroup_id == Some(500))
+        .map(|f| (f.node.as_str(), f.kind))
+        .collect();
     assert_eq!(by_node, vec![("node-a", FindingKind::AtRisk), ("node-b", FindingKind::Healthy)]);
     let risk = f.iter().find(|f| f.kind == FindingKind::AtRisk).unwrap();
     assert_eq!(risk.evidence.node_hop_limit, Some(1));
@@ -1091,7 +1181,10 @@ fn two_nodes_keep_their_own_hop_limits() {
     feed(&mut d, &v);
     let f = d.findings();
     let hop = one(&f, FindingKind::HopLimitExceeded);
-    assert_eq!((hop.node.as_str(), hop.evidence.reply_ttl_at_host, hop.evidence.required_hop_limit), ("node-b", Some(2), Some(3)));
+    assert_eq!(
+        (hop.node.as_str(), hop.evidence.reply_ttl_at_host, hop.evidence.required_hop_limit),
+        ("node-b", Some(2), Some(3))
+    );
     assert_eq!(d.hop_limit("node-a"), Some(1));
 }
 

@@ -48,7 +48,11 @@ fn find_cgroup2_root_bytes(mountinfo: &[u8]) -> Option<PathBuf> {
         };
         let point = unescape(f[4]);
         visible.retain(|m| m.point != point);
-        visible.push(Mount { point, whole_fs: unescape(f[3]) == b"/", cgroup2: *fstype == b"cgroup2" });
+        visible.push(Mount {
+            point,
+            whole_fs: unescape(f[3]) == b"/",
+            cgroup2: *fstype == b"cgroup2",
+        });
     }
     let c2: Vec<&Mount> = visible.iter().filter(|m| m.cgroup2).collect();
     c2.iter()
@@ -63,7 +67,10 @@ fn unescape(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() && s[i + 1..=i + 3].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if s[i] == b'\\'
+            && i + 3 < s.len()
+            && s[i + 1..=i + 3].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = s[i + 1..=i + 3].iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
             if let Ok(b) = u8::try_from(v) {
                 out.push(b);
@@ -176,13 +183,11 @@ impl CgroupResolver {
         self.negative_ttl = ttl;
     }
 
-
     #[cfg(test)]
     /// Ids cached.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-
 
     #[cfg(test)]
     /// Paths passed over so far: non-UTF-8 names, symlinks, directories that
@@ -204,13 +209,18 @@ impl CgroupResolver {
     pub fn learn(&mut self, id: u64, path: &str) {
         use std::os::unix::fs::MetadataExt;
         let root = &self.root;
-        let at_root = *self.hierarchy_root.get_or_insert_with(|| fs::metadata(root).map(|m| m.ino()).ok() == Some(1));
+        let at_root = *self
+            .hierarchy_root
+            .get_or_insert_with(|| fs::metadata(root).map(|m| m.ino()).ok() == Some(1));
         if !at_root || !path.starts_with('/') {
             return;
         }
         self.tick += 1;
         self.negative.remove(&id);
-        self.entries.insert(id, Entry { path: path.to_string(), last_used: self.tick, seen_gen: self.generation });
+        self.entries.insert(
+            id,
+            Entry { path: path.to_string(), last_used: self.tick, seen_gen: self.generation },
+        );
         self.enforce_cap();
     }
 
@@ -230,11 +240,16 @@ impl CgroupResolver {
             self.negative.remove(&id);
         }
         if let Some(path) = self.lookup_by_handle(id) {
-            self.entries.insert(id, Entry { path: path.clone(), last_used: tick, seen_gen: self.generation });
+            self.entries.insert(
+                id,
+                Entry { path: path.clone(), last_used: tick, seen_gen: self.generation },
+            );
             self.enforce_cap();
             return Some(path);
         }
-        let due = self.last_scan.is_none_or(|t| now.saturating_duration_since(t) >= self.min_rescan_interval);
+        let due = self
+            .last_scan
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.min_rescan_interval);
         if !due {
             return None;
         }
@@ -267,8 +282,12 @@ impl CgroupResolver {
     /// recently used of them; the number dropped.
     pub fn forget_missing(&mut self, keep: usize) -> usize {
         let gen = self.generation;
-        let mut gone: Vec<(u64, u64)> =
-            self.entries.iter().filter(|(_, e)| e.seen_gen != gen).map(|(&id, e)| (e.last_used, id)).collect();
+        let mut gone: Vec<(u64, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.seen_gen != gen)
+            .map(|(&id, e)| (e.last_used, id))
+            .collect();
         if gone.len() <= keep {
             return 0;
         }
@@ -345,7 +364,9 @@ impl CgroupResolver {
             Err(e) => {
                 match e.raw_os_error() {
                     // No such cgroup (any more), or a transient shortage.
-                    Some(libc::ESTALE | libc::ENOENT | libc::ENOMEM | libc::EMFILE | libc::ENFILE) => {}
+                    Some(
+                        libc::ESTALE | libc::ENOENT | libc::ENOMEM | libc::EMFILE | libc::ENFILE,
+                    ) => {}
                     // Not privileged, not supported: stop trying.
                     _ => self.handles = Handles::Unavailable,
                 }
@@ -417,7 +438,12 @@ fn probe_handles(root: &Path) -> io::Result<Handles> {
     if u64::from_ne_bytes(id) != md.ino() {
         return Ok(Handles::Unavailable);
     }
-    Ok(Handles::Ready { canon_root: fs::canonicalize(root)?, dev: md.dev(), handle_type: h.handle_type, mount })
+    Ok(Handles::Ready {
+        canon_root: fs::canonicalize(root)?,
+        dev: md.dev(),
+        handle_type: h.handle_type,
+        mount,
+    })
 }
 
 fn open_by_id(mount: &File, handle_type: i32, id: u64) -> io::Result<File> {
@@ -446,7 +472,10 @@ fn open_by_id(mount: &File, handle_type: i32, id: u64) -> io::Result<File> {
 fn walk(root: &Path, skipped: &mut u64) -> io::Result<Vec<(u64, String)>> {
     let md = fs::metadata(root)?;
     if !md.is_dir() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a directory", root.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a directory", root.display()),
+        ));
     }
     let dev = md.dev();
     let mut seen = HashSet::from([md.ino()]);
@@ -504,8 +533,9 @@ fn walk(root: &Path, skipped: &mut u64) -> io::Result<Vec<(u64, String)>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
 
     const PURE_V2: &str = "\
 22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
@@ -598,8 +628,10 @@ mod tests {
         }
     }
     fn tempdir(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let p = std::env::temp_dir().join(format!("imds-cgroup-{tag}-{}-{nanos}", std::process::id()));
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let p =
+            std::env::temp_dir().join(format!("imds-cgroup-{tag}-{}-{nanos}", std::process::id()));
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -611,7 +643,8 @@ mod tests {
     fn resolver_maps_inodes_to_relative_paths() {
         let t = tempdir("tree");
         let r = &t.0;
-        let dirs = ["a", "a/b", "a/b/c", "libpod_parent", "libpod_parent/libpod-abc", "with space", "ünï"];
+        let dirs =
+            ["a", "a/b", "a/b/c", "libpod_parent", "libpod_parent/libpod-abc", "with space", "ünï"];
         for d in dirs {
             fs::create_dir_all(r.join(d)).unwrap();
         }

@@ -9,17 +9,12 @@
 //! timeout, the reply's body by [`MAX_REPLY`] bytes, and every failure is a
 //! [`DockerError`] that names the socket.
 
-use std::{
-    collections::BTreeMap,
-    io,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::http::{self, snippet, truncate};
 pub use super::http::MAX_REPLY;
+use super::http::{self, snippet, truncate};
 
 /// Default bound on one whole request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,7 +23,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// rootful Podman's (`podman.socket` / `podman system service`), then
 /// Docker's under `/run` for hosts where `/var/run` is not a link to it.
 pub fn default_sockets() -> Vec<PathBuf> {
-    ["/var/run/docker.sock", "/run/podman/podman.sock", "/run/docker.sock"].into_iter().map(PathBuf::from).collect()
+    ["/var/run/docker.sock", "/run/podman/podman.sock", "/run/docker.sock"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// What the runtime says about one container.
@@ -92,7 +90,6 @@ impl DockerClient {
         self
     }
 
-
     #[cfg(test)]
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -101,7 +98,10 @@ impl DockerClient {
     /// `GET /containers/<id>/json`. `Ok(None)` when the runtime does not know
     /// the container (404). `id` may be a full or short id or a name.
     pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, DockerError> {
-        if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        if id.is_empty()
+            || id.len() > 256
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
             return Err(DockerError::InvalidId(id.to_owned()));
         }
         let reply = self.get(&format!("/containers/{id}/json")).await?;
@@ -113,7 +113,7 @@ impl DockerClient {
                     socket: self.socket.clone(),
                     code,
                     message: error_message(&reply.body),
-                })
+                });
             }
         }
         let raw: RawInspect = serde_json::from_slice(&reply.body)
@@ -121,7 +121,10 @@ impl DockerClient {
         let config = raw.config.unwrap_or_default();
         Ok(Some(ContainerInfo {
             id: raw.id,
-            name: raw.name.map(|n| n.strip_prefix('/').map(str::to_owned).unwrap_or(n)).unwrap_or_default(),
+            name: raw
+                .name
+                .map(|n| n.strip_prefix('/').map(str::to_owned).unwrap_or(n))
+                .unwrap_or_default(),
             image: config.image.unwrap_or_default(),
             labels: config.labels.unwrap_or_default(),
         }))
@@ -129,15 +132,25 @@ impl DockerClient {
 
     /// One GET, bounded by the timeout as a whole.
     async fn get(&self, target: &str) -> Result<http::Reply, DockerError> {
-        let req = http::Request { host: "docker", target, headers: &[], timeout: self.timeout, max_reply: MAX_REPLY };
+        let req = http::Request {
+            host: "docker",
+            target,
+            headers: &[],
+            timeout: self.timeout,
+            max_reply: MAX_REPLY,
+        };
         let socket = self.socket.clone();
         http::get(&http::Transport::Unix(self.socket.clone()), &req).await.map_err(|e| match e {
             http::Error::Connect(source) => DockerError::Connect { socket, source },
             http::Error::Timeout(after) => DockerError::Timeout { socket, after },
-            http::Error::Io(source) | http::Error::Tls(source) => DockerError::Io { socket, source },
+            http::Error::Io(source) | http::Error::Tls(source) => {
+                DockerError::Io { socket, source }
+            }
             http::Error::TooLarge(limit) => DockerError::TooLarge { socket, limit },
             http::Error::Protocol(detail) => DockerError::Protocol { socket, detail },
-            e @ http::Error::BadHeader(_) => DockerError::Protocol { socket, detail: e.to_string() },
+            e @ http::Error::BadHeader(_) => {
+                DockerError::Protocol { socket, detail: e.to_string() }
+            }
         })
     }
 }
@@ -174,16 +187,18 @@ struct RawConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::{
         sync::atomic::{AtomicU32, Ordering},
         time::Instant,
     };
-    use crate::identity::http::fake::{self, Seen, Serve};
+
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::UnixListener,
     };
+
+    use super::*;
+    use crate::identity::http::fake::{self, Seen, Serve};
 
     const ID: &str = "8d1c3e5fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
 
@@ -247,7 +262,10 @@ mod tests {
     fn with_length(status: &str, body: &str) -> Vec<u8> {
         http(
             status,
-            &format!("Api-Version: 1.45\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len()),
+            &format!(
+                "Api-Version: 1.45\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ),
             body.as_bytes(),
         )
     }
@@ -285,7 +303,12 @@ mod tests {
         ] {
             labels.insert(k.to_owned(), v.to_owned());
         }
-        ContainerInfo { id: ID.into(), name: "payments-api".into(), image: "api:1.42".into(), labels }
+        ContainerInfo {
+            id: ID.into(),
+            name: "payments-api".into(),
+            image: "api:1.42".into(),
+            labels,
+        }
     }
 
     #[tokio::test]
@@ -303,7 +326,8 @@ mod tests {
     #[tokio::test]
     async fn content_length_does_not_wait_for_close() {
         let d = tempdir();
-        let (path, _) = serve(&d, Serve::ReplyAndHold(with_length("200 OK", &inspect_json()))).await;
+        let (path, _) =
+            serve(&d, Serve::ReplyAndHold(with_length("200 OK", &inspect_json()))).await;
         assert_eq!(client(&path).inspect(ID).await.unwrap(), Some(want_info()));
     }
 
@@ -311,7 +335,8 @@ mod tests {
     async fn inspect_chunked() {
         let d = tempdir();
         // Odd chunk sizes so that chunks split UTF-8 and JSON tokens.
-        let (path, _) = serve(&d, Serve::ReplyAndHold(chunked(&inspect_json(), &[1, 7, 300, 4096]))).await;
+        let (path, _) =
+            serve(&d, Serve::ReplyAndHold(chunked(&inspect_json(), &[1, 7, 300, 4096]))).await;
         assert_eq!(client(&path).inspect(ID).await.unwrap(), Some(want_info()));
     }
 
@@ -349,7 +374,8 @@ mod tests {
     async fn server_error_carries_the_message() {
         let d = tempdir();
         let body = r#"{"message":"server is shutting down"}"#;
-        let (path, _) = serve(&d, Serve::Reply(with_length("500 Internal Server Error", body))).await;
+        let (path, _) =
+            serve(&d, Serve::Reply(with_length("500 Internal Server Error", body))).await;
         let err = client(&path).inspect(ID).await.unwrap_err();
         assert!(matches!(err, DockerError::Status { code: 500, .. }), "{err:?}");
         assert!(err.to_string().contains("HTTP 500: server is shutting down"), "{err}");
@@ -358,7 +384,11 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_a_protocol_error() {
         let d = tempdir();
-        let (path, _) = serve(&d, Serve::ReplyAndHold(b"\x16\x03\x01\x02\x00garbage that is not http".to_vec())).await;
+        let (path, _) = serve(
+            &d,
+            Serve::ReplyAndHold(b"\x16\x03\x01\x02\x00garbage that is not http".to_vec()),
+        )
+        .await;
         let err = client(&path).inspect(ID).await.unwrap_err();
         assert!(matches!(err, DockerError::Protocol { .. }), "{err:?}");
         assert!(err.to_string().contains("not an HTTP response"), "{err}");
@@ -377,8 +407,14 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), "invalid HTTP header"),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}".to_vec(), "body cut short"),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), "chunk size"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}".to_vec(), "body cut short"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n".to_vec(), "chunk body CR"),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}".to_vec(),
+                "body cut short",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n".to_vec(),
+                "chunk body CR",
+            ),
         ];
         for (reply, want) in cases {
             let d = tempdir();
@@ -391,7 +427,9 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_json_is_a_json_error() {
-        for body in ["{\"Id\": ", "[1,2,3]", "null", "{\"Id\":\"x\",\"Config\":{\"Labels\":{\"a\":1}}}"] {
+        for body in
+            ["{\"Id\": ", "[1,2,3]", "null", "{\"Id\":\"x\",\"Config\":{\"Labels\":{\"a\":1}}}"]
+        {
             let d = tempdir();
             let (path, _) = serve(&d, Serve::Reply(with_length("200 OK", body))).await;
             let err = client(&path).inspect(ID).await.unwrap_err();
@@ -449,7 +487,11 @@ mod tests {
             }
         });
         let start = Instant::now();
-        let err = DockerClient::new(path).with_timeout(Duration::from_millis(300)).inspect(ID).await.unwrap_err();
+        let err = DockerClient::new(path)
+            .with_timeout(Duration::from_millis(300))
+            .inspect(ID)
+            .await
+            .unwrap_err();
         assert!(matches!(err, DockerError::Timeout { .. }), "{err:?}");
         assert!(start.elapsed() < Duration::from_millis(1300), "{:?}", start.elapsed());
     }
@@ -464,7 +506,10 @@ mod tests {
             "{err:?}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("cannot connect to container runtime socket") && msg.contains("nope.sock"), "{msg}");
+        assert!(
+            msg.contains("cannot connect to container runtime socket") && msg.contains("nope.sock"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
@@ -496,7 +541,9 @@ mod tests {
     fn default_socket_order() {
         assert_eq!(
             default_sockets(),
-            ["/var/run/docker.sock", "/run/podman/podman.sock", "/run/docker.sock"].map(PathBuf::from).to_vec()
+            ["/var/run/docker.sock", "/run/podman/podman.sock", "/run/docker.sock"]
+                .map(PathBuf::from)
+                .to_vec()
         );
         assert_eq!(DockerClient::new("/x".into()).timeout(), Duration::from_secs(2));
     }

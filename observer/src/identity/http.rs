@@ -47,8 +47,16 @@ pub const MAX_REPLY: usize = 4 << 20;
 #[derive(Clone)]
 pub enum Transport {
     Unix(PathBuf),
-    Tcp { host: String, port: u16 },
-    Tls { host: String, port: u16, server_name: ServerName<'static>, config: Arc<rustls::ClientConfig> },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Tls {
+        host: String,
+        port: u16,
+        server_name: ServerName<'static>,
+        config: Arc<rustls::ClientConfig>,
+    },
 }
 
 impl fmt::Debug for Transport {
@@ -406,7 +414,8 @@ pub mod fake {
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
             Serve::Flood(n) => {
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n").await;
+                let _ =
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n").await;
                 let block = vec![b' '; 64 << 10];
                 let mut sent = 0;
                 while sent < n {
@@ -423,13 +432,14 @@ pub mod fake {
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        fake::{self, Seen, Serve, find},
-        *,
-    };
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
+    };
+
+    use super::{
+        fake::{self, Seen, Serve, find},
+        *,
     };
 
     /// A fake peer on 127.0.0.1 answering every connection with `what`.
@@ -537,13 +547,25 @@ mod tests {
         // with Connect, not BadHeader.
         let t = Transport::Unix("/nonexistent/imds-observer-test.sock".into());
         for headers in [&[("X-Nomad-Token", "a\r\nHost: evil")][..], &[("X:Y", "v")][..]] {
-            let req = Request { host: "h", target: "/", headers, timeout: Duration::from_secs(1), max_reply: MAX_REPLY };
+            let req = Request {
+                host: "h",
+                target: "/",
+                headers,
+                timeout: Duration::from_secs(1),
+                max_reply: MAX_REPLY,
+            };
             let err = get(&t, &req).await.unwrap_err();
             assert!(matches!(err, Error::BadHeader(_)), "{err:?}");
             // The value itself never appears in the error.
             assert!(!err.to_string().contains("evil"), "{err}");
         }
-        let req = Request { host: "h", target: "/a b", headers: &[], timeout: Duration::from_secs(1), max_reply: MAX_REPLY };
+        let req = Request {
+            host: "h",
+            target: "/a b",
+            headers: &[],
+            timeout: Duration::from_secs(1),
+            max_reply: MAX_REPLY,
+        };
         assert!(matches!(get(&t, &req).await.unwrap_err(), Error::BadHeader(_)));
     }
 

@@ -232,7 +232,9 @@ pub async fn watch(client: Client, node: String, writer: Writer<Arc<PodInfo>>, s
             Err(e) => {
                 let msg = describe(&e, &node);
                 if !failing {
-                    warn!("Kubernetes API: {msg}; pod names are left out until it answers (retrying with backoff)");
+                    warn!(
+                        "Kubernetes API: {msg}; pod names are left out until it answers (retrying with backoff)"
+                    );
                 } else {
                     debug!("Kubernetes API: {msg}");
                 }
@@ -277,7 +279,9 @@ fn describe(e: &watcher::Error, node: &str) -> String {
             "pods list/watch on node {node} forbidden (HTTP 403: {message}): the observer's ServiceAccount needs \
              get, list and watch on pods (ClusterRole in deploy/kubernetes/rbac.yaml)"
         ),
-        401 => format!("unauthorized (HTTP 401: {message}): the API server rejected the observer's credentials"),
+        401 => format!(
+            "unauthorized (HTTP 401: {message}): the API server rejected the observer's credentials"
+        ),
         code => format!("pods list/watch on node {node} failed (HTTP {code}: {message})"),
     }
 }
@@ -315,11 +319,19 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         namespace: m.namespace.clone().unwrap_or_default(),
         labels: m.labels.clone().unwrap_or_default(),
         containers,
-        mirror_of: m.annotations.as_ref().and_then(|a| a.get(MIRROR_ANNOTATION)).filter(|v| !v.is_empty()).cloned(),
+        mirror_of: m
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MIRROR_ANNOTATION))
+            .filter(|v| !v.is_empty())
+            .cloned(),
     })
 }
 
-fn container(cs: &ContainerStatus, spec_image: &dyn Fn(&str) -> Option<String>) -> Option<PodContainer> {
+fn container(
+    cs: &ContainerStatus,
+    spec_image: &dyn Fn(&str) -> Option<String>,
+) -> Option<PodContainer> {
     let id = runtime_container_id(cs.container_id.as_deref()?)?.to_owned();
     // The status names the image as the runtime resolved it; some runtimes
     // give only a digest there, and then the spec's reference says more.
@@ -333,16 +345,18 @@ fn container(cs: &ContainerStatus, spec_image: &dyn Fn(&str) -> Option<String>) 
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::*;
-    use crate::identity::{
-        http::fake::find,
-        lookup::{Answer, Changes, Table},
-    };
     use std::time::{Duration, Instant};
+
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
         sync::broadcast,
+    };
+
+    use super::*;
+    use crate::identity::{
+        http::fake::find,
+        lookup::{Answer, Changes, Table},
     };
 
     pub const UID_A: &str = "0f4b2c7e-9a1d-4e3b-8c6a-5d2e1f0a9b8c";
@@ -505,13 +519,18 @@ pub(crate) mod tests {
         }
 
         // A pod started after the list.
-        let added = format!(r#"{{"type":"ADDED","object":{}}}"#, pod_json(UID_B, "worker-1", CID_B, 11));
+        let added =
+            format!(r#"{{"type":"ADDED","object":{}}}"#, pod_json(UID_B, "worker-1", CID_B, 11));
         api.events.send(added).unwrap();
         until("pod B added", Duration::from_secs(5), || found(&table, UID_B).is_some()).await;
-        assert_eq!(found(&table, UID_B).unwrap().container(CID_B).unwrap().image, "registry.example/worker-1:1.42");
+        assert_eq!(
+            found(&table, UID_B).unwrap().container(CID_B).unwrap().image,
+            "registry.example/worker-1:1.42"
+        );
 
         // Pod A deleted.
-        let deleted = format!(r#"{{"type":"DELETED","object":{}}}"#, pod_json(UID_A, "api-7f9c", CID_A, 12));
+        let deleted =
+            format!(r#"{{"type":"DELETED","object":{}}}"#, pod_json(UID_A, "api-7f9c", CID_A, 12));
         api.events.send(deleted).unwrap();
         until("pod A deleted", Duration::from_secs(5), || found(&table, UID_A).is_none()).await;
         assert_eq!(table.get(UID_A), Answer::Pending);
@@ -524,7 +543,10 @@ pub(crate) mod tests {
     async fn forbidden_names_the_missing_rbac_retries_and_recovers() {
         let api = fake_api(vec![pod_json(UID_A, "api-7f9c", CID_A, 9)], ListMode::Forbidden).await;
         let (table, state) = start(&api);
-        until("two failed lists (a retry)", Duration::from_secs(10), || state.lock().unwrap().failures >= 2).await;
+        until("two failed lists (a retry)", Duration::from_secs(10), || {
+            state.lock().unwrap().failures >= 2
+        })
+        .await;
         let err = state.lock().unwrap().last_error.clone().unwrap();
         assert!(err.contains("pods list/watch on node node-a forbidden (HTTP 403"), "{err}");
         assert!(err.contains("get, list and watch on pods"), "{err}");
@@ -532,7 +554,8 @@ pub(crate) mod tests {
         assert!(!state.lock().unwrap().synced);
         // RBAC fixed: the next retry lists.
         *api.mode.lock().unwrap() = ListMode::Ok;
-        until("listed after the fix", Duration::from_secs(15), || found(&table, UID_A).is_some()).await;
+        until("listed after the fix", Duration::from_secs(15), || found(&table, UID_A).is_some())
+            .await;
         assert!(state.lock().unwrap().synced);
     }
 
@@ -540,7 +563,8 @@ pub(crate) mod tests {
     async fn garbage_is_an_error_not_a_crash() {
         let api = fake_api(vec![], ListMode::Garbage).await;
         let (table, state) = start(&api);
-        until("a failed list", Duration::from_secs(10), || state.lock().unwrap().failures >= 1).await;
+        until("a failed list", Duration::from_secs(10), || state.lock().unwrap().failures >= 1)
+            .await;
         assert!(state.lock().unwrap().last_error.is_some());
         assert!(!state.lock().unwrap().synced);
         assert_eq!(table.get(UID_A), Answer::Pending);
@@ -556,7 +580,11 @@ pub(crate) mod tests {
         assert_eq!(p.container(CID_B).unwrap().image, "envoy:1.30");
         assert_eq!(p.mirror_of, None);
         // A mirror pod is also known by the static pod's UID.
-        pod.metadata.annotations.as_mut().unwrap().insert(MIRROR_ANNOTATION.into(), "6f6c8b1fa0a1f2b5e7e8c9d0e1f2a3b4".into());
+        pod.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(MIRROR_ANNOTATION.into(), "6f6c8b1fa0a1f2b5e7e8c9d0e1f2a3b4".into());
         let p = pod_info(&pod).unwrap();
         assert_eq!(p.keys().collect::<Vec<_>>(), vec![UID_A, "6f6c8b1fa0a1f2b5e7e8c9d0e1f2a3b4"]);
         pod.metadata.uid = None;

@@ -116,7 +116,8 @@ impl<V: Clone + Send + 'static> Table<V> {
         Fut: Future<Output = Result<Option<V>, E>> + Send,
         E: Display,
     {
-        let shared = Arc::new(Shared { entries: Mutex::new(HashMap::new()), changes: changes.clone() });
+        let shared =
+            Arc::new(Shared { entries: Mutex::new(HashMap::new()), changes: changes.clone() });
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let writer = Writer { shared: shared.clone() };
         tokio::spawn(async move {
@@ -136,7 +137,9 @@ impl<V: Clone + Send + 'static> Table<V> {
                     Err(e) => {
                         // Once per outage, not once per key.
                         if !failing {
-                            warn!("{source}: {e}; {meanwhile} until it answers (retrying every {retry_after:?})");
+                            warn!(
+                                "{source}: {e}; {meanwhile} until it answers (retrying every {retry_after:?})"
+                            );
                             failing = true;
                         }
                         writer.failed(key, Instant::now() + retry_after);
@@ -150,7 +153,8 @@ impl<V: Clone + Send + 'static> Table<V> {
     /// A table kept by a watch: the task holds the [`Writer`].
     #[cfg_attr(not(any(feature = "kubernetes", test)), allow(dead_code))]
     pub fn watched(changes: &Changes) -> (Self, Writer<V>) {
-        let shared = Arc::new(Shared { entries: Mutex::new(HashMap::new()), changes: changes.clone() });
+        let shared =
+            Arc::new(Shared { entries: Mutex::new(HashMap::new()), changes: changes.clone() });
         (Table { shared: shared.clone(), ask: None }, Writer { shared })
     }
 
@@ -238,8 +242,9 @@ impl<V> Writer<V> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    use super::*;
 
     async fn settle<V: Clone + PartialEq + Send + 'static>(t: &Table<V>, key: &str) -> Answer<V> {
         for _ in 0..200 {
@@ -257,14 +262,15 @@ mod tests {
         let changes = Changes::default();
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        let t: Table<String> = Table::asking(&changes, "test source", "names", Duration::from_secs(30), move |k| {
-            let c = c.clone();
-            async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok::<_, String>(if k == "a" { Some(format!("name-{k}")) } else { None })
-            }
-        });
+        let t: Table<String> =
+            Table::asking(&changes, "test source", "names", Duration::from_secs(30), move |k| {
+                let c = c.clone();
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, String>(if k == "a" { Some(format!("name-{k}")) } else { None })
+                }
+            });
         let before = changes.get();
         // Asked many times while pending: one request.
         for _ in 0..10 {
@@ -282,10 +288,16 @@ mod tests {
         let changes = Changes::default();
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        let t: Table<u32> = Table::asking(&changes, "test source", "names", Duration::from_millis(150), move |_| {
-            let n = c.fetch_add(1, Ordering::SeqCst);
-            async move { if n == 0 { Err("down".to_string()) } else { Ok(Some(7)) } }
-        });
+        let t: Table<u32> = Table::asking(
+            &changes,
+            "test source",
+            "names",
+            Duration::from_millis(150),
+            move |_| {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                async move { if n == 0 { Err("down".to_string()) } else { Ok(Some(7)) } }
+            },
+        );
         t.get("k");
         let a = settle(&t, "k").await;
         assert!(matches!(a, Answer::Failed(_)), "{a:?}");
@@ -304,7 +316,9 @@ mod tests {
     async fn bounded() {
         let changes = Changes::default();
         let t: Table<u32> =
-            Table::asking(&changes, "test source", "names", Duration::from_secs(30), |_| async { Ok::<_, String>(None) });
+            Table::asking(&changes, "test source", "names", Duration::from_secs(30), |_| async {
+                Ok::<_, String>(None)
+            });
         for i in 0..(MAX_ENTRIES + 100) {
             t.get(&format!("k{i}"));
         }

@@ -25,8 +25,6 @@ use std::{
 
 use tracing::{debug, info, warn};
 
-pub use crate::model::{Container, NETNS_KEY, Nomad};
-
 use self::{
     cgroup::CgroupResolver,
     docker::{ContainerInfo, DockerClient},
@@ -36,6 +34,7 @@ use self::{
     pods::PodInfo,
     runtime::parse_cgroup_path,
 };
+pub use crate::model::{Container, NETNS_KEY, Nomad};
 
 impl Container {
     /// The path named a workload: the test of `PathIdentity::is_workload`,
@@ -59,8 +58,11 @@ impl Container {
     /// What the cgroup path alone says.
     pub fn from_path(cgroup_id: u64, path: &str) -> Self {
         let p = parse_cgroup_path(path);
-        let nomad = (p.nomad_alloc.is_some() || p.nomad_task.is_some())
-            .then(|| Nomad { alloc: p.nomad_alloc, task: p.nomad_task, ..Default::default() });
+        let nomad = (p.nomad_alloc.is_some() || p.nomad_task.is_some()).then(|| Nomad {
+            alloc: p.nomad_alloc,
+            task: p.nomad_task,
+            ..Default::default()
+        });
         Container {
             id: p.id,
             runtime: p.runtime,
@@ -79,7 +81,8 @@ impl Container {
     /// labels that Kubernetes, Nomad and ECS put on containers.
     pub fn enrich(&mut self, info: &ContainerInfo) {
         let label = |k: &str| info.labels.get(k).filter(|v| !v.is_empty()).cloned();
-        self.name = Some(label("io.kubernetes.container.name").unwrap_or_else(|| info.name.clone()));
+        self.name =
+            Some(label("io.kubernetes.container.name").unwrap_or_else(|| info.name.clone()));
         self.image = Some(info.image.clone()).filter(|i| !i.is_empty());
         self.pod = label("io.kubernetes.pod.name").or(self.pod.take());
         self.namespace = label("io.kubernetes.pod.namespace").or(self.namespace.take());
@@ -100,7 +103,8 @@ impl Container {
     /// where the runtime's API gave none (containerd and CRI-O nodes).
     pub fn enrich_pod(&mut self, pod: &PodInfo) {
         self.pod = Some(pod.name.clone()).filter(|n| !n.is_empty()).or(self.pod.take());
-        self.namespace = Some(pod.namespace.clone()).filter(|n| !n.is_empty()).or(self.namespace.take());
+        self.namespace =
+            Some(pod.namespace.clone()).filter(|n| !n.is_empty()).or(self.namespace.take());
         self.pod_uid = self.pod_uid.take().or_else(|| Some(pod.uid.clone()));
         self.labels = pod.labels.clone();
         if let Some(c) = self.id.as_deref().and_then(|id| pod.container(id)) {
@@ -120,7 +124,8 @@ impl Container {
         n.alloc = n.alloc.take().or_else(|| Some(alloc.id.clone()));
         n.job = n.job.take().or_else(|| Some(alloc.job.clone()).filter(|j| !j.is_empty()));
         n.group = n.group.take().or_else(|| Some(alloc.group.clone()).filter(|g| !g.is_empty()));
-        n.namespace = n.namespace.take().or_else(|| Some(alloc.namespace.clone()).filter(|s| !s.is_empty()));
+        n.namespace =
+            n.namespace.take().or_else(|| Some(alloc.namespace.clone()).filter(|s| !s.is_empty()));
     }
 }
 
@@ -167,10 +172,16 @@ impl Identities {
         let docker = sockets.iter().find(|s| s.exists()).map(|socket| {
             debug!(socket = %socket.display(), "naming containers through the runtime API");
             let client = DockerClient::new(socket.clone());
-            Table::asking(&changes, "runtime API", "containers are named from cgroup paths", RETRY_AFTER, move |id| {
-                let client = client.clone();
-                async move { client.inspect(&id).await }
-            })
+            Table::asking(
+                &changes,
+                "runtime API",
+                "containers are named from cgroup paths",
+                RETRY_AFTER,
+                move |id| {
+                    let client = client.clone();
+                    async move { client.inspect(&id).await }
+                },
+            )
         });
         if docker.is_none() && !sockets.is_empty() {
             debug!("no runtime API socket: containers are named from their cgroup paths only");
@@ -237,7 +248,9 @@ impl Identities {
         #[cfg(not(feature = "kubernetes"))]
         if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
             let _ = node;
-            info!("built without the kubernetes feature: pod names come from the runtime socket only");
+            info!(
+                "built without the kubernetes feature: pod names come from the runtime socket only"
+            );
         }
         self
     }
@@ -314,7 +327,11 @@ impl Identities {
             }
             note(a.is_pending(), a.retry_at());
         }
-        let alloc = c.nomad.as_ref().filter(|n| n.job.is_none() || n.group.is_none()).and_then(|n| n.alloc.clone());
+        let alloc = c
+            .nomad
+            .as_ref()
+            .filter(|n| n.job.is_none() || n.group.is_none())
+            .and_then(|n| n.alloc.clone());
         if let (Some(t), Some(alloc)) = (&self.nomad, alloc) {
             let a = t.get(&alloc);
             if let Answer::Found(info) = &a {
@@ -361,7 +378,9 @@ mod tests {
         // containers in its own unified cgroup.
         assert!(shared("/system.slice/containerd.service"));
         assert!(!shared(&format!("/system.slice/docker-{ID}.scope")));
-        assert!(!shared("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod8d7f3c6e_2b1a_4c5d_9e8f_7a6b5c4d3e2f.slice"));
+        assert!(!shared(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod8d7f3c6e_2b1a_4c5d_9e8f_7a6b5c4d3e2f.slice"
+        ));
         // A cgroup of its own, by no runtime's convention: still its own.
         assert!(!shared("/imdslab1/app"));
     }
@@ -378,12 +397,20 @@ mod tests {
         labels.insert("com.hashicorp.nomad.task_group_name".into(), "g".into());
         labels.insert("com.hashicorp.nomad.task_name".into(), "t".into());
         labels.insert("com.amazonaws.ecs.task-arn".into(), "arn:aws:ecs:task/1".into());
-        c.enrich(&ContainerInfo { id: ID.into(), name: "k8s_api_x".into(), image: "api:1.42".into(), labels });
+        c.enrich(&ContainerInfo {
+            id: ID.into(),
+            name: "k8s_api_x".into(),
+            image: "api:1.42".into(),
+            labels,
+        });
         assert_eq!(c.name.as_deref(), Some("api"));
         assert_eq!(c.image.as_deref(), Some("api:1.42"));
         assert_eq!(c.label(), "payments/api-7f9c");
         let n = c.nomad.as_ref().unwrap();
-        assert_eq!((n.alloc.as_deref(), n.job.as_deref(), n.group.as_deref(), n.task.as_deref()), (Some("a1"), Some("web"), Some("g"), Some("t")));
+        assert_eq!(
+            (n.alloc.as_deref(), n.job.as_deref(), n.group.as_deref(), n.task.as_deref()),
+            (Some("a1"), Some("web"), Some("g"), Some("t"))
+        );
         assert_eq!(c.ecs_task.as_deref(), Some("arn:aws:ecs:task/1"));
     }
 
@@ -393,6 +420,7 @@ mod tests {
         Mutex,
         atomic::{AtomicU32, Ordering},
     };
+
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
@@ -413,8 +441,11 @@ mod tests {
     fn tree(paths: &[&str]) -> (Tree, Vec<u64>) {
         use std::os::unix::fs::MetadataExt;
         static N: AtomicU32 = AtomicU32::new(0);
-        let root = std::env::temp_dir()
-            .join(format!("imds-identities-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let root = std::env::temp_dir().join(format!(
+            "imds-identities-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let ids = paths
             .iter()
             .map(|p| {
@@ -439,16 +470,22 @@ mod tests {
                     tokio::time::sleep(delay).await;
                     let code = *status.lock().unwrap();
                     let body = if code == 200 {
-                        format!(r#"{{"ID":"{ALLOC}","Namespace":"batch","JobID":"billing","TaskGroup":"api","Job":{{"Name":"billing"}}}}"#)
+                        format!(
+                            r#"{{"ID":"{ALLOC}","Namespace":"batch","JobID":"billing","TaskGroup":"api","Job":{{"Name":"billing"}}}}"#
+                        )
                     } else {
                         "No cluster leader".to_string()
                     };
-                    let r = format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    let r = format!(
+                        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
                     let _ = s.write_all(r.as_bytes()).await;
                 });
             }
         });
-        NomadClient::new(&format!("http://127.0.0.1:{port}"), &nomad::TlsSettings::default()).unwrap()
+        NomadClient::new(&format!("http://127.0.0.1:{port}"), &nomad::TlsSettings::default())
+            .unwrap()
     }
 
     fn kube_path() -> String {
@@ -464,12 +501,21 @@ mod tests {
             name: "api-7f9c".into(),
             namespace: "payments".into(),
             labels: std::collections::BTreeMap::from([("app".to_string(), "api".to_string())]),
-            containers: vec![pods::PodContainer { id: ID.into(), name: "api".into(), image: "api:1.42".into() }],
+            containers: vec![pods::PodContainer {
+                id: ID.into(),
+                name: "api".into(),
+                image: "api:1.42".into(),
+            }],
             mirror_of: None,
         }
     }
 
-    async fn eventually(ids: &mut Identities, cg: u64, within: Duration, f: impl Fn(&Container) -> bool) -> Container {
+    async fn eventually(
+        ids: &mut Identities,
+        cg: u64,
+        within: Duration,
+        f: impl Fn(&Container) -> bool,
+    ) -> Container {
         let t0 = Instant::now();
         loop {
             let c = ids.identify(cg).unwrap();
@@ -488,29 +534,48 @@ mod tests {
         let (kube_cg, nomad_cg) = (ids[0], ids[1]);
         // Nomad answers only after 300 ms.
         let client = nomad(Arc::new(Mutex::new(200)), Duration::from_millis(300)).await;
-        let (mut ids, pods) = Identities::new(t.0.clone(), &[]).with_nomad(client, RETRY_AFTER).with_pod_table();
+        let (mut ids, pods) =
+            Identities::new(t.0.clone(), &[]).with_nomad(client, RETRY_AFTER).with_pod_table();
 
         let t0 = Instant::now();
         let n = ids.identify(nomad_cg).unwrap();
         let k = ids.identify(kube_cg).unwrap();
         assert!(t0.elapsed() < Duration::from_millis(200), "identify waited {:?}", t0.elapsed());
         let nm = n.nomad.as_ref().unwrap();
-        assert_eq!((nm.alloc.as_deref(), nm.task.as_deref(), nm.job.as_deref()), (Some(ALLOC), Some("server"), None));
-        assert_eq!((k.pod_uid.as_deref(), k.pod.as_deref(), k.name.as_deref()), (Some(POD_UID), None, None));
-        assert!(serde_json::to_value(&k).unwrap().get("labels").is_none(), "labels omitted when empty");
+        assert_eq!(
+            (nm.alloc.as_deref(), nm.task.as_deref(), nm.job.as_deref()),
+            (Some(ALLOC), Some("server"), None)
+        );
+        assert_eq!(
+            (k.pod_uid.as_deref(), k.pod.as_deref(), k.name.as_deref()),
+            (Some(POD_UID), None, None)
+        );
+        assert!(
+            serde_json::to_value(&k).unwrap().get("labels").is_none(),
+            "labels omitted when empty"
+        );
 
         // The watch lists the pod: the next identify carries it.
         pods.found(POD_UID.into(), Arc::new(pod()));
         let k = ids.identify(kube_cg).unwrap();
-        assert_eq!((k.pod.as_deref(), k.namespace.as_deref()), (Some("api-7f9c"), Some("payments")));
+        assert_eq!(
+            (k.pod.as_deref(), k.namespace.as_deref()),
+            (Some("api-7f9c"), Some("payments"))
+        );
         assert_eq!((k.name.as_deref(), k.image.as_deref()), (Some("api"), Some("api:1.42")));
         assert_eq!(k.label(), "payments/api-7f9c");
         let json = serde_json::to_value(&k).unwrap();
         assert_eq!(json["labels"]["app"], "api");
 
-        let n = eventually(&mut ids, nomad_cg, Duration::from_secs(3), |c| c.nomad.as_ref().unwrap().job.is_some()).await;
+        let n = eventually(&mut ids, nomad_cg, Duration::from_secs(3), |c| {
+            c.nomad.as_ref().unwrap().job.is_some()
+        })
+        .await;
         let nm = n.nomad.unwrap();
-        assert_eq!((nm.job.as_deref(), nm.group.as_deref(), nm.namespace.as_deref()), (Some("billing"), Some("api"), Some("batch")));
+        assert_eq!(
+            (nm.job.as_deref(), nm.group.as_deref(), nm.namespace.as_deref()),
+            (Some("billing"), Some("api"), Some("batch"))
+        );
         assert_eq!(nm.task.as_deref(), Some("server"), "the task still comes from the path");
 
         // Deleted pod: the cached identity is kept (events of a dying
@@ -526,7 +591,8 @@ mod tests {
         let cg = cgs[0];
         let status = Arc::new(Mutex::new(500));
         let client = nomad(status.clone(), Duration::ZERO).await;
-        let mut ids = Identities::new(t.0.clone(), &[]).with_nomad(client, Duration::from_millis(300));
+        let mut ids =
+            Identities::new(t.0.clone(), &[]).with_nomad(client, Duration::from_millis(300));
         ids.identify(cg);
         // The failure arrives; nothing more is asked until the delay passes.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -534,7 +600,10 @@ mod tests {
         *status.lock().unwrap() = 200;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(ids.identify(cg).unwrap().nomad.unwrap().job, None, "retried too early");
-        let c = eventually(&mut ids, cg, Duration::from_secs(3), |c| c.nomad.as_ref().unwrap().job.is_some()).await;
+        let c = eventually(&mut ids, cg, Duration::from_secs(3), |c| {
+            c.nomad.as_ref().unwrap().job.is_some()
+        })
+        .await;
         assert_eq!(c.nomad.unwrap().job.as_deref(), Some("billing"));
     }
 }

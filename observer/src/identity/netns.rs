@@ -42,14 +42,22 @@ pub struct NetnsNames {
 
 impl NetnsNames {
     pub fn new(proc: PathBuf) -> Self {
-        Self { proc, veths: HashMap::new(), by_nsid: HashMap::new(), last_scan: None, cache: HashMap::new() }
+        Self {
+            proc,
+            veths: HashMap::new(),
+            by_nsid: HashMap::new(),
+            last_scan: None,
+            cache: HashMap::new(),
+        }
     }
 
     /// The container veths attached now. A veth that was replaced (same
     /// ifindex, other name or peer) loses what was cached for it.
     pub fn set_veths(&mut self, links: &[Link]) {
-        let veths: HashMap<u32, (String, i32)> =
-            links.iter().filter_map(|l| Some((l.ifindex, (l.name.clone(), l.peer_netnsid?)))).collect();
+        let veths: HashMap<u32, (String, i32)> = links
+            .iter()
+            .filter_map(|l| Some((l.ifindex, (l.name.clone(), l.peer_netnsid?))))
+            .collect();
         self.cache.retain(|i, _| veths.get(i).is_some_and(|v| self.veths.get(i) == Some(v)));
         self.veths = veths;
     }
@@ -65,8 +73,11 @@ impl NetnsNames {
             self.scan();
         }
         let ns = self.by_nsid.get(&nsid)?;
-        let texts: Vec<String> =
-            ns.pids.iter().filter_map(|p| fs::read_to_string(self.proc.join(format!("{p}/cgroup"))).ok()).collect();
+        let texts: Vec<String> = ns
+            .pids
+            .iter()
+            .filter_map(|p| fs::read_to_string(self.proc.join(format!("{p}/cgroup"))).ok())
+            .collect();
         let Some(mut c) = container_of_netns(texts.iter().map(String::as_str)) else {
             // Its processes are gone: look again next time.
             self.by_nsid.remove(&nsid);
@@ -88,7 +99,9 @@ impl NetnsNames {
         let mut pids_by_inode: HashMap<u64, Vec<u32>> = HashMap::new();
         let Ok(entries) = fs::read_dir(&self.proc) else { return };
         for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
             // Gone, a kernel thread, or not ours to read: skipped.
             let Some(inode) = netns_inode(&e.path().join("ns/net")) else { continue };
             if Some(inode) != own {
@@ -97,7 +110,9 @@ impl NetnsNames {
         }
         self.by_nsid.clear();
         for (inode, pids) in pids_by_inode {
-            let Some(nsid) = pids.iter().find_map(|p| nsid_of(&self.proc.join(format!("{p}/ns/net")))) else {
+            let Some(nsid) =
+                pids.iter().find_map(|p| nsid_of(&self.proc.join(format!("{p}/ns/net"))))
+            else {
                 continue;
             };
             self.by_nsid.insert(nsid, Netns { inode, pids });
@@ -133,7 +148,8 @@ pub fn container_of_netns<'a>(cgroup_files: impl Iterator<Item = &'a str>) -> Op
     }
     // Keep the pod (or task) they share; drop the container they do not.
     let mut first = found.swap_remove(0);
-    let all_same = |f: &dyn Fn(&Container) -> Option<&String>| found.iter().all(|c| f(c) == f(&first));
+    let all_same =
+        |f: &dyn Fn(&Container) -> Option<&String>| found.iter().all(|c| f(c) == f(&first));
     let same_pod = all_same(&|c| c.pod_uid.as_ref());
     let same_ecs = all_same(&|c| c.ecs_task.as_ref());
     let same_runtime = all_same(&|c| c.runtime.as_ref());
@@ -172,11 +188,8 @@ pub fn container_of_process(text: &str) -> Option<Container> {
         .collect();
     paths.sort_by_key(|(rank, _)| *rank);
     let first = paths.first()?.1;
-    let path = paths
-        .iter()
-        .map(|(_, p)| *p)
-        .find(|p| parse_cgroup_path(p).is_workload())
-        .unwrap_or(first);
+    let path =
+        paths.iter().map(|(_, p)| *p).find(|p| parse_cgroup_path(p).is_workload()).unwrap_or(first);
     let mut c = Container::from_path(0, path);
     c.cgroup_id = None;
     // A process in another network namespace is no host process, whatever
@@ -226,12 +239,17 @@ mod tests {
         assert_eq!(c.ecs_task.as_deref(), Some(TASK));
         // And a container in cgroup2 on a hybrid host is taken from there.
         let text = format!("4:memory:/\n0::/system.slice/docker-{ID}.scope\n");
-        assert_eq!(container_of_process(&text).unwrap().cgroup.unwrap(), format!("/system.slice/docker-{ID}.scope"));
+        assert_eq!(
+            container_of_process(&text).unwrap().cgroup.unwrap(),
+            format!("/system.slice/docker-{ID}.scope")
+        );
     }
 
     #[test]
     fn unknown_process_in_a_netns_is_not_host() {
-        let c = container_of_process("1:name=systemd:/user.slice/user-0.slice/session-3.scope\n0::/\n").unwrap();
+        let c =
+            container_of_process("1:name=systemd:/user.slice/user-0.slice/session-3.scope\n0::/\n")
+                .unwrap();
         assert!(!c.host, "it is in another network namespace");
         assert_eq!(c.id, None);
         assert!(container_of_process("").is_none());

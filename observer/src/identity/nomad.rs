@@ -136,7 +136,8 @@ impl NomadClient {
     /// A client for `addr` (`http://`, `https://` or `unix://`).
     pub fn new(addr: &str, tls: &TlsSettings) -> Result<Self, NomadError> {
         let bad = |why: &str| NomadError::Config(format!("NOMAD_ADDR {addr:?}: {why}"));
-        let (scheme, rest) = addr.split_once("://").ok_or_else(|| bad("expected http://, https:// or unix://"))?;
+        let (scheme, rest) =
+            addr.split_once("://").ok_or_else(|| bad("expected http://, https:// or unix://"))?;
         let scheme = scheme.to_ascii_lowercase();
         let (transport, host, prefix) = if scheme == "unix" {
             if rest.is_empty() {
@@ -156,12 +157,24 @@ impl NomadClient {
                 "https" => 443,
                 _ => return Err(bad("expected http://, https:// or unix://")),
             };
-            let (host, port) = split_host_port(authority, default_port).ok_or_else(|| bad("bad host or port"))?;
+            let (host, port) =
+                split_host_port(authority, default_port).ok_or_else(|| bad("bad host or port"))?;
             let transport = if scheme == "https" {
-                let name = tls.server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
-                let server_name = ServerName::try_from(name.clone())
-                    .map_err(|_| NomadError::Config(format!("TLS server name {name:?} is not a DNS name or address")))?;
-                Transport::Tls { host: host.clone(), port, server_name, config: Arc::new(tls_config(tls)?) }
+                let name = tls
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+                let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+                    NomadError::Config(format!(
+                        "TLS server name {name:?} is not a DNS name or address"
+                    ))
+                })?;
+                Transport::Tls {
+                    host: host.clone(),
+                    port,
+                    server_name,
+                    config: Arc::new(tls_config(tls)?),
+                }
             } else {
                 Transport::Tcp { host: host.clone(), port }
             };
@@ -197,7 +210,8 @@ impl NomadClient {
     /// `GET /v1/allocation/<id>`. `Ok(None)` when Nomad does not know the
     /// allocation (404).
     pub async fn allocation(&self, id: &str) -> Result<Option<AllocInfo>, NomadError> {
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        {
             return Err(NomadError::InvalidId(id.to_owned()));
         }
         let mut target = format!("{}/v1/allocation/{id}", self.prefix);
@@ -205,7 +219,8 @@ impl NomadClient {
             target.push_str("?region=");
             target.push_str(&query_escape(r));
         }
-        let headers: Vec<(&str, &str)> = self.token.iter().map(|t| ("X-Nomad-Token", t.as_str())).collect();
+        let headers: Vec<(&str, &str)> =
+            self.token.iter().map(|t| ("X-Nomad-Token", t.as_str())).collect();
         let req = http::Request {
             host: &self.host,
             target: &target,
@@ -215,15 +230,25 @@ impl NomadClient {
         };
         let reply = http::get(&self.transport, &req).await.map_err(|source| match source {
             // Never echo a header value back (the token).
-            http::Error::BadHeader(_) => NomadError::Config("NOMAD_TOKEN contains a line break".into()),
+            http::Error::BadHeader(_) => {
+                NomadError::Config("NOMAD_TOKEN contains a line break".into())
+            }
             source => NomadError::Http { addr: self.addr.clone(), source },
         })?;
         let message = || truncate(String::from_utf8_lossy(&reply.body).trim(), 200);
         match reply.status {
             200 => {}
             404 => return Ok(None),
-            403 => return Err(NomadError::Forbidden { addr: self.addr.clone(), message: message() }),
-            code => return Err(NomadError::Status { addr: self.addr.clone(), code, message: message() }),
+            403 => {
+                return Err(NomadError::Forbidden { addr: self.addr.clone(), message: message() });
+            }
+            code => {
+                return Err(NomadError::Status {
+                    addr: self.addr.clone(),
+                    code,
+                    message: message(),
+                });
+            }
         }
         let raw: RawAlloc = serde_json::from_slice(&reply.body)
             .map_err(|source| NomadError::Json { addr: self.addr.clone(), source })?;
@@ -318,8 +343,10 @@ pub fn tls_config(tls: &TlsSettings) -> Result<ClientConfig, NomadError> {
         if let Some(file) = &tls.ca_cert {
             add_pem_certs(&mut roots, file)?;
         } else if let Some(dir) = &tls.ca_path {
-            let entries = std::fs::read_dir(dir).map_err(|e| cfg(format!("NOMAD_CAPATH {}: {e}", dir.display())))?;
-            let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+            let entries = std::fs::read_dir(dir)
+                .map_err(|e| cfg(format!("NOMAD_CAPATH {}: {e}", dir.display())))?;
+            let mut files: Vec<PathBuf> =
+                entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
             files.sort();
             for f in files {
                 // Like Go's x509 pool from a directory: files that hold no
@@ -345,7 +372,9 @@ pub fn tls_config(tls: &TlsSettings) -> Result<ClientConfig, NomadError> {
             let certs = read_certs(cert)?;
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| cfg(format!("NOMAD_CLIENT_KEY {}: {e}", key.display())))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| cfg(format!("client certificate: {e}")))
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| cfg(format!("client certificate: {e}")))
         }
         (None, None) => Ok(builder.with_no_client_auth()),
         _ => Err(cfg("NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY go together".into())),
@@ -391,7 +420,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -399,7 +433,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -408,13 +447,15 @@ impl ServerCertVerifier for AcceptAnyCert {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::identity::http::fake::{self, Seen, Serve};
     use std::{
         sync::atomic::{AtomicU32, Ordering},
         time::Instant,
     };
+
     use tokio::net::{TcpListener, UnixListener};
+
+    use super::*;
+    use crate::identity::http::fake::{self, Seen, Serve};
 
     const ALLOC: &str = "5c3f8f2e-1b2a-4d7e-9f10-2a3b4c5d6e7f";
     const TOKEN: &str = "b7a1c2d3-0000-4000-8000-secret0token";
@@ -431,8 +472,6 @@ mod tests {
 "TaskStates":{{"server":{{"State":"running","Failed":false,"Restarts":0,"Events":[]}}}},"CreateIndex":42,"ModifyIndex":44}}"#
         )
     }
-
-
 
     /// A fake Nomad agent on 127.0.0.1; its port and the requests it saw.
     async fn serve(what: Serve) -> (u16, Seen) {
@@ -461,7 +500,12 @@ mod tests {
     }
 
     fn want() -> AllocInfo {
-        AllocInfo { id: ALLOC.into(), job: "billing".into(), group: "api".into(), namespace: "payments".into() }
+        AllocInfo {
+            id: ALLOC.into(),
+            job: "billing".into(),
+            group: "api".into(),
+            namespace: "payments".into(),
+        }
     }
 
     #[tokio::test]
@@ -476,7 +520,9 @@ mod tests {
 
     #[tokio::test]
     async fn no_token_no_header_and_job_id_when_the_job_is_absent() {
-        let body = format!(r#"{{"ID":"{ALLOC}","JobID":"batch/periodic-1700000000","TaskGroup":"g","Job":null}}"#);
+        let body = format!(
+            r#"{{"ID":"{ALLOC}","JobID":"batch/periodic-1700000000","TaskGroup":"g","Job":null}}"#
+        );
         let (port, seen) = serve(Serve::Reply(reply("200 OK", &body))).await;
         let c = client(port).with_token(None);
         let got = c.allocation(ALLOC).await.unwrap().unwrap();
@@ -504,7 +550,9 @@ mod tests {
 
     #[tokio::test]
     async fn server_error_is_a_status_error() {
-        let (port, _) = serve(Serve::Reply(reply("500 Internal Server Error", "rpc error: No cluster leader"))).await;
+        let (port, _) =
+            serve(Serve::Reply(reply("500 Internal Server Error", "rpc error: No cluster leader")))
+                .await;
         let err = client(port).allocation(ALLOC).await.unwrap_err();
         assert!(matches!(err, NomadError::Status { code: 500, .. }), "{err:?}");
         assert!(err.to_string().contains("No cluster leader"), "{err}");
@@ -522,21 +570,32 @@ mod tests {
         }
         let (port, _) = serve(Serve::Reply(b"\x16\x03\x01 not http at all".to_vec())).await;
         let err = client(port).allocation(ALLOC).await.unwrap_err();
-        assert!(matches!(err, NomadError::Http { source: http::Error::Protocol(_), .. }), "{err:?}");
+        assert!(
+            matches!(err, NomadError::Http { source: http::Error::Protocol(_), .. }),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
     async fn oversized_reply_is_refused() {
         let (port, _) = serve(Serve::Flood(http::MAX_REPLY + (1 << 20))).await;
-        let err = client(port).with_timeout(Duration::from_secs(5)).allocation(ALLOC).await.unwrap_err();
-        assert!(matches!(err, NomadError::Http { source: http::Error::TooLarge(_), .. }), "{err:?}");
+        let err =
+            client(port).with_timeout(Duration::from_secs(5)).allocation(ALLOC).await.unwrap_err();
+        assert!(
+            matches!(err, NomadError::Http { source: http::Error::TooLarge(_), .. }),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
     async fn slow_server_times_out_within_the_timeout() {
         let (port, _) = serve(Serve::Silent).await;
         let start = Instant::now();
-        let err = client(port).with_timeout(Duration::from_millis(300)).allocation(ALLOC).await.unwrap_err();
+        let err = client(port)
+            .with_timeout(Duration::from_millis(300))
+            .allocation(ALLOC)
+            .await
+            .unwrap_err();
         assert!(matches!(err, NomadError::Http { source: http::Error::Timeout(_), .. }), "{err:?}");
         assert!(start.elapsed() < Duration::from_millis(1300), "{:?}", start.elapsed());
     }
@@ -554,15 +613,21 @@ mod tests {
     async fn unsafe_ids_are_refused_without_a_request() {
         let (port, seen) = serve(Serve::Reply(reply("200 OK", &alloc_json()))).await;
         for id in ["", "../../v1/jobs", "a b", "x?y", "5c3f8f2e-1b2a-4d7e-9f10-2a3b4c5d6e7f/../x"] {
-            assert!(matches!(client(port).allocation(id).await, Err(NomadError::InvalidId(_))), "{id}");
+            assert!(
+                matches!(client(port).allocation(id).await, Err(NomadError::InvalidId(_))),
+                "{id}"
+            );
         }
         assert!(seen.lock().unwrap().is_empty());
     }
 
     fn tempdir() -> PathBuf {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir()
-            .join(format!("imds-nomad-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "imds-nomad-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         p
@@ -577,7 +642,11 @@ mod tests {
         let s2 = seen.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(fake::handle(s, Serve::Reply(reply("200 OK", &alloc_json())), s2.clone()));
+                tokio::spawn(fake::handle(
+                    s,
+                    Serve::Reply(reply("200 OK", &alloc_json())),
+                    s2.clone(),
+                ));
             }
         });
         let vars = |k: &str| match k {
@@ -604,11 +673,28 @@ mod tests {
         assert!(matches!(&c.transport, Transport::Tcp { host, port: 4646 } if host == "[::1]"));
         let c = NomadClient::new("HTTP://lb.example:8080/nomad/", &tls).unwrap();
         assert_eq!(c.prefix, "/nomad");
-        assert!(matches!(NomadClient::new("unix:///run/nomad.sock", &tls).unwrap().transport, Transport::Unix(_)));
-        for bad in ["127.0.0.1:4646", "ftp://x", "http://", "http://user:pw@host", "http://::1:4646", "unix://", "http://h:99999"] {
+        assert!(matches!(
+            NomadClient::new("unix:///run/nomad.sock", &tls).unwrap().transport,
+            Transport::Unix(_)
+        ));
+        for bad in [
+            "127.0.0.1:4646",
+            "ftp://x",
+            "http://",
+            "http://user:pw@host",
+            "http://::1:4646",
+            "unix://",
+            "http://h:99999",
+        ] {
             assert!(matches!(NomadClient::new(bad, &tls), Err(NomadError::Config(_))), "{bad}");
         }
-        assert!(parse_bool("true") && parse_bool("1") && parse_bool("T") && !parse_bool("yes") && !parse_bool("0"));
+        assert!(
+            parse_bool("true")
+                && parse_bool("1")
+                && parse_bool("T")
+                && !parse_bool("yes")
+                && !parse_bool("0")
+        );
     }
 
     #[tokio::test]
@@ -622,7 +708,12 @@ mod tests {
         let c = NomadClient::from_vars(vars).unwrap().unwrap();
         assert!(c.allocation(ALLOC).await.unwrap().is_some());
         let req = seen.lock().unwrap()[0].clone();
-        assert!(req.starts_with(&format!("GET /prefix/v1/allocation/{ALLOC}?region=eu%20west HTTP/1.1\r\n")), "{req}");
+        assert!(
+            req.starts_with(&format!(
+                "GET /prefix/v1/allocation/{ALLOC}?region=eu%20west HTTP/1.1\r\n"
+            )),
+            "{req}"
+        );
     }
 
     // --- https ------------------------------------------------------------
@@ -655,12 +746,18 @@ mod tests {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let srv_key = KeyPair::generate().unwrap();
-        let srv = CertificateParams::new(vec!["server.global.nomad".to_string(), "localhost".to_string()])
-            .unwrap()
-            .signed_by(&srv_key, &issuer)
-            .unwrap();
+        let srv = CertificateParams::new(vec![
+            "server.global.nomad".to_string(),
+            "localhost".to_string(),
+        ])
+        .unwrap()
+        .signed_by(&srv_key, &issuer)
+        .unwrap();
         let cli_key = KeyPair::generate().unwrap();
-        let cli = CertificateParams::new(vec!["cli.global.nomad".to_string()]).unwrap().signed_by(&cli_key, &issuer).unwrap();
+        let cli = CertificateParams::new(vec!["cli.global.nomad".to_string()])
+            .unwrap()
+            .signed_by(&cli_key, &issuer)
+            .unwrap();
         let ca = dir.join("ca.pem");
         std::fs::write(&ca, ca_cert.pem()).unwrap();
         let client_cert = dir.join("cli.pem");
@@ -688,14 +785,18 @@ mod tests {
         let builder = if require_client {
             let mut roots = RootCertStore::empty();
             roots.add(pki.ca_der.clone()).unwrap();
-            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .unwrap();
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
             builder.with_client_cert_verifier(v)
         } else {
             builder.with_no_client_auth()
         };
-        let cfg = builder.with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key()).unwrap();
+        let cfg =
+            builder.with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key()).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
@@ -714,7 +815,10 @@ mod tests {
         (port, seen)
     }
 
-    fn https(port: u16, extra: &[(&'static str, String)]) -> Result<Option<NomadClient>, NomadError> {
+    fn https(
+        port: u16,
+        extra: &[(&'static str, String)],
+    ) -> Result<Option<NomadClient>, NomadError> {
         let extra: Vec<(&'static str, String)> = extra.to_vec();
         NomadClient::from_vars(move |k| {
             if k == "NOMAD_ADDR" {
@@ -730,13 +834,22 @@ mod tests {
         let (port, seen) = serve_tls(&pki, false).await;
         let ca = pki.ca.display().to_string();
         // The certificate names server.global.nomad, not 127.0.0.1.
-        let c = https(port, &[("NOMAD_CACERT", ca.clone()), ("NOMAD_TOKEN", TOKEN.into())]).unwrap().unwrap();
+        let c = https(port, &[("NOMAD_CACERT", ca.clone()), ("NOMAD_TOKEN", TOKEN.into())])
+            .unwrap()
+            .unwrap();
         let err = c.allocation(ALLOC).await.unwrap_err();
         assert!(matches!(err, NomadError::Http { source: http::Error::Tls(_), .. }), "{err:?}");
-        assert!(seen.lock().unwrap().is_empty(), "no request (and no token) sent to an unverified server");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "no request (and no token) sent to an unverified server"
+        );
         let c = https(
             port,
-            &[("NOMAD_CACERT", ca), ("NOMAD_TLS_SERVER_NAME", "server.global.nomad".into()), ("NOMAD_TOKEN", TOKEN.into())],
+            &[
+                ("NOMAD_CACERT", ca),
+                ("NOMAD_TLS_SERVER_NAME", "server.global.nomad".into()),
+                ("NOMAD_TOKEN", TOKEN.into()),
+            ],
         )
         .unwrap()
         .unwrap();
@@ -750,7 +863,10 @@ mod tests {
         let (port, _) = serve_tls(&pki, false).await;
         let c = https(
             port,
-            &[("NOMAD_CAPATH", pki.dir.display().to_string()), ("NOMAD_TLS_SERVER_NAME", "localhost".into())],
+            &[
+                ("NOMAD_CAPATH", pki.dir.display().to_string()),
+                ("NOMAD_TLS_SERVER_NAME", "localhost".into()),
+            ],
         )
         .unwrap()
         .unwrap();
@@ -765,7 +881,10 @@ mod tests {
         let other = self::pki();
         let c = https(
             port,
-            &[("NOMAD_CACERT", other.ca.display().to_string()), ("NOMAD_TLS_SERVER_NAME", "localhost".into())],
+            &[
+                ("NOMAD_CACERT", other.ca.display().to_string()),
+                ("NOMAD_TLS_SERVER_NAME", "localhost".into()),
+            ],
         )
         .unwrap()
         .unwrap();
@@ -780,7 +899,10 @@ mod tests {
     async fn https_mutual_tls() {
         let pki = pki();
         let (port, _) = serve_tls(&pki, true).await;
-        let base = [("NOMAD_CACERT", pki.ca.display().to_string()), ("NOMAD_TLS_SERVER_NAME", "localhost".into())];
+        let base = [
+            ("NOMAD_CACERT", pki.ca.display().to_string()),
+            ("NOMAD_TLS_SERVER_NAME", "localhost".into()),
+        ];
         let c = https(port, &base).unwrap().unwrap();
         assert!(c.allocation(ALLOC).await.is_err(), "the server wants a client certificate");
         let mut with_cert = base.to_vec();
@@ -793,7 +915,10 @@ mod tests {
     #[test]
     fn bad_tls_settings_are_config_errors() {
         let pki = pki();
-        let cert_only = [("NOMAD_CACERT", pki.ca.display().to_string()), ("NOMAD_CLIENT_CERT", pki.client_cert.display().to_string())];
+        let cert_only = [
+            ("NOMAD_CACERT", pki.ca.display().to_string()),
+            ("NOMAD_CLIENT_CERT", pki.client_cert.display().to_string()),
+        ];
         assert!(matches!(https(1, &cert_only), Err(NomadError::Config(_))));
         let missing = [("NOMAD_CACERT", "/nonexistent/ca.pem".to_string())];
         let err = https(1, &missing).unwrap_err();

@@ -222,7 +222,8 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
 
         // Containers.
         if let Some((runtime, id)) = container_component(c, parent) {
-            out.runtime = runtime.map(str::to_owned).or(out.runtime.take().filter(|r| r != runtimes::NOMAD));
+            out.runtime =
+                runtime.map(str::to_owned).or(out.runtime.take().filter(|r| r != runtimes::NOMAD));
             out.id = id;
             workload = true;
         } else if let Some((slice, prefix, id)) = split3(c, ':') {
@@ -254,8 +255,11 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
         out.runtime = Some(runtimes::DOCKER.into());
     }
     if !workload_seen && !out.is_workload() {
-        let systemd = comps.iter().any(|c| c.ends_with(".slice") || UNIT_SUFFIXES.iter().any(|s| c.ends_with(s)));
-        let first_is_host = matches!(comps.first().copied(), Some("system.slice" | "user.slice" | "init.scope"));
+        let systemd = comps
+            .iter()
+            .any(|c| c.ends_with(".slice") || UNIT_SUFFIXES.iter().any(|s| c.ends_with(s)));
+        let first_is_host =
+            matches!(comps.first().copied(), Some("system.slice" | "user.slice" | "init.scope"));
         if comps.is_empty() || out.systemd_unit.is_some() || first_is_host {
             out.host = true;
             if systemd {
@@ -269,7 +273,10 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
 /// A container (or its monitor) named by one path component: the runtime (if
 /// the component says) and the id (if it is 64 hex digits).
 #[allow(clippy::type_complexity)]
-fn container_component(c: &str, parent: Option<&str>) -> Option<(Option<&'static str>, Option<String>)> {
+fn container_component(
+    c: &str,
+    parent: Option<&str>,
+) -> Option<(Option<&'static str>, Option<String>)> {
     // `<prefix>-<id>.scope` (systemd driver): the prefix alone names the
     // runtime even when the id is malformed (a partial identity).
     if let Some(base) = c.strip_suffix(".scope") {
@@ -359,9 +366,9 @@ fn is_pod_uid(s: &str) -> bool {
 fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
-        && b.iter()
-            .enumerate()
-            .all(|(i, &x)| if matches!(i, 8 | 13 | 18 | 23) { x == b'-' } else { x.is_ascii_hexdigit() })
+        && b.iter().enumerate().all(|(i, &x)| {
+            if matches!(i, 8 | 13 | 18 | 23) { x == b'-' } else { x.is_ascii_hexdigit() }
+        })
 }
 
 /// ECS task ids: 32 hex digits (new ARN format) or a UUID (old format).
@@ -404,7 +411,8 @@ mod tests {
 
     #[test]
     fn docker_rootless_systemd() {
-        let p = format!("/user.slice/user-1000.slice/user@1000.service/user.slice/docker-{ID}.scope");
+        let p =
+            format!("/user.slice/user-1000.slice/user@1000.service/user.slice/docker-{ID}.scope");
         assert_eq!(parse_cgroup_path(&p), container("docker", ID));
     }
 
@@ -455,12 +463,18 @@ mod tests {
     #[test]
     fn kubernetes_cgroupfs_driver() {
         let got = parse_cgroup_path(&format!("/kubepods/burstable/pod{POD}/{ID}"));
-        assert_eq!(got, PathIdentity { id: s(ID), pod_uid: s(POD), qos: s("burstable"), ..Default::default() });
+        assert_eq!(
+            got,
+            PathIdentity { id: s(ID), pod_uid: s(POD), qos: s("burstable"), ..Default::default() }
+        );
         let got = parse_cgroup_path(&format!("/kubepods/besteffort/pod{POD}/{ID}"));
         assert_eq!(got.qos.as_deref(), Some("besteffort"));
         // Guaranteed: the pod sits directly under /kubepods.
         let got = parse_cgroup_path(&format!("/kubepods/pod{POD}/{ID}"));
-        assert_eq!(got, PathIdentity { id: s(ID), pod_uid: s(POD), qos: s("guaranteed"), ..Default::default() });
+        assert_eq!(
+            got,
+            PathIdentity { id: s(ID), pod_uid: s(POD), qos: s("guaranteed"), ..Default::default() }
+        );
     }
 
     #[test]
@@ -474,8 +488,13 @@ mod tests {
 
     #[test]
     fn kubernetes_pod_level_cgroup_without_container() {
-        let p = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_ESC}.slice");
-        assert_eq!(parse_cgroup_path(&p), PathIdentity { pod_uid: s(POD), qos: s("burstable"), ..Default::default() });
+        let p = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_ESC}.slice"
+        );
+        assert_eq!(
+            parse_cgroup_path(&p),
+            PathIdentity { pod_uid: s(POD), qos: s("burstable"), ..Default::default() }
+        );
     }
 
     #[test]
@@ -508,7 +527,9 @@ mod tests {
     #[test]
     fn containerd_cgroupfs_with_systemd_style_parent() {
         // containerd with SystemdCgroup=false under a systemd-driver kubelet.
-        let p = format!("/system.slice/containerd.service/kubepods-burstable-pod{POD_ESC}.slice:cri-containerd:{ID}");
+        let p = format!(
+            "/system.slice/containerd.service/kubepods-burstable-pod{POD_ESC}.slice:cri-containerd:{ID}"
+        );
         assert_eq!(
             parse_cgroup_path(&p),
             PathIdentity {
@@ -531,11 +552,18 @@ mod tests {
 
     #[test]
     fn crio_systemd() {
-        let p =
-            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_ESC}.slice/crio-{ID}.scope");
+        let p = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_ESC}.slice/crio-{ID}.scope"
+        );
         assert_eq!(
             parse_cgroup_path(&p),
-            PathIdentity { runtime: s("cri-o"), id: s(ID), pod_uid: s(POD), qos: s("burstable"), ..Default::default() }
+            PathIdentity {
+                runtime: s("cri-o"),
+                id: s(ID),
+                pod_uid: s(POD),
+                qos: s("burstable"),
+                ..Default::default()
+            }
         );
         // crun's `container` child cgroup below the scope.
         let got = parse_cgroup_path(&format!("{p}/container"));
@@ -559,7 +587,13 @@ mod tests {
         let got = parse_cgroup_path(&format!("/kubepods/burstable/pod{POD}/crio-{ID}"));
         assert_eq!(
             got,
-            PathIdentity { runtime: s("cri-o"), id: s(ID), pod_uid: s(POD), qos: s("burstable"), ..Default::default() }
+            PathIdentity {
+                runtime: s("cri-o"),
+                id: s(ID),
+                pod_uid: s(POD),
+                qos: s("burstable"),
+                ..Default::default()
+            }
         );
         let got = parse_cgroup_path(&format!("/kubepods/burstable/pod{POD}/crio-conmon-{ID}"));
         assert_eq!((got.runtime.as_deref(), got.id.as_deref()), (Some("cri-o"), None));
@@ -583,8 +617,14 @@ mod tests {
 
     #[test]
     fn podman_systemd_rootful_and_conmon() {
-        assert_eq!(parse_cgroup_path(&format!("/machine.slice/libpod-{ID}.scope")), container("podman", ID));
-        assert_eq!(parse_cgroup_path(&format!("/machine.slice/libpod-{ID}.scope/container")), container("podman", ID));
+        assert_eq!(
+            parse_cgroup_path(&format!("/machine.slice/libpod-{ID}.scope")),
+            container("podman", ID)
+        );
+        assert_eq!(
+            parse_cgroup_path(&format!("/machine.slice/libpod-{ID}.scope/container")),
+            container("podman", ID)
+        );
         let got = parse_cgroup_path(&format!("/machine.slice/libpod-conmon-{ID}.scope"));
         assert_eq!(got, PathIdentity { runtime: s("podman"), ..Default::default() });
     }
@@ -593,7 +633,8 @@ mod tests {
     fn podman_pod_and_rootless() {
         let p = format!("/machine.slice/machine-libpod_pod_{ID2}.slice/libpod-{ID}.scope");
         assert_eq!(parse_cgroup_path(&p), container("podman", ID));
-        let p = format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope");
+        let p =
+            format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope");
         assert_eq!(parse_cgroup_path(&p), container("podman", ID));
     }
 
@@ -601,10 +642,20 @@ mod tests {
 
     #[test]
     fn nomad_exec_share_and_reserve() {
-        let want =
-            PathIdentity { runtime: s("nomad"), nomad_alloc: s(ALLOC), nomad_task: s("redis"), ..Default::default() };
-        assert_eq!(parse_cgroup_path(&format!("/nomad.slice/share.slice/{ALLOC}.redis.scope")), want);
-        assert_eq!(parse_cgroup_path(&format!("/nomad.slice/reserve.slice/{ALLOC}.redis.scope")), want);
+        let want = PathIdentity {
+            runtime: s("nomad"),
+            nomad_alloc: s(ALLOC),
+            nomad_task: s("redis"),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_cgroup_path(&format!("/nomad.slice/share.slice/{ALLOC}.redis.scope")),
+            want
+        );
+        assert_eq!(
+            parse_cgroup_path(&format!("/nomad.slice/reserve.slice/{ALLOC}.redis.scope")),
+            want
+        );
         // cgroup v1 shape, for completeness.
         assert_eq!(parse_cgroup_path(&format!("/nomad/{ALLOC}.redis")), want);
     }
@@ -618,9 +669,15 @@ mod tests {
     #[test]
     fn nomad_docker_driver_is_a_docker_container() {
         // Nomad 1.7+: no cgroup parent, Docker's default.
-        assert_eq!(parse_cgroup_path(&format!("/system.slice/docker-{ID}.scope")), container("docker", ID));
+        assert_eq!(
+            parse_cgroup_path(&format!("/system.slice/docker-{ID}.scope")),
+            container("docker", ID)
+        );
         // Older Nomad on cgroup v2: cgroup parent nomad.slice.
-        assert_eq!(parse_cgroup_path(&format!("/nomad.slice/docker-{ID}.scope")), container("docker", ID));
+        assert_eq!(
+            parse_cgroup_path(&format!("/nomad.slice/docker-{ID}.scope")),
+            container("docker", ID)
+        );
     }
 
     #[test]
@@ -636,7 +693,15 @@ mod tests {
     #[test]
     fn ecs_cgroupfs() {
         let got = parse_cgroup_path(&format!("/ecs/{ECS_TASK}/{ID}"));
-        assert_eq!(got, PathIdentity { runtime: s("docker"), id: s(ID), ecs_task: s(ECS_TASK), ..Default::default() });
+        assert_eq!(
+            got,
+            PathIdentity {
+                runtime: s("docker"),
+                id: s(ID),
+                ecs_task: s(ECS_TASK),
+                ..Default::default()
+            }
+        );
         // Old-format (UUID) task ids.
         let got = parse_cgroup_path(&format!("/ecs/{ALLOC}/{ID}"));
         assert_eq!(got.ecs_task.as_deref(), Some(ALLOC));
@@ -647,7 +712,12 @@ mod tests {
         let p = format!("/ecstasks.slice/ecstasks-{ECS_TASK}.slice/docker-{ID}.scope");
         assert_eq!(
             parse_cgroup_path(&p),
-            PathIdentity { runtime: s("docker"), id: s(ID), ecs_task: s(ECS_TASK), ..Default::default() }
+            PathIdentity {
+                runtime: s("docker"),
+                id: s(ID),
+                ecs_task: s(ECS_TASK),
+                ..Default::default()
+            }
         );
         // The task slice itself.
         let got = parse_cgroup_path(&format!("/ecstasks.slice/ecstasks-{ECS_TASK}.slice"));
@@ -665,11 +735,18 @@ mod tests {
 
     #[test]
     fn systemd_services_are_host() {
-        for unit in ["sshd.service", "kubelet.service", "containerd.service", "systemd-resolved.service"] {
+        for unit in
+            ["sshd.service", "kubelet.service", "containerd.service", "systemd-resolved.service"]
+        {
             let got = parse_cgroup_path(&format!("/system.slice/{unit}"));
             assert_eq!(
                 got,
-                PathIdentity { runtime: s("systemd"), systemd_unit: s(unit), host: true, ..Default::default() },
+                PathIdentity {
+                    runtime: s("systemd"),
+                    systemd_unit: s(unit),
+                    host: true,
+                    ..Default::default()
+                },
                 "{unit}"
             );
         }
@@ -692,7 +769,9 @@ mod tests {
                 ..Default::default()
             }
         );
-        let got = parse_cgroup_path("/user.slice/user-1000.slice/user@1000.service/app.slice/dbus.service");
+        let got = parse_cgroup_path(
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/dbus.service",
+        );
         assert_eq!(got.systemd_unit.as_deref(), Some("dbus.service"));
         assert!(got.host);
         assert!(parse_cgroup_path("/user.slice").host);
@@ -723,17 +802,26 @@ mod tests {
         assert_eq!(parse_cgroup_path("\n"), PathIdentity::default());
         assert_eq!(parse_cgroup_path(&format!("/docker/{ID}\n")), container("docker", ID));
         // No leading slash: parsed the same.
-        assert_eq!(parse_cgroup_path(&format!("system.slice/docker-{ID}.scope")), container("docker", ID));
-        assert_eq!(parse_cgroup_path(&format!("libpod_parent/libpod-{ID}")), container("podman", ID));
+        assert_eq!(
+            parse_cgroup_path(&format!("system.slice/docker-{ID}.scope")),
+            container("docker", ID)
+        );
+        assert_eq!(
+            parse_cgroup_path(&format!("libpod_parent/libpod-{ID}")),
+            container("podman", ID)
+        );
     }
 
     #[test]
     fn malformed_ids_give_partial_identities() {
         // Short, non-hex, empty and over-long ids in a runtime scope: the
         // runtime is known, the id is not.
-        for bad in
-            ["3f2a9c1b04de", "zz1c3e5fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12", "", &format!("{ID}0")]
-        {
+        for bad in [
+            "3f2a9c1b04de",
+            "zz1c3e5fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12",
+            "",
+            &format!("{ID}0"),
+        ] {
             let got = parse_cgroup_path(&format!("/system.slice/docker-{bad}.scope"));
             assert_eq!(got, PathIdentity { runtime: s("docker"), ..Default::default() }, "{bad}");
         }
@@ -744,10 +832,15 @@ mod tests {
 
     #[test]
     fn truncated_paths_give_what_they_have() {
-        let got = parse_cgroup_path("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f4b2c7e_9a1d");
+        let got = parse_cgroup_path(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f4b2c7e_9a1d",
+        );
         assert_eq!(got, PathIdentity { qos: s("burstable"), ..Default::default() });
         let got = parse_cgroup_path(&format!("/kubepods/burstable/pod{POD}/{}", &ID[..20]));
-        assert_eq!(got, PathIdentity { pod_uid: s(POD), qos: s("burstable"), ..Default::default() });
+        assert_eq!(
+            got,
+            PathIdentity { pod_uid: s(POD), qos: s("burstable"), ..Default::default() }
+        );
         let got = parse_cgroup_path(&format!("/nomad.slice/share.slice/{}", &ALLOC[..20]));
         assert_eq!(got.nomad_alloc, None);
         assert_eq!(parse_cgroup_path("/ecstasks.slice/ecstasks-5296.slice").ecs_task, None);

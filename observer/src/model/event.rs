@@ -214,8 +214,11 @@ impl Line {
         if let Ok(ev) = serde_json::from_slice::<Event>(text) {
             return Some(Line::Event(Box::new(ev)));
         }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(text) else { return Some(Line::NotJson) };
-        let is_event = v.get("type").is_some_and(|t| serde_json::from_value::<Kind>(t.clone()).is_ok());
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(text) else {
+            return Some(Line::NotJson);
+        };
+        let is_event =
+            v.get("type").is_some_and(|t| serde_json::from_value::<Kind>(t.clone()).is_ok());
         Some(match v.get("type").and_then(|t| t.as_str()) {
             Some("finding") => Line::Finding,
             // An event in every other way: only its time is unreadable.
@@ -251,12 +254,22 @@ mod tests {
     fn lines_that_are_not_events_say_what_they_are() {
         assert!(Line::parse(b"  \n").is_none());
         assert!(matches!(Line::parse(b"not json"), Some(Line::NotJson)));
-        assert!(matches!(Line::parse(br#"{"type":"bogus","ts":"x","node":"n"}"#), Some(Line::NotEvent)));
-        assert!(matches!(Line::parse(br#"{"type":"finding","kind":"healthy"}"#), Some(Line::Finding)));
-        assert!(matches!(Line::parse(br#"{"type":"request","ts":"yesterday","node":"n"}"#), Some(Line::BadTime)));
+        assert!(matches!(
+            Line::parse(br#"{"type":"bogus","ts":"x","node":"n"}"#),
+            Some(Line::NotEvent)
+        ));
+        assert!(matches!(
+            Line::parse(br#"{"type":"finding","kind":"healthy"}"#),
+            Some(Line::Finding)
+        ));
+        assert!(matches!(
+            Line::parse(br#"{"type":"request","ts":"yesterday","node":"n"}"#),
+            Some(Line::BadTime)
+        ));
         // A protocol name from a newer version is read, as "other".
-        let Some(Line::Event(ev)) = Line::parse(br#"{"type":"reply","ts":"2026-11-26T20:54:00Z","node":"n","proto":"sctp"}"#)
-        else {
+        let Some(Line::Event(ev)) = Line::parse(
+            br#"{"type":"reply","ts":"2026-11-26T20:54:00Z","node":"n","proto":"sctp"}"#,
+        ) else {
             panic!("an event")
         };
         assert_eq!(ev.proto, Some(Proto::Other));

@@ -48,8 +48,9 @@ impl HoldQueue {
         if !cookies.iter().any(|c| self.holds(*c)) {
             return Vec::new();
         }
-        let (go, stay): (VecDeque<Record>, VecDeque<Record>) =
-            std::mem::take(&mut self.records).into_iter().partition(|r| cookies.contains(&r.cookie));
+        let (go, stay): (VecDeque<Record>, VecDeque<Record>) = std::mem::take(&mut self.records)
+            .into_iter()
+            .partition(|r| cookies.contains(&r.cookie));
         self.records = stay;
         for c in cookies {
             self.held.remove(c);

@@ -19,9 +19,9 @@ use crate::{
         kallsyms::{self, Locations},
     },
     correlate::flows::{Flow, FlowTable},
+    identity::{Container, Identities},
     model::{self, Event, Kind},
     sys::{clock::Clock, socket::own_netns_cookie},
-    identity::{Container, Identities},
 };
 
 /// Counters of input the pipeline skipped, reported on exit.
@@ -74,7 +74,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(node: String, clock: Clock, identities: Option<Identities>, names: KernelNames) -> Self {
+    pub fn new(
+        node: String,
+        clock: Clock,
+        identities: Option<Identities>,
+        names: KernelNames,
+    ) -> Self {
         Self {
             node,
             clock,
@@ -115,7 +120,6 @@ impl Pipeline {
         Event::new(kind, self.clock.wall(ts_ns), self.node.clone())
     }
 
-
     fn with_flow(&mut self, ev: &mut Event, flow: Option<Flow>) {
         if let Some(f) = flow {
             ev.flow = Some(f.cookie);
@@ -140,7 +144,8 @@ impl Pipeline {
             // Its cgroup is shared, its veth is not: the container is told
             // apart by its network namespace.
             if veth_names_it {
-                let veth = f.veth.or_else(|| self.netns_veth.get(&f.netns_cookie).copied().flatten());
+                let veth =
+                    f.veth.or_else(|| self.netns_veth.get(&f.netns_cookie).copied().flatten());
                 if let Some(c) = veth.and_then(|v| self.identities.as_mut()?.identify_veth(v)) {
                     ev.container = Some(c);
                     ev.cgroup_id = None;
@@ -176,7 +181,10 @@ impl Pipeline {
             return false;
         }
         let cgroup_id = f.cgroup_id;
-        self.identities.as_mut().and_then(|i| i.identify(cgroup_id)).is_none_or(|c| c.is_shared_cgroup())
+        self.identities
+            .as_mut()
+            .and_then(|i| i.identify(cgroup_id))
+            .is_none_or(|c| c.is_shared_cgroup())
     }
 
     /// A container's packet entering the host on its veth: the veth of the
@@ -302,7 +310,17 @@ impl Pipeline {
         let sent = hook == Hook::CgroupEgress;
         let (local, endpoint) = if sent { (pkt.src, pkt.dst) } else { (pkt.dst, pkt.src) };
         let seq_ack = pkt.tcp.as_ref().map(|t| (t.seq, t.ack));
-        let flow = self.flows.on_socket_packet(rec.cookie, rec.cgroup_id, (local, endpoint), seq_ack, sent, rec.ts_ns).clone();
+        let flow = self
+            .flows
+            .on_socket_packet(
+                rec.cookie,
+                rec.cgroup_id,
+                (local, endpoint),
+                seq_ack,
+                sent,
+                rec.ts_ns,
+            )
+            .clone();
         let mut ev = self.event(if sent { Kind::Request } else { Kind::Reply }, rec.ts_ns);
         self.with_flow(&mut ev, Some(flow));
         fill_packet(&mut ev, pkt);
@@ -317,8 +335,15 @@ impl Pipeline {
         } else {
             self.flows.lookup(pkt.dst, pkt.src, rec.ts_ns).cloned()
         };
-        let mut ev = self.event(if egress { Kind::HostEgress } else { Kind::HostIngress }, rec.ts_ns);
-        ev.iface = Some(self.names.ifaces.get(&rec.ifindex).cloned().unwrap_or_else(|| format!("if{}", rec.ifindex)));
+        let mut ev =
+            self.event(if egress { Kind::HostEgress } else { Kind::HostIngress }, rec.ts_ns);
+        ev.iface = Some(
+            self.names
+                .ifaces
+                .get(&rec.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{}", rec.ifindex)),
+        );
         self.with_flow(&mut ev, flow);
         fill_packet(&mut ev, pkt);
         Some(ev)
@@ -335,7 +360,9 @@ impl Pipeline {
         // Delivered, then freed unread when its socket closed (a FIN after
         // the client hung up): nothing was lost on the way. Kernels without
         // the QUEUE_PURGE reason say so by where they freed it.
-        if reason.as_deref() == Some("QUEUE_PURGE") || location.is_some_and(|l| kallsyms::DELIVERED.contains(&l)) {
+        if reason.as_deref() == Some("QUEUE_PURGE")
+            || location.is_some_and(|l| kallsyms::DELIVERED.contains(&l))
+        {
             self.skipped.purged += 1;
             return None;
         }
@@ -473,7 +500,12 @@ mod tests {
         let mut p = Pipeline::new("n".into(), Clock::now(), None, KernelNames::default());
         p.own_netns = Some(HOST_NS);
         if fallback {
-            p.set_veths(&[Link { ifindex: 9, name: "veth9".into(), kind: Some("veth".into()), peer_netnsid: Some(3) }]);
+            p.set_veths(&[Link {
+                ifindex: 9,
+                name: "veth9".into(),
+                kind: Some("veth".into()),
+                peer_netnsid: Some(3),
+            }]);
         }
         p
     }
@@ -544,7 +576,8 @@ mod tests {
     #[test]
     fn a_reply_purged_unread_at_close_is_no_drop() {
         let mut p = pipeline(false);
-        p.names.drop_reasons = HashMap::from([(2, "NOT_SPECIFIED".to_string()), (5, "QUEUE_PURGE".to_string())]);
+        p.names.drop_reasons =
+            HashMap::from([(2, "NOT_SPECIFIED".to_string()), (5, "QUEUE_PURGE".to_string())]);
         let mut out = Vec::new();
         let mut purged = packet(Hook::Drop, MS, 0, 1);
         purged.reason = 5;
@@ -594,7 +627,11 @@ mod tests {
             p.process(&packet(Hook::CgroupEgress, MS, 5, i), &mut out);
         }
         assert_eq!(p.held.len(), MAX_HELD);
-        assert_eq!(kinds(&out)[..2], [(Kind::Request, Some(0)), (Kind::Request, Some(1))], "oldest first");
+        assert_eq!(
+            kinds(&out)[..2],
+            [(Kind::Request, Some(0)), (Kind::Request, Some(1))],
+            "oldest first"
+        );
         assert_eq!(out.len(), 10);
     }
 

@@ -26,8 +26,8 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -35,11 +35,11 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
+    Method, Request, Response, StatusCode,
     body::Incoming,
-    header::{HeaderValue, ACCEPT, ALLOW, CONNECTION, CONTENT_TYPE},
+    header::{ACCEPT, ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue},
     server::conn::http1,
     service::service_fn,
-    Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -135,9 +135,15 @@ impl Server {
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
     let what = match e.kind() {
-        io::ErrorKind::AddrInUse => "address in use (another imds-observer, or another exporter, listens there)".into(),
-        io::ErrorKind::AddrNotAvailable => "address not available (not an address of this host)".into(),
-        io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)".into(),
+        io::ErrorKind::AddrInUse => {
+            "address in use (another imds-observer, or another exporter, listens there)".into()
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "address not available (not an address of this host)".into()
+        }
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)".into()
+        }
         _ => e.to_string(),
     };
     io::Error::new(e.kind(), format!("--metrics-addr {addr}: {what}"))
@@ -146,7 +152,11 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
 /// Bind `addr` and serve `/metrics`, `/healthz` and `/readyz` on it (the
 /// one-call form of `Server::bind` + `Server::run`).
 #[allow(dead_code)] // `run` binds first, to fail before capture starts
-pub async fn serve(addr: SocketAddr, state: Arc<Mutex<Metrics>>, ready: Arc<AtomicBool>) -> io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<Mutex<Metrics>>,
+    ready: Arc<AtomicBool>,
+) -> io::Result<()> {
     Server::bind(addr).await?.run(state, ready).await
 }
 
@@ -241,9 +251,11 @@ fn respond(
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: capture is not attached\n"),
         _ => {
             const OPENMETRICS: &[u8] = b"application/openmetrics-text";
-            let openmetrics = req.headers().get_all(ACCEPT).iter().any(|v| {
-                v.as_bytes().windows(OPENMETRICS.len()).any(|w| w == OPENMETRICS)
-            });
+            let openmetrics = req
+                .headers()
+                .get_all(ACCEPT)
+                .iter()
+                .any(|v| v.as_bytes().windows(OPENMETRICS.len()).any(|w| w == OPENMETRICS));
             let m = state.lock().unwrap_or_else(|e| e.into_inner());
             if openmetrics {
                 answer(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, m.encode())
@@ -274,8 +286,10 @@ mod tests {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let server =
-                    Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap().with_read_timeout(read_timeout);
+                let server = Server::bind("127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap()
+                    .with_read_timeout(read_timeout);
                 tx.send(server.local_addr()).unwrap();
                 server.run(s, r).await
             })
@@ -305,7 +319,8 @@ mod tests {
         let (addr, state, ready) = start(READ_TIMEOUT);
         {
             let mut m = state.lock().unwrap();
-            let mut ev = Event::new(Kind::LostEvents, std::time::SystemTime::now(), "node-a".into());
+            let mut ev =
+                Event::new(Kind::LostEvents, std::time::SystemTime::now(), "node-a".into());
             ev.count = Some(5);
             m.observe(&crate::diagnose::Diagnoser::default(), &ev);
         }
@@ -317,7 +332,9 @@ mod tests {
         assert_eq!(status, 200, "{head}");
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(
-            head.contains("\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            head.contains(
+                "\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            ),
             "{head}"
         );
         assert!(head.contains("\r\nConnection: close"), "{head}");
@@ -332,14 +349,23 @@ mod tests {
             "events_lost",
             "series_capped",
         ] {
-            assert!(body.contains(&format!("# TYPE imds_observer_{family} ")), "{family} missing:\n{body}");
+            assert!(
+                body.contains(&format!("# TYPE imds_observer_{family} ")),
+                "{family} missing:\n{body}"
+            );
         }
-        assert!(body.lines().any(|l| l == r#"imds_observer_events_lost_total{node="node-a"} 5"#), "{body}");
+        assert!(
+            body.lines().any(|l| l == r#"imds_observer_events_lost_total{node="node-a"} 5"#),
+            "{body}"
+        );
         assert!(body.ends_with("# EOF\n"));
         // curl: Prometheus text 0.0.4.
         let (status, head, body) = get(addr, "/metrics?x=1");
         assert_eq!(status, 200);
-        assert!(head.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"), "{head}");
+        assert!(
+            head.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"),
+            "{head}"
+        );
         assert!(body.contains("# TYPE imds_observer_events_lost_total counter"), "{body}");
         // HEAD: the head only.
         let (status, head, body) = send(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n");
@@ -353,7 +379,8 @@ mod tests {
         assert_eq!((status, body.as_str()), (200, "ready\n"));
         assert_eq!(get(addr, "/nope").0, 404);
         assert_eq!(get(addr, "/metrics/x").0, 404);
-        let (status, head, _) = send(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+        let (status, head, _) =
+            send(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
         assert_eq!(status, 405);
         assert!(head.contains("\r\nAllow: GET, HEAD"), "{head}");
         // HTTP/1.0 clients and bare-LF heads work too.
@@ -399,8 +426,14 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.starts_with(&format!("--metrics-addr {addr}: address in use")), "{msg}");
             // Not an address of this host.
-            let e = Server::bind("192.0.2.1:9109".parse().unwrap()).await.err().expect("foreign address");
-            assert!(e.to_string().starts_with("--metrics-addr 192.0.2.1:9109: address not available"), "{e}");
+            let e = Server::bind("192.0.2.1:9109".parse().unwrap())
+                .await
+                .err()
+                .expect("foreign address");
+            assert!(
+                e.to_string().starts_with("--metrics-addr 192.0.2.1:9109: address not available"),
+                "{e}"
+            );
             // serve() reports the same.
             let state = Arc::new(Mutex::new(Metrics::default()));
             let e = serve(addr, state, Arc::new(AtomicBool::new(true))).await.unwrap_err();

@@ -36,14 +36,24 @@ mod tests {
         let mut buf = Vec::new();
         {
             let mut s = JsonLines::new(&mut buf);
-            let mut ev = Event::new(Kind::Request, humantime::parse_rfc3339("2026-11-26T20:00:00.000000Z").unwrap(), "node-a".into());
+            let mut ev = Event::new(
+                Kind::Request,
+                humantime::parse_rfc3339("2026-11-26T20:00:00.000000Z").unwrap(),
+                "node-a".into(),
+            );
             ev.ttl = Some(64);
             s.write(&ev).unwrap();
-            s.write(&Event::new(Kind::LostEvents, humantime::parse_rfc3339("2026-11-26T20:00:01.000000Z").unwrap(), "node-a".into())).unwrap();
+            s.write(&Event::new(
+                Kind::LostEvents,
+                humantime::parse_rfc3339("2026-11-26T20:00:01.000000Z").unwrap(),
+                "node-a".into(),
+            ))
+            .unwrap();
             s.flush().unwrap();
         }
         let text = String::from_utf8(buf).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["type"], "request");
         assert_eq!(lines[0]["node"], "node-a");

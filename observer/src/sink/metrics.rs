@@ -52,7 +52,7 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 
@@ -62,9 +62,11 @@ use crate::{
 };
 
 /// `Content-Type` of [`Metrics::encode`] (OpenMetrics 1.0 text).
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// `Content-Type` of [`Metrics::encode_prometheus`] (Prometheus text 0.0.4).
-pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Workloads beyond the cap share this `workload` label value.
 pub const OTHER: &str = "_other";
@@ -179,7 +181,13 @@ struct Workload {
 
 impl Workload {
     fn new(ts: SystemTime) -> Self {
-        Self { last_seen: ts, requests: [[0; 2]; 3], replies_lost: 0, findings: BTreeSet::new(), forwarding_hops: None }
+        Self {
+            last_seen: ts,
+            requests: [[0; 2]; 3],
+            replies_lost: 0,
+            findings: BTreeSet::new(),
+            forwarding_hops: None,
+        }
     }
 }
 
@@ -201,7 +209,8 @@ struct Node {
 /// What grew from `before` to `now`; all of `now` after a reset (the
 /// Diagnoser evicted the container and met it again).
 fn growth(before: &Counts, now: &Counts) -> Counts {
-    let cells = |c: &Counts| c.requests.into_iter().flatten().chain([c.replies_lost]).collect::<Vec<_>>();
+    let cells =
+        |c: &Counts| c.requests.into_iter().flatten().chain([c.replies_lost]).collect::<Vec<_>>();
     if cells(now).iter().zip(cells(before)).any(|(n, b)| *n < b) {
         return *now;
     }
@@ -267,11 +276,12 @@ impl Metrics {
             Kind::LostEvents => node.events_lost += ev.count.unwrap_or(1),
             Kind::Drop if ev.via.is_none() => {
                 let reason = ev.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or("unknown");
-                let reason = if node.drops.contains_key(reason) || node.drops.len() < MAX_DROP_REASONS {
-                    clip(reason)
-                } else {
-                    OTHER.to_string()
-                };
+                let reason =
+                    if node.drops.contains_key(reason) || node.drops.len() < MAX_DROP_REASONS {
+                        clip(reason)
+                    } else {
+                        OTHER.to_string()
+                    };
                 *node.drops.entry(reason).or_default() += 1;
             }
             _ => {}
@@ -288,7 +298,8 @@ impl Metrics {
     /// (moving the series when the container got a new name).
     fn read(&mut self, c: &ContainerView) {
         let node = c.node();
-        let who = workload_labels(&c.container()).unwrap_or_else(|| (UNKNOWN.to_string(), String::new()));
+        let who =
+            workload_labels(&c.container()).unwrap_or_else(|| (UNKNOWN.to_string(), String::new()));
         let (now, ts) = (c.counts(), c.last_seen());
         if ts < self.cutoff {
             return;
@@ -304,7 +315,10 @@ impl Metrics {
             None => {
                 if self.seen.len() >= MAX_SEEN {
                     let old: Vec<_> =
-                        oldest_eighth(self.seen.iter().map(|(k, s)| (k, s.last_seen))).into_iter().cloned().collect();
+                        oldest_eighth(self.seen.iter().map(|(k, s)| (k, s.last_seen)))
+                            .into_iter()
+                            .cloned()
+                            .collect();
                     for k in old {
                         self.seen.remove(&k);
                     }
@@ -431,7 +445,8 @@ impl Metrics {
             self.read(&c);
             self.apply(c.node(), &c.container(), c.kinds(), c.forwarding_hops());
         }
-        self.hop_limits = self.nodes.keys().filter_map(|n| Some((n.clone(), diag.hop_limit(n)?))).collect();
+        self.hop_limits =
+            self.nodes.keys().filter_map(|n| Some((n.clone(), diag.hop_limit(n)?))).collect();
     }
 
     fn clear_findings(&mut self) {
@@ -441,7 +456,13 @@ impl Metrics {
         }
     }
 
-    fn apply(&mut self, node: &str, c: &Container, kinds: impl IntoIterator<Item = FindingKind>, hops: Option<u8>) {
+    fn apply(
+        &mut self,
+        node: &str,
+        c: &Container,
+        kinds: impl IntoIterator<Item = FindingKind>,
+        hops: Option<u8>,
+    ) {
         let Some(who) = workload_labels(c) else { return };
         let Some(key) = self.lookup(node, who) else { return };
         let w = self.workloads.get_mut(&key).expect("looked up");
@@ -478,14 +499,16 @@ impl Metrics {
     /// OpenMetrics text ([`OPENMETRICS_CONTENT_TYPE`]), ending in `# EOF`.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry()).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry())
+            .expect("writing to a String");
         out
     }
 
     /// Prometheus text 0.0.4 ([`PROMETHEUS_CONTENT_TYPE`]).
     pub fn encode_prometheus(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry()).expect("writing to a String");
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry())
+            .expect("writing to a String");
         out
     }
 
@@ -496,15 +519,23 @@ impl Metrics {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let wl = |(n, w, ns): &Key| vec![("node", n.clone()), ("workload", w.clone()), ("namespace", ns.clone())];
-        let mut requests =
-            Family::counter("requests", "HTTP requests to metadata endpoints, retransmissions counted once.");
+        let wl = |(n, w, ns): &Key| {
+            vec![("node", n.clone()), ("workload", w.clone()), ("namespace", ns.clone())]
+        };
+        let mut requests = Family::counter(
+            "requests",
+            "HTTP requests to metadata endpoints, retransmissions counted once.",
+        );
         let mut lost = Family::counter(
             "replies_lost",
             "Distinct IMDSv2 token replies that reached the host and were dropped by the kernel.",
         );
-        let mut findings = Family::gauge("findings", "1 for each finding kind that holds now for the workload.");
-        let mut hops = Family::gauge("forwarding_hops", "Forwarding hops between the workload and the host's uplink.");
+        let mut findings =
+            Family::gauge("findings", "1 for each finding kind that holds now for the workload.");
+        let mut hops = Family::gauge(
+            "forwarding_hops",
+            "Forwarding hops between the workload and the host's uplink.",
+        );
         for (key, w) in &self.workloads {
             for (k, by_version) in w.requests.iter().enumerate() {
                 for (v, &n) in by_version.iter().enumerate() {
@@ -526,13 +557,20 @@ impl Metrics {
                 hops.push(wl(key), Value::Gauge(h.into()));
             }
         }
-        let mut drops =
-            Family::counter("drops", "Packets to or from metadata endpoints the kernel dropped, by reason.");
-        let mut events_lost =
-            Family::counter("events_lost", "Records the capture could not hand over (ring buffer full).");
+        let mut drops = Family::counter(
+            "drops",
+            "Packets to or from metadata endpoints the kernel dropped, by reason.",
+        );
+        let mut events_lost = Family::counter(
+            "events_lost",
+            "Records the capture could not hand over (ring buffer full).",
+        );
         for (node, n) in &self.nodes {
             for (reason, &c) in &n.drops {
-                drops.push(vec![("node", node.clone()), ("reason", reason.clone())], Value::Counter(c));
+                drops.push(
+                    vec![("node", node.clone()), ("reason", reason.clone())],
+                    Value::Counter(c),
+                );
             }
             events_lost.push(vec![("node", node.clone())], Value::Counter(n.events_lost));
         }
@@ -543,14 +581,21 @@ impl Metrics {
         for (node, &h) in &self.hop_limits {
             hop_limit.push(vec![("node", node.clone())], Value::Gauge(h.into()));
         }
-        let mut capped =
-            Family::counter("series_capped", "Workloads folded into the workload label _other by the series cap.");
+        let mut capped = Family::counter(
+            "series_capped",
+            "Workloads folded into the workload label _other by the series cap.",
+        );
         capped.push(Vec::new(), Value::Counter(self.capped));
-        let mut families = vec![requests, lost, drops, findings, hop_limit, hops, events_lost, capped];
+        let mut families =
+            vec![requests, lost, drops, findings, hop_limit, hops, events_lost, capped];
         if !self.bpf.is_empty() {
-            let mut time = Family::counter("bpf_program_run_time", "Time the kernel spent running the BPF program.");
+            let mut time = Family::counter(
+                "bpf_program_run_time",
+                "Time the kernel spent running the BPF program.",
+            );
             time.unit = Some(Unit::Seconds);
-            let mut runs = Family::counter("bpf_program_runs", "Times the kernel ran the BPF program.");
+            let mut runs =
+                Family::counter("bpf_program_runs", "Times the kernel ran the BPF program.");
             for (name, &(ns, n)) in &self.bpf {
                 time.push(vec![("program", name.clone())], Value::Seconds(ns as f64 / 1e9));
                 runs.push(vec![("program", name.clone())], Value::Counter(n));
@@ -614,7 +659,10 @@ impl Collector for Snapshot {
     }
 }
 
-fn encode_value(v: &Value, e: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+fn encode_value(
+    v: &Value,
+    e: prometheus_client::encoding::MetricEncoder,
+) -> Result<(), std::fmt::Error> {
     match *v {
         Value::Counter(n) => ConstCounter::new(n).encode(e),
         Value::Seconds(s) => ConstCounter::new(s).encode(e),
@@ -627,8 +675,8 @@ mod tests {
     use super::*;
     use crate::{
         diagnose::{
-            tests::{at, hop_limit_failure, time, Ctr},
             Evidence, FindingTag,
+            tests::{Ctr, at, hop_limit_failure, time},
         },
         identity::Nomad,
     };
@@ -645,7 +693,9 @@ mod tests {
             pod: Some(pod.into()),
             namespace: Some(ns.into()),
             pod_uid: Some("6b1f9a52-0c5e-4c1e-9e0e-2f4b7f6a1d11".into()),
-            cgroup: Some(format!("/kubepods.slice/kubepods-pod6b1f.slice/cri-containerd-{ID}.scope")),
+            cgroup: Some(format!(
+                "/kubepods.slice/kubepods-pod6b1f.slice/cri-containerd-{ID}.scope"
+            )),
             cgroup_id: Some(cg),
             ..Default::default()
         }
@@ -690,7 +740,15 @@ mod tests {
         text.lines().filter(|l| !l.starts_with('#') && l.starts_with(family)).collect()
     }
 
-    fn request(ms: u64, node: &str, flow: u64, seq: u32, who: &Container, method: &str, path: &str) -> Event {
+    fn request(
+        ms: u64,
+        node: &str,
+        flow: u64,
+        seq: u32,
+        who: &Container,
+        method: &str,
+        path: &str,
+    ) -> Event {
         let mut e = Event::new(Kind::Request, crate::diagnose::tests::time(ms), node.into());
         e.flow = Some(flow);
         e.cgroup_id = who.cgroup_id;
@@ -777,14 +835,18 @@ mod tests {
     fn lost_reply_counted_when_the_drop_comes_first() {
         let mut events = hop_limit_failure();
         // Swap the first token reply's host_ingress and drop.
-        let hi = events.iter().position(|e| e.kind == Kind::HostIngress && e.status.is_some()).unwrap();
+        let hi =
+            events.iter().position(|e| e.kind == Kind::HostIngress && e.status.is_some()).unwrap();
         assert_eq!(events[hi + 1].kind, Kind::Drop);
         events.swap(hi, hi + 1);
         let mut m = Metrics::default();
         let mut d = Diagnoser::default();
         events.iter().for_each(|e| fed(&mut m, &mut d, e));
         let text = m.encode();
-        has(&text, r#"imds_observer_replies_lost_total{node="node-a",workload="podman:3f2a9c1b7d4e",namespace=""} 1"#);
+        has(
+            &text,
+            r#"imds_observer_replies_lost_total{node="node-a",workload="podman:3f2a9c1b7d4e",namespace=""} 1"#,
+        );
     }
 
     #[test]
@@ -806,7 +868,10 @@ mod tests {
             fed(&mut m, &mut d, &e);
         }
         let text = m.encode();
-        has(&text, r#"imds_observer_replies_lost_total{node="node-a",workload="checkout-api",namespace=""} 1"#);
+        has(
+            &text,
+            r#"imds_observer_replies_lost_total{node="node-a",workload="checkout-api",namespace=""} 1"#,
+        );
         lacks(&text, "podman:3f2a9c1b7d4e");
     }
 
@@ -828,13 +893,22 @@ mod tests {
         feed_both(&mut m, &mut d, &v);
         let text = m.encode();
         let unit = r#"node="node-a",workload="imds-agent.service",namespace="""#;
-        has(&text, &format!(r#"imds_observer_requests_total{{{unit},kind="token",version="v2"}} 1"#));
-        has(&text, &format!(r#"imds_observer_requests_total{{{unit},kind="other",version="v2"}} 1"#));
+        has(
+            &text,
+            &format!(r#"imds_observer_requests_total{{{unit},kind="token",version="v2"}} 1"#),
+        );
+        has(
+            &text,
+            &format!(r#"imds_observer_requests_total{{{unit},kind="other",version="v2"}} 1"#),
+        );
         has(&text, &format!(r#"imds_observer_findings{{{unit},kind="healthy"}} 1"#));
         has(&text, &format!("imds_observer_forwarding_hops{{{unit}}} 0"));
         has(&text, &format!("imds_observer_replies_lost_total{{{unit}}} 0"));
         let host = r#"node="node-a",workload="host",namespace="""#;
-        has(&text, &format!(r#"imds_observer_requests_total{{{host},kind="credentials",version="v1"}} 1"#));
+        has(
+            &text,
+            &format!(r#"imds_observer_requests_total{{{host},kind="credentials",version="v1"}} 1"#),
+        );
         has(&text, r#"imds_observer_hop_limit{node="node-a"} 1"#);
         assert!(samples(&text, "imds_observer_drops_total").is_empty());
     }
@@ -845,7 +919,15 @@ mod tests {
         let put = request(0, "node-a", 5, 100, &who, "PUT", "/latest/api/token");
         let mut again = put.clone();
         again.ts = crate::diagnose::tests::time(200);
-        let get = request(300, "node-a", 5, 156, &who, "GET", "/latest/meta-data/iam/security-credentials/role?x=1");
+        let get = request(
+            300,
+            "node-a",
+            5,
+            156,
+            &who,
+            "GET",
+            "/latest/meta-data/iam/security-credentials/role?x=1",
+        );
         let mut with_token = get.clone();
         with_token.seq = Some(300);
         with_token.token_header = Some(true);
@@ -947,14 +1029,21 @@ mod tests {
     fn series_of_gone_workloads_expire_after_the_grace_period() {
         let who = pod(4242, "api-7f9c8d-x2x4q", "payments");
         let events = with_identity(hop_limit_failure(), 4242, &who);
-        let (mut m, mut d) =
-            (Metrics::new(Config { grace: Duration::from_secs(300), ..Default::default() }), Diagnoser::default());
+        let (mut m, mut d) = (
+            Metrics::new(Config { grace: Duration::from_secs(300), ..Default::default() }),
+            Diagnoser::default(),
+        );
         feed_both(&mut m, &mut d, &events);
         let mut b = Ctr::podman();
         b.cg = 77;
         b.path = format!("/libpod_parent/libpod-{}", ID.replace('3', "5"));
         let mut c = b.conn(40);
-        let later = c.connect(200_000).into_iter().chain(c.request(200_001, "GET", "/latest/meta-data/", true));
+        let later = c.connect(200_000).into_iter().chain(c.request(
+            200_001,
+            "GET",
+            "/latest/meta-data/",
+            true,
+        ));
         later.for_each(|e| fed(&mut m, &mut d, &e));
         assert_eq!(m.workloads(), 2);
 
@@ -995,10 +1084,18 @@ mod tests {
         let names = ["a", "b", "c", "d"];
         for (i, n) in names.iter().enumerate() {
             let who = named(i as u64 + 1, n);
-            fed(&mut m, &mut d, &request(i as u64, "node-a", i as u64 + 1, 7, &who, "GET", "/latest/meta-data/"));
+            fed(
+                &mut m,
+                &mut d,
+                &request(i as u64, "node-a", i as u64 + 1, 7, &who, "GET", "/latest/meta-data/"),
+            );
         }
         // d again, on a new connection: still folded, not counted again.
-        fed(&mut m, &mut d, &request(10, "node-a", 50, 7, &named(4, "d"), "GET", "/latest/meta-data/"));
+        fed(
+            &mut m,
+            &mut d,
+            &request(10, "node-a", 50, 7, &named(4, "d"), "GET", "/latest/meta-data/"),
+        );
         m.update_findings(
             &[Finding {
                 tag: FindingTag::Finding,
@@ -1019,16 +1116,26 @@ mod tests {
                 r#"imds_observer_requests_total{{node="node-a",workload="{w}",namespace="",kind="other",version="v1"}} {n}"#
             )
         };
-        assert_eq!(samples(&text, "imds_observer_requests_total"), vec![req("_other", 3), req("a", 1), req("b", 1)]);
+        assert_eq!(
+            samples(&text, "imds_observer_requests_total"),
+            vec![req("_other", 3), req("a", 1), req("b", 1)]
+        );
         has(&text, "imds_observer_series_capped_total 2");
-        has(&text, r#"imds_observer_findings{node="node-a",workload="_other",namespace="",kind="imdsv1_fallback"} 1"#);
+        has(
+            &text,
+            r#"imds_observer_findings{node="node-a",workload="_other",namespace="",kind="imdsv1_fallback"} 1"#,
+        );
         lacks(&text, r#"workload="c""#);
         assert_eq!(m.workloads(), 3);
 
         // Once a and b are gone, a new workload gets its own series again.
         m.expire(time(0) + Duration::from_secs(601));
         assert_eq!(m.workloads(), 0);
-        fed(&mut m, &mut d, &request(700_000, "node-a", 60, 7, &named(5, "e"), "GET", "/latest/meta-data/"));
+        fed(
+            &mut m,
+            &mut d,
+            &request(700_000, "node-a", 60, 7, &named(5, "e"), "GET", "/latest/meta-data/"),
+        );
         has(&m.encode(), &req("e", 1));
     }
 
@@ -1045,7 +1152,11 @@ mod tests {
         has(&text, r#"imds_observer_events_lost_total{node="node-a"} 20"#);
         lacks(&text, "bpf_program");
 
-        let stats = |name: &str, run_time_ns, runs| BpfProgramStats { name: name.into(), run_time_ns, runs };
+        let stats = |name: &str, run_time_ns, runs| BpfProgramStats {
+            name: name.into(),
+            run_time_ns,
+            runs,
+        };
         m.set_bpf_stats(vec![
             stats("imds_cgroup_egress", 1_500_000_000, 42),
             stats("imds_tc", 250_000, 3),
@@ -1055,7 +1166,10 @@ mod tests {
         let text = m.encode();
         has(&text, "# TYPE imds_observer_bpf_program_run_time_seconds counter");
         has(&text, "# UNIT imds_observer_bpf_program_run_time_seconds seconds");
-        has(&text, r#"imds_observer_bpf_program_run_time_seconds_total{program="imds_cgroup_egress"} 1.5"#);
+        has(
+            &text,
+            r#"imds_observer_bpf_program_run_time_seconds_total{program="imds_cgroup_egress"} 1.5"#,
+        );
         has(&text, r#"imds_observer_bpf_program_run_time_seconds_total{program="imds_tc"} 0.0005"#);
         has(&text, r#"imds_observer_bpf_program_runs_total{program="imds_cgroup_egress"} 42"#);
         has(&text, r#"imds_observer_bpf_program_runs_total{program="imds_tc"} 7"#);
@@ -1072,7 +1186,11 @@ mod tests {
         anon.path = Some("/computeMetadata/v1/".into());
         fed(&mut m, &mut d, &anon);
         // A reply without a flow or identity attributes to nothing.
-        fed(&mut m, &mut d, &Event::new(Kind::Reply, crate::diagnose::tests::time(1), "node-a".into()));
+        fed(
+            &mut m,
+            &mut d,
+            &Event::new(Kind::Reply, crate::diagnose::tests::time(1), "node-a".into()),
+        );
         let long = "x".repeat(300);
         fed(&mut m, &mut d, &request(2, "node-a", 1, 1, &named(1, "we\"ird\\name\n"), "GET", "/"));
         fed(&mut m, &mut d, &request(3, "node-a", 2, 1, &named(2, &long), "GET", "/"));
@@ -1120,19 +1238,33 @@ mod tests {
         assert_eq!(l(nomad(Some("web"), Some("fe"))), Some("|web/fe".into()));
         assert_eq!(l(nomad(None, Some("fe"))), Some("|fe".into()));
         assert_eq!(l(nomad(None, None)), Some("|name".into()), "an alloc id alone is no name");
-        assert_eq!(l(Container { name: Some("/nginx".into()), ..base.clone() }), Some("|nginx".into()));
+        assert_eq!(
+            l(Container { name: Some("/nginx".into()), ..base.clone() }),
+            Some("|nginx".into())
+        );
         assert_eq!(l(base.clone()), Some("|containerd:3f2a9c1b7d4e".into()));
         assert_eq!(
             l(Container { host: true, cgroup: Some("/user.slice".into()), ..Default::default() }),
             Some("|host".into())
         );
         // Only a path: what it says, else its last component.
-        let path = |p: &str| Container { cgroup: Some(p.into()), cgroup_id: Some(5), ..Default::default() };
-        assert_eq!(l(path(&format!("/libpod_parent/libpod-{ID}"))), Some("|podman:3f2a9c1b7d4e".into()));
+        let path = |p: &str| Container {
+            cgroup: Some(p.into()),
+            cgroup_id: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            l(path(&format!("/libpod_parent/libpod-{ID}"))),
+            Some("|podman:3f2a9c1b7d4e".into())
+        );
         assert_eq!(l(path("/system.slice/kubelet.service")), Some("|kubelet.service".into()));
         assert_eq!(l(path("/")), Some("|host".into()));
         assert_eq!(l(path("/lab/client-a")), Some("|client-a".into()));
-        assert_eq!(l(Container { cgroup_id: Some(5), ..Default::default() }), None, "never a cgroup id");
+        assert_eq!(
+            l(Container { cgroup_id: Some(5), ..Default::default() }),
+            None,
+            "never a cgroup id"
+        );
     }
 
     #[test]

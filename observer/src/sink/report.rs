@@ -7,9 +7,8 @@ use std::{
 };
 
 use crate::{
-    model::bounded::plural,
     diagnose::{Config, Diagnoser, Finding, Fix},
-    model::Line,
+    model::{Line, bounded::plural},
 };
 
 /// Target width of the text report.
@@ -18,11 +17,7 @@ pub const WIDTH: usize = 100;
 /// 0 when every finding is healthy (or there are none), 1 otherwise.
 /// (2, for errors, is the caller's.)
 pub fn exit_code(findings: &[Finding]) -> u8 {
-    if findings.iter().all(Finding::is_healthy) {
-        0
-    } else {
-        1
-    }
+    if findings.iter().all(Finding::is_healthy) { 0 } else { 1 }
 }
 
 /// A recorded stream, diagnosed.
@@ -68,7 +63,10 @@ impl Skipped {
             (self.not_event, "JSON but not an event".to_string()),
             (
                 self.findings,
-                format!("finding line{} (report reads the events `run` writes, not findings)", s(self.findings)),
+                format!(
+                    "finding line{} (report reads the events `run` writes, not findings)",
+                    s(self.findings)
+                ),
             ),
             (self.bad_time, format!("event{} with a bad timestamp", s(self.bad_time))),
         ]
@@ -200,7 +198,9 @@ pub fn command_lines(cmd: &str, width: usize) -> Vec<String> {
     let mut pieces: Vec<String> = Vec::new();
     for word in cmd.split_whitespace() {
         match pieces.last_mut() {
-            Some(last) if last.starts_with("--") && !last.contains(' ') && !word.starts_with("--") => {
+            Some(last)
+                if last.starts_with("--") && !last.contains(' ') && !word.starts_with("--") =>
+            {
                 last.push(' ');
                 last.push_str(word);
             }
@@ -256,7 +256,6 @@ fn requests_cell(f: &Finding) -> String {
     }
 }
 
-
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
@@ -278,7 +277,9 @@ pub fn render(findings: &[Finding]) -> String {
     let mut groups: Vec<Group> = Vec::new();
     let mut index: BTreeMap<(&str, Option<u64>, String), usize> = BTreeMap::new();
     let mut sorted: Vec<&Finding> = findings.iter().collect();
-    sorted.sort_by(|a, b| (a.kind, &a.node, a.container.label()).cmp(&(b.kind, &b.node, b.container.label())));
+    sorted.sort_by(|a, b| {
+        (a.kind, &a.node, a.container.label()).cmp(&(b.kind, &b.node, b.container.label()))
+    });
     for f in sorted {
         let key = (f.node.as_str(), f.container.cgroup_id, f.container.label());
         let i = *index.entry(key).or_insert_with(|| {
@@ -341,7 +342,16 @@ pub fn render(findings: &[Finding]) -> String {
     if multi_node {
         headers.push("NODE");
     }
-    headers.extend(["CONTAINER", "FINDING", "HOPS", "LIMIT", "REQUESTS", "LOST", "TIME LOST", "FIX"]);
+    headers.extend([
+        "CONTAINER",
+        "FINDING",
+        "HOPS",
+        "LIMIT",
+        "REQUESTS",
+        "LOST",
+        "TIME LOST",
+        "FIX",
+    ]);
     let cont_col = usize::from(multi_node);
     // Right-aligned numeric columns.
     let right = |col: usize| {
@@ -359,7 +369,8 @@ pub fn render(findings: &[Finding]) -> String {
     if multi_node {
         widths[0] = widths[0].min(24);
     }
-    let others: usize = widths.iter().enumerate().filter(|(i, _)| *i != cont_col).map(|(_, w)| w + 2).sum();
+    let others: usize =
+        widths.iter().enumerate().filter(|(i, _)| *i != cont_col).map(|(_, w)| w + 2).sum();
     let cont_max = WIDTH.saturating_sub(others).max(16);
     let cont_need = rows.iter().map(|r| r[cont_col].chars().count()).max().unwrap_or(0).max(9);
     widths[cont_col] = cont_need.min(cont_max);
@@ -423,13 +434,28 @@ pub fn render(findings: &[Finding]) -> String {
         for (node, n) in numbered {
             let fix = fixes[node];
             let seen = limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
-            out.push_str(&format!("  [{n}] {node}: hop limit seen {seen}, its containers need {}\n", fix.hop_limit));
+            out.push_str(&format!(
+                "  [{n}] {node}: hop limit seen {seen}, its containers need {}\n",
+                fix.hop_limit
+            ));
             out.push_str("      running instance:\n");
             out.push_str(&wrap_command(&fix.command, WIDTH, "        "));
-            out.push_str(&wrap(&format!("launch template: {}", fix.launch_template), WIDTH, "      "));
+            out.push_str(&wrap(
+                &format!("launch template: {}", fix.launch_template),
+                WIDTH,
+                "      ",
+            ));
             out.push_str(&wrap(&format!("Karpenter: {}", fix.karpenter), WIDTH, "      "));
-            out.push_str(&wrap(&format!("EKS node group: {}", fix.eks_node_group), WIDTH, "      "));
-            if let Some(note) = findings.iter().filter(|f| f.node == node).find_map(|f| f.fix.as_ref()?.note.as_ref()) {
+            out.push_str(&wrap(
+                &format!("EKS node group: {}", fix.eks_node_group),
+                WIDTH,
+                "      ",
+            ));
+            if let Some(note) = findings
+                .iter()
+                .filter(|f| f.node == node)
+                .find_map(|f| f.fix.as_ref()?.note.as_ref())
+            {
                 match note.split_once(": aws ") {
                     Some((text, cmd)) => {
                         out.push_str(&wrap(&format!("then, {text}:"), WIDTH, "      "));
@@ -442,9 +468,7 @@ pub fn render(findings: &[Finding]) -> String {
     }
 
     if let Some(lost) = findings.iter().filter_map(|f| f.evidence.lost_events).max() {
-        out.push_str(&format!(
-            "\nWarning: the capture lost {lost} records; counts may be low.\n"
-        ));
+        out.push_str(&format!("\nWarning: the capture lost {lost} records; counts may be low.\n"));
     }
     out
 }
@@ -453,8 +477,8 @@ pub fn render(findings: &[Finding]) -> String {
 mod tests {
     use super::*;
     use crate::diagnose::{
-        tests::{feed, hop_limit_failure, Ctr},
         FindingKind,
+        tests::{Ctr, feed, hop_limit_failure},
     };
 
     fn scenario() -> Vec<Finding> {
@@ -465,7 +489,13 @@ mod tests {
         v.extend(h.put_token(2001));
         v.extend(h.respond(2002, 200, 1));
         let mut e = crate::diagnose::tests::Conn::new(
-            Ctr::new("node-a", 99, "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0.scope", "10.88.0.9", 1),
+            Ctr::new(
+                "node-a",
+                99,
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0.scope",
+                "10.88.0.9",
+                1,
+            ),
             60,
             "169.254.170.2:80",
         );
@@ -485,7 +515,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "3 containers on 1 node: 2 need attention.");
         let header = lines[2];
-        for col in ["CONTAINER", "FINDING", "HOPS", "LIMIT", "REQUESTS", "LOST", "TIME LOST", "FIX"] {
+        for col in ["CONTAINER", "FINDING", "HOPS", "LIMIT", "REQUESTS", "LOST", "TIME LOST", "FIX"]
+        {
             assert!(header.contains(col), "{header}");
         }
         assert!(!header.contains("NODE"), "one node: no node column");
@@ -494,16 +525,38 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            vec!["…/libpod-3f2a9c1b7d4e", "hop_limit_exceeded", "1", "1", "3", "(1", "PUT,", "2", "v1)", "1", "1.0", "s", "[1]"]
+            vec![
+                "…/libpod-3f2a9c1b7d4e",
+                "hop_limit_exceeded",
+                "1",
+                "1",
+                "3",
+                "(1",
+                "PUT,",
+                "2",
+                "v1)",
+                "1",
+                "1.0",
+                "s",
+                "[1]"
+            ]
         );
         assert_eq!(lines[4].split_whitespace().collect::<Vec<_>>(), vec!["imdsv1_fallback", "[1]"]);
         assert!(lines[5].contains("unreachable") && !lines[5].contains('['), "{}", lines[5]);
-        assert!(lines[6].contains("healthy") && lines[6].contains("…/imds-agent.service"), "{}", lines[6]);
+        assert!(
+            lines[6].contains("healthy") && lines[6].contains("…/imds-agent.service"),
+            "{}",
+            lines[6]
+        );
         // The command can be pasted into a shell.
         assert!(text.contains(
             "        aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\\n            --http-put-response-hop-limit 2 --http-endpoint enabled\n"
         ), "{text}");
-        assert!(text.contains("Karpenter: EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: 2"));
+        assert!(
+            text.contains(
+                "Karpenter: EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: 2"
+            )
+        );
         assert!(text.contains("launch template: MetadataOptions.HttpPutResponseHopLimit = 2"));
         // The unreachable explanation stays clear of the hop limit.
         let why = &text[text.find("unreachable: ").unwrap()..];
@@ -543,11 +596,13 @@ mod tests {
     fn exit_codes() {
         let f = scenario();
         assert_eq!(exit_code(&f), 1);
-        let healthy: Vec<Finding> = f.iter().filter(|f| f.kind == FindingKind::Healthy).cloned().collect();
+        let healthy: Vec<Finding> =
+            f.iter().filter(|f| f.kind == FindingKind::Healthy).cloned().collect();
         assert_eq!(healthy.len(), 1);
         assert_eq!(exit_code(&healthy), 0);
         assert_eq!(exit_code(&[]), 0);
-        let risk: Vec<Finding> = f.iter().filter(|f| f.kind == FindingKind::Unreachable).cloned().collect();
+        let risk: Vec<Finding> =
+            f.iter().filter(|f| f.kind == FindingKind::Unreachable).cloned().collect();
         assert_eq!(exit_code(&risk), 1);
     }
 
@@ -565,7 +620,9 @@ mod tests {
             text.push('\n');
             match i {
                 3 => text.push_str("not json at all\n"),
-                5 => text.push_str("{\"type\":\"bogus\",\"ts\":\"2026-01-01T00:00:00Z\",\"node\":\"x\"}\n"),
+                5 => text.push_str(
+                    "{\"type\":\"bogus\",\"ts\":\"2026-01-01T00:00:00Z\",\"node\":\"x\"}\n",
+                ),
                 7 => text.push_str("{}\n"),
                 9 => text.push_str("{\"type\":\"request\",\"ts\":\"2026-01-\n"),
                 11 => {
@@ -574,7 +631,9 @@ mod tests {
                     text.push('\n');
                 }
                 13 => text.push_str("\n   \n"),
-                15 => text.push_str("{\"type\":\"drop\",\"ts\":\"yesterday\",\"node\":\"node-a\",\"flow\":11}\n"),
+                15 => text.push_str(
+                    "{\"type\":\"drop\",\"ts\":\"yesterday\",\"node\":\"node-a\",\"flow\":11}\n",
+                ),
                 _ => {}
             }
         }
@@ -583,7 +642,10 @@ mod tests {
         let got = diagnose_stream(&bytes[..]).unwrap();
         assert_eq!(got.events, events.len() as u64);
         let skipped = Skipped { not_json: 3, not_event: 2, findings: 1, bad_time: 1 };
-        assert_eq!(got.skipped, skipped, "garbage, truncated, not utf-8; bogus type, {{}}; a finding; bad ts");
+        assert_eq!(
+            got.skipped, skipped,
+            "garbage, truncated, not utf-8; bogus type, {{}}; a finding; bad ts"
+        );
         assert_eq!(got.findings, live_findings);
         assert_eq!(got.emitted, live_emitted);
         assert_eq!(
@@ -631,7 +693,10 @@ mod tests {
             "/docker/0123456789ab"
         );
         assert_eq!(shorten("/a/b/c/libpod-0123456789abcdef0123", 22), "…/libpod-0123456789ab");
-        assert_eq!(shorten("/kubepods/x/cri-containerd-0123456789abcdef0123.scope", 30), "…/cri-containerd-0123456789ab");
+        assert_eq!(
+            shorten("/kubepods/x/cri-containerd-0123456789abcdef0123.scope", 30),
+            "…/cri-containerd-0123456789ab"
+        );
         assert_eq!(shorten("/averyveryverylongcomponentname", 10).chars().count(), 10);
     }
 }

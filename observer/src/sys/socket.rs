@@ -12,7 +12,13 @@ pub fn own_netns_cookie() -> Option<u64> {
         }
         let mut cookie = 0u64;
         let mut len = size_of::<u64>() as libc::socklen_t;
-        let r = libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len);
+        let r = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
         libc::close(fd);
         (r == 0).then_some(cookie)
     }

@@ -329,7 +329,12 @@ impl App {
 
     /// Containers per finding kind (non-zero only), then undecided ones.
     pub fn kind_counts(&self) -> (Vec<(FindingKind, u64)>, u64) {
-        let v = FindingKind::ALL.iter().zip(self.kind_counts).filter(|(_, n)| *n > 0).map(|(k, n)| (*k, n)).collect();
+        let v = FindingKind::ALL
+            .iter()
+            .zip(self.kind_counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (*k, n))
+            .collect();
         (v, self.undecided)
     }
 
@@ -450,7 +455,11 @@ impl App {
         if let Some(&i) = self.node_index.get(name) {
             return i;
         }
-        self.nodes.push(NodeInfo { name: name.to_string(), name_lc: name.to_lowercase(), uplinks: Vec::new() });
+        self.nodes.push(NodeInfo {
+            name: name.to_string(),
+            name_lc: name.to_lowercase(),
+            uplinks: Vec::new(),
+        });
         self.node_index.insert(name.to_string(), self.nodes.len() - 1);
         self.nodes.len() - 1
     }
@@ -506,8 +515,11 @@ impl App {
     /// Re-read every container from the engine: rows for containers no
     /// event pointed at, none for evicted ones.
     fn resync(&mut self) {
-        let keys: Vec<Key> =
-            self.diag.containers().filter_map(|v| Some((*self.node_index.get(v.node())?, v.cgroup_id()))).collect();
+        let keys: Vec<Key> = self
+            .diag
+            .containers()
+            .filter_map(|v| Some((*self.node_index.get(v.node())?, v.cgroup_id())))
+            .collect();
         for r in &mut self.rows {
             r.present = false;
         }
@@ -530,7 +542,8 @@ impl App {
             count(&mut self.kind_counts, &mut self.undecided, &r.kinds, -1);
         }
         self.rows.retain(|r| r.present);
-        self.row_index = self.rows.iter().enumerate().map(|(i, r)| ((r.node, r.cgroup_id), i)).collect();
+        self.row_index =
+            self.rows.iter().enumerate().map(|(i, r)| ((r.node, r.cgroup_id), i)).collect();
         self.stale = (0..self.rows.len()).filter(|&i| self.rows[i].stale).collect();
         // Now, not at the next frame: `order` holds indices into `rows`.
         self.reorder();
@@ -544,7 +557,10 @@ impl App {
             for i in std::mem::take(&mut self.stale) {
                 let row = &mut self.rows[i];
                 row.stale = false;
-                let Some(view) = self.diag.container(&self.nodes[row.node].name, row.cgroup_id) else { continue };
+                let Some(view) = self.diag.container(&self.nodes[row.node].name, row.cgroup_id)
+                else {
+                    continue;
+                };
                 read_counters(row, &view);
                 let kinds = view.kinds();
                 if kinds != row.kinds {
@@ -567,15 +583,22 @@ impl App {
         let (rows, nodes) = (&self.rows, &self.nodes);
         self.order.clear();
         self.order
-            .extend((0..rows.len()).filter(|&i| needle.is_empty() || matches(&rows[i], &nodes[rows[i].node], &needle)));
+            .extend((0..rows.len()).filter(|&i| {
+                needle.is_empty() || matches(&rows[i], &nodes[rows[i].node], &needle)
+            }));
         let name = |r| name_key(r, nodes);
         match self.sort {
             SortKey::Worst => self.order.sort_by(|&a, &b| {
                 let (a, b) = (&rows[a], &rows[b]);
-                (severity(a), Reverse(a.tokens_lost), name(a)).cmp(&(severity(b), Reverse(b.tokens_lost), name(b)))
+                (severity(a), Reverse(a.tokens_lost), name(a)).cmp(&(
+                    severity(b),
+                    Reverse(b.tokens_lost),
+                    name(b),
+                ))
             }),
             SortKey::Requests => self.order.sort_by(|&a, &b| {
-                (Reverse(rows[a].requests), name(&rows[a])).cmp(&(Reverse(rows[b].requests), name(&rows[b])))
+                (Reverse(rows[a].requests), name(&rows[a]))
+                    .cmp(&(Reverse(rows[b].requests), name(&rows[b])))
             }),
             SortKey::Lost => self.order.sort_by(|&a, &b| {
                 (Reverse(rows[a].tokens_lost), severity(&rows[a]), name(&rows[a])).cmp(&(
@@ -585,12 +608,15 @@ impl App {
                 ))
             }),
             SortKey::LastSeen => self.order.sort_by(|&a, &b| {
-                (Reverse(rows[a].last_seen), name(&rows[a])).cmp(&(Reverse(rows[b].last_seen), name(&rows[b])))
+                (Reverse(rows[a].last_seen), name(&rows[a]))
+                    .cmp(&(Reverse(rows[b].last_seen), name(&rows[b])))
             }),
             SortKey::Name => self.order.sort_by(|&a, &b| name(&rows[a]).cmp(&name(&rows[b]))),
         }
         // Keep the selected container selected, wherever it moved.
-        let found = self.selected.and_then(|k| self.order.iter().position(|&i| (rows[i].node, rows[i].cgroup_id) == k));
+        let found = self
+            .selected
+            .and_then(|k| self.order.iter().position(|&i| (rows[i].node, rows[i].cgroup_id) == k));
         self.cursor = match found {
             Some(p) => p,
             None => self.cursor.min(self.order.len().saturating_sub(1)),
@@ -716,16 +742,23 @@ fn read_identity(row: &mut Row, c: &Container, widths: &mut (usize, usize)) {
         (None, Some(id)) => id.chars().take(12).collect(),
         _ => c.label(),
     };
-    let runtime = c.runtime.clone().unwrap_or_else(|| if c.host { "host".into() } else { String::new() });
+    let runtime =
+        c.runtime.clone().unwrap_or_else(|| if c.host { "host".into() } else { String::new() });
     let workload = workload(c);
     if (&label, &runtime, &workload) == (&row.label, &row.runtime, &row.workload) {
         return;
     }
     widths.0 = widths.0.max(runtime.chars().count());
     widths.1 = widths.1.max(workload.chars().count());
-    row.search = [&label, c.cgroup.as_deref().unwrap_or(""), &runtime, &workload, c.image.as_deref().unwrap_or("")]
-        .join("\n")
-        .to_lowercase();
+    row.search = [
+        &label,
+        c.cgroup.as_deref().unwrap_or(""),
+        &runtime,
+        &workload,
+        c.image.as_deref().unwrap_or(""),
+    ]
+    .join("\n")
+    .to_lowercase();
     (row.label, row.runtime, row.workload) = (label, runtime, workload);
 }
 
@@ -760,7 +793,9 @@ fn severity(r: &Row) -> u8 {
 }
 
 fn matches(r: &Row, node: &NodeInfo, needle: &str) -> bool {
-    r.search.contains(needle) || node.name_lc.contains(needle) || r.kinds.iter().any(|k| k.as_str().contains(needle))
+    r.search.contains(needle)
+        || node.name_lc.contains(needle)
+        || r.kinds.iter().any(|k| k.as_str().contains(needle))
 }
 
 /// Where the container belongs: namespace/pod, Nomad job/task, ECS task.
@@ -772,7 +807,8 @@ fn workload(c: &Container) -> String {
         };
     }
     if let Some(n) = &c.nomad {
-        let parts: Vec<&str> = [&n.job, &n.task].into_iter().flatten().map(String::as_str).collect();
+        let parts: Vec<&str> =
+            [&n.job, &n.task].into_iter().flatten().map(String::as_str).collect();
         if !parts.is_empty() {
             return parts.join("/");
         }

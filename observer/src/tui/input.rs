@@ -1,8 +1,8 @@
 //! Keys → actions, and the thread that reads the terminal.
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc,
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -140,11 +140,17 @@ mod tests {
         assert_eq!(action(key(KeyCode::Char('q')), false), Some(Action::Quit));
         assert_eq!(action(key(KeyCode::Char(' ')), false), Some(Action::Pause));
         assert_eq!(action(key(KeyCode::Char('x')), false), None);
-        assert_eq!(action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), false), Some(Action::Quit));
+        assert_eq!(
+            action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), false),
+            Some(Action::Quit)
+        );
         // In the filter prompt, letters are text; Ctrl-C still quits.
         assert_eq!(action(key(KeyCode::Char('q')), true), Some(Action::Char('q')));
         assert_eq!(action(key(KeyCode::Char('/')), true), Some(Action::Char('/')));
         assert_eq!(action(key(KeyCode::Enter), true), Some(Action::Open));
-        assert_eq!(action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), true), Some(Action::Quit));
+        assert_eq!(
+            action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), true),
+            Some(Action::Quit)
+        );
     }
 }

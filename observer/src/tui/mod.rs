@@ -19,17 +19,17 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use ratatui::{
+    DefaultTerminal, Terminal,
     backend::CrosstermBackend,
     crossterm::{
         cursor, execute,
-        terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen},
+        terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
     },
-    DefaultTerminal, Terminal,
 };
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{SignalKind, signal},
     time::MissedTickBehavior,
 };
 
@@ -54,12 +54,18 @@ pub async fn main(args: TuiArgs) -> Result<()> {
     let mut app = App::new(cfg, if source.live { Mode::Live } else { Mode::Stream }, &source.label);
     app.no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     if source.live {
-        app.kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|k| k.trim().to_string());
+        app.kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|k| k.trim().to_string());
     }
 
     // Logs (the capture's, on stderr) would scribble over the screen: they
     // go to the status line while the TUI runs, and are printed after.
-    let logs = if io::stderr().is_terminal() { Some(logs::capture().context("capturing stderr")?) } else { None };
+    let logs = if io::stderr().is_terminal() {
+        Some(logs::capture().context("capturing stderr")?)
+    } else {
+        None
+    };
     let result = {
         let (screen, mut term) = Screen::enter().context("setting up the terminal")?;
         let r = run(&mut term, &mut app, source, logs.as_ref().map(|l| &l.rx)).await;
@@ -297,7 +303,9 @@ mod logs {
     /// Without tracing's leading timestamp, for the status line.
     fn short(line: &str) -> String {
         match line.split_once(' ') {
-            Some((ts, rest)) if ts.starts_with(|c: char| c.is_ascii_digit()) && ts.contains('T') => {
+            Some((ts, rest))
+                if ts.starts_with(|c: char| c.is_ascii_digit()) && ts.contains('T') =>
+            {
                 rest.trim().to_string()
             }
             _ => line.to_string(),

@@ -141,7 +141,9 @@ fn read_lines<R: Read>(r: R, follow: bool, tx: &mpsc::Sender<Feed>) {
             Ok(0) if follow => {
                 // A writer may be half-way through a line; a line that is
                 // already a whole JSON object is taken without its newline.
-                if !line.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok() {
+                if !line.is_empty()
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok()
+                {
                     if let Some(f) = classify(&line) {
                         if !send(f) {
                             return;

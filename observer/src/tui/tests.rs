@@ -4,10 +4,10 @@
 use std::{io::Write, time::Duration};
 
 use ratatui::{
+    Terminal,
     backend::TestBackend,
     buffer::Buffer,
     style::{Color, Modifier},
-    Terminal,
 };
 
 use super::{
@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     diagnose::{
-        tests::{hop_limit_failure, Conn, Ctr},
         Config, Diagnoser, FindingKind,
+        tests::{Conn, Ctr, hop_limit_failure},
     },
     model::Event,
 };
@@ -62,7 +62,9 @@ fn draw(app: &mut App, w: u16, h: u16) -> Buffer {
 
 fn lines(b: &Buffer) -> Vec<String> {
     (0..b.area.height)
-        .map(|y| (0..b.area.width).map(|x| b[(x, y)].symbol()).collect::<String>().trim_end().to_string())
+        .map(|y| {
+            (0..b.area.width).map(|x| b[(x, y)].symbol()).collect::<String>().trim_end().to_string()
+        })
         .collect()
 }
 
@@ -77,7 +79,9 @@ fn dump(l: &[String]) -> String {
 }
 
 fn find(l: &[String], needle: &str) -> usize {
-    l.iter().position(|s| s.contains(needle)).unwrap_or_else(|| panic!("{needle:?} not on screen:\n{}", dump(l)))
+    l.iter()
+        .position(|s| s.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not on screen:\n{}", dump(l)))
 }
 
 fn words(s: &str) -> Vec<&str> {
@@ -113,7 +117,11 @@ fn table_shows_the_failing_container_first_with_its_numbers() {
     assert_eq!(l[1], "node node-a · uplinks eth0 · hop limit 1");
     assert_eq!(l[2], "2 containers · hop_limit_exceeded 1 · imdsv1_fallback 1 · healthy 1");
     assert!(l[3].starts_with("requests/s") && l[4].starts_with("lost/s"), "{}", dump(&l));
-    assert_eq!(words(&l[4])[..4], ["lost/s", "0", "max", "1"], "one token reply lost, in one second");
+    assert_eq!(
+        words(&l[4])[..4],
+        ["lost/s", "0", "max", "1"],
+        "one token reply lost, in one second"
+    );
     // 100 columns: runtime and pod are dropped, the rest fits.
     assert_eq!(
         words(&l[5]),
@@ -150,13 +158,21 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
     // The header stays; the body starts with who it is, in full.
     assert_eq!(l[2], "2 containers · hop_limit_exceeded 1 · imdsv1_fallback 1 · healthy 1");
     assert_eq!(l[3], Ctr::podman().path, "the full label, not shortened");
-    assert_eq!(l[4], "node node-a · cgroup 4242 · forwarding hops 1 · needs hop limit 2 · node's hop limit 1");
-    assert_eq!(l[5], "3 requests (1 token PUTs: 0 ok, 1 lost; 2 IMDSv1, 0 IMDSv2) · last seen just now");
+    assert_eq!(
+        l[4],
+        "node node-a · cgroup 4242 · forwarding hops 1 · needs hop limit 2 · node's hop limit 1"
+    );
+    assert_eq!(
+        l[5],
+        "3 requests (1 token PUTs: 0 ok, 1 lost; 2 IMDSv1, 0 IMDSv2) · last seen just now"
+    );
     // What is wrong, worst first, coloured.
     assert_eq!(l[7], "hop_limit_exceeded");
     assert_eq!(style_at(&b, &l, 7, "hop_limit_exceeded").fg, Some(Color::Red));
     assert!(
-        l[8].starts_with("  1 IMDSv2 token reply reached the host with TTL 1 (the instance's hop limit)"),
+        l[8].starts_with(
+            "  1 IMDSv2 token reply reached the host with TTL 1 (the instance's hop limit)"
+        ),
         "{}",
         dump(&l)
     );
@@ -166,10 +182,16 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
     // What to do: the command whole, broken with `\` so that it pastes.
     let fix = find(&l, "FIX: raise the hop limit to 2");
     assert_eq!(l[fix + 1], "  on the running instance:");
-    assert_eq!(l[fix + 2], "    aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\");
+    assert_eq!(
+        l[fix + 2],
+        "    aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\"
+    );
     assert_eq!(l[fix + 3], "        --http-put-response-hop-limit 2 --http-endpoint enabled");
     assert_eq!(l[fix + 4], "  launch template: MetadataOptions.HttpPutResponseHopLimit = 2");
-    assert_eq!(l[fix + 5], "  Karpenter: EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: 2");
+    assert_eq!(
+        l[fix + 5],
+        "  Karpenter: EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: 2"
+    );
     let then = find(&l, "then, once tokens get through, turn IMDSv1 off:");
     assert_eq!(
         l[then + 1],
@@ -180,12 +202,19 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
     a.handle(Action::Bottom);
     let (b, l) = screen(&mut a, 100, 30);
     let ev = find(&l, "EVIDENCE");
-    assert_eq!(l[ev + 1], "  hop_limit_exceeded: reply TTL at host 1 · forwarding hops 1 · required hop limit 2");
+    assert_eq!(
+        l[ev + 1],
+        "  hop_limit_exceeded: reply TTL at host 1 · forwarding hops 1 · required hop limit 2"
+    );
     assert_eq!(
         l[ev + 2],
         "                      node's hop limit 1 · lost replies 1 · kernel drops 3 · ICMP time exceeded 2"
     );
-    assert!(l[ev + 3].trim_start().starts_with("seconds lost 1.0 · latency mean 1.0 ms, max 1.0 ms"), "{}", dump(&l));
+    assert!(
+        l[ev + 3].trim_start().starts_with("seconds lost 1.0 · latency mean 1.0 ms, max 1.0 ms"),
+        "{}",
+        dump(&l)
+    );
     find(&l, "  imdsv1_fallback: forwarding hops 1 · node's hop limit 1 · failed token requests 1");
     let head = find(&l, "TIMELINE (3 exchanges, oldest first)");
     assert_eq!(words(&l[head + 1]), ["TIME", "METHOD", "PATH", "TTL@HOST", "RESULT", "LATENCY"]);
@@ -200,7 +229,16 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
     // Then the tokenless GETs that worked; long paths keep both ends.
     assert_eq!(
         words(&l[head + 3]),
-        ["14:13:21.005", "GET", "/latest/meta-data…rity-credentials/", "64", "ok,", "delivered", "1.0", "ms"]
+        [
+            "14:13:21.005",
+            "GET",
+            "/latest/meta-data…rity-credentials/",
+            "64",
+            "ok,",
+            "delivered",
+            "1.0",
+            "ms"
+        ]
     );
     assert!(l[head + 4].contains("/latest/meta-data…dentials/lab-role"), "{}", l[head + 4]);
     assert_eq!(head + 4, 28, "the end of the detail is the last line:\n{}", dump(&l));
@@ -240,12 +278,25 @@ fn fix_command_is_never_cut_at_80_columns() {
 #[test]
 fn eighty_by_twenty_four_drops_less_important_columns() {
     let mut a = app(&failing_host());
-    a.source = "from /var/log/imds-observer/2026-11-26/ip-10-0-1-17.eu-west-1.compute.internal.jsonl".into();
+    a.source =
+        "from /var/log/imds-observer/2026-11-26/ip-10-0-1-17.eu-west-1.compute.internal.jsonl"
+            .into();
     let (_, l) = screen(&mut a, 80, 24);
     // A long source gives way to the numbers.
-    assert_eq!(l[0], "imds-observer · from /var/lo…ternal.jsonl · 42 events · 6.0 ev/s · events lost 0");
-    assert_eq!(words(&l[5]), ["CONTAINER", "REQ", "PUT", "ok/lost", "HOPS", "NEED", "FINDING▼"], "{}", dump(&l));
-    assert_eq!(words(&l[6]), ["▶", "…/libpod-3f2a9c1b7d4e", "3", "0/1", "1", "2", "hop_limit_exceeded", "+1"]);
+    assert_eq!(
+        l[0],
+        "imds-observer · from /var/lo…ternal.jsonl · 42 events · 6.0 ev/s · events lost 0"
+    );
+    assert_eq!(
+        words(&l[5]),
+        ["CONTAINER", "REQ", "PUT", "ok/lost", "HOPS", "NEED", "FINDING▼"],
+        "{}",
+        dump(&l)
+    );
+    assert_eq!(
+        words(&l[6]),
+        ["▶", "…/libpod-3f2a9c1b7d4e", "3", "0/1", "1", "2", "hop_limit_exceeded", "+1"]
+    );
     assert_eq!(words(&l[7]), ["…/imds-agent.service", "2", "1/0", "0", "1", "healthy"]);
     assert!(l[23].starts_with("↑↓ move · Enter detail"), "{}", l[23]);
 }
@@ -336,7 +387,11 @@ fn healthy_host() {
     assert_eq!(l[1], "node node-a · uplinks eth0 · hop limit 2");
     assert_eq!(l[2], "2 containers · healthy 2");
     assert_eq!(words(&l[4])[..4], ["lost/s", "0", "max", "0"]);
-    assert!(words(&l[6]).starts_with(&["▶", "/docker/app", "1", "1/0", "0", "1", "2", "healthy"]), "{}", dump(&l));
+    assert!(
+        words(&l[6]).starts_with(&["▶", "/docker/app", "1", "1/0", "0", "1", "2", "healthy"]),
+        "{}",
+        dump(&l)
+    );
     assert!(words(&l[7]).starts_with(&[AGENT]));
     for y in 0..b.area.height {
         for x in 0..b.area.width {
@@ -383,7 +438,12 @@ fn no_color_means_no_colour_anywhere() {
         for y in 0..b.area.height {
             for x in 0..b.area.width {
                 let c = &b[(x, y)];
-                assert_eq!((c.fg, c.bg), (Color::Reset, Color::Reset), "({x},{y}) in {view:?}:\n{}", dump(&lines(&b)));
+                assert_eq!(
+                    (c.fg, c.bg),
+                    (Color::Reset, Color::Reset),
+                    "({x},{y}) in {view:?}:\n{}",
+                    dump(&lines(&b))
+                );
             }
         }
         // The selection is still visible.
@@ -415,7 +475,11 @@ fn sort_cycles_and_keeps_the_selection() {
     assert_eq!(a.sort, SortKey::Requests);
     let (_, l) = screen(&mut a, 100, 30);
     assert!(l[5].contains("REQ▼") && !l[5].contains("FINDING▼"));
-    assert!(l[6].starts_with("▶ /docker/busy"), "most requests first, still selected:\n{}", dump(&l));
+    assert!(
+        l[6].starts_with("▶ /docker/busy"),
+        "most requests first, still selected:\n{}",
+        dump(&l)
+    );
     for want in [SortKey::Lost, SortKey::LastSeen, SortKey::Name, SortKey::Worst] {
         a.handle(Action::Sort);
         assert_eq!(a.sort, want);
@@ -447,7 +511,8 @@ fn pause_holds_new_events_until_resumed() {
 fn thousands_of_containers_scroll() {
     let mut v = Vec::new();
     for i in 0..3000u64 {
-        let mut c = Ctr::new("node-a", 1000 + i, &format!("/docker/c{i:05}"), "172.17.0.2", 1).conn(10_000 + i);
+        let mut c = Ctr::new("node-a", 1000 + i, &format!("/docker/c{i:05}"), "172.17.0.2", 1)
+            .conn(10_000 + i);
         v.extend(c.connect(i));
         v.extend(c.request(i + 1, "GET", "/latest/meta-data/instance-id", false));
         v.extend(c.respond(i + 2, 200, 64));
@@ -462,7 +527,11 @@ fn thousands_of_containers_scroll() {
         a.handle(Action::Down);
     }
     let (_, l) = screen(&mut a, 100, 30);
-    assert!(l[28].starts_with("▶ /docker/c00030"), "the selection scrolls into view:\n{}", dump(&l));
+    assert!(
+        l[28].starts_with("▶ /docker/c00030"),
+        "the selection scrolls into view:\n{}",
+        dump(&l)
+    );
     a.handle(Action::PageDown);
     a.handle(Action::Bottom);
     let (_, l) = screen(&mut a, 100, 30);
@@ -498,7 +567,10 @@ fn rows_follow_the_engine_as_events_arrive() {
 fn finding_lines_are_ignored_and_garbage_skipped() {
     assert!(source::classify(b"   \n").is_none());
     assert!(matches!(source::classify(b"not json"), Some(Feed::Skipped)));
-    assert!(matches!(source::classify(b"{\"type\":\"bogus\",\"ts\":\"x\",\"node\":\"n\"}"), Some(Feed::Skipped)));
+    assert!(matches!(
+        source::classify(b"{\"type\":\"bogus\",\"ts\":\"x\",\"node\":\"n\"}"),
+        Some(Feed::Skipped)
+    ));
     let f = r#"{"type":"finding","ts":"2026-01-01T00:00:00Z","node":"n","kind":"healthy","container":{},"summary":"","evidence":{}}"#;
     assert!(matches!(source::classify(f.as_bytes()), Some(Feed::Finding)));
     let e = serde_json::to_string(&hop_limit_failure()[0]).unwrap();
@@ -513,7 +585,9 @@ fn json_lines(events: &[Event]) -> String {
 async fn pump(src: &mut Source, app: &mut App, until: impl Fn(&mut App) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !until(app) {
-        let f = tokio::time::timeout_at(deadline, src.recv()).await.expect("the source delivers in time");
+        let f = tokio::time::timeout_at(deadline, src.recv())
+            .await
+            .expect("the source delivers in time");
         app.feed(f);
     }
 }
@@ -568,7 +642,10 @@ async fn a_file_is_followed_like_tail_f() {
     let half = v.len() / 2;
     std::fs::write(&path, json_lines(&v[..half])).unwrap();
 
-    let mut src = Source::lines(source::spawn_reader(std::fs::File::open(&path).unwrap(), true), "events.jsonl");
+    let mut src = Source::lines(
+        source::spawn_reader(std::fs::File::open(&path).unwrap(), true),
+        "events.jsonl",
+    );
     let mut a = App::new(Config::default(), Mode::Stream, "events.jsonl");
     pump(&mut src, &mut a, |a| a.events == half as u64).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -654,11 +731,28 @@ fn identity_fills_runtime_and_pod_columns_and_is_learned_late() {
     let (_, l) = screen(&mut a, 120, 30);
     assert_eq!(
         words(&l[5]),
-        ["CONTAINER", "RUNTIME", "POD/TASK", "REQ", "PUT", "ok/lost", "IMDSv1", "HOPS", "NEED", "FINDING▼", "SEEN"],
+        [
+            "CONTAINER",
+            "RUNTIME",
+            "POD/TASK",
+            "REQ",
+            "PUT",
+            "ok/lost",
+            "IMDSv1",
+            "HOPS",
+            "NEED",
+            "FINDING▼",
+            "SEEN"
+        ],
         "{}",
         dump(&l)
     );
-    assert_eq!(words(&l[6])[..5], ["▶", "web", "containerd", "shop/web-7d9c4", "3"], "{}", dump(&l));
+    assert_eq!(
+        words(&l[6])[..5],
+        ["▶", "web", "containerd", "shop/web-7d9c4", "3"],
+        "{}",
+        dump(&l)
+    );
     assert_eq!(words(&l[7])[..4], ["…/imds-agent.service", "-", "-", "2"]);
     // Narrower, the runtime goes first, then the age and IMDSv1 count.
     let (_, l) = screen(&mut a, 100, 30);

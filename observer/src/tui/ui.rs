@@ -3,13 +3,14 @@
 use std::time::SystemTime;
 
 use ratatui::{
+    Frame,
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
     widgets::{
-        Block, Borders, Cell, Clear, HighlightSpacing, Paragraph, Row as TableRow, Sparkline, Table, TableState,
+        Block, Borders, Cell, Clear, HighlightSpacing, Paragraph, Row as TableRow, Sparkline,
+        Table, TableState,
     },
-    Frame,
 };
 
 use super::{
@@ -40,11 +41,7 @@ impl Theme {
     }
 
     fn fg(self, c: Color) -> Style {
-        if self.color {
-            Style::new().fg(c)
-        } else {
-            Style::new()
-        }
+        if self.color { Style::new().fg(c) } else { Style::new() }
     }
 
     fn bold(self) -> Style {
@@ -70,8 +67,12 @@ impl Theme {
     pub fn kind(self, k: FindingKind) -> Style {
         match k {
             FindingKind::HopLimitExceeded => self.fg(Color::Red).add_modifier(Modifier::BOLD),
-            FindingKind::TokenRejected | FindingKind::ImdsForbidden | FindingKind::Unreachable => self.fg(Color::Red),
-            FindingKind::BadTokenRequest | FindingKind::Imdsv1Fallback | FindingKind::AtRisk => self.fg(Color::Yellow),
+            FindingKind::TokenRejected | FindingKind::ImdsForbidden | FindingKind::Unreachable => {
+                self.fg(Color::Red)
+            }
+            FindingKind::BadTokenRequest | FindingKind::Imdsv1Fallback | FindingKind::AtRisk => {
+                self.fg(Color::Yellow)
+            }
             FindingKind::Healthy => self.fg(Color::Green),
         }
     }
@@ -82,15 +83,20 @@ pub fn render(f: &mut Frame, app: &mut App) {
     let theme = Theme::new(!app.no_color);
     let area = f.area();
     if area.width < 40 || area.height < 10 {
-        f.render_widget(Paragraph::new("imds-observer: the terminal is too small (40x10 at least); q quits"), area);
+        f.render_widget(
+            Paragraph::new("imds-observer: the terminal is too small (40x10 at least); q quits"),
+            area,
+        );
         return;
     }
     let [header, body, footer] =
-        Layout::vertical([Constraint::Length(3), Constraint::Min(0), Constraint::Length(1)]).areas(area);
+        Layout::vertical([Constraint::Length(3), Constraint::Min(0), Constraint::Length(1)])
+            .areas(area);
     render_header(f, header, app, theme);
     match app.view {
         View::Table => {
-            let [rates, table] = Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(body);
+            let [rates, table] =
+                Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(body);
             render_rates(f, rates, app, theme);
             render_table(f, table, app, theme);
         }
@@ -109,11 +115,19 @@ fn render_header(f: &mut Frame, area: Rect, app: &App, t: Theme) {
     if let Some(k) = &app.kernel {
         source.push_str(&format!(", kernel {k}"));
     }
-    let numbers = format!("{} events{SEP}{:.1} ev/s{SEP}", thousands(app.events), app.rates.events_per_sec(5));
+    let numbers = format!(
+        "{} events{SEP}{:.1} ev/s{SEP}",
+        thousands(app.events),
+        app.rates.events_per_sec(5)
+    );
     let lost = format!("events lost {}", thousands(stats.lost_events));
     let paused = if app.paused { SEP.chars().count() + 6 } else { 0 };
     let room = (area.width as usize).saturating_sub(
-        "imds-observer".len() + 2 * SEP.chars().count() + numbers.chars().count() + lost.len() + paused,
+        "imds-observer".len()
+            + 2 * SEP.chars().count()
+            + numbers.chars().count()
+            + lost.len()
+            + paused,
     );
     let mut l1 = vec![
         Span::styled("imds-observer", t.title()),
@@ -129,8 +143,9 @@ fn render_header(f: &mut Frame, area: Rect, app: &App, t: Theme) {
     }
 
     let d = app.diagnoser();
-    let limit =
-        |name: &str| d.hop_limit(name).map_or("hop limit not seen yet".to_string(), |l| format!("hop limit {l}"));
+    let limit = |name: &str| {
+        d.hop_limit(name).map_or("hop limit not seen yet".to_string(), |l| format!("hop limit {l}"))
+    };
     let l2 = match app.nodes() {
         [] => Line::styled("no events yet", t.dim()),
         [n] => {
@@ -149,16 +164,24 @@ fn render_header(f: &mut Frame, area: Rect, app: &App, t: Theme) {
             }
             let mut spans = vec![Span::raw(format!("{} nodes", nodes.len()))];
             for (l, c) in by_limit {
-                let what = l.map_or("hop limit not seen yet".to_string(), |l| format!("hop limit {l}"));
+                let what =
+                    l.map_or("hop limit not seen yet".to_string(), |l| format!("hop limit {l}"));
                 spans.push(Span::raw(SEP));
-                spans.push(Span::styled(format!("{what} on {}", plural(c, "node", "nodes")), t.bold()));
+                spans.push(Span::styled(
+                    format!("{what} on {}", plural(c, "node", "nodes")),
+                    t.bold(),
+                ));
             }
             Line::from(spans)
         }
         nodes => {
             let mut spans = vec![Span::raw(format!("{} nodes", nodes.len()))];
             for n in nodes {
-                let up = if n.uplinks.is_empty() { String::new() } else { format!(" ({})", n.uplinks.join(", ")) };
+                let up = if n.uplinks.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", n.uplinks.join(", "))
+                };
                 spans.push(Span::raw(format!("{SEP}{}: ", n.name)));
                 spans.push(Span::styled(limit(&n.name), t.bold()));
                 spans.push(Span::raw(up));
@@ -182,17 +205,25 @@ fn render_header(f: &mut Frame, area: Rect, app: &App, t: Theme) {
 
 fn render_rates(f: &mut Frame, area: Rect, app: &App, t: Theme) {
     const LABEL: u16 = 24;
-    let [label, spark] = Layout::horizontal([Constraint::Length(LABEL), Constraint::Min(0)]).areas(area);
+    let [label, spark] =
+        Layout::horizontal([Constraint::Length(LABEL), Constraint::Min(0)]).areas(area);
     let hist = app.rates.history(spark.width as usize);
     let req: Vec<u64> = hist.iter().map(|b| b.requests).collect();
     let lost: Vec<u64> = hist.iter().map(|b| b.lost).collect();
     let line = |name: &str, v: &[u64]| {
-        format!("{name:<10}{:>5}  max {:<4}", v.last().copied().unwrap_or(0), v.iter().max().copied().unwrap_or(0))
+        format!(
+            "{name:<10}{:>5}  max {:<4}",
+            v.last().copied().unwrap_or(0),
+            v.iter().max().copied().unwrap_or(0)
+        )
     };
     f.render_widget(
         Paragraph::new(vec![
             Line::from(line("requests/s", &req)),
-            Line::styled(line("lost/s", &lost), if lost.iter().any(|&l| l > 0) { t.bad() } else { Style::new() }),
+            Line::styled(
+                line("lost/s", &lost),
+                if lost.iter().any(|&l| l > 0) { t.bad() } else { Style::new() },
+            ),
         ]),
         label,
     );
@@ -255,7 +286,10 @@ impl Col {
     }
 
     fn right(self) -> bool {
-        matches!(self, Col::Limit | Col::Requests | Col::Tokens | Col::V1 | Col::Hops | Col::Need | Col::Seen)
+        matches!(
+            self,
+            Col::Limit | Col::Requests | Col::Tokens | Col::V1 | Col::Hops | Col::Need | Col::Seen
+        )
     }
 
     fn sorted_by(self, s: SortKey) -> bool {
@@ -275,7 +309,8 @@ impl Col {
 fn columns(app: &App, width: u16) -> Vec<(Col, u16)> {
     let mut cols = Vec::new();
     if app.multi_node() {
-        let w = app.nodes().iter().map(|n| n.name.chars().count()).max().unwrap_or(4).clamp(4, 20) as u16;
+        let w = app.nodes().iter().map(|n| n.name.chars().count()).max().unwrap_or(4).clamp(4, 20)
+            as u16;
         cols.push((Col::Node, w));
         cols.push((Col::Limit, 5));
     }
@@ -303,7 +338,12 @@ fn columns(app: &App, width: u16) -> Vec<(Col, u16)> {
             set_width(&mut cols, Col::Container, width - fixed);
             return cols;
         }
-        match cols.iter().enumerate().filter(|(_, c)| c.0.drop_rank() > 0).max_by_key(|(_, c)| c.0.drop_rank()) {
+        match cols
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.0.drop_rank() > 0)
+            .max_by_key(|(_, c)| c.0.drop_rank())
+        {
             Some((i, _)) => {
                 cols.remove(i);
             }
@@ -326,7 +366,8 @@ fn render_table(f: &mut Frame, area: Rect, app: &mut App, t: Theme) {
         let msg = if !app.filter.is_empty() {
             format!("No container matches \"{}\" (Esc clears the filter).", app.filter)
         } else if app.mode == Mode::Live {
-            "No metadata traffic seen yet: waiting for a container to talk to a metadata endpoint.".to_string()
+            "No metadata traffic seen yet: waiting for a container to talk to a metadata endpoint."
+                .to_string()
         } else if app.ended.is_some() {
             "No metadata traffic in this stream.".to_string()
         } else {
@@ -334,7 +375,10 @@ fn render_table(f: &mut Frame, area: Rect, app: &mut App, t: Theme) {
         };
         let mut lines = vec![Line::raw(""), Line::styled(msg, t.bold())];
         if app.filter.is_empty() && app.skipped_total() > 0 {
-            lines.push(Line::raw(format!("{} not an event.", plural(app.skipped_total(), "line was", "lines were"))));
+            lines.push(Line::raw(format!(
+                "{} not an event.",
+                plural(app.skipped_total(), "line was", "lines were")
+            )));
         }
         f.render_widget(Paragraph::new(lines).centered(), area);
         return;
@@ -361,7 +405,8 @@ fn render_table(f: &mut Frame, area: Rect, app: &mut App, t: Theme) {
     }))
     .style(t.bold().add_modifier(Modifier::UNDERLINED));
     let visible = &app.order()[app.offset..(app.offset + height).min(len)];
-    let rows: Vec<TableRow> = visible.iter().map(|&i| table_row(app, &app.rows()[i], &cols, now, t)).collect();
+    let rows: Vec<TableRow> =
+        visible.iter().map(|&i| table_row(app, &app.rows()[i], &cols, now, t)).collect();
     let widths: Vec<Constraint> = cols.iter().map(|&(_, w)| Constraint::Length(w)).collect();
     let table = Table::new(rows, widths)
         .header(header)
@@ -373,7 +418,13 @@ fn render_table(f: &mut Frame, area: Rect, app: &mut App, t: Theme) {
     f.render_stateful_widget(table, area, &mut state);
 }
 
-fn table_row<'a>(app: &App, r: &Row, cols: &[(Col, u16)], now: SystemTime, t: Theme) -> TableRow<'a> {
+fn table_row<'a>(
+    app: &App,
+    r: &Row,
+    cols: &[(Col, u16)],
+    now: SystemTime,
+    t: Theme,
+) -> TableRow<'a> {
     let node = &app.nodes()[r.node].name;
     let limit = app.diagnoser().hop_limit(node);
     let cells = cols.iter().map(|&(c, w)| {
@@ -410,7 +461,9 @@ fn render_detail(f: &mut Frame, area: Rect, app: &mut App, t: Theme) {
     let width = area.width.saturating_sub(1) as usize;
     let lines = match app.detail() {
         Some((row, view)) => detail_lines(app, row, &view, width, t),
-        None => vec![Line::raw("This container is no longer tracked (idle too long). Esc goes back.")],
+        None => {
+            vec![Line::raw("This container is no longer tracked (idle too long). Esc goes back.")]
+        }
     };
     let height = area.height as usize;
     app.page = height.max(1);
@@ -422,7 +475,13 @@ fn render_detail(f: &mut Frame, area: Rect, app: &mut App, t: Theme) {
 
 /// The detail of one container, wrapped to `width`: who it is, what is
 /// wrong and why, the fix, then its exchanges.
-fn detail_lines(app: &App, row: &Row, view: &ContainerView, width: usize, t: Theme) -> Vec<Line<'static>> {
+fn detail_lines(
+    app: &App,
+    row: &Row,
+    view: &ContainerView,
+    width: usize,
+    t: Theme,
+) -> Vec<Line<'static>> {
     let mut out: Vec<Line<'static>> = Vec::new();
     let node = view.node().to_string();
     let limit = app.diagnoser().hop_limit(&node);
@@ -445,13 +504,19 @@ fn detail_lines(app: &App, row: &Row, view: &ContainerView, width: usize, t: The
         out.push(Line::raw(l));
     }
     let key = view.cgroup_id();
-    let unit = if key & crate::model::NETNS_KEY == 0 { format!("cgroup {key}") } else { format!("netns {}", key & !crate::model::NETNS_KEY) };
+    let unit = if key & crate::model::NETNS_KEY == 0 {
+        format!("cgroup {key}")
+    } else {
+        format!("netns {}", key & !crate::model::NETNS_KEY)
+    };
     let mut facts = vec![format!("node {node}"), unit];
     facts.push(format!("forwarding hops {}", opt(view.forwarding_hops())));
     if let Some(n) = view.required_hop_limit() {
         facts.push(format!("needs hop limit {n}"));
     }
-    facts.push(limit.map_or("node's hop limit not seen yet".into(), |l| format!("node's hop limit {l}")));
+    facts.push(
+        limit.map_or("node's hop limit not seen yet".into(), |l| format!("node's hop limit {l}")),
+    );
     let r = view.requests();
     let traffic = [
         format!(
@@ -472,7 +537,10 @@ fn detail_lines(app: &App, row: &Row, view: &ContainerView, width: usize, t: The
     let findings = view.findings();
     out.push(Line::raw(""));
     if findings.is_empty() {
-        out.push(Line::styled("Nothing decided yet: no exchange of this container has completed.", t.dim()));
+        out.push(Line::styled(
+            "Nothing decided yet: no exchange of this container has completed.",
+            t.dim(),
+        ));
     }
     // What is wrong, what to do, then why (evidence) and what happened.
     for fd in &findings {
@@ -498,7 +566,11 @@ fn detail_lines(app: &App, row: &Row, view: &ContainerView, width: usize, t: The
     let tl = view.timeline();
     out.push(Line::raw(""));
     out.push(Line::styled(
-        format!("TIMELINE ({} exchange{}, oldest first)", tl.len(), if tl.len() == 1 { "" } else { "s" }),
+        format!(
+            "TIMELINE ({} exchange{}, oldest first)",
+            tl.len(),
+            if tl.len() == 1 { "" } else { "s" }
+        ),
         t.bold(),
     ));
     if tl.is_empty() {
@@ -513,7 +585,8 @@ fn detail_lines(app: &App, row: &Row, view: &ContainerView, width: usize, t: The
 /// gets its token), as text to copy: the command is never cut, and breaks
 /// with `\` so that it pastes into a shell.
 fn fix_lines(fix: &Fix, findings: &[Finding], width: usize, t: Theme) -> Vec<Line<'static>> {
-    let mut out = vec![Line::styled(format!("FIX: raise the hop limit to {}", fix.hop_limit), t.bold())];
+    let mut out =
+        vec![Line::styled(format!("FIX: raise the hop limit to {}", fix.hop_limit), t.bold())];
     out.push(Line::raw("  on the running instance:"));
     for l in report::command_lines(&fix.command, width.saturating_sub(4)) {
         out.push(Line::styled(format!("    {l}"), t.fg(Color::Green)));
@@ -650,18 +723,28 @@ fn render_footer(f: &mut Frame, area: Rect, app: &App, t: Theme) {
         status.push(log.clone());
     }
     let status = status.join(SEP);
-    let status_w = if status.is_empty() { 0 } else { (status.chars().count() as u16 + 1).min(area.width / 2) };
-    let [left, right] = Layout::horizontal([Constraint::Min(0), Constraint::Length(status_w)]).areas(area);
+    let status_w =
+        if status.is_empty() { 0 } else { (status.chars().count() as u16 + 1).min(area.width / 2) };
+    let [left, right] =
+        Layout::horizontal([Constraint::Min(0), Constraint::Length(status_w)]).areas(area);
     let mut hints = Vec::new();
     if !app.filter.is_empty() {
-        hints.push(Span::styled(format!("filter \"{}\"", app.filter), t.warn().add_modifier(Modifier::BOLD)));
+        hints.push(Span::styled(
+            format!("filter \"{}\"", app.filter),
+            t.warn().add_modifier(Modifier::BOLD),
+        ));
         hints.push(Span::raw(SEP));
     }
     let keys = match app.view {
         View::Table => {
-            format!("↑↓ move · Enter detail · / filter · s sort ({}) · Space pause · ? help · q quit", app.sort.label())
+            format!(
+                "↑↓ move · Enter detail · / filter · s sort ({}) · Space pause · ? help · q quit",
+                app.sort.label()
+            )
         }
-        View::Detail => "↑↓ scroll · Esc back · / filter · Space pause · ? help · q quit".to_string(),
+        View::Detail => {
+            "↑↓ scroll · Esc back · / filter · Space pause · ? help · q quit".to_string()
+        }
     };
     let used: usize = hints.iter().map(|h| h.content.chars().count()).sum();
     hints.push(Span::styled(clip(&keys, (left.width as usize).saturating_sub(used)), t.dim()));
@@ -673,27 +756,34 @@ fn render_footer(f: &mut Frame, area: Rect, app: &App, t: Theme) {
 fn render_help(f: &mut Frame, area: Rect, app: &App, t: Theme) {
     let w = area.width.saturating_sub(4).min(76);
     let h = (KEYS.len() as u16 + 4).min(area.height.saturating_sub(2));
-    let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
+    let r = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    };
     let key_w = KEYS.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0) + 2;
     let mut lines: Vec<Line> = KEYS
         .iter()
-        .map(|(k, what)| Line::from(vec![Span::styled(format!(" {k:<key_w$}"), t.bold()), Span::raw(*what)]))
+        .map(|(k, what)| {
+            Line::from(vec![Span::styled(format!(" {k:<key_w$}"), t.bold()), Span::raw(*what)])
+        })
         .collect();
     lines.push(Line::raw(""));
-    lines.push(Line::styled(format!(" Sorted by {}. NO_COLOR turns colours off.", app.sort.label()), t.dim()));
+    lines.push(Line::styled(
+        format!(" Sorted by {}. NO_COLOR turns colours off.", app.sort.label()),
+        t.dim(),
+    ));
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" keys (? or Esc closes) ")),
+        Paragraph::new(lines)
+            .block(Block::default().borders(Borders::ALL).title(" keys (? or Esc closes) ")),
         r,
     );
 }
 
 fn or_dash(s: &str, w: u16) -> String {
-    if s.is_empty() {
-        "-".into()
-    } else {
-        clip(s, w as usize)
-    }
+    if s.is_empty() { "-".into() } else { clip(s, w as usize) }
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -701,11 +791,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 }
 
 fn align(s: &str, w: u16, right: bool) -> String {
-    if right {
-        format!("{s:>w$}", w = w as usize)
-    } else {
-        s.to_string()
-    }
+    if right { format!("{s:>w$}", w = w as usize) } else { s.to_string() }
 }
 
 /// Cut to `w` characters with an ellipsis.
@@ -757,7 +843,10 @@ fn wrap_items(prefix: &str, items: &[String], width: usize) -> Vec<String> {
     if !line.is_empty() {
         out.push(line);
     }
-    out.iter().enumerate().map(|(i, l)| format!("{}{l}", if i == 0 { prefix } else { indent.as_str() })).collect()
+    out.iter()
+        .enumerate()
+        .map(|(i, l)| format!("{}{l}", if i == 0 { prefix } else { indent.as_str() }))
+        .collect()
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {

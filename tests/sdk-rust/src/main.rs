@@ -23,18 +23,25 @@
 //!
 //! Exit status: 0 credentials obtained, 3 not obtained, 2 bad usage.
 
-use std::error::Error;
-use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    error::Error,
+    process::ExitCode,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
-use aws_config::imds::client::error::{ImdsError, TokenError};
-use aws_config::imds::credentials::ImdsCredentialsProvider;
-use aws_config::provider_config::ProviderConfig;
-use aws_config::Region;
-use aws_credential_types::provider::error::CredentialsError;
-use aws_credential_types::provider::ProvideCredentials;
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_runtime_api::client::result::{ConnectorError, SdkError};
+use aws_config::{
+    Region,
+    imds::{
+        client::error::{ImdsError, TokenError},
+        credentials::ImdsCredentialsProvider,
+    },
+    provider_config::ProviderConfig,
+};
+use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError};
+use aws_smithy_runtime_api::client::{
+    orchestrator::HttpResponse,
+    result::{ConnectorError, SdkError},
+};
 use serde_json::json;
 
 const USAGE: &str = "usage: aws-sdk-rust-client [--endpoint http://169.254.169.254]";
@@ -65,24 +72,23 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<String>, 
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// A short, secret-free class for a credentials error: the variant names
 /// found along its source chain, never their messages.
 fn error_kind(err: &CredentialsError) -> String {
-    let mut parts: Vec<String> = vec![match err {
-        CredentialsError::CredentialsNotLoaded(_) => "not_loaded",
-        CredentialsError::ProviderTimedOut(_) => "provider_timed_out",
-        CredentialsError::InvalidConfiguration(_) => "invalid_configuration",
-        CredentialsError::ProviderError(_) => "provider_error",
-        CredentialsError::Unhandled(_) => "unhandled",
-        _ => "credentials_error",
-    }
-    .to_string()];
+    let mut parts: Vec<String> = vec![
+        match err {
+            CredentialsError::CredentialsNotLoaded(_) => "not_loaded",
+            CredentialsError::ProviderTimedOut(_) => "provider_timed_out",
+            CredentialsError::InvalidConfiguration(_) => "invalid_configuration",
+            CredentialsError::ProviderError(_) => "provider_error",
+            CredentialsError::Unhandled(_) => "unhandled",
+            _ => "credentials_error",
+        }
+        .to_string(),
+    ];
     let mut source: Option<&(dyn Error + 'static)> = err.source();
     let mut depth = 0;
     while let Some(e) = source {
@@ -146,14 +152,9 @@ fn build_provider(endpoint: Option<&str>) -> Result<ImdsCredentialsProvider, Str
 
     let mut imds = aws_config::imds::Client::builder().configure(&config);
     if let Some(url) = endpoint {
-        imds = imds
-            .endpoint(url)
-            .map_err(|_| format!("--endpoint {url}: not a valid URI"))?;
+        imds = imds.endpoint(url).map_err(|_| format!("--endpoint {url}: not a valid URI"))?;
     }
-    Ok(ImdsCredentialsProvider::builder()
-        .configure(&config)
-        .imds_client(imds.build())
-        .build())
+    Ok(ImdsCredentialsProvider::builder().configure(&config).imds_client(imds.build()).build())
 }
 
 fn main() -> ExitCode {
@@ -171,10 +172,7 @@ fn main() -> ExitCode {
     // the real IMDS attempt. Removed before any thread exists.
     std::env::remove_var(DISABLED_ENV);
 
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aws-sdk-rust-client: tokio runtime: {e}");
@@ -208,10 +206,7 @@ fn main() -> ExitCode {
     });
     println!("{line}");
     if result.is_err() {
-        eprintln!(
-            "aws-sdk-rust-client: no credentials after {:.3} s ({kind})",
-            t_end - t_start
-        );
+        eprintln!("aws-sdk-rust-client: no credentials after {:.3} s ({kind})", t_end - t_start);
     }
     ExitCode::from(code)
 }
@@ -228,15 +223,11 @@ mod tests {
     fn parses_endpoint() {
         assert_eq!(parse_args(args("")).unwrap(), None);
         assert_eq!(
-            parse_args(args("--endpoint http://127.0.0.1:1"))
-                .unwrap()
-                .as_deref(),
+            parse_args(args("--endpoint http://127.0.0.1:1")).unwrap().as_deref(),
             Some("http://127.0.0.1:1")
         );
         assert_eq!(
-            parse_args(args("--endpoint=http://[fd00:ec2::254]"))
-                .unwrap()
-                .as_deref(),
+            parse_args(args("--endpoint=http://[fd00:ec2::254]")).unwrap().as_deref(),
             Some("http://[fd00:ec2::254]")
         );
         assert!(parse_args(args("--endpoint")).is_err());

@@ -8,15 +8,19 @@
 //! Usage: fake-imds --listen ADDR:PORT [--listen ...] --hop-limit N
 //!                  [--tokens optional|required] [--role NAME]
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use socket2::SockRef;
 
@@ -79,7 +83,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
                     "optional" => false,
                     "required" => true,
                     other => {
-                        return Err(format!("--tokens {other}: expected optional or required"))
+                        return Err(format!("--tokens {other}: expected optional or required"));
                     }
                 }
             }
@@ -97,12 +101,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
         return Err("at least one --listen is required".into());
     }
     let hop_limit = hop_limit.ok_or("--hop-limit is required")?;
-    Ok(Config {
-        listen,
-        hop_limit,
-        tokens_required,
-        role,
-    })
+    Ok(Config { listen, hop_limit, tokens_required, role })
 }
 
 fn main() -> ExitCode {
@@ -136,11 +135,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "fake-imds: listening on {addr} (hop limit {}, tokens {})",
                 server.config.hop_limit,
-                if server.config.tokens_required {
-                    "required"
-                } else {
-                    "optional"
-                }
+                if server.config.tokens_required { "required" } else { "optional" }
             );
         }
         let server = Arc::clone(&server);
@@ -181,10 +176,7 @@ struct Request {
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     fn wants_close(&self) -> bool {
@@ -243,9 +235,7 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<
     };
     let mut headers = Vec::new();
     for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| bad_request("malformed header"))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| bad_request("malformed header"))?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
     let req = Request {
@@ -259,9 +249,7 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<
     }
     let body_len = match req.header("content-length") {
         None => 0,
-        Some(v) => v
-            .parse::<usize>()
-            .map_err(|_| bad_request("bad Content-Length"))?,
+        Some(v) => v.parse::<usize>().map_err(|_| bad_request("bad Content-Length"))?,
     };
     if body_len > MAX_BODY {
         return Err(bad_request("body too large"));
@@ -291,13 +279,7 @@ struct Response {
 
 impl Response {
     fn new(status: u16, content_type: &'static str, body: String) -> Self {
-        Response {
-            status,
-            content_type,
-            body,
-            extra_headers: Vec::new(),
-            hop_limited: false,
-        }
+        Response { status, content_type, body, extra_headers: Vec::new(), hop_limited: false }
     }
 
     fn text(body: impl Into<String>) -> Self {
@@ -327,11 +309,7 @@ impl Response {
         for (name, value) in &self.extra_headers {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
-        out.push_str(if close {
-            "Connection: close\r\n"
-        } else {
-            "Connection: keep-alive\r\n"
-        });
+        out.push_str(if close { "Connection: close\r\n" } else { "Connection: keep-alive\r\n" });
         out.push_str("\r\n");
         out.push_str(&self.body);
         out.into_bytes()
@@ -373,10 +351,8 @@ impl Server {
             session_token: String::new(),
         };
         // Same lengths as real AWS values, with the marker tests grep for.
-        server.access_key_id = format!(
-            "ASIA{SECRET_MARKER}{}",
-            server.random_chars(6).to_uppercase()
-        );
+        server.access_key_id =
+            format!("ASIA{SECRET_MARKER}{}", server.random_chars(6).to_uppercase());
         server.secret_access_key = format!("fake{SECRET_MARKER}{}", server.random_chars(26));
         server.session_token = format!("fake{SECRET_MARKER}{}", server.random_chars(300));
         server
@@ -384,10 +360,7 @@ impl Server {
 
     /// Random-looking characters from time, a counter and the per-process key.
     fn random_chars(&self, len: usize) -> String {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut out = String::with_capacity(len + 10);
         let mut block = 0u64;
@@ -466,11 +439,7 @@ impl Server {
     fn put(&self, req: &Request) -> Response {
         if req.path != TOKEN_PATH {
             // Versioned token paths exist but are refused, as on EC2.
-            return Response::error(if req.path.ends_with("/api/token") {
-                403
-            } else {
-                404
-            });
+            return Response::error(if req.path.ends_with("/api/token") { 403 } else { 404 });
         }
         let Some(ttl_text) = req.header(TTL_HEADER) else {
             return Response::error(400);
@@ -480,10 +449,7 @@ impl Server {
             _ => return Response::error(400),
         };
 
-        let token = format!(
-            "{TOKEN_PREFIX}{}",
-            self.random_chars(TOKEN_LEN - TOKEN_PREFIX.len())
-        );
+        let token = format!("{TOKEN_PREFIX}{}", self.random_chars(TOKEN_LEN - TOKEN_PREFIX.len()));
         let now = Instant::now();
         {
             let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
@@ -493,17 +459,14 @@ impl Server {
 
         let mut resp = Response::text(token);
         // The Rust SDK reads the token lifetime from this header.
-        resp.extra_headers
-            .push(("X-aws-ec2-metadata-token-ttl-seconds", ttl.to_string()));
+        resp.extra_headers.push(("X-aws-ec2-metadata-token-ttl-seconds", ttl.to_string()));
         resp.hop_limited = true;
         resp
     }
 
     fn token_valid(&self, token: &str) -> bool {
         let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens
-            .get(token)
-            .is_some_and(|expiry| *expiry > Instant::now())
+        tokens.get(token).is_some_and(|expiry| *expiry > Instant::now())
     }
 
     fn get(&self, req: &Request) -> Response {
@@ -550,9 +513,7 @@ impl Server {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (Hinnant's civil-from-days).

@@ -38,15 +38,20 @@ fn main() {
         let i = args.iter().position(|a| a == name).unwrap_or_else(|| panic!("{name} is required"));
         args[i + 1].clone()
     };
-    let raw: Value = serde_json::from_str(&std::fs::read_to_string(arg("--config")).expect("read --config"))
-        .expect("--config is JSON");
+    let raw: Value =
+        serde_json::from_str(&std::fs::read_to_string(arg("--config")).expect("read --config"))
+            .expect("--config is JSON");
     let cfg = Arc::new(Config {
         pods: raw["pods"].as_array().cloned().unwrap_or_default(),
         allocs: raw["allocs"].as_array().cloned().unwrap_or_default(),
         kube_token: raw["kube_token"].as_str().unwrap_or_default().to_string(),
         nomad_token: raw["nomad_token"].as_str().unwrap_or_default().to_string(),
         log: Mutex::new(
-            std::fs::OpenOptions::new().create(true).append(true).open(arg("--log")).expect("open --log"),
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(arg("--log"))
+                .expect("open --log"),
         ),
     });
     let kube = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -119,7 +124,8 @@ fn reply(s: &mut TcpStream, status: &str, body: &str) {
 }
 
 fn kube_api(cfg: &Config, target: &str, headers: &[String], s: &mut TcpStream) {
-    let authorized = header(headers, "authorization") == Some(&format!("Bearer {}", cfg.kube_token));
+    let authorized =
+        header(headers, "authorization") == Some(&format!("Bearer {}", cfg.kube_token));
     log(cfg, format!("kube {target} authorized={authorized}"));
     if !authorized {
         let st = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401});
@@ -156,7 +162,12 @@ fn nomad_api(cfg: &Config, target: &str, headers: &[String], s: &mut TcpStream) 
     if !authorized {
         return reply(s, "403 Forbidden", "Permission denied");
     }
-    let id = target.strip_prefix("/v1/allocation/").unwrap_or_default().split('?').next().unwrap_or_default();
+    let id = target
+        .strip_prefix("/v1/allocation/")
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default();
     match cfg.allocs.iter().find(|a| a["ID"] == id) {
         Some(a) => reply(s, "200 OK", &a.to_string()),
         None => reply(s, "404 Not Found", "alloc not found"),

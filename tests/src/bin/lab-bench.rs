@@ -18,7 +18,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the command name (which may contain spaces).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0 // USER_HZ
 }
 
@@ -37,7 +38,10 @@ fn bpf_stats(lab: &Lab, port: u16) -> Vec<(String, u64, u64)> {
     let script = format!(
         "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
     );
-    let out = Command::new("nsenter").arg(format!("--net=/run/netns/{}", lab.host)).args(["bash", "-c", &script]).output();
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.host))
+        .args(["bash", "-c", &script])
+        .output();
     let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let value = |prefix: &str, prog: &str| -> f64 {
         text.lines()
@@ -68,7 +72,12 @@ fn main() {
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
     let idle_cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
-    println!("agent idle: {:.2}% of a core, RSS {} KiB (peak {} KiB)", idle_cpu * 100.0, status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+    println!(
+        "agent idle: {:.2}% of a core, RSS {} KiB (peak {} KiB)",
+        idle_cpu * 100.0,
+        status_kib(pid, "VmRSS:"),
+        status_kib(pid, "VmHWM:")
+    );
 
     // Metadata requests: CPU per request (each is a few packets, events and
     // a diagnosis update).
@@ -79,13 +88,20 @@ fn main() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let per = (cpu_seconds(pid) - c0) / f64::from(n);
-    println!("agent under metadata load: {:.0} µs CPU per credential fetch (token PUT + 2 GETs), RSS {} KiB", per * 1e6, status_kib(pid, "VmRSS:"));
+    println!(
+        "agent under metadata load: {:.0} µs CPU per credential fetch (token PUT + 2 GETs), RSS {} KiB",
+        per * 1e6,
+        status_kib(pid, "VmRSS:")
+    );
 
     // Non-metadata traffic: what every packet of the host pays.
     std::thread::sleep(Duration::from_millis(1100)); // the observer reads stats once a second
     let before = bpf_stats(&lab, 19110);
     let mut server = peer
-        .command(&bin("fake-imds"), &["--listen", &format!("{}:8080", peer.v4), "--hop-limit", "64"])
+        .command(
+            &bin("fake-imds"),
+            &["--listen", &format!("{}:8080", peer.v4), "--hop-limit", "64"],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -103,7 +119,10 @@ fn main() {
         if let Some((_, rt0, rc0)) = before.iter().find(|(n, ..)| n == name) {
             let (drt, drc) = (rt - rt0, rc - rc0);
             if drc > 0 {
-                println!("eBPF {name:<15} non-metadata packets: {drc:>6} runs, {:>5.0} ns per run", drt as f64 / drc as f64);
+                println!(
+                    "eBPF {name:<15} non-metadata packets: {drc:>6} runs, {:>5.0} ns per run",
+                    drt as f64 / drc as f64
+                );
             }
         }
     }
@@ -119,16 +138,24 @@ fn main() {
             .arg(&root)
             .output();
         if built.is_ok_and(|o| o.status.success()) {
-            let size = sh(&["podman", "image", "inspect", "--format", "{{.Size}}", "localhost/imds-observer:bench"]);
+            let size = sh(&[
+                "podman",
+                "image",
+                "inspect",
+                "--format",
+                "{{.Size}}",
+                "localhost/imds-observer:bench",
+            ]);
             let bytes: f64 = size.trim().parse().unwrap_or(0.0);
             // The published image (Containerfile) strips the binary;
             // Containerfile.local copies it as built.
             let stripped = std::env::temp_dir().join("imds-observer-bench-stripped");
             let mb = |p: &Path| fs::metadata(p).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
-            let stripped_mb = match Command::new("strip").arg("-o").arg(&stripped).arg(&musl).status() {
-                Ok(s) if s.success() => format!("{:.1} MB", mb(&stripped)),
-                _ => "not measured (no strip)".into(),
-            };
+            let stripped_mb =
+                match Command::new("strip").arg("-o").arg(&stripped).arg(&musl).status() {
+                    Ok(s) if s.success() => format!("{:.1} MB", mb(&stripped)),
+                    _ => "not measured (no strip)".into(),
+                };
             let _ = fs::remove_file(&stripped);
             println!(
                 "image (Containerfile.local, unstripped): {:.1} MB; static binary {:.1} MB, stripped as the published image has it: {stripped_mb}",
@@ -138,6 +165,8 @@ fn main() {
             let _ = Command::new("podman").args(["rmi", "localhost/imds-observer:bench"]).output();
         }
     } else {
-        println!("image: not measured (build the static binary: cargo build --release --target x86_64-unknown-linux-musl -p imds-observer)");
+        println!(
+            "image: not measured (build the static binary: cargo build --release --target x86_64-unknown-linux-musl -p imds-observer)"
+        );
     }
 }

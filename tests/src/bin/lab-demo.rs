@@ -12,7 +12,8 @@ use std::{
 use imds_lab::{Attach, Lab, LabOpts, Value, bin, of_type};
 
 fn short(e: &Value) -> String {
-    let get = |k: &str| e.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+    let get =
+        |k: &str| e.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
     let mut s = format!("{:<12} {:<27} ttl={:<3}", get("type"), get("ts"), get("ttl"));
     for k in ["method", "path", "status", "reason", "via", "iface"] {
         if e.get(k).is_some() {
@@ -24,7 +25,9 @@ fn short(e: &Value) -> String {
 
 fn main() -> ExitCode {
     println!("imds-observer demo: a container one hop behind a host whose IMDS hop limit is 1\n");
-    println!("building the lab: cloud netns (fake IMDS on 169.254.169.254, hop limit 1) <- host netns <- container netns");
+    println!(
+        "building the lab: cloud netns (fake IMDS on 169.254.169.254, hop limit 1) <- host netns <- container netns"
+    );
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let app = lab.add_container("app", Attach::Routed);
     let obs = lab.observer(&[]);
@@ -39,13 +42,22 @@ fn main() -> ExitCode {
         .expect("run sdk-client");
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: Value = serde_json::from_str(line).unwrap_or_default();
-        println!("  {} {:<50} {} ({} ms)", v["method"].as_str().unwrap_or(""), v["path"].as_str().unwrap_or(""), v["outcome"], v["ms"]);
+        println!(
+            "  {} {:<50} {} ({} ms)",
+            v["method"].as_str().unwrap_or(""),
+            v["path"].as_str().unwrap_or(""),
+            v["outcome"],
+            v["ms"]
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     let events = obs.stop();
 
     println!("\nwhat imds-observer saw ({} events), for the first token PUT:", events.len());
-    let first_put = of_type(&events, "request").into_iter().find(|e| e["method"] == "PUT").map(|e| e["flow"].clone());
+    let first_put = of_type(&events, "request")
+        .into_iter()
+        .find(|e| e["method"] == "PUT")
+        .map(|e| e["flow"].clone());
     for e in events.iter().filter(|e| first_put.as_ref() == Some(&e["flow"])).take(14) {
         if e.get("method").is_some() || e.get("status").is_some() || e["type"] == "drop" {
             println!("  {}", short(e));

@@ -8,16 +8,17 @@
 //!                   [--timeout-ms 1000]
 //! Exit status: 0 credentials obtained, 3 not obtained, 2 bad usage.
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::process::ExitCode;
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    io::{self, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs},
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-const USAGE: &str =
-    "usage: sdk-client [--endpoint http://169.254.169.254 | http://[fd00:ec2::254]] \
+const USAGE: &str = "usage: sdk-client [--endpoint http://169.254.169.254 | http://[fd00:ec2::254]] \
                      [--profile js-v2|botocore|rust|v1-only|token-only] [--timeout-ms 1000]";
 const ENDPOINT_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
 const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -111,11 +112,7 @@ fn parse_args(
         }
     }
     let endpoint = endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-    Ok(Args {
-        endpoint,
-        profile,
-        timeout,
-    })
+    Ok(Args { endpoint, profile, timeout })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -133,9 +130,8 @@ impl Endpoint {
             .ok_or_else(|| format!("endpoint {url}: only http:// URLs are supported"))?;
         let authority = rest.split('/').next().unwrap_or_default();
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("endpoint {url}: unclosed '['"))?;
+            let (host, after) =
+                v6.split_once(']').ok_or_else(|| format!("endpoint {url}: unclosed '['"))?;
             (host, after.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -150,11 +146,7 @@ impl Endpoint {
             None => 80,
             Some(p) => p.parse().map_err(|_| format!("endpoint {url}: bad port"))?,
         };
-        Ok(Endpoint {
-            authority: authority.to_string(),
-            host: host.to_string(),
-            port,
-        })
+        Ok(Endpoint { authority: authority.to_string(), host: host.to_string(), port })
     }
 
     fn resolve(&self) -> io::Result<SocketAddr> {
@@ -272,13 +264,7 @@ fn read_reply(stream: &mut TcpStream, deadline: Instant) -> io::Result<(Reply, b
             while buf.len() <= MAX_REPLY && read_more(stream, &mut buf)? > 0 {}
         }
     }
-    Ok((
-        Reply {
-            status,
-            body: buf.split_off(body_start),
-        },
-        keep_alive,
-    ))
+    Ok((Reply { status, body: buf.split_off(body_start) }, keep_alive))
 }
 
 struct Client {
@@ -301,10 +287,7 @@ impl Client {
         fresh_connection: bool,
     ) -> Option<Reply> {
         // Taken before connecting: the handshake is part of the attempt.
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
         let start = Instant::now();
         if fresh_connection {
             self.conn = None;
@@ -417,26 +400,16 @@ fn fetch_credentials(client: &mut Client, profile: Profile) -> bool {
         TokenResult::Token(t) => Some(t),
         TokenResult::Unavailable if profile.falls_back_to_v1() => None,
         TokenResult::Unavailable | TokenResult::Rejected => {
-            eprintln!(
-                "sdk-client: no IMDSv2 token; profile {} stops here",
-                profile.name()
-            );
+            eprintln!("sdk-client: no IMDSv2 token; profile {} stops here", profile.name());
             return false;
         }
     };
-    let auth: Vec<(&str, &str)> = token
-        .as_deref()
-        .map(|t| (TOKEN_HEADER, t))
-        .into_iter()
-        .collect();
+    let auth: Vec<(&str, &str)> = token.as_deref().map(|t| (TOKEN_HEADER, t)).into_iter().collect();
 
     let role = match client.request("GET", ROLE_PATH, &auth, false) {
-        Some(r) if r.status == 200 => String::from_utf8_lossy(&r.body)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        Some(r) if r.status == 200 => {
+            String::from_utf8_lossy(&r.body).lines().next().unwrap_or_default().trim().to_string()
+        }
         _ => return false,
     };
     if role.is_empty() {
@@ -533,19 +506,14 @@ mod tests {
         assert_eq!(a.endpoint, DEFAULT_ENDPOINT);
         assert_eq!(a.profile, Profile::Botocore);
         assert_eq!(a.timeout, Duration::from_secs(1));
-        let a = parse_args(
-            args("--profile js-v2 --timeout-ms 250"),
-            Some("http://10.0.0.1".into()),
-        )
-        .unwrap();
+        let a =
+            parse_args(args("--profile js-v2 --timeout-ms 250"), Some("http://10.0.0.1".into()))
+                .unwrap();
         assert_eq!(a.endpoint, "http://10.0.0.1");
         assert_eq!(a.profile, Profile::JsV2);
         assert_eq!(a.timeout, Duration::from_millis(250));
-        let a = parse_args(
-            args("--endpoint http://[::1]:81"),
-            Some("http://10.0.0.1".into()),
-        )
-        .unwrap();
+        let a =
+            parse_args(args("--endpoint http://[::1]:81"), Some("http://10.0.0.1".into())).unwrap();
         assert_eq!(a.endpoint, "http://[::1]:81");
         assert!(parse_args(args("--profile go"), None).is_err());
         assert!(parse_args(args("--timeout-ms 0"), None).is_err());

@@ -8,7 +8,9 @@ use imds_lab::Value;
 /// first column of its tables headed `field` (`a.b`: field b of object a,
 /// or of each element of list a).
 fn documented_fields() -> BTreeSet<String> {
-    let md = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md")).unwrap();
+    let md =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md"))
+            .unwrap();
     let mut out = BTreeSet::new();
     let mut in_fields = false;
     for line in md.lines() {
@@ -51,5 +53,8 @@ pub fn assert_fields_documented(events: &[Value]) {
         paths(e, "", &mut seen);
     }
     let missing: Vec<_> = seen.difference(&documented).collect();
-    assert!(missing.is_empty(), "fields in the observer's output that docs/events.md does not list: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fields in the observer's output that docs/events.md does not list: {missing:?}"
+    );
 }
