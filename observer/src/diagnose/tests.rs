@@ -138,9 +138,9 @@ impl Conn {
         }
         let mut eg = self.base(Kind::HostEgress, ms);
         eg.src = Some(self.uplink_local());
-        eg.dst = req.dst.clone();
+        eg.dst = req.dst;
         eg.ttl = Some(64 - self.ctr.hops);
-        eg.tcp_flags = req.tcp_flags.clone();
+        eg.tcp_flags = req.tcp_flags;
         eg.seq = req.seq;
         eg.ack = req.ack;
         eg.len = req.len;
@@ -189,7 +189,7 @@ impl Conn {
             r.src = Some(self.dst);
             r.dst = Some(self.local());
             r.ttl = Some(host_ttl - self.ctr.hops);
-            r.tcp_flags = hi.tcp_flags.clone();
+            r.tcp_flags = hi.tcp_flags;
             r.seq = hi.seq;
             r.ack = hi.ack;
             r.len = hi.len;
@@ -221,8 +221,8 @@ impl Conn {
             i.cgroup = None;
             i.reason = Some("TTL_EXCEEDED".into());
             i.via = Some("icmp_time_exceeded".into());
-            i.src = d.src.clone();
-            i.dst = d.dst.clone();
+            i.src = d.src;
+            i.dst = d.dst;
             i.ttl = Some(1);
             i.seq = d.seq;
             v.push(i);

@@ -185,7 +185,7 @@ impl CgroupResolver {
 
     #[cfg(test)]
     /// Ids cached.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 

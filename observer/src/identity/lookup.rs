@@ -183,7 +183,7 @@ impl<V: Clone + Send + 'static> Table<V> {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shared.lock().len()
     }
 }
