@@ -126,14 +126,17 @@ fn setup() -> Result<()> {
         "--toolchain",
         "nightly",
     ]))?;
-    if !comps.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    // rust-src for the eBPF build; rustfmt for the format check (rustfmt.toml
+    // uses nightly's import grouping).
+    for comp in ["rust-src", "rustfmt"] {
+        if !comps.lines().any(|l| l.starts_with(comp)) {
+            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", "nightly"]))?;
+        }
+    }
+    // clippy for the lint gate, on the toolchain that builds the observer.
+    let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    if !stable.lines().any(|l| l.starts_with("clippy")) {
+        run(Command::new("rustup").args(["component", "add", "clippy"]))?;
     }
     // The container image holds a static binary.
     let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
@@ -282,6 +285,12 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         "kubernetes_validate, hcl2",
         &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"],
     )?;
+    // The format and lint gate: CI keeps what rustfmt.toml and clippy say.
+    run(Command::new("cargo")
+        .current_dir(root_dir())
+        .args(["+nightly", "fmt", "--all", "--", "--check"]))
+    .context("the code is not formatted: run `cargo +nightly fmt --all`")?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // Some plain tests start the binaries (the TUI in tmux, the lab's helpers).
     run(cargo().args(LAB_BINS))?;
     let mut total = Tally::default();
