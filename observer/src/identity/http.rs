@@ -373,7 +373,25 @@ pub mod fake {
         time::Duration,
     };
 
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::{
+        io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    /// A fake peer on 127.0.0.1 answering every connection with `what`: its
+    /// port, and the requests it saw.
+    pub async fn listen(what: Serve) -> (u16, Seen) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Seen::default();
+        let s2 = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(handle(s, what.clone(), s2.clone()));
+            }
+        });
+        (port, seen)
+    }
 
     #[derive(Clone)]
     pub enum Serve {
@@ -444,15 +462,7 @@ mod tests {
 
     /// A fake peer on 127.0.0.1 answering every connection with `what`.
     async fn serve(what: Serve) -> (Transport, Seen) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let seen = Seen::default();
-        let s2 = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(fake::handle(s, what.clone(), s2.clone()));
-            }
-        });
+        let (port, seen) = fake::listen(what).await;
         (Transport::Tcp { host: "127.0.0.1".into(), port }, seen)
     }
 

@@ -475,16 +475,7 @@ mod tests {
 
     /// A fake Nomad agent on 127.0.0.1; its port and the requests it saw.
     async fn serve(what: Serve) -> (u16, Seen) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let seen = Seen::default();
-        let s2 = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(fake::handle(s, what.clone(), s2.clone()));
-            }
-        });
-        (port, seen)
+        fake::listen(what).await
     }
 
     fn reply(status: &str, body: &str) -> Vec<u8> {
