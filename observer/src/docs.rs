@@ -623,6 +623,7 @@ fn every_field() -> Vec<Value> {
         seq: Some(1),
         ack: Some(1),
         len: Some(1),
+        retransmit: Some(true),
         method: Some("PUT".into()),
         path: Some("/latest/api/token".into()),
         token_header: Some(false),

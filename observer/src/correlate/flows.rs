@@ -33,7 +33,30 @@ pub struct Flow {
     /// The container veth its packets entered the host by (cgroup v1
     /// fallback).
     pub veth: Option<u32>,
+    /// Segments that take sequence space (SYN, data, FIN) the socket sent
+    /// [0] and received [1] lately: a second one is a retransmission.
+    segments: [Segments; 2],
     last_seen: Nanos,
+}
+
+/// The last few segments of one direction, by (sequence number, kind).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Segments {
+    seen: [(u32, u8); SEGMENTS],
+    next: usize,
+}
+
+/// Per direction: enough for a client's request and its retransmissions.
+const SEGMENTS: usize = 8;
+
+/// What a segment carries that takes sequence space; 0: nothing (a pure
+/// ACK shares its sequence number with the next data, and is never a
+/// retransmission here).
+pub fn segment_kind(flags: crate::model::TcpFlags, payload_len: u32) -> u8 {
+    use crate::model::TcpFlags;
+    u8::from(flags.contains(TcpFlags::SYN))
+        | u8::from(payload_len > 0) << 1
+        | u8::from(flags.contains(TcpFlags::FIN)) << 2
 }
 
 /// (local, remote) as the socket sees it; remote is the endpoint.
@@ -129,6 +152,23 @@ impl FlowTable {
             }
         }
         self.flow_mut(cookie, cgroup_id, now)
+    }
+
+    /// Whether the socket `cookie` already sent (or, with `sent` false,
+    /// received) this segment: a retransmission. `kind` from
+    /// [`segment_kind`]; segments of kind 0 never are.
+    pub fn retransmit(&mut self, cookie: u64, sent: bool, seq: u32, kind: u8) -> bool {
+        let Some(f) = self.flows.get_mut(&cookie) else { return false };
+        if kind == 0 {
+            return false;
+        }
+        let s = &mut f.segments[usize::from(!sent)];
+        if s.seen.contains(&(seq, kind)) {
+            return true;
+        }
+        s.seen[s.next] = (seq, kind);
+        s.next = (s.next + 1) % SEGMENTS;
+        false
     }
 
     /// A packet to an endpoint leaving an uplink: which flow sent it?

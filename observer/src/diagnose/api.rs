@@ -272,7 +272,6 @@ pub(super) fn node_view<'a>(
     assess::NodeView {
         name,
         hop_limit: node.hop_limit,
-        now: node.now,
         lost_events: node.lost_events,
         instance_id: instance_id(cfg, name),
     }

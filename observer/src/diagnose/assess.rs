@@ -14,7 +14,6 @@ use crate::model::{bounded::plural, rfc3339};
 pub(super) struct NodeView<'a> {
     pub name: &'a str,
     pub hop_limit: Option<u8>,
-    pub now: Ts,
     pub lost_events: u64,
     pub instance_id: Option<&'a str>,
 }
@@ -165,7 +164,7 @@ pub(super) fn build(
         FindingKind::HopLimitExceeded => {
             let ep = c.episode.as_ref().expect("active");
             let req = required(node, c);
-            let secs = c.seconds_lost(node.now);
+            let secs = c.seconds_lost();
             ev.reply_ttl_at_host = ep.reply_ttl;
             ev.required_hop_limit = Some(req);
             ev.lost_replies = Some(ep.lost);
@@ -220,7 +219,7 @@ pub(super) fn build(
                     .to_string()
             };
             format!(
-                "After {} ({cause}), this container sent {} without a token (IMDSv1). This is also a security problem: IMDSv1 is what SSRF attacks use to steal instance credentials.{then}",
+                "After {} ({cause}), this container fell back to IMDSv1: {} without a token got an answer. This is also a security problem: IMDSv1 is what SSRF attacks use to steal instance credentials.{then}",
                 plural(
                     c.failed_token_requests,
                     "failed IMDSv2 token request",

@@ -156,7 +156,10 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
         cx.flow.syn_ts = Some(cx.ts);
     }
     if let (Some(method), Some(path)) = (&ev.method, &ev.path) {
-        let retransmitted = ev.seq.is_some_and(|s| cx.flow.req_seqs.contains(&s));
+        // Marked by the pipeline; recordings from before the mark are
+        // recognised by their sequence number.
+        let retransmitted =
+            ev.retransmit == Some(true) || ev.seq.is_some_and(|s| cx.flow.req_seqs.contains(&s));
         if !retransmitted {
             if let Some(s) = ev.seq {
                 cx.flow.req_seqs.push_back(s);
@@ -167,8 +170,20 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
             new_request(cx, ev, method, path);
         }
     }
-    if flags.intersects(TcpFlags::FIN | TcpFlags::RST) && cx.flow.closed_at.is_none() {
+    let closing = flags.intersects(TcpFlags::FIN | TcpFlags::RST);
+    if closing && cx.flow.closed_at.is_none() {
         cx.flow.closed_at = Some(cx.ts);
+    }
+    // How long the client waited on its latest attempt here: until its last
+    // packet, or its close.
+    if let Some(id) = cx.flow.exchanges.back().map(|e| e.attempt) {
+        let ts = cx.ts;
+        if let Some(a) = cx.c.attempt_mut(id) {
+            a.client_last = a.client_last.max(ts);
+            if closing && a.closed.is_none() && ts >= a.ts {
+                a.closed = Some(ts);
+            }
+        }
     }
 }
 
@@ -196,9 +211,6 @@ pub(super) fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
             c.requests.imdsv2 += 1;
         } else {
             c.requests.imdsv1 += 1;
-            if c.token_failed_since.is_some_and(|t| ts > t) {
-                c.tokenless_since_failure += 1;
-            }
         }
     }
     let id = c.next_attempt;
@@ -216,6 +228,8 @@ pub(super) fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
             outcome: Outcome::Pending,
             latency: None,
             reply_ttl: None,
+            client_last: ts,
+            closed: None,
         },
         cx.cfg.timeline_cap,
     );

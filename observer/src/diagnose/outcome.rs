@@ -44,10 +44,12 @@ pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
     let other_drop = cx.flow.other_drop_reason.clone();
     let (flow_drops, flow_icmp) = (cx.flow.ttl_drops, cx.flow.icmp);
     let c = &mut *cx.c;
+    let mut imdsv1 = false;
     if let Some(a) = c.attempt_mut(attempt) {
         a.outcome = new;
         a.latency = latency;
         a.reply_ttl = reply_ttl;
+        imdsv1 = a.imdsv1;
     }
     if let Some(l) = latency {
         c.latency.add(l);
@@ -61,6 +63,11 @@ pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
                 c.last_success = Some(c.last_success.map_or(ts, |t| t.max(ts)));
             }
             if (200..300).contains(&s) {
+                // IMDSv1 exposure: a tokenless request IMDS answered. One
+                // refused with 401 exposed nothing (token_rejected says why).
+                if imdsv1 && c.token_failed_since.is_some_and(|t| req_ts > t) {
+                    c.tokenless_since_failure += 1;
+                }
                 for st in [&mut c.s400, &mut c.s401, &mut c.s403] {
                     if let Some(x) = st {
                         x.paths.retain(|p| p != &path);
@@ -162,7 +169,7 @@ pub(super) fn token_failed(c: &mut ContainerState, req_ts: Ts, how: Outcome) {
         // Tokenless requests may already have gone out (the failure is
         // decided at a timeout, the client moved on at the same moment).
         c.tokenless_since_failure =
-            c.timeline.iter().filter(|a| a.imdsv1 && a.ts > req_ts).count() as u64;
+            c.timeline.iter().filter(|a| a.imdsv1 && a.ts > req_ts && a.answered()).count() as u64;
     }
 }
 
@@ -187,6 +194,8 @@ pub(super) fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
             outcome: how,
             latency: None,
             reply_ttl: None,
+            client_last: ts,
+            closed: None,
         },
         cx.cfg.timeline_cap,
     );

@@ -117,6 +117,24 @@ pub(super) struct AttemptRec {
     pub latency: Option<Duration>,
     /// TTL of its reply at the host's uplink (or at the drop).
     pub reply_ttl: Option<u8>,
+    /// The client's latest packet on it (retransmissions included).
+    pub client_last: Ts,
+    /// When the client first closed its connection after sending it
+    /// (FIN or RST): where its wait ended if nothing came after.
+    pub closed: Option<Ts>,
+}
+
+impl AttemptRec {
+    /// When the client stopped waiting on this attempt: its close, else
+    /// its last packet (never a later retransmission of its FIN).
+    pub fn gave_up(&self) -> Ts {
+        self.closed.unwrap_or(self.client_last).max(self.ts)
+    }
+
+    /// Answered with a success (2xx).
+    pub fn answered(&self) -> bool {
+        matches!(self.outcome, Outcome::Status(s) if (200..300).contains(&s))
+    }
 }
 
 /// The reply to one exchange, from whichever of host_ingress / drop / reply
@@ -401,7 +419,8 @@ impl ContainerState {
             if old.outcome == Outcome::Lost {
                 if let (Some(ep), Some(next)) = (self.episode.as_mut(), self.timeline.front()) {
                     if old.ts >= ep.started {
-                        ep.evicted_seconds += secs(since(old.ts, next.ts));
+                        let end = wait_end(&old, std::iter::once(next));
+                        ep.evicted_seconds += secs(since(old.ts, end));
                     }
                 }
             }
@@ -433,20 +452,38 @@ impl ContainerState {
         self.endpoints.last_mut().expect("just pushed")
     }
 
-    /// Seconds lost to lost token replies in the current episode.
-    pub fn seconds_lost(&self, now: Ts) -> f64 {
+    /// Seconds the client lost to lost token replies in the current
+    /// episode: from each lost attempt to the client's next attempt (a
+    /// retry, its fallback, the success after), or to its close when it
+    /// gave up. Never past the client's own close: a server retransmitting
+    /// to a client that left, or a client that comes back much later, adds
+    /// nothing.
+    pub fn seconds_lost(&self) -> f64 {
         let Some(ep) = &self.episode else { return 0.0 };
         let mut total = ep.evicted_seconds;
         for (i, a) in self.timeline.iter().enumerate() {
             if a.outcome != Outcome::Lost || a.ts < ep.started {
                 continue;
             }
-            // The client's next attempt; attempts at the very same instant
-            // are parallel, not "next".
-            let next = self.timeline.iter().skip(i + 1).find(|b| b.ts > a.ts);
-            total += secs(since(a.ts, next.map_or(now, |b| b.ts)));
+            total += secs(since(a.ts, wait_end(a, self.timeline.iter().skip(i + 1))));
         }
         round3(total)
+    }
+}
+
+/// A client that closed and came back after this long started a new wait.
+pub(super) const MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// Where the client's wait on lost attempt `a` ended, given the attempts
+/// after it: its next attempt (attempts at the very same instant are
+/// parallel, not "next") if it came within [`MAX_PAUSE`] of giving up on
+/// `a`, else when it gave up.
+fn wait_end<'a>(a: &AttemptRec, after: impl Iterator<Item = &'a AttemptRec>) -> Ts {
+    let gave_up = a.gave_up();
+    let mut after = after;
+    match after.find(|b| b.ts > a.ts) {
+        Some(b) if b.ts <= gave_up + MAX_PAUSE => b.ts,
+        _ => gave_up,
     }
 }
 

@@ -614,17 +614,67 @@ fn js_v2_four_lost_puts_then_tokenless_gets() {
 }
 
 #[test]
-fn seconds_lost_runs_until_now_for_the_last_lost_attempt() {
+fn seconds_lost_stops_where_the_client_gave_up() {
     let mut d = Diagnoser::default();
     let mut a = Ctr::podman().conn(1);
     let mut v = a.connect(0);
     v.extend(a.put_token(1000));
     v.extend(a.respond(1001, 200, 1));
     feed(&mut d, &v);
-    // Until the newest event (the ICMP, 1002 ms).
-    assert_eq!(d.findings()[0].evidence.seconds_lost, Some(0.002));
-    d.tick(time(3500));
-    assert_eq!(d.findings()[0].evidence.seconds_lost, Some(2.5));
+    // Still waiting: until the client's latest packet (its request).
+    assert_eq!(d.findings()[0].evidence.seconds_lost, Some(0.0));
+    // The kernel retransmits the request; the client waits on.
+    let mut again = a.put_token(1400);
+    for e in &mut again {
+        e.seq = Some(a.isn + 1);
+        e.retransmit = Some(true);
+    }
+    feed(&mut d, &again);
+    assert_eq!(d.findings()[0].evidence.seconds_lost, Some(0.4));
+    // It gives up at its 1 s timeout; the server still retransmits its
+    // reply to a client that left, and time passes.
+    feed(&mut d, &a.fin(2000));
+    feed(&mut d, &a.retransmit(2200, true));
+    feed(&mut d, &a.retransmit(2600, true));
+    // A retransmitted FIN after the close adds nothing either.
+    feed(&mut d, &a.fin(3000));
+    d.tick(time(9000));
+    let hop = one(&d.findings(), FindingKind::HopLimitExceeded).clone();
+    assert_eq!(hop.evidence.seconds_lost, Some(1.0), "{hop:#?}");
+    assert_eq!(hop.evidence.requests.unwrap().token, 1, "the retransmission is no new request");
+    assert_eq!(hop.timeline.len(), 1);
+
+    // It comes back a minute later: a new wait, not a minute lost.
+    let mut b = Ctr::podman().conn(2);
+    let mut v = b.connect(60_000);
+    v.extend(b.put_token(60_001));
+    v.extend(b.respond(60_002, 200, 1));
+    v.extend(b.fin(61_001));
+    feed(&mut d, &v);
+    let hop = one(&d.findings(), FindingKind::HopLimitExceeded).clone();
+    assert_eq!(hop.evidence.seconds_lost, Some(2.0), "{hop:#?}");
+}
+
+#[test]
+fn a_retransmitted_request_is_no_new_attempt() {
+    let mut d = Diagnoser::default();
+    let mut a = Ctr::podman().conn(1);
+    let mut v = a.connect(0);
+    v.extend(a.request(1, "GET", CREDS, false));
+    // The same request again, as the pipeline marks it (a recording made
+    // before the mark is recognised by its sequence number instead).
+    let mut again = v[v.len() - 2..].to_vec();
+    for e in &mut again {
+        e.ts = time(300);
+        e.retransmit = Some(true);
+    }
+    v.extend(again);
+    v.extend(a.respond(301, 200, 1));
+    feed(&mut d, &v);
+    let c = d.containers().next().unwrap();
+    assert_eq!(c.requests().total, 1);
+    assert_eq!(c.counts().requests.iter().flatten().sum::<u64>(), 1);
+    assert_eq!(c.timeline().len(), 1);
 }
 
 #[test]
@@ -757,14 +807,11 @@ fn token_rejected_after_hop_limit_failure_names_the_hop_limit() {
     let mut d = Diagnoser::default();
     feed(&mut d, &v);
     let f = d.findings();
-    assert_eq!(
-        kinds(&f),
-        vec![
-            FindingKind::HopLimitExceeded,
-            FindingKind::TokenRejected,
-            FindingKind::Imdsv1Fallback
-        ]
-    );
+    // The tokenless GET was refused: nothing was exposed, and IMDS
+    // already requires tokens. No imdsv1_fallback, no advice to require them.
+    assert_eq!(kinds(&f), vec![FindingKind::HopLimitExceeded, FindingKind::TokenRejected]);
+    assert!(f.iter().all(|x| !x.summary.contains("--http-tokens required")), "{f:#?}");
+    assert!(f.iter().all(|x| x.fix.as_ref().is_none_or(|fix| fix.note.is_none())), "{f:#?}");
     let tr = &f[1];
     assert_eq!(tr.evidence.status, Some(401));
     assert_eq!(tr.evidence.path.as_deref(), Some(CREDS));

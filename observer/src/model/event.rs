@@ -90,6 +90,10 @@ pub struct Event {
     /// Transport payload bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub len: Option<u32>,
+    /// `true` on a TCP segment the socket already sent or received once (a
+    /// retransmission: not a new request); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmit: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +144,7 @@ impl Event {
             seq: None,
             ack: None,
             len: None,
+            retransmit: None,
             method: None,
             path: None,
             token_header: None,

@@ -18,7 +18,7 @@ use crate::{
         decode::{self, Http, IcmpError, IcmpKind, Packet, Proto},
         kallsyms::{self, Locations},
     },
-    correlate::flows::{Flow, FlowTable},
+    correlate::flows::{Flow, FlowTable, segment_kind},
     identity::{Container, Identities},
     model::{self, Event, Kind},
     sys::{clock::Clock, socket::own_netns_cookie},
@@ -324,6 +324,12 @@ impl Pipeline {
         let mut ev = self.event(if sent { Kind::Request } else { Kind::Reply }, rec.ts_ns);
         self.with_flow(&mut ev, Some(flow));
         fill_packet(&mut ev, pkt);
+        if let Some(t) = &pkt.tcp {
+            let kind = segment_kind(t.flags, pkt.payload_len);
+            if self.flows.retransmit(rec.cookie, sent, t.seq, kind) {
+                ev.retransmit = Some(true);
+            }
+        }
         Some(ev)
     }
 
@@ -543,6 +549,22 @@ mod tests {
         assert_eq!(p.flows.get(6).unwrap().veth, Some(9));
         p.process(&packet(Hook::CgroupEgress, 11 * MS, 6, 200), &mut out);
         assert_eq!(kinds(&out), [(Kind::Request, Some(200))]);
+    }
+
+    #[test]
+    fn a_segment_sent_again_is_marked_a_retransmission() {
+        let mut p = pipeline(false);
+        let mut out = Vec::new();
+        p.process(&connect(0, 5, HOST_NS), &mut out);
+        p.process(&packet(Hook::CgroupEgress, MS, 5, 100), &mut out);
+        p.process(&packet(Hook::CgroupEgress, 2 * MS, 5, 100), &mut out);
+        p.process(&packet(Hook::CgroupEgress, 3 * MS, 5, 101), &mut out);
+        let marks: Vec<_> = out.iter().map(|e| (e.seq, e.retransmit)).collect();
+        assert_eq!(marks, [(Some(100), None), (Some(100), Some(true)), (Some(101), None)]);
+        // Another socket may reuse a sequence number.
+        p.process(&connect(4 * MS, 6, HOST_NS), &mut out);
+        p.process(&packet(Hook::CgroupEgress, 5 * MS, 6, 100), &mut out);
+        assert_eq!(out[3].retransmit, None);
     }
 
     #[test]
