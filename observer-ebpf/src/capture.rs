@@ -20,11 +20,30 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 static ENDPOINTS_V4: [u32; MAX_ENDPOINTS] = [0; MAX_ENDPOINTS];
 #[unsafe(no_mangle)]
 static ENDPOINTS_V6: [[u32; 4]; MAX_ENDPOINTS] = [[0; 4]; MAX_ENDPOINTS];
+// Each endpoint's TCP service port (host order), same index.
+#[unsafe(no_mangle)]
+static PORTS_V4: [u16; MAX_ENDPOINTS] = [0; MAX_ENDPOINTS];
+#[unsafe(no_mangle)]
+static PORTS_V6: [u16; MAX_ENDPOINTS] = [0; MAX_ENDPOINTS];
 
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// ICMP errors that quote a packet: v4 destination unreachable and time
+/// exceeded, v6 destination unreachable and time exceeded.
+const ICMP_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMPV6_UNREACH: u8 = 1;
+const ICMPV6_TIME_EXCEEDED: u8 = 3;
+/// ICMP header before the quoted packet.
+const ICMP_HLEN: u32 = 8;
+/// What an ICMP error may keep of the quoted transport header: ports and
+/// the TCP sequence number, never payload.
+const QUOTED_L4: u32 = 8;
 
 // Where the filter reads, in bytes from the IP header.
 const IPV4_MIN_HLEN: usize = 20;
+const IPV4_FRAG_OFF: usize = 6;
 const IPV4_PROTOCOL: usize = 9;
 const IPV4_SADDR: usize = 12;
 const IPV4_DADDR: usize = 16;
@@ -34,34 +53,35 @@ const IPV6_SADDR: usize = 8;
 const IPV6_DADDR: usize = 24;
 /// From the TCP header: data offset, in its high nibble.
 const TCP_DOFF: u32 = 12;
-/// UDP and ICMP headers (what the snapshot keeps of other protocols).
-const L4_MIN_HLEN: u32 = 8;
+/// How a reply's first segment starts; only it may show payload bytes.
+const HTTP_STATUS: &[u8; 7] = b"HTTP/1.";
 
+/// The service port of the endpoint at `addr`, if it is one.
 #[inline(always)]
-pub fn is_endpoint_v4(addr: u32) -> bool {
+pub fn endpoint_v4(addr: u32) -> Option<u16> {
     let mut i = 0;
     while i < MAX_ENDPOINTS {
         // Volatile: the value is only known at load time.
         let e = unsafe { core::ptr::read_volatile(&ENDPOINTS_V4[i]) };
         if e != 0 && e == addr {
-            return true;
+            return Some(unsafe { core::ptr::read_volatile(&PORTS_V4[i]) });
         }
         i += 1;
     }
-    false
+    None
 }
 
 #[inline(always)]
-pub fn is_endpoint_v6(addr: &[u32; 4]) -> bool {
+pub fn endpoint_v6(addr: &[u32; 4]) -> Option<u16> {
     let mut i = 0;
     while i < MAX_ENDPOINTS {
         let e = unsafe { core::ptr::read_volatile(&ENDPOINTS_V6[i]) };
         if e[0] != 0 && e[0] == addr[0] && e[1] == addr[1] && e[2] == addr[2] && e[3] == addr[3] {
-            return true;
+            return Some(unsafe { core::ptr::read_volatile(&PORTS_V6[i]) });
         }
         i += 1;
     }
-    false
+    None
 }
 
 /// A packet's bytes, wherever they live (an skb context, or kernel memory).
@@ -171,29 +191,47 @@ pub fn header(rec: &mut Record, hook: Hook, family: u8, cgroup_id: u64, cookie: 
     rec.daddr = [0; 16];
 }
 
-/// Record `pkt` if it is to or from an endpoint. `version` is 4 or 6.
-/// `meta` is only called for a match: its helper calls (cgroup id, socket
-/// cookie) are not paid by the host's other packets.
+/// Record `pkt` if it is metadata traffic: TCP between a socket and an
+/// endpoint's service port, or an ICMP error about such a packet. `version`
+/// is 4 or 6. `meta` is only called for a match: its helper calls (cgroup
+/// id, socket cookie) are not paid by the host's other packets.
+///
+/// What the record keeps never holds a reply body: packets from an
+/// endpoint keep their headers, and the first bytes of payload only when
+/// the segment starts a response (`HTTP/1.`); ICMP errors keep the quoted
+/// IP header and 8 bytes of the quoted TCP header.
 #[inline(always)]
 pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() -> Meta) {
     // Header bytes up to and including both addresses; the version decides
     // which endpoint set, `want` which address.
-    let (inbound, proto, l3_len) = if version == 4 {
+    let (inbound, proto, l3_len, port) = if version == 4 {
         let mut h = [0u8; IPV4_MIN_HLEN];
         if pkt.read(0, &mut h).is_err() {
             return;
         }
         let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let (src, dst) = (w(IPV4_SADDR), w(IPV4_DADDR));
-        let inbound = match want {
-            Match::Dst if is_endpoint_v4(dst) => false,
-            Match::Src if is_endpoint_v4(src) => true,
-            Match::Any if is_endpoint_v4(src) => true,
-            Match::Any if is_endpoint_v4(dst) => false,
-            _ => return,
+        let (inbound, port) = match want {
+            Match::Dst => match endpoint_v4(dst) {
+                Some(p) => (false, p),
+                None => return,
+            },
+            Match::Src => match endpoint_v4(src) {
+                Some(p) => (true, p),
+                None => return,
+            },
+            Match::Any => match (endpoint_v4(src), endpoint_v4(dst)) {
+                (Some(p), _) => (true, p),
+                (None, Some(p)) => (false, p),
+                (None, None) => return,
+            },
         };
+        // A fragment after the first carries no transport header.
+        if u16::from_be_bytes([h[IPV4_FRAG_OFF], h[IPV4_FRAG_OFF + 1]]) & 0x1fff != 0 {
+            return;
+        }
         // IHL, in 32-bit words.
-        (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4)
+        (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4, port)
     } else if version == 6 {
         let mut h = [0u8; IPV6_HLEN];
         if pkt.read(0, &mut h).is_err() {
@@ -202,41 +240,97 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
         let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let src = [w(IPV6_SADDR), w(IPV6_SADDR + 4), w(IPV6_SADDR + 8), w(IPV6_SADDR + 12)];
         let dst = [w(IPV6_DADDR), w(IPV6_DADDR + 4), w(IPV6_DADDR + 8), w(IPV6_DADDR + 12)];
-        let inbound = match want {
-            Match::Dst if is_endpoint_v6(&dst) => false,
-            Match::Src if is_endpoint_v6(&src) => true,
-            Match::Any if is_endpoint_v6(&src) => true,
-            Match::Any if is_endpoint_v6(&dst) => false,
-            _ => return,
+        let (inbound, port) = match want {
+            Match::Dst => match endpoint_v6(&dst) {
+                Some(p) => (false, p),
+                None => return,
+            },
+            Match::Src => match endpoint_v6(&src) {
+                Some(p) => (true, p),
+                None => return,
+            },
+            Match::Any => match (endpoint_v6(&src), endpoint_v6(&dst)) {
+                (Some(p), _) => (true, p),
+                (None, Some(p)) => (false, p),
+                (None, None) => return,
+            },
         };
-        (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32)
+        (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32, port)
     } else {
         return;
     };
-    emit(pkt, version, inbound, proto, l3_len, &meta());
+    let cap = match proto {
+        IPPROTO_TCP => {
+            let mut t = [0u8; 13];
+            if pkt.read(l3_len, &mut t).is_err() {
+                return;
+            }
+            let (sport, dport) =
+                (u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]));
+            if (if inbound { sport } else { dport }) != port {
+                return;
+            }
+            if inbound {
+                let l4 = l3_len + ((t[TCP_DOFF as usize] >> 4) as u32) * 4;
+                let mut start = [0u8; 7];
+                let starts_reply = pkt.read(l4, &mut start).is_ok() && &start == HTTP_STATUS;
+                l4 + if starts_reply { INBOUND_PAYLOAD as u32 } else { 0 }
+            } else {
+                // Requests: the request line and which headers are there.
+                SNAP_LEN as u32
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match quoted_len(pkt, version, l3_len, port) {
+            Some(q) => l3_len + ICMP_HLEN + q + QUOTED_L4,
+            None => return,
+        },
+        _ => return,
+    };
+    emit(pkt, version, cap, &meta());
 }
 
+/// For an ICMP error quoting a TCP packet to or from `port`: the quoted IP
+/// header's length.
 #[inline(always)]
-fn emit<P: Packet>(pkt: &P, version: u8, inbound: bool, proto: u8, l3_len: u32, meta: &Meta) {
-    // Packets from an endpoint: headers and the first bytes of payload (an
-    // HTTP status line), never the body. Packets to it: up to SNAP_LEN, so
-    // userspace sees the request line and which headers are present.
-    let mut cap = SNAP_LEN as u32;
-    if inbound {
-        let l4_len = match proto {
-            IPPROTO_TCP => {
-                let mut b = [0u8; 1];
-                if pkt.read(l3_len + TCP_DOFF, &mut b).is_err() {
-                    return;
-                }
-                ((b[0] >> 4) as u32) * 4
-            }
-            _ => L4_MIN_HLEN,
-        };
-        cap = l3_len + l4_len + INBOUND_PAYLOAD as u32;
+fn quoted_len<P: Packet>(pkt: &P, version: u8, l3_len: u32, port: u16) -> Option<u32> {
+    let mut t = [0u8; 1];
+    pkt.read(l3_len, &mut t).ok()?;
+    let error = if version == 4 {
+        t[0] == ICMP_UNREACH || t[0] == ICMP_TIME_EXCEEDED
+    } else {
+        t[0] == ICMPV6_UNREACH || t[0] == ICMPV6_TIME_EXCEEDED
+    };
+    if !error {
+        return None;
     }
+    let q = l3_len + ICMP_HLEN;
+    let (proto, q_len) = if version == 4 {
+        let mut h = [0u8; IPV4_PROTOCOL + 1];
+        pkt.read(q, &mut h).ok()?;
+        (h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4)
+    } else {
+        let mut h = [0u8; IPV6_NEXTHDR + 1];
+        pkt.read(q, &mut h).ok()?;
+        (h[IPV6_NEXTHDR], IPV6_HLEN as u32)
+    };
+    if proto != IPPROTO_TCP {
+        return None;
+    }
+    let mut ports = [0u8; 4];
+    pkt.read(q + q_len, &mut ports).ok()?;
+    let (sport, dport) =
+        (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]));
+    (sport == port || dport == port).then_some(q_len)
+}
+
+/// Copy the first `cap` bytes of `pkt` (at most SNAP_LEN) into a record.
+#[inline(always)]
+fn emit<P: Packet>(pkt: &P, version: u8, cap: u32, meta: &Meta) {
     let len = pkt.len();
     let mut n = if len < cap { len } else { cap };
+    if n > SNAP_LEN as u32 {
+        n = SNAP_LEN as u32;
+    }
 
     let Some(mut entry) = reserve() else {
         return;

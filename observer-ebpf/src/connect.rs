@@ -11,7 +11,18 @@ use aya_ebpf::{
 };
 use observer_ebpf::Hook;
 
-use crate::capture::{self, is_endpoint_v4, is_endpoint_v6};
+use crate::capture::{self, endpoint_v4, endpoint_v6};
+
+const SOCK_STREAM: u32 = 1;
+
+/// A TCP connect to the service port `port` of an endpoint (a UDP
+/// `connect()` to the same address is not metadata traffic).
+#[inline(always)]
+fn to_service(ctx: &SockAddrContext, port: Option<u16>) -> bool {
+    let sa = ctx.sock_addr;
+    let (ty, user_port) = unsafe { ((*sa).type_, (*sa).user_port) };
+    ty == SOCK_STREAM && port.is_some_and(|p| u16::from_be(user_port as u16) == p)
+}
 
 #[inline(always)]
 fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
@@ -41,7 +52,7 @@ fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     let ip = unsafe { (*ctx.sock_addr).user_ip4 };
-    if is_endpoint_v4(ip) {
+    if to_service(&ctx, endpoint_v4(ip)) {
         record(&ctx, 4, [ip, 0, 0, 0]);
     }
     1 // observe only: never refuse a connect
@@ -53,9 +64,9 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     let a = unsafe { [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]] };
     // A dual-stack socket may reach an IPv4 endpoint as ::ffff:a.b.c.d.
     let mapped = a[0] == 0 && a[1] == 0 && a[2] == 0xffffu32.to_be();
-    if mapped && is_endpoint_v4(a[3]) {
+    if mapped && to_service(&ctx, endpoint_v4(a[3])) {
         record(&ctx, 4, [a[3], 0, 0, 0]);
-    } else if is_endpoint_v6(&a) {
+    } else if !mapped && to_service(&ctx, endpoint_v6(&a)) {
         record(&ctx, 6, a);
     }
     1

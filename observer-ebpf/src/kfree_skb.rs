@@ -16,7 +16,7 @@ use observer_ebpf::{Hook, SNAP_LEN, SkbOffsets, snap_len};
 use crate::capture::{self, Match, Meta, Packet};
 
 #[unsafe(no_mangle)]
-static SKB_OFFSETS: SkbOffsets = SkbOffsets { head: 0, network_header: 0, len: 0, _pad: 0 };
+static SKB_OFFSETS: SkbOffsets = SkbOffsets { head: 0, network_header: 0, len: 0, tail: 0 };
 
 /// A packet in kernel memory, from its IP header.
 struct KernelPacket {
@@ -74,10 +74,10 @@ fn on_drop(ctx: &BtfTracePointContext, reason: u32) -> i32 {
         (
             bpf_probe_read_kernel(skb.add(off.head as usize) as *const u64),
             bpf_probe_read_kernel(skb.add(off.network_header as usize) as *const u16),
-            bpf_probe_read_kernel(skb.add(off.len as usize) as *const u32),
+            bpf_probe_read_kernel(skb.add(off.tail as usize) as *const u32),
         )
     };
-    let (Ok(head), Ok(nh), Ok(len)) = read else {
+    let (Ok(head), Ok(nh), Ok(tail)) = read else {
         return 0;
     };
     if head == 0 || nh == 0xffff {
@@ -88,15 +88,18 @@ fn on_drop(ctx: &BtfTracePointContext, reason: u32) -> i32 {
         return 0;
     };
     let version = h[0] >> 4;
-    // skb->len counts from skb->data: the IP header in ip_forward, but past
-    // it once a transport protocol pulled its headers (a pure ACK dropped by
-    // TCP has skb->len 0). The IP header's own length says what is there.
+    // The IP header's own length says what the packet is (skb->len counts
+    // from skb->data, which a transport protocol may have pulled past it);
+    // only the linear data, up to skb->tail (an offset from head), is read:
+    // a lying length or paged data would otherwise copy kernel memory that
+    // is not the packet.
     let ip_len = match version {
         4 => u16::from_be_bytes([h[2], h[3]]) as u32,
         6 => 40 + u16::from_be_bytes([h[4], h[5]]) as u32,
         _ => return 0,
     };
-    let pkt = KernelPacket { ip, len: if ip_len > len { ip_len } else { len } };
+    let linear = tail.saturating_sub(nh as u32);
+    let pkt = KernelPacket { ip, len: if ip_len < linear { ip_len } else { linear } };
     capture::packet(&pkt, version, Match::Any, || Meta {
         hook: Hook::Drop,
         ifindex: 0,

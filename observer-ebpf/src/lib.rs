@@ -119,7 +119,8 @@ pub struct SkbOffsets {
     pub head: u32,
     pub network_header: u32,
     pub len: u32,
-    pub _pad: u32,
+    /// End of the linear data, as an offset from `head` (64-bit kernels).
+    pub tail: u32,
 }
 
 /// Offsets into `struct cgroup`, `struct kernfs_node` and `struct

@@ -2,7 +2,7 @@
 //! (IMDS_OBSERVER_<FLAG>), as a DaemonSet or Nomad job prefers. Variables are
 //! shared between commands, so a value from the environment that does not
 //! apply (a duration with `--from`) is ignored; the same flag typed is refused.
-use std::{ffi::OsString, net::IpAddr, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf};
 
 use clap::{
     ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
@@ -11,7 +11,7 @@ use clap::{
     parser::ValueSource,
 };
 
-use crate::capture;
+use crate::{capture, model::Endpoint};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,16 +68,19 @@ Examples:
 
 #[derive(Args, Debug, Clone)]
 pub struct CaptureArgs {
-    /// Metadata endpoint to watch (repeatable; replaces the defaults).
-    /// Defaults: 169.254.169.254 (IMDS), 169.254.170.2 (ECS task credentials),
-    /// 169.254.170.23 (EKS Pod Identity), fd00:ec2::254, fd00:ec2::23.
+    /// Metadata endpoint to watch, as IP or IP:PORT ([IPv6]:PORT); the port
+    /// is the service's TCP port, 80 when left out (repeatable; replaces the
+    /// defaults). Only TCP to that port, and ICMP errors about it, is
+    /// captured. Defaults: 169.254.169.254 (IMDS), 169.254.170.2 (ECS task
+    /// credentials), 169.254.170.23 (EKS Pod Identity), fd00:ec2::254,
+    /// fd00:ec2::23, all on port 80.
     #[arg(
         long = "endpoint",
-        value_name = "IP",
+        value_name = "IP[:PORT]",
         env = "IMDS_OBSERVER_ENDPOINTS",
         value_delimiter = ','
     )]
-    pub endpoints: Vec<IpAddr>,
+    pub endpoints: Vec<Endpoint>,
 
     /// Uplink interface for the tc hooks (repeatable). Default: the interfaces
     /// that route the endpoints in this network namespace.

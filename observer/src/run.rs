@@ -2,7 +2,6 @@
 //! --duration.
 use std::{
     io::{self, ErrorKind},
-    net::IpAddr,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -24,7 +23,7 @@ use crate::{
     cli::{CaptureArgs, ReportArgs, RunArgs},
     diagnose::{self, Diagnoser},
     identity::{Identities, cgroup, docker},
-    model::{Event, Kind},
+    model::{Endpoint, Event, Kind},
     pipeline::{self, KernelNames, Pipeline},
     sink::{
         http,
@@ -49,7 +48,7 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
     preflight::check_kernel(&args.kernel_btf)?;
     preflight::check_privileges()?;
     preflight::raise_memlock();
-    let endpoints: Vec<IpAddr> = if args.endpoints.is_empty() {
+    let endpoints: Vec<Endpoint> = if args.endpoints.is_empty() {
         capture::DEFAULT_ENDPOINTS
             .iter()
             .map(|e| e.parse().expect("valid default endpoint"))
@@ -79,7 +78,7 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
         );
     }
     let ifaces = if args.ifaces.is_empty() {
-        let found = uplinks::uplinks_for(&endpoints)
+        let found = uplinks::uplinks_for(&endpoints.iter().map(|e| e.addr).collect::<Vec<_>>())
             .context("asking the kernel for the routes to the endpoints")?;
         if found.is_empty() {
             warn!(

@@ -276,3 +276,48 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Only metadata traffic is captured: UDP to the endpoint, TCP to another
+/// of its ports, and a UDP connect() make no event; the SDK's requests next
+/// to them are captured as before.
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn only_tcp_to_the_service_port_is_captured() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let noisy = lab.add_container("noisy", Attach::Routed);
+    let sdk_c = lab.add_container("sdk", Attach::Routed);
+    let obs = lab.observer(&[]);
+    let script = format!(
+        "import socket\n\
+         for port in (53, 80, 8080, 40000):\n\
+         \x20   u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   u.connect(('{IMDS_V4}', port))\n\
+         \x20   for _ in range(50):\n\
+         \x20       try: u.send(b'x' * 64)\n\
+         \x20       except OSError: pass  # the port unreachable, reported\n\
+         for port in (81, 8080):\n\
+         \x20   t = socket.socket()\n\
+         \x20   t.settimeout(1)\n\
+         \x20   try: t.connect(('{IMDS_V4}', port))\n\
+         \x20   except OSError: pass\n\
+         \x20   t.close()\n"
+    );
+    let out = noisy.run(std::path::Path::new("python3"), &["-c", &script]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, lines) = sdk(&sdk_c, "botocore", &format!("http://{IMDS_V4}"));
+    assert!(!lines.is_empty());
+    std::thread::sleep(SETTLE);
+    let events = obs.stop();
+    let from = |c: &Container| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["type"] != "finding" && e["cgroup"] == c.cgroup_rel().as_str())
+            .collect()
+    };
+    assert!(from(&noisy).is_empty(), "non-metadata traffic captured: {:#?}", from(&noisy));
+    assert!(
+        events.iter().all(|e| e["proto"].is_null() || e["proto"] == "tcp" || e["via"].is_string()),
+        "a UDP packet got through: {events:#?}"
+    );
+    assert!(!token_puts(&events, &sdk_c).is_empty(), "the SDK's token PUT was not captured");
+}

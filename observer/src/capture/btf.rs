@@ -98,7 +98,7 @@ impl KernelBtf {
             head: off("head")?,
             network_header: off("network_header")?,
             len: off("len")?,
-            _pad: 0,
+            tail: off("tail")?,
         })
     }
 

@@ -28,7 +28,7 @@ use aya::{
 use observer_ebpf::{MAX_ENDPOINTS, Record};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
-use crate::sys::netlink;
+use crate::{model::Endpoint, sys::netlink};
 
 /// The metadata endpoints watched by default: AWS IMDS (also GCP and Azure),
 /// the ECS task-credentials endpoint and the EKS Pod Identity agent.
@@ -36,7 +36,7 @@ pub const DEFAULT_ENDPOINTS: &[&str] =
     &["169.254.169.254", "169.254.170.2", "169.254.170.23", "fd00:ec2::254", "fd00:ec2::23"];
 
 pub struct Config {
-    pub endpoints: Vec<IpAddr>,
+    pub endpoints: Vec<Endpoint>,
     pub cgroup_root: PathBuf,
     /// Interfaces for the tc programs (already resolved: never empty unless
     /// no interface routes an endpoint).
@@ -105,32 +105,43 @@ pub struct Capture {
     pub ifaces: HashMap<u32, String>,
 }
 
-/// Endpoint addresses as the programs compare them: network-order words
-/// read natively.
-fn endpoint_globals(
-    endpoints: &[IpAddr],
-) -> Result<([u32; MAX_ENDPOINTS], [[u32; 4]; MAX_ENDPOINTS])> {
-    let mut v4 = [0u32; MAX_ENDPOINTS];
-    let mut v6 = [[0u32; 4]; MAX_ENDPOINTS];
+/// The endpoint set as the programs compare it: addresses as network-order
+/// words read natively, and each one's service port (host order).
+struct EndpointGlobals {
+    v4: [u32; MAX_ENDPOINTS],
+    ports_v4: [u16; MAX_ENDPOINTS],
+    v6: [[u32; 4]; MAX_ENDPOINTS],
+    ports_v6: [u16; MAX_ENDPOINTS],
+}
+
+fn endpoint_globals(endpoints: &[Endpoint]) -> Result<EndpointGlobals> {
+    let mut g = EndpointGlobals {
+        v4: [0; MAX_ENDPOINTS],
+        ports_v4: [0; MAX_ENDPOINTS],
+        v6: [[0; 4]; MAX_ENDPOINTS],
+        ports_v6: [0; MAX_ENDPOINTS],
+    };
     let (mut n4, mut n6) = (0, 0);
     for ep in endpoints {
-        match ep {
+        match ep.addr {
             IpAddr::V4(a) => {
                 anyhow::ensure!(n4 < MAX_ENDPOINTS, "at most {MAX_ENDPOINTS} IPv4 endpoints");
-                v4[n4] = u32::from_ne_bytes(a.octets());
+                g.v4[n4] = u32::from_ne_bytes(a.octets());
+                g.ports_v4[n4] = ep.port;
                 n4 += 1;
             }
             IpAddr::V6(a) => {
                 anyhow::ensure!(n6 < MAX_ENDPOINTS, "at most {MAX_ENDPOINTS} IPv6 endpoints");
                 let o = a.octets();
-                for (i, w) in v6[n6].iter_mut().enumerate() {
+                for (i, w) in g.v6[n6].iter_mut().enumerate() {
                     *w = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
                 }
+                g.ports_v6[n6] = ep.port;
                 n6 += 1;
             }
         }
     }
-    Ok((v4, v6))
+    Ok(g)
 }
 
 impl Capture {
@@ -143,10 +154,12 @@ impl Capture {
             locations: !locations.is_empty(),
         };
         let skb = kbtf.skb_offsets()?;
-        let (v4, v6) = endpoint_globals(&cfg.endpoints)?;
+        let ep = endpoint_globals(&cfg.endpoints)?;
         let mut ebpf = EbpfLoader::new()
-            .override_global("ENDPOINTS_V4", &v4, true)
-            .override_global("ENDPOINTS_V6", &v6, true)
+            .override_global("ENDPOINTS_V4", &ep.v4, true)
+            .override_global("PORTS_V4", &ep.ports_v4, true)
+            .override_global("ENDPOINTS_V6", &ep.v6, true)
+            .override_global("PORTS_V6", &ep.ports_v6, true)
             .override_global("SKB_OFFSETS", &skb, true)
             .override_global("CGROUP_OFFSETS", &kbtf.cgroup_offsets()?, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf")))

@@ -4,9 +4,11 @@
 //! Nothing here imports from another module of the crate.
 pub mod bounded;
 mod container;
+mod endpoint;
 mod event;
 mod tcp_flags;
 
 pub use container::{Container, NETNS_KEY, Nomad};
+pub use endpoint::{DEFAULT_PORT, Endpoint};
 pub use event::{Event, Kind, Line, Proto, rfc3339};
 pub use tcp_flags::TcpFlags;
