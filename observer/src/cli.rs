@@ -135,7 +135,7 @@ pub struct RunArgs {
     pub capture: CaptureArgs,
 
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
-    #[arg(long, value_name = "SECONDS", env = "IMDS_OBSERVER_DURATION")]
+    #[arg(long, value_name = "SECONDS", env = "IMDS_OBSERVER_DURATION", value_parser = seconds)]
     pub duration: Option<f64>,
 
     /// EC2 instance id to put in the fix command (default: `<instance-id>`,
@@ -176,7 +176,7 @@ pub struct ReportArgs {
     pub capture: CaptureArgs,
 
     /// Observe live for this many seconds.
-    #[arg(long, value_name = "SECONDS", env = "IMDS_OBSERVER_DURATION")]
+    #[arg(long, value_name = "SECONDS", env = "IMDS_OBSERVER_DURATION", value_parser = seconds)]
     pub duration: Option<f64>,
 
     /// Read a recorded JSON event stream instead (a file, or - for stdin),
@@ -320,4 +320,34 @@ fn name_the_variable(cmd: &mut clap::Command, args: &[OsString], e: clap::Error)
         ErrorKind::InvalidValue,
         format!("invalid value '{value}' in {var} (for --{long}): {why}"),
     )
+}
+
+/// Longest `--duration`: a year. A longer run is "until stopped", which is
+/// what leaving the flag out means.
+const MAX_DURATION_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--duration`: positive seconds, finite, at most a year.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s}: expected seconds, e.g. 30 or 0.5"))?;
+    if !(v.is_finite() && v > 0.0 && v <= MAX_DURATION_SECS) {
+        return Err(format!(
+            "{s}: expected seconds above 0 and at most {MAX_DURATION_SECS} (a year); leave \
+             --duration out to run until stopped"
+        ));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds;
+
+    #[test]
+    fn durations_are_positive_finite_and_bounded() {
+        assert_eq!(seconds("30"), Ok(30.0));
+        assert_eq!(seconds("0.5"), Ok(0.5));
+        for bad in ["inf", "NaN", "-1", "0", "1e30", "ten"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
+    }
 }

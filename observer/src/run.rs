@@ -180,6 +180,7 @@ pub async fn capture_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut lost_reported = 0u64;
+    let mut dump = record_dump()?;
     let mut recs = Vec::new();
     let mut events = Vec::new();
 
@@ -207,6 +208,9 @@ pub async fn capture_loop(
                 cap.drain(&mut recs);
             }
             for rec in recs.drain(..) {
+                if let Some(d) = dump.as_mut() {
+                    dump_record(d, &rec)?;
+                }
                 pipe.process(&rec, &mut events);
             }
             pipe.release_due(if go { mono_now_ns() } else { u64::MAX }, &mut events);
@@ -227,6 +231,31 @@ pub async fn capture_loop(
         "detached"
     );
     result
+}
+
+/// `IMDS_OBSERVER_RECORD_DUMP=FILE`: every record the kernel hands over,
+/// as it came (hook, snapshot length, snapshot), for the lab's check that
+/// no reply body leaves the kernel. A debugging aid, not for production:
+/// request snapshots hold header values.
+fn record_dump() -> Result<Option<io::BufWriter<std::fs::File>>> {
+    let Some(path) = std::env::var_os("IMDS_OBSERVER_RECORD_DUMP") else { return Ok(None) };
+    let f = std::fs::File::create(&path).with_context(|| {
+        format!("IMDS_OBSERVER_RECORD_DUMP: creating {}", path.to_string_lossy())
+    })?;
+    warn!(file = %path.to_string_lossy(), "dumping raw records (a debugging aid: they hold request headers)");
+    Ok(Some(io::BufWriter::new(f)))
+}
+
+/// One record: hook (1 byte), packet length and snapshot length (4 bytes
+/// each, little endian), the snapshot.
+fn dump_record(out: &mut impl io::Write, rec: &observer_ebpf::Record) -> Result<()> {
+    let n = (rec.snap_len as usize).min(rec.data.len());
+    out.write_all(&[rec.hook])?;
+    out.write_all(&rec.pkt_len.to_le_bytes())?;
+    out.write_all(&(n as u32).to_le_bytes())?;
+    out.write_all(&rec.data[..n])?;
+    out.flush()?;
+    Ok(())
 }
 
 fn report_lost(

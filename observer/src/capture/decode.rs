@@ -509,10 +509,29 @@ fn parse_http(payload: &[u8]) -> Option<Http> {
     }
     let kept = &path[..path.len().min(MAX_PATH)];
     // Visible ASCII, so valid UTF-8; the fallback never triggers.
-    let path = String::from_utf8(kept.to_vec()).ok()?;
+    let path = redact(String::from_utf8(kept.to_vec()).ok()?);
 
     let (token_header, token_ttl_header) = header_names(rest.get(end..).unwrap_or(&[]));
     Some(Http::Request { method: (*method).to_string(), path, token_header, token_ttl_header })
+}
+
+/// Where the ECS agent serves a task's role credentials: what follows is
+/// the handle to them.
+const ECS_CREDENTIALS: &str = "/v2/credentials/";
+/// What stands for a redacted part of a path.
+pub const REDACTED: &str = "REDACTED";
+
+/// A path as it may be written out: without its query string (it may carry
+/// anything), and with the ECS credentials id replaced.
+fn redact(mut path: String) -> String {
+    if let Some(q) = path.find('?') {
+        path.truncate(q);
+    }
+    if path.len() > ECS_CREDENTIALS.len() && path.starts_with(ECS_CREDENTIALS) {
+        path.truncate(ECS_CREDENTIALS.len());
+        path.push_str(REDACTED);
+    }
+    path
 }
 
 /// `HTTP/1.x NNN` followed by a space, CR or the end of the snapshot.
@@ -1382,5 +1401,23 @@ mod tests {
             let len = (rng.next() % (p.len() as u64 + 1)) as usize;
             let _ = decode(&p[..len], *fam);
         }
+    }
+
+    #[test]
+    fn paths_lose_query_strings_and_the_ecs_credentials_id() {
+        let path = |req: &str| match parse_http(req.as_bytes()) {
+            Some(Http::Request { path, .. }) => path,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            path("GET /v2/credentials/4f6d2c1e-1111-2222-3333-444455556666 HTTP/1.1\r\n"),
+            "/v2/credentials/REDACTED"
+        );
+        assert_eq!(
+            path("GET /latest/meta-data/iam/info?token=abc HTTP/1.1\r\n"),
+            "/latest/meta-data/iam/info"
+        );
+        assert_eq!(path("GET /v2/credentials/ HTTP/1.1\r\n"), "/v2/credentials/");
+        assert_eq!(path("GET /v2/metadata HTTP/1.1\r\n"), "/v2/metadata");
     }
 }

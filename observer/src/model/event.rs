@@ -5,6 +5,7 @@
 //! ([`Line::parse`]). The schema is documented in docs/events.md; keep the
 //! two in step, and keep old recordings readable.
 use std::{
+    io::{self, BufRead, Read},
     net::SocketAddr,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -194,6 +195,31 @@ mod rfc3339_serde {
     }
 }
 
+/// Longest line read back from a stream: an event is a few hundred bytes,
+/// a finding with its timeline a few KiB. Longer lines are skipped whole.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Read one line (at most [`MAX_LINE`] bytes, newline included) into `buf`,
+/// which is cleared first. `None` at the end of the stream; `Some(false)`
+/// for a longer line, consumed to its end and not kept.
+pub fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>> {
+    buf.clear();
+    if r.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', buf)? == 0 {
+        return Ok(None);
+    }
+    if buf.len() <= MAX_LINE || buf.ends_with(b"\n") {
+        return Ok(Some(true));
+    }
+    loop {
+        buf.clear();
+        let n = r.by_ref().take(MAX_LINE as u64).read_until(b'\n', buf)?;
+        if n == 0 || buf.ends_with(b"\n") {
+            buf.clear();
+            return Ok(Some(false));
+        }
+    }
+}
+
 /// One line of a JSON-lines stream, read back: the only place the stream's
 /// JSON becomes an [`Event`].
 #[derive(Debug)]
@@ -253,6 +279,23 @@ mod tests {
         assert_eq!(ev.tcp_flags, Some(TcpFlags::PSH | TcpFlags::ACK));
         assert_eq!(ev.proto, Some(Proto::Tcp));
         assert_eq!(serde_json::to_string(&ev).unwrap(), line);
+    }
+
+    #[test]
+    fn long_lines_are_skipped_whole() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"{\"a\":1}\n");
+        input.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE));
+        input.extend_from_slice(b"\nlast");
+        let mut r = io::BufReader::new(&input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(true));
+        assert_eq!(buf, b"{\"a\":1}\n");
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(false));
+        assert!(buf.is_empty());
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(true));
+        assert_eq!(buf, b"last");
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), None);
     }
 
     #[test]

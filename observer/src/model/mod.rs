@@ -10,5 +10,5 @@ mod tcp_flags;
 
 pub use container::{Container, NETNS_KEY, Nomad};
 pub use endpoint::{DEFAULT_PORT, Endpoint};
-pub use event::{Event, Kind, Line, Proto, rfc3339};
+pub use event::{Event, Kind, Line, MAX_LINE, Proto, read_line, rfc3339};
 pub use tcp_flags::TcpFlags;

@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     diagnose::{Config, Diagnoser, Finding, Fix},
-    model::{Line, bounded::plural},
+    model::{Line, bounded::plural, read_line},
 };
 
 /// Target width of the text report.
@@ -26,7 +26,9 @@ pub struct StreamDiagnosis {
     /// The findings at the end of the stream, worst first (what `report`
     /// prints).
     pub findings: Vec<Finding>,
-    /// The finding lines a live run would have written, in order.
+    /// The finding lines a live run would have written, in order (kept
+    /// for the tests only: `report` holds no more than what it prints).
+    #[cfg(test)]
     pub emitted: Vec<Finding>,
     /// Events fed to the engine.
     pub events: u64,
@@ -89,15 +91,17 @@ pub fn diagnose_stream_with(mut r: impl BufRead, cfg: Config) -> io::Result<Stre
     let mut d = Diagnoser::new(cfg);
     let mut out = StreamDiagnosis::default();
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            break;
+    while let Some(kept) = read_line(&mut r, &mut line)? {
+        if !kept {
+            out.skipped.not_json += 1;
+            continue;
         }
         match Line::parse(&line) {
             None => {}
             Some(Line::Event(ev)) => {
-                out.emitted.extend(d.observe(&ev));
+                let _found = d.observe(&ev);
+                #[cfg(test)]
+                out.emitted.extend(_found);
                 out.events += 1;
             }
             Some(Line::BadTime) => out.skipped.bad_time += 1,
@@ -106,7 +110,9 @@ pub fn diagnose_stream_with(mut r: impl BufRead, cfg: Config) -> io::Result<Stre
             Some(Line::NotJson) => out.skipped.not_json += 1,
         }
     }
-    out.emitted.extend(d.settle());
+    let _settled = d.settle();
+    #[cfg(test)]
+    out.emitted.extend(_settled);
     out.findings = d.findings();
     out.lost_events = d.stats().lost_events;
     Ok(out)
@@ -268,8 +274,28 @@ struct Group<'a> {
 
 /// The report as plain text, readable at 100 columns: a table with one row
 /// per finding (container columns on its first row), then why, then the fix
-/// per node.
+/// per node. Control characters from names (a label, a node name, a path
+/// read back from a stream) are written escaped, never sent to the terminal.
 pub fn render(findings: &[Finding]) -> String {
+    escape_controls(&render_raw(findings))
+}
+
+/// Every control character but the newline, escaped (`\u{1b}`).
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(
+            |c| {
+                if c.is_control() && c != '\n' {
+                    c.escape_default().collect()
+                } else {
+                    c.to_string()
+                }
+            },
+        )
+        .collect()
+}
+
+fn render_raw(findings: &[Finding]) -> String {
     if findings.is_empty() {
         return "No metadata traffic from any container was seen.\n".into();
     }
@@ -698,5 +724,22 @@ mod tests {
             "…/cri-containerd-0123456789ab"
         );
         assert_eq!(shorten("/averyveryverylongcomponentname", 10).chars().count(), 10);
+    }
+
+    #[test]
+    fn control_characters_in_names_are_escaped() {
+        assert_eq!(escape_controls("a\u{1b}[2Jb\tc\n"), "a\\u{1b}[2Jb\\tc\n");
+        let ctr = Ctr::new("node\u{1b}]0;pwned\u{7}", 7, "/evil\u{1b}[31m", "10.0.0.2", 1);
+        let mut a = ctr.conn(1);
+        let mut v = a.connect(0);
+        v.extend(a.put_token(1));
+        v.extend(a.respond(2, 200, 1));
+        let mut d = Diagnoser::default();
+        for e in &v {
+            d.observe(e);
+        }
+        let text = render(&d.findings());
+        assert!(text.contains("hop_limit_exceeded"), "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text}");
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 pub use super::app::Feed;
 use crate::{
     cli::TuiArgs,
-    model::{Event, Line},
+    model::{Event, Line, MAX_LINE},
     run,
 };
 
@@ -136,8 +136,18 @@ fn read_lines<R: Read>(r: R, follow: bool, tx: &mpsc::Sender<Feed>) {
     let send = |f: Feed| tx.blocking_send(f).is_ok();
     let mut r = BufReader::with_capacity(1 << 16, r);
     let mut line = Vec::new();
+    // Inside a line longer than MAX_LINE: dropped up to its newline.
+    let mut skipping = false;
     loop {
-        match r.read_until(b'\n', &mut line) {
+        let room = (MAX_LINE + 1).saturating_sub(line.len()).max(1) as u64;
+        match (&mut r).take(room).read_until(b'\n', &mut line) {
+            // Skipping with nothing more yet: wait (a file) or end (stdin).
+            Ok(n) if skipping && n > 0 => {
+                if line.ends_with(b"\n") {
+                    skipping = false;
+                }
+                line.clear();
+            }
             Ok(0) if follow => {
                 // A writer may be half-way through a line; a line that is
                 // already a whole JSON object is taken without its newline.
@@ -170,6 +180,13 @@ fn read_lines<R: Read>(r: R, follow: bool, tx: &mpsc::Sender<Feed>) {
                     }
                 }
                 line.clear();
+            }
+            Ok(_) if line.len() > MAX_LINE => {
+                skipping = true;
+                line.clear();
+                if !send(Feed::Skipped) {
+                    return;
+                }
             }
             // A partial line at the end of what is written so far.
             Ok(_) => {}

@@ -789,3 +789,15 @@ fn a_fleet_header_counts_nodes_per_hop_limit() {
     assert_eq!(l[2], "5 containers · hop_limit_exceeded 3 · healthy 2");
     assert_eq!(words(&l[6])[..3], ["▶", "node-0", "1"], "{}", dump(&l));
 }
+
+#[tokio::test]
+async fn a_line_longer_than_the_limit_is_skipped_whole() {
+    let v = hop_limit_failure();
+    let mut input = vec![b'x'; 3 * crate::model::MAX_LINE];
+    input.push(b'\n');
+    input.extend_from_slice(json_lines(&v[..1]).as_bytes());
+    let mut rx = source::spawn_reader(std::io::Cursor::new(input), false);
+    assert!(matches!(rx.recv().await, Some(Feed::Skipped)));
+    assert!(matches!(rx.recv().await, Some(Feed::Event(_))), "the next line is read");
+    assert!(matches!(rx.recv().await, Some(Feed::End(_))));
+}
