@@ -295,6 +295,26 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     };
     assert_eq!(host_path("/sys/fs/cgroup"), "/sys/fs/cgroup");
     assert_eq!(host_path("/sys/kernel/btf"), "/sys/kernel/btf");
+    // Nothing that holds runtime sockets: a socket is root on the node,
+    // whatever the mount mode. Pods are named by the API server.
+    for v in pod["volumes"].as_array().unwrap() {
+        let Some(path) = v["hostPath"]["path"].as_str() else { continue };
+        let path = path.trim_end_matches('/');
+        assert!(
+            !["/run", "/var/run", "/run/containerd", "/var/run/containerd", "/run/crio", "/"]
+                .contains(&path),
+            "hostPath {path} holds runtime sockets"
+        );
+        assert!(
+            !path.ends_with(".sock") || v["hostPath"]["type"] == "Socket",
+            "a socket mount must be hostPath type Socket: {v}"
+        );
+    }
+    assert_eq!(
+        mounts.len(),
+        2,
+        "only the cgroup tree and BTF are mounted from the host: {mounts:?}"
+    );
 
     // Metrics, probes and scrape annotations agree on one port.
     let argv: Vec<&str> =
