@@ -12,7 +12,11 @@
 //!   hyper's 400. A connection is closed after 12 s whatever it does (2 s
 //!   for the head, 10 s to take the answer), so an idle or slow client
 //!   cannot hold a slot longer than that.
-//! - At most 64 connections at once (more are closed unanswered).
+//! - At most 64 connections at once, and at most 8 from one peer address
+//!   (more are closed unanswered): clients that open connections and idle
+//!   cannot starve the kubelet's probes, which come from another address.
+//! - The encoded metrics are reused for a second: a scrape flood costs one
+//!   encoding a second, not one per request.
 //! - `GET` and `HEAD` only (405 with `Allow: GET, HEAD` otherwise).
 //! - The status line carries the request's version: `HTTP/1.0` for an
 //!   HTTP/1.0 request (hyper answers in the client's version).
@@ -22,14 +26,15 @@
 //! - `/readyz`: 200 once capture is attached (the `ready` flag), else 503.
 //! - anything else: 404.
 use std::{
+    collections::HashMap,
     convert::Infallible,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -59,6 +64,57 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
+/// Connections one peer address may hold at once.
+pub const MAX_PER_PEER: usize = 8;
+/// How long an encoding of the metrics is served again.
+const ENCODED_FOR: Duration = Duration::from_secs(1);
+
+/// Connections held, per peer address (entries leave at zero: at most
+/// MAX_CONNECTIONS of them).
+#[derive(Default)]
+struct Peers(Mutex<HashMap<IpAddr, usize>>);
+
+impl Peers {
+    fn enter(&self, ip: IpAddr) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_PER_PEER {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The latest encoding of the metrics, per format (OpenMetrics, Prometheus).
+#[derive(Default)]
+struct Encoded(Mutex<[Option<(Instant, Bytes)>; 2]>);
+
+impl Encoded {
+    fn get(&self, openmetrics: bool, state: &Mutex<Metrics>) -> Bytes {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut slots[usize::from(openmetrics)];
+        if let Some((at, body)) = slot.as_ref() {
+            if at.elapsed() < ENCODED_FOR {
+                return body.clone();
+            }
+        }
+        let m = state.lock().unwrap_or_else(|e| e.into_inner());
+        let body = Bytes::from(if openmetrics { m.encode() } else { m.encode_prometheus() });
+        *slot = Some((Instant::now(), body.clone()));
+        body
+    }
+}
 
 /// What a client that did not finish its head in time gets before the
 /// close (hyper closes without a word).
@@ -107,6 +163,8 @@ impl Server {
             .half_close(true)
             .title_case_headers(true);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let peers = Arc::new(Peers::default());
+        let encoded = Arc::new(Encoded::default());
         loop {
             let (stream, peer) = match self.listener.accept().await {
                 Ok(c) => c,
@@ -117,16 +175,24 @@ impl Server {
                     continue;
                 }
             };
+            if !peers.enter(peer.ip()) {
+                debug!(%peer, "metrics server: too many connections from this peer; closing");
+                continue;
+            }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
+                peers.leave(peer.ip());
                 debug!(%peer, "metrics server: too many connections; closing");
                 continue;
             };
             let (http, state, ready) = (http.clone(), state.clone(), ready.clone());
+            let (peers, encoded) = (peers.clone(), encoded.clone());
             let deadline = self.read_timeout + WRITE_TIMEOUT;
             tokio::spawn(async move {
-                if timeout(deadline, handle(stream, peer, &http, &state, &ready)).await.is_err() {
+                let served = handle(stream, peer, &http, &state, &ready, &encoded);
+                if timeout(deadline, served).await.is_err() {
                     debug!(%peer, "metrics server: connection open after {deadline:?}; closed");
                 }
+                peers.leave(peer.ip());
                 drop(permit);
             });
         }
@@ -168,10 +234,11 @@ async fn handle(
     http: &http1::Builder,
     state: &Mutex<Metrics>,
     ready: &AtomicBool,
+    encoded: &Encoded,
 ) {
     let answered_error = AtomicBool::new(false);
     let service = service_fn(|req| {
-        let resp = respond(&req, state, ready);
+        let resp = respond(&req, state, ready, encoded);
         if resp.status().is_client_error() || resp.status().is_server_error() {
             answered_error.store(true, Ordering::Relaxed);
         }
@@ -235,6 +302,7 @@ fn respond(
     req: &Request<Incoming>,
     state: &Mutex<Metrics>,
     ready: &AtomicBool,
+    encoded: &Encoded,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
@@ -256,12 +324,10 @@ fn respond(
                 .get_all(ACCEPT)
                 .iter()
                 .any(|v| v.as_bytes().windows(OPENMETRICS.len()).any(|w| w == OPENMETRICS));
-            let m = state.lock().unwrap_or_else(|e| e.into_inner());
-            if openmetrics {
-                answer(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, m.encode())
-            } else {
-                answer(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, m.encode_prometheus())
-            }
+            let body = encoded.get(openmetrics, state);
+            let content_type =
+                if openmetrics { OPENMETRICS_CONTENT_TYPE } else { PROMETHEUS_CONTENT_TYPE };
+            answer(StatusCode::OK, content_type, body)
         }
     }
 }
@@ -439,5 +505,42 @@ mod tests {
             let e = serve(addr, state, Arc::new(AtomicBool::new(true))).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
         });
+    }
+
+    /// Idle connections from one address cannot starve the probes: the
+    /// kubelet (another address) is answered while 100 are held open.
+    #[test]
+    fn healthz_answers_while_idle_clients_hold_connections() {
+        let (addr, _state, _ready) = start(Duration::from_secs(10));
+        let idle: Vec<StdStream> = (0..100).filter_map(|_| StdStream::connect(addr).ok()).collect();
+        assert!(!idle.is_empty());
+        std::thread::sleep(Duration::from_millis(200));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (status, body) = rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut s = sock.connect(addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let status = text.split(' ').nth(1).unwrap_or("").to_string();
+            (status, text)
+        });
+        assert_eq!(status, "200", "{body}");
+        // The 9th and later connections of the idle peer were closed at once.
+        let closed = idle
+            .iter()
+            .filter(|s| {
+                let mut s = *s;
+                s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                matches!(s.read(&mut [0u8; 1]), Ok(0))
+            })
+            .count();
+        assert_eq!(closed, idle.len() - MAX_PER_PEER, "held: {}", idle.len() - closed);
     }
 }
