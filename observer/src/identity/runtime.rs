@@ -163,7 +163,9 @@ const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".socket", ".mount", ".sw
 /// Parse a cgroup v2 path relative to the cgroup2 root, e.g.
 /// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`.
 /// A leading `/` is optional. When containers nest (kind, docker-in-docker),
-/// the innermost one wins.
+/// the outermost one wins: the levels below a container are made by
+/// whatever runs in it, and a workload that can create its own cgroups
+/// could otherwise name itself after a victim (`.../docker-<victim>.scope`).
 pub fn parse_cgroup_path(path: &str) -> PathIdentity {
     let path = path.trim_end_matches(['\n', '\r']);
     if path.is_empty() {
@@ -177,6 +179,10 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
     let mut workload_seen = false;
 
     for (i, &c) in comps.iter().enumerate() {
+        // Below the first container (or Nomad task): the container's own.
+        if out.id.is_some() || out.nomad_alloc.is_some() {
+            break;
+        }
         let parent = if i > 0 { Some(comps[i - 1]) } else { None };
         let mut workload = false;
 
@@ -507,21 +513,38 @@ mod tests {
     }
 
     #[test]
-    fn kind_node_nested_in_docker_innermost_wins() {
-        // kind runs the kubelet with cgroupRoot /kubelet inside a node container.
+    fn kind_node_nested_in_docker_the_outer_container_names_it() {
+        // kind runs the kubelet with cgroupRoot /kubelet inside a node
+        // container: what runs there is the node container's, as the host
+        // sees it (its pods are named inside the kind cluster).
         let p = format!(
             "/system.slice/docker-{ID2}.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{POD_ESC}.slice/cri-containerd-{ID}.scope"
         );
         assert_eq!(
             parse_cgroup_path(&p),
-            PathIdentity {
-                runtime: s("containerd"),
-                id: s(ID),
-                pod_uid: s(POD),
-                qos: s("besteffort"),
-                ..Default::default()
-            }
+            PathIdentity { runtime: s("docker"), id: s(ID2), ..Default::default() }
         );
+    }
+
+    #[test]
+    fn a_container_cannot_name_itself_after_another() {
+        // A workload that can make cgroups below its own (cgroupns, a
+        // delegated subtree) makes one named after a victim container, or a
+        // victim pod: it is still itself.
+        for inner in [
+            format!("docker-{ID}.scope"),
+            format!("kubepods-besteffort-pod{POD_ESC}.slice/cri-containerd-{ID}.scope"),
+            format!("{ID}"),
+            format!("nomad.slice/{ID}.web.scope"),
+        ] {
+            let p = format!("/system.slice/docker-{ID2}.scope/{inner}");
+            let got = parse_cgroup_path(&p);
+            assert_eq!((got.id.as_deref(), got.pod_uid.as_deref()), (Some(ID2), None), "{p}");
+        }
+        let p = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_ESC}.slice/cri-containerd-{ID2}.scope/docker-{ID}.scope"
+        );
+        assert_eq!(parse_cgroup_path(&p).id.as_deref(), Some(ID2));
     }
 
     #[test]
