@@ -115,8 +115,8 @@ pub struct PathIdentity {
     pub nomad_alloc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nomad_task: Option<String>,
-    /// The innermost systemd unit below the workload (or of a host process),
-    /// e.g. "sshd.service", "session-3.scope".
+    /// The innermost systemd unit of a host process (levels inside a
+    /// container are not read), e.g. "sshd.service", "session-3.scope".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
     /// Not a container: a systemd service, a user session, the root cgroup.
