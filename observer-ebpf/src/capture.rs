@@ -3,9 +3,12 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use observer_ebpf::{Hook, INBOUND_PAYLOAD, MAX_ENDPOINTS, Record, SNAP_LEN, snap_len};
+use observer_ebpf::{
+    ADDRESS_KEY, BUDGET_BURST, BUDGET_PER_SEC, Budget, Hook, INBOUND_PAYLOAD, MAX_BUDGETS,
+    MAX_ENDPOINTS, Record, SNAP_LEN, snap_len,
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
@@ -13,6 +16,63 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 /// Records lost to a full ring, per CPU.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per workload: its record budget (see `observer_ebpf::Budget`).
+#[map]
+pub static BUDGETS: LruHashMap<u64, Budget> = LruHashMap::with_max_entries(MAX_BUDGETS, 0);
+
+/// Records suppressed by budgets, per CPU: userspace reads BUDGETS only when
+/// this grew.
+#[map]
+pub static SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const NS_PER_TOKEN: u64 = 1_000_000_000 / BUDGET_PER_SEC;
+
+/// Take one record from the budget of workload `key`. Not atomic across
+/// CPUs: concurrent records of one workload may both take the last token,
+/// which bounds nothing worse than a few records.
+#[inline(always)]
+pub fn admit(key: u64) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(b) = BUDGETS.get_ptr_mut(key) else {
+        let fresh = Budget { tokens: BUDGET_BURST - 1, refilled_ns: now, suppressed: 0 };
+        let _ = BUDGETS.insert(key, fresh, 0);
+        return true;
+    };
+    let b = unsafe { &mut *b };
+    let elapsed = now.saturating_sub(b.refilled_ns);
+    if elapsed >= BUDGET_BURST * NS_PER_TOKEN {
+        b.tokens = BUDGET_BURST;
+        b.refilled_ns = now;
+    } else {
+        let add = elapsed / NS_PER_TOKEN;
+        if add > 0 {
+            b.tokens = if b.tokens + add > BUDGET_BURST { BUDGET_BURST } else { b.tokens + add };
+            b.refilled_ns += add * NS_PER_TOKEN;
+        }
+    }
+    if b.tokens > 0 {
+        b.tokens -= 1;
+        return true;
+    }
+    b.suppressed += 1;
+    if let Some(n) = SUPPRESSED.get_ptr_mut(0) {
+        unsafe { *n += 1 };
+    }
+    false
+}
+
+/// The budget key of a packet's container-side address.
+#[inline(always)]
+fn address_key_v4(addr: u32) -> u64 {
+    ADDRESS_KEY | addr as u64
+}
+
+#[inline(always)]
+fn address_key_v6(addr: &[u32; 4]) -> u64 {
+    let hi = ((addr[0] ^ addr[2]) as u64) << 32;
+    ADDRESS_KEY | ((hi | (addr[1] ^ addr[3]) as u64) & !ADDRESS_KEY)
+}
 
 // The endpoint set, written by userspace before load (`EbpfLoader::set_global`).
 // Addresses as they sit in the packet (network byte order); zero = unused.
@@ -204,7 +264,7 @@ pub fn header(rec: &mut Record, hook: Hook, family: u8, cgroup_id: u64, cookie: 
 pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() -> Meta) {
     // Header bytes up to and including both addresses; the version decides
     // which endpoint set, `want` which address.
-    let (inbound, proto, l3_len, port) = if version == 4 {
+    let (inbound, proto, l3_len, port, local) = if version == 4 {
         let mut h = [0u8; IPV4_MIN_HLEN];
         if pkt.read(0, &mut h).is_err() {
             return;
@@ -230,8 +290,9 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
         if u16::from_be_bytes([h[IPV4_FRAG_OFF], h[IPV4_FRAG_OFF + 1]]) & 0x1fff != 0 {
             return;
         }
+        let local = address_key_v4(if inbound { dst } else { src });
         // IHL, in 32-bit words.
-        (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4, port)
+        (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4, port, local)
     } else if version == 6 {
         let mut h = [0u8; IPV6_HLEN];
         if pkt.read(0, &mut h).is_err() {
@@ -255,7 +316,8 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
                 (None, None) => return,
             },
         };
-        (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32, port)
+        let local = address_key_v6(if inbound { &dst } else { &src });
+        (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32, port, local)
     } else {
         return;
     };
@@ -286,7 +348,12 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
         },
         _ => return,
     };
-    emit(pkt, version, cap, &meta());
+    let meta = meta();
+    // The socket hooks know the workload's cgroup; elsewhere its address.
+    if !admit(if meta.cgroup_id != 0 { meta.cgroup_id } else { local }) {
+        return;
+    }
+    emit(pkt, version, cap, &meta);
 }
 
 /// For an ICMP error quoting a TCP packet to or from `port`: the quoted IP

@@ -26,11 +26,15 @@ fn to_service(ctx: &SockAddrContext, port: Option<u16>) -> bool {
 
 #[inline(always)]
 fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !capture::admit(cgroup_id) {
+        return;
+    }
     let Some(mut entry) = capture::reserve() else {
         return;
     };
     let rec = unsafe { &mut *entry.as_mut_ptr() };
-    capture::header(rec, Hook::Connect, family, unsafe { bpf_get_current_cgroup_id() }, unsafe {
+    capture::header(rec, Hook::Connect, family, cgroup_id, unsafe {
         bpf_get_socket_cookie(ctx.as_ptr())
     });
     rec.pid_tgid = bpf_get_current_pid_tgid();

@@ -23,6 +23,32 @@ pub const INBOUND_PAYLOAD: usize = 16;
 /// Most endpoints per address family the programs compare against.
 pub const MAX_ENDPOINTS: usize = 8;
 
+/// Records one workload may put in the ring per second, sustained, and at
+/// once: a flood from one container cannot fill the ring for the others,
+/// nor the node's log pipeline. A workload is a cgroup at the socket hooks,
+/// and the container-side address at the uplink and drop hooks (there is no
+/// socket there); containers behind one NAT address share a budget there.
+pub const BUDGET_PER_SEC: u64 = 100;
+pub const BUDGET_BURST: u64 = 500;
+/// Workloads whose budget is kept (an LRU: the least recently seen go).
+pub const MAX_BUDGETS: u32 = 16_384;
+/// Tags a budget key that is an address, not a cgroup id.
+pub const ADDRESS_KEY: u64 = 1 << 63;
+
+/// One workload's budget (map BUDGETS, key: cgroup id, or ADDRESS_KEY | the
+/// local address: an IPv4 address as it sits in the packet, an IPv6 one
+/// folded into 63 bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub tokens: u64,
+    /// When `tokens` was last refilled (bpf_ktime_get_ns).
+    pub refilled_ns: u64,
+    /// Records not taken for want of tokens, since the workload was first
+    /// seen (userspace reports the growth).
+    pub suppressed: u64,
+}
+
 /// Defines `Hook` and its `TryFrom<u8>` from one list, so the wire
 /// numbers and the decoding cannot drift apart.
 macro_rules! hooks {
@@ -142,5 +168,6 @@ pub struct CgroupOffsets {
 mod user {
     unsafe impl aya::Pod for super::Record {}
     unsafe impl aya::Pod for super::SkbOffsets {}
+    unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::CgroupOffsets {}
 }

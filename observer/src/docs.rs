@@ -667,6 +667,7 @@ fn every_field() -> Vec<Value> {
         }),
         latency_ms: Some(Latency { count: 1, mean: 1.0, max: 1.0 }),
         lost_events: Some(1),
+        suppressed_records: Some(1),
     };
     let finding = Finding {
         tag: FindingTag::Finding,
@@ -743,6 +744,7 @@ fn events_md_documents_every_field_and_only_those() {
         Kind::HostEgress,
         Kind::Drop,
         Kind::LostEvents,
+        Kind::Suppressed,
     ];
     for k in kinds {
         // A new kind fails to compile here until it is listed above.
@@ -752,7 +754,8 @@ fn events_md_documents_every_field_and_only_those() {
             | Kind::HostIngress
             | Kind::HostEgress
             | Kind::Drop
-            | Kind::LostEvents => {}
+            | Kind::LostEvents
+            | Kind::Suppressed => {}
         }
         let name = serde_json::to_value(k).unwrap();
         assert!(

@@ -194,6 +194,10 @@ pub async fn capture_loop(
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => go = false,
                 _ = tick.tick() => {
                     lost_reported = report_lost(&cap, &pipe, lost_reported, sink)?;
+                    let now = SystemTime::now();
+                    for (key, n) in cap.suppressed() {
+                        events.push(pipe.suppressed(key, n, now));
+                    }
                     sink.bpf_stats(&|| cap.bpf_stats());
                     go = sink.tick(SystemTime::now())?;
                 }

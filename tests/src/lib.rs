@@ -80,6 +80,17 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The observer as the image ships it: `IMDS_OBSERVER_BIN`, else the static
+/// release build `cargo xtask test` makes.
+pub fn shipped_observer_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("IMDS_OBSERVER_BIN") {
+        return p.into();
+    }
+    let p = bin_dir().parent().unwrap().join("x86_64-unknown-linux-musl/release/imds-observer");
+    assert!(p.exists(), "{} is not built: run `cargo xtask test`", p.display());
+    p
+}
+
 /// The running kernel passes a drop reason to skb:kfree_skb (5.17+). The
 /// lab may read the version; the observer reads the tracepoint's BTF.
 pub fn kernel_has_drop_reasons() -> bool {
@@ -734,6 +745,14 @@ impl Lab {
         Observer::start(&self.host, &args, env)
     }
 
+    /// `observer`, with the binary the image ships (the static release
+    /// build): for what memory and speed are measured on.
+    pub fn shipped_observer(&self, extra: &[&str]) -> Observer {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        Observer::start_bin(&shipped_observer_bin(), &self.host, &args, &[])
+    }
+
     /// Any observer command (`report ...`) in the host netns, once capturing.
     pub fn observer_cmd(&self, args: &[&str]) -> Observer {
         Observer::start(&self.host, args, &[])
@@ -819,7 +838,16 @@ pub struct Observer {
 
 impl Observer {
     fn start(host_netns: &str, args: &[&str], env: &[(&str, &str)]) -> Observer {
-        let mut child = netns_cgroup_command(host_netns, None, &bin("imds-observer"), args)
+        Observer::start_bin(&bin("imds-observer"), host_netns, args, env)
+    }
+
+    fn start_bin(
+        program: &Path,
+        host_netns: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Observer {
+        let mut child = netns_cgroup_command(host_netns, None, program, args)
             .env("NODE_NAME", "lab-node")
             .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("LAB_RUST_LOG").unwrap_or("info".into()))
@@ -887,6 +915,17 @@ impl Observer {
     }
 
     /// Raw stdout so far.
+    /// The observer's peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the observer is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
     pub fn raw(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }

@@ -23,9 +23,9 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
 };
-use observer_ebpf::{MAX_ENDPOINTS, Record};
+use observer_ebpf::{Budget, MAX_ENDPOINTS, Record};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{model::Endpoint, sys::netlink};
@@ -34,6 +34,9 @@ use crate::{model::Endpoint, sys::netlink};
 /// the ECS task-credentials endpoint and the EKS Pod Identity agent.
 pub const DEFAULT_ENDPOINTS: &[&str] =
     &["169.254.169.254", "169.254.170.2", "169.254.170.23", "fd00:ec2::254", "fd00:ec2::23"];
+
+/// Records taken from the ring per read.
+pub const READ_BATCH: usize = 256;
 
 pub struct Config {
     pub endpoints: Vec<Endpoint>,
@@ -96,6 +99,10 @@ pub struct Capture {
     ebpf: Arc<Mutex<Ebpf>>,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
+    budgets: AyaHashMap<MapData, u64, Budget>,
+    suppressed_total: PerCpuArray<MapData, u64>,
+    /// The kernel's suppressed total, and per budget key, as last read.
+    suppressed_seen: (u64, HashMap<u64, u64>),
     /// Kernel drop-reason number → name.
     pub drop_reasons: HashMap<u32, String>,
     /// Drop locations (kernel text addresses) → the function they are in.
@@ -154,6 +161,11 @@ impl Capture {
             locations: !locations.is_empty(),
         };
         let skb = kbtf.skb_offsets()?;
+        let cgroup_offsets = kbtf.cgroup_offsets()?;
+        let drop_reasons = kbtf.drop_reasons();
+        // The parsed kernel BTF is the largest thing the observer ever holds:
+        // gone before aya parses its own, so that the two never coexist.
+        drop(kbtf);
         let ep = endpoint_globals(&cfg.endpoints)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("ENDPOINTS_V4", &ep.v4, true)
@@ -161,7 +173,7 @@ impl Capture {
             .override_global("ENDPOINTS_V6", &ep.v6, true)
             .override_global("PORTS_V6", &ep.ports_v6, true)
             .override_global("SKB_OFFSETS", &skb, true)
-            .override_global("CGROUP_OFFSETS", &kbtf.cgroup_offsets()?, true)
+            .override_global("CGROUP_OFFSETS", &cgroup_offsets, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf")))
             .context("loading the eBPF object")?;
 
@@ -173,6 +185,9 @@ impl Capture {
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map")?)?;
+        let budgets = AyaHashMap::try_from(ebpf.take_map("BUDGETS").context("BUDGETS map")?)?;
+        let suppressed_total =
+            PerCpuArray::try_from(ebpf.take_map("SUPPRESSED").context("SUPPRESSED map")?)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
         // Without it, capture still works; containers on a cgroup v1 host
         // then share their cgroup's row.
@@ -192,7 +207,10 @@ impl Capture {
             // (and is deregistered before it closes, on drop).
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
             lost,
-            drop_reasons: kbtf.drop_reasons(),
+            budgets,
+            suppressed_total,
+            suppressed_seen: (0, HashMap::new()),
+            drop_reasons,
             locations,
             kernel,
             ifaces,
@@ -205,17 +223,26 @@ impl Capture {
         self.veths.as_ref().map(|(_, rx)| rx.clone())
     }
 
-    /// Wait for records and append what the ring holds to `out`.
+    /// Wait for records and append up to [`READ_BATCH`] of them to `out`
+    /// (the caller processes a batch before the next: memory stays that of
+    /// one batch whatever the ring holds).
     pub async fn read(&mut self, out: &mut Vec<Record>) -> Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
+        let mut taken = 0;
+        while taken < READ_BATCH {
+            let Some(item) = ring.next() else {
+                // Empty: wait for the kernel's next wakeup.
+                guard.clear_ready();
+                return Ok(());
+            };
             if item.len() >= size_of::<Record>() {
                 // SAFETY: Record is plain old data and the item is at least its size.
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) });
             }
+            taken += 1;
         }
-        guard.clear_ready();
+        // More is there: still ready.
         Ok(())
     }
 
@@ -228,6 +255,33 @@ impl Capture {
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) });
             }
         }
+    }
+
+    /// Workloads whose budget held records back since the last call: (budget
+    /// key, how many more). A key is a cgroup id, or `ADDRESS_KEY` | an
+    /// address (see `observer_ebpf::Budget`). Reads the budget map only when
+    /// the kernel's total grew.
+    pub fn suppressed(&mut self) -> Vec<(u64, u64)> {
+        let total: u64 =
+            self.suppressed_total.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        if total == self.suppressed_seen.0 {
+            return Vec::new();
+        }
+        self.suppressed_seen.0 = total;
+        let mut out = Vec::new();
+        let seen = &mut self.suppressed_seen.1;
+        let now: HashMap<u64, u64> =
+            self.budgets.iter().filter_map(|r| r.ok()).map(|(k, b)| (k, b.suppressed)).collect();
+        for (&key, &n) in &now {
+            // An evicted and re-created entry starts again from zero.
+            let before = seen.get(&key).copied().unwrap_or(0);
+            let grew = if n >= before { n - before } else { n };
+            if grew > 0 {
+                out.push((key, grew));
+            }
+        }
+        *seen = now.into_iter().filter(|(_, n)| *n > 0).collect();
+        out
     }
 
     /// Records the kernel dropped because the ring was full, since start.

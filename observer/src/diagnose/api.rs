@@ -75,6 +75,30 @@ impl Diagnoser {
             self.stats.lost_events += n;
             return Vec::new();
         }
+        if kind == Kind::Suppressed {
+            let n = ev.count.unwrap_or(1);
+            self.stats.suppressed += n;
+            match ev.workload_key() {
+                Some(cg) => {
+                    if !node.containers.contains_key(&cg)
+                        && node.containers.len() >= cfg.max_containers_per_node
+                    {
+                        make_room_containers(node, &mut self.stats);
+                    }
+                    let c = node.containers.entry(cg).or_insert_with(|| ContainerState::new(ts));
+                    c.counts.suppressed += n;
+                    if ev.container.is_some() && c.identity != ev.container {
+                        c.identity = ev.container.clone();
+                    }
+                    c.last_seen = c.last_seen.max(ts);
+                    node.mark(cg);
+                }
+                None => node.unattributed.suppressed += n,
+            }
+            let mut out = Vec::new();
+            flush(&ev.node, node, cfg, ts, &mut out);
+            return out;
+        }
         if !handle(node, cfg, &mut self.stats, kind, ev, ts) {
             self.stats.ignored += 1;
             if let (Kind::Request, Some(method)) = (kind, &ev.method) {

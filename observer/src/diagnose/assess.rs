@@ -156,6 +156,7 @@ pub(super) fn build(
         requests: Some(c.requests),
         latency_ms: c.latency.evidence(),
         lost_events: (node.lost_events > 0).then_some(node.lost_events),
+        suppressed_records: (c.counts.suppressed > 0).then_some(c.counts.suppressed),
         ..Default::default()
     };
     let mut tl = Vec::new();

@@ -186,6 +186,9 @@ pub struct Evidence {
     /// The capture lost records on this node: counts may be low.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost_events: Option<u64>,
+    /// Records of this container its budget held back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed_records: Option<u64>,
 }
 
 /// One attempt the client made, as it saw it.

@@ -110,6 +110,8 @@ pub struct Stats {
     pub ignored: u64,
     /// Sum of `lost_events` counts (records the capture could not hand over).
     pub lost_events: u64,
+    /// Sum of `suppressed` counts (records budgets held back).
+    pub suppressed: u64,
     pub evicted_flows: u64,
     pub evicted_containers: u64,
     pub evicted_nodes: u64,

@@ -322,6 +322,8 @@ pub struct Counts {
     /// Token replies lost on the way in (never decreases, unlike
     /// `tokens_lost`).
     pub replies_lost: u64,
+    /// Records its budget held back (`suppressed` events).
+    pub suppressed: u64,
 }
 
 impl Counts {

@@ -534,7 +534,7 @@ mod tests {
         for inner in [
             format!("docker-{ID}.scope"),
             format!("kubepods-besteffort-pod{POD_ESC}.slice/cri-containerd-{ID}.scope"),
-            format!("{ID}"),
+            ID.to_string(),
             format!("nomad.slice/{ID}.web.scope"),
         ] {
             let p = format!("/system.slice/docker-{ID2}.scope/{inner}");

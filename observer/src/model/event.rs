@@ -30,6 +30,9 @@ pub enum Kind {
     Drop,
     /// Records the kernel could not hand over (ring buffer full).
     LostEvents,
+    /// Records a workload's budget held back (at most one a second per
+    /// workload): `count` of them, and whose.
+    Suppressed,
 }
 
 /// The transport protocol of the packet.

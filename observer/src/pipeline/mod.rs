@@ -8,9 +8,13 @@
 //! named at connect and never wait.
 mod hold;
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
 
-use observer_ebpf::{Hook, Record};
+use observer_ebpf::{ADDRESS_KEY, Hook, Record};
 
 use self::hold::HoldQueue;
 use crate::{
@@ -227,6 +231,23 @@ impl Pipeline {
             }
         }
         self.release(&due, out);
+    }
+
+    /// A `suppressed` event: `count` records of the workload with budget key
+    /// `key` were held back (see `observer_ebpf::Budget`).
+    pub fn suppressed(&mut self, key: u64, count: u64, ts: SystemTime) -> Event {
+        let mut ev = Event::new(Kind::Suppressed, ts, self.node.clone());
+        ev.count = Some(count);
+        if key & ADDRESS_KEY == 0 {
+            ev.cgroup_id = Some(key);
+            ev.container = self.identities.as_mut().and_then(|i| i.identify(key));
+            ev.cgroup = ev.container.as_ref().and_then(|c| c.cgroup.clone());
+        } else if (key & !ADDRESS_KEY) >> 32 == 0 {
+            // An IPv4 address as it sits in the packet (IPv6 ones are folded).
+            let ip = std::net::Ipv4Addr::from((key as u32).to_ne_bytes());
+            ev.src = Some(SocketAddr::new(ip.into(), 0));
+        }
+        ev
     }
 
     /// Records are waiting for a veth.

@@ -20,6 +20,8 @@
 //! - `replies_lost_total{node,workload,namespace}`: token replies the
 //!   Diagnoser found lost on the way in (seen at the host, dropped by the
 //!   kernel, never delivered), each reply once whatever its retransmissions.
+//! - `suppressed_total{node,workload,namespace}`: records of the workload its
+//!   budget held back in the kernel (a flood from it), when there were any.
 //! - `drops_total{node,reason}`: kernel drops (not the ICMP evidence).
 //! - `findings{node,workload,namespace,kind}`: 1 per finding kind that holds
 //!   now (including `healthy`), rebuilt on every update.
@@ -175,6 +177,7 @@ struct Workload {
     /// [kind][version].
     requests: [[u64; 2]; 3],
     replies_lost: u64,
+    suppressed: u64,
     findings: BTreeSet<FindingKind>,
     forwarding_hops: Option<u8>,
 }
@@ -185,6 +188,7 @@ impl Workload {
             last_seen: ts,
             requests: [[0; 2]; 3],
             replies_lost: 0,
+            suppressed: 0,
             findings: BTreeSet::new(),
             forwarding_hops: None,
         }
@@ -209,8 +213,9 @@ struct Node {
 /// What grew from `before` to `now`; all of `now` after a reset (the
 /// Diagnoser evicted the container and met it again).
 fn growth(before: &Counts, now: &Counts) -> Counts {
-    let cells =
-        |c: &Counts| c.requests.into_iter().flatten().chain([c.replies_lost]).collect::<Vec<_>>();
+    let cells = |c: &Counts| {
+        c.requests.into_iter().flatten().chain([c.replies_lost, c.suppressed]).collect::<Vec<_>>()
+    };
     if cells(now).iter().zip(cells(before)).any(|(n, b)| *n < b) {
         return *now;
     }
@@ -219,6 +224,7 @@ fn growth(before: &Counts, now: &Counts) -> Counts {
         *x -= b;
     }
     d.replies_lost -= before.replies_lost;
+    d.suppressed -= before.suppressed;
     d
 }
 
@@ -348,6 +354,7 @@ impl Metrics {
             *x += n;
         }
         w.replies_lost += d.replies_lost;
+        w.suppressed += d.suppressed;
     }
 
     /// Move a workload's counters to its new name (adding to what the new
@@ -362,6 +369,7 @@ impl Metrics {
                     *a += b;
                 }
                 n.replies_lost += w.replies_lost;
+                n.suppressed += w.suppressed;
                 n.last_seen = n.last_seen.max(w.last_seen);
             }
             None => {
@@ -530,6 +538,10 @@ impl Metrics {
             "replies_lost",
             "Distinct IMDSv2 token replies that reached the host and were dropped by the kernel.",
         );
+        let mut suppressed = Family::counter(
+            "suppressed",
+            "Records of the workload its budget held back (100 a second, 500 at once).",
+        );
         let mut findings =
             Family::gauge("findings", "1 for each finding kind that holds now for the workload.");
         let mut hops = Family::gauge(
@@ -548,6 +560,9 @@ impl Metrics {
                 }
             }
             lost.push(wl(key), Value::Counter(w.replies_lost));
+            if w.suppressed > 0 {
+                suppressed.push(wl(key), Value::Counter(w.suppressed));
+            }
             for kind in &w.findings {
                 let mut l = wl(key);
                 l.push(("kind", kind.as_str().into()));
@@ -587,7 +602,7 @@ impl Metrics {
         );
         capped.push(Vec::new(), Value::Counter(self.capped));
         let mut families =
-            vec![requests, lost, drops, findings, hop_limit, hops, events_lost, capped];
+            vec![requests, lost, suppressed, drops, findings, hop_limit, hops, events_lost, capped];
         if !self.bpf.is_empty() {
             let mut time = Family::counter(
                 "bpf_program_run_time",
