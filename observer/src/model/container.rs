@@ -93,3 +93,19 @@ impl Container {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Container;
+
+    #[test]
+    fn a_label_never_cuts_inside_a_character() {
+        // Ids come from streams too (`report --from`): any UTF-8 at all.
+        let c = Container {
+            runtime: Some("docker".into()),
+            id: Some("ééééééééééééééé".into()),
+            ..Default::default()
+        };
+        assert_eq!(c.label(), "docker:éééééééééééé");
+    }
+}
