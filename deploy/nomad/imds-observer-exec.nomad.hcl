@@ -5,9 +5,12 @@
 #
 # raw_exec runs the binary in the host's namespaces, as the user the Nomad
 # client runs as (root on a usual client install), with no filesystem
-# isolation: the observer sees the host's /sys/fs/cgroup, /sys/kernel/btf,
-# routes and runtime sockets directly, and needs nothing mounted.
-# Root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN (docs/deploy.md).
+# isolation: the observer sees the host's /sys/fs/cgroup, /sys/kernel/btf
+# and routes directly, and needs nothing mounted. It is started through
+# setpriv (util-linux), which keeps CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN,
+# the capabilities the DaemonSet has, and drops every other one from the
+# bounding set (no new privileges either): root without them cannot load a
+# kernel module, read other processes' memory or bypass file permissions.
 #
 # Client configuration this job needs:
 #
@@ -59,14 +62,20 @@ job "imds-observer" {
       driver = "raw_exec"
 
       config {
-        command = "/usr/local/bin/imds-observer"
-        args    = ["run", "--metrics-addr", "${NOMAD_ADDR_metrics}"]
+        command = "/usr/bin/setpriv"
+        args = [
+          "--bounding-set=-all,+bpf,+perfmon,+net_admin",
+          "--inh-caps=-all",
+          "--no-new-privs",
+          "--",
+          "/usr/local/bin/imds-observer", "run", "--metrics-addr", "${NOMAD_ADDR_metrics}",
+        ]
       }
 
       # Example only: nothing is downloaded as written. To have Nomad fetch
       # the binary instead of installing it on each client, uncomment, point
-      # source at your own copy (with its checksum), and set
-      # command = "local/imds-observer" above.
+      # source at your own copy (with its checksum), and run
+      # "local/imds-observer" in args above.
       #
       # artifact {
       #   source      = "https://example.com/imds-observer/0.1.0/imds-observer-x86_64-linux-musl"

@@ -113,16 +113,17 @@ job "imds-observer" {
           readonly = true
         }
 
-        # The host's /run (which /var/run links to) with the Docker Engine
-        # API socket, for container names, images and the
-        # com.hashicorp.nomad.* labels. Read-only does not restrict what the
-        # API allows: the socket is root on the host. Delete this block to
-        # keep the observer off it; it then names containers from their
-        # cgroup paths.
+        # The Docker Engine API socket, and nothing else of the host's /run,
+        # for container names, images and the com.hashicorp.nomad.* labels.
+        # Read-only does not restrict what the API allows: the socket is root
+        # on the host. Delete this block to keep the observer off it; it then
+        # names containers from their cgroup paths. With dockerd's
+        # live-restore, a dockerd restart leaves this mount on the old
+        # socket: lookups fail (a warning) until the task restarts.
         mount {
           type     = "bind"
-          source   = "/run"
-          target   = "/run"
+          source   = "/run/docker.sock"
+          target   = "/run/docker.sock"
           readonly = true
         }
       }

@@ -384,12 +384,14 @@ fn nomad_task(file: &str) -> (Value, Value, Value) {
     let task = labelled(&group, "task", "imds-observer").clone();
     assert_eq!(block(&task, "env")["NODE_NAME"], "${node.unique.name}", "{file}");
 
-    let args: Vec<&str> = block(&task, "config")["args"]
+    let all: Vec<&str> = block(&task, "config")["args"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
+    // The observer's own arguments (after a wrapper's `--`, if any).
+    let args = all.iter().position(|a| *a == "--").map_or(&all[..], |i| &all[i + 2..]);
     assert_eq!(args.first(), Some(&"run"), "{file}: {args:?}");
     assert!(args.contains(&"--metrics-addr"), "{file}: {args:?}");
 
@@ -425,6 +427,10 @@ fn nomad_docker_job_is_a_host_network_system_job_with_the_three_capabilities() {
     for m in mounts {
         assert_eq!(m["type"], "bind");
         assert_eq!(m["readonly"], true, "mount {} must be read-only", m["target"]);
+        // A runtime socket is root on the host: at most the one socket,
+        // never the directory of them all.
+        let source = m["source"].as_str().unwrap().trim_end_matches('/');
+        assert!(!["/run", "/var/run", "/run/containerd", "/"].contains(&source), "{m}");
     }
     assert!(
         mounts.iter().any(|m| m["source"] == "/sys/fs/cgroup" && m["target"] == "/sys/fs/cgroup"),
@@ -437,7 +443,17 @@ fn nomad_raw_exec_job_runs_the_installed_binary() {
     require_python();
     let (_, _, task) = nomad_task("imds-observer-exec.nomad.hcl");
     assert_eq!(task["driver"], "raw_exec");
-    assert_eq!(block(&task, "config")["command"], "/usr/local/bin/imds-observer");
+    // Root drops every capability but the DaemonSet's before the observer
+    // starts.
+    let config = block(&task, "config");
+    assert_eq!(config["command"], "/usr/bin/setpriv");
+    let args: Vec<&str> =
+        config["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let caps: Vec<String> = CAPABILITIES.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+    assert_eq!(args[0], format!("--bounding-set=-all,{}", caps.join(",")), "{args:?}");
+    assert!(args.contains(&"--no-new-privs") && args.contains(&"--inh-caps=-all"), "{args:?}");
+    let rest = &args[args.iter().position(|a| *a == "--").unwrap() + 1..];
+    assert_eq!(&rest[..2], ["/usr/local/bin/imds-observer", "run"]);
     assert!(
         task.get("artifact").is_none(),
         "the artifact block is an example and stays commented out"
