@@ -1119,3 +1119,76 @@ impl Drop for Podman {
         let _ = fs::remove_file(&self.socket);
     }
 }
+
+/// What the flood scenario measured.
+pub struct FloodRun {
+    /// Lines the observer wrote to stdout, for the whole run.
+    pub lines: usize,
+    pub peak_rss_kib: u64,
+    /// Records of the flooding container its budget held back, as reported.
+    pub suppressed: u64,
+    /// Records of the client next to it held back (there should be none).
+    pub client_suppressed: u64,
+    /// The client's latest hop_limit_exceeded finding.
+    pub client_finding: Option<Value>,
+    pub seconds: u64,
+}
+
+/// One container floods the metadata address for `seconds` (UDP to random
+/// ports, and 200 TCP connects to port 80 every 50 ms) on a hop-limit-1
+/// host, while a js-v2 client one hop away fetches credentials; the
+/// observer is the shipped binary. For the flood lab test and the bench.
+pub fn flood_scenario(seconds: u64) -> FloodRun {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let flood = lab.add_container("flood", Attach::Routed);
+    let client = lab.add_container("client", Attach::Routed);
+    let obs = lab.shipped_observer(&[]);
+    let script = format!(
+        "import random, socket, time\n\
+         end = time.time() + {seconds}\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         while time.time() < end:\n\
+         \x20   socks = []\n\
+         \x20   for _ in range(200):\n\
+         \x20       s = socket.socket()\n\
+         \x20       s.setblocking(False)\n\
+         \x20       try: s.connect(('{IMDS_V4}', 80))\n\
+         \x20       except BlockingIOError: pass\n\
+         \x20       socks.append(s)\n\
+         \x20   for port in random.sample(range(1, 65536), 400):\n\
+         \x20       try: u.sendto(b'x' * 32, ('{IMDS_V4}', port))\n\
+         \x20       except OSError: pass\n\
+         \x20   time.sleep(0.05)\n\
+         \x20   for s in socks: s.close()\n"
+    );
+    let storm = thread::scope(|s| {
+        let storm = s.spawn(|| flood.run(Path::new("python3"), &["-c", &script]));
+        // The client starts once the flood is on.
+        thread::sleep(Duration::from_secs(3.min(seconds)));
+        let run = client.sdk("js-v2", &format!("http://{IMDS_V4}"));
+        assert!(run.lines.iter().any(|l| l["method"] == "PUT"), "{:?}", run.lines);
+        storm.join().unwrap()
+    });
+    assert!(storm.status.success(), "{}", String::from_utf8_lossy(&storm.stderr));
+    thread::sleep(Duration::from_millis(1500));
+    let peak_rss_kib = obs.peak_rss_kib();
+    let events = obs.stop();
+    let suppressed_of = |c: &Container| -> u64 {
+        events
+            .iter()
+            .filter(|e| e["type"] == "suppressed" && e["cgroup"] == c.cgroup_rel().as_str())
+            .filter_map(|e| e["count"].as_u64())
+            .sum()
+    };
+    FloodRun {
+        lines: events.len(),
+        peak_rss_kib,
+        suppressed: suppressed_of(&flood),
+        client_suppressed: suppressed_of(&client),
+        client_finding: findings_for(&events, &client.cgroup_rel())
+            .into_iter()
+            .rfind(|f| f["kind"] == "hop_limit_exceeded")
+            .cloned(),
+        seconds,
+    }
+}

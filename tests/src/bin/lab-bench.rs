@@ -2,7 +2,9 @@
 //! - the agent's idle CPU and memory, and its CPU per metadata request;
 //! - the eBPF programs' cost per packet on non-metadata traffic (what every
 //!   packet of a host pays), from the kernel's own run-time statistics;
-//! - the container image's size, when the static binary is built.
+//! - the container image's size, when the static binary is built;
+//! - a container flooding the metadata address: lines, peak memory, and
+//!   what its budget held back.
 use std::{
     fs,
     path::Path,
@@ -169,4 +171,20 @@ fn main() {
             "image: not measured (build the static binary: cargo build --release --target x86_64-unknown-linux-musl -p imds-observer)"
         );
     }
+
+    // A hostile workload: the flood lab test's scenario, measured.
+    drop(lab);
+    let f = imds_lab::flood_scenario(20);
+    println!(
+        "flood ({} s, one container: UDP on random ports + 200 TCP connects to port 80 every 50 ms; \
+         a js-v2 client beside it): {} stdout lines, peak RSS {} KiB (shipped binary), {} of the \
+         flood's records held back by its budget, {} of the client's; the client's \
+         hop_limit_exceeded {}",
+        f.seconds,
+        f.lines,
+        f.peak_rss_kib,
+        f.suppressed,
+        f.client_suppressed,
+        if f.client_finding.is_some() { "found" } else { "MISSING" }
+    );
 }
