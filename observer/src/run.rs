@@ -150,7 +150,7 @@ pub async fn capture_loop(
     info!(
         cgroup_root = %cfg.cgroup_root.display(),
         uplinks = ?cfg.ifaces,
-        endpoints = ?cfg.endpoints,
+        endpoints = %cfg.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         "capturing"
     );
     sink.attached();
