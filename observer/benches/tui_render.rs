@@ -199,7 +199,13 @@ fn main() {
     println!(
         "imds-observer TUI: {CONTAINERS} containers, {EVENTS} events, {FRAMES} frames on a 200x50 TestBackend"
     );
-    let mut app = App::new(Config::default(), Mode::Stream, "from bench");
+    // 5,000 containers: past the default budget (model::budget), on purpose.
+    let cfg = Config {
+        max_containers_per_node: 2 * CONTAINERS as usize,
+        max_flows_per_node: 65_536,
+        ..Config::default()
+    };
+    let mut app = App::new(cfg.clone(), Mode::Stream, "from bench");
     let mut term = Terminal::new(TestBackend::new(200, 50)).unwrap();
     let mut gen = Gen::new();
 
@@ -257,7 +263,7 @@ fn main() {
 
     // The engine alone, for comparison: what the TUI state adds per event.
     let t = Instant::now();
-    let mut d = Diagnoser::default();
+    let mut d = Diagnoser::new(cfg);
     for e in Gen::new().take(EVENTS) {
         d.observe(&e);
     }

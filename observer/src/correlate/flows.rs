@@ -17,7 +17,8 @@ use crate::model::bounded::oldest_eighth;
 pub const IDLE: Duration = Duration::from_secs(300);
 /// Packets a socket sent are kept this long for NAT matching.
 const NAT_WINDOW: Duration = Duration::from_secs(10);
-pub const MAX_FLOWS: usize = 65_536;
+/// At most (model::budget).
+pub const MAX_FLOWS: usize = crate::model::budget::CORRELATE_FLOWS;
 
 /// Monotonic nanoseconds (the eBPF clock).
 pub type Nanos = u64;

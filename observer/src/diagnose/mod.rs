@@ -95,8 +95,8 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
             timeline_cap: 64,
-            max_flows_per_node: 65_536,
-            max_containers_per_node: 16_384,
+            max_flows_per_node: crate::model::budget::DIAGNOSE_FLOWS,
+            max_containers_per_node: crate::model::budget::DIAGNOSE_CONTAINERS,
             max_nodes: 4_096,
         }
     }

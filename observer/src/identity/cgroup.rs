@@ -91,7 +91,7 @@ pub fn detect_cgroup2_root() -> io::Result<Option<PathBuf>> {
 }
 
 /// Entries kept by default: a cap, not a target.
-pub const DEFAULT_MAX_ENTRIES: usize = 65_536;
+pub const DEFAULT_MAX_ENTRIES: usize = crate::model::budget::CGROUP_PATHS;
 /// At most one tree walk per this interval for misses.
 pub const MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(200);
 /// An id a walk did not find does not trigger another walk for this long.

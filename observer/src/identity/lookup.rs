@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// Entries per table at most (a node runs far fewer containers).
-pub const MAX_ENTRIES: usize = 16_384;
+pub const MAX_ENTRIES: usize = crate::model::budget::IDENTITIES;
 
 /// What a table says about a key, now.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -132,7 +132,7 @@ impl Container {
 /// How long a failed lookup waits before it is asked again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// cgroups remembered at most (each a few hundred bytes).
-const MAX_CACHED: usize = 16_384;
+const MAX_CACHED: usize = crate::model::budget::IDENTITIES;
 
 /// One cgroup's identity, and whether lookups may still add to it.
 struct Cached {

@@ -3,6 +3,7 @@
 //! [`Container`] behind it, and the small value types they are made of.
 //! Nothing here imports from another module of the crate.
 pub mod bounded;
+pub mod budget;
 mod container;
 mod endpoint;
 mod event;

@@ -79,7 +79,7 @@ const PREFIX: &str = "imds_observer";
 const MAX_LABEL_BYTES: usize = 128;
 /// Containers whose counters were last read (the Diagnoser's own cap, one
 /// node's worth, is 16,384 containers).
-const MAX_SEEN: usize = 65_536;
+const MAX_SEEN: usize = crate::model::budget::METRICS_SEEN;
 const MAX_DROP_REASONS: usize = 256;
 const MAX_PROGRAMS: usize = 256;
 
