@@ -80,6 +80,13 @@ fn address_key_v6(addr: &[u32; 4]) -> u64 {
 static ENDPOINTS_V4: [u32; MAX_ENDPOINTS] = [0; MAX_ENDPOINTS];
 #[unsafe(no_mangle)]
 static ENDPOINTS_V6: [[u32; 4]; MAX_ENDPOINTS] = [[0; 4]; MAX_ENDPOINTS];
+// What every endpoint of a family shares: (prefix, mask) of the IPv4
+// address, and of the IPv6 address's first 32 bits, as read natively from
+// the packet. One compare rejects almost every packet of the host.
+#[unsafe(no_mangle)]
+static PREFIX_V4: [u32; 2] = [0, 0];
+#[unsafe(no_mangle)]
+static PREFIX_V6: [u32; 2] = [0, 0];
 // Each endpoint's TCP service port (host order), same index.
 #[unsafe(no_mangle)]
 static PORTS_V4: [u16; MAX_ENDPOINTS] = [0; MAX_ENDPOINTS];
@@ -163,6 +170,32 @@ const ETH_P_IPV6: u16 = 0x86dd;
 pub struct Skb<'a> {
     pub skb: &'a aya_ebpf::programs::sk_buff::SkBuff,
     pub l3: u32,
+}
+
+impl Skb<'_> {
+    /// The address `want` looks at is in the linear data and outside every
+    /// endpoint's common prefix: the packet is not metadata traffic, decided
+    /// by direct packet access, without a helper call. False when it cannot
+    /// tell (the full filter then decides).
+    #[inline(always)]
+    pub fn outside_endpoints(&self, version: u8, want: Match) -> bool {
+        let (off, prefix) = match (version, want) {
+            (4, Match::Dst) => (IPV4_DADDR, &PREFIX_V4),
+            (4, Match::Src) => (IPV4_SADDR, &PREFIX_V4),
+            (6, Match::Dst) => (IPV6_DADDR, &PREFIX_V6),
+            (6, Match::Src) => (IPV6_SADDR, &PREFIX_V6),
+            _ => return false,
+        };
+        let skb = unsafe { &*self.skb.skb };
+        let (data, end) = (skb.data as usize, skb.data_end as usize);
+        let at = data + self.l3 as usize + off;
+        if at + 4 > end {
+            return false;
+        }
+        let addr = unsafe { core::ptr::read_unaligned(at as *const u32) };
+        let [p, mask] = unsafe { core::ptr::read_volatile(prefix) };
+        addr & mask != p
+    }
 }
 
 impl Packet for Skb<'_> {

@@ -16,6 +16,9 @@ fn on_packet(ctx: &SkBuffContext, hook: Hook, want: Match) {
         return;
     }
     let pkt = Skb { skb: &ctx.skb, l3: 0 };
+    if pkt.outside_endpoints(version, want) {
+        return;
+    }
     capture::packet(&pkt, version, want, || Meta {
         hook,
         ifindex: 0,

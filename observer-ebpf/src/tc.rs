@@ -23,6 +23,9 @@ pub fn on_packet(ctx: &TcContext, hook: Hook, want: Match, socket: bool) {
         return;
     }
     let pkt = Skb { skb: &ctx.skb, l3: ETH_HLEN };
+    if pkt.outside_endpoints(version, want) {
+        return;
+    }
     capture::packet(&pkt, version, want, || Meta {
         hook,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },

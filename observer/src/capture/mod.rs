@@ -115,14 +115,41 @@ pub struct Capture {
 /// The endpoint set as the programs compare it: addresses as network-order
 /// words read natively, and each one's service port (host order).
 struct EndpointGlobals {
+    /// (prefix, mask) every IPv4 endpoint shares, as the programs read
+    /// addresses; and of the IPv6 endpoints' first 32 bits.
+    prefix_v4: [u32; 2],
+    prefix_v6: [u32; 2],
     v4: [u32; MAX_ENDPOINTS],
     ports_v4: [u16; MAX_ENDPOINTS],
     v6: [[u32; 4]; MAX_ENDPOINTS],
     ports_v6: [u16; MAX_ENDPOINTS],
 }
 
+/// The longest prefix the 32-bit words share, as (prefix, mask) read natively
+/// from network-order bytes. None at all: a prefix only 0.0.0.0 matches.
+fn common_prefix(words: impl Iterator<Item = [u8; 4]>) -> [u32; 2] {
+    let words: Vec<u32> = words.map(u32::from_be_bytes).collect();
+    let Some(&first) = words.first() else { return [0, u32::MAX] };
+    let differ = words.iter().fold(0, |d, w| d | (w ^ first));
+    let len = differ.leading_zeros();
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let native = |v: u32| u32::from_ne_bytes(v.to_be_bytes());
+    [native(first & mask), native(mask)]
+}
+
 fn endpoint_globals(endpoints: &[Endpoint]) -> Result<EndpointGlobals> {
     let mut g = EndpointGlobals {
+        prefix_v4: common_prefix(endpoints.iter().filter_map(|e| match e.addr {
+            IpAddr::V4(a) => Some(a.octets()),
+            IpAddr::V6(_) => None,
+        })),
+        prefix_v6: common_prefix(endpoints.iter().filter_map(|e| match e.addr {
+            IpAddr::V6(a) => {
+                let o = a.octets();
+                Some([o[0], o[1], o[2], o[3]])
+            }
+            IpAddr::V4(_) => None,
+        })),
         v4: [0; MAX_ENDPOINTS],
         ports_v4: [0; MAX_ENDPOINTS],
         v6: [[0; 4]; MAX_ENDPOINTS],
@@ -168,6 +195,8 @@ impl Capture {
         drop(kbtf);
         let ep = endpoint_globals(&cfg.endpoints)?;
         let mut ebpf = EbpfLoader::new()
+            .override_global("PREFIX_V4", &ep.prefix_v4, true)
+            .override_global("PREFIX_V6", &ep.prefix_v6, true)
             .override_global("ENDPOINTS_V4", &ep.v4, true)
             .override_global("PORTS_V4", &ep.ports_v4, true)
             .override_global("ENDPOINTS_V6", &ep.v6, true)
@@ -310,7 +339,36 @@ impl Capture {
 
 #[cfg(test)]
 mod tests {
-    use super::Kernel;
+    #[test]
+    fn endpoints_share_a_prefix() {
+        let native = |b: [u8; 4]| u32::from_ne_bytes(b);
+        let ip4 = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap().octets();
+        // The defaults: 169.254.169.254, .170.2, .170.23 share 169.254.168.0/22.
+        let [p, m] = common_prefix(
+            ["169.254.169.254", "169.254.170.2", "169.254.170.23"].into_iter().map(ip4),
+        );
+        assert_eq!(m, native([255, 255, 252, 0]));
+        assert_eq!(p, native([169, 254, 168, 0]));
+        for (addr, inside) in [
+            ("169.254.169.254", true),
+            ("169.254.170.2", true),
+            ("10.0.0.1", false),
+            ("169.255.0.1", false),
+        ] {
+            assert_eq!(native(ip4(addr)) & m == p, inside, "{addr}");
+        }
+        // One endpoint: itself. None: only 0.0.0.0.
+        assert_eq!(
+            common_prefix([ip4("10.1.2.3")].into_iter()),
+            [native(ip4("10.1.2.3")), u32::MAX]
+        );
+        assert_eq!(common_prefix(std::iter::empty()), [0, u32::MAX]);
+        // IPv6: fd00:ec2::254 and fd00:ec2::23 share their first 32 bits.
+        let [p, m] = common_prefix([[0xfd, 0, 0x0e, 0xc2], [0xfd, 0, 0x0e, 0xc2]].into_iter());
+        assert_eq!((p, m), (native([0xfd, 0, 0x0e, 0xc2]), u32::MAX));
+    }
+
+    use super::{Kernel, common_prefix};
 
     #[test]
     fn start_up_line_says_what_is_missing_and_what_stands_in() {
