@@ -1,8 +1,9 @@
 //! imds-observer: an eBPF observer of cloud-metadata traffic. The binary
 //! (main.rs) is the command line over these modules; the benches use them
-//! too. Each module imports only from the layers below it ([`LAYERS`]-like
-//! order: model → sys → capture, identity → correlate → pipeline → diagnose
-//! → sink → cli → run → tui); a test keeps it so.
+//! too. Each module imports only from the layers below it, in this order:
+//! model → sys → capture, identity → correlate → pipeline → diagnose → sink
+//! → cli → run → tui (`LAYERS`; the test `layers_import_only_downward`
+//! keeps it so).
 pub mod capture;
 pub mod cli;
 pub mod correlate;

@@ -46,8 +46,7 @@ impl Diagnoser {
     /// The container an event is about, as this engine attributed it: its
     /// flow's, else the event's own.
     pub fn workload_of(&self, ev: &Event) -> Option<u64> {
-        let node = self.nodes.get(&ev.node)?;
-        ev.flow.and_then(|f| Some(node.flows.get(&f)?.cgroup_id)).or_else(|| ev.workload_key())
+        self.nodes.get(&ev.node)?.workload_of(ev)
     }
 
     /// The hop limit seen on `node` (TTL of token replies at its uplink).

@@ -59,10 +59,7 @@ pub(super) fn handle(
     ts: Ts,
 ) -> bool {
     let Some(flow_id) = ev.flow else { return false };
-    let Some(cg) = node.flows.get(&flow_id).map(|f| f.cgroup_id).or_else(|| ev.workload_key())
-    else {
-        return false;
-    };
+    let Some(cg) = node.workload_of(ev) else { return false };
     if !node.flows.contains_key(&flow_id) {
         if node.flows.len() >= cfg.max_flows_per_node {
             make_room_flows(node, cfg, stats);

@@ -527,6 +527,11 @@ impl NodeState {
         }
     }
 
+    /// The container an event is about: its flow's, else the event's own.
+    pub fn workload_of(&self, ev: &crate::model::Event) -> Option<u64> {
+        ev.flow.and_then(|f| Some(self.flows.get(&f)?.cgroup_id)).or_else(|| ev.workload_key())
+    }
+
     pub fn mark(&mut self, cgroup_id: u64) {
         if !self.dirty.contains(&cgroup_id) {
             self.dirty.push(cgroup_id);
