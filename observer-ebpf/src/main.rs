@@ -14,6 +14,8 @@ mod cgroup_skb;
 #[cfg(target_arch = "bpf")]
 mod connect;
 #[cfg(target_arch = "bpf")]
+mod floor;
+#[cfg(target_arch = "bpf")]
 mod kfree_skb;
 #[cfg(target_arch = "bpf")]
 mod tc;

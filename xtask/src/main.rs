@@ -582,6 +582,8 @@ fn bench() -> Result<()> {
         );
     }
     lab_packages()?;
+    // Bulk traffic for the per-packet cost and the throughput.
+    apt_install(&[("iperf3", "iperf3")])?;
     run(cargo().args(LAB_BINS))?;
     run(cargo().args(MUSL_OBSERVER))?;
     run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-bench"]))?;

@@ -178,6 +178,12 @@ fn endpoint_globals(endpoints: &[Endpoint]) -> Result<EndpointGlobals> {
     Ok(g)
 }
 
+/// The eBPF object (observer-ebpf), built by build.rs. Public for the
+/// benchmark, which loads its empty programs from the same object.
+pub fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf"))
+}
+
 impl Capture {
     pub fn start(cfg: &Config) -> Result<Self> {
         let kbtf = btf::KernelBtf::load(&cfg.kernel_btf)?;
@@ -203,7 +209,7 @@ impl Capture {
             .override_global("PORTS_V6", &ep.ports_v6, true)
             .override_global("SKB_OFFSETS", &skb, true)
             .override_global("CGROUP_OFFSETS", &cgroup_offsets, true)
-            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf")))
+            .load(object())
             .context("loading the eBPF object")?;
 
         attach::cgroup_hooks(&mut ebpf, &cfg.cgroup_root)?;

@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: figures, not assertions. In the lab (root):
-//! - the agent's idle CPU and memory, and its CPU per metadata request;
+//! - the agent's idle CPU and memory, and its CPU per metadata request
+//!   under load from many containers;
 //! - the eBPF programs' cost per packet on non-metadata traffic (what every
-//!   packet of a host pays), from the kernel's own run-time statistics;
+//!   packet of a host pays), from the kernel's own run-time statistics,
+//!   against empty programs on the same hooks (the floor), and the
+//!   throughput with nothing, the empty programs, and the observer attached;
 //! - the container image's size, when the static binary is built;
 //! - a container flooding the metadata address: lines, peak memory, and
 //!   what its budget held back.
@@ -12,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imds_lab::{Attach, Lab, LabOpts, Observer, bin, sh};
+use imds_lab::{
+    Attach, Container, IMDS_V4, Lab, LabOpts, Observer, cgroup2_root, kernel_has_tcx, sh,
+};
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -61,74 +66,246 @@ fn bpf_stats(lab: &Lab, port: u16) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-fn main() {
-    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
-    let client = lab.add_container("client", Attach::Routed);
-    let peer = lab.add_container("peer", Attach::Routed);
-    sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=1"]);
-    let obs: Observer = lab.observer(&["--metrics-addr", "127.0.0.1:19110"]);
-    let pid = obs.pid();
-    std::thread::sleep(Duration::from_secs(1));
+/// Idle: the shipped observer with nothing to see. At work: `CLIENTS`
+/// containers each fetching documents at each of `RATES` a second (a TCP
+/// connection, a GET and its reply each), for `LOAD_SECS`. The first rate
+/// stays within the per-workload record budget; the second, 1,000 requests
+/// a second in all, does not.
+const CLIENTS: usize = 50;
+const RATES: [u32; 2] = [3, 20];
+const LOAD_SECS: u32 = 10;
 
-    // Idle.
+fn at_rest_and_at_work(lab: &mut Lab) {
+    let clients: Vec<Container> =
+        (0..CLIENTS).map(|i| lab.add_container(&format!("load{i}"), Attach::Routed)).collect();
+    let obs: Observer = lab.shipped_observer(&[]);
+    let pid = obs.pid();
+    std::thread::sleep(Duration::from_secs(2));
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
     let idle_cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
     println!(
-        "agent idle: {:.2}% of a core, RSS {} KiB (peak {} KiB)",
+        "agent idle (shipped binary): {:.2}% of a core, RSS {} KiB (start-up peak {} KiB)",
         idle_cpu * 100.0,
         status_kib(pid, "VmRSS:"),
         status_kib(pid, "VmHWM:")
     );
 
-    // Metadata requests: CPU per request (each is a few packets, events and
-    // a diagnosis update).
-    let n = 300;
-    let c0 = cpu_seconds(pid);
-    for _ in 0..n {
-        client.sdk("token-only", "http://169.254.169.254");
+    for rate in RATES {
+        let (requests, secs, cpu, suppressed) = load(&obs, &clients, rate);
+        println!(
+            "agent at work: {requests} metadata requests from {CLIENTS} containers in {secs:.1} s \
+             ({:.0}/s): {:.0} µs CPU per request ({:.1}% of a core); {suppressed} records held \
+             back by the per-workload budget",
+            requests as f64 / secs,
+            cpu / requests.max(1) as f64 * 1e6,
+            cpu / secs * 100.0,
+        );
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let per = (cpu_seconds(pid) - c0) / f64::from(n);
-    println!(
-        "agent under metadata load: {:.0} µs CPU per credential fetch (token PUT + 2 GETs), RSS {} KiB",
-        per * 1e6,
-        status_kib(pid, "VmRSS:")
-    );
+    drop(obs);
+    for c in clients {
+        lab.remove(c);
+    }
+}
 
-    // Non-metadata traffic: what every packet of the host pays.
-    std::thread::sleep(Duration::from_millis(1100)); // the observer reads stats once a second
-    let before = bpf_stats(&lab, 19110);
-    let mut server = peer
-        .command(
-            &bin("fake-imds"),
-            &["--listen", &format!("{}:8080", peer.v4), "--hop-limit", "64"],
-        )
+/// `CLIENTS` containers fetching `rate` documents a second each for
+/// `LOAD_SECS`: (requests, seconds, observer CPU seconds, records its
+/// budget held back meanwhile).
+fn load(obs: &Observer, clients: &[Container], rate: u32) -> (u64, f64, f64, u64) {
+    // bash's own /dev/tcp and `read -t` as the pause: no process per request.
+    let script = format!(
+        "exec 9<> <(:); n=0; end=$((SECONDS + {LOAD_SECS}))\n\
+         while [ $SECONDS -lt $end ]; do\n\
+         \x20 if exec 3<>/dev/tcp/{IMDS_V4}/80; then\n\
+         \x20   printf 'GET /latest/meta-data/instance-id HTTP/1.1\\r\\nHost: {IMDS_V4}\\r\\nConnection: close\\r\\n\\r\\n' >&3\n\
+         \x20   while read -r -u 3 _; do :; done; exec 3<&-; n=$((n + 1))\n\
+         \x20 fi\n\
+         \x20 read -r -t {pause} -u 9\n\
+         done\n\
+         echo $n",
+        pause = 1.0 / f64::from(rate)
+    );
+    let suppressed = || -> u64 {
+        obs.events()
+            .iter()
+            .filter(|e| e["type"] == "suppressed")
+            .filter_map(|e| e["count"].as_u64())
+            .sum()
+    };
+    let (c0, s0, t0) = (cpu_seconds(obs.pid()), suppressed(), Instant::now());
+    let requests: u64 = std::thread::scope(|s| {
+        let runs: Vec<_> = clients
+            .iter()
+            .map(|c| s.spawn(|| c.run(Path::new("bash"), &["-c", &script])))
+            .collect();
+        runs.into_iter()
+            .map(|r| String::from_utf8_lossy(&r.join().unwrap().stdout).trim().parse().unwrap_or(0))
+            .sum()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1500)); // the last records drained
+    (requests, secs, cpu_seconds(obs.pid()) - c0, suppressed() - s0)
+}
+
+/// Our packet hooks, each with the empty program the floor attaches there.
+const HOOKS: [(&str, &str); 4] = [
+    ("cgroup_egress", "empty_egress"),
+    ("cgroup_ingress", "empty_ingress"),
+    ("tc_egress", "empty_tc_out"),
+    ("tc_ingress", "empty_tc_in"),
+];
+const ROUNDS: usize = 3;
+const BULK_SECS: u32 = 4;
+
+/// (run time ns, runs) of a program, as the kernel counts them
+/// (kernel.bpf_stats_enabled=1).
+type Cost = (u64, u64);
+
+/// What non-metadata traffic costs: bulk TCP from a container to the
+/// cloud's own address, through every packet hook, with nothing attached,
+/// with the empty programs, and with the observer, in alternated rounds.
+fn floor_table(lab: &Lab, client: &Container) {
+    let mut nothing = Vec::new();
+    let mut empty: Vec<(f64, Vec<Cost>)> = Vec::new();
+    let mut ours: Vec<(f64, Vec<Cost>)> = Vec::new();
+    for _ in 0..ROUNDS {
+        nothing.push(bulk(lab, client));
+        empty.push(with_empty_programs(lab, || bulk(lab, client)));
+        let obs = lab.shipped_observer(&["--metrics-addr", "127.0.0.1:19110"]);
+        std::thread::sleep(Duration::from_millis(1100)); // stats are read once a second
+        let before = bpf_stats(lab, 19110);
+        let bits = bulk(lab, client);
+        std::thread::sleep(Duration::from_millis(1100));
+        let after = bpf_stats(lab, 19110);
+        drop(obs);
+        let costs = HOOKS
+            .iter()
+            .map(|(name, _)| {
+                let of = |v: &[(String, u64, u64)]| {
+                    v.iter().find(|(n, ..)| n == name).map(|&(_, ns, runs)| (ns, runs))
+                };
+                let ((ns0, r0), (ns1, r1)) =
+                    (of(&before).unwrap_or_default(), of(&after).unwrap_or_default());
+                (ns1.saturating_sub(ns0), r1.saturating_sub(r0))
+            })
+            .collect();
+        ours.push((bits, costs));
+    }
+    println!(
+        "eBPF cost per non-metadata packet: bulk TCP (iperf3) from a container to a \
+         non-metadata address through every packet hook, {ROUNDS} alternated rounds of \
+         {BULK_SECS} s, median; kernel {}, {} CPUs",
+        sh(&["uname", "-r"]).trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("  {:<16} {:>12} {:>12} {:>7}", "hook", "empty (floor)", "imds-observer", "ratio");
+    for (i, (hook, _)) in HOOKS.iter().enumerate() {
+        let per_run = |rounds: &[(f64, Vec<Cost>)]| {
+            median(rounds.iter().map(|(_, c)| c[i].0 as f64 / c[i].1.max(1) as f64).collect())
+        };
+        let (e, o) = (per_run(&empty), per_run(&ours));
+        println!("  {hook:<16} {:>10.0} ns {:>10.0} ns {:>6.2}×", e, o, o / e.max(1.0));
+    }
+    let gbit = |v: Vec<f64>| median(v) / 1e9;
+    let (n, e, o) = (
+        gbit(nothing),
+        gbit(empty.iter().map(|r| r.0).collect()),
+        gbit(ours.iter().map(|r| r.0).collect()),
+    );
+    println!(
+        "  throughput: nothing attached {n:.2} Gbit/s, empty programs {e:.2} Gbit/s, \
+         imds-observer {o:.2} Gbit/s ({:.3} of the empty programs')",
+        o / e
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// iperf3 for `BULK_SECS` from the container to the cloud's 198.18.0.1
+/// (not a metadata address): bits per second received.
+fn bulk(lab: &Lab, client: &Container) -> f64 {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &lab.cloud, "iperf3", "-s", "-1", "-p", "5201"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("peer server");
+        .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
-    for _ in 0..200 {
-        client.sdk("v1-only", &format!("http://{}:8080", peer.v4));
-    }
+    let out = client.run(
+        Path::new("iperf3"),
+        &["-c", "198.18.0.1", "-p", "5201", "-t", &BULK_SECS.to_string(), "-J"],
+    );
     let _ = server.kill();
     let _ = server.wait();
-    std::thread::sleep(Duration::from_millis(1100));
-    let after = bpf_stats(&lab, 19110);
-    sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=0"]);
-    for (name, rt, rc) in &after {
-        if let Some((_, rt0, rc0)) = before.iter().find(|(n, ..)| n == name) {
-            let (drt, drc) = (rt - rt0, rc - rc0);
-            if drc > 0 {
-                println!(
-                    "eBPF {name:<15} non-metadata packets: {drc:>6} runs, {:>5.0} ns per run",
-                    drt as f64 / drc as f64
-                );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0)
+}
+
+/// The empty programs of the observer's own object, attached where the
+/// observer attaches its own (the cgroup2 root; tc on the lab's uplink, in
+/// the host netns), while `f` runs: its result and what each cost.
+fn with_empty_programs<T: Send>(lab: &Lab, f: impl FnOnce() -> T + Send) -> (T, Vec<Cost>) {
+    use aya::programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SchedClassifier, TcAttachType,
+    };
+    use imds_observer::capture::{self, attach};
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // tc attaches by interface name, in this thread's netns.
+            let ns = fs::File::open(format!("/run/netns/{}", lab.host)).expect("host netns");
+            // SAFETY: setns on a valid fd; it changes this thread's netns only.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let mut ebpf = aya::Ebpf::load(capture::object()).expect("load the eBPF object");
+            let root = fs::File::open(cgroup2_root()).expect("cgroup2 root");
+            for (name, ty) in [
+                ("empty_egress", CgroupSkbAttachType::Egress),
+                ("empty_ingress", CgroupSkbAttachType::Ingress),
+            ] {
+                let p: &mut CgroupSkb = ebpf.program_mut(name).unwrap().try_into().unwrap();
+                p.load().expect(name);
+                p.attach(&root, ty, CgroupAttachMode::Single).expect(name);
             }
-        }
-    }
-    drop(obs);
+            let mode = attach::TcMode { tcx: kernel_has_tcx(), clean_leftovers: false };
+            for (name, ty) in
+                [("empty_tc_out", TcAttachType::Egress), ("empty_tc_in", TcAttachType::Ingress)]
+            {
+                let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+                p.load().expect(name);
+                attach::tc_attach(p, name, "uplink0", ty, mode).expect(name);
+            }
+            let costs = |ebpf: &aya::Ebpf| -> Vec<Cost> {
+                HOOKS
+                    .iter()
+                    .map(|(_, name)| {
+                        let info = ebpf.program(name).unwrap().info().expect(name);
+                        (info.run_time().as_nanos() as u64, info.run_count())
+                    })
+                    .collect()
+            };
+            let before = costs(&ebpf);
+            let t = f();
+            let after = costs(&ebpf);
+            // Dropped here, in the host netns: the tc links detach there.
+            drop(ebpf);
+            (t, before.iter().zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1)).collect())
+        })
+        .join()
+        .expect("empty programs")
+    })
+}
+
+fn main() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let client = lab.add_container("client", Attach::Routed);
+    sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=1"]);
+    at_rest_and_at_work(&mut lab);
+    floor_table(&lab, &client);
+    sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=0"]);
 
     // The image.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
