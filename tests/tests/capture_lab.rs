@@ -4,8 +4,8 @@
 use std::{process::Stdio, time::Duration};
 
 use imds_lab::{
-    Attach, Container, IMDS_V4, Lab, LabOpts, Value, bin, findings_for, kernel_has_drop_reasons,
-    of_type,
+    Attach, Container, IMDS_V4, IMDS_V6, Lab, LabOpts, Value, bin, findings_for,
+    kernel_has_drop_reasons, of_type,
 };
 
 const TOKEN_PATH: &str = "/latest/api/token";
@@ -227,13 +227,20 @@ fn ipv6_endpoint_hop_limit_1_is_dropped_too() {
     );
 }
 
+/// Every other shape of traffic stops at the kernel filter: TCP and UDP to
+/// a peer, ICMP and ICMPv6, IPv6, IPv4 with options, fragments (also UDP
+/// fragments to the metadata address), to a peer behind the host and to a
+/// non-metadata address out of the uplink. Not one record of them leaves
+/// the kernel (the raw records, not only the JSON). Metadata traffic is
+/// captured as before, with IPv4 options as without them, and over IPv6.
 #[test]
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn traffic_to_other_addresses_makes_no_event() {
-    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
     let c = lab.add_container("client", Attach::Routed);
     let peer = lab.add_container("peer", Attach::Routed);
-    // A TCP server (the fake IMDS binary on another address) and a UDP sink in the peer.
+    let control = lab.add_container("control", Attach::Routed);
+    // A TCP server (the fake IMDS binary on another address) in the peer.
     let server = peer
         .command(
             &bin("fake-imds"),
@@ -250,22 +257,134 @@ fn traffic_to_other_addresses_makes_no_event() {
         &mut ready,
     )
     .unwrap();
-    let obs = lab.observer(&[]);
+    let dump = std::env::temp_dir().join(format!("imds-dump-shapes-{}", std::process::id()));
+    let obs = lab.observer_with_env(&[], &[("IMDS_OBSERVER_RECORD_DUMP", dump.to_str().unwrap())]);
 
     let (_, timeline) = sdk(&c, "token-only", &format!("http://{}:8080", peer.v4));
     assert_eq!(timeline[0]["status"], 200, "the peer answered over TCP: {timeline:?}");
-    let udp = format!("echo hello > /dev/udp/{}/9999", peer.v4);
-    assert!(c.run(std::path::Path::new("bash"), &["-c", &udp]).status.success());
+    let shapes = format!(
+        "import socket, struct\n\
+         def csum(b):\n\
+         \x20   b += b'\\0' * (len(b) % 2)\n\
+         \x20   s = sum(struct.unpack('!%dH' % (len(b) // 2), b))\n\
+         \x20   s = (s >> 16) + (s & 0xffff); s += s >> 16\n\
+         \x20   return ~s & 0xffff\n\
+         def echo(dst, size=56, opts=None):\n\
+         \x20   if ':' in dst:\n\
+         \x20       s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n\
+         \x20       s.sendto(struct.pack('!BBHHH', 128, 0, 0, 7, 1) + b'x' * size, (dst, 0))\n\
+         \x20       return\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
+         \x20   if opts: s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, opts)\n\
+         \x20   body = b'x' * size\n\
+         \x20   h = struct.pack('!BBHHH', 8, 0, 0, 7, 1)\n\
+         \x20   s.sendto(struct.pack('!BBHHH', 8, 0, csum(h + body), 7, 1) + body, (dst, 0))\n\
+         def udp(dst, port, size, opts=None):\n\
+         \x20   s = socket.socket(socket.AF_INET6 if ':' in dst else socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   if opts: s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, opts)\n\
+         \x20   s.sendto(b'u' * size, (dst, port))\n\
+         def tcp(dst, port, opts=None):\n\
+         \x20   s = socket.socket(socket.AF_INET6 if ':' in dst else socket.AF_INET)\n\
+         \x20   if opts: s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, opts)\n\
+         \x20   s.settimeout(1)\n\
+         \x20   try: s.connect((dst, port)); s.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n')\n\
+         \x20   except OSError: pass\n\
+         \x20   s.close()\n\
+         NOPS = bytes([1, 1, 1, 0])\n\
+         for dst in ('{peer4}', '{cloud4}'):\n\
+         \x20   echo(dst); echo(dst, opts=NOPS); echo(dst, size=3000)\n\
+         \x20   udp(dst, 9999, 64); udp(dst, 9999, 4000); udp(dst, 9999, 64, opts=NOPS)\n\
+         \x20   tcp(dst, 8080, opts=NOPS); tcp(dst, 9)\n\
+         for dst in ('{peer6}', '{cloud6}'):\n\
+         \x20   echo(dst); echo(dst, size=3000); udp(dst, 9999, 64); udp(dst, 9999, 4000); tcp(dst, 9)\n\
+         # Fragments to the metadata address itself: UDP, not the service.\n\
+         udp('{IMDS_V4}', 80, 4000); udp('{IMDS_V6}', 80, 4000)\n",
+        peer4 = peer.v4,
+        peer6 = peer.v6,
+        cloud4 = "198.18.0.1",
+        cloud6 = "fd00:18::1",
+    );
+    let out = c.run(std::path::Path::new("python3"), &["-c", &shapes]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(300));
     assert!(obs.events().is_empty(), "events for non-metadata traffic: {}", obs.raw());
 
-    // Control: the same observer does see metadata traffic.
-    sdk(&c, "v1-only", "http://169.254.169.254");
+    // Control: the same observer sees metadata traffic, with IPv4 options
+    // as without, and over IPv6.
+    let fetch = |opts: &str| {
+        format!(
+            "import socket\n\
+             s = socket.socket()\n\
+             if {opts}: s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))\n\
+             s.connect(('{IMDS_V4}', 80))\n\
+             s.sendall(b'GET /latest/meta-data/instance-id HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             r = b''\n\
+             while True:\n\
+             \x20   b = s.recv(4096)\n\
+             \x20   if not b: break\n\
+             \x20   r += b\n\
+             assert r.startswith(b'HTTP/1.1 200'), r[:20]\n"
+        )
+    };
+    for opts in ["False", "True"] {
+        let out = control.run(std::path::Path::new("python3"), &["-c", &fetch(opts)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    sdk(&control, "token-only", &format!("http://[{IMDS_V6}]"));
     let events = obs.finish(SETTLE);
-    assert!(!events.is_empty());
+    let raw = std::fs::read(&dump).unwrap_or_default();
+    std::fs::remove_file(&dump).ok();
+
+    // Not one raw record about the client's addresses.
+    let mine = |a: &[u8]| a == c.v4.octets() || a == c.v6.octets();
+    for (hook, _, data) in raw_records(&raw) {
+        let (src, dst) = match data.first().map(|b| b >> 4) {
+            Some(4) if data.len() >= 20 => (&data[12..16], &data[16..20]),
+            Some(6) if data.len() >= 40 => (&data[8..24], &data[24..40]),
+            _ => continue,
+        };
+        assert!(!mine(src) && !mine(dst), "hook {hook}: a record of other traffic: {data:?}");
+    }
     for e in events.iter().filter(|e| e["type"] != "finding") {
         let addrs = format!("{} {}", e["src"], e["dst"]);
-        assert!(addrs.contains(IMDS_V4), "event not about the endpoint: {e}");
+        assert!(addrs.contains(IMDS_V4) || addrs.contains(IMDS_V6), "not about an endpoint: {e}");
+        assert_ne!(e["cgroup"], c.cgroup_rel().as_str(), "an event of the client's: {e}");
+    }
+    // The two GETs, with and without options, left the same events.
+    let gets: Vec<&Value> = of_type(&events, "request")
+        .into_iter()
+        .filter(|e| e["path"] == "/latest/meta-data/instance-id")
+        .collect();
+    assert_eq!(gets.len(), 2, "{events:#?}");
+    let shape = |flow: &Value| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| &e["flow"] == flow && e["type"] != "finding")
+            .map(|e| {
+                format!(
+                    "{} {} {} {}",
+                    e["type"].as_str().unwrap_or(""),
+                    e["tcp_flags"],
+                    e["len"],
+                    e["status"]
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let (plain, with_options) = (shape(&gets[0]["flow"]), shape(&gets[1]["flow"]));
+    for t in ["request", "host_egress", "host_ingress", "reply"] {
+        assert!(plain.iter().any(|s| s.starts_with(t)), "no {t} for the plain GET: {plain:#?}");
+    }
+    assert_eq!(plain, with_options, "IPv4 options changed what was captured");
+    // IPv6: the token PUT and its reply, at the socket and at the host.
+    let put6 = of_type(&events, "request")
+        .into_iter()
+        .find(|e| e["method"] == "PUT" && e["dst"].as_str().is_some_and(|d| d.contains(IMDS_V6)))
+        .unwrap_or_else(|| panic!("no IPv6 token PUT: {events:#?}"));
+    for t in ["host_egress", "host_ingress", "reply"] {
+        assert!(!flow_events(&events, t, &put6["flow"]).is_empty(), "no IPv6 {t}: {events:#?}");
     }
 }
 
