@@ -168,6 +168,16 @@ pub struct RunArgs {
         default_value_t = 2000
     )]
     pub metrics_max_workloads: usize,
+
+    /// Create no Kubernetes Events. By default, when the pod lookup is on
+    /// (in a cluster or with KUBECONFIG, and a node name), a
+    /// hop_limit_exceeded, imdsv1_fallback, token_rejected or at_risk
+    /// finding about a pod of this node is also a Warning Event on that pod
+    /// (`kubectl describe pod`), repeats counted on the Event, at most 60
+    /// requests a minute per node. Needs create and patch on events
+    /// (events.k8s.io).
+    #[arg(long, env = "IMDS_OBSERVER_NO_POD_EVENTS", value_parser = BoolishValueParser::new())]
+    pub no_pod_events: bool,
 }
 
 #[derive(Args, Debug)]

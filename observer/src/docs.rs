@@ -361,6 +361,7 @@ fn kubectl_flags(sub: &str) -> Option<Vec<(&'static str, bool)>> {
             ("-w", false),
         ],
         "apply" => &[("-k", true), ("-f", true)],
+        "describe" => &[("-l", true), ("--selector", true)],
         "rollout" => &[("--timeout", true)],
         "auth" => &[],
         "exec" => {
@@ -407,8 +408,13 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
     let flag = |names: &[&str]| names.iter().find_map(|n| flags.get(*n).cloned());
     let sub = positional.first().map(String::as_str).unwrap_or_default();
     let ns = flag(&["-n", "--namespace"]);
+    // `describe pod NAME` of an application's pod (its Events) may be in
+    // any namespace; the observer's own objects are in the manifests' one.
+    let workload_pod = sub == "describe"
+        && matches!(positional.get(1).map(String::as_str), Some("pod" | "pods"))
+        && positional.get(2).is_some_and(|p| !p.starts_with(&m.daemonset));
     if let Some(ns) = &ns {
-        if *ns != m.namespace {
+        if *ns != m.namespace && !workload_pod {
             return Err(format!("namespace {ns}, but the manifests use {}", m.namespace));
         }
     }
@@ -557,6 +563,17 @@ fn kubectl_checks_catch_the_usual_mistakes() {
     );
     check(&format!("kubectl -n imds-observer logs -f {sel} --tail=-1 --max-log-requests=500"))
         .unwrap();
+    // An application's pod (its Events) in its own namespace; the
+    // observer's pods only in theirs.
+    check("kubectl describe pod -n payments api-7f9c").unwrap();
+    assert!(
+        check("kubectl describe pod -n payments imds-observer-x7k2p")
+            .unwrap_err()
+            .contains("namespace")
+    );
+    assert!(
+        check("kubectl describe pod -n payments api --sort-by x").unwrap_err().contains("no flag")
+    );
 }
 
 /// Dotted paths of every field in `v`; a list's elements share its path.

@@ -18,6 +18,8 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+#[cfg(feature = "kubernetes")]
+use crate::sink::pod_events;
 use crate::{
     capture::{self, Capture, preflight, uplinks},
     cli::{CaptureArgs, ReportArgs, RunArgs},
@@ -128,6 +130,9 @@ pub trait EventSink {
     }
     /// The programs are attached: events flow from now on.
     fn attached(&mut self) {}
+    /// The name lookups are set up (before the first event): sinks that
+    /// read them (pod Events) take what they need.
+    fn identities(&mut self, _node: &str, _ids: &Identities) {}
     /// Once a second, for sinks that report per-program BPF statistics:
     /// `read` asks the kernel.
     fn bpf_stats(&mut self, _read: &dyn Fn() -> Vec<BpfProgramStats>) {}
@@ -164,6 +169,7 @@ pub async fn capture_loop(
     // node name as the cluster knows it, not the host name guessed above.
     let identities = Identities::new(cfg.cgroup_root.clone(), &sockets)
         .with_env_lookups(args.node_name.as_deref());
+    sink.identities(&node, &identities);
     let names = KernelNames {
         drop_reasons: cap.drop_reasons.clone(),
         locations: cap.locations.clone(),
@@ -292,9 +298,32 @@ struct JsonSink<W: io::Write> {
     diag: Diagnoser,
     /// With --metrics-addr: what the server shows, and its readiness.
     metrics: Option<(Arc<Mutex<Metrics>>, Arc<AtomicBool>)>,
+    /// Findings on pods become Events there (not with --no-pod-events).
+    #[cfg(feature = "kubernetes")]
+    pod_events: PodEventsState,
+}
+
+/// Pod Events: wanted until the lookups are known, then on or not.
+#[cfg(feature = "kubernetes")]
+enum PodEventsState {
+    Wanted,
+    On(pod_events::PodEvents),
+    Off,
 }
 
 impl<W: io::Write> JsonSink<W> {
+    /// Hand findings to the pod Events task (never waits).
+    fn to_pods(&self, findings: &[diagnose::Finding]) {
+        #[cfg(feature = "kubernetes")]
+        if let PodEventsState::On(p) = &self.pod_events {
+            for f in findings {
+                p.finding(f);
+            }
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        let _ = findings;
+    }
+
     fn write_all<T: serde::Serialize>(&mut self, items: &[T]) -> Result<bool> {
         for it in items {
             if let Err(e) = self.out.write(it) {
@@ -316,6 +345,7 @@ impl<W: io::Write> EventSink for JsonSink<W> {
                 m.update_from(&self.diag);
             }
         }
+        self.to_pods(&findings);
         Ok(self.write_all(&[ev])? && self.write_all(&findings)? && self.flush()?)
     }
     fn tick(&mut self, now: SystemTime) -> Result<bool> {
@@ -325,12 +355,30 @@ impl<W: io::Write> EventSink for JsonSink<W> {
             m.update_from(&self.diag);
             m.expire(now);
         }
+        self.to_pods(&findings);
         Ok(self.write_all(&findings)? && self.flush()?)
     }
     fn attached(&mut self) {
         if let Some((_, ready)) = &self.metrics {
             ready.store(true, Ordering::Release);
         }
+    }
+    fn identities(&mut self, node: &str, ids: &Identities) {
+        #[cfg(feature = "kubernetes")]
+        if let PodEventsState::Wanted = self.pod_events {
+            // Only where the pod watch runs: it says which pods are this
+            // node's, and the same client configuration reaches the API.
+            self.pod_events = match ids.pod_table() {
+                Some(pods) => {
+                    info!(node = %node, "Kubernetes: findings on this node's pods become Events there");
+                    let cfg = pod_events::Config::new(node.to_owned());
+                    PodEventsState::On(pod_events::PodEvents::spawn_from_env(cfg, pods))
+                }
+                None => PodEventsState::Off,
+            };
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        let _ = (node, ids);
     }
     fn bpf_stats(&mut self, read: &dyn Fn() -> Vec<BpfProgramStats>) {
         if let Some((m, _)) = &self.metrics {
@@ -370,8 +418,26 @@ pub async fn run(args: RunArgs) -> Result<()> {
         out: JsonLines::new(io::stdout().lock()),
         diag: diagnoser(args.instance_id.clone()),
         metrics,
+        #[cfg(feature = "kubernetes")]
+        pod_events: if args.no_pod_events { PodEventsState::Off } else { PodEventsState::Wanted },
     };
+    #[cfg(not(feature = "kubernetes"))]
+    let _ = args.no_pod_events;
     capture_loop(&args.capture, deadline(args.duration), &mut sink).await?;
+    #[cfg(feature = "kubernetes")]
+    if let PodEventsState::On(p) = &sink.pod_events {
+        let s = p.stats();
+        info!(
+            sent = s.sent,
+            not_a_pod = s.not_a_pod,
+            rate_limited = s.rate_limited,
+            queue_full = s.queue_full,
+            off = s.off,
+            failed = s.failed,
+            forbidden = s.forbidden,
+            "pod Events"
+        );
+    }
     info!(lines = sink.out.written, "done");
     Ok(())
 }

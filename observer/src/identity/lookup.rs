@@ -188,6 +188,14 @@ impl<V: Clone + Send + 'static> Table<V> {
     }
 }
 
+/// Another reader of the same table (the pod Events sink reads the pods
+/// the watch keeps); a miss on an on-demand table is queued as usual.
+impl<V> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        Table { shared: self.shared.clone(), ask: self.ask.clone() }
+    }
+}
+
 /// Keep what was found; if that alone fills the table, start over.
 fn make_room<V>(entries: &mut HashMap<String, Entry<V>>) {
     entries.retain(|_, e| matches!(e, Entry::Found(_) | Entry::Pending));

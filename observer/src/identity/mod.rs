@@ -222,6 +222,12 @@ impl Identities {
         (self, writer)
     }
 
+    /// The pods on this node, when a watch keeps them (the Kubernetes
+    /// lookup is on): another reader of the table `identify` uses.
+    pub fn pod_table(&self) -> Option<Table<Arc<PodInfo>>> {
+        self.pods.clone()
+    }
+
     /// Every lookup the environment configures, beside the runtime socket:
     /// Nomad with `NOMAD_ADDR`; with the `kubernetes` feature, the pods on
     /// `node` when in a cluster or with `KUBECONFIG`. `node` is the node

@@ -6,15 +6,24 @@
 //!   of the configured pods on that node; with `watch=true`, a chunked
 //!   stream that stays open (no further events). `Authorization: Bearer
 //!   <kube_token>` is required (401 otherwise).
+//! - `POST /apis/events.k8s.io/v1/namespaces/<ns>/events`: keeps the Event
+//!   in memory by name (201, the Event back); `PATCH .../events/<name>`: a
+//!   JSON merge patch onto the kept Event (200, the Event; 404 for a name
+//!   never created). With `"events_forbidden": true` both answer 403 with
+//!   the Status the API server sends when RBAC lacks the grant.
 //! - `GET /v1/allocation/<id>`: the configured allocation, 404 for others;
 //!   `X-Nomad-Token: <nomad_token>` is required (403 otherwise).
 //!
 //! `fake-orchestrator --config FILE --log FILE`; the config is JSON
 //! `{"pods": [<Pod>...], "allocs": [<Allocation>...], "kube_token": "...",
-//! "nomad_token": "..."}`. Prints `ready <kube port> <nomad port>` once
-//! listening, and appends each request's line and whether it carried the
-//! right credentials to the log file.
+//! "nomad_token": "...", "events_forbidden": false}`. Prints `ready <kube
+//! port> <nomad port>` once listening, and appends each request's line and
+//! whether it carried the right credentials to the log file: `kube <target>
+//! authorized=<bool>` for pods, `events <METHOD> <path> status=<code>
+//! <the Event as kept, JSON>` for Events (`{}` when refused), `nomad
+//! <target> authorized=<bool>`.
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     sync::{Arc, Mutex},
@@ -29,7 +38,18 @@ struct Config {
     allocs: Vec<Value>,
     kube_token: String,
     nomad_token: String,
+    events_forbidden: bool,
+    /// Events created, by namespace and name.
+    events: Mutex<HashMap<(String, String), Value>>,
     log: Mutex<std::fs::File>,
+}
+
+/// One request as read.
+struct Request<'a> {
+    method: &'a str,
+    target: &'a str,
+    headers: &'a [String],
+    body: &'a [u8],
 }
 
 fn main() {
@@ -46,6 +66,8 @@ fn main() {
         allocs: raw["allocs"].as_array().cloned().unwrap_or_default(),
         kube_token: raw["kube_token"].as_str().unwrap_or_default().to_string(),
         nomad_token: raw["nomad_token"].as_str().unwrap_or_default().to_string(),
+        events_forbidden: raw["events_forbidden"].as_bool().unwrap_or(false),
+        events: Mutex::new(HashMap::new()),
         log: Mutex::new(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -63,7 +85,7 @@ fn main() {
     serve(nomad, cfg, nomad_api);
 }
 
-fn serve(l: TcpListener, cfg: Arc<Config>, handler: fn(&Config, &str, &[String], &mut TcpStream)) {
+fn serve(l: TcpListener, cfg: Arc<Config>, handler: fn(&Config, &Request, &mut TcpStream)) {
     for s in l.incoming().flatten() {
         let cfg = cfg.clone();
         thread::spawn(move || {
@@ -96,8 +118,12 @@ fn serve(l: TcpListener, cfg: Arc<Config>, handler: fn(&Config, &str, &[String],
                 if reader.read_exact(&mut body).is_err() {
                     return;
                 }
-                let target = line.split_whitespace().nth(1).unwrap_or_default().to_string();
-                handler(&cfg, &target, &headers, &mut s);
+                let mut words = line.split_whitespace();
+                let method = words.next().unwrap_or_default().to_string();
+                let target = words.next().unwrap_or_default().to_string();
+                let req =
+                    Request { method: &method, target: &target, headers: &headers, body: &body };
+                handler(&cfg, &req, &mut s);
             }
         });
     }
@@ -123,9 +149,13 @@ fn reply(s: &mut TcpStream, status: &str, body: &str) {
     let _ = s.write_all(r.as_bytes());
 }
 
-fn kube_api(cfg: &Config, target: &str, headers: &[String], s: &mut TcpStream) {
+fn kube_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
+    let (target, headers) = (req.target, req.headers);
     let authorized =
         header(headers, "authorization") == Some(&format!("Bearer {}", cfg.kube_token));
+    if target.starts_with("/apis/events.k8s.io/") && authorized {
+        return events_api(cfg, req, s);
+    }
     log(cfg, format!("kube {target} authorized={authorized}"));
     if !authorized {
         let st = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401});
@@ -156,7 +186,78 @@ fn kube_api(cfg: &Config, target: &str, headers: &[String], s: &mut TcpStream) {
     reply(s, "200 OK", &list.to_string());
 }
 
-fn nomad_api(cfg: &Config, target: &str, headers: &[String], s: &mut TcpStream) {
+/// `/apis/events.k8s.io/v1/namespaces/<ns>/events[/<name>]`: create and
+/// patch, kept in memory; every request logged with the Event it left.
+fn events_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
+    let path = req.target.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // apis events.k8s.io v1 namespaces <ns> events [<name>]
+    let (ns, name) = match parts.as_slice() {
+        ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"] => (*ns, None),
+        ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", name] => (*ns, Some(*name)),
+        _ => return reply(s, "404 Not Found", r#"{"kind":"Status","code":404}"#),
+    };
+    let body: Value = serde_json::from_slice(req.body).unwrap_or(Value::Null);
+    let (status, kept) = if cfg.events_forbidden {
+        let st = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("events.events.k8s.io is forbidden: User \"system:serviceaccount:imds-observer:imds-observer\" cannot create resource \"events\" in API group \"events.k8s.io\" in the namespace \"{ns}\""),
+            "reason": "Forbidden", "details": {"group": "events.k8s.io", "kind": "events"}, "code": 403});
+        reply(s, "403 Forbidden", &st.to_string());
+        (403, json!({}))
+    } else {
+        let mut events = cfg.events.lock().unwrap();
+        match (req.method, name) {
+            ("POST", None) => {
+                let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let mut ev = body.clone();
+                ev["metadata"]["uid"] = json!(format!("fake-{}", events.len() + 1));
+                ev["metadata"]["resourceVersion"] = json!("1");
+                events.insert((ns.to_string(), name), ev.clone());
+                reply(s, "201 Created", &ev.to_string());
+                (201, ev)
+            }
+            ("PATCH", Some(name)) => match events.get_mut(&(ns.to_string(), name.to_string())) {
+                Some(ev) => {
+                    merge(ev, &body);
+                    reply(s, "200 OK", &ev.to_string());
+                    (200, ev.clone())
+                }
+                None => {
+                    reply(
+                        s,
+                        "404 Not Found",
+                        r#"{"kind":"Status","code":404,"reason":"NotFound"}"#,
+                    );
+                    (404, json!({}))
+                }
+            },
+            _ => {
+                reply(s, "405 Method Not Allowed", r#"{"kind":"Status","code":405}"#);
+                (405, json!({}))
+            }
+        }
+    };
+    log(cfg, format!("events {} {path} status={status} {kept}", req.method));
+}
+
+/// RFC 7386 JSON merge patch (what kube's `Patch::Merge` sends).
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    a.remove(k);
+                } else {
+                    merge(a.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (a, p) => *a = p.clone(),
+    }
+}
+
+fn nomad_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
+    let (target, headers) = (req.target, req.headers);
     let authorized = header(headers, "x-nomad-token") == Some(cfg.nomad_token.as_str());
     log(cfg, format!("nomad {target} authorized={authorized}"));
     if !authorized {

@@ -1,0 +1,373 @@
+//! Lab test of the Kubernetes Events the observer creates on an affected
+//! pod: the real observer, real capture of hop-limit-1 failures, and the
+//! lab's fake API server (fake-orchestrator, through KUBECONFIG) on the lab
+//! host's loopback, which keeps the Events it is sent. Checks that a finding
+//! becomes one Warning Event on the right Pod, that repeats update its
+//! series instead of creating Events, that containers which are not this
+//! node's pods get none, that a 403 names the missing RBAC once while
+//! capture goes on, and that `--no-pod-events` turns them off. Root only:
+//! `cargo xtask test`.
+mod common;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use imds_lab::{Attach, Container, Lab, LabOpts, Observer, Value, bin, findings_for};
+use serde_json::json;
+
+const IMDS: &str = "http://169.254.169.254";
+/// Past the engine's timeouts.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+const POD_UID: &str = "4a9e2c1d-7b3f-4e8a-9d6c-2f1e0b3a5c7d";
+const CID: &str = "c0ffee5fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
+/// A pod the API server lists on another node.
+const AWAY_UID: &str = "0000aaaa-0000-4000-8000-000000000000";
+const AWAY_CID: &str = "a7a7a75fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
+const KUBE_TOKEN: &str = "lab-kube-token-5e9d1a";
+const RBAC_LINE: &str = "cannot create events.k8s.io/v1 Events in payments (HTTP 403";
+
+fn pod(node: &str, uid: &str, name: &str, cid: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "payments", "uid": uid, "resourceVersion": "42", "labels": {"app": "api"}},
+        "spec": {"nodeName": node, "containers": [{"name": "api", "image": "registry.example/api:1.42"}]},
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "api", "image": "registry.example/api:1.42", "imageID": "registry.example/api@sha256:0d4e",
+            "containerID": format!("containerd://{cid}"), "ready": true, "restartCount": 0
+        }]}
+    })
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The fake API server listing `POD_UID` on this node and `AWAY_UID` on
+/// another, and a kubeconfig for it.
+struct Api {
+    dir: TempDir,
+    log: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+fn fake_api(lab: &mut Lab, events_forbidden: bool) -> Api {
+    let dir = TempDir(std::env::temp_dir().join(format!("{}-events", lab.id)));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config = dir.0.join("orchestrator.json");
+    let cfg = json!({
+        "pods": [pod("lab-node", POD_UID, "api-7f9c", CID), pod("other-node", AWAY_UID, "elsewhere", AWAY_CID)],
+        "kube_token": KUBE_TOKEN,
+        "events_forbidden": events_forbidden,
+    });
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    let log = dir.0.join("requests.log");
+    let ready = lab.start_in_host(
+        &bin("fake-orchestrator"),
+        &["--config", config.to_str().unwrap(), "--log", log.to_str().unwrap()],
+    );
+    let port = ready.strip_prefix("ready ").expect("ready line").split(' ').next().unwrap();
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: lab\n\
+             clusters:\n- name: lab\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             users:\n- name: lab\n  user:\n    token: {KUBE_TOKEN}\n\
+             contexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n"
+        ),
+    )
+    .unwrap();
+    Api { dir, log, kubeconfig }
+}
+
+/// A container of a pod under containerd (systemd cgroup driver).
+fn pod_container(lab: &mut Lab, name: &str, uid: &str, cid: &str) -> Container {
+    let mut c = lab.add_container(name, Attach::Bridge);
+    let _ = std::fs::remove_dir(&c.cgroup);
+    c.cgroup = lab.cgroup_at(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+        uid.replace('-', "_")
+    ));
+    c
+}
+
+fn start_observer(lab: &Lab, api: &Api, extra: &[&str]) -> Observer {
+    let missing_socket = api.dir.0.join("no-runtime.sock");
+    let mut args = vec!["--runtime-socket", missing_socket.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let obs = lab.observer_with_env(&args, &[("KUBECONFIG", api.kubeconfig.to_str().unwrap())]);
+    wait_stderr(&obs, "pods on this node listed");
+    obs
+}
+
+fn wait_stderr(obs: &Observer, what: &str) {
+    let t0 = Instant::now();
+    while !obs.stderr.lock().unwrap().iter().any(|l| l.contains(what)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no `{what}` in the log: {:#?}",
+            obs.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One Events request the fake saw: method, path, status, the Event kept.
+struct Seen {
+    method: String,
+    path: String,
+    status: u16,
+    event: Value,
+}
+
+fn events_seen(api: &Api) -> Vec<Seen> {
+    let text = std::fs::read_to_string(&api.log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("events "))
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let method = parts.next().unwrap().to_string();
+            let path = parts.next().unwrap().to_string();
+            let status = parts.next().unwrap().strip_prefix("status=").unwrap().parse().unwrap();
+            let event = serde_json::from_str(parts.next().unwrap()).unwrap();
+            Seen { method, path, status, event }
+        })
+        .collect()
+}
+
+fn kinds_for<'a>(events: &'a [Value], c: &Container, kind: &str) -> Vec<&'a Value> {
+    findings_for(events, &c.cgroup_rel()).into_iter().filter(|f| f["kind"] == kind).collect()
+}
+
+/// Findings that get an Event, per reason.
+const REASONS: [(&str, &str); 4] = [
+    ("hop_limit_exceeded", "IMDSHopLimitExceeded"),
+    ("imdsv1_fallback", "IMDSv1Fallback"),
+    ("token_rejected", "IMDSTokenRejected"),
+    ("at_risk", "IMDSAtRisk"),
+];
+
+fn with_events(events: &[Value], c: &Container) -> usize {
+    REASONS.iter().map(|(k, _)| kinds_for(events, c, k).len()).sum()
+}
+
+/// The `pod Events` totals the observer logs at exit: `key=value` fields.
+fn totals(stderr: &[String]) -> Value {
+    let line = stderr
+        .iter()
+        .find(|l| l.contains("pod Events") && l.contains("sent="))
+        .unwrap_or_else(|| panic!("no pod Events totals: {stderr:#?}"));
+    let mut out = serde_json::Map::new();
+    for w in line.split_whitespace() {
+        if let Some((k, v)) = w.split_once('=') {
+            if let Ok(n) = v.parse::<u64>() {
+                out.insert(k.to_string(), json!(n));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn a_finding_is_one_event_on_its_pod_and_repeats_are_its_series() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let api = fake_api(&mut lab, false);
+    let kpod = pod_container(&mut lab, "kpod", POD_UID, CID);
+    // Named by its cgroup path as a pod, but the API lists it on another node.
+    let away = pod_container(&mut lab, "away", AWAY_UID, AWAY_CID);
+    // Not in a pod at all.
+    let plain = lab.add_container("plain", Attach::Routed);
+    let obs = start_observer(&lab, &api, &[]);
+    wait_stderr(&obs, "findings on this node's pods become Events there");
+
+    for c in [&away, &plain] {
+        let r = c.sdk("botocore", IMDS);
+        assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
+    }
+    // The js-v2 client's four token PUTs a run are four lost replies: each
+    // changes the finding, a repeat for the Event. Ten at least.
+    let mut runs = 0;
+    while kinds_for(&obs.events(), &kpod, "hop_limit_exceeded").len() < 10 {
+        assert!(runs < 6, "fewer than 10 hop_limit_exceeded findings after {runs} runs");
+        let r = kpod.sdk("js-v2", IMDS);
+        assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
+        runs += 1;
+    }
+    std::thread::sleep(SETTLE);
+
+    // Every finding with an Event reached the fake: the series counts
+    // add up to the findings on stdout.
+    let t0 = Instant::now();
+    let (events, seen) = loop {
+        let events = obs.events();
+        let seen = events_seen(&api);
+        let counted: u64 = seen
+            .iter()
+            .filter(|s| s.method == "POST")
+            .map(|s| {
+                let last = seen
+                    .iter()
+                    .rfind(|x| x.event["metadata"]["name"] == s.event["metadata"]["name"]);
+                last.unwrap().event["series"]["count"].as_u64().unwrap_or(1)
+            })
+            .sum();
+        if counted as usize == with_events(&events, &kpod) {
+            break (events, seen);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "series counts add up to {counted}, findings: {}; stderr: {:#?}",
+            with_events(&events, &kpod),
+            obs.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = obs.stderr.clone();
+    let stdout = obs.finish(Duration::ZERO);
+    common::assert_fields_documented(&stdout);
+
+    // The other two were diagnosed too: their missing Events mean something.
+    for c in [&away, &plain] {
+        assert!(!kinds_for(&events, c, "hop_limit_exceeded").is_empty(), "{}", c.cgroup_rel());
+    }
+    eprintln!(
+        "{} requests to the fake ({} runs of the client); findings with an Event: {} on the pod, {} on the others",
+        seen.len(),
+        runs,
+        with_events(&events, &kpod),
+        with_events(&events, &away) + with_events(&events, &plain)
+    );
+    assert!(seen.iter().all(|s| s.status == 201 || s.status == 200), "refused requests");
+    let posts: Vec<&Seen> = seen.iter().filter(|s| s.method == "POST").collect();
+    for p in &posts {
+        assert_eq!(p.path, "/apis/events.k8s.io/v1/namespaces/payments/events");
+        assert_eq!(p.event["regarding"]["uid"], POD_UID, "an Event on another pod: {}", p.event);
+    }
+    // One Event per reason the pod's findings had, no more.
+    for (kind, reason) in REASONS {
+        let n = posts.iter().filter(|p| p.event["reason"] == reason).count();
+        let had = !kinds_for(&events, &kpod, kind).is_empty();
+        assert_eq!(n, usize::from(had), "{reason}: {n} Events");
+    }
+
+    let hop: Vec<&Value> = kinds_for(&events, &kpod, "hop_limit_exceeded");
+    let post = posts.iter().find(|p| p.event["reason"] == "IMDSHopLimitExceeded").unwrap();
+    let e = &post.event;
+    let name = e["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("api-7f9c."), "{name}");
+    assert_eq!(e["metadata"]["namespace"], "payments");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["action"], "Diagnose");
+    assert_eq!(e["reportingController"], "imds-observer");
+    assert_eq!(e["reportingInstance"], "lab-node");
+    assert_eq!(
+        e["regarding"],
+        json!({"apiVersion": "v1", "kind": "Pod", "name": "api-7f9c", "namespace": "payments", "uid": POD_UID})
+    );
+    assert!(e.get("series").is_none(), "a new Event has no series: {e}");
+    // The note: the container, the first finding's summary, the fix.
+    let note = e["note"].as_str().unwrap();
+    let summary = hop[0]["summary"].as_str().unwrap();
+    assert!(
+        note.starts_with(&format!(
+            "Container api: {summary} Fix: {}",
+            hop[0]["fix"]["command"].as_str().unwrap()
+        )),
+        "{note}"
+    );
+    assert!(note.len() <= 1024, "{}", note.len());
+    // Repeats: PATCHes of that one Event, the count up by one each time.
+    let patches: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.path.ends_with(&format!("/events/{name}")))
+        .collect();
+    assert_eq!(patches.len(), hop.len() - 1, "one PATCH per repeat");
+    let counts: Vec<u64> =
+        patches.iter().map(|p| p.event["series"]["count"].as_u64().unwrap()).collect();
+    assert_eq!(counts, (2..=hop.len() as u64).collect::<Vec<_>>());
+    assert!(hop.len() >= 10);
+    assert!(patches.iter().all(|p| p.event["series"]["lastObservedTime"].is_string()));
+
+    // The totals at exit: what was sent, and the other two counted as not
+    // this node's pods.
+    let stderr = stderr.lock().unwrap().clone();
+    let t = totals(&stderr);
+    assert_eq!(t["sent"], seen.len() as u64, "{t}");
+    assert_eq!(
+        t["not_a_pod"],
+        (with_events(&events, &away) + with_events(&events, &plain)) as u64,
+        "{t}"
+    );
+    for k in ["rate_limited", "queue_full", "off", "failed", "forbidden"] {
+        assert_eq!(t[k], 0, "{k}: {t}");
+    }
+    let log = std::fs::read_to_string(&api.log).unwrap();
+    assert!(!log.contains(KUBE_TOKEN) && !stderr.join("\n").contains(KUBE_TOKEN));
+    assert!(!stdout.is_empty());
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn forbidden_events_name_the_rbac_once_and_capture_goes_on() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let api = fake_api(&mut lab, true);
+    let kpod = pod_container(&mut lab, "kpod", POD_UID, CID);
+    let obs = start_observer(&lab, &api, &[]);
+
+    let r = kpod.sdk("js-v2", IMDS);
+    assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
+    wait_stderr(&obs, RBAC_LINE);
+    let after_first = kinds_for(&obs.events(), &kpod, "hop_limit_exceeded").len();
+    let r = kpod.sdk("js-v2", IMDS);
+    assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
+    let stderr = obs.stderr.clone();
+    let events = obs.finish(SETTLE);
+
+    // Capture went on: the second run was diagnosed too.
+    let hop = kinds_for(&events, &kpod, "hop_limit_exceeded").len();
+    assert!(after_first >= 1 && hop > after_first, "{after_first} then {hop}");
+    let stderr = stderr.lock().unwrap().clone();
+    let rbac: Vec<&String> = stderr.iter().filter(|l| l.contains(RBAC_LINE)).collect();
+    assert_eq!(rbac.len(), 1, "{rbac:#?}");
+    assert!(
+        rbac[0].contains(
+            "the ClusterRole needs create and patch on events in API group events.k8s.io (deploy/kubernetes/rbac.yaml); pod Events are off for 10m"
+        ),
+        "{}",
+        rbac[0]
+    );
+    // Asked once; off after that.
+    let seen = events_seen(&api);
+    assert_eq!(seen.len(), 1, "one request, then off");
+    assert_eq!((seen[0].method.as_str(), seen[0].status), ("POST", 403));
+    let t = totals(&stderr);
+    assert_eq!(t["forbidden"], 1, "{t}");
+    assert_eq!(t["sent"], 0, "{t}");
+    assert_eq!(t["off"], with_events(&events, &kpod) as u64 - 1, "{t}");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn no_pod_events_creates_none() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let api = fake_api(&mut lab, false);
+    let kpod = pod_container(&mut lab, "kpod", POD_UID, CID);
+    let obs = start_observer(&lab, &api, &["--no-pod-events"]);
+    let r = kpod.sdk("botocore", IMDS);
+    assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
+    let stderr = obs.stderr.clone();
+    let events = obs.finish(SETTLE);
+    let hop = kinds_for(&events, &kpod, "hop_limit_exceeded");
+    assert!(!hop.is_empty());
+    assert_eq!(hop[0]["container"]["pod"], "api-7f9c", "the pod is known");
+    assert!(events_seen(&api).is_empty());
+    let stderr = stderr.lock().unwrap();
+    assert!(!stderr.iter().any(|l| l.contains("pod Events") || l.contains("become Events")));
+}
