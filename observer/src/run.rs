@@ -406,8 +406,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let cfg = metrics::Config {
                 grace: args.metrics_grace,
                 max_workloads: args.metrics_max_workloads,
+                process: true,
             };
-            let state = Arc::new(Mutex::new(Metrics::new(cfg)));
+            let mut m = Metrics::new(cfg);
+            m.add_node(&node_name(args.capture.node_name.clone()));
+            let state = Arc::new(Mutex::new(m));
             let ready = Arc::new(AtomicBool::new(false));
             tokio::spawn(server.run(state.clone(), ready.clone()));
             Some((state, ready))

@@ -34,6 +34,13 @@
 //!   `bpf_program_runs_total{program}`: only while supplied (the kernel
 //!   counts them only with `kernel.bpf_stats_enabled=1`).
 //!
+//! With [`Config::process`] (what `run` serves), also the observer's own
+//! cost under the names every Prometheus client library uses, without the
+//! prefix, so dashboards and alerts written for them fit:
+//! `process_cpu_seconds_total` (user + system) and
+//! `process_resident_memory_bytes`, read from /proc/self/stat and
+//! /proc/self/statm at each encoding (left out if unreadable).
+//!
 //! The `workload` label is a human, bounded name, never an id of a cgroup
 //! or a flow, chosen from the identity in this order: the Kubernetes pod
 //! name (its namespace in `namespace`; empty for everything else); Nomad
@@ -90,11 +97,55 @@ pub struct Config {
     /// Workload series at most (across nodes); later workloads are folded
     /// into `workload="_other"`.
     pub max_workloads: usize,
+    /// Also export this process's CPU time and resident memory. Off by
+    /// default: they change between two encodings, which tests compare.
+    pub process: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { grace: Duration::from_secs(600), max_workloads: 2000 }
+        Self { grace: Duration::from_secs(600), max_workloads: 2000, process: false }
+    }
+}
+
+/// The observer's own cost, as `process_*` metrics show it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessStats {
+    /// User + system CPU time.
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+}
+
+impl ProcessStats {
+    /// This process's, now; None if /proc is not readable.
+    pub fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let (ticks, page) =
+            unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        Self::parse(&stat, &statm, u64::try_from(ticks).ok()?, u64::try_from(page).ok()?)
+    }
+
+    /// From the text of /proc/PID/stat and /proc/PID/statm (proc(5)), with
+    /// the clock ticks per second and the page size.
+    fn parse(stat: &str, statm: &str, ticks_per_second: u64, page_size: u64) -> Option<Self> {
+        if ticks_per_second == 0 {
+            return None;
+        }
+        // The command name, in parentheses, may hold spaces and ')': the
+        // fields resume after the last ')', at field 3 (state).
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15.
+        let tick = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+        let ticks = tick(14)?.checked_add(tick(15)?)?;
+        // statm: size, resident, ... in pages.
+        let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(Self {
+            cpu_seconds: ticks as f64 / ticks_per_second as f64,
+            resident_bytes: resident.checked_mul(page_size)?,
+        })
     }
 }
 
@@ -266,6 +317,14 @@ impl Metrics {
             hop_limits: BTreeMap::new(),
             bpf: BTreeMap::new(),
         }
+    }
+
+    /// The node this observer runs on: its node-wide series
+    /// (`events_lost_total`) exist from the first scrape, before any event,
+    /// so a quiet node is listed too (dashboards take their node list and
+    /// the join to `process_*` from them).
+    pub fn add_node(&mut self, node: &str) {
+        self.nodes.entry(node.to_string()).or_default();
     }
 
     /// Workload series held (including `_other` ones).
@@ -521,8 +580,14 @@ impl Metrics {
     }
 
     fn registry(&self) -> Registry {
-        let mut r = Registry::with_prefix(PREFIX);
-        r.register_collector(Box::new(self.snapshot()));
+        // process_* go unprefixed, as every client library names them.
+        let mut r = Registry::default();
+        if self.cfg.process {
+            if let Some(p) = ProcessStats::read() {
+                r.register_collector(Box::new(process_families(p)));
+            }
+        }
+        r.sub_registry_with_prefix(PREFIX).register_collector(Box::new(self.snapshot()));
         r
     }
 
@@ -620,6 +685,16 @@ impl Metrics {
         }
         Snapshot(families)
     }
+}
+
+fn process_families(p: ProcessStats) -> Snapshot {
+    let mut cpu = Family::counter("process_cpu", "Total user and system CPU time spent.");
+    cpu.unit = Some(Unit::Seconds);
+    cpu.push(Vec::new(), Value::Seconds(p.cpu_seconds));
+    let mut rss = Family::gauge("process_resident_memory", "Resident memory size.");
+    rss.unit = Some(Unit::Bytes);
+    rss.push(Vec::new(), Value::Gauge(i64::try_from(p.resident_bytes).unwrap_or(i64::MAX)));
+    Snapshot(vec![cpu, rss])
 }
 
 #[derive(Debug)]
@@ -1152,6 +1227,82 @@ mod tests {
             &request(700_000, "node-a", 60, 7, &named(5, "e"), "GET", "/latest/meta-data/"),
         );
         has(&m.encode(), &req("e", 1));
+    }
+
+    /// Busy until this process has used at least one clock tick of CPU
+    /// (a fresh test process may not have), at most 2 s.
+    fn spend_cpu() {
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while ProcessStats::read().is_some_and(|p| p.cpu_seconds == 0.0)
+            && t0.elapsed() < Duration::from_secs(2)
+        {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+    }
+
+    #[test]
+    fn process_stats_from_proc() {
+        // A command name with a space and a ')' in it; utime 250 and stime
+        // 130 ticks (fields 14 and 15), 3,000 resident pages.
+        let stat = "4242 (imds (obs) er) S 1 4242 4242 0 -1 4194560 1200 0 0 0 250 130 0 0 \
+                    20 0 9 0 1234 567890 3000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1";
+        let statm = "12000 3000 1500 800 0 5000 0\n";
+        assert_eq!(
+            ProcessStats::parse(stat, statm, 100, 4096),
+            Some(ProcessStats { cpu_seconds: 3.8, resident_bytes: 3000 * 4096 })
+        );
+        assert_eq!(ProcessStats::parse(stat, statm, 0, 4096), None);
+        assert_eq!(ProcessStats::parse("4242 (x) S 1 2", statm, 100, 4096), None, "cut short");
+        assert_eq!(ProcessStats::parse(stat, "", 100, 4096), None);
+
+        // This test's own process: some CPU spent, some memory resident.
+        spend_cpu();
+        let me = ProcessStats::read().expect("/proc/self is readable");
+        assert!(me.cpu_seconds > 0.0 && me.resident_bytes > 1 << 20, "{me:?}");
+    }
+
+    #[test]
+    fn a_quiet_node_has_its_series_from_the_start() {
+        let mut m = Metrics::default();
+        m.add_node("node-a");
+        let text = m.encode();
+        assert_eq!(
+            samples(&text, "imds_observer_events_lost_total"),
+            vec![r#"imds_observer_events_lost_total{node="node-a"} 0"#]
+        );
+        assert!(samples(&text, "imds_observer_requests_total").is_empty());
+        assert!(samples(&text, "imds_observer_drops_total").is_empty());
+    }
+
+    #[test]
+    fn process_metrics_only_when_configured_and_unprefixed() {
+        let off = Metrics::default().encode();
+        lacks(&off, "process_");
+        let m = Metrics::new(Config { process: true, ..Default::default() });
+        spend_cpu();
+        let text = m.encode();
+        has(&text, "# TYPE process_cpu_seconds counter");
+        has(&text, "# UNIT process_cpu_seconds seconds");
+        has(&text, "# TYPE process_resident_memory_bytes gauge");
+        has(&text, "# UNIT process_resident_memory_bytes bytes");
+        let value = |t: &str, name: &str| -> f64 {
+            let line = t
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{t}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(value(&text, "process_cpu_seconds_total") > 0.0);
+        assert!(value(&text, "process_resident_memory_bytes") >= (1 << 20) as f64);
+        // The observer's own families keep their prefix.
+        has(&text, "imds_observer_series_capped_total 0");
+        assert!(text.ends_with("# EOF\n"));
+        let prom = m.encode_prometheus();
+        has(&prom, "# TYPE process_cpu_seconds_total counter");
+        assert!(value(&prom, "process_resident_memory_bytes") >= (1 << 20) as f64);
     }
 
     #[test]
