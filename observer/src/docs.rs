@@ -435,12 +435,21 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
                 m.namespace
             ));
         }
-        "apply" => {
-            let dir = flag(&["-k"]).ok_or("kubectl apply without -k")?;
-            if !repo().join(&dir).join("kustomization.yaml").exists() {
-                return Err(format!("apply -k {dir}: no kustomization there"));
+        "apply" => match (flag(&["-k"]), flag(&["-f"])) {
+            (Some(dir), None) => {
+                if !repo().join(&dir).join("kustomization.yaml").exists() {
+                    return Err(format!("apply -k {dir}: no kustomization there"));
+                }
             }
-        }
+            // The manifests kept out of the kustomization (deploy/prometheus:
+            // CRDs not every cluster has).
+            (None, Some(file)) => {
+                if !repo().join(&file).is_file() {
+                    return Err(format!("apply -f {file}: no such file in the repository"));
+                }
+            }
+            _ => return Err("kubectl apply needs one of -k DIR or -f FILE".into()),
+        },
         "auth" => {
             if let Some(a) = flag(&["--as"]) {
                 let want = format!("system:serviceaccount:{}:{}", m.namespace, m.service_account);
@@ -574,6 +583,14 @@ fn kubectl_checks_catch_the_usual_mistakes() {
     assert!(
         check("kubectl describe pod -n payments api --sort-by x").unwrap_err().contains("no flag")
     );
+    assert!(check("kubectl apply -k deploy/nomad").unwrap_err().contains("no kustomization"));
+    assert!(
+        check("kubectl apply -f deploy/prometheus/no-such.yaml")
+            .unwrap_err()
+            .contains("no such file")
+    );
+    assert!(check("kubectl apply -n imds-observer").unwrap_err().contains("-k DIR or -f FILE"));
+    check("kubectl apply -n imds-observer -f deploy/prometheus/rules.yml").unwrap();
 }
 
 /// Dotted paths of every field in `v`; a list's elements share its path.
