@@ -222,6 +222,10 @@ fn lab_packages() -> Result<()> {
         ("podman", "podman"),
         ("runc", "runc"),
         ("busybox", "busybox-static"),
+        // promtool checks and unit-tests deploy/prometheus/rules.yml; the
+        // prometheus lab test runs a real Prometheus (the package's own
+        // service is not used).
+        ("promtool", "prometheus"),
     ];
     apt_install(&need)?;
     // A real SDK for the lab's client tests.
