@@ -289,6 +289,11 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         "kubernetes_validate, hcl2",
         &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"],
     )?;
+    // The alert rules' checks (plain tests) run promtool, from Debian's
+    // prometheus package; without root, they say how to install it.
+    if is_root() {
+        apt_install(&[("promtool", "prometheus")])?;
+    }
     // The format and lint gate: CI keeps what rustfmt.toml and clippy say.
     run(Command::new("cargo")
         .current_dir(root_dir())
