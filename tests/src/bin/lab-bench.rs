@@ -154,7 +154,7 @@ const HOOKS: [(&str, &str); 4] = [
     ("tc_egress", "empty_tc_out"),
     ("tc_ingress", "empty_tc_in"),
 ];
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 4;
 const BULK_SECS: u32 = 4;
 
 /// (run time ns, runs) of a program, as the kernel counts them
@@ -162,61 +162,89 @@ const BULK_SECS: u32 = 4;
 type Cost = (u64, u64);
 
 /// What non-metadata traffic costs: bulk TCP from a container to the
-/// cloud's own address, through every packet hook, with nothing attached,
-/// with the empty programs, and with the observer, in alternated rounds.
+/// cloud's own address, through every packet hook. Throughput with nothing
+/// attached, with the empty programs, and with the observer; and the cost
+/// per run of ours against the empty ones with both attached, so that both
+/// see the same packets under the same conditions (a shared VM's per-run
+/// figures wander between rounds). Rounds alternate the order of the
+/// settings and which of the two programs on a hook runs first.
 fn floor_table(lab: &Lab, client: &Container) {
-    let mut nothing = Vec::new();
-    let mut empty: Vec<(f64, Vec<Cost>)> = Vec::new();
-    let mut ours: Vec<(f64, Vec<Cost>)> = Vec::new();
-    for _ in 0..ROUNDS {
-        nothing.push(bulk(lab, client));
-        empty.push(with_empty_programs(lab, || bulk(lab, client)));
-        let obs = lab.shipped_observer(&["--metrics-addr", "127.0.0.1:19110"]);
-        std::thread::sleep(Duration::from_millis(1100)); // stats are read once a second
-        let before = bpf_stats(lab, 19110);
-        let bits = bulk(lab, client);
-        std::thread::sleep(Duration::from_millis(1100));
-        let after = bpf_stats(lab, 19110);
-        drop(obs);
-        let costs = HOOKS
-            .iter()
-            .map(|(name, _)| {
-                let of = |v: &[(String, u64, u64)]| {
-                    v.iter().find(|(n, ..)| n == name).map(|&(_, ns, runs)| (ns, runs))
-                };
-                let ((ns0, r0), (ns1, r1)) =
-                    (of(&before).unwrap_or_default(), of(&after).unwrap_or_default());
-                (ns1.saturating_sub(ns0), r1.saturating_sub(r0))
-            })
-            .collect();
-        ours.push((bits, costs));
+    let (mut nothing, mut empty, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let mut costs: Vec<(Vec<Cost>, Vec<Cost>)> = Vec::new(); // (empty, ours)
+    for round in 0..ROUNDS {
+        for phase in 0..4 {
+            match (round + phase) % 4 {
+                0 => nothing.push(bulk(lab, client)),
+                1 => empty.push(with_empty_programs(lab, || bulk(lab, client)).0),
+                2 => ours.push(with_observer(lab, || bulk(lab, client)).0),
+                _ if round % 2 == 0 => {
+                    let ((_, o), e) =
+                        with_empty_programs(lab, || with_observer(lab, || bulk(lab, client)));
+                    costs.push((e, o));
+                }
+                _ => {
+                    let ((_, e), o) =
+                        with_observer(lab, || with_empty_programs(lab, || bulk(lab, client)));
+                    costs.push((e, o));
+                }
+            }
+        }
     }
     println!(
         "eBPF cost per non-metadata packet: bulk TCP (iperf3) from a container to a \
-         non-metadata address through every packet hook, {ROUNDS} alternated rounds of \
-         {BULK_SECS} s, median; kernel {}, {} CPUs",
+         non-metadata address through every packet hook, {ROUNDS} rounds of {BULK_SECS} s, \
+         median; kernel {}, {} CPUs",
         sh(&["uname", "-r"]).trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("  {:<16} {:>12} {:>12} {:>7}", "hook", "empty (floor)", "imds-observer", "ratio");
+    println!("  {:<16} {:>13} {:>13} {:>7}", "hook", "empty (floor)", "imds-observer", "ratio");
     for (i, (hook, _)) in HOOKS.iter().enumerate() {
-        let per_run = |rounds: &[(f64, Vec<Cost>)]| {
-            median(rounds.iter().map(|(_, c)| c[i].0 as f64 / c[i].1.max(1) as f64).collect())
-        };
-        let (e, o) = (per_run(&empty), per_run(&ours));
+        let per_run = |c: &Cost| c.0 as f64 / c.1.max(1) as f64;
+        let e = median(costs.iter().map(|(e, _)| per_run(&e[i])).collect());
+        let o = median(costs.iter().map(|(_, o)| per_run(&o[i])).collect());
         println!("  {hook:<16} {:>10.0} ns {:>10.0} ns {:>6.2}×", e, o, o / e.max(1.0));
     }
-    let gbit = |v: Vec<f64>| median(v) / 1e9;
-    let (n, e, o) = (
-        gbit(nothing),
-        gbit(empty.iter().map(|r| r.0).collect()),
-        gbit(ours.iter().map(|r| r.0).collect()),
-    );
+    // Median, and the rounds' range: a shared VM's throughput wanders.
+    let gbit = |v: Vec<f64>| {
+        let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        (median(v) / 1e9, format!("{:.1}–{:.1}", lo / 1e9, hi / 1e9))
+    };
+    let (n, e, o) = (gbit(nothing), gbit(empty), gbit(ours));
     println!(
-        "  throughput: nothing attached {n:.2} Gbit/s, empty programs {e:.2} Gbit/s, \
-         imds-observer {o:.2} Gbit/s ({:.3} of the empty programs')",
-        o / e
+        "  throughput (Gbit/s, median and range): nothing attached {:.2} ({}), empty programs \
+         {:.2} ({}), imds-observer {:.2} ({}): {:.3} of the empty programs'",
+        n.0,
+        n.1,
+        e.0,
+        e.1,
+        o.0,
+        o.1,
+        o.0 / e.0
     );
+}
+
+/// The shipped observer running while `f` runs: its result, and what the
+/// observer's packet programs cost meanwhile (from its own /metrics).
+fn with_observer<T>(lab: &Lab, f: impl FnOnce() -> T) -> (T, Vec<Cost>) {
+    let obs = lab.shipped_observer(&["--metrics-addr", "127.0.0.1:19110"]);
+    std::thread::sleep(Duration::from_millis(1100)); // stats are read once a second
+    let before = bpf_stats(lab, 19110);
+    let t = f();
+    std::thread::sleep(Duration::from_millis(1100));
+    let after = bpf_stats(lab, 19110);
+    drop(obs);
+    let costs = HOOKS
+        .iter()
+        .map(|(name, _)| {
+            let of = |v: &[(String, u64, u64)]| {
+                v.iter().find(|(n, ..)| n == name).map(|&(_, ns, runs)| (ns, runs))
+            };
+            let ((ns0, r0), (ns1, r1)) =
+                (of(&before).unwrap_or_default(), of(&after).unwrap_or_default());
+            (ns1.saturating_sub(ns0), r1.saturating_sub(r0))
+        })
+        .collect();
+    (t, costs)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
