@@ -491,7 +491,7 @@ const TOKEN_HEADER: &[u8] = b"x-aws-ec2-metadata-token";
 const TOKEN_TTL_HEADER: &[u8] = b"x-aws-ec2-metadata-token-ttl-seconds";
 
 /// Recognises an HTTP/1.x request or status line at the start of `payload`.
-fn parse_http(payload: &[u8]) -> Option<Http> {
+pub(crate) fn parse_http(payload: &[u8]) -> Option<Http> {
     if payload.starts_with(b"HTTP/1.") {
         return parse_status(payload);
     }

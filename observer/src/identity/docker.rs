@@ -105,6 +105,15 @@ impl DockerClient {
             return Err(DockerError::InvalidId(id.to_owned()));
         }
         let reply = self.get(&format!("/containers/{id}/json")).await?;
+        self.inspect_reply(reply)
+    }
+
+    /// What an inspect reply says: the container, None for 404, else why
+    /// not. Pure, apart from the exchange (the fuzz target drives it).
+    pub(crate) fn inspect_reply(
+        &self,
+        reply: http::Reply,
+    ) -> Result<Option<ContainerInfo>, DockerError> {
         match reply.status {
             200 => {}
             404 => return Ok(None),
@@ -309,6 +318,20 @@ mod tests {
             image: "api:1.42".into(),
             labels,
         }
+    }
+
+    /// The reply handling alone, as the fuzz target drives it.
+    #[test]
+    fn inspect_reply_by_status() {
+        let c = DockerClient::new("/nonexistent.sock".into());
+        let reply = |status, body: &str| http::Reply { status, body: body.as_bytes().to_vec() };
+        assert_eq!(c.inspect_reply(reply(200, &inspect_json())).unwrap(), Some(want_info()));
+        assert_eq!(c.inspect_reply(reply(404, "")).unwrap(), None);
+        let err = c.inspect_reply(reply(500, r#"{"message":"boom"}"#)).unwrap_err();
+        assert!(
+            matches!(&err, DockerError::Status { code: 500, message, .. } if message == "boom")
+        );
+        assert!(matches!(c.inspect_reply(reply(200, "{")), Err(DockerError::Json { .. })));
     }
 
     #[tokio::test]

@@ -126,7 +126,7 @@ pub async fn get(transport: &Transport, req: &Request<'_>) -> Result<Reply, Erro
 /// The request, checked before anything is sent: a header that would not be
 /// one valid header line (a token with a line break) is refused, and never
 /// echoed in the error.
-fn build(req: &Request<'_>) -> Result<hyper::Request<Empty<Bytes>>, Error> {
+pub(crate) fn build(req: &Request<'_>) -> Result<hyper::Request<Empty<Bytes>>, Error> {
     let mut extra = Vec::with_capacity(req.headers.len());
     for (name, value) in req.headers {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::BadHeader("name"))?;
@@ -186,7 +186,7 @@ async fn tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
 /// Send the request on `stream`, read the reply (its body at most `max`
 /// bytes). The connection is driven here, not on a task of its own, so that
 /// the caller's timeout drops it with everything else.
-async fn exchange<S>(
+pub(crate) async fn exchange<S>(
     stream: S,
     request: hyper::Request<Empty<Bytes>>,
     max: usize,

@@ -235,6 +235,15 @@ impl NomadClient {
             }
             source => NomadError::Http { addr: self.addr.clone(), source },
         })?;
+        self.allocation_reply(reply)
+    }
+
+    /// What an allocation reply says: the allocation, None for 404, else
+    /// why not. Pure, apart from the exchange (the fuzz target drives it).
+    pub(crate) fn allocation_reply(
+        &self,
+        reply: http::Reply,
+    ) -> Result<Option<AllocInfo>, NomadError> {
         let message = || truncate(String::from_utf8_lossy(&reply.body).trim(), 200);
         match reply.status {
             200 => {}
@@ -497,6 +506,20 @@ mod tests {
             group: "api".into(),
             namespace: "payments".into(),
         }
+    }
+
+    /// The reply handling alone, as the fuzz target drives it.
+    #[test]
+    fn allocation_reply_by_status() {
+        let c = client(4646);
+        let reply = |status, body: &str| http::Reply { status, body: body.as_bytes().to_vec() };
+        assert_eq!(c.allocation_reply(reply(200, &alloc_json())).unwrap(), Some(want()));
+        assert_eq!(c.allocation_reply(reply(404, "alloc not found")).unwrap(), None);
+        let err = c.allocation_reply(reply(403, "Permission denied")).unwrap_err();
+        assert!(matches!(err, NomadError::Forbidden { .. }), "{err:?}");
+        let err = c.allocation_reply(reply(200, r#"{"ID":""}"#)).unwrap_err();
+        assert!(matches!(err, NomadError::Status { code: 200, .. }), "{err:?}");
+        assert!(matches!(c.allocation_reply(reply(200, "[")), Err(NomadError::Json { .. })));
     }
 
     #[tokio::test]
