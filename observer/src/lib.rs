@@ -3,13 +3,17 @@
 //! too. Each module imports only from the layers below it, in this order:
 //! model → sys → capture, identity → correlate → pipeline → diagnose → sink
 //! → cli → run → tui (`LAYERS`; the test `layers_import_only_downward`
-//! keeps it so).
+//! keeps it so). `fuzzing`, the fuzz targets' entry points, sits above them
+//! all.
 pub mod capture;
 pub mod cli;
 pub mod correlate;
 pub mod diagnose;
 #[cfg(test)]
 mod docs;
+// Hidden: for the fuzz crate (fuzz/) only, not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod model;
 pub mod pipeline;
@@ -33,6 +37,7 @@ const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["run"],
     &["tui"],
+    &["fuzzing"],
 ];
 
 #[cfg(test)]
