@@ -127,7 +127,12 @@ fn first_message(data: &[u8]) -> Result<(u16, &[u8]), Error> {
 fn kernel_error(payload: &[u8]) -> Error {
     let parsed = ErrorBuffer::new_checked(&payload).and_then(|b| ErrorMessage::parse(&b));
     match parsed {
-        Ok(ErrorMessage { code: Some(code), .. }) => Error::Kernel(-code.get()),
+        // The kernel sends -errno; i32::MIN has no errno to be (and no
+        // negation: it overflowed here, found by fuzzing).
+        Ok(ErrorMessage { code: Some(code), .. }) => match code.get().checked_neg() {
+            Some(errno) => Error::Kernel(errno),
+            None => Error::Decode("netlink error code out of range".into()),
+        },
         Ok(_) => Error::Ack,
         Err(e) => Error::Decode(e),
     }
@@ -477,6 +482,18 @@ mod tests {
         let kind = Some("veth".into());
         let want = Link { ifindex: 9, name: "veth77".into(), kind, peer_netnsid: Some(2) };
         assert_eq!(out, vec![want]);
+    }
+
+    /// An error code that is no -errno (i32::MIN cannot be negated) is a
+    /// malformed reply, not a panic.
+    #[test]
+    fn error_code_without_an_errno() {
+        let mut body = i32::MIN.to_ne_bytes().to_vec();
+        body.extend_from_slice(&[0; 16]); // the request's header
+        let msg = message(NLMSG_ERROR, &body);
+        assert!(matches!(parse_links(&msg, &mut Vec::new()), Err(Error::Decode(_))));
+        assert!(matches!(parse_route(&msg), Err(Error::Decode(_))));
+        assert!(matches!(parse_nsid(&msg), Err(Error::Decode(_))));
     }
 
     #[test]
