@@ -10,7 +10,16 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod vm;
+
+use fuzz::fuzz;
+
+/// Seconds each fuzz target runs in `cargo xtask test` (and by default in
+/// `cargo xtask fuzz`): two at a time, 4 targets, a minute of runs; with
+/// installing cargo-fuzz and the nightly build, the stage adds about 5
+/// minutes to a fresh CI machine (2 cores), under a minute once built.
+const FUZZ_SECONDS: u64 = 30;
 
 #[derive(Parser)]
 #[command(about = "Build chain, tests and demo for imds-observer")]
@@ -50,6 +59,14 @@ enum Cmd {
     /// Print figures: the agent's idle and per-request cost, eBPF cost per
     /// packet, image size (lab, root), and the TUI rendering benchmark.
     Bench,
+    /// The fuzz stage alone (no root): build the cargo-fuzz targets with
+    /// nightly and run each from the seed corpus (fuzz/corpus/), two at a
+    /// time; fails on any crash, naming the reproducer.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Vm { kernel, tests } => vm_one(&kernel, &tests),
         Cmd::Demo => demo(),
         Cmd::Bench => bench(),
+        Cmd::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -299,6 +317,17 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         .current_dir(root_dir())
         .args(["+nightly", "fmt", "--all", "--", "--check"]))
     .context("the code is not formatted: run `cargo +nightly fmt --all`")?;
+    // The fuzz crate is a workspace of its own: `--all` does not reach it.
+    run(Command::new("cargo").current_dir(root_dir()).args([
+        "+nightly",
+        "fmt",
+        "--all",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--",
+        "--check",
+    ]))
+    .context("the fuzz crate is not formatted: run `cargo +nightly fmt --all --manifest-path fuzz/Cargo.toml`")?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // Some plain tests start the binaries (the TUI in tmux, the lab's helpers).
     run(cargo().args(LAB_BINS))?;
@@ -308,6 +337,8 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
     // The build without the kubernetes feature (no kube, no hyper) keeps
     // compiling: the Nomad and Docker lookups do not depend on it.
     run(cargo().args(["check", "-p", "imds-observer", "--no-default-features"]))?;
+    // Needs no root: runs with --unit too, before the long lab.
+    fuzz(FUZZ_SECONDS)?;
     if !unit_only {
         if !is_root() {
             bail!(
