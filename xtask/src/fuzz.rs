@@ -1,10 +1,11 @@
 //! The fuzz stage (`cargo xtask fuzz`, and `cargo xtask test` after the
-//! unit tests): installs cargo-fuzz, builds the targets of fuzz/ with
-//! nightly, and runs each for a bounded time from a scratch copy of its
-//! seed corpus (fuzz/corpus/<target>/, kept in the repo and never written:
-//! what libFuzzer adds stays in fuzz/target/). Fails on any crash, leak of
-//! time or memory, printing the reproducer libFuzzer wrote to
-//! fuzz/artifacts/<target>/ and the command that replays it.
+//! unit tests): builds the targets of fuzz/ with nightly and cargo-fuzz
+//! (which `cargo xtask setup` installs), and runs each for a bounded time
+//! from a scratch copy of its seed corpus (fuzz/corpus/<target>/, kept in
+//! the repo and never written: what libFuzzer adds stays in fuzz/target/).
+//! Fails on any crash, hang or memory blow-up, printing the reproducer
+//! libFuzzer wrote to fuzz/artifacts/<target>/ and the command that
+//! replays it.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -14,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo_home, root_dir, run};
+use crate::{apt_install, cargo_home, root_dir, run};
 
 /// The targets (fuzz/fuzz_targets/*.rs), run two at a time on CI's two
 /// cores in this order: the slowest per input (the pipeline, a tokio
@@ -26,8 +27,8 @@ pub const TARGETS: [&str; 4] = ["decode_record", "netlink", "http_response", "js
 const CARGO_FUZZ: &str = "0.13.1";
 
 /// Flags of every build and run: nightly is only for the sanitizer
-/// coverage; no ASan (the observer's parsing is safe Rust, and ASan
-/// halves the executions per second), but overflow checks and debug
+/// coverage; no ASan (the observer's parsing is safe Rust: ASan would only
+/// slow the build and each execution), but overflow checks and debug
 /// assertions on, as in a test build.
 const BUILD_FLAGS: [&str; 3] = ["--sanitizer", "none", "--debug-assertions"];
 
@@ -42,7 +43,8 @@ fn cargo_fuzz() -> Command {
     c
 }
 
-fn install() -> Result<()> {
+/// cargo-fuzz, unless this version is there (`cargo xtask setup`).
+pub fn install() -> Result<()> {
     let bin = cargo_home().join("bin/cargo-fuzz");
     let have = Command::new(&bin).arg("--version").output();
     if have.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ)) {
@@ -59,13 +61,14 @@ struct Outcome {
     log: PathBuf,
 }
 
-/// Build the targets, then run each for `seconds`, two at a time.
+/// Build the targets, then run each for `seconds`, two at a time
+/// (cargo-fuzz and nightly come from `setup`).
 pub fn fuzz(seconds: u64) -> Result<()> {
     let t0 = Instant::now();
-    install()?;
-    let t_install = t0.elapsed();
+    // libfuzzer-sys compiles libFuzzer, which is C++.
+    apt_install(&[("c++", "g++")])?;
     run(cargo_fuzz().arg("build").args(BUILD_FLAGS))?;
-    let t_build = t0.elapsed() - t_install;
+    let t_build = t0.elapsed();
     let work = root_dir().join("fuzz/target/xtask");
     let mut outcomes = Vec::new();
     for pair in TARGETS.chunks(2) {
@@ -87,12 +90,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             report_crash(o.target, &text, &o.log);
         }
     }
-    eprintln!(
-        "fuzz stage: cargo-fuzz {:.0?}, build {:.0?}, runs {:.0?}",
-        t_install,
-        t_build,
-        t0.elapsed() - t_install - t_build
-    );
+    eprintln!("fuzz stage: build {:.0?}, runs {:.0?}", t_build, t0.elapsed() - t_build);
     if !failed.is_empty() {
         bail!("fuzz targets failed: {}", failed.join(", "));
     }
