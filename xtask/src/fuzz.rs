@@ -1,6 +1,6 @@
 //! The fuzz stage (`cargo xtask fuzz`, and `cargo xtask test` after the
 //! unit tests): builds the targets of fuzz/ with nightly and cargo-fuzz
-//! (which `cargo xtask setup` installs), and runs each for a bounded time
+//! (installed on first use), and runs each for a bounded time
 //! from a scratch copy of its seed corpus (fuzz/corpus/<target>/, kept in
 //! the repo and never written: what libFuzzer adds stays in fuzz/target/).
 //! Fails on any crash, hang or memory blow-up, printing the reproducer
@@ -43,8 +43,8 @@ fn cargo_fuzz() -> Command {
     c
 }
 
-/// cargo-fuzz, unless this version is there (`cargo xtask setup`).
-pub fn install() -> Result<()> {
+/// cargo-fuzz, unless this version is there (only the fuzz stage needs it).
+fn install() -> Result<()> {
     let bin = cargo_home().join("bin/cargo-fuzz");
     let have = Command::new(&bin).arg("--version").output();
     if have.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ)) {
@@ -62,9 +62,10 @@ struct Outcome {
 }
 
 /// Build the targets, then run each for `seconds`, two at a time
-/// (cargo-fuzz and nightly come from `setup`).
+/// (nightly comes from `setup`).
 pub fn fuzz(seconds: u64) -> Result<()> {
     let t0 = Instant::now();
+    install()?;
     // libfuzzer-sys compiles libFuzzer, which is C++.
     apt_install(&[("c++", "g++")])?;
     run(cargo_fuzz().arg("build").args(BUILD_FLAGS))?;

@@ -161,8 +161,6 @@ fn setup() -> Result<()> {
     if !targets.lines().any(|l| l == MUSL) {
         run(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
-    // The fuzz stage's driver.
-    fuzz::install()?;
     install_bpf_linker()
 }
 
