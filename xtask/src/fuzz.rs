@@ -1,5 +1,5 @@
-//! The fuzz stage (`cargo xtask fuzz`, and `cargo xtask test` after the
-//! unit tests): builds the targets of fuzz/ with nightly and cargo-fuzz
+//! The fuzz stage (`cargo xtask fuzz`; `cargo xtask test` runs it beside
+//! the host lab, or after the unit tests with `--unit`): builds the targets of fuzz/ with nightly and cargo-fuzz
 //! (installed on first use), and runs each for a bounded time
 //! from a scratch copy of its seed corpus (fuzz/corpus/<target>/, kept in
 //! the repo and never written: what libFuzzer adds stays in fuzz/target/).
@@ -54,6 +54,62 @@ fn install() -> Result<()> {
     run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ]))
 }
 
+/// The fuzz stage as a child (`cargo xtask fuzz`) at the lowest CPU
+/// priority, its output in a log: `cargo xtask test` runs it beside the
+/// host lab, whose timing a nice-19 build and fuzzers do not disturb.
+pub struct Background {
+    /// None once waited for.
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl Background {
+    pub fn start(seconds: u64) -> Result<Self> {
+        let log = root_dir().join("target/fuzz-stage.log");
+        fs::create_dir_all(log.parent().unwrap())?;
+        let mut cmd = Command::new("nice");
+        cmd.args(["-n", "19"])
+            .arg(std::env::current_exe()?)
+            .args(["fuzz", "--seconds", &seconds.to_string()])
+            .current_dir(root_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(fs::File::create(&log)?))
+            .stderr(Stdio::from(fs::File::options().append(true).open(&log)?));
+        eprintln!("+ {cmd:?} (beside the lab; output in {})", log.display());
+        let child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
+        Ok(Background { child: Some(child), log })
+    }
+
+    /// Wait for it; print what it ran, or its log's end when it failed.
+    pub fn wait(mut self) -> Result<()> {
+        let ok = self.child.take().expect("not waited for yet").wait()?.success();
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = if ok {
+            lines.iter().filter(|l| l.starts_with("fuzz ")).copied().collect::<Vec<_>>()
+        } else {
+            lines[lines.len().saturating_sub(60)..].to_vec()
+        };
+        for l in shown {
+            println!("{l}");
+        }
+        if !ok {
+            bail!("the fuzz stage failed (its log: {})", self.log.display());
+        }
+        Ok(())
+    }
+}
+
+/// Not waited for (the lab stage failed to run): stop it.
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// What one run did.
 struct Outcome {
     target: &'static str,
@@ -91,7 +147,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             report_crash(o.target, &text, &o.log);
         }
     }
-    eprintln!("fuzz stage: build {:.0?}, runs {:.0?}", t_build, t0.elapsed() - t_build);
+    println!("fuzz stage: build {:.0?}, runs {:.0?}", t_build, t0.elapsed() - t_build);
     if !failed.is_empty() {
         bail!("fuzz targets failed: {}", failed.join(", "));
     }
