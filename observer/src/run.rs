@@ -354,6 +354,10 @@ impl<W: io::Write> EventSink for JsonSink<W> {
             let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
             m.update_from(&self.diag);
             m.expire(now);
+            #[cfg(feature = "kubernetes")]
+            if let PodEventsState::On(p) = &self.pod_events {
+                m.set_pod_events(&p.stats().by_result());
+            }
         }
         self.to_pods(&findings);
         Ok(self.write_all(&findings)? && self.flush()?)

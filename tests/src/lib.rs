@@ -733,6 +733,20 @@ impl Lab {
         IpAddr::V4(c.v4)
     }
 
+    /// `GET path` from 127.0.0.1:`port` in the host netns (the observer's
+    /// metrics and probes): the whole response, head and body.
+    pub fn http_get(&self, port: u16, path: &str) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+        );
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host))
+            .args(["bash", "-c", &script])
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Start the observer in the host netns and wait until it captures.
     pub fn observer(&self, extra: &[&str]) -> Observer {
         self.observer_with_env(extra, &[])

@@ -11,20 +11,6 @@ use imds_lab::{Attach, Lab, LabOpts, Podman, sh};
 
 const IMAGE: &str = "localhost/imds-observer:lab";
 
-/// An HTTP GET from inside the lab's host netns (where the observer
-/// listens), with bash's /dev/tcp: no client to install.
-fn http_get(lab: &Lab, port: u16, path: &str) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
-    );
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.host))
-        .args(["bash", "-c", &script])
-        .output()
-        .expect("scrape");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn metrics_show_lost_replies_findings_and_hop_limit_by_workload_name() {
@@ -37,17 +23,17 @@ fn metrics_show_lost_replies_findings_and_hop_limit_by_workload_name() {
         podman.socket.to_str().unwrap(),
     ]);
     assert!(
-        http_get(&lab, 19109, "/readyz").starts_with("HTTP/1.1 200"),
+        lab.http_get(19109, "/readyz").starts_with("HTTP/1.1 200"),
         "not ready while capturing"
     );
-    assert!(http_get(&lab, 19109, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(lab.http_get(19109, "/healthz").starts_with("HTTP/1.1 200"));
     let id = podman.run(
         "checkout-api",
         "printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\
 X-aws-ec2-metadata-token-ttl-seconds: 21600\\r\\n\\r\\n' | timeout 2 nc 169.254.169.254 80; true",
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let scrape = http_get(&lab, 19109, "/metrics");
+    let scrape = lab.http_get(19109, "/metrics");
     obs.stop();
 
     let line = |prefix: &str| scrape.lines().find(|l| l.starts_with(prefix)).map(str::to_string);

@@ -319,7 +319,7 @@ fn forbidden_events_name_the_rbac_once_and_capture_goes_on() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let api = fake_api(&mut lab, true);
     let kpod = pod_container(&mut lab, "kpod", POD_UID, CID);
-    let obs = start_observer(&lab, &api, &[]);
+    let obs = start_observer(&lab, &api, &["--metrics-addr", "127.0.0.1:19112"]);
 
     let r = kpod.sdk("js-v2", IMDS);
     assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
@@ -327,8 +327,16 @@ fn forbidden_events_name_the_rbac_once_and_capture_goes_on() {
     let after_first = kinds_for(&obs.events(), &kpod, "hop_limit_exceeded").len();
     let r = kpod.sdk("js-v2", IMDS);
     assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
+    // The metrics count what became of the findings (updated each second).
+    std::thread::sleep(Duration::from_millis(1200));
+    let scrape = lab.http_get(19112, "/metrics");
     let stderr = obs.stderr.clone();
     let events = obs.finish(SETTLE);
+    assert!(
+        scrape.contains(r#"imds_observer_pod_events_total{result="forbidden"} 1"#)
+            && scrape.contains(r#"imds_observer_pod_events_total{result="sent"} 0"#),
+        "{scrape}"
+    );
 
     // Capture went on: the second run was diagnosed too.
     let hop = kinds_for(&events, &kpod, "hop_limit_exceeded").len();

@@ -30,6 +30,9 @@
 //!   workload and the uplink (the largest of its containers).
 //! - `events_lost_total{node}`: records the capture could not hand over.
 //! - `series_capped_total`: workloads folded into `workload="_other"`.
+//! - `pod_events_total{result}`: findings handed to the Kubernetes Events
+//!   sink, by what became of them (sent, not_a_pod, rate_limited,
+//!   queue_full, off, failed, forbidden); only while that sink is on.
 //! - `bpf_program_run_time_seconds_total{program}`,
 //!   `bpf_program_runs_total{program}`: only while supplied (the kernel
 //!   counts them only with `kernel.bpf_stats_enabled=1`).
@@ -296,6 +299,8 @@ pub struct Metrics {
     hop_limits: BTreeMap<String, u8>,
     /// name → (run time ns, runs); empty when not supplied.
     bpf: BTreeMap<String, (u64, u64)>,
+    /// Pod Events by result; empty while that sink is off.
+    pod_events: Vec<(&'static str, u64)>,
 }
 
 impl Default for Metrics {
@@ -316,6 +321,7 @@ impl Metrics {
             capped: 0,
             hop_limits: BTreeMap::new(),
             bpf: BTreeMap::new(),
+            pod_events: Vec::new(),
         }
     }
 
@@ -553,6 +559,12 @@ impl Metrics {
         }
     }
 
+    /// What the Kubernetes Events sink did with the findings it was handed,
+    /// by result (its own monotonic counts).
+    pub fn set_pod_events(&mut self, by_result: &[(&'static str, u64)]) {
+        self.pod_events = by_result.to_vec();
+    }
+
     /// Forget workloads (and what was read of their containers) not seen
     /// for the grace period.
     pub fn expire(&mut self, now: SystemTime) {
@@ -668,6 +680,16 @@ impl Metrics {
         capped.push(Vec::new(), Value::Counter(self.capped));
         let mut families =
             vec![requests, lost, suppressed, drops, findings, hop_limit, hops, events_lost, capped];
+        if !self.pod_events.is_empty() {
+            let mut pod_events = Family::counter(
+                "pod_events",
+                "Findings handed to the Kubernetes Events sink, by what became of them.",
+            );
+            for &(result, n) in &self.pod_events {
+                pod_events.push(vec![("result", result.to_string())], Value::Counter(n));
+            }
+            families.push(pod_events);
+        }
         if !self.bpf.is_empty() {
             let mut time = Family::counter(
                 "bpf_program_run_time",
@@ -1303,6 +1325,18 @@ mod tests {
         let prom = m.encode_prometheus();
         has(&prom, "# TYPE process_cpu_seconds_total counter");
         assert!(value(&prom, "process_resident_memory_bytes") >= (1 << 20) as f64);
+    }
+
+    #[test]
+    fn pod_events_by_result_only_while_the_sink_is_on() {
+        let mut m = Metrics::default();
+        lacks(&m.encode(), "pod_events");
+        m.set_pod_events(&[("sent", 3), ("rate_limited", 0), ("forbidden", 1)]);
+        let text = m.encode();
+        has(&text, "# TYPE imds_observer_pod_events counter");
+        has(&text, r#"imds_observer_pod_events_total{result="sent"} 3"#);
+        has(&text, r#"imds_observer_pod_events_total{result="rate_limited"} 0"#);
+        has(&text, r#"imds_observer_pod_events_total{result="forbidden"} 1"#);
     }
 
     #[test]

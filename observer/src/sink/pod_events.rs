@@ -186,6 +186,21 @@ pub struct Stats {
     pub last_error: Option<String>,
 }
 
+impl Stats {
+    /// The counts by result, for `imds_observer_pod_events_total{result}`.
+    pub fn by_result(&self) -> [(&'static str, u64); 7] {
+        [
+            ("sent", self.sent),
+            ("not_a_pod", self.not_a_pod),
+            ("rate_limited", self.rate_limited),
+            ("queue_full", self.queue_full),
+            ("off", self.off),
+            ("failed", self.failed),
+            ("forbidden", self.forbidden),
+        ]
+    }
+}
+
 type SharedStats = Arc<Mutex<Stats>>;
 
 fn update(stats: &SharedStats, f: impl FnOnce(&mut Stats)) {
