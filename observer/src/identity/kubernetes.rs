@@ -140,27 +140,28 @@ pub fn spawn_from_env(node: String, writer: Writer<Arc<PodInfo>>) -> SharedState
     let state = SharedState::default();
     let st = state.clone();
     tokio::spawn(async move {
-        let config = match kube::Config::infer().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("Kubernetes: no usable client configuration ({e}); pod names are left out");
-                st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string());
-                return;
-            }
-        };
-        let url = config.cluster_url.to_string();
-        match client(config) {
-            Ok(client) => {
+        match client_from_env().await {
+            Ok((client, url)) => {
                 info!(api_server = %url, node = %node, "Kubernetes: watching this node's pods");
                 watch(client, node, writer, st).await;
             }
             Err(e) => {
-                warn!("Kubernetes: cannot build a client for {url}: {e}; pod names are left out");
-                st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e.to_string());
+                warn!("Kubernetes: {e}; pod names are left out");
+                st.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e);
             }
         }
     });
     state
+}
+
+/// A client from the inferred configuration (kubeconfig, else in-cluster),
+/// and the API server's URL; the error says which step failed.
+pub async fn client_from_env() -> Result<(Client, String), String> {
+    let config =
+        kube::Config::infer().await.map_err(|e| format!("no usable client configuration ({e})"))?;
+    let url = config.cluster_url.to_string();
+    let client = client(config).map_err(|e| format!("cannot build a client for {url}: {e}"))?;
+    Ok((client, url))
 }
 
 /// A client for `config`, with rustls on ring.

@@ -229,16 +229,9 @@ impl PodEvents {
         let stats = SharedStats::default();
         let st = stats.clone();
         tokio::spawn(async move {
-            let config = match kube::Config::infer().await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!("Kubernetes: no usable client configuration ({e}); no pod Events");
-                    return;
-                }
-            };
-            match kubernetes::client(config) {
-                Ok(client) => serve(client, cfg, pods, rx, st).await,
-                Err(e) => warn!("Kubernetes: cannot build a client ({e}); no pod Events"),
+            match kubernetes::client_from_env().await {
+                Ok((client, _)) => serve(client, cfg, pods, rx, st).await,
+                Err(e) => warn!("Kubernetes: {e}; no pod Events"),
             }
         });
         PodEvents { tx, stats }

@@ -39,17 +39,11 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// (program, run time ns, runs) from the observer's own /metrics (it reads
-/// the kernel's per-program statistics when kernel.bpf_stats_enabled=1).
-fn bpf_stats(lab: &Lab, port: u16) -> Vec<(String, u64, u64)> {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
-    );
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.host))
-        .args(["bash", "-c", &script])
-        .output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+/// What each of our packet hooks (`HOOKS` order) cost so far, from the
+/// observer's own /metrics (it reads the kernel's per-program statistics
+/// when kernel.bpf_stats_enabled=1).
+fn bpf_stats(lab: &Lab, port: u16) -> Vec<Cost> {
+    let text = lab.http_get(port, "/metrics");
     let value = |prefix: &str, prog: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(prefix) && l.contains(&format!("program=\"{prog}\"")))
@@ -57,11 +51,11 @@ fn bpf_stats(lab: &Lab, port: u16) -> Vec<(String, u64, u64)> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    ["cgroup_egress", "cgroup_ingress", "tc_ingress", "tc_egress", "kfree_skb"]
+    HOOKS
         .iter()
-        .map(|p| {
+        .map(|(p, _)| {
             let ns = value("imds_observer_bpf_program_run_time_seconds_total", p) * 1e9;
-            (p.to_string(), ns as u64, value("imds_observer_bpf_program_runs_total", p) as u64)
+            (ns as u64, value("imds_observer_bpf_program_runs_total", p) as u64)
         })
         .collect()
 }
@@ -233,18 +227,16 @@ fn with_observer<T>(lab: &Lab, f: impl FnOnce() -> T) -> (T, Vec<Cost>) {
     std::thread::sleep(Duration::from_millis(1100));
     let after = bpf_stats(lab, 19110);
     drop(obs);
-    let costs = HOOKS
+    (t, growth(&before, &after))
+}
+
+/// Per hook, what the counters grew by.
+fn growth(before: &[Cost], after: &[Cost]) -> Vec<Cost> {
+    before
         .iter()
-        .map(|(name, _)| {
-            let of = |v: &[(String, u64, u64)]| {
-                v.iter().find(|(n, ..)| n == name).map(|&(_, ns, runs)| (ns, runs))
-            };
-            let ((ns0, r0), (ns1, r1)) =
-                (of(&before).unwrap_or_default(), of(&after).unwrap_or_default());
-            (ns1.saturating_sub(ns0), r1.saturating_sub(r0))
-        })
-        .collect();
-    (t, costs)
+        .zip(after)
+        .map(|(b, a)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1)))
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -320,7 +312,7 @@ fn with_empty_programs<T: Send>(lab: &Lab, f: impl FnOnce() -> T + Send) -> (T, 
             let after = costs(&ebpf);
             // Dropped here, in the host netns: the tc links detach there.
             drop(ebpf);
-            (t, before.iter().zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1)).collect())
+            (t, growth(&before, &after))
         })
         .join()
         .expect("empty programs")
