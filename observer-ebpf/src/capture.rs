@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_ebpf::{
-    ADDRESS_KEY, BUDGET_BURST, BUDGET_PER_SEC, Budget, Hook, INBOUND_PAYLOAD, MAX_BUDGETS,
-    MAX_ENDPOINTS, Record, SNAP_LEN, snap_len,
+    BUDGET_BURST, BUDGET_PER_SEC, Budget, Hook, INBOUND_PAYLOAD, MAX_BUDGETS, MAX_ENDPOINTS,
+    Record, SNAP_LEN, address_key_v4, address_key_v6, snap_len,
 };
 
 #[map]
@@ -60,18 +60,6 @@ pub fn admit(key: u64) -> bool {
         unsafe { *n += 1 };
     }
     false
-}
-
-/// The budget key of a packet's container-side address.
-#[inline(always)]
-fn address_key_v4(addr: u32) -> u64 {
-    ADDRESS_KEY | addr as u64
-}
-
-#[inline(always)]
-fn address_key_v6(addr: &[u32; 4]) -> u64 {
-    let hi = ((addr[0] ^ addr[2]) as u64) << 32;
-    ADDRESS_KEY | ((hi | (addr[1] ^ addr[3]) as u64) & !ADDRESS_KEY)
 }
 
 // The endpoint set, written by userspace before load (`EbpfLoader::set_global`).

@@ -16,7 +16,7 @@ use observer_ebpf::{Hook, SNAP_LEN, SkbOffsets, snap_len};
 use crate::capture::{self, Match, Meta, Packet};
 
 #[unsafe(no_mangle)]
-static SKB_OFFSETS: SkbOffsets = SkbOffsets { head: 0, network_header: 0, len: 0, tail: 0 };
+static SKB_OFFSETS: SkbOffsets = SkbOffsets { head: 0, network_header: 0, tail: 0 };
 
 /// A packet in kernel memory, from its IP header.
 struct KernelPacket {

@@ -32,12 +32,50 @@ pub const BUDGET_PER_SEC: u64 = 100;
 pub const BUDGET_BURST: u64 = 500;
 /// Workloads whose budget is kept (an LRU: the least recently seen go).
 pub const MAX_BUDGETS: u32 = 16_384;
-/// Tags a budget key that is an address, not a cgroup id.
-pub const ADDRESS_KEY: u64 = 1 << 63;
+/// Tags a budget key that is an address, not a cgroup id (kernfs ids never
+/// reach bit 63).
+const ADDRESS_KEY: u64 = 1 << 63;
+/// With `ADDRESS_KEY`: the address is IPv6, folded into the 62 bits below.
+const ADDRESS_V6: u64 = 1 << 62;
 
-/// One workload's budget (map BUDGETS, key: cgroup id, or ADDRESS_KEY | the
-/// local address: an IPv4 address as it sits in the packet, an IPv6 one
-/// folded into 63 bits).
+/// The budget key of an IPv4 address as it sits in the packet.
+#[inline(always)]
+pub fn address_key_v4(addr: u32) -> u64 {
+    ADDRESS_KEY | addr as u64
+}
+
+/// The budget key of an IPv6 address (words as they sit in the packet),
+/// folded: two addresses may share a budget, never with an IPv4 one.
+#[inline(always)]
+pub fn address_key_v6(addr: &[u32; 4]) -> u64 {
+    let folded = (((addr[0] ^ addr[2]) as u64) << 32) | (addr[1] ^ addr[3]) as u64;
+    ADDRESS_KEY | ADDRESS_V6 | (folded & !(ADDRESS_KEY | ADDRESS_V6))
+}
+
+/// Whose budget a key of map BUDGETS is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BudgetKey {
+    Cgroup(u64),
+    /// As it sits in the packet.
+    Ipv4(u32),
+    /// Folded: the address cannot be read back.
+    Ipv6,
+}
+
+impl From<u64> for BudgetKey {
+    fn from(key: u64) -> Self {
+        if key & ADDRESS_KEY == 0 {
+            Self::Cgroup(key)
+        } else if key & ADDRESS_V6 != 0 {
+            Self::Ipv6
+        } else {
+            Self::Ipv4(key as u32)
+        }
+    }
+}
+
+/// One workload's budget (map BUDGETS, key: a cgroup id or an address, see
+/// `BudgetKey`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Budget {
@@ -144,7 +182,6 @@ pub struct Record {
 pub struct SkbOffsets {
     pub head: u32,
     pub network_header: u32,
-    pub len: u32,
     /// End of the linear data, as an offset from `head` (64-bit kernels).
     pub tail: u32,
 }

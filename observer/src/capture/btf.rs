@@ -97,7 +97,6 @@ impl KernelBtf {
         Ok(SkbOffsets {
             head: off("head")?,
             network_header: off("network_header")?,
-            len: off("len")?,
             tail: off("tail")?,
         })
     }

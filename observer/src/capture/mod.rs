@@ -293,8 +293,7 @@ impl Capture {
     }
 
     /// Workloads whose budget held records back since the last call: (budget
-    /// key, how many more). A key is a cgroup id, or `ADDRESS_KEY` | an
-    /// address (see `observer_ebpf::Budget`). Reads the budget map only when
+    /// key, how many more; see `observer_ebpf::BudgetKey`). Reads the budget map only when
     /// the kernel's total grew.
     pub fn suppressed(&mut self) -> Vec<(u64, u64)> {
         let total: u64 =

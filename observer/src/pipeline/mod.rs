@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use observer_ebpf::{ADDRESS_KEY, Hook, Record};
+use observer_ebpf::{BudgetKey, Hook, Record};
 
 use self::hold::HoldQueue;
 use crate::{
@@ -238,14 +238,17 @@ impl Pipeline {
     pub fn suppressed(&mut self, key: u64, count: u64, ts: SystemTime) -> Event {
         let mut ev = Event::new(Kind::Suppressed, ts, self.node.clone());
         ev.count = Some(count);
-        if key & ADDRESS_KEY == 0 {
-            ev.cgroup_id = Some(key);
-            ev.container = self.identities.as_mut().and_then(|i| i.identify(key));
-            ev.cgroup = ev.container.as_ref().and_then(|c| c.cgroup.clone());
-        } else if (key & !ADDRESS_KEY) >> 32 == 0 {
-            // An IPv4 address as it sits in the packet (IPv6 ones are folded).
-            let ip = std::net::Ipv4Addr::from((key as u32).to_ne_bytes());
-            ev.src = Some(SocketAddr::new(ip.into(), 0));
+        match BudgetKey::from(key) {
+            BudgetKey::Cgroup(id) => {
+                ev.cgroup_id = Some(id);
+                ev.container = self.identities.as_mut().and_then(|i| i.identify(id));
+                ev.cgroup = ev.container.as_ref().and_then(|c| c.cgroup.clone());
+            }
+            BudgetKey::Ipv4(addr) => {
+                let ip = std::net::Ipv4Addr::from(addr.to_ne_bytes());
+                ev.src = Some(SocketAddr::new(ip.into(), 0));
+            }
+            BudgetKey::Ipv6 => {}
         }
         ev
     }
@@ -539,6 +542,32 @@ mod tests {
 
     fn kinds(out: &[Event]) -> Vec<(Kind, Option<u32>)> {
         out.iter().map(|e| (e.kind, e.seq)).collect()
+    }
+
+    #[test]
+    fn a_suppressed_event_names_whose_budget_it_was() {
+        use observer_ebpf::{address_key_v4, address_key_v6};
+        let mut p = pipeline(false);
+        let ts = SystemTime::UNIX_EPOCH;
+        let ev = p.suppressed(42, 7, ts);
+        assert_eq!(
+            (ev.kind, ev.count, ev.cgroup_id, ev.src),
+            (Kind::Suppressed, Some(7), Some(42), None)
+        );
+        let v4 = u32::from_ne_bytes([198, 18, 2, 2]);
+        let ev = p.suppressed(address_key_v4(v4), 1, ts);
+        assert_eq!((ev.cgroup_id, ev.src), (None, Some("198.18.2.2:0".parse().unwrap())));
+        // Equal first and third words: the folded key's upper word is zero,
+        // which the IPv4 label once took for an IPv4 address.
+        let words = |a: std::net::Ipv6Addr| -> [u32; 4] {
+            std::array::from_fn(|i| {
+                u32::from_ne_bytes(a.octets()[i * 4..][..4].try_into().unwrap())
+            })
+        };
+        let key = address_key_v6(&words("fd00::fd00:0:0:2".parse().unwrap()));
+        assert_eq!(key as u32, u32::from_ne_bytes([0, 0, 0, 2]));
+        let ev = p.suppressed(key, 1, ts);
+        assert_eq!((ev.cgroup_id, ev.src), (None, None));
     }
 
     #[test]
