@@ -396,6 +396,58 @@ impl Lab {
         line.trim().to_string()
     }
 
+    /// The fake Kubernetes API server and Nomad agent (bin
+    /// fake-orchestrator) on the lab host's loopback, serving `config` (its
+    /// keys: pods, allocs, kube_token, nomad_token, events_forbidden), and a
+    /// kubeconfig that reaches it with `config["kube_token"]`.
+    pub fn fake_orchestrator(&mut self, config: Value) -> Orchestrator {
+        let dir = std::env::temp_dir().join(format!("{}-orchestrator", self.id));
+        fs::create_dir_all(&dir).unwrap();
+        let mut o = Orchestrator {
+            log: dir.join("requests.log"),
+            kubeconfig: dir.join("kubeconfig"),
+            nomad_addr: String::new(),
+            dir,
+        };
+        let config_file = o.dir.join("orchestrator.json");
+        fs::write(&config_file, config.to_string()).unwrap();
+        let ready = self.start_in_host(
+            &bin("fake-orchestrator"),
+            &["--config", config_file.to_str().unwrap(), "--log", o.log.to_str().unwrap()],
+        );
+        let ports: Vec<&str> = ready
+            .strip_prefix("ready ")
+            .expect("fake-orchestrator's ready line")
+            .split(' ')
+            .collect();
+        let token = config["kube_token"].as_str().unwrap_or_default();
+        fs::write(
+            &o.kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: lab\n\
+                 clusters:\n- name: lab\n  cluster:\n    server: http://127.0.0.1:{}\n\
+                 users:\n- name: lab\n  user:\n    token: {token}\n\
+                 contexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n",
+                ports[0]
+            ),
+        )
+        .unwrap();
+        o.nomad_addr = format!("http://127.0.0.1:{}", ports[1]);
+        o
+    }
+
+    /// A container in a pod's cgroup, named as containerd names it under the
+    /// systemd cgroup driver.
+    pub fn add_pod_container(&mut self, name: &str, pod_uid: &str, cid: &str) -> Container {
+        let mut c = self.add_container(name, Attach::Bridge);
+        let _ = fs::remove_dir(&c.cgroup);
+        c.cgroup = self.cgroup_at(&format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+            pod_uid.replace('-', "_")
+        ));
+        c
+    }
+
     /// A container netns wired to the host as `attach` says.
     pub fn add_container(&mut self, name: &str, attach: Attach) -> Container {
         self.containers += 1;
@@ -837,6 +889,41 @@ fn remove_cgroup_tree(dir: &Path) {
     }
 }
 
+/// What `Lab::fake_orchestrator` started; its files go with it, its process
+/// with the lab.
+pub struct Orchestrator {
+    pub dir: PathBuf,
+    /// A line per request it answered.
+    pub log: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// The fake Nomad agent, for NOMAD_ADDR.
+    pub nomad_addr: String,
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running pod as the API server lists it: on `node`, its one container
+/// `api` under containerd with id `cid`.
+pub fn pod_json(node: &str, uid: &str, name: &str, cid: &str, labels: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": "payments", "uid": uid, "resourceVersion": "42",
+            "labels": labels,
+            "annotations": {"kubectl.kubernetes.io/restartedAt": "2024-05-02T09:14:07Z"}
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "api", "image": "registry.example/api:1.42"}]},
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "api", "image": "registry.example/api:1.42", "imageID": "registry.example/api@sha256:0d4e",
+            "containerID": format!("containerd://{cid}"), "ready": true, "restartCount": 0
+        }]}
+    })
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         self.cleanup();
@@ -955,6 +1042,19 @@ impl Observer {
                 t0.elapsed() < timeout,
                 "no {what} within {timeout:?}; events:\n{}",
                 self.raw()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until a line of its log contains `what` (or time out).
+    pub fn wait_stderr(&self, what: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        while !self.stderr.lock().unwrap().iter().any(|l| l.contains(what)) {
+            assert!(
+                t0.elapsed() < timeout,
+                "no `{what}` in the log within {timeout:?}: {:#?}",
+                self.stderr.lock().unwrap()
             );
             thread::sleep(Duration::from_millis(50));
         }

@@ -9,17 +9,18 @@
 //! `cargo xtask test`.
 mod common;
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use imds_lab::{Attach, Container, Lab, LabOpts, Observer, Value, bin, findings_for};
+use imds_lab::{
+    Attach, Container, Lab, LabOpts, Observer, Orchestrator, Value, findings_for, pod_json,
+};
 use serde_json::json;
 
 const IMDS: &str = "http://169.254.169.254";
 /// Past the engine's timeouts.
 const SETTLE: Duration = Duration::from_millis(1500);
+/// For the observer to say it is ready, or what it could not do.
+const WAIT: Duration = Duration::from_secs(20);
 
 const POD_UID: &str = "4a9e2c1d-7b3f-4e8a-9d6c-2f1e0b3a5c7d";
 const CID: &str = "c0ffee5fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
@@ -29,93 +30,27 @@ const AWAY_CID: &str = "a7a7a75fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c
 const KUBE_TOKEN: &str = "lab-kube-token-5e9d1a";
 const RBAC_LINE: &str = "cannot create events.k8s.io/v1 Events in payments (HTTP 403";
 
-fn pod(node: &str, uid: &str, name: &str, cid: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "payments", "uid": uid, "resourceVersion": "42", "labels": {"app": "api"}},
-        "spec": {"nodeName": node, "containers": [{"name": "api", "image": "registry.example/api:1.42"}]},
-        "status": {"phase": "Running", "containerStatuses": [{
-            "name": "api", "image": "registry.example/api:1.42", "imageID": "registry.example/api@sha256:0d4e",
-            "containerID": format!("containerd://{cid}"), "ready": true, "restartCount": 0
-        }]}
-    })
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The fake API server listing `POD_UID` on this node and `AWAY_UID` on
-/// another, and a kubeconfig for it.
-struct Api {
-    dir: TempDir,
-    log: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-fn fake_api(lab: &mut Lab, events_forbidden: bool) -> Api {
-    let dir = TempDir(std::env::temp_dir().join(format!("{}-events", lab.id)));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let config = dir.0.join("orchestrator.json");
-    let cfg = json!({
-        "pods": [pod("lab-node", POD_UID, "api-7f9c", CID), pod("other-node", AWAY_UID, "elsewhere", AWAY_CID)],
+/// another.
+fn fake_api(lab: &mut Lab, events_forbidden: bool) -> Orchestrator {
+    let labels = json!({"app": "api"});
+    lab.fake_orchestrator(json!({
+        "pods": [
+            pod_json("lab-node", POD_UID, "api-7f9c", CID, labels.clone()),
+            pod_json("other-node", AWAY_UID, "elsewhere", AWAY_CID, labels),
+        ],
         "kube_token": KUBE_TOKEN,
         "events_forbidden": events_forbidden,
-    });
-    std::fs::write(&config, cfg.to_string()).unwrap();
-    let log = dir.0.join("requests.log");
-    let ready = lab.start_in_host(
-        &bin("fake-orchestrator"),
-        &["--config", config.to_str().unwrap(), "--log", log.to_str().unwrap()],
-    );
-    let port = ready.strip_prefix("ready ").expect("ready line").split(' ').next().unwrap();
-    let kubeconfig = dir.0.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: lab\n\
-             clusters:\n- name: lab\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: lab\n  user:\n    token: {KUBE_TOKEN}\n\
-             contexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n"
-        ),
-    )
-    .unwrap();
-    Api { dir, log, kubeconfig }
+    }))
 }
 
-/// A container of a pod under containerd (systemd cgroup driver).
-fn pod_container(lab: &mut Lab, name: &str, uid: &str, cid: &str) -> Container {
-    let mut c = lab.add_container(name, Attach::Bridge);
-    let _ = std::fs::remove_dir(&c.cgroup);
-    c.cgroup = lab.cgroup_at(&format!(
-        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
-        uid.replace('-', "_")
-    ));
-    c
-}
-
-fn start_observer(lab: &Lab, api: &Api, extra: &[&str]) -> Observer {
-    let missing_socket = api.dir.0.join("no-runtime.sock");
+fn start_observer(lab: &Lab, api: &Orchestrator, extra: &[&str]) -> Observer {
+    let missing_socket = api.dir.join("no-runtime.sock");
     let mut args = vec!["--runtime-socket", missing_socket.to_str().unwrap()];
     args.extend_from_slice(extra);
     let obs = lab.observer_with_env(&args, &[("KUBECONFIG", api.kubeconfig.to_str().unwrap())]);
-    wait_stderr(&obs, "pods on this node listed");
+    obs.wait_stderr("pods on this node listed", WAIT);
     obs
-}
-
-fn wait_stderr(obs: &Observer, what: &str) {
-    let t0 = Instant::now();
-    while !obs.stderr.lock().unwrap().iter().any(|l| l.contains(what)) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no `{what}` in the log: {:#?}",
-            obs.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One Events request the fake saw: method, path, status, the Event kept.
@@ -126,7 +61,7 @@ struct Seen {
     event: Value,
 }
 
-fn events_seen(api: &Api) -> Vec<Seen> {
+fn events_seen(api: &Orchestrator) -> Vec<Seen> {
     let text = std::fs::read_to_string(&api.log).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.strip_prefix("events "))
@@ -179,13 +114,13 @@ fn totals(stderr: &[String]) -> Value {
 fn a_finding_is_one_event_on_its_pod_and_repeats_are_its_series() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let api = fake_api(&mut lab, false);
-    let kpod = pod_container(&mut lab, "kpod", POD_UID, CID);
+    let kpod = lab.add_pod_container("kpod", POD_UID, CID);
     // Named by its cgroup path as a pod, but the API lists it on another node.
-    let away = pod_container(&mut lab, "away", AWAY_UID, AWAY_CID);
+    let away = lab.add_pod_container("away", AWAY_UID, AWAY_CID);
     // Not in a pod at all.
     let plain = lab.add_container("plain", Attach::Routed);
     let obs = start_observer(&lab, &api, &[]);
-    wait_stderr(&obs, "findings on this node's pods become Events there");
+    obs.wait_stderr("findings on this node's pods become Events there", WAIT);
 
     for c in [&away, &plain] {
         let r = c.sdk("botocore", IMDS);
@@ -318,12 +253,12 @@ fn a_finding_is_one_event_on_its_pod_and_repeats_are_its_series() {
 fn forbidden_events_name_the_rbac_once_and_capture_goes_on() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let api = fake_api(&mut lab, true);
-    let kpod = pod_container(&mut lab, "kpod", POD_UID, CID);
+    let kpod = lab.add_pod_container("kpod", POD_UID, CID);
     let obs = start_observer(&lab, &api, &["--metrics-addr", "127.0.0.1:19112"]);
 
     let r = kpod.sdk("js-v2", IMDS);
     assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
-    wait_stderr(&obs, RBAC_LINE);
+    obs.wait_stderr(RBAC_LINE, WAIT);
     let after_first = kinds_for(&obs.events(), &kpod, "hop_limit_exceeded").len();
     let r = kpod.sdk("js-v2", IMDS);
     assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);
@@ -366,7 +301,7 @@ fn forbidden_events_name_the_rbac_once_and_capture_goes_on() {
 fn no_pod_events_creates_none() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let api = fake_api(&mut lab, false);
-    let kpod = pod_container(&mut lab, "kpod", POD_UID, CID);
+    let kpod = lab.add_pod_container("kpod", POD_UID, CID);
     let obs = start_observer(&lab, &api, &["--no-pod-events"]);
     let r = kpod.sdk("botocore", IMDS);
     assert!(!r.lines.is_empty(), "client ran: {:?}", r.lines);

@@ -531,21 +531,6 @@ mod tests {
         status: Arc<Mutex<u16>>,
     }
 
-    fn merge(into: &mut Value, patch: &Value) {
-        match (into, patch) {
-            (Value::Object(a), Value::Object(p)) => {
-                for (k, v) in p {
-                    if v.is_null() {
-                        a.remove(k);
-                    } else {
-                        merge(a.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            (a, p) => *a = p.clone(),
-        }
-    }
-
     async fn fake_events() -> FakeEvents {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
@@ -613,7 +598,7 @@ mod tests {
                         let mut evs = evs.lock().unwrap();
                         match evs.get_mut(&name) {
                             Some(ev) => {
-                                merge(ev, &body);
+                                json_patch::merge(ev, &body);
                                 ("200 OK".to_string(), ev.clone())
                             }
                             None => {

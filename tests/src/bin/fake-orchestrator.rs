@@ -218,7 +218,7 @@ fn events_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
             }
             ("PATCH", Some(name)) => match events.get_mut(&(ns.to_string(), name.to_string())) {
                 Some(ev) => {
-                    merge(ev, &body);
+                    json_patch::merge(ev, &body);
                     reply(s, "200 OK", &ev.to_string());
                     (200, ev.clone())
                 }
@@ -238,22 +238,6 @@ fn events_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
         }
     };
     log(cfg, format!("events {} {path} status={status} {kept}", req.method));
-}
-
-/// RFC 7386 JSON merge patch (what kube's `Patch::Merge` sends).
-fn merge(into: &mut Value, patch: &Value) {
-    match (into, patch) {
-        (Value::Object(a), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    a.remove(k);
-                } else {
-                    merge(a.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (a, p) => *a = p.clone(),
-    }
 }
 
 fn nomad_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
