@@ -16,7 +16,8 @@
 //!   lastObservedTime) with a PATCH instead of creating new Events: kube's
 //!   `Recorder` keeps that bookkeeping (keyed by reason, action, reporter and
 //!   the Pod, as client-go's recorder is; a series quiet for 6 minutes starts
-//!   a new Event).
+//!   a new Event). A series whose Event is gone (deleted with `kubectl
+//!   delete events`) starts a new Event at its next repeat.
 //! - At most [`PER_MINUTE`] requests (new Events and series updates) a
 //!   minute per node, a token bucket; what it drops is counted and logged
 //!   once.
@@ -26,6 +27,7 @@
 //!   a character boundary. Findings carry counts, TTLs, paths and commands,
 //!   never a token, a credential or a reply body, and neither does the note.
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -285,6 +287,9 @@ fn regarding(pod: &PodInfo) -> ObjectReference {
     }
 }
 
+/// How long kube's Recorder keeps a quiet series (its CACHE_TTL).
+const SERIES_QUIET: Duration = Duration::from_secs(6 * 60);
+
 /// The task: one request at a time, in the order findings came.
 async fn serve(
     client: Client,
@@ -293,8 +298,12 @@ async fn serve(
     mut rx: mpsc::Receiver<Request>,
     stats: SharedStats,
 ) {
-    let recorder =
-        Recorder::new(client, Reporter { controller: CONTROLLER.into(), instance: Some(cfg.node) });
+    let reporter = Reporter { controller: CONTROLLER.into(), instance: Some(cfg.node) };
+    // A Recorder per series (pod, reason): kube's Recorder cannot forget one
+    // series, and one whose Event is gone would PATCH into a 404 until the
+    // Recorder's cache lets it go, 6 minutes after its last success. Kept
+    // while in use: at most what the rate limit lets through in that time.
+    let mut series: HashMap<(String, &'static str), (Recorder, Instant)> = HashMap::new();
     let mut limit = RateLimit::per_minute(cfg.per_minute, Instant::now());
     let mut off_until: Option<Instant> = None;
     let (mut told_forbidden, mut told_limit, mut failing) = (false, false, false);
@@ -329,8 +338,21 @@ async fn serve(
             secondary: None,
         };
         let about = regarding(&pod);
-        let error = match tokio::time::timeout(cfg.timeout, recorder.publish(&event, &about)).await
-        {
+        series.retain(|_, (_, used)| now.duration_since(*used) < SERIES_QUIET);
+        let key = (pod.uid.clone(), req.reason);
+        let recorder = series
+            .entry(key.clone())
+            .or_insert_with(|| (Recorder::new(client.clone(), reporter.clone()), now));
+        recorder.1 = now;
+        let recorder = recorder.0.clone();
+        let mut result = tokio::time::timeout(cfg.timeout, recorder.publish(&event, &about)).await;
+        if matches!(&result, Ok(Err(kube::Error::Api(s))) if s.code == 404) {
+            // The series' Event is gone: a new one, with a count of its own.
+            let fresh = Recorder::new(client.clone(), reporter.clone());
+            series.insert(key, (fresh.clone(), now));
+            result = tokio::time::timeout(cfg.timeout, fresh.publish(&event, &about)).await;
+        }
+        let error = match result {
             Ok(Ok(())) => {
                 update(&stats, |s| s.sent += 1);
                 if failing || off_until.take().is_some() {
@@ -407,7 +429,6 @@ fn forbidden(code: u16, message: &str, namespace: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use serde_json::{Value, json};
     use tokio::{
@@ -696,6 +717,38 @@ mod tests {
         let reasons: Vec<Value> =
             fake.events.lock().unwrap().values().map(|e| e["reason"].clone()).collect();
         assert!(reasons.contains(&json!("IMDSv1Fallback")), "{reasons:?}");
+    }
+
+    #[tokio::test]
+    async fn a_series_whose_event_was_deleted_starts_a_new_event() {
+        let fake = fake_events().await;
+        let ev = start(&fake, Config::new("node-a".into()), &[api_pod()]);
+        let f = finding(FindingKind::HopLimitExceeded, Some(UID));
+        ev.finding(&f);
+        ev.finding(&f);
+        until("a series of two", || fake.requests.lock().unwrap().len() == 2).await;
+        let first = fake.events.lock().unwrap().keys().next().unwrap().clone();
+        // `kubectl delete events`: the next repeat PATCHes into a 404 and
+        // creates a new Event instead of waiting out kube's cache.
+        fake.events.lock().unwrap().clear();
+        ev.finding(&f);
+        until("a new event", || fake.events.lock().unwrap().len() == 1).await;
+        let methods: Vec<String> =
+            fake.requests.lock().unwrap().iter().map(|(m, _)| m.clone()).collect();
+        assert_eq!(methods, ["POST", "PATCH", "PATCH", "POST"]);
+        let events = fake.events.lock().unwrap().clone();
+        let (name, e) = events.into_iter().next().unwrap();
+        assert_ne!(name, first);
+        assert!(e.get("series").is_none_or(Value::is_null), "a fresh count: {e}");
+        assert_eq!(e["reason"], "IMDSHopLimitExceeded");
+        assert_eq!(ev.stats(), Stats { sent: 3, ..Default::default() });
+        // And it is the series from then on.
+        ev.finding(&f);
+        until("its series", || fake.requests.lock().unwrap().len() == 5).await;
+        assert_eq!(
+            fake.requests.lock().unwrap()[4].1,
+            format!("/apis/events.k8s.io/v1/namespaces/payments/events/{name}?")
+        );
     }
 
     #[tokio::test]
