@@ -293,8 +293,8 @@ impl Capture {
     }
 
     /// Workloads whose budget held records back since the last call: (budget
-    /// key, how many more; see `observer_ebpf::BudgetKey`). Reads the budget map only when
-    /// the kernel's total grew.
+    /// key, how many more; see `observer_ebpf::BudgetKey`). Reads the budget
+    /// map only when the kernel's total grew.
     pub fn suppressed(&mut self) -> Vec<(u64, u64)> {
         let total: u64 =
             self.suppressed_total.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);

@@ -429,7 +429,6 @@ fn forbidden(code: u16, message: &str, namespace: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-
     use serde_json::{Value, json};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
