@@ -3,9 +3,11 @@
 //! under qemu, each running the lab's test binaries as root.
 //!
 //! The guest's root is this machine's own root, shared read-only over
-//! virtiofs, with tmpfs where the lab writes (/tmp, /run, /var/tmp): the
-//! guest runs the very binaries and tools the host lab runs, on its own
-//! kernel. The guest's kernel modules come from the kernel package.
+//! virtiofs, with tmpfs where the lab writes (`GUEST_TMPFS`): the guest
+//! runs the very binaries and tools the host lab runs, on its own kernel.
+//! A checkout below one of those directories (a clone in /tmp) is carried
+//! over the tmpfs, so any checkout path works. The guest's kernel modules
+//! come from the kernel package.
 //!
 //! Kernels are fetched with `apt-get download` through a private apt state
 //! (target/vm/apt), never installed on this machine, and kept in target/vm.
@@ -174,9 +176,54 @@ fn module_chain(k: &Unpacked, name: &str) -> Vec<PathBuf> {
     deps.split_whitespace().rev().chain([file]).map(|f| base.join(f)).collect()
 }
 
-/// A tiny initramfs: static busybox, our init, and the modules needed to
-/// mount the virtiofs root (fuse, virtiofs) where they are not built in.
-fn initramfs(k: &Unpacked) -> Result<PathBuf> {
+/// Directories of the shared root that the guest covers with a tmpfs (the
+/// lab writes there; the host's own contents must not leak in).
+const GUEST_TMPFS: &[&str] = &["/tmp", "/run", "/var/tmp", "/var/lib"];
+
+/// Of `dirs` (absolute, canonical), those a tmpfs of `GUEST_TMPFS` would
+/// hide, without any that lies inside another: init carries them over.
+fn hidden_in_guest(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut hidden: Vec<PathBuf> = dirs
+        .iter()
+        .filter(|d| GUEST_TMPFS.iter().any(|t| d.starts_with(t) && d.as_path() != Path::new(t)))
+        .cloned()
+        .collect();
+    hidden.sort();
+    hidden.dedup();
+    let all = hidden.clone();
+    hidden.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    hidden
+}
+
+/// What the guest must see of this machine: the checkout (test binaries,
+/// the run script, the kernels) and a target directory kept elsewhere.
+fn guest_needs() -> Vec<PathBuf> {
+    let mut dirs = vec![crate::root_dir()];
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        dirs.push(PathBuf::from(t));
+    }
+    dirs.iter().filter_map(|d| fs::canonicalize(d).ok()).collect()
+}
+
+/// /env of the initramfs: the run script, the kernel's files, the tmpfs
+/// mounts and what to carry over them, as shell assignments (any path
+/// works, spaces included; none goes through the kernel command line).
+fn guest_env(runner: &Path, kroot: &Path) -> String {
+    let carry: Vec<String> =
+        hidden_in_guest(&guest_needs()).iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "export imds_run={} imds_kroot={}\nexport imds_tmpfs={} imds_carry={}\n",
+        shell_quote(&runner.display().to_string()),
+        shell_quote(&kroot.display().to_string()),
+        shell_quote(&GUEST_TMPFS.join("\n")),
+        shell_quote(&carry.join("\n")),
+    )
+}
+
+/// A tiny initramfs: static busybox, our init and its /env, and the
+/// modules needed to mount the virtiofs root (fuse, virtiofs) where they
+/// are not built in.
+fn initramfs(k: &Unpacked, env: &str) -> Result<PathBuf> {
     let dir = vm_dir().join(format!("initramfs-{}", k.release));
     let out = vm_dir().join(format!("initramfs-{}.cpio", k.release));
     let _ = fs::remove_dir_all(&dir);
@@ -190,6 +237,7 @@ fn initramfs(k: &Unpacked) -> Result<PathBuf> {
     fs::copy(busybox, dir.join("bin/busybox"))?;
     fs::write(dir.join("init"), include_str!("../vm/init"))?;
     set_exec(&dir.join("init"))?;
+    fs::write(dir.join("env"), env)?;
     let mut seen = Vec::new();
     for m in ["virtio_pci", "virtiofs", "virtio_fs"] {
         for src in module_chain(k, m) {
@@ -262,7 +310,6 @@ impl Drop for Reaped {
 /// are tallied. Fails if the guest does not finish within `limit`.
 pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
     let vm = vm_dir();
-    let initrd = initramfs(k)?;
     let tag = k.release.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
     let runner = vm.join(format!("run-{tag}.sh"));
     fs::write(
@@ -274,6 +321,8 @@ pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
         ),
     )?;
     set_exec(&runner)?;
+    let runner = fs::canonicalize(&runner)?;
+    let initrd = initramfs(k, &guest_env(&runner, &fs::canonicalize(&k.root)?))?;
     let sock = vm.join(format!("virtiofs-{tag}.sock"));
     let console = vm.join(format!("console-{tag}.log"));
     let _ = fs::remove_file(&sock);
@@ -314,11 +363,7 @@ pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 quiet imds_run={} imds_kroot={}",
-            runner.display(),
-            k.root.display()
-        ))
+        .arg("console=ttyS0 panic=-1 quiet")
         // ttyS0: the kernel's console, to a file; ttyS1: the script's output.
         .args(["-serial", &format!("file:{}", console.display()), "-serial", "stdio"])
         .stdin(Stdio::null())
@@ -364,6 +409,11 @@ pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
             Ok(tally)
         }
         other => {
+            // init's own word on why it could not start the script.
+            let text = fs::read_to_string(&console).unwrap_or_default();
+            if let Some(why) = text.lines().find_map(|l| l.trim().strip_prefix("init: ")) {
+                bail!("kernel {}: the guest did not start: {why}", k.release);
+            }
             print_tail(&console);
             bail!("kernel {}: the guest script ended with {other:?} (console above)", k.release)
         }
@@ -438,7 +488,21 @@ pub fn packages() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::oops_start;
+    use std::path::PathBuf;
+
+    use super::{hidden_in_guest, oops_start};
+
+    #[test]
+    fn a_checkout_below_a_guest_tmpfs_is_carried_over_it() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(hidden_in_guest(&[p("/tmp/clone")]), [p("/tmp/clone")]);
+        assert_eq!(hidden_in_guest(&[p("/var/tmp/x/y")]), [p("/var/tmp/x/y")]);
+        // A target directory inside the checkout rides along with it.
+        assert_eq!(hidden_in_guest(&[p("/tmp/c"), p("/tmp/c/target")]), [p("/tmp/c")]);
+        // Visible anyway: nothing to carry. Not a prefix by bytes: /tmpfoo.
+        assert!(hidden_in_guest(&[p("/work/main"), p("/tmpfoo/x"), p("/runner")]).is_empty());
+        assert_eq!(hidden_in_guest(&[p("/work/main"), p("/run/user/0/t")]), [p("/run/user/0/t")]);
+    }
 
     #[test]
     fn the_console_is_shown_from_the_oops() {
