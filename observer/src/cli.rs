@@ -129,6 +129,14 @@ pub struct CaptureArgs {
     pub node_name: Option<String>,
 }
 
+/// What `run` writes besides findings (`--events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventLevel {
+    Problems,
+    Exchanges,
+    Packets,
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -142,6 +150,22 @@ pub struct RunArgs {
     /// or an i-... id found in the node name).
     #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
     pub instance_id: Option<String>,
+
+    /// What to write besides findings. `problems`: an `exchange` line for
+    /// each request that went wrong (no reply delivered, a drop, a
+    /// retransmission, a 4xx/5xx, no token) and for every request of a
+    /// workload while a finding other than healthy holds for it, and a
+    /// `summary` line per workload a minute for the rest: a few lines a
+    /// minute for healthy traffic. `exchanges`: a line for every request.
+    /// `packets`: every packet at every hook (for deep dives; costly).
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "IMDS_OBSERVER_EVENTS",
+        value_enum,
+        default_value_t = EventLevel::Problems
+    )]
+    pub events: EventLevel,
 
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and /healthz
     /// and /readyz (200 once capture is attached) for probes; e.g.

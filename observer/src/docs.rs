@@ -667,6 +667,23 @@ fn every_field() -> Vec<Value> {
         location: Some("ip_forward".into()),
         via: Some("icmp_time_exceeded".into()),
         count: Some(1),
+        outcome: Some(crate::model::Outcome::Lost),
+        latency_ms: Some(1.5),
+        host_egress_ttl: Some(63),
+        reply_ttl: Some(1),
+        delivered: Some(false),
+        retransmits: Some(1),
+        hops: Some(1),
+        hop_limit: Some(1),
+        summary: Some(crate::model::Summary {
+            interval_s: 60.0,
+            requests: 1,
+            token: 1,
+            credentials: 1,
+            other: 1,
+            imdsv2: 1,
+            latency_ms: Some(crate::model::Quantiles { p50: 1.0, p99: 2.0, max: 3.0 }),
+        }),
     };
     let evidence = Evidence {
         reply_ttl_at_host: Some(1),
@@ -779,6 +796,8 @@ fn events_md_documents_every_field_and_only_those() {
         Kind::Drop,
         Kind::LostEvents,
         Kind::Suppressed,
+        Kind::Exchange,
+        Kind::Summary,
     ];
     for k in kinds {
         // A new kind fails to compile here until it is listed above.
@@ -789,7 +808,9 @@ fn events_md_documents_every_field_and_only_those() {
             | Kind::HostEgress
             | Kind::Drop
             | Kind::LostEvents
-            | Kind::Suppressed => {}
+            | Kind::Suppressed
+            | Kind::Exchange
+            | Kind::Summary => {}
         }
         let name = serde_json::to_value(k).unwrap();
         assert!(

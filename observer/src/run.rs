@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::sink::pod_events;
 use crate::{
     capture::{self, Capture, preflight, uplinks},
-    cli::{CaptureArgs, ReportArgs, RunArgs},
+    cli::{CaptureArgs, EventLevel, ReportArgs, RunArgs},
     diagnose::{self, Diagnoser},
     identity::{Identities, cgroup, docker},
     model::{Endpoint, Event, Kind},
@@ -136,6 +136,11 @@ pub trait EventSink {
     /// Once a second, for sinks that report per-program BPF statistics:
     /// `read` asks the kernel.
     fn bpf_stats(&mut self, _read: &dyn Fn() -> Vec<BpfProgramStats>) {}
+    /// After each batch of events (one drain of the ring): the moment to
+    /// write what was buffered.
+    fn batch_done(&mut self) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// Capture until SIGINT/SIGTERM, `deadline`, or the sink says stop; then
@@ -227,6 +232,7 @@ pub async fn capture_loop(
             for ev in events.drain(..) {
                 go &= sink.event(ev)?;
             }
+            go &= sink.batch_done()?;
         }
         report_lost(&cap, &pipe, lost_reported, sink)?;
         Ok(())
@@ -292,10 +298,16 @@ fn diagnoser(instance_id: Option<String>) -> Diagnoser {
     Diagnoser::new(diagnose::Config { instance_id, ..Default::default() })
 }
 
-/// `run`: every event and every finding as JSON lines on stdout.
+/// `run`: findings, and the events `--events` asks for, as JSON lines on
+/// stdout.
 struct JsonSink<W: io::Write> {
     out: JsonLines<W>,
     diag: Diagnoser,
+    /// Packets are written only at `--events packets`; above it the
+    /// Diagnoser's exchanges and summaries are.
+    packets: bool,
+    /// Exchanges and summaries the Diagnoser handed over, to write.
+    records: Vec<Event>,
     /// With --metrics-addr: what the server shows, and its readiness.
     metrics: Option<(Arc<Mutex<Metrics>>, Arc<AtomicBool>)>,
     /// Findings on pods become Events there (not with --no-pod-events).
@@ -346,10 +358,21 @@ impl<W: io::Write> EventSink for JsonSink<W> {
             }
         }
         self.to_pods(&findings);
-        Ok(self.write_all(&[ev])? && self.write_all(&findings)? && self.flush()?)
+        // Lost and suppressed records are news at every level.
+        if (self.packets || !ev.is_packet()) && !self.write_all(&[ev])? {
+            return Ok(false);
+        }
+        Ok(self.write_records()? && self.write_all(&findings)?)
+    }
+    fn batch_done(&mut self) -> Result<bool> {
+        self.flush()
     }
     fn tick(&mut self, now: SystemTime) -> Result<bool> {
         let findings = self.diag.tick(now);
+        self.diag.summaries(false, &mut self.records);
+        if !self.write_records()? {
+            return Ok(false);
+        }
         if let Some((m, _)) = &self.metrics {
             let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
             m.update_from(&self.diag);
@@ -393,6 +416,26 @@ impl<W: io::Write> EventSink for JsonSink<W> {
 }
 
 impl<W: io::Write> JsonSink<W> {
+    /// What the Diagnoser decided since the last call.
+    fn write_records(&mut self) -> Result<bool> {
+        self.diag.drain(&mut self.records);
+        let records = std::mem::take(&mut self.records);
+        let go = self.write_all(&records)?;
+        self.records = records;
+        self.records.clear();
+        Ok(go)
+    }
+
+    /// At the end of the run: what is still pending, summed up.
+    fn finish(&mut self) -> Result<()> {
+        self.diag.settle();
+        self.diag.summaries(true, &mut self.records);
+        if self.write_records()? {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<bool> {
         match self.out.flush() {
             Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(false),
@@ -421,9 +464,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
+    let exchanges = match args.events {
+        EventLevel::Problems => diagnose::Exchanges::Problems,
+        EventLevel::Exchanges => diagnose::Exchanges::All,
+        EventLevel::Packets => diagnose::Exchanges::None,
+    };
+    let diag = Diagnoser::new(diagnose::Config {
+        instance_id: args.instance_id.clone(),
+        exchanges,
+        ..Default::default()
+    });
     let mut sink = JsonSink {
         out: JsonLines::new(io::stdout().lock()),
-        diag: diagnoser(args.instance_id.clone()),
+        diag,
+        packets: args.events == EventLevel::Packets,
+        records: Vec::new(),
         metrics,
         #[cfg(feature = "kubernetes")]
         pod_events: if args.no_pod_events { PodEventsState::Off } else { PodEventsState::Wanted },
@@ -431,6 +486,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     #[cfg(not(feature = "kubernetes"))]
     let _ = args.no_pod_events;
     capture_loop(&args.capture, deadline(args.duration), &mut sink).await?;
+    sink.finish()?;
     #[cfg(feature = "kubernetes")]
     if let PodEventsState::On(p) = &sink.pod_events {
         let s = p.stats();

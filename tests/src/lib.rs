@@ -799,20 +799,31 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Start the observer in the host netns and wait until it captures.
+    /// Start the observer in the host netns and wait until it captures,
+    /// writing every packet (`--events packets`): what most lab tests look
+    /// at, hook by hook.
     pub fn observer(&self, extra: &[&str]) -> Observer {
         self.observer_with_env(extra, &[])
     }
 
     /// `observer` with more environment (KUBECONFIG, NOMAD_ADDR, ...).
     pub fn observer_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Observer {
-        let mut args = vec!["run"];
+        let mut args = vec!["run", "--events", "packets"];
         args.extend_from_slice(extra);
         Observer::start(&self.host, &args, env)
     }
 
+    /// The observer as deployed: `run` with its default output (findings,
+    /// exchanges that went wrong, summaries).
+    pub fn observer_as_deployed(&self, extra: &[&str]) -> Observer {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        Observer::start(&self.host, &args, &[])
+    }
+
     /// `observer`, with the binary the image ships (the static release
-    /// build): for what memory and speed are measured on.
+    /// build): for what memory and speed are measured on. `extra` says the
+    /// `--events` level (default: problems).
     pub fn shipped_observer(&self, extra: &[&str]) -> Observer {
         let mut args = vec!["run"];
         args.extend_from_slice(extra);

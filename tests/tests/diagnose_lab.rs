@@ -69,7 +69,7 @@ fn assert_timeline_matches(finding: &Value, client: &ClientRun) {
 fn hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("js", Attach::Routed);
-    let obs = lab.observer(&["--instance-id", "i-0123456789abcdef0"]);
+    let obs = lab.observer_as_deployed(&["--instance-id", "i-0123456789abcdef0"]);
     let client = c.sdk("js-v2", IMDS);
     assert_eq!(
         client.lines.iter().filter(|l| l["method"] == "PUT").count(),
@@ -100,6 +100,23 @@ fn hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback() {
     let fb = latest(&events, &c, "imdsv1_fallback").expect("imdsv1_fallback");
     assert!(fb["summary"].as_str().unwrap().contains("SSRF"), "{fb}");
 
+    // As deployed, no packet is written: one `exchange` per lost token
+    // reply (the server's retransmissions folded in), with its evidence.
+    assert!(events.iter().all(|e| e["type"] != "request" && e["type"] != "drop"));
+    let lost: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "exchange" && e["cgroup"] == c.cgroup_rel().as_str())
+        .filter(|e| e["method"] == "PUT")
+        .collect();
+    assert_eq!(lost.len(), 4, "{lost:#?}");
+    for x in &lost {
+        assert_eq!(x["outcome"], "lost", "{x}");
+        assert_eq!(x["reply_ttl"], 1, "{x}");
+        assert_eq!(x["delivered"], false, "{x}");
+        assert_eq!(x["hop_limit"], 1, "{x}");
+        assert!(x["reason"].is_string() || x["location"] == "ip_forward", "the drop: {x}");
+    }
+
     // The first verdict went out before the client's first 1 s timeout.
     let first = findings_for(&events, &c.cgroup_rel())
         .into_iter()
@@ -116,10 +133,40 @@ fn hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback() {
 
 #[test]
 #[ignore = "lab: needs root; run `cargo xtask test`"]
+fn healthy_traffic_for_30_s_is_summed_up_with_no_exchange_line() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let c = lab.add_container("svc", Attach::Routed);
+    let obs = lab.observer_as_deployed(&[]);
+    let t0 = std::time::Instant::now();
+    let mut requests = 0;
+    while t0.elapsed() < Duration::from_secs(30) {
+        let run = c.sdk("js-v2", IMDS);
+        assert_eq!(run.code, 0, "{:?}", run.lines);
+        requests += run.lines.len() as u64;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let events = obs.finish(SETTLE);
+    assert_fields_documented(&events);
+    let mine: Vec<&Value> =
+        events.iter().filter(|e| e["cgroup"] == c.cgroup_rel().as_str()).collect();
+    let exchanges = mine.iter().filter(|e| e["type"] == "exchange").count();
+    assert_eq!(exchanges, 0, "healthy requests get no line of their own: {mine:#?}");
+    let summaries: Vec<&&Value> = mine.iter().filter(|e| e["type"] == "summary").collect();
+    assert!(!summaries.is_empty(), "a summary at least when the run ends");
+    let summed: u64 = summaries.iter().map(|s| s["summary"]["requests"].as_u64().unwrap()).sum();
+    assert_eq!(summed, requests, "{summaries:#?}");
+    assert!(summaries.iter().all(|s| s["hops"] == 1 && s["hop_limit"] == 2), "{summaries:#?}");
+    assert_eq!(kinds(&events, &c), ["healthy"]);
+    // A few lines for the whole run, not a dozen per request.
+    assert!(events.len() <= 5, "{} lines for {requests} requests", events.len());
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
 fn two_forwarding_hops_need_hop_limit_3() {
     let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
     let c = lab.add_container("far", Attach::Router);
-    let obs = lab.observer(&[]);
+    let obs = lab.observer_as_deployed(&[]);
     c.sdk("botocore", IMDS);
     let events = obs.finish(SETTLE);
     let f = latest(&events, &c, "hop_limit_exceeded")
@@ -132,7 +179,7 @@ fn two_forwarding_hops_need_hop_limit_3() {
     // The same container at hop limit 3: healthy.
     let mut lab = Lab::new(LabOpts { hop_limit: 3, ..Default::default() });
     let c = lab.add_container("far", Attach::Router);
-    let obs = lab.observer(&[]);
+    let obs = lab.observer_as_deployed(&[]);
     let run = c.sdk("botocore", IMDS);
     assert_eq!(run.lines[0]["status"], 200);
     let events = obs.finish(SETTLE);
@@ -145,7 +192,7 @@ fn tokenless_container_on_a_hop_limit_1_host_is_at_risk() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let host = lab.host_process("agent");
     let c = lab.add_container("legacy", Attach::Routed);
-    let obs = lab.observer(&[]);
+    let obs = lab.observer_as_deployed(&[]);
     // A host process's token request shows the node's hop limit (1)...
     assert_eq!(host.sdk("token-only", IMDS).code, 0);
     // ...and this container, one hop away, has only used IMDSv1 so far.
@@ -163,7 +210,7 @@ fn tokenless_container_on_a_hop_limit_1_host_is_at_risk() {
 fn botocore_one_put_then_tokenless_gets() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("boto", Attach::Routed);
-    let obs = lab.observer(&[]);
+    let obs = lab.observer_as_deployed(&[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/botocore_client.py");
     let run = c.client(
         Path::new("python3"),
@@ -195,7 +242,7 @@ fn botocore_one_put_then_tokenless_gets() {
 fn aws_sdk_for_rust_one_put_then_fails_without_fallback() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("rust", Attach::Routed);
-    let obs = lab.observer(&[]);
+    let obs = lab.observer_as_deployed(&[]);
     let run = c.client(
         &bin_dir().join("aws-sdk-rust-client"),
         &[],
@@ -217,7 +264,7 @@ fn aws_sdk_for_rust_one_put_then_fails_without_fallback() {
 fn tokens_required_401_is_explained_by_the_hop_limit() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, tokens: Tokens::Required });
     let c = lab.add_container("strict", Attach::Routed);
-    let obs = lab.observer(&[]);
+    let obs = lab.observer_as_deployed(&[]);
     let run = c.sdk("botocore", IMDS);
     assert!(run.lines.iter().any(|l| l["status"] == 401), "{:?}", run.lines);
     let events = obs.finish(SETTLE);
@@ -235,7 +282,7 @@ fn tokens_required_401_is_explained_by_the_hop_limit() {
 fn nothing_on_the_ecs_endpoint_is_unreachable_not_hop_limit() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("ecs", Attach::Routed);
-    let obs = lab.observer(&[]);
+    let obs = lab.observer_as_deployed(&[]);
     let run = c.sdk("v1-only", "http://169.254.170.2");
     assert_eq!(run.lines[0]["outcome"], "refused");
     let events = obs.finish(SETTLE);
@@ -254,20 +301,40 @@ fn report_exit_codes_and_replay_match_live() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("app", Attach::Routed);
     let live = lab.observer_cmd(&["report", "--duration", "8", "--json", "--alongside"]);
-    let rec = lab.observer(&["--duration", "8"]);
+    // A recording at each level of `run --events`, side by side.
+    let levels = ["problems", "exchanges", "packets"];
+    let recs: Vec<_> = levels
+        .iter()
+        .map(|l| lab.observer_as_deployed(&["--duration", "8", "--alongside", "--events", l]))
+        .collect();
     c.sdk("botocore", IMDS);
     let (code, live_out) = live.wait(Duration::from_secs(15));
     assert_eq!(code, 1, "{live_out}");
-    let (_, recording) = rec.wait(Duration::from_secs(15));
-    let file =
-        std::env::temp_dir().join(format!("imds-lab-recording-{}.jsonl", std::process::id()));
-    std::fs::write(&file, &recording).unwrap();
-    let replay = std::process::Command::new(bin("imds-observer"))
-        .args(["report", "--json", "--from", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    std::fs::remove_file(&file).ok();
-    assert_eq!(replay.status.code(), Some(1));
+    let (mut replays, mut recordings) = (Vec::new(), Vec::new());
+    for (level, rec) in levels.iter().zip(recs) {
+        let (_, recording) = rec.wait(Duration::from_secs(15));
+        let types: std::collections::BTreeSet<String> = recording
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| v["type"].as_str().unwrap_or("").to_string())
+            .collect();
+        let packets = types.contains("request") || types.contains("host_ingress");
+        assert_eq!(packets, *level == "packets", "{level}: {types:?}");
+        assert_eq!(types.contains("exchange"), *level != "packets", "{level}: {types:?}");
+        let file = std::env::temp_dir()
+            .join(format!("imds-lab-recording-{level}-{}.jsonl", std::process::id()));
+        std::fs::write(&file, &recording).unwrap();
+        let replay = std::process::Command::new(bin("imds-observer"))
+            .args(["report", "--json", "--from", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        std::fs::remove_file(&file).ok();
+        assert_eq!(replay.status.code(), Some(1), "{level}");
+        replays.push((level, String::from_utf8_lossy(&replay.stdout).into_owned()));
+        recordings.push(recording);
+    }
+    // What a node writes by default.
+    let recording = &recordings[0];
     let key = |text: &str| -> Vec<String> {
         let mut v: Vec<String> = text
             .lines()
@@ -287,11 +354,9 @@ fn report_exit_codes_and_replay_match_live() {
     };
     let live_keys = key(&live_out);
     assert!(live_keys.iter().any(|k| k.starts_with("\"hop_limit_exceeded\" 1 2")), "{live_keys:?}");
-    assert_eq!(
-        live_keys,
-        key(&String::from_utf8_lossy(&replay.stdout)),
-        "replay differs from live"
-    );
+    for (level, replay) in &replays {
+        assert_eq!(live_keys, key(replay), "the replay of `--events {level}` differs from live");
+    }
 
     // The table names the finding and the fix.
     let table = std::process::Command::new(bin("imds-observer"))

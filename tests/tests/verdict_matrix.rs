@@ -152,7 +152,7 @@ fn cell(hop_limit: u8, tokens: Tokens) -> Vec<String> {
     let mut lab = Lab::new(LabOpts { hop_limit, tokens });
     let containers: Vec<(Client, Container)> =
         CLIENTS.iter().map(|&cl| (cl, lab.add_container(cl.name(), Attach::Routed))).collect();
-    let obs = lab.observer(&[]);
+    let obs = lab.observer_as_deployed(&[]);
     // Side by side: each in its own container, as on a node.
     let runs: Vec<ClientRun> = std::thread::scope(|s| {
         let handles: Vec<_> = containers.iter().map(|(cl, c)| s.spawn(move || cl.run(c))).collect();
@@ -191,9 +191,11 @@ fn cell(hop_limit: u8, tokens: Tokens) -> Vec<String> {
             }
         }
     }
-    // A retransmitted request is marked, and is never a new attempt.
-    for e in events.iter().filter(|e| e["retransmit"] == true) {
-        assert!(e["type"] == "request" || e["type"] == "reply", "{e}");
+    // A retransmitted request is folded into its exchange, never a new one.
+    let mut seen = BTreeSet::new();
+    for e in events.iter().filter(|e| e["type"] == "exchange" && e["method"].is_string()) {
+        let key = (e["flow"].to_string(), e["ts"].to_string(), e["outcome"].to_string());
+        assert!(seen.insert(key), "a second exchange line for one request: {e}");
     }
     wrong
 }

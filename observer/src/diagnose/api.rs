@@ -4,7 +4,7 @@
 //! a container is outcome.rs, which findings hold is assess.rs.
 use super::{
     exchange::{Cx, Effects, handle, resolve_due},
-    *,
+    replay, *,
 };
 pub struct Diagnoser {
     cfg: Config,
@@ -98,6 +98,16 @@ impl Diagnoser {
             flush(&ev.node, node, cfg, ts, &mut out);
             return out;
         }
+        if matches!(kind, Kind::Exchange | Kind::Summary) {
+            // Read back from a stream written at the exchange level.
+            if !replay::record(node, cfg, &mut self.stats, ev) {
+                self.stats.ignored += 1;
+            }
+            let mut out = Vec::new();
+            flush(&ev.node, node, cfg, ts, &mut out);
+            out.sort_by_key(|f| f.kind);
+            return out;
+        }
         if !handle(node, cfg, &mut self.stats, kind, ev, ts) {
             self.stats.ignored += 1;
             if let (Kind::Request, Some(method)) = (kind, &ev.method) {
@@ -135,6 +145,63 @@ impl Diagnoser {
         self.stats.evicted_nodes += (before - self.nodes.len()) as u64;
         out.sort_by_key(|f| f.kind);
         out
+    }
+
+    /// Move the exchanges decided so far into `out` as `exchange` events,
+    /// as `Config::exchanges` says; count the others into their workloads'
+    /// summaries. Call after `observe` and `tick`.
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
+        let all = self.cfg.exchanges == Exchanges::All;
+        for (name, node) in self.nodes.iter_mut() {
+            for (flow, cg, mut ev) in std::mem::take(&mut node.done) {
+                let c = node.containers.get_mut(&cg);
+                let troubled = c
+                    .as_ref()
+                    .is_some_and(|c| c.emitted.iter().any(|e| e.kind != FindingKind::Healthy));
+                if !(all || troubled || went_wrong(&ev)) {
+                    if let Some(c) = c {
+                        let kind = ReqKind::of(
+                            ev.method.as_deref().unwrap_or(""),
+                            ev.path.as_deref().unwrap_or(""),
+                        );
+                        let latency =
+                            ev.latency_ms.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1e3));
+                        c.summary.add(ev.ts, kind, ev.token_header == Some(true), latency);
+                    }
+                    continue;
+                }
+                ev.node = name.clone();
+                ev.flow = Some(flow);
+                ev.hop_limit = node.hop_limit;
+                workload(&mut ev, cg, c.map(|c| &*c));
+                out.push(ev);
+            }
+        }
+    }
+
+    /// `summary` events of the workloads whose healthy exchanges were not
+    /// written, every `SUMMARY_EVERY` of node time, or now for all of them
+    /// when `flush` (at the end of a run).
+    pub fn summaries(&mut self, flush: bool, out: &mut Vec<Event>) {
+        for (name, node) in self.nodes.iter_mut() {
+            if !flush && node.now < node.next_summary {
+                continue;
+            }
+            node.next_summary = node.now + SUMMARY_EVERY;
+            let now = node.now;
+            for (&cg, c) in node.containers.iter_mut() {
+                let Some(s) = c.summary.take(now) else { continue };
+                let mut ev = Event::new(Kind::Summary, now, name.clone());
+                if let Some(since) = now.checked_sub(Duration::from_secs_f64(s.interval_s)) {
+                    ev.ts = since;
+                }
+                ev.summary = Some(s);
+                ev.hops = c.forwarding_hops;
+                ev.hop_limit = node.hop_limit;
+                workload(&mut ev, cg, Some(c));
+                out.push(ev);
+            }
+        }
     }
 
     /// Resolve what the newest event time of each node already decides (for
@@ -287,6 +354,36 @@ impl ContainerView<'_> {
     }
 }
 
+/// An exchange that went wrong: no reply delivered, a drop, a request sent
+/// again, an error status, or an AWS IMDS request without a token.
+fn went_wrong(ev: &Event) -> bool {
+    let tokenless = match (&ev.method, &ev.path) {
+        (Some(m), Some(p)) => {
+            ReqKind::of(m, p) != ReqKind::Token
+                && state::is_aws_imds_path(p)
+                && ev.token_header != Some(true)
+        }
+        _ => false,
+    };
+    ev.outcome != Some(crate::model::Outcome::Answered)
+        || ev.status.is_none_or(|s| s >= 400)
+        || ev.delivered != Some(true)
+        || ev.reason.is_some()
+        || ev.retransmits.is_some()
+        || tokenless
+}
+
+/// Name the workload `cg` on a record derived from its packets.
+fn workload(ev: &mut Event, cg: u64, c: Option<&ContainerState>) {
+    if cg & crate::model::NETNS_KEY == 0 {
+        ev.cgroup_id = Some(cg);
+    }
+    if let Some(c) = c {
+        ev.cgroup = c.cgroup.clone();
+        ev.container = c.identity.clone();
+    }
+}
+
 pub(super) fn node_view<'a>(
     cfg: &'a Config,
     name: &'a str,
@@ -390,6 +487,8 @@ pub(super) fn check_pending(node: &mut NodeState, cfg: &Config, now: Ts) {
         if !cx.flow.has_pending() {
             node.watch.remove(&id);
         }
+        let done = cx.fx.done;
+        node.decided(id, cg, done);
     }
     node.dirty.sort_unstable();
     node.dirty.dedup();
@@ -420,6 +519,8 @@ pub(super) fn evict_flow(node: &mut NodeState, cfg: &Config, id: u64, now: Ts) {
         if let Some(c) = node.containers.get_mut(&cg) {
             let mut cx = Cx { cfg, ts: now, flow: &mut flow, c, fx: Effects::default() };
             resolve_due(&mut cx, now, true);
+            let done = cx.fx.done;
+            node.decided(id, cg, done);
             node.mark(cg);
         }
     }

@@ -12,6 +12,9 @@ use super::{
 pub(super) struct Effects {
     /// TTL of a token reply at the host: the node's hop limit.
     pub hop_limit: Option<u8>,
+    /// Exchanges decided (`exchange` events without node, flow or
+    /// workload; the caller knows those).
+    pub done: Vec<Event>,
 }
 
 /// One event's flow and container.
@@ -95,13 +98,14 @@ pub(super) fn handle(
         Kind::HostIngress => on_host_ingress(&mut cx, ev),
         Kind::HostEgress => on_host_egress(&mut cx, ev),
         Kind::Drop => on_drop(&mut cx, ev),
-        Kind::LostEvents | Kind::Suppressed => {}
+        Kind::LostEvents | Kind::Suppressed | Kind::Exchange | Kind::Summary => {}
     }
     let watch = cx.flow.has_pending();
     let fx = cx.fx;
     if watch {
         node.watch.insert(flow_id);
     }
+    node.decided(flow_id, cg, fx.done);
     node.mark(cg);
     if let Some(t) = fx.hop_limit {
         if node.hop_limit != Some(t) {
@@ -157,7 +161,17 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
         // recognised by their sequence number.
         let retransmitted =
             ev.retransmit == Some(true) || ev.seq.is_some_and(|s| cx.flow.req_seqs.contains(&s));
-        if !retransmitted {
+        if retransmitted {
+            if let Some(ex) = cx
+                .flow
+                .exchanges
+                .iter_mut()
+                .rev()
+                .find(|e| e.req_seq.is_some() && e.req_seq == ev.seq)
+            {
+                ex.retransmits += 1;
+            }
+        } else {
             if let Some(s) = ev.seq {
                 cx.flow.req_seqs.push_back(s);
                 if cx.flow.req_seqs.len() > MAX_REQ_SEQS {
@@ -212,6 +226,9 @@ pub(super) fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
     }
     let id = c.next_attempt;
     c.next_attempt += 1;
+    if let Some(pid) = ev.pid.filter(|p| c.process.as_ref().is_none_or(|(q, _)| q != p)) {
+        c.process = Some((pid, ev.comm.clone().unwrap_or_default()));
+    }
     let dst = cx.flow.endpoint.or(ev.dst);
     c.push_attempt(
         AttemptRec {
@@ -238,6 +255,10 @@ pub(super) fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
         method: method.to_string(),
         path: path.to_string(),
         ttl_header: ev.token_ttl_header,
+        token_header: ev.token_header,
+        req_seq: ev.seq,
+        retransmits: 0,
+        ttl: ev.ttl,
         resp: None,
         outcome: Outcome::Pending,
     };
@@ -359,6 +380,8 @@ pub(super) fn on_drop(cx: &mut Cx, ev: &Event) {
             if r.ttl_at_host.is_none() {
                 r.ttl_at_host = ev.ttl;
             }
+            r.drop_reason = ev.reason.clone().or(r.drop_reason.take());
+            r.drop_location = ev.location.clone().or(r.drop_location.take());
             if ex.kind == ReqKind::Token && !r.seen_at_host && r.status.is_some() {
                 cx.fx.hop_limit = r.ttl_at_host.or(cx.fx.hop_limit);
             }
@@ -367,7 +390,12 @@ pub(super) fn on_drop(cx: &mut Cx, ev: &Event) {
         None if payload(ev) => {
             // Its reply has not shown up yet (events slightly out of order),
             // or the request carried no ack: hold it.
-            let d = PendingDrop { seq: ev.seq, ttl: ev.ttl };
+            let d = PendingDrop {
+                seq: ev.seq,
+                ttl: ev.ttl,
+                reason: ev.reason.clone(),
+                location: ev.location.clone(),
+            };
             if !cx.flow.pending_drops.iter().any(|p| p.seq == d.seq && d.seq.is_some()) {
                 cx.flow.pending_drops.push_back(d);
                 if cx.flow.pending_drops.len() > MAX_PENDING_DROPS {
@@ -415,6 +443,8 @@ pub(super) fn match_resp(
             let d = flow.pending_drops.remove(p).expect("found");
             r.dropped = true;
             r.ttl_at_host = d.ttl;
+            r.drop_reason = d.reason;
+            r.drop_location = d.location;
         }
     }
     flow.exchanges[i].resp = Some(r);
@@ -452,8 +482,14 @@ pub(super) fn unanswered(cx: &mut Cx, i: usize) {
     }
     if cx.flow.exchanges[i].resp.is_none() {
         if let Some(d) = cx.flow.pending_drops.pop_front() {
-            cx.flow.exchanges[i].resp =
-                Some(Resp { seq: d.seq, ttl_at_host: d.ttl, dropped: true, ..Default::default() });
+            cx.flow.exchanges[i].resp = Some(Resp {
+                seq: d.seq,
+                ttl_at_host: d.ttl,
+                dropped: true,
+                drop_reason: d.reason,
+                drop_location: d.location,
+                ..Default::default()
+            });
             set_outcome(cx, i, Outcome::Lost);
             return;
         }

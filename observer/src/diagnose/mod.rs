@@ -27,6 +27,7 @@ mod assess;
 mod exchange;
 mod finding;
 mod outcome;
+mod replay;
 mod state;
 pub use api::{ContainerView, Diagnoser};
 pub use state::Counts;
@@ -47,7 +48,7 @@ pub use finding::{
 use state::{
     AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, MAX_DROP_REASONS,
     MAX_EXCHANGES, MAX_PATHS, MAX_PENDING_DROPS, MAX_REQ_SEQS, MAX_TTL_SAMPLES, NodeState, Outcome,
-    PendingDrop, ReqKind, Resp, StatusState, Ts, TtlSample, since,
+    PendingDrop, ReqKind, Resp, StatusState, Ts, TtlSample, round3, secs, since,
 };
 
 use crate::model::{Event, Kind, TcpFlags, bounded::oldest_eighth};
@@ -60,6 +61,24 @@ const CLOSE_GRACE: Duration = Duration::from_millis(200);
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often (node time) idle state is swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Which decided exchanges become `exchange` events (`Diagnoser::drain`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Exchanges {
+    /// None (offline diagnosis, the TUI).
+    #[default]
+    None,
+    /// Those that went wrong, and every exchange of a workload while a
+    /// finding other than `healthy` holds for it; the rest are counted
+    /// into its `summary`.
+    Problems,
+    /// Every one.
+    All,
+}
+
+/// How often (node time) a workload's healthy exchanges are summed up in a
+/// `summary` event.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -83,6 +102,7 @@ pub struct Config {
     pub max_flows_per_node: usize,
     pub max_containers_per_node: usize,
     pub max_nodes: usize,
+    pub exchanges: Exchanges,
 }
 
 impl Default for Config {
@@ -98,6 +118,7 @@ impl Default for Config {
             max_flows_per_node: crate::model::budget::DIAGNOSE_FLOWS,
             max_containers_per_node: crate::model::budget::DIAGNOSE_CONTAINERS,
             max_nodes: 4_096,
+            exchanges: Exchanges::None,
         }
     }
 }

@@ -32,6 +32,12 @@ pub(super) fn clear_token_failure(c: &mut ContainerState) {
 /// Record the outcome of exchange `i` and what it says about the container.
 pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
     let ts = cx.ts;
+    if cx.cfg.exchanges != Exchanges::None {
+        let hops = cx.c.forwarding_hops;
+        let process = cx.c.process.as_ref();
+        let ev = exchange_event(&cx.flow.exchanges[i], cx.flow.endpoint, process, hops, new, ts);
+        cx.fx.done.push(ev);
+    }
     let ex = &mut cx.flow.exchanges[i];
     ex.outcome = new;
     let (req_ts, kind, attempt) = (ex.req_ts, ex.kind, ex.attempt);
@@ -173,9 +179,75 @@ pub(super) fn token_failed(c: &mut ContainerState, req_ts: Ts, how: Outcome) {
     }
 }
 
+/// The `exchange` event of exchange `ex`, decided `new` at `ts` (node,
+/// flow and workload are the caller's to add).
+fn exchange_event(
+    ex: &Exchange,
+    endpoint: Option<SocketAddr>,
+    process: Option<&(u32, String)>,
+    hops: Option<u8>,
+    new: Outcome,
+    ts: Ts,
+) -> Event {
+    let mut ev = Event::new(Kind::Exchange, ex.req_ts, String::new());
+    ev.outcome = settled(new);
+    ev.dst = endpoint;
+    if let Some((pid, comm)) = process {
+        ev.pid = Some(*pid);
+        ev.comm = Some(comm.clone()).filter(|c| !c.is_empty());
+    }
+    ev.method = Some(ex.method.clone());
+    ev.path = Some(ex.path.clone());
+    ev.token_header = ex.token_header;
+    ev.token_ttl_header = ex.ttl_header;
+    ev.ttl = ex.ttl;
+    ev.hops = hops;
+    ev.host_egress_ttl = ex.ttl.zip(hops).map(|(t, h)| t.saturating_sub(h));
+    ev.retransmits = (ex.retransmits > 0).then_some(ex.retransmits);
+    if let Some(r) = &ex.resp {
+        ev.status = r.status;
+        ev.reply_ttl = r.ttl_at_host;
+        ev.delivered = Some(r.delivered);
+        if r.dropped {
+            ev.reason = r.drop_reason.clone();
+            ev.location = r.drop_location.clone();
+        }
+    } else {
+        ev.delivered = Some(false);
+    }
+    if matches!(new, Outcome::Status(_)) {
+        ev.latency_ms = Some(round3(secs(since(ex.req_ts, ts)) * 1000.0));
+    }
+    ev
+}
+
+/// The wire name of a decided outcome.
+pub(super) fn settled(o: Outcome) -> Option<crate::model::Outcome> {
+    use crate::model::Outcome as M;
+    match o {
+        Outcome::Pending => None,
+        Outcome::Status(_) => Some(M::Answered),
+        Outcome::Lost => Some(M::Lost),
+        Outcome::Timeout => Some(M::Timeout),
+        Outcome::Refused => Some(M::Refused),
+    }
+}
+
 /// A connect that never got through.
 pub(super) fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
     let ts = cx.ts;
+    if cx.cfg.exchanges != Exchanges::None {
+        let mut ev = Event::new(Kind::Exchange, syn, String::new());
+        ev.outcome = settled(how);
+        ev.dst = cx.flow.endpoint;
+        if let Some((pid, comm)) = &cx.c.process {
+            ev.pid = Some(*pid);
+            ev.comm = Some(comm.clone()).filter(|c| !c.is_empty());
+        }
+        ev.delivered = Some(false);
+        ev.reason = cx.flow.other_drop_reason.clone();
+        cx.fx.done.push(ev);
+    }
     let had_ttl_drop = cx.flow.had_ttl_drop();
     let other_drop = cx.flow.other_drop_reason.clone();
     let endpoint = cx.flow.endpoint;

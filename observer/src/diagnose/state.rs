@@ -149,6 +149,9 @@ pub(super) struct Resp {
     pub seen_at_host: bool,
     pub dropped: bool,
     pub delivered: bool,
+    /// The kernel's word on the drop (reason, freeing function).
+    pub drop_reason: Option<String>,
+    pub drop_location: Option<String>,
 }
 
 /// One HTTP request and its reply, on a flow.
@@ -163,6 +166,13 @@ pub(super) struct Exchange {
     pub path: String,
     /// The request carried the token TTL header.
     pub ttl_header: Option<bool>,
+    pub token_header: Option<bool>,
+    /// The request's first sequence number, and how often it was sent
+    /// again.
+    pub req_seq: Option<u32>,
+    pub retransmits: u32,
+    /// TTL the request left its socket with.
+    pub ttl: Option<u8>,
     pub resp: Option<Resp>,
     pub outcome: Outcome,
 }
@@ -174,10 +184,12 @@ pub(super) struct TtlSample {
     pub ttl: u8,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct PendingDrop {
     pub seq: Option<u32>,
     pub ttl: Option<u8>,
+    pub reason: Option<String>,
+    pub location: Option<String>,
 }
 
 /// One connection (socket cookie).
@@ -332,6 +344,97 @@ impl Counts {
     }
 }
 
+/// Latency buckets of a summary: bucket `i` holds latencies up to
+/// `LATENCY_EDGE_MS * LATENCY_GROWTH^i` ms; 48 buckets reach past 10 s.
+const LATENCY_BUCKETS: usize = 48;
+const LATENCY_EDGE_MS: f64 = 0.25;
+const LATENCY_GROWTH: f64 = 1.25;
+
+/// A workload's exchanges since its last `summary` line: counters and a
+/// fixed histogram, so a healthy exchange costs no allocation.
+#[derive(Clone, Debug)]
+pub(super) struct SummaryAcc {
+    /// Start of the interval (the first exchange counted).
+    pub since: Option<Ts>,
+    pub requests: u64,
+    pub token: u64,
+    pub credentials: u64,
+    pub other: u64,
+    pub imdsv2: u64,
+    pub latency: [u32; LATENCY_BUCKETS],
+    pub latency_max_ms: f64,
+}
+
+impl Default for SummaryAcc {
+    fn default() -> Self {
+        Self {
+            since: None,
+            requests: 0,
+            token: 0,
+            credentials: 0,
+            other: 0,
+            imdsv2: 0,
+            latency: [0; LATENCY_BUCKETS],
+            latency_max_ms: 0.0,
+        }
+    }
+}
+
+impl SummaryAcc {
+    pub fn add(&mut self, ts: Ts, kind: ReqKind, imdsv2: bool, latency: Option<Duration>) {
+        self.since = Some(self.since.map_or(ts, |s| s.min(ts)));
+        self.requests += 1;
+        match kind {
+            ReqKind::Token => self.token += 1,
+            ReqKind::Credentials => self.credentials += 1,
+            ReqKind::Other => self.other += 1,
+        }
+        self.imdsv2 += u64::from(imdsv2);
+        if let Some(l) = latency {
+            let ms = secs(l) * 1000.0;
+            let i = (ms / LATENCY_EDGE_MS).max(1.0).log(LATENCY_GROWTH).ceil() as usize;
+            self.latency[i.min(LATENCY_BUCKETS - 1)] += 1;
+            self.latency_max_ms = self.latency_max_ms.max(ms);
+        }
+    }
+
+    /// The upper edge of the bucket holding quantile `q`.
+    fn quantile(&self, q: f64) -> f64 {
+        let n: u64 = self.latency.iter().map(|&c| u64::from(c)).sum();
+        let want = ((n as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &c) in self.latency.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= want {
+                let edge = LATENCY_EDGE_MS * LATENCY_GROWTH.powi(i as i32);
+                return round3(edge.min(self.latency_max_ms));
+            }
+        }
+        round3(self.latency_max_ms)
+    }
+
+    /// The figures of the interval up to `now`, and a fresh interval.
+    pub fn take(&mut self, now: Ts) -> Option<crate::model::Summary> {
+        let since = self.since?;
+        let any_latency = self.latency.iter().any(|&c| c > 0);
+        let s = crate::model::Summary {
+            interval_s: round3(secs(self::since(since, now))),
+            requests: self.requests,
+            token: self.token,
+            credentials: self.credentials,
+            other: self.other,
+            imdsv2: self.imdsv2,
+            latency_ms: any_latency.then(|| crate::model::Quantiles {
+                p50: self.quantile(0.5),
+                p99: self.quantile(0.99),
+                max: round3(self.latency_max_ms),
+            }),
+        };
+        *self = SummaryAcc::default();
+        Some(s)
+    }
+}
+
 /// What was last emitted for one finding kind of a container.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Emitted {
@@ -375,6 +478,10 @@ pub(super) struct ContainerState {
     pub last_success: Option<Ts>,
     pub last_other_failure: Option<Ts>,
     pub emitted: Vec<Emitted>,
+    /// Exchanges not written one by one since the last `summary`.
+    pub summary: SummaryAcc,
+    /// Who sent its latest request (pid, comm: the connect hook's process).
+    pub process: Option<(u32, String)>,
 }
 
 impl ContainerState {
@@ -405,6 +512,8 @@ impl ContainerState {
             last_success: None,
             last_other_failure: None,
             emitted: Vec::new(),
+            summary: SummaryAcc::default(),
+            process: None,
         }
     }
 
@@ -508,6 +617,10 @@ pub(super) struct NodeState {
     pub last_event: Ts,
     /// Containers to re-assess after the current event.
     pub dirty: Vec<u64>,
+    /// Exchanges decided since the last drain: (flow, workload, event).
+    pub done: Vec<(u64, u64, crate::model::Event)>,
+    /// When `summary` events were last due.
+    pub next_summary: Ts,
 }
 
 impl NodeState {
@@ -524,12 +637,19 @@ impl NodeState {
             unattributed: Counts::default(),
             last_event: now,
             dirty: Vec::new(),
+            done: Vec::new(),
+            next_summary: now,
         }
     }
 
     /// The container an event is about: its flow's, else the event's own.
     pub fn workload_of(&self, ev: &crate::model::Event) -> Option<u64> {
         ev.flow.and_then(|f| Some(self.flows.get(&f)?.cgroup_id)).or_else(|| ev.workload_key())
+    }
+
+    /// Keep the exchanges one flow's handling decided, for the drain.
+    pub fn decided(&mut self, flow: u64, cgroup_id: u64, done: Vec<crate::model::Event>) {
+        self.done.extend(done.into_iter().map(|ev| (flow, cgroup_id, ev)));
     }
 
     pub fn mark(&mut self, cgroup_id: u64) {

@@ -1276,3 +1276,142 @@ fn request_without_reply_times_out_when_the_client_closes() {
     assert!(f[0].fix.is_none());
     assert_eq!(outcomes(&f[0])[0], (Some("PUT"), Some("/latest/api/token"), "timeout"));
 }
+
+/// What `run` writes at `--events problems|exchanges` for `events`: the
+/// findings, exchanges and summaries, as the stdout sink orders them.
+fn written_at(level: Exchanges, events: &[Event]) -> (Vec<Event>, Vec<Finding>) {
+    let mut d = Diagnoser::new(Config { exchanges: level, ..Default::default() });
+    let (mut records, mut findings) = (Vec::new(), Vec::new());
+    for ev in events {
+        findings.extend(d.observe(ev));
+        d.drain(&mut records);
+        d.summaries(false, &mut records);
+    }
+    let end = events.last().map_or(time(0), |e| e.ts) + Duration::from_secs(10);
+    findings.extend(d.tick(end));
+    d.drain(&mut records);
+    d.summaries(true, &mut records);
+    (records, findings)
+}
+
+/// `report --from` over those lines.
+fn replayed(records: &[Event], findings: &[Finding]) -> Vec<Finding> {
+    let mut text = String::new();
+    for r in records {
+        text += &serde_json::to_string(r).unwrap();
+        text.push('\n');
+    }
+    for f in findings {
+        text += &serde_json::to_string(f).unwrap();
+        text.push('\n');
+    }
+    crate::sink::report::diagnose_stream(text.as_bytes()).unwrap().findings
+}
+
+fn packet_verdicts(events: &[Event]) -> Vec<Finding> {
+    let mut d = Diagnoser::default();
+    feed(&mut d, events);
+    d.tick(events.last().unwrap().ts + Duration::from_secs(10));
+    d.findings()
+}
+
+#[test]
+fn each_lost_token_reply_is_one_exchange_line_with_its_evidence() {
+    let (records, _) = written_at(Exchanges::Problems, &hop_limit_failure());
+    let lost: Vec<_> =
+        records.iter().filter(|e| e.outcome == Some(crate::model::Outcome::Lost)).collect();
+    assert_eq!(lost.len(), 1, "one lost PUT, its retransmissions folded in: {records:#?}");
+    let x = lost[0];
+    assert_eq!(x.kind, Kind::Exchange);
+    assert_eq!((x.method.as_deref(), x.path.as_deref()), (Some("PUT"), Some("/latest/api/token")));
+    assert_eq!((x.reply_ttl, x.delivered, x.status), (Some(1), Some(false), Some(200)));
+    assert_eq!(x.retransmits, None, "the server's retransmissions are not the client's");
+    assert_eq!(x.reason.as_deref(), Some("IP_INHDR"));
+    assert_eq!((x.ttl, x.hops, x.host_egress_ttl), (Some(64), Some(1), Some(63)));
+    assert_eq!((x.flow, x.cgroup_id, x.node.as_str()), (Some(11), Some(4242), "node-a"));
+    assert_eq!(x.cgroup, Some(Ctr::podman().path), "the workload is named");
+    assert_eq!((x.pid, x.comm.as_deref()), (Some(1234), Some("python3")), "and its process");
+    // The tokenless GETs after it are written too (the workload is in
+    // trouble, and IMDSv1 is a finding of its own).
+    let gets = records.iter().filter(|e| e.method.as_deref() == Some("GET")).count();
+    assert_eq!(gets, 2);
+    assert!(records.iter().all(|e| e.kind == Kind::Exchange), "nothing healthy to sum up");
+}
+
+#[test]
+fn healthy_traffic_is_summed_up_not_written_line_by_line() {
+    let ctr = Ctr::podman();
+    let mut v = Vec::new();
+    // 40 keep-alive exchanges: a token, then credentials with it.
+    let mut a = ctr.conn(1);
+    v.extend(a.connect(0));
+    for i in 0..20u64 {
+        v.extend(a.put_token(10 + i * 100));
+        v.extend(a.respond(12 + i * 100, 200, 2));
+        v.extend(a.request(20 + i * 100, "GET", ROLE, true));
+        v.extend(a.respond(25 + i * 100, 200, 64));
+    }
+    v.extend(a.fin(5000));
+    let (records, findings) = written_at(Exchanges::Problems, &v);
+    assert_eq!(kinds(&findings), [FindingKind::Healthy]);
+    assert_eq!(records.len(), 1, "one summary, no exchange line: {records:#?}");
+    let s = records[0].summary.as_ref().expect("a summary");
+    assert_eq!((s.requests, s.token, s.credentials, s.other, s.imdsv2), (40, 20, 20, 0, 20));
+    let l = s.latency_ms.unwrap();
+    // 2 ms and 5 ms latencies: each quantile is its bucket's upper edge.
+    assert!((2.0..=2.5).contains(&l.p50), "{l:?}");
+    assert!((5.0..=6.0).contains(&l.p99) && l.max == 5.0, "{l:?}");
+    assert_eq!((records[0].hops, records[0].hop_limit), (Some(1), Some(2)));
+    assert!(s.interval_s >= 1.9, "{s:?}");
+
+    // Every exchange, at `exchanges`; no summary then (nothing left to sum).
+    let (all, _) = written_at(Exchanges::All, &v);
+    assert_eq!(all.len(), 40);
+    assert!(all.iter().all(|e| e.kind == Kind::Exchange
+        && e.outcome == Some(crate::model::Outcome::Answered)
+        && e.delivered == Some(true)));
+    assert_eq!(all[0].latency_ms, Some(2.0));
+
+    // Read back, both give the same healthy verdict with the same counts.
+    for lines in [&records, &all] {
+        let f = replayed(lines, &findings);
+        assert_eq!(kinds(&f), [FindingKind::Healthy]);
+        let r = f[0].evidence.requests.unwrap();
+        assert_eq!((r.total, r.token, r.credentials), (40, 20, 20));
+    }
+}
+
+#[test]
+fn every_level_replays_to_the_packets_verdicts() {
+    let recording = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/recordings/hop-limit-1.jsonl"),
+    )
+    .unwrap();
+    let recorded: Vec<Event> = recording
+        .lines()
+        .filter_map(|l| match crate::model::Line::parse(l.as_bytes()) {
+            Some(crate::model::Line::Event(ev)) => Some(*ev),
+            _ => None,
+        })
+        .collect();
+    for (name, events) in [("recording", recorded), ("hop_limit_failure", hop_limit_failure())] {
+        let want = packet_verdicts(&events);
+        assert!(kinds(&want).contains(&FindingKind::HopLimitExceeded), "{name}");
+        for level in [Exchanges::Problems, Exchanges::All] {
+            let (records, findings) = written_at(level, &events);
+            assert!(records.len() * 4 < events.len(), "{name} {level:?}: far fewer lines");
+            let got = replayed(&records, &findings);
+            assert_eq!(kinds(&got), kinds(&want), "{name} {level:?}");
+            for (g, w) in got.iter().zip(&want) {
+                let (ge, we) = (&g.evidence, &w.evidence);
+                assert_eq!(ge.reply_ttl_at_host, we.reply_ttl_at_host, "{name} {level:?}");
+                assert_eq!(ge.lost_replies, we.lost_replies, "{name} {level:?}");
+                assert_eq!(ge.node_hop_limit, we.node_hop_limit, "{name} {level:?}");
+                assert_eq!(ge.forwarding_hops, we.forwarding_hops, "{name} {level:?}");
+                assert_eq!(g.fix, w.fix, "{name} {level:?}");
+                assert_eq!(outcomes(g), outcomes(w), "{name} {level:?}: the same timeline");
+            }
+        }
+    }
+}

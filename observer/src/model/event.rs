@@ -33,6 +33,58 @@ pub enum Kind {
     /// Records a workload's budget held back (at most one a second per
     /// workload): `count` of them, and whose.
     Suppressed,
+    /// One HTTP request and what became of its reply (or a connect that
+    /// never got through), decided from the packets above: what `run`
+    /// writes instead of packets.
+    Exchange,
+    /// A workload's exchanges of an interval that were not written one by
+    /// one (the healthy ones): counts, latency, the hops it needs.
+    Summary,
+}
+
+/// What became of an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A reply with a status was delivered to the socket (`status` says
+    /// which).
+    Answered,
+    /// The reply reached the host and died on the way in (a TTL drop).
+    Lost,
+    /// No reply (or no answer to the connect) in time.
+    Timeout,
+    /// Connection refused or reset.
+    Refused,
+}
+
+/// A `summary` line's figures: the interval's exchanges not written as
+/// `exchange` lines.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    /// Seconds the summary covers (from its `ts` on).
+    pub interval_s: f64,
+    /// Requests, retransmissions once.
+    pub requests: u64,
+    /// `PUT /latest/api/token`.
+    pub token: u64,
+    /// Under `/latest/meta-data/iam/security-credentials/`.
+    pub credentials: u64,
+    pub other: u64,
+    /// AWS IMDS requests that carried a token.
+    pub imdsv2: u64,
+    /// Request → reply delivered, in milliseconds: quantiles of a
+    /// histogram (each the upper edge of its bucket, within 20 %).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Quantiles>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 /// The transport protocol of the packet.
@@ -125,6 +177,34 @@ pub struct Event {
     /// lost_events: how many.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// exchange: what became of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// exchange: request sent → reply delivered, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// exchange: TTL of the request leaving the host's uplink (`ttl` is
+    /// its TTL at the container).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_egress_ttl: Option<u8>,
+    /// exchange: TTL of the reply arriving at the host (or at its drop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_ttl: Option<u8>,
+    /// exchange: the reply reached the socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<bool>,
+    /// exchange: times the client sent the request again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u32>,
+    /// exchange, summary: forwarding hops between the workload and the
+    /// uplink, as known then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hops: Option<u8>,
+    /// exchange, summary: the node's hop limit, as known then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hop_limit: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
 }
 
 impl Event {
@@ -158,7 +238,24 @@ impl Event {
             location: None,
             via: None,
             count: None,
+            outcome: None,
+            latency_ms: None,
+            host_egress_ttl: None,
+            reply_ttl: None,
+            delivered: None,
+            retransmits: None,
+            hops: None,
+            hop_limit: None,
+            summary: None,
         }
+    }
+
+    /// A packet (one of the hooks' kinds), not a record derived from them.
+    pub fn is_packet(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Request | Kind::Reply | Kind::HostIngress | Kind::HostEgress | Kind::Drop
+        )
     }
 
     /// The workload it is about (see `Container::key`).

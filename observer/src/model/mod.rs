@@ -11,5 +11,7 @@ mod tcp_flags;
 
 pub use container::{Container, NETNS_KEY, Nomad};
 pub use endpoint::{DEFAULT_PORT, Endpoint};
-pub use event::{Event, Kind, Line, MAX_LINE, Proto, read_line, rfc3339};
+pub use event::{
+    Event, Kind, Line, MAX_LINE, Outcome, Proto, Quantiles, Summary, read_line, rfc3339,
+};
 pub use tcp_flags::TcpFlags;
