@@ -1038,6 +1038,12 @@ impl Observer {
             .expect("VmHWM in /proc/PID/status")
     }
 
+    /// Lines and bytes (newlines included) written to stdout so far.
+    pub fn output_size(&self) -> (u64, u64) {
+        let lines = self.lines.lock().unwrap();
+        (lines.len() as u64, lines.iter().map(|l| l.len() as u64 + 1).sum())
+    }
+
     pub fn raw(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }

@@ -62,11 +62,12 @@ fn bpf_stats(lab: &Lab, port: u16) -> Vec<Cost> {
 
 /// Idle: the shipped observer with nothing to see. At work: `CLIENTS`
 /// containers each fetching documents at each of `RATES` a second (a TCP
-/// connection, a GET and its reply each), for `LOAD_SECS`. The first rate
-/// stays within the per-workload record budget; the second, 1,000 requests
-/// a second in all, does not.
+/// connection, a GET and its reply each), for `LOAD_SECS`, with the
+/// observer at each `--events` level: 100, 1,000 and 5,000 requests a
+/// second in all, or as far as the load generator reaches.
 const CLIENTS: usize = 50;
-const RATES: [u32; 2] = [3, 20];
+const RATES: [u32; 3] = [2, 20, 100];
+const LEVELS: [&str; 3] = ["problems", "exchanges", "packets"];
 const LOAD_SECS: u32 = 10;
 
 fn at_rest_and_at_work(lab: &mut Lab) {
@@ -84,34 +85,73 @@ fn at_rest_and_at_work(lab: &mut Lab) {
         status_kib(pid, "VmRSS:"),
         status_kib(pid, "VmHWM:")
     );
-
-    for rate in RATES {
-        let (requests, secs, cpu, suppressed) = load(&obs, &clients, rate);
-        println!(
-            "agent at work: {requests} metadata requests from {CLIENTS} containers in {secs:.1} s \
-             ({:.0}/s): {:.0} µs CPU per request ({:.1}% of a core); {suppressed} records held \
-             back by the per-workload budget",
-            requests as f64 / secs,
-            cpu / requests.max(1) as f64 * 1e6,
-            cpu / secs * 100.0,
-        );
-    }
     drop(obs);
+
+    println!(
+        "agent at work: {CLIENTS} containers, each a TCP connection, a GET and its reply per \
+         request, hop limit 2 (all healthy), {LOAD_SECS} s per rate"
+    );
+    println!(
+        "  {:<9} {:>9} {:>8} {:>10} {:>7} {:>11} {:>11} {:>10} {:>5}",
+        "--events", "requests", "req/s", "µs CPU/req", "% core", "lines/req", "bytes/req",
+        "suppressed", "lost"
+    );
+    for level in LEVELS {
+        let obs: Observer = lab.shipped_observer(&["--events", level]);
+        std::thread::sleep(Duration::from_secs(1));
+        for rate in RATES {
+            let w = load(&obs, &clients, rate);
+            let per = |x: f64| x / w.requests.max(1) as f64;
+            println!(
+                "  {level:<9} {:>9} {:>8.0} {:>10.1} {:>7.1} {:>11.3} {:>11.1} {:>10} {:>5}",
+                w.requests,
+                w.requests as f64 / w.secs,
+                per(w.cpu) * 1e6,
+                w.cpu / w.secs * 100.0,
+                per(w.lines as f64),
+                per(w.bytes as f64),
+                w.suppressed,
+                w.lost,
+            );
+        }
+    }
     for c in clients {
         lab.remove(c);
     }
 }
 
+/// What one load step cost the observer.
+struct Work {
+    requests: u64,
+    secs: f64,
+    /// Observer CPU seconds.
+    cpu: f64,
+    /// stdout lines and bytes written meanwhile.
+    lines: u64,
+    bytes: u64,
+    /// Records budgets held back, and records the ring lost, meanwhile.
+    suppressed: u64,
+    lost: u64,
+}
+
 /// `CLIENTS` containers fetching `rate` documents a second each for
-/// `LOAD_SECS`: (requests, seconds, observer CPU seconds, records its
-/// budget held back meanwhile).
-fn load(obs: &Observer, clients: &[Container], rate: u32) -> (u64, f64, f64, u64) {
-    // bash's own /dev/tcp and `read -t` as the pause: no process per request.
+/// `LOAD_SECS`.
+fn load(obs: &Observer, clients: &[Container], rate: u32) -> Work {
+    // bash's own /dev/tcp and `read -t` as the pause: no process per
+    // request. As an SDK does: one token, then GETs that carry it (a
+    // healthy IMDSv2 client; a tokenless GET is an `exchange` line). Each
+    // request in one write, as SDKs send it (bash's printf with a format
+    // writes piece by piece, and the headers would miss the first segment).
     let script = format!(
         "exec 9<> <(:); n=0; end=$((SECONDS + {LOAD_SECS}))\n\
+         exec 3<>/dev/tcp/{IMDS_V4}/80\n\
+         put=$'PUT /latest/api/token HTTP/1.1\\r\\nHost: {IMDS_V4}\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 300\\r\\nConnection: close\\r\\n\\r\\n'\n\
+         printf '%s' \"$put\" >&3\n\
+         tok=$(cat <&3); tok=${{tok##*$'\\n'}}; exec 3<&-\n\
+         get=\"GET /latest/meta-data/instance-id HTTP/1.1\"$'\\r\\n'\"Host: {IMDS_V4}\"$'\\r\\n'\"X-aws-ec2-metadata-token: $tok\"$'\\r\\nConnection: close\\r\\n\\r\\n'\n\
          while [ $SECONDS -lt $end ]; do\n\
          \x20 if exec 3<>/dev/tcp/{IMDS_V4}/80; then\n\
-         \x20   printf 'GET /latest/meta-data/instance-id HTTP/1.1\\r\\nHost: {IMDS_V4}\\r\\nConnection: close\\r\\n\\r\\n' >&3\n\
+         \x20   printf '%s' \"$get\" >&3\n\
          \x20   while read -r -u 3 _; do :; done; exec 3<&-; n=$((n + 1))\n\
          \x20 fi\n\
          \x20 read -r -t {pause} -u 9\n\
@@ -119,14 +159,16 @@ fn load(obs: &Observer, clients: &[Container], rate: u32) -> (u64, f64, f64, u64
          echo $n",
         pause = 1.0 / f64::from(rate)
     );
-    let suppressed = || -> u64 {
+    let count = |kind: &str| -> u64 {
         obs.events()
             .iter()
-            .filter(|e| e["type"] == "suppressed")
+            .filter(|e| e["type"] == kind)
             .filter_map(|e| e["count"].as_u64())
             .sum()
     };
-    let (c0, s0, t0) = (cpu_seconds(obs.pid()), suppressed(), Instant::now());
+    let (c0, s0, l0, t0) =
+        (cpu_seconds(obs.pid()), count("suppressed"), count("lost_events"), Instant::now());
+    let out0 = obs.output_size();
     let requests: u64 = std::thread::scope(|s| {
         let runs: Vec<_> = clients
             .iter()
@@ -138,7 +180,16 @@ fn load(obs: &Observer, clients: &[Container], rate: u32) -> (u64, f64, f64, u64
     });
     let secs = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(1500)); // the last records drained
-    (requests, secs, cpu_seconds(obs.pid()) - c0, suppressed() - s0)
+    let out = obs.output_size();
+    Work {
+        requests,
+        secs,
+        cpu: cpu_seconds(obs.pid()) - c0,
+        lines: out.0 - out0.0,
+        bytes: out.1 - out0.1,
+        suppressed: count("suppressed") - s0,
+        lost: count("lost_events") - l0,
+    }
 }
 
 /// Our packet hooks, each with the empty program the floor attaches there.
@@ -321,6 +372,11 @@ fn with_empty_programs<T: Send>(lab: &Lab, f: impl FnOnce() -> T + Send) -> (T, 
 
 fn main() {
     let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    // `lab-bench work`: only the agent at work (for profiling it).
+    if std::env::args().nth(1).as_deref() == Some("work") {
+        at_rest_and_at_work(&mut lab);
+        return;
+    }
     let client = lab.add_container("client", Attach::Routed);
     sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=1"]);
     at_rest_and_at_work(&mut lab);
