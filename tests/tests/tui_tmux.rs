@@ -322,16 +322,62 @@ fn row<'a>(screen: &'a str, needle: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no row with {needle}:\n{screen}"))
 }
 
+/// The same traffic as `run` writes it by default (`--events problems`):
+/// findings, the exchanges that went wrong, summaries; no packet.
+fn as_deployed(packets: &[Value]) -> String {
+    use imds_observer::{
+        diagnose::{Config, Diagnoser, Exchanges},
+        model::{Event, Line},
+    };
+    let mut d = Diagnoser::new(Config { exchanges: Exchanges::Problems, ..Default::default() });
+    let mut out = String::new();
+    let mut records = Vec::new();
+    let write = |records: &mut Vec<Event>, findings: Vec<_>, out: &mut String| {
+        for r in records.drain(..) {
+            *out += &format!("{}\n", serde_json::to_string(&r).unwrap());
+        }
+        for f in findings {
+            *out += &format!("{}\n", serde_json::to_string(&f).unwrap());
+        }
+    };
+    let mut last = None;
+    for p in packets {
+        let Some(Line::Event(ev)) = Line::parse(p.to_string().as_bytes()) else {
+            panic!("not an event: {p}")
+        };
+        let found = d.observe(&ev);
+        d.drain(&mut records);
+        write(&mut records, found, &mut out);
+        last = Some(ev.ts);
+    }
+    let found = d.tick(last.unwrap() + Duration::from_secs(10));
+    d.drain(&mut records);
+    d.summaries(true, &mut records);
+    write(&mut records, found, &mut out);
+    out
+}
+
 #[test]
 fn recorded_stream_failing_container_detail_filter_and_quit() {
-    let dir = tempdir("recorded");
+    let text = jsonl(&hop_limit_failure());
+    recorded_stream_shows_the_failure("recorded", text);
+}
+
+#[test]
+fn recorded_stream_at_the_default_level_shows_the_same() {
+    let text = as_deployed(&hop_limit_failure());
+    assert!(text.contains("\"type\":\"exchange\"") && !text.contains("\"type\":\"request\""));
+    recorded_stream_shows_the_failure("deployed", text);
+}
+
+fn recorded_stream_shows_the_failure(name: &str, mut text: String) {
+    let dir = tempdir(name);
     let file = dir.join("capture.jsonl");
     // A finding line and garbage, as `run` output and `kubectl logs` carry.
-    let mut text = jsonl(&hop_limit_failure());
     text.push_str("{\"type\":\"finding\",\"kind\":\"healthy\"}\nnot json\n");
     fs::write(&file, text).unwrap();
 
-    let t = Tmux::new("recorded");
+    let t = Tmux::new(name);
     t.run(&format!("{} tui --from {}; echo exit=$?", observer(), file.display()));
     let s = t.wait_for("the failing container", |s| {
         s.contains("hop_limit_exceeded") && s.contains("healthy")

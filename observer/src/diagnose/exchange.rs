@@ -320,6 +320,9 @@ pub(super) fn on_host_ingress(cx: &mut Cx, ev: &Event) {
     if ev.ttl.is_some() {
         r.ttl_at_host = ev.ttl;
     }
+    if r.iface.is_none() {
+        r.iface = ev.iface.clone();
+    }
     if ex.kind == ReqKind::Token && r.status.is_some() {
         cx.fx.hop_limit = r.ttl_at_host.or(cx.fx.hop_limit);
     }

@@ -207,6 +207,7 @@ fn exchange_event(
     if let Some(r) = &ex.resp {
         ev.status = r.status;
         ev.reply_ttl = r.ttl_at_host;
+        ev.iface = r.iface.clone();
         ev.delivered = Some(r.delivered);
         if r.dropped {
             ev.reason = r.drop_reason.clone();

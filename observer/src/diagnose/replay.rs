@@ -74,6 +74,7 @@ fn exchange(cfg: &Config, c: &mut ContainerState, cg: u64, ev: &Event) {
         status: ev.status,
         ttl_at_host: ev.reply_ttl,
         seen_at_host: ev.reply_ttl.is_some(),
+        iface: ev.iface.clone(),
         dropped: how == Outcome::Lost || ev.reason.is_some(),
         delivered: ev.delivered == Some(true),
         ..Default::default()

@@ -149,6 +149,8 @@ pub(super) struct Resp {
     pub seen_at_host: bool,
     pub dropped: bool,
     pub delivered: bool,
+    /// The uplink it arrived on.
+    pub iface: Option<String>,
     /// The kernel's word on the drop (reason, freeing function).
     pub drop_reason: Option<String>,
     pub drop_location: Option<String>,

@@ -388,7 +388,9 @@ impl App {
     pub fn apply(&mut self, ev: &Event) {
         self.events += 1;
         let node = self.node(&ev.node);
-        if let (Kind::HostIngress | Kind::HostEgress, Some(iface)) = (ev.kind, &ev.iface) {
+        if let (Kind::HostIngress | Kind::HostEgress | Kind::Exchange, Some(iface)) =
+            (ev.kind, &ev.iface)
+        {
             let up = &mut self.nodes[node].uplinks;
             if up.len() < MAX_UPLINKS && !up.contains(iface) {
                 up.push(iface.clone());

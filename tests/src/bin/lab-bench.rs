@@ -93,8 +93,15 @@ fn at_rest_and_at_work(lab: &mut Lab) {
     );
     println!(
         "  {:<9} {:>9} {:>8} {:>10} {:>7} {:>11} {:>11} {:>10} {:>5}",
-        "--events", "requests", "req/s", "µs CPU/req", "% core", "lines/req", "bytes/req",
-        "suppressed", "lost"
+        "--events",
+        "requests",
+        "req/s",
+        "µs CPU/req",
+        "% core",
+        "lines/req",
+        "bytes/req",
+        "suppressed",
+        "lost"
     );
     for level in LEVELS {
         let obs: Observer = lab.shipped_observer(&["--events", level]);
@@ -160,11 +167,7 @@ fn load(obs: &Observer, clients: &[Container], rate: u32) -> Work {
         pause = 1.0 / f64::from(rate)
     );
     let count = |kind: &str| -> u64 {
-        obs.events()
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .filter_map(|e| e["count"].as_u64())
-            .sum()
+        obs.events().iter().filter(|e| e["type"] == kind).filter_map(|e| e["count"].as_u64()).sum()
     };
     let (c0, s0, l0, t0) =
         (cpu_seconds(obs.pid()), count("suppressed"), count("lost_events"), Instant::now());
