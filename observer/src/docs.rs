@@ -669,6 +669,7 @@ fn every_field() -> Vec<Value> {
         count: Some(1),
         outcome: Some(crate::model::Outcome::Lost),
         latency_ms: Some(1.5),
+        waited_ms: Some(1000.0),
         host_egress_ttl: Some(63),
         reply_ttl: Some(1),
         delivered: Some(false),

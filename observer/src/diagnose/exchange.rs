@@ -40,13 +40,21 @@ pub(super) fn resolve_due(cx: &mut Cx, now: Ts, all: bool) -> bool {
     let closed_due = cx.flow.closed_at.is_some_and(|t| since(t, now) >= CLOSE_GRACE);
     for i in 0..cx.flow.exchanges.len() {
         let ex = &cx.flow.exchanges[i];
-        if ex.outcome != Outcome::Pending {
-            continue;
-        }
-        if all || closed_due || since(ex.req_ts, now) >= cx.cfg.request_timeout {
+        let due = all || closed_due || since(ex.req_ts, now) >= cx.cfg.request_timeout;
+        if ex.outcome == Outcome::Pending && due {
             unanswered(cx, i);
             changed = true;
         }
+    }
+    if all
+        || closed_due
+        || cx
+            .flow
+            .exchanges
+            .iter()
+            .any(|e| e.held.is_some() && since(e.req_ts, now) >= cx.cfg.request_timeout)
+    {
+        release_held(cx);
     }
     changed
 }
@@ -178,6 +186,8 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
                     cx.flow.req_seqs.pop_front();
                 }
             }
+            // The client moved on from what it was waiting for here.
+            release_held(cx);
             new_request(cx, ev, method, path);
         }
     }
@@ -195,6 +205,19 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
                 a.closed = Some(ts);
             }
         }
+    }
+    if closing {
+        release_held(cx);
+    }
+}
+
+/// Hand over the `exchange` events held for lost replies, saying how long
+/// the client waited on each (to its close, else its last packet).
+pub(super) fn release_held(cx: &mut Cx) {
+    for i in 0..cx.flow.exchanges.len() {
+        let Some(mut ev) = cx.flow.exchanges[i].held.take() else { continue };
+        ev.waited_ms = waited_ms(cx.c, &cx.flow.exchanges[i]);
+        cx.fx.done.push(*ev);
     }
 }
 
@@ -261,6 +284,7 @@ pub(super) fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
         ttl: ev.ttl,
         resp: None,
         outcome: Outcome::Pending,
+        held: None,
     };
     let flow = &mut *cx.flow;
     flow.exchanges.push_back(ex);

@@ -32,11 +32,22 @@ pub(super) fn clear_token_failure(c: &mut ContainerState) {
 /// Record the outcome of exchange `i` and what it says about the container.
 pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
     let ts = cx.ts;
+    // A lost reply delivered after all: its held `lost` line is void.
+    cx.flow.exchanges[i].held = None;
     if cx.cfg.exchanges != Exchanges::None {
         let hops = cx.c.forwarding_hops;
         let process = cx.c.process.as_ref();
-        let ev = exchange_event(&cx.flow.exchanges[i], cx.flow.endpoint, process, hops, new, ts);
-        cx.fx.done.push(ev);
+        let mut ev =
+            exchange_event(&cx.flow.exchanges[i], cx.flow.endpoint, process, hops, new, ts);
+        if new == Outcome::Lost {
+            // Decided at the drop, before the client gave up: held.
+            cx.flow.exchanges[i].held = Some(Box::new(ev));
+        } else {
+            if !matches!(new, Outcome::Status(_)) {
+                ev.waited_ms = waited_ms(cx.c, &cx.flow.exchanges[i]);
+            }
+            cx.fx.done.push(ev);
+        }
     }
     let ex = &mut cx.flow.exchanges[i];
     ex.outcome = new;
@@ -220,6 +231,13 @@ fn exchange_event(
         ev.latency_ms = Some(round3(secs(since(ex.req_ts, ts)) * 1000.0));
     }
     ev
+}
+
+/// How long the client waited on an unanswered exchange: to its close,
+/// else its last packet.
+pub(super) fn waited_ms(c: &ContainerState, ex: &Exchange) -> Option<f64> {
+    let a = c.timeline.iter().rev().find(|a| a.id == ex.attempt)?;
+    Some(round3(secs(since(ex.req_ts, a.gave_up())) * 1000.0))
 }
 
 /// The wire name of a decided outcome.

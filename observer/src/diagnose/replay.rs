@@ -70,6 +70,14 @@ fn exchange(cfg: &Config, c: &mut ContainerState, cg: u64, ev: &Event) {
     };
     new_request(&mut cx, ev, method, path);
     let Some(ex) = cx.flow.exchanges.back_mut() else { return };
+    // Where the client gave up on it (seconds lost are counted to there).
+    if let Some(ms) = ev.waited_ms.filter(|ms| ms.is_finite() && *ms >= 0.0) {
+        let gave_up = ev.ts + Duration::from_secs_f64(ms / 1e3);
+        if let Some(a) = cx.c.attempt_mut(ex.attempt) {
+            a.closed = Some(gave_up);
+            a.client_last = gave_up;
+        }
+    }
     ex.resp = Some(Resp {
         status: ev.status,
         ttl_at_host: ev.reply_ttl,

@@ -177,6 +177,9 @@ pub(super) struct Exchange {
     pub ttl: Option<u8>,
     pub resp: Option<Resp>,
     pub outcome: Outcome,
+    /// Its `exchange` event, decided `lost` at the drop and held until the
+    /// client stops waiting on it (so the line can say how long it waited).
+    pub held: Option<Box<crate::model::Event>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -243,7 +246,7 @@ impl FlowState {
     /// Anything whose outcome time will decide?
     pub fn has_pending(&self) -> bool {
         (self.syn_ts.is_some() && !self.connect_done)
-            || self.exchanges.iter().any(|e| e.outcome == Outcome::Pending)
+            || self.exchanges.iter().any(|e| e.outcome == Outcome::Pending || e.held.is_some())
     }
 
     pub fn had_ttl_drop(&self) -> bool {

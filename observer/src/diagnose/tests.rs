@@ -1326,6 +1326,7 @@ fn each_lost_token_reply_is_one_exchange_line_with_its_evidence() {
     assert_eq!((x.method.as_deref(), x.path.as_deref()), (Some("PUT"), Some("/latest/api/token")));
     assert_eq!((x.reply_ttl, x.delivered, x.status), (Some(1), Some(false), Some(200)));
     assert_eq!(x.retransmits, None, "the server's retransmissions are not the client's");
+    assert_eq!(x.waited_ms, Some(1000.0), "written once the client gave up, at its close");
     assert_eq!(x.reason.as_deref(), Some("IP_INHDR"));
     assert_eq!((x.ttl, x.hops, x.host_egress_ttl), (Some(64), Some(1), Some(63)));
     assert_eq!((x.flow, x.cgroup_id, x.node.as_str()), (Some(11), Some(4242), "node-a"));
@@ -1395,7 +1396,17 @@ fn every_level_replays_to_the_packets_verdicts() {
             _ => None,
         })
         .collect();
-    for (name, events) in [("recording", recorded), ("hop_limit_failure", hop_limit_failure())] {
+    // One token PUT, lost, and the client gives up after 1 s without a
+    // fallback (the SDK for Rust): what it lost is known only from its close.
+    let mut one_put = Vec::new();
+    let mut a = Ctr::podman().conn(21);
+    one_put.extend(a.connect(0));
+    one_put.extend(a.put_token(1));
+    one_put.extend(a.respond(2, 200, 1));
+    one_put.extend(a.fin(1001));
+    for (name, events) in
+        [("recording", recorded), ("hop_limit_failure", hop_limit_failure()), ("one_put", one_put)]
+    {
         let want = packet_verdicts(&events);
         assert!(kinds(&want).contains(&FindingKind::HopLimitExceeded), "{name}");
         for level in [Exchanges::Problems, Exchanges::All] {
@@ -1409,6 +1420,7 @@ fn every_level_replays_to_the_packets_verdicts() {
                 assert_eq!(ge.lost_replies, we.lost_replies, "{name} {level:?}");
                 assert_eq!(ge.node_hop_limit, we.node_hop_limit, "{name} {level:?}");
                 assert_eq!(ge.forwarding_hops, we.forwarding_hops, "{name} {level:?}");
+                assert_eq!(ge.seconds_lost, we.seconds_lost, "{name} {level:?}");
                 assert_eq!(g.fix, w.fix, "{name} {level:?}");
                 assert_eq!(outcomes(g), outcomes(w), "{name} {level:?}: the same timeline");
             }

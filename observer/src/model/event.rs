@@ -183,6 +183,10 @@ pub struct Event {
     /// exchange: request sent → reply delivered, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
+    /// exchange, unanswered: how long the client waited on it (to its
+    /// close, else its last packet), in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<f64>,
     /// exchange: TTL of the request leaving the host's uplink (`ttl` is
     /// its TTL at the container).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -240,6 +244,7 @@ impl Event {
             count: None,
             outcome: None,
             latency_ms: None,
+            waited_ms: None,
             host_egress_ttl: None,
             reply_ttl: None,
             delivered: None,
