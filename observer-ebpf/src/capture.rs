@@ -75,6 +75,10 @@ static ENDPOINTS_V6: [[u32; 4]; MAX_ENDPOINTS] = [[0; 4]; MAX_ENDPOINTS];
 static PREFIX_V4: [u32; 2] = [0, 0];
 #[unsafe(no_mangle)]
 static PREFIX_V6: [u32; 2] = [0, 0];
+// 1: hand over every matching packet (`run --events packets`); 0: only
+// those the diagnosis reads (see `wanted`).
+#[unsafe(no_mangle)]
+static ALL_PACKETS: u8 = 0;
 // Each endpoint's TCP service port (host order), same index.
 #[unsafe(no_mangle)]
 static PORTS_V4: [u16; MAX_ENDPOINTS] = [0; MAX_ENDPOINTS];
@@ -106,8 +110,15 @@ const IPV6_HLEN: usize = 40;
 const IPV6_NEXTHDR: usize = 6;
 const IPV6_SADDR: usize = 8;
 const IPV6_DADDR: usize = 24;
-/// From the TCP header: data offset, in its high nibble.
+/// From the TCP header: data offset, in its high nibble; the flags.
 const TCP_DOFF: u32 = 12;
+const TCP_FLAGS: usize = 13;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+/// IPv4 total length, IPv6 payload length (big endian, bytes 2-3 and 4-5).
+const IPV4_TOT_LEN: usize = 2;
+const IPV6_PAYLOAD_LEN: usize = 4;
 /// How a reply's first segment starts; only it may show payload bytes.
 const HTTP_STATUS: &[u8; 7] = b"HTTP/1.";
 
@@ -285,7 +296,7 @@ pub fn header(rec: &mut Record, hook: Hook, family: u8, cgroup_id: u64, cookie: 
 pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() -> Meta) {
     // Header bytes up to and including both addresses; the version decides
     // which endpoint set, `want` which address.
-    let (inbound, proto, l3_len, port, local) = if version == 4 {
+    let (inbound, proto, l3_len, port, local, total) = if version == 4 {
         let mut h = [0u8; IPV4_MIN_HLEN];
         if pkt.read(0, &mut h).is_err() {
             return;
@@ -312,8 +323,9 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
             return;
         }
         let local = address_key_v4(if inbound { dst } else { src });
+        let total = u16::from_be_bytes([h[IPV4_TOT_LEN], h[IPV4_TOT_LEN + 1]]) as u32;
         // IHL, in 32-bit words.
-        (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4, port, local)
+        (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4, port, local, total)
     } else if version == 6 {
         let mut h = [0u8; IPV6_HLEN];
         if pkt.read(0, &mut h).is_err() {
@@ -338,13 +350,14 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
             },
         };
         let local = address_key_v6(if inbound { &dst } else { &src });
-        (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32, port, local)
+        let payload = u16::from_be_bytes([h[IPV6_PAYLOAD_LEN], h[IPV6_PAYLOAD_LEN + 1]]) as u32;
+        (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32, port, local, IPV6_HLEN as u32 + payload)
     } else {
         return;
     };
     let cap = match proto {
         IPPROTO_TCP => {
-            let mut t = [0u8; 13];
+            let mut t = [0u8; TCP_FLAGS + 1];
             if pkt.read(l3_len, &mut t).is_err() {
                 return;
             }
@@ -353,10 +366,20 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
             if (if inbound { sport } else { dport }) != port {
                 return;
             }
+            let l4 = l3_len + ((t[TCP_DOFF as usize] >> 4) as u32) * 4;
+            let flags = t[TCP_FLAGS];
+            let mut starts_reply = false;
             if inbound {
-                let l4 = l3_len + ((t[TCP_DOFF as usize] >> 4) as u32) * 4;
                 let mut start = [0u8; 7];
-                let starts_reply = pkt.read(l4, &mut start).is_ok() && &start == HTTP_STATUS;
+                starts_reply = pkt.read(l4, &mut start).is_ok() && &start == HTTP_STATUS;
+            }
+            // Drops are kept whatever they carry (Match::Any). A length of
+            // 0 (a BIG TCP super-packet) may carry data.
+            if want != Match::Any && !wanted(inbound, flags, total > l4 || total == 0, starts_reply)
+            {
+                return;
+            }
+            if inbound {
                 l4 + if starts_reply { INBOUND_PAYLOAD as u32 } else { 0 }
             } else {
                 // Requests: the request line and which headers are there.
@@ -375,6 +398,24 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
         return;
     }
     emit(pkt, version, cap, &meta);
+}
+
+/// Whether the diagnosis reads a TCP segment (unless every packet is
+/// asked for): from a socket, what opens, carries or closes its side (SYN,
+/// data, FIN, RST); from an endpoint, what answers or refuses the connect
+/// (SYN, RST) and the first segment of each reply (`HTTP/1.`). Pure ACKs,
+/// the rest of a reply and the endpoint's FIN cross nothing: they are most
+/// of a healthy exchange's packets.
+#[inline(always)]
+fn wanted(inbound: bool, flags: u8, payload: bool, starts_reply: bool) -> bool {
+    if unsafe { core::ptr::read_volatile(&ALL_PACKETS) } != 0 {
+        return true;
+    }
+    if inbound {
+        flags & (TCP_SYN | TCP_RST) != 0 || starts_reply
+    } else {
+        flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || payload
+    }
 }
 
 /// For an ICMP error quoting a TCP packet to or from `port`: the quoted IP

@@ -28,8 +28,11 @@ pub const MAX_ENDPOINTS: usize = 8;
 /// nor the node's log pipeline. A workload is a cgroup at the socket hooks,
 /// and the container-side address at the uplink and drop hooks (there is no
 /// socket there); containers behind one NAT address share a budget there.
-pub const BUDGET_PER_SEC: u64 = 100;
-pub const BUDGET_BURST: u64 = 500;
+/// Sized for 40 requests a second on a connection each (5 records at the
+/// socket hooks: SYN, request, FIN out; SYN|ACK, reply in), 5 s of it at
+/// once; 50 such workloads fill under a tenth of the ring a second.
+pub const BUDGET_PER_SEC: u64 = 200;
+pub const BUDGET_BURST: u64 = 1000;
 /// Workloads whose budget is kept (an LRU: the least recently seen go).
 pub const MAX_BUDGETS: u32 = 16_384;
 /// Tags a budget key that is an address, not a cgroup id (kernfs ids never

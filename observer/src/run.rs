@@ -100,6 +100,7 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
         ifaces,
         kernel_btf: args.kernel_btf.clone(),
         sole_instance: !args.alongside,
+        all_packets: false,
     })
 }
 
@@ -136,6 +137,11 @@ pub trait EventSink {
     /// Once a second, for sinks that report per-program BPF statistics:
     /// `read` asks the kernel.
     fn bpf_stats(&mut self, _read: &dyn Fn() -> Vec<BpfProgramStats>) {}
+    /// Every matching packet, not only those the diagnosis reads: asked
+    /// of the kernel at load time.
+    fn all_packets(&self) -> bool {
+        false
+    }
     /// After each batch of events (one drain of the ring): the moment to
     /// write what was buffered.
     fn batch_done(&mut self) -> Result<bool> {
@@ -150,7 +156,8 @@ pub async fn capture_loop(
     deadline: Option<Instant>,
     sink: &mut impl EventSink,
 ) -> Result<()> {
-    let cfg = capture_config(args)?;
+    let mut cfg = capture_config(args)?;
+    cfg.all_packets = sink.all_packets();
     let node = node_name(args.node_name.clone());
     let _lock = if args.alongside { None } else { Some(instance_lock()?) };
     let mut cap = Capture::start(&cfg)?;
@@ -366,6 +373,9 @@ impl<W: io::Write> EventSink for JsonSink<W> {
     }
     fn batch_done(&mut self) -> Result<bool> {
         self.flush()
+    }
+    fn all_packets(&self) -> bool {
+        self.packets
     }
     fn tick(&mut self, now: SystemTime) -> Result<bool> {
         let findings = self.diag.tick(now);

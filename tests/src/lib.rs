@@ -816,9 +816,13 @@ impl Lab {
     /// The observer as deployed: `run` with its default output (findings,
     /// exchanges that went wrong, summaries).
     pub fn observer_as_deployed(&self, extra: &[&str]) -> Observer {
+        self.observer_as_deployed_with_env(extra, &[])
+    }
+
+    pub fn observer_as_deployed_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Observer {
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
-        Observer::start(&self.host, &args, &[])
+        Observer::start(&self.host, &args, env)
     }
 
     /// `observer`, with the binary the image ships (the static release

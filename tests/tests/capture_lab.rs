@@ -529,3 +529,72 @@ fn no_reply_body_leaves_the_kernel() {
         }
     }
 }
+
+/// What a TCP record is, from its snapshot: (from the endpoint, flags,
+/// payload bytes, the payload starts a reply).
+fn tcp_shape(pkt_len: u32, data: &[u8]) -> Option<(bool, u8, usize, bool)> {
+    if data.len() < 40 || data[0] >> 4 != 4 || data[9] != 6 {
+        return None;
+    }
+    let ihl = usize::from(data[0] & 0x0f) * 4;
+    let doff = usize::from(data[ihl + 12] >> 4) * 4;
+    let inbound = data[12..16] == [169, 254, 169, 254];
+    let payload = (pkt_len as usize).saturating_sub(ihl + doff);
+    let starts_reply = data.get(ihl + doff..).is_some_and(|p| p.starts_with(b"HTTP/1."));
+    Some((inbound, data[ihl + 13], payload, starts_reply))
+}
+
+/// As deployed, the kernel hands over only the packets the diagnosis reads:
+/// no pure ACK, no reply segment after the first, no FIN from the
+/// endpoint (drops aside); `--events packets` still gets every one. With replies cut in
+/// 88-byte segments, the diagnosis from the fewer records is the same:
+/// healthy, hops and hop limit known, every request counted.
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn as_deployed_the_kernel_hands_over_only_what_the_diagnosis_reads() {
+    let mut counts = Vec::new();
+    for level in ["problems", "packets"] {
+        let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+        let c = lab.add_container("lean", Attach::Routed);
+        let route = imds_lab::sh(&["ip", "-n", &c.netns, "route", "show", "default"]);
+        let mut change = vec!["ip", "-n", &c.netns, "route", "change"];
+        change.extend(route.split_whitespace());
+        change.extend(["advmss", "88"]);
+        imds_lab::sh(&change);
+        let dump = std::env::temp_dir().join(format!("imds-dump-lean-{}", std::process::id()));
+        let obs = lab.observer_as_deployed_with_env(
+            &["--events", level],
+            &[("IMDS_OBSERVER_RECORD_DUMP", dump.to_str().unwrap())],
+        );
+        let run = c.sdk("botocore", &format!("http://{IMDS_V4}"));
+        assert_eq!(run.code, 0, "{:?}", run.lines);
+        let events = obs.finish(SETTLE);
+        let raw = std::fs::read(&dump).unwrap();
+        std::fs::remove_file(&dump).ok();
+        // Drops (hook 6) are kept whatever they carry.
+        let shapes: Vec<_> = raw_records(&raw)
+            .iter()
+            .filter(|(hook, _, _)| *hook != 6)
+            .filter_map(|(_, len, d)| tcp_shape(*len, d))
+            .collect();
+        let pure_acks = shapes.iter().filter(|s| s.1 & 0x07 == 0 && s.2 == 0).count();
+        let later_segments = shapes.iter().filter(|s| s.0 && s.2 > 0 && !s.3).count();
+        let endpoint_fins = shapes.iter().filter(|s| s.0 && s.1 & 0x01 != 0 && s.2 == 0).count();
+        if level == "packets" {
+            assert!(pure_acks > 0 && later_segments > 0, "every packet at `packets`");
+        } else {
+            assert_eq!((pure_acks, later_segments, endpoint_fins), (0, 0, 0), "{shapes:?}");
+            let mine: Vec<&Value> =
+                events.iter().filter(|e| e["cgroup"] == c.cgroup_rel().as_str()).collect();
+            assert!(mine.iter().all(|e| e["type"] != "exchange"), "all healthy: {mine:#?}");
+            let s = mine.iter().find(|e| e["type"] == "summary").expect("a summary");
+            assert_eq!(s["summary"]["requests"], run.lines.len(), "{s}");
+            assert_eq!((s["hops"].as_u64(), s["hop_limit"].as_u64()), (Some(1), Some(2)), "{s}");
+            let found = findings_for(&events, &c.cgroup_rel());
+            let kinds: Vec<&Value> = found.iter().map(|f| &f["kind"]).collect();
+            assert!(kinds.iter().all(|k| *k == "healthy") && !kinds.is_empty(), "{kinds:?}");
+        }
+        counts.push(shapes.len());
+    }
+    assert!(counts[0] * 2 <= counts[1], "records as deployed vs every packet: {counts:?}");
+}

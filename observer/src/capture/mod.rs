@@ -49,6 +49,9 @@ pub struct Config {
     /// No other instance runs (no `--alongside`): tc filters of our
     /// programs found at start are a killed instance's leftovers.
     pub sole_instance: bool,
+    /// Hand over every matching packet, not only what the diagnosis reads
+    /// (`run --events packets`).
+    pub all_packets: bool,
 }
 
 /// What this kernel lets the observer see, chosen from its BTF.
@@ -207,6 +210,7 @@ impl Capture {
             .override_global("PORTS_V4", &ep.ports_v4, true)
             .override_global("ENDPOINTS_V6", &ep.v6, true)
             .override_global("PORTS_V6", &ep.ports_v6, true)
+            .override_global("ALL_PACKETS", &u8::from(cfg.all_packets), true)
             .override_global("SKB_OFFSETS", &skb, true)
             .override_global("CGROUP_OFFSETS", &cgroup_offsets, true)
             .load(object())

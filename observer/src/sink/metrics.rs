@@ -617,7 +617,7 @@ impl Metrics {
         );
         let mut suppressed = Family::counter(
             "suppressed",
-            "Records of the workload its budget held back (100 a second, 500 at once).",
+            "Records of the workload its budget held back (200 a second, 1,000 at once).",
         );
         let mut findings =
             Family::gauge("findings", "1 for each finding kind that holds now for the workload.");
