@@ -177,7 +177,8 @@ pub fn json_line(data: &[u8]) {
             assert_eq!(serde_json::to_vec(&again).unwrap(), once);
         }
     }
-    let d = report::diagnose_stream_with(data, Config::default()).expect("reading a slice");
+    let d = crate::diagnose::replay::diagnose_stream_with(data, Config::default())
+        .expect("reading a slice");
     let _ = d.skipped.describe();
     check_report(&report::render(&d.findings));
 }

@@ -28,9 +28,9 @@ use crate::{
     model::{Endpoint, Event, Kind},
     pipeline::{self, KernelNames, Pipeline},
     sink::{
-        http,
-        json::JsonLines,
-        metrics::{self, BpfProgramStats, Metrics},
+        Sink, http,
+        json::{JsonLines, Stdout},
+        metrics::{self, BpfProgramStats, Metrics, MetricsSink},
         report,
     },
     sys::clock::{Clock, mono_now_ns},
@@ -305,95 +305,73 @@ fn diagnoser(instance_id: Option<String>) -> Diagnoser {
     Diagnoser::new(diagnose::Config { instance_id, ..Default::default() })
 }
 
-/// `run`: findings, and the events `--events` asks for, as JSON lines on
-/// stdout.
-struct JsonSink<W: io::Write> {
-    out: JsonLines<W>,
+/// `run`'s loop: owns the Diagnoser, feeds it every event and the time,
+/// and hands each sink what it decided.
+struct Observe {
     diag: Diagnoser,
-    /// Packets are written only at `--events packets`; above it the
-    /// Diagnoser's exchanges and summaries are.
-    packets: bool,
-    /// Exchanges and summaries the Diagnoser handed over, to write.
+    sinks: Vec<Box<dyn Sink>>,
+    /// Exchanges and summaries the Diagnoser handed over, to pass on.
     records: Vec<Event>,
+    /// `--events packets`: the kernel hands over every packet.
+    packets: bool,
     /// With --metrics-addr: what the server shows, and its readiness.
     metrics: Option<(Arc<Mutex<Metrics>>, Arc<AtomicBool>)>,
-    /// Findings on pods become Events there (not with --no-pod-events).
+    /// Findings on pods become Events there, once the pod lookup is known
+    /// to run (not with --no-pod-events).
     #[cfg(feature = "kubernetes")]
-    pod_events: PodEventsState,
+    pod_events_wanted: bool,
 }
 
-/// Pod Events: wanted until the lookups are known, then on or not.
-#[cfg(feature = "kubernetes")]
-enum PodEventsState {
-    Wanted,
-    On(pod_events::PodEvents),
-    Off,
-}
-
-impl<W: io::Write> JsonSink<W> {
-    /// Hand findings to the pod Events task (never waits).
-    fn to_pods(&self, findings: &[diagnose::Finding]) {
-        #[cfg(feature = "kubernetes")]
-        if let PodEventsState::On(p) = &self.pod_events {
-            for f in findings {
-                p.finding(f);
+impl Observe {
+    /// Hand each sink what `each` gives it, then the records decided
+    /// meanwhile. False when stdout was closed (`| head`): the run ends
+    /// quietly.
+    fn each(
+        &mut self,
+        mut each: impl FnMut(&mut dyn Sink, &Diagnoser) -> io::Result<()>,
+    ) -> Result<bool> {
+        self.diag.drain(&mut self.records);
+        let mut r = Ok(());
+        for s in &mut self.sinks {
+            r = r.and_then(|()| each(s.as_mut(), &self.diag));
+            if !self.records.is_empty() {
+                r = r.and_then(|()| s.records(&self.records));
             }
         }
-        #[cfg(not(feature = "kubernetes"))]
-        let _ = findings;
+        self.records.clear();
+        match r {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(false),
+            r => Ok(r.map(|()| true)?),
+        }
     }
 
-    fn write_all<T: serde::Serialize>(&mut self, items: &[T]) -> Result<bool> {
-        for it in items {
-            if let Err(e) = self.out.write(it) {
-                // A closed pipe (`| head`) ends the run quietly.
-                return if e.kind() == ErrorKind::BrokenPipe { Ok(false) } else { Err(e.into()) };
-            }
+    /// At the end of the run: what is still pending, summed up.
+    fn finish(&mut self) -> Result<()> {
+        self.diag.settle();
+        self.diag.summaries(true, &mut self.records);
+        if self.each(|_, _| Ok(()))? {
+            self.each(|s, _| s.flush())?;
         }
-        Ok(true)
+        self.sinks.iter_mut().for_each(|s| s.finish());
+        Ok(())
     }
 }
 
-impl<W: io::Write> EventSink for JsonSink<W> {
+impl EventSink for Observe {
     fn event(&mut self, ev: Event) -> Result<bool> {
         let findings = self.diag.observe(&ev);
-        if let Some((m, _)) = &self.metrics {
-            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
-            m.observe(&self.diag, &ev);
-            if !findings.is_empty() {
-                m.update_from(&self.diag);
-            }
-        }
-        self.to_pods(&findings);
-        // Lost and suppressed records are news at every level.
-        if (self.packets || !ev.is_packet()) && !self.write_all(&[ev])? {
-            return Ok(false);
-        }
-        Ok(self.write_records()? && self.write_all(&findings)?)
-    }
-    fn batch_done(&mut self) -> Result<bool> {
-        self.flush()
-    }
-    fn all_packets(&self) -> bool {
-        self.packets
+        self.each(|s, diag| s.event(diag, &ev, &findings))
     }
     fn tick(&mut self, now: SystemTime) -> Result<bool> {
         let findings = self.diag.tick(now);
         self.diag.summaries(false, &mut self.records);
-        if !self.write_records()? {
-            return Ok(false);
-        }
-        if let Some((m, _)) = &self.metrics {
-            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
-            m.update_from(&self.diag);
-            m.expire(now);
-            #[cfg(feature = "kubernetes")]
-            if let PodEventsState::On(p) = &self.pod_events {
-                m.set_pod_events(&p.stats().by_result());
-            }
-        }
-        self.to_pods(&findings);
-        Ok(self.write_all(&findings)? && self.flush()?)
+        Ok(self.each(|s, diag| s.tick(diag, now, &findings))? && self.batch_done()?)
+    }
+    fn batch_done(&mut self) -> Result<bool> {
+        self.each(|s, _| s.flush())
+    }
+    fn all_packets(&self) -> bool {
+        self.packets
     }
     fn attached(&mut self) {
         if let Some((_, ready)) = &self.metrics {
@@ -402,17 +380,17 @@ impl<W: io::Write> EventSink for JsonSink<W> {
     }
     fn identities(&mut self, node: &str, ids: &Identities) {
         #[cfg(feature = "kubernetes")]
-        if let PodEventsState::Wanted = self.pod_events {
+        if std::mem::take(&mut self.pod_events_wanted) {
             // Only where the pod watch runs: it says which pods are this
             // node's, and the same client configuration reaches the API.
-            self.pod_events = match ids.pod_table() {
-                Some(pods) => {
-                    info!(node = %node, "Kubernetes: findings on this node's pods become Events there");
-                    let cfg = pod_events::Config::new(node.to_owned());
-                    PodEventsState::On(pod_events::PodEvents::spawn_from_env(cfg, pods))
-                }
-                None => PodEventsState::Off,
-            };
+            if let Some(pods) = ids.pod_table() {
+                info!(node = %node, "Kubernetes: findings on this node's pods become Events there");
+                let cfg = pod_events::Config::new(node.to_owned());
+                self.sinks.push(Box::new(pod_events::PodEventsSink {
+                    events: pod_events::PodEvents::spawn_from_env(cfg, pods),
+                    metrics: self.metrics.as_ref().map(|(m, _)| m.clone()),
+                }));
+            }
         }
         #[cfg(not(feature = "kubernetes"))]
         let _ = (node, ids);
@@ -421,35 +399,6 @@ impl<W: io::Write> EventSink for JsonSink<W> {
         if let Some((m, _)) = &self.metrics {
             let stats = if metrics::bpf_stats_enabled() { read() } else { Vec::new() };
             m.lock().unwrap_or_else(|e| e.into_inner()).set_bpf_stats(stats);
-        }
-    }
-}
-
-impl<W: io::Write> JsonSink<W> {
-    /// What the Diagnoser decided since the last call.
-    fn write_records(&mut self) -> Result<bool> {
-        self.diag.drain(&mut self.records);
-        let records = std::mem::take(&mut self.records);
-        let go = self.write_all(&records)?;
-        self.records = records;
-        self.records.clear();
-        Ok(go)
-    }
-
-    /// At the end of the run: what is still pending, summed up.
-    fn finish(&mut self) -> Result<()> {
-        self.diag.settle();
-        self.diag.summaries(true, &mut self.records);
-        if self.write_records()? {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<bool> {
-        match self.out.flush() {
-            Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(false),
-            r => Ok(r.map(|_| true)?),
         }
     }
 }
@@ -484,34 +433,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
         exchanges,
         ..Default::default()
     });
-    let mut sink = JsonSink {
-        out: JsonLines::new(io::stdout().lock()),
+    let packets = args.events == EventLevel::Packets;
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(Stdout::new(io::stdout().lock(), packets))];
+    if let Some((m, _)) = &metrics {
+        sinks.push(Box::new(MetricsSink(m.clone())));
+    }
+    let mut observe = Observe {
         diag,
-        packets: args.events == EventLevel::Packets,
+        sinks,
         records: Vec::new(),
+        packets,
         metrics,
         #[cfg(feature = "kubernetes")]
-        pod_events: if args.no_pod_events { PodEventsState::Off } else { PodEventsState::Wanted },
+        pod_events_wanted: !args.no_pod_events,
     };
     #[cfg(not(feature = "kubernetes"))]
     let _ = args.no_pod_events;
-    capture_loop(&args.capture, deadline(args.duration), &mut sink).await?;
-    sink.finish()?;
-    #[cfg(feature = "kubernetes")]
-    if let PodEventsState::On(p) = &sink.pod_events {
-        let s = p.stats();
-        info!(
-            sent = s.sent,
-            not_a_pod = s.not_a_pod,
-            rate_limited = s.rate_limited,
-            queue_full = s.queue_full,
-            off = s.off,
-            failed = s.failed,
-            forbidden = s.forbidden,
-            "pod Events"
-        );
-    }
-    info!(lines = sink.out.written, "done");
+    capture_loop(&args.capture, deadline(args.duration), &mut observe).await?;
+    observe.finish()?;
     Ok(())
 }
 
@@ -524,10 +463,10 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
                 diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
             let name = if path == "-" { "stdin" } else { path.as_str() };
             let d = if path == "-" {
-                report::diagnose_stream_with(io::stdin().lock(), cfg)
+                diagnose::replay::diagnose_stream_with(io::stdin().lock(), cfg)
             } else {
                 let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
-                report::diagnose_stream_with(io::BufReader::new(f), cfg)
+                diagnose::replay::diagnose_stream_with(io::BufReader::new(f), cfg)
             }
             .with_context(|| format!("reading {name}"))?;
             let why = d.skipped.describe();
@@ -543,7 +482,7 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
                 }
             }
             // Beside events, finding lines are expected (`run` writes both).
-            let ignored = report::Skipped { findings: 0, ..d.skipped };
+            let ignored = diagnose::replay::Skipped { findings: 0, ..d.skipped };
             if let Some(why) = ignored.describe() {
                 warn!("{name}: {} skipped: {why}", lines(ignored.total()));
             }

@@ -27,7 +27,7 @@ mod assess;
 mod exchange;
 mod finding;
 mod outcome;
-mod replay;
+pub mod replay;
 mod state;
 pub use api::{ContainerView, Diagnoser};
 pub use state::Counts;

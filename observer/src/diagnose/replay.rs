@@ -1,15 +1,116 @@
-//! Reading back what `run` writes above the packet level: an `exchange`
-//! event replays its decided outcome through the same outcome rules the
-//! packets went through; a `summary` adds the healthy exchanges it counts.
-//! So `report` and `tui --from` reach the same verdicts from a stream of
-//! findings, exchanges and summaries as from the packets themselves.
+//! Offline: a recorded JSON-lines stream (a file, `kubectl logs` of many
+//! nodes) through the same engine as a live run. Above the packet level,
+//! an `exchange` event replays its decided outcome through the same
+//! outcome rules the packets went through, and a `summary` adds the healthy
+//! exchanges it counts: `report` and `tui --from` reach the same verdicts
+//! from every `--events` level.
+use std::io::{self, BufRead};
+
 use super::{
     api::make_room_containers,
     exchange::{Cx, Effects, new_request},
     outcome::{connect_failed, set_outcome},
     *,
 };
-use crate::model::Outcome as Settled;
+use crate::model::{Line, Outcome as Settled, read_line};
+
+/// A recorded stream, diagnosed.
+#[derive(Debug, Default)]
+pub struct StreamDiagnosis {
+    /// The findings at the end of the stream, worst first (what `report`
+    /// prints).
+    pub findings: Vec<Finding>,
+    /// The finding lines a live run would have written, in order (kept
+    /// for the tests only: `report` holds no more than what it prints).
+    #[cfg(test)]
+    pub emitted: Vec<Finding>,
+    /// Events fed to the engine.
+    pub events: u64,
+    /// Lines not fed to the engine, by why.
+    pub skipped: Skipped,
+    /// Records the capture reported lost.
+    pub lost_events: u64,
+}
+
+/// Lines of a stream that are not events the engine can use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Not JSON: garbage, a truncated line, not UTF-8 (or a log line).
+    pub not_json: u64,
+    /// JSON, but not an event: no or an unknown `type`, missing fields.
+    pub not_event: u64,
+    /// `"type":"finding"` lines: the engine recomputes findings from events.
+    pub findings: u64,
+    /// Events whose `ts` is not an RFC 3339 time.
+    pub bad_time: u64,
+}
+
+impl Skipped {
+    pub fn total(&self) -> u64 {
+        self.not_json + self.not_event + self.findings + self.bad_time
+    }
+
+    /// "3 not JSON (...), 1 finding line (...)", or None when nothing was
+    /// skipped.
+    pub fn describe(&self) -> Option<String> {
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        let parts: Vec<String> = [
+            (self.not_json, "not JSON (garbage, truncated or a log line)".to_string()),
+            (self.not_event, "JSON but not an event".to_string()),
+            (
+                self.findings,
+                format!(
+                    "finding line{} (report reads the events `run` writes, not findings)",
+                    s(self.findings)
+                ),
+            ),
+            (self.bad_time, format!("event{} with a bad timestamp", s(self.bad_time))),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+/// Diagnose a JSON-lines event stream (a file, or `kubectl logs` of several
+/// nodes) with the same engine as a live run.
+pub fn diagnose_stream(r: impl BufRead) -> io::Result<StreamDiagnosis> {
+    diagnose_stream_with(r, Config::default())
+}
+
+pub fn diagnose_stream_with(mut r: impl BufRead, cfg: Config) -> io::Result<StreamDiagnosis> {
+    let mut d = Diagnoser::new(cfg);
+    let mut out = StreamDiagnosis::default();
+    let mut line = Vec::new();
+    while let Some(kept) = read_line(&mut r, &mut line)? {
+        if !kept {
+            out.skipped.not_json += 1;
+            continue;
+        }
+        match Line::parse(&line) {
+            None => {}
+            Some(Line::Event(ev)) => {
+                let _found = d.observe(&ev);
+                #[cfg(test)]
+                out.emitted.extend(_found);
+                out.events += 1;
+            }
+            Some(Line::BadTime) => out.skipped.bad_time += 1,
+            Some(Line::Finding) => out.skipped.findings += 1,
+            Some(Line::NotEvent) => out.skipped.not_event += 1,
+            Some(Line::NotJson) => out.skipped.not_json += 1,
+        }
+    }
+    let _settled = d.settle();
+    #[cfg(test)]
+    out.emitted.extend(_settled);
+    out.findings = d.findings();
+    out.lost_events = d.stats().lost_events;
+    Ok(out)
+}
 
 /// Apply one `exchange` or `summary` event. False if it names no workload.
 pub(super) fn record(node: &mut NodeState, cfg: &Config, stats: &mut Stats, ev: &Event) -> bool {

@@ -1305,7 +1305,7 @@ fn replayed(records: &[Event], findings: &[Finding]) -> Vec<Finding> {
         text += &serde_json::to_string(f).unwrap();
         text.push('\n');
     }
-    crate::sink::report::diagnose_stream(text.as_bytes()).unwrap().findings
+    crate::diagnose::replay::diagnose_stream(text.as_bytes()).unwrap().findings
 }
 
 fn packet_verdicts(events: &[Event]) -> Vec<Finding> {

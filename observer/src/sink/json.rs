@@ -1,8 +1,56 @@
 //! JSON lines on stdout: one object per event, flushed per batch so that
 //! `kubectl logs -f` and pipes see events as they happen.
-use std::io::{self, BufWriter, Write};
+use std::{
+    io::{self, BufWriter, Write},
+    time::SystemTime,
+};
 
 use serde::Serialize;
+use tracing::info;
+
+use super::Sink;
+use crate::{
+    diagnose::{Diagnoser, Finding},
+    model::Event,
+};
+
+/// `run`'s stdout: findings, exchanges and summaries; packets only at
+/// `--events packets` (lost and suppressed records at every level).
+pub struct Stdout<W: Write> {
+    lines: JsonLines<W>,
+    packets: bool,
+}
+
+impl<W: Write> Stdout<W> {
+    pub fn new(w: W, packets: bool) -> Self {
+        Self { lines: JsonLines::new(w), packets }
+    }
+
+    fn write_all<T: Serialize>(&mut self, items: &[T]) -> io::Result<()> {
+        items.iter().try_for_each(|it| self.lines.write(it))
+    }
+}
+
+impl<W: Write> Sink for Stdout<W> {
+    fn event(&mut self, _: &Diagnoser, ev: &Event, findings: &[Finding]) -> io::Result<()> {
+        if self.packets || !ev.is_packet() {
+            self.lines.write(ev)?;
+        }
+        self.write_all(findings)
+    }
+    fn records(&mut self, records: &[Event]) -> io::Result<()> {
+        self.write_all(records)
+    }
+    fn tick(&mut self, _: &Diagnoser, _: SystemTime, findings: &[Finding]) -> io::Result<()> {
+        self.write_all(findings)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.lines.flush()
+    }
+    fn finish(&mut self) {
+        info!(lines = self.lines.written, "done");
+    }
+}
 
 pub struct JsonLines<W: Write> {
     out: BufWriter<W>,

@@ -782,6 +782,33 @@ fn encode_value(
     }
 }
 
+/// `run`'s metrics, as the HTTP server shows them: read from the
+/// Diagnoser after each event and each second.
+pub struct MetricsSink(pub std::sync::Arc<std::sync::Mutex<Metrics>>);
+
+impl MetricsSink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Metrics> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl super::Sink for MetricsSink {
+    fn event(&mut self, diag: &Diagnoser, ev: &Event, findings: &[Finding]) -> std::io::Result<()> {
+        let mut m = self.lock();
+        m.observe(diag, ev);
+        if !findings.is_empty() {
+            m.update_from(diag);
+        }
+        Ok(())
+    }
+    fn tick(&mut self, diag: &Diagnoser, now: SystemTime, _: &[Finding]) -> std::io::Result<()> {
+        let mut m = self.lock();
+        m.update_from(diag);
+        m.expire(now);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -427,6 +427,51 @@ fn forbidden(code: u16, message: &str, namespace: &str) -> String {
     }
 }
 
+/// `run`'s Kubernetes Events: each finding handed over (never waits), and
+/// what became of them counted in the metrics, when they are served.
+pub struct PodEventsSink {
+    pub events: PodEvents,
+    pub metrics: Option<Arc<Mutex<super::metrics::Metrics>>>,
+}
+
+impl super::Sink for PodEventsSink {
+    fn event(
+        &mut self,
+        _: &crate::diagnose::Diagnoser,
+        _: &crate::model::Event,
+        findings: &[Finding],
+    ) -> std::io::Result<()> {
+        findings.iter().for_each(|f| self.events.finding(f));
+        Ok(())
+    }
+    fn tick(
+        &mut self,
+        _: &crate::diagnose::Diagnoser,
+        _: std::time::SystemTime,
+        findings: &[Finding],
+    ) -> std::io::Result<()> {
+        findings.iter().for_each(|f| self.events.finding(f));
+        if let Some(m) = &self.metrics {
+            let by_result = self.events.stats().by_result();
+            m.lock().unwrap_or_else(|e| e.into_inner()).set_pod_events(&by_result);
+        }
+        Ok(())
+    }
+    fn finish(&mut self) {
+        let s = self.events.stats();
+        info!(
+            sent = s.sent,
+            not_a_pod = s.not_a_pod,
+            rate_limited = s.rate_limited,
+            queue_full = s.queue_full,
+            off = s.off,
+            failed = s.failed,
+            forbidden = s.forbidden,
+            "pod Events"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};

@@ -1,14 +1,11 @@
 //! The `report` table: per container, what is wrong, the numbers behind it,
-//! and how to fix it; plus the exit status, and the offline path that turns
-//! a recorded JSON-lines stream into the same findings as a live run.
-use std::{
-    collections::BTreeMap,
-    io::{self, BufRead},
-};
+//! and how to fix it; plus the exit status. (A recorded stream becomes
+//! findings in diagnose/replay.rs.)
+use std::collections::BTreeMap;
 
 use crate::{
-    diagnose::{Config, Diagnoser, Finding, Fix},
-    model::{Line, bounded::plural, read_line},
+    diagnose::{Finding, Fix},
+    model::bounded::plural,
 };
 
 /// Target width of the text report.
@@ -18,104 +15,6 @@ pub const WIDTH: usize = 100;
 /// (2, for errors, is the caller's.)
 pub fn exit_code(findings: &[Finding]) -> u8 {
     if findings.iter().all(Finding::is_healthy) { 0 } else { 1 }
-}
-
-/// A recorded stream, diagnosed.
-#[derive(Debug, Default)]
-pub struct StreamDiagnosis {
-    /// The findings at the end of the stream, worst first (what `report`
-    /// prints).
-    pub findings: Vec<Finding>,
-    /// The finding lines a live run would have written, in order (kept
-    /// for the tests only: `report` holds no more than what it prints).
-    #[cfg(test)]
-    pub emitted: Vec<Finding>,
-    /// Events fed to the engine.
-    pub events: u64,
-    /// Lines not fed to the engine, by why.
-    pub skipped: Skipped,
-    /// Records the capture reported lost.
-    pub lost_events: u64,
-}
-
-/// Lines of a stream that are not events the engine can use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Skipped {
-    /// Not JSON: garbage, a truncated line, not UTF-8 (or a log line).
-    pub not_json: u64,
-    /// JSON, but not an event: no or an unknown `type`, missing fields.
-    pub not_event: u64,
-    /// `"type":"finding"` lines: the engine recomputes findings from events.
-    pub findings: u64,
-    /// Events whose `ts` is not an RFC 3339 time.
-    pub bad_time: u64,
-}
-
-impl Skipped {
-    pub fn total(&self) -> u64 {
-        self.not_json + self.not_event + self.findings + self.bad_time
-    }
-
-    /// "3 not JSON (...), 1 finding line (...)", or None when nothing was
-    /// skipped.
-    pub fn describe(&self) -> Option<String> {
-        let s = |n: u64| if n == 1 { "" } else { "s" };
-        let parts: Vec<String> = [
-            (self.not_json, "not JSON (garbage, truncated or a log line)".to_string()),
-            (self.not_event, "JSON but not an event".to_string()),
-            (
-                self.findings,
-                format!(
-                    "finding line{} (report reads the events `run` writes, not findings)",
-                    s(self.findings)
-                ),
-            ),
-            (self.bad_time, format!("event{} with a bad timestamp", s(self.bad_time))),
-        ]
-        .into_iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, why)| format!("{n} {why}"))
-        .collect();
-        (!parts.is_empty()).then(|| parts.join(", "))
-    }
-}
-
-#[cfg(test)]
-/// Diagnose a JSON-lines event stream (a file, or `kubectl logs` of several
-/// nodes) with the same engine as a live run.
-pub fn diagnose_stream(r: impl BufRead) -> io::Result<StreamDiagnosis> {
-    diagnose_stream_with(r, Config::default())
-}
-
-pub fn diagnose_stream_with(mut r: impl BufRead, cfg: Config) -> io::Result<StreamDiagnosis> {
-    let mut d = Diagnoser::new(cfg);
-    let mut out = StreamDiagnosis::default();
-    let mut line = Vec::new();
-    while let Some(kept) = read_line(&mut r, &mut line)? {
-        if !kept {
-            out.skipped.not_json += 1;
-            continue;
-        }
-        match Line::parse(&line) {
-            None => {}
-            Some(Line::Event(ev)) => {
-                let _found = d.observe(&ev);
-                #[cfg(test)]
-                out.emitted.extend(_found);
-                out.events += 1;
-            }
-            Some(Line::BadTime) => out.skipped.bad_time += 1,
-            Some(Line::Finding) => out.skipped.findings += 1,
-            Some(Line::NotEvent) => out.skipped.not_event += 1,
-            Some(Line::NotJson) => out.skipped.not_json += 1,
-        }
-    }
-    let _settled = d.settle();
-    #[cfg(test)]
-    out.emitted.extend(_settled);
-    out.findings = d.findings();
-    out.lost_events = d.stats().lost_events;
-    Ok(out)
 }
 
 /// Collapse long hex runs (container ids) to 12 characters.
@@ -503,7 +402,8 @@ fn render_raw(findings: &[Finding]) -> String {
 mod tests {
     use super::*;
     use crate::diagnose::{
-        FindingKind,
+        Diagnoser, FindingKind,
+        replay::{Skipped, diagnose_stream},
         tests::{Ctr, feed, hop_limit_failure},
     };
 
