@@ -1,17 +1,18 @@
 //! What every hook shares: the endpoint filter, the ring buffer and the
 //! snapshot of a matching packet.
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_ebpf::{
     BUDGET_BURST, BUDGET_PER_SEC, Budget, Hook, INBOUND_PAYLOAD, MAX_BUDGETS, MAX_ENDPOINTS,
-    Record, SNAP_LEN, address_key_v4, address_key_v6, snap_len,
+    RING_BYTES, Record, SNAP_LEN, WAKE_AT, address_key_v4, address_key_v6, snap_len,
 };
 
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// Records lost to a full ring, per CPU.
 #[map]
@@ -474,7 +475,20 @@ fn emit<P: Packet>(pkt: &P, version: u8, cap: u32, meta: &Meta) {
         n = 0;
     }
     rec.snap_len = n;
-    entry.submit(0);
+    entry.submit(submit_flags());
+}
+
+/// How to submit a record: without waking the reader while less than
+/// `WAKE_AT` bytes wait in the ring (userspace drains it every
+/// `DRAIN_EVERY_MS` anyway); past it, wake the reader before the ring
+/// fills.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_AT {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 /// Reserve a record for a non-packet event, or count it lost.

@@ -54,6 +54,6 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
     };
     rec.pkt_len = n;
     rec.snap_len = n;
-    entry.submit(0);
+    entry.submit(capture::submit_flags());
     0
 }

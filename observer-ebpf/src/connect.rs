@@ -50,7 +50,7 @@ fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
         rec.daddr[i * 4 + 3] = b[3];
         i += 1;
     }
-    entry.submit(0);
+    entry.submit(capture::submit_flags());
 }
 
 #[cgroup_sock_addr(connect4)]

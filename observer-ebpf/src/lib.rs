@@ -20,6 +20,16 @@ pub fn snap_len(n: u32) -> u32 {
 /// credential). The IP and transport headers before it are always copied.
 pub const INBOUND_PAYLOAD: usize = 16;
 
+/// The ring's size: about 6,500 records.
+pub const RING_BYTES: u32 = 4 << 20;
+/// Bytes waiting in the ring past which a record wakes the reader; below
+/// it records wait for the reader's next drain (every `DRAIN_EVERY_MS`):
+/// about 100 records, a 64th of the ring. A busy node pays no wakeup (a
+/// context switch of the reader) per record.
+pub const WAKE_AT: u64 = (RING_BYTES / 64) as u64;
+/// How often userspace drains the ring unwoken: the most a record waits.
+pub const DRAIN_EVERY_MS: u64 = 50;
+
 /// Most endpoints per address family the programs compare against.
 pub const MAX_ENDPOINTS: usize = 8;
 

@@ -197,6 +197,10 @@ pub async fn capture_loop(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // The kernel wakes us only when the ring fills up (observer_ebpf::WAKE_AT):
+    // what it holds is taken this often.
+    let mut drain = tokio::time::interval(Duration::from_millis(observer_ebpf::DRAIN_EVERY_MS));
+    drain.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut lost_reported = 0u64;
     let mut dump = record_dump()?;
     let mut recs = Vec::new();
@@ -207,6 +211,7 @@ pub async fn capture_loop(
         while go {
             tokio::select! {
                 r = cap.read(&mut recs) => r?,
+                _ = drain.tick() => cap.drain(&mut recs),
                 _ = sigint.recv() => go = false,
                 _ = sigterm.recv() => go = false,
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => go = false,
