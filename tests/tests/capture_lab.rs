@@ -441,6 +441,15 @@ fn only_tcp_to_the_service_port_is_captured() {
     assert!(!token_puts(&events, &sdk_c).is_empty(), "the SDK's token PUT was not captured");
 }
 
+/// The container advertises a small MSS: IMDS answers in many segments.
+fn small_mss(c: &Container) {
+    let route = imds_lab::sh(&["ip", "-n", &c.netns, "route", "show", "default"]);
+    let mut change = vec!["ip", "-n", &c.netns, "route", "change"];
+    change.extend(route.split_whitespace());
+    change.extend(["advmss", "88"]);
+    imds_lab::sh(&change);
+}
+
 /// One raw record as the observer dumps it (IMDS_OBSERVER_RECORD_DUMP):
 /// (hook, packet length, snapshot).
 fn raw_records(bytes: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
@@ -470,12 +479,7 @@ fn no_reply_body_leaves_the_kernel() {
     for hop_limit in [1, 2] {
         let mut lab = Lab::new(LabOpts { hop_limit, ..Default::default() });
         let c = lab.add_container("canary", Attach::Routed);
-        // The container advertises a small MSS: IMDS answers in many segments.
-        let route = imds_lab::sh(&["ip", "-n", &c.netns, "route", "show", "default"]);
-        let mut change = vec!["ip", "-n", &c.netns, "route", "change"];
-        change.extend(route.split_whitespace());
-        change.extend(["advmss", "88"]);
-        imds_lab::sh(&change);
+        small_mss(&c);
         let dump =
             std::env::temp_dir().join(format!("imds-dump-{}-{hop_limit}", std::process::id()));
         let obs =
@@ -556,11 +560,7 @@ fn as_deployed_the_kernel_hands_over_only_what_the_diagnosis_reads() {
     for level in ["problems", "packets"] {
         let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
         let c = lab.add_container("lean", Attach::Routed);
-        let route = imds_lab::sh(&["ip", "-n", &c.netns, "route", "show", "default"]);
-        let mut change = vec!["ip", "-n", &c.netns, "route", "change"];
-        change.extend(route.split_whitespace());
-        change.extend(["advmss", "88"]);
-        imds_lab::sh(&change);
+        small_mss(&c);
         let dump = std::env::temp_dir().join(format!("imds-dump-lean-{}", std::process::id()));
         let obs = lab.observer_as_deployed_with_env(
             &["--events", level],
