@@ -234,17 +234,11 @@ pub async fn capture_loop(
             if !go {
                 cap.drain(&mut recs);
             }
-            for rec in recs.drain(..) {
-                if let Some(d) = dump.as_mut() {
-                    dump_record(d, &rec)?;
-                }
-                pipe.process(&rec, &mut events);
+            if let Some(d) = dump.as_mut() {
+                recs.iter().try_for_each(|rec| dump_record(d, rec))?;
             }
-            pipe.release_due(if go { mono_now_ns() } else { u64::MAX }, &mut events);
-            for ev in events.drain(..) {
-                go &= sink.event(ev)?;
-            }
-            go &= sink.batch_done()?;
+            let now = if go { mono_now_ns() } else { u64::MAX };
+            go &= take_batch(&mut recs, now, &mut pipe, &mut events, sink)?;
         }
         report_lost(&cap, &pipe, lost_reported, sink)?;
         Ok(())
@@ -259,6 +253,28 @@ pub async fn capture_loop(
         "detached"
     );
     result
+}
+
+/// One drain of the ring: its records through the pipeline (held ones due
+/// by `now_ns` included), each event into the sink, then the batch's end.
+/// Leaves `recs` and `events` empty, their memory kept for the next batch.
+/// False when the sink says stop.
+pub fn take_batch(
+    recs: &mut Vec<observer_ebpf::Record>,
+    now_ns: u64,
+    pipe: &mut Pipeline,
+    events: &mut Vec<Event>,
+    sink: &mut impl EventSink,
+) -> Result<bool> {
+    for rec in recs.drain(..) {
+        pipe.process(&rec, events);
+    }
+    pipe.release_due(now_ns, events);
+    let mut go = true;
+    for ev in events.drain(..) {
+        go &= sink.event(ev)?;
+    }
+    Ok(go && sink.batch_done()?)
 }
 
 /// `IMDS_OBSERVER_RECORD_DUMP=FILE`: every record the kernel hands over,
@@ -312,7 +328,7 @@ fn diagnoser(instance_id: Option<String>) -> Diagnoser {
 
 /// `run`'s loop: owns the Diagnoser, feeds it every event and the time,
 /// and hands each sink what it decided.
-struct Observe {
+pub struct Observe {
     diag: Diagnoser,
     sinks: Vec<Box<dyn Sink>>,
     /// Exchanges and summaries the Diagnoser handed over, to pass on.
@@ -328,6 +344,38 @@ struct Observe {
 }
 
 impl Observe {
+    /// At `level`, with `out` as stdout (and no other sink yet).
+    pub fn new(level: EventLevel, instance_id: Option<String>, out: Box<dyn io::Write>) -> Self {
+        let exchanges = match level {
+            EventLevel::Problems => diagnose::Exchanges::Problems,
+            EventLevel::Exchanges => diagnose::Exchanges::All,
+            EventLevel::Packets => diagnose::Exchanges::None,
+        };
+        let diag =
+            Diagnoser::new(diagnose::Config { instance_id, exchanges, ..Default::default() });
+        let packets = level == EventLevel::Packets;
+        Self {
+            diag,
+            sinks: vec![Box::new(Stdout::new(out, packets))],
+            records: Vec::new(),
+            packets,
+            metrics: None,
+            #[cfg(feature = "kubernetes")]
+            pod_events_wanted: false,
+        }
+    }
+
+    /// At the end of the run: what is still pending, summed up.
+    pub fn finish(&mut self) -> Result<()> {
+        self.diag.settle();
+        self.diag.summaries(true, &mut self.records);
+        if self.each(|_, _| Ok(()))? {
+            self.each(|s, _| s.flush())?;
+        }
+        self.sinks.iter_mut().for_each(|s| s.finish());
+        Ok(())
+    }
+
     /// Hand each sink what `each` gives it, then the records decided
     /// meanwhile. False when stdout was closed (`| head`): the run ends
     /// quietly.
@@ -348,17 +396,6 @@ impl Observe {
             Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(false),
             r => Ok(r.map(|()| true)?),
         }
-    }
-
-    /// At the end of the run: what is still pending, summed up.
-    fn finish(&mut self) -> Result<()> {
-        self.diag.settle();
-        self.diag.summaries(true, &mut self.records);
-        if self.each(|_, _| Ok(()))? {
-            self.each(|s, _| s.flush())?;
-        }
-        self.sinks.iter_mut().for_each(|s| s.finish());
-        Ok(())
     }
 }
 
@@ -428,30 +465,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let exchanges = match args.events {
-        EventLevel::Problems => diagnose::Exchanges::Problems,
-        EventLevel::Exchanges => diagnose::Exchanges::All,
-        EventLevel::Packets => diagnose::Exchanges::None,
-    };
-    let diag = Diagnoser::new(diagnose::Config {
-        instance_id: args.instance_id.clone(),
-        exchanges,
-        ..Default::default()
-    });
-    let packets = args.events == EventLevel::Packets;
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(Stdout::new(io::stdout().lock(), packets))];
+    let mut observe =
+        Observe::new(args.events, args.instance_id.clone(), Box::new(io::stdout().lock()));
     if let Some((m, _)) = &metrics {
-        sinks.push(Box::new(MetricsSink(m.clone())));
+        observe.sinks.push(Box::new(MetricsSink(m.clone())));
     }
-    let mut observe = Observe {
-        diag,
-        sinks,
-        records: Vec::new(),
-        packets,
-        metrics,
-        #[cfg(feature = "kubernetes")]
-        pod_events_wanted: !args.no_pod_events,
-    };
+    observe.metrics = metrics;
+    #[cfg(feature = "kubernetes")]
+    {
+        observe.pod_events_wanted = !args.no_pod_events;
+    }
     #[cfg(not(feature = "kubernetes"))]
     let _ = args.no_pod_events;
     capture_loop(&args.capture, deadline(args.duration), &mut observe).await?;

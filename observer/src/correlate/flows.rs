@@ -7,9 +7,14 @@
 //!   the TCP sequence/ack numbers of a packet the socket just sent. The first
 //!   such match teaches the table the rewritten tuple.
 //!
-//! State is bounded: idle flows are evicted, and the table never holds more
+//! State is bounded: a flow is forgotten `ENDED_LINGER` after its
+//! connection ended, idle ones after `IDLE`, and the table never holds more
 //! than `MAX_FLOWS` flows.
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use crate::model::bounded::oldest_eighth;
 
@@ -17,6 +22,10 @@ use crate::model::bounded::oldest_eighth;
 pub const IDLE: Duration = Duration::from_secs(300);
 /// Packets a socket sent are kept this long for NAT matching.
 const NAT_WINDOW: Duration = Duration::from_secs(10);
+/// A flow whose connection ended (FIN or RST) is kept this long: the
+/// endpoint's late packets (retransmitted replies, and their drops) are
+/// still attributed to it.
+pub const ENDED_LINGER: Duration = NAT_WINDOW;
 /// At most (model::budget).
 pub const MAX_FLOWS: usize = crate::model::budget::CORRELATE_FLOWS;
 
@@ -38,6 +47,11 @@ pub struct Flow {
     /// [0] and received [1] lately: a second one is a retransmission.
     segments: [Segments; 2],
     last_seen: Nanos,
+    /// Its keys in `by_tuple` and `by_nat_tuple`, to forget it by.
+    tuple: Option<Tuple>,
+    nat_tuple: Option<Tuple>,
+    /// Its connection ended (it waits in `FlowTable::ended`).
+    ended: bool,
 }
 
 /// The last few segments of one direction, by (sequence number, kind).
@@ -72,6 +86,8 @@ pub struct FlowTable {
     by_nat_tuple: HashMap<Tuple, u64>,
     /// (endpoint, seq, ack) of packets sockets sent recently → (cookie, when).
     sent: HashMap<(SocketAddr, u32, u32), (u64, Nanos)>,
+    /// Flows whose connection ended, by when, oldest first.
+    ended: VecDeque<(Nanos, u64)>,
     evicted: u64,
 }
 
@@ -152,7 +168,40 @@ impl FlowTable {
                 self.sent.insert((endpoint, seq, ack), (cookie, now));
             }
         }
-        self.flow_mut(cookie, cgroup_id, now)
+        let f = self.flow_mut(cookie, cgroup_id, now);
+        f.tuple = Some((local, endpoint));
+        f
+    }
+
+    /// The connection of `cookie` ended (a FIN or RST at its socket): the
+    /// flow is forgotten `ENDED_LINGER` later.
+    pub fn ended(&mut self, cookie: u64, now: Nanos) {
+        if let Some(f) = self.flows.get_mut(&cookie).filter(|f| !f.ended) {
+            f.ended = true;
+            self.ended.push_back((now, cookie));
+        }
+    }
+
+    /// Forget the flows whose connection ended `ENDED_LINGER` before `now`.
+    /// Cheap when none is due: call it with every packet.
+    pub fn forget_ended(&mut self, now: Nanos) {
+        while let Some(&(t, cookie)) = self.ended.front() {
+            if now.saturating_sub(t) < ns(ENDED_LINGER) {
+                break;
+            }
+            self.ended.pop_front();
+            if let Some(f) = self.flows.remove(&cookie) {
+                for (map, key) in
+                    [(&mut self.by_tuple, f.tuple), (&mut self.by_nat_tuple, f.nat_tuple)]
+                {
+                    if let Some(k) = key {
+                        if map.get(&k) == Some(&cookie) {
+                            map.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Whether the socket `cookie` already sent (or, with `sent` false,
@@ -186,6 +235,7 @@ impl FlowTable {
             None => {
                 let (seq, ack) = tcp_seq_ack?;
                 let (c, _) = *self.sent.get(&(endpoint, seq, ack))?;
+                self.flows.get_mut(&c)?.nat_tuple = Some(tuple);
                 self.by_nat_tuple.insert(tuple, c);
                 c
             }
@@ -231,6 +281,7 @@ impl FlowTable {
         self.by_tuple.retain(|_, c| flows.contains_key(c));
         self.by_nat_tuple.retain(|_, c| flows.contains_key(c));
         self.sent.retain(|_, (c, _)| flows.contains_key(c));
+        self.ended.retain(|(_, c)| flows.contains_key(c));
     }
 }
 
@@ -309,6 +360,27 @@ mod tests {
         assert_eq!(t.len(), 0);
         assert!(t.lookup(sa("198.18.2.2:5000"), ep, S).is_none());
         assert_eq!(t.evicted(), 1);
+    }
+
+    #[test]
+    fn an_ended_flow_is_forgotten_after_its_linger() {
+        let mut t = FlowTable::new();
+        let ep = sa("169.254.169.254:80");
+        t.on_socket_packet(9, 5, (sa("198.18.2.2:5000"), ep), Some((1000, 0)), true, S);
+        t.on_uplink_egress(sa("198.18.0.2:61000"), ep, Some((1000, 0)), S).unwrap();
+        t.on_socket_packet(8, 5, (sa("198.18.2.2:5001"), ep), Some((2000, 0)), true, S);
+        t.ended(9, 2 * S);
+        t.ended(9, 3 * S); // a second FIN changes nothing
+        t.forget_ended(2 * S + ns(ENDED_LINGER) - 1);
+        // A late reply on the rewritten tuple is still the flow's.
+        assert_eq!(t.lookup(sa("198.18.0.2:61000"), ep, 2 * S).unwrap().cookie, 9);
+        t.forget_ended(2 * S + ns(ENDED_LINGER));
+        assert!(t.get(9).is_none());
+        assert!(t.lookup(sa("198.18.0.2:61000"), ep, 3 * S).is_none());
+        assert!(t.lookup(sa("198.18.2.2:5000"), ep, 3 * S).is_none());
+        // The other flow, still open, stays.
+        assert_eq!(t.lookup(sa("198.18.2.2:5001"), ep, 3 * S).unwrap().cookie, 8);
+        assert_eq!((t.len(), t.ended.len()), (1, 0));
     }
 
     #[test]

@@ -454,6 +454,7 @@ pub(super) fn flush(
 /// Time-based outcomes and eviction, by the node's clock.
 pub(super) fn maintain(node: &mut NodeState, cfg: &Config, stats: &mut Stats, force: bool) {
     let now = node.now;
+    forget_ended(node, cfg, stats, now);
     if force || now >= node.next_check {
         node.next_check = now + CHECK_EVERY;
         check_pending(node, cfg, now);
@@ -492,6 +493,22 @@ pub(super) fn check_pending(node: &mut NodeState, cfg: &Config, now: Ts) {
     }
     node.dirty.sort_unstable();
     node.dirty.dedup();
+}
+
+/// Forget the flows whose connection ended `ENDED_LINGER` ago (late
+/// packets of theirs, a drop or a retransmission, came meanwhile), or
+/// sooner when more wait than the flow table holds.
+fn forget_ended(node: &mut NodeState, cfg: &Config, stats: &mut Stats, now: Ts) {
+    while let Some(&(ts, id)) = node.ended.front() {
+        if since(ts, now) < ENDED_LINGER && node.ended.len() <= cfg.max_flows_per_node {
+            break;
+        }
+        node.ended.pop_front();
+        if node.flows.contains_key(&id) {
+            evict_flow(node, cfg, id, now);
+            stats.ended_flows += 1;
+        }
+    }
 }
 
 /// Forget idle flows and containers; make room when over the caps.

@@ -15,6 +15,9 @@ pub(super) struct Effects {
     /// Exchanges decided (`exchange` events without node, flow or
     /// workload; the caller knows those).
     pub done: Vec<Event>,
+    /// The connection is over (the client closed it, or either side reset
+    /// it): the flow is forgotten once late packets had time to come.
+    pub ended: bool,
 }
 
 /// One event's flow and container.
@@ -113,6 +116,9 @@ pub(super) fn handle(
     if watch {
         node.watch.insert(flow_id);
     }
+    if fx.ended {
+        node.ended(flow_id, ts);
+    }
     node.decided(flow_id, cg, fx.done);
     node.mark(cg);
     if let Some(t) = fx.hop_limit {
@@ -194,6 +200,7 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
     let closing = flags.intersects(TcpFlags::FIN | TcpFlags::RST);
     if closing && cx.flow.closed_at.is_none() {
         cx.flow.closed_at = Some(cx.ts);
+        cx.fx.ended = true;
     }
     // How long the client waited on its latest attempt here: until its last
     // packet, or its close.
@@ -307,6 +314,7 @@ pub(super) fn on_reply(cx: &mut Cx, ev: &Event) {
         }
     }
     if flags.contains(TcpFlags::RST) {
+        cx.fx.ended = true;
         match cx.flow.syn_ts {
             Some(syn) if !cx.flow.syn_acked && !cx.flow.connect_done => {
                 cx.flow.connect_done = true;

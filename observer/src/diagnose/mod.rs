@@ -57,6 +57,10 @@ use crate::model::{Event, Kind, TcpFlags, bounded::oldest_eighth};
 /// declared timed out (a late reply, or a half-closing client, gets this
 /// long).
 const CLOSE_GRACE: Duration = Duration::from_millis(200);
+/// How long a flow whose connection ended is kept: its late packets (the
+/// endpoint's retransmissions, their drops, the client's last ACKs) are
+/// still its own. Well past `CLOSE_GRACE`, when its exchanges are decided.
+const ENDED_LINGER: Duration = Duration::from_secs(2);
 /// How often (node time) pending outcomes are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often (node time) idle state is swept.
@@ -133,7 +137,10 @@ pub struct Stats {
     pub lost_events: u64,
     /// Sum of `suppressed` counts (records budgets held back).
     pub suppressed: u64,
+    /// Flows forgotten idle, or to make room.
     pub evicted_flows: u64,
+    /// Flows forgotten after their connection ended.
+    pub ended_flows: u64,
     pub evicted_containers: u64,
     pub evicted_nodes: u64,
 }

@@ -626,6 +626,13 @@ pub(super) struct NodeState {
     pub done: Vec<(u64, u64, crate::model::Event)>,
     /// When `summary` events were last due.
     pub next_summary: Ts,
+    /// Flows whose connection is over, by when (oldest first): each is
+    /// forgotten `ENDED_LINGER` later (`api::forget_ended`); no more wait
+    /// than the flow table holds. A client that
+    /// opens a connection per request would otherwise fill the table with
+    /// finished flows until they idle out, and make every new flow pay an
+    /// eviction.
+    pub ended: VecDeque<(Ts, u64)>,
 }
 
 impl NodeState {
@@ -644,12 +651,18 @@ impl NodeState {
             dirty: Vec::new(),
             done: Vec::new(),
             next_summary: now,
+            ended: VecDeque::new(),
         }
     }
 
     /// The container an event is about: its flow's, else the event's own.
     pub fn workload_of(&self, ev: &crate::model::Event) -> Option<u64> {
         ev.flow.and_then(|f| Some(self.flows.get(&f)?.cgroup_id)).or_else(|| ev.workload_key())
+    }
+
+    /// The connection of `flow` ended at `ts`.
+    pub fn ended(&mut self, flow: u64, ts: Ts) {
+        self.ended.push_back((ts, flow));
     }
 
     /// Keep the exchanges one flow's handling decided, for the drain.

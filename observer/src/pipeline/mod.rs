@@ -24,7 +24,7 @@ use crate::{
     },
     correlate::flows::{Flow, FlowTable, segment_kind},
     identity::{Container, Identities},
-    model::{self, Event, Kind},
+    model::{self, Event, Kind, TcpFlags},
     sys::{clock::Clock, socket::own_netns_cookie},
 };
 
@@ -286,6 +286,7 @@ impl Pipeline {
     }
 
     fn sweep(&mut self, now: u64) {
+        self.flows.forget_ended(now);
         if now.saturating_sub(self.last_sweep) > 10_000_000_000 {
             self.flows.sweep(now);
             self.last_sweep = now;
@@ -352,6 +353,10 @@ impl Pipeline {
             let kind = segment_kind(t.flags, pkt.payload_len);
             if self.flows.retransmit(rec.cookie, sent, t.seq, kind) {
                 ev.retransmit = Some(true);
+            }
+            let closing = if sent { TcpFlags::FIN | TcpFlags::RST } else { TcpFlags::RST };
+            if t.flags.intersects(closing) {
+                self.flows.ended(rec.cookie, rec.ts_ns);
             }
         }
         Some(ev)
