@@ -1,4 +1,9 @@
 //! The `imds-observer` command: logging, the runtime, and the subcommand.
+
+/// Not musl's (the static build's): see sys/memory.rs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -33,7 +33,10 @@ use crate::{
         metrics::{self, BpfProgramStats, Metrics, MetricsSink},
         report,
     },
-    sys::clock::{Clock, mono_now_ns},
+    sys::{
+        self,
+        clock::{Clock, mono_now_ns},
+    },
 };
 
 pub fn node_name(flag: Option<String>) -> String {
@@ -188,6 +191,8 @@ pub async fn capture_loop(
         ifaces: cap.ifaces.clone(),
     };
     let mut pipe = Pipeline::new(node, Clock::now(), Some(identities), names);
+    // Start-up's peak is over.
+    sys::memory::return_freed();
     let mut veths = cap.veths();
     if let Some(v) = &veths {
         pipe.set_veths(&v.borrow());

@@ -202,6 +202,7 @@ impl Capture {
         // The parsed kernel BTF is the largest thing the observer ever holds:
         // gone before aya parses its own, so that the two never coexist.
         drop(kbtf);
+        crate::sys::memory::return_freed();
         let ep = endpoint_globals(&cfg.endpoints)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("PREFIX_V4", &ep.prefix_v4, true)
@@ -221,6 +222,8 @@ impl Capture {
         let ifaces = attach::tc(&mut ebpf, &cfg.ifaces, tc_mode)?;
         let kfree_skb = if kernel.drop_reasons { "kfree_skb" } else { "kfree_skb_plain" };
         attach::tracepoints(&mut ebpf, kfree_skb)?;
+        // aya's parse of the BTF is gone too.
+        crate::sys::memory::return_freed();
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map")?)?;

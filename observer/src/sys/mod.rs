@@ -3,5 +3,6 @@
 //! No policy here, only what the kernel says. This layer imports from no
 //! other module of the observer but the model.
 pub mod clock;
+pub mod memory;
 pub mod netlink;
 pub mod socket;

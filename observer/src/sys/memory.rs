@@ -1,0 +1,11 @@
+//! The allocator: mimalloc (main.rs), in place of musl's, whose mapping
+//! and unmapping as records come and go cost a third of the agent's CPU.
+//! mimalloc keeps freed pages for reuse; start-up's peak (the kernel's BTF,
+//! /proc/kallsyms, the programs' object) would stay resident without this.
+
+/// Give the pages freed so far back to the kernel. Harmless under another
+/// allocator (tests): mimalloc then holds nothing to give back.
+pub fn return_freed() {
+    // SAFETY: no arguments to get wrong; mimalloc frees only what is free.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
