@@ -228,6 +228,7 @@ pub async fn capture_loop(
                     }
                     sink.bpf_stats(&|| cap.bpf_stats());
                     go = sink.tick(SystemTime::now())?;
+                    sys::memory::return_freed();
                 }
                 r = async { veths.as_mut().unwrap().changed().await }, if veths.is_some() => match r {
                     Ok(()) => pipe.set_veths(&veths.as_mut().unwrap().borrow_and_update()),
