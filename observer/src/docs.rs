@@ -15,10 +15,10 @@ use crate::{
     cli::Cli,
     diagnose::{
         Attempt, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency,
-        Requests,
+        OwnRole, Requests,
     },
     identity::{Container, Nomad},
-    model::{Event, Kind},
+    model::{Event, Kind, NodeInfo, Provisioner},
 };
 
 fn repo() -> PathBuf {
@@ -624,6 +624,8 @@ fn every_field() -> Vec<Value> {
         namespace: Some("shop".into()),
         pod_uid: Some("uid".into()),
         labels: [("app".to_string(), "web".to_string())].into(),
+        service_account: Some("web".into()),
+        aws_identity: Some("irsa".into()),
         nomad: Some(Nomad {
             alloc: Some("a".into()),
             job: Some("j".into()),
@@ -637,6 +639,14 @@ fn every_field() -> Vec<Value> {
         netns: Some(4026532000),
         veth: Some("veth1".into()),
         host: true,
+    };
+    let node_info = NodeInfo {
+        provisioner: Some(Provisioner::Karpenter),
+        pool: Some("default".into()),
+        instance_id: Some("i-0123456789abcdef0".into()),
+        region: Some("eu-west-1".into()),
+        zone: Some("eu-west-1b".into()),
+        instance_type: Some("m7g.large".into()),
     };
     let event = Event {
         kind: Kind::Request,
@@ -685,6 +695,7 @@ fn every_field() -> Vec<Value> {
             imdsv2: 1,
             latency_ms: Some(crate::model::Quantiles { p50: 1.0, p99: 2.0, max: 3.0 }),
         }),
+        node_info: Some(node_info.clone()),
     };
     let evidence = Evidence {
         reply_ttl_at_host: Some(1),
@@ -746,7 +757,9 @@ fn every_field() -> Vec<Value> {
             eks_node_group: "e".into(),
             hop_limit: 2,
             note: Some("n".into()),
+            own_role: Some(OwnRole { pod_identity: "p".into(), irsa: "i".into() }),
         }),
+        node_info: Some(node_info),
     };
     vec![serde_json::to_value(event).unwrap(), serde_json::to_value(finding).unwrap()]
 }
@@ -799,6 +812,7 @@ fn events_md_documents_every_field_and_only_those() {
         Kind::Suppressed,
         Kind::Exchange,
         Kind::Summary,
+        Kind::Node,
     ];
     for k in kinds {
         // A new kind fails to compile here until it is listed above.
@@ -811,7 +825,8 @@ fn events_md_documents_every_field_and_only_those() {
             | Kind::LostEvents
             | Kind::Suppressed
             | Kind::Exchange
-            | Kind::Summary => {}
+            | Kind::Summary
+            | Kind::Node => {}
         }
         let name = serde_json::to_value(k).unwrap();
         assert!(

@@ -226,6 +226,7 @@ pub async fn capture_loop(
                     for (key, n) in cap.suppressed() {
                         events.push(pipe.suppressed(key, n, now));
                     }
+                    events.extend(pipe.node_event(now));
                     sink.bpf_stats(&|| cap.bpf_stats());
                     go = sink.tick(SystemTime::now())?;
                     sys::memory::return_freed();

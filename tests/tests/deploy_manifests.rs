@@ -340,18 +340,22 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
 }
 
 #[test]
-fn rbac_reads_pods_and_creates_and_patches_events_only() {
+fn rbac_reads_pods_gets_nodes_and_creates_and_patches_events_only() {
     let objs = objects();
     let role = object(&objs, "ClusterRole");
     let rules = role["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert_eq!(rules.len(), 3, "{rules:?}");
     assert_eq!(strs(&rules[0]["apiGroups"]), set(&[""]));
     assert_eq!(strs(&rules[0]["resources"]), set(&["pods"]));
     assert_eq!(strs(&rules[0]["verbs"]), set(&["get", "list", "watch"]));
+    // Its own Node, by name: get, never list or watch.
+    assert_eq!(strs(&rules[1]["apiGroups"]), set(&[""]));
+    assert_eq!(strs(&rules[1]["resources"]), set(&["nodes"]));
+    assert_eq!(strs(&rules[1]["verbs"]), set(&["get"]));
     // Pod Events: new ones, and their series; not core/v1 events.
-    assert_eq!(strs(&rules[1]["apiGroups"]), set(&["events.k8s.io"]));
-    assert_eq!(strs(&rules[1]["resources"]), set(&["events"]));
-    assert_eq!(strs(&rules[1]["verbs"]), set(&["create", "patch"]));
+    assert_eq!(strs(&rules[2]["apiGroups"]), set(&["events.k8s.io"]));
+    assert_eq!(strs(&rules[2]["resources"]), set(&["events"]));
+    assert_eq!(strs(&rules[2]["verbs"]), set(&["create", "patch"]));
     for r in rules {
         assert!(r.get("resourceNames").is_none() && r.get("nonResourceURLs").is_none(), "{r}");
     }

@@ -119,14 +119,17 @@ fn findings_name_pods_and_nomad_allocations_from_their_apis() {
     );
     assert!(c.get("labels").is_none(), "no pod labels on a Nomad task: {c}");
 
-    // What the fakes saw: only this node's pods, with the kubeconfig's
-    // credentials; the allocation with the Nomad token.
+    // What the fakes saw: only this node's pods and its own Node, with the
+    // kubeconfig's credentials; the allocation with the Nomad token.
     let seen = std::fs::read_to_string(&fake.log).unwrap();
     let kube_lines: Vec<&str> = seen.lines().filter(|l| l.starts_with("kube ")).collect();
     assert!(kube_lines.iter().any(|l| l.contains("watch=true")), "{seen}");
     for l in &kube_lines {
+        let own_node = *l == "kube /api/v1/nodes/lab-node authorized=true";
         assert!(
-            l.contains("fieldSelector=spec.nodeName%3Dlab-node") && l.ends_with("authorized=true"),
+            own_node
+                || (l.contains("fieldSelector=spec.nodeName%3Dlab-node")
+                    && l.ends_with("authorized=true")),
             "{l}"
         );
     }

@@ -314,3 +314,91 @@ fn no_pod_events_creates_none() {
     let stderr = stderr.lock().unwrap();
     assert!(!stderr.iter().any(|l| l.contains("pod Events") || l.contains("become Events")));
 }
+
+/// Issue #24: on a node Karpenter made, hop limit 1 keeps pods from the
+/// node's role by design. A pod without a role of its own that asks for
+/// credentials (the JS SDK v2 stand-in) is told to get one, for its real
+/// namespace and ServiceAccount, with the instance from the Node's
+/// providerID; never first to raise the hop limit, nowhere hostNetwork; its
+/// Event says the same.
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn on_a_karpenter_node_the_pod_is_told_to_get_a_role_of_its_own() {
+    const INSTANCE: &str = "i-0fedcba9876543210";
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let mut pod = pod_json("lab-node", POD_UID, "api-7f9c", CID, json!({"app": "api"}));
+    pod["spec"]["serviceAccountName"] = json!("checkout");
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "lab-node", "labels": {
+            "karpenter.sh/nodepool": "general",
+            "topology.kubernetes.io/region": "eu-west-1",
+            "node.kubernetes.io/instance-type": "m7g.large",
+        }},
+        "spec": {"providerID": format!("aws:///eu-west-1a/{INSTANCE}")},
+    });
+    let api = lab.fake_orchestrator(json!({
+        "pods": [pod], "nodes": [node], "kube_token": KUBE_TOKEN,
+    }));
+    let kpod = lab.add_pod_container("kpod", POD_UID, CID);
+    let obs = start_observer(&lab, &api, &[]);
+    obs.wait_stderr("Kubernetes: this node", WAIT);
+    // The `node` line goes out at the next tick; the client after it.
+    let t0 = Instant::now();
+    while !obs.events().iter().any(|e| e["type"] == "node") {
+        assert!(t0.elapsed() < WAIT, "no node line");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = kpod.sdk("js-v2", IMDS);
+    assert!(r.lines.iter().any(|l| l["method"] == "PUT"), "client ran: {:?}", r.lines);
+    std::thread::sleep(SETTLE);
+    let t0 = Instant::now();
+    while !events_seen(&api).iter().any(|s| s.event["reason"] == "IMDSNodeRoleBlocked") {
+        assert!(t0.elapsed() < Duration::from_secs(15), "no IMDSNodeRoleBlocked Event");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = obs.events();
+    let stdout = obs.finish(Duration::ZERO);
+    common::assert_fields_documented(&stdout);
+
+    let node_line = events.iter().find(|e| e["type"] == "node").unwrap();
+    assert_eq!(
+        node_line["node_info"],
+        json!({"provisioner": "karpenter", "pool": "general", "instance_id": INSTANCE,
+               "region": "eu-west-1", "zone": "eu-west-1a", "instance_type": "m7g.large"})
+    );
+    let blocked = kinds_for(&events, &kpod, "node_role_blocked");
+    assert!(!blocked.is_empty(), "{:#?}", findings_for(&events, &kpod.cgroup_rel()));
+    assert!(kinds_for(&events, &kpod, "hop_limit_exceeded").is_empty());
+    let f = blocked.last().unwrap();
+    assert_eq!(f["container"]["service_account"], "checkout");
+    assert!(f["container"].get("aws_identity").is_none(), "{f}");
+    let own = &f["fix"]["own_role"];
+    assert_eq!(
+        own["pod_identity"],
+        "aws eks create-pod-identity-association --cluster <cluster> --namespace payments \
+         --service-account checkout --role-arn <role-arn>"
+    );
+    assert!(own["irsa"].as_str().unwrap().contains("-n payments checkout"), "{own}");
+    assert!(f["fix"]["command"].as_str().unwrap().contains(&format!("--instance-id {INSTANCE} ")));
+    assert!(f["fix"]["note"].as_str().unwrap().starts_with("last resort"), "{f}");
+    for f in findings_for(&events, &kpod.cgroup_rel()) {
+        let s = f["summary"].as_str().unwrap();
+        assert!(!s.contains("Raise the hop limit"), "{}: {s}", f["kind"]);
+    }
+    assert!(!stdout.iter().any(|l| l.to_string().contains("hostNetwork")));
+
+    // The pod's Event: the new reason, its own role first.
+    let seen = events_seen(&api);
+    let post = seen
+        .iter()
+        .find(|s| s.method == "POST" && s.event["reason"] == "IMDSNodeRoleBlocked")
+        .unwrap();
+    let note = post.event["note"].as_str().unwrap();
+    assert!(
+        note.contains("Fix: EKS Pod Identity: aws eks create-pod-identity-association"),
+        "{note}"
+    );
+    assert!(!note.contains("hostNetwork") && note.len() <= 1024, "{note}");
+    assert!(!seen.iter().any(|s| s.event["reason"] == "IMDSHopLimitExceeded"));
+}

@@ -123,8 +123,19 @@ fn every_alert_says_what_to_do_and_links_its_runbook() {
     let fix = "aws ec2 modify-instance-metadata-options --instance-id <instance-id> --http-put-response-hop-limit 2";
     let hop = by_name("ImdsHopLimitExceeded");
     let description = hop["annotations"]["description"].as_str().unwrap();
-    assert!(description.contains(fix) && description.contains("hostNetwork"), "{description}");
+    assert!(description.contains(fix), "{description}");
     assert!(hop["expr"].as_str().unwrap().contains(r#"kind="hop_limit_exceeded""#));
+    // Where hop limit 1 is the node's design (issue #24): no page, and no
+    // advice that widens a pod's reach.
+    let blocked = by_name("ImdsNodeRoleBlocked");
+    assert_eq!(blocked["labels"]["severity"], "info");
+    assert!(blocked["expr"].as_str().unwrap().contains(r#"kind="node_role_blocked""#));
+    let description = blocked["annotations"]["description"].as_str().unwrap();
+    assert!(description.contains("Pod Identity") && description.contains("IRSA"), "{description}");
+    for a in alerts() {
+        let d = a["annotations"]["description"].as_str().unwrap();
+        assert!(!d.contains("hostNetwork"), "{}: {d}", a["alert"]);
+    }
     let v1 = by_name("ImdsV1Fallback");
     let description = v1["annotations"]["description"].as_str().unwrap();
     assert!(description.contains(fix) && description.contains("--http-tokens required"));

@@ -68,6 +68,18 @@ impl Diagnoser {
         if ts > node.last_event {
             node.last_event = ts;
         }
+        if kind == Kind::Node {
+            if ev.node_info.is_some() && node.info.as_deref() != ev.node_info.as_ref() {
+                node.info = ev.node_info.clone().map(std::sync::Arc::new);
+                // What fits the node may have changed for every container.
+                let all: Vec<u64> = node.containers.keys().copied().collect();
+                all.into_iter().for_each(|k| node.mark(k));
+            }
+            let mut out = Vec::new();
+            flush(&ev.node, node, cfg, ts, &mut out);
+            out.sort_by_key(|f| f.kind);
+            return out;
+        }
         if kind == Kind::LostEvents {
             let n = ev.count.unwrap_or(1);
             node.lost_events += n;
@@ -309,7 +321,12 @@ impl ContainerView<'_> {
     pub fn required_hop_limit(&self) -> Option<u8> {
         let known = self.c.forwarding_hops.is_some()
             || self.c.episode.as_ref().is_some_and(|e| e.reply_ttl.is_some());
-        known.then(|| assess::required(&node_view(self.cfg, self.name, self.node), self.c))
+        known.then(|| {
+            assess::required(
+                &node_view(self.cfg, self.name, self.node, self.node.info.as_deref()),
+                self.c,
+            )
+        })
     }
 
     /// Its monotonic counters (what metrics export).
@@ -331,13 +348,13 @@ impl ContainerView<'_> {
     /// The finding kinds that hold now, worst first; empty while nothing is
     /// decided.
     pub fn kinds(&self) -> Vec<FindingKind> {
-        let view = node_view(self.cfg, self.name, self.node);
+        let view = node_view(self.cfg, self.name, self.node, self.node.info.as_deref());
         assess::active(&view, self.c).into_iter().map(|(k, _)| k).collect()
     }
 
     /// The findings that hold now, worst first.
     pub fn findings(&self) -> Vec<Finding> {
-        let view = node_view(self.cfg, self.name, self.node);
+        let view = node_view(self.cfg, self.name, self.node, self.node.info.as_deref());
         assess::active(&view, self.c)
             .into_iter()
             .map(|(kind, _)| {
@@ -388,21 +405,31 @@ pub(super) fn node_view<'a>(
     cfg: &'a Config,
     name: &'a str,
     node: &NodeState,
+    info: Option<&'a NodeInfo>,
 ) -> assess::NodeView<'a> {
     assess::NodeView {
         name,
         hop_limit: node.hop_limit,
         lost_events: node.lost_events,
-        instance_id: instance_id(cfg, name),
+        instance_id: instance_id(cfg, name, info),
+        info,
     }
 }
 
-/// The instance id for a node's fix command.
-pub(super) fn instance_id<'a>(cfg: &'a Config, node: &'a str) -> Option<&'a str> {
+/// The instance id for a node's fix command: the flags, else the node's
+/// providerID, else its name when that is one.
+pub(super) fn instance_id<'a>(
+    cfg: &'a Config,
+    node: &'a str,
+    info: Option<&'a NodeInfo>,
+) -> Option<&'a str> {
     if let Some(id) = cfg.instance_ids.get(node) {
         return Some(id);
     }
     if let Some(id) = &cfg.instance_id {
+        return Some(id);
+    }
+    if let Some(id) = info.and_then(|i| i.instance_id.as_deref()) {
         return Some(id);
     }
     // EKS/Karpenter resource-name host names: i-0123456789abcdef0.<region>...
@@ -426,7 +453,8 @@ pub(super) fn flush(
         return;
     }
     let dirty = std::mem::take(&mut node.dirty);
-    let view = node_view(cfg, name, node);
+    let info = node.info.clone();
+    let view = node_view(cfg, name, node, info.as_deref());
     for cg in dirty {
         let Some(c) = node.containers.get_mut(&cg) else { continue };
         // A name learned later is news too: findings go out again with it.

@@ -6,16 +6,19 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use super::{
     finding::{
         Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix,
+        OwnRole,
     },
     state::{ContainerState, Outcome, StatusState, Ts},
 };
-use crate::model::{bounded::plural, rfc3339};
+use crate::model::{NodeInfo, Provisioner, bounded::plural, rfc3339};
 
 pub(super) struct NodeView<'a> {
     pub name: &'a str,
     pub hop_limit: Option<u8>,
     pub lost_events: u64,
     pub instance_id: Option<&'a str>,
+    /// What the cluster says of the node, when it said.
+    pub info: Option<&'a NodeInfo>,
 }
 
 pub(super) fn fp<T: Hash>(t: T) -> u64 {
@@ -68,10 +71,11 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Vec<(FindingKind, u
             .iter()
             .filter(|a| a.ts > ep.last_lost && a.outcome != Outcome::Pending)
             .count();
-        v.push((
-            FindingKind::HopLimitExceeded,
-            fp((ep.reply_ttl, hops, required(node, c), ep.lost, after)),
-        ));
+        let kind = match by_design(node) {
+            Some(_) => FindingKind::NodeRoleBlocked,
+            None => FindingKind::HopLimitExceeded,
+        };
+        v.push((kind, fp((ep.reply_ttl, hops, required(node, c), ep.lost, after))));
     }
     if c.token_failed_since.is_some() && c.tokenless_since_failure > 0 {
         let req = c.episode.as_ref().map(|_| required(node, c));
@@ -122,8 +126,57 @@ pub(super) fn timeline(c: &ContainerState) -> Vec<Attempt> {
         .collect()
 }
 
-fn hop_fix(node: &NodeView, required: u8) -> Fix {
-    Fix::hop_limit(node.instance_id, required)
+/// Who set hop limit 1 on this node to keep pods from its role, if one did
+/// (`NodeInfo::blocks_pods_by_design`).
+pub(super) fn by_design(node: &NodeView) -> Option<Provisioner> {
+    node.info.filter(|i| i.blocks_pods_by_design(node.hop_limit))?.provisioner
+}
+
+/// The fix for a container that the hop limit keeps from IMDS tokens. On a
+/// node that does so by design, a role of the workload's own comes first,
+/// and the hop limit only on a pool of nodes of its own: raised on this
+/// one, every pod here would get the node's role.
+fn hop_fix(node: &NodeView, c: &ContainerState, required: u8) -> Fix {
+    let mut fix = Fix::hop_limit(node.instance_id, required);
+    if let Some(p) = by_design(node) {
+        let who = c.identity.as_ref();
+        fix.own_role = Some(OwnRole::new(
+            who.and_then(|w| w.namespace.as_deref()),
+            who.and_then(|w| w.service_account.as_deref()),
+        ));
+        fix.note = Some(format!(
+            "last resort, for workloads that need the node's own role: hop limit {required} on a dedicated {} for them alone. Every pod on such nodes gets the node's IAM role.",
+            p.pool_word()
+        ));
+    }
+    fix
+}
+
+/// What a pod on a node that keeps pods from its role by design should be
+/// told: that the block is the node's design, and what to do instead.
+fn by_design_advice(p: Provisioner, c: &ContainerState) -> String {
+    let who = c.identity.as_ref();
+    let sa = match (
+        who.and_then(|w| w.namespace.as_deref()),
+        who.and_then(|w| w.service_account.as_deref()),
+    ) {
+        (Some(ns), Some(sa)) => format!(" (ServiceAccount {ns}/{sa})"),
+        _ => String::new(),
+    };
+    let has = who.and_then(|w| w.aws_identity.as_deref()).map(|i| match i {
+        "irsa" => "IRSA",
+        _ => "EKS Pod Identity",
+    });
+    match has {
+        Some(id) => format!(
+            " On this node hop limit 1 is a control: {} keeps pods from the node's IAM role by design. This workload is configured for {id}{sa}, yet asked IMDS: its AWS SDK may be older than the first to support {id}, or its credential chain is overridden. Raising the hop limit would hand it, and every pod here, the node's role.",
+            p.title()
+        ),
+        None => format!(
+            " On this node hop limit 1 is a control: {} keeps pods from the node's IAM role by design. Give this workload a role of its own{sa}: EKS Pod Identity or IRSA. Raising the hop limit would hand every pod here the node's role.",
+            p.title()
+        ),
+    }
 }
 
 fn endpoint_hint(ep: &str) -> &'static str {
@@ -162,7 +215,7 @@ pub(super) fn build(
     let mut tl = Vec::new();
     let mut fix = None;
     let summary = match kind {
-        FindingKind::HopLimitExceeded => {
+        FindingKind::HopLimitExceeded | FindingKind::NodeRoleBlocked => {
             let ep = c.episode.as_ref().expect("active");
             let req = required(node, c);
             let secs = c.seconds_lost();
@@ -173,7 +226,7 @@ pub(super) fn build(
             ev.icmp_time_exceeded = Some(ep.icmp);
             ev.seconds_lost = Some(secs);
             tl = timeline(c);
-            fix = Some(hop_fix(node, req));
+            fix = Some(hop_fix(node, c, req));
             let ttl = ep.reply_ttl.map_or("the hop limit".to_string(), |t| {
                 format!("TTL {t} (the instance's hop limit)")
             });
@@ -185,8 +238,12 @@ pub(super) fn build(
                 ),
                 None => "this container (its forwarding hops are not measured yet)".to_string(),
             };
+            let then = match by_design(node) {
+                Some(p) => by_design_advice(p, c),
+                None => format!(" Raise the hop limit to {req}."),
+            };
             format!(
-                "{} reached the host with {ttl} and {were} dropped on the way to {place}; the client lost {secs:.1} s waiting. Raise the hop limit to {req}.",
+                "{} reached the host with {ttl} and {were} dropped on the way to {place}; the client lost {secs:.1} s waiting.{then}",
                 plural(ep.lost, "IMDSv2 token reply", "IMDSv2 token replies"),
             )
         }
@@ -206,15 +263,21 @@ pub(super) fn build(
             };
             let then = if c.episode.is_some() {
                 let req = required(node, c);
-                let mut f = hop_fix(node, req);
+                let mut f = hop_fix(node, c, req);
                 let id = node.instance_id.unwrap_or("<instance-id>");
                 f.note = Some(format!(
                     "once tokens get through, turn IMDSv1 off: aws ec2 modify-instance-metadata-options --instance-id {id} --http-tokens required"
                 ));
                 fix = Some(f);
-                format!(
-                    " Raise the hop limit to {req}, then require IMDSv2 (--http-tokens required)."
-                )
+                match by_design(node) {
+                    Some(p) => format!(
+                        " Require IMDSv2 (--http-tokens required): with IMDSv1 open, pods reach the node's role despite hop limit 1.{}",
+                        by_design_advice(p, c)
+                    ),
+                    None => format!(
+                        " Raise the hop limit to {req}, then require IMDSv2 (--http-tokens required)."
+                    ),
+                }
             } else {
                 " Find why the token request fails, then require IMDSv2 (--http-tokens required)."
                     .to_string()
@@ -248,10 +311,14 @@ pub(super) fn build(
                 FindingKind::TokenRejected => match &c.episode {
                     Some(ep) => {
                         let req = required(node, c);
-                        fix = Some(hop_fix(node, req));
+                        fix = Some(hop_fix(node, c, req));
                         let ttl = ep.reply_ttl.map_or(String::new(), |t| format!(" ({t})"));
+                        let then = match by_design(node) {
+                            Some(p) => by_design_advice(p, c),
+                            None => format!(" Raise the hop limit to {req}."),
+                        };
                         format!(
-                            "IMDS rejected {n} with 401 Unauthorized (last: {what}). The cause is the hop limit: the container never got a token because the token replies died at the hop limit{ttl}, so it asks without one and this instance requires tokens. Raise the hop limit to {req}."
+                            "IMDS rejected {n} with 401 Unauthorized (last: {what}). The cause is the hop limit: the container never got a token because the token replies died at the hop limit{ttl}, so it asks without one and this instance requires tokens.{then}"
                         )
                     }
                     None => format!(
@@ -338,9 +405,13 @@ pub(super) fn build(
             let (h, l) = (c.forwarding_hops.unwrap_or(0), node.hop_limit.unwrap_or(0));
             let req = required(node, c);
             ev.required_hop_limit = Some(req);
-            fix = Some(hop_fix(node, req));
+            fix = Some(hop_fix(node, c, req));
+            let then = match by_design(node) {
+                Some(p) => by_design_advice(p, c),
+                None => format!(" Raise the hop limit to {req}."),
+            };
             format!(
-                "This container is {} behind the host's uplink, but token replies on this node arrive with TTL {l} (the hop limit): its first IMDSv2 token request will be dropped, and the SDK will time out, then fall back to IMDSv1 or fail. Raise the hop limit to {req}.",
+                "This container is {} behind the host's uplink, but token replies on this node arrive with TTL {l} (the hop limit): its first IMDSv2 token request will be dropped, and the SDK will time out, then fall back to IMDSv1 or fail.{then}",
                 plural(h as u64, "forwarding hop", "forwarding hops"),
             )
         }
@@ -369,6 +440,7 @@ pub(super) fn build(
         evidence: ev,
         timeline: tl,
         fix,
+        node_info: node.info.cloned(),
     }
 }
 

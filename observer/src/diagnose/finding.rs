@@ -21,6 +21,9 @@ pub enum FindingTag {
 pub enum FindingKind {
     /// Token replies die at the hop limit before reaching the container.
     HopLimitExceeded,
+    /// The same, on a node whose provisioner set hop limit 1 to keep pods
+    /// from the node's IAM role: the workload needs a role of its own.
+    NodeRoleBlocked,
     /// 401: the token is missing/invalid/expired and tokens are required.
     TokenRejected,
     /// 403: IMDS disabled, or a PUT to a versioned token path.
@@ -39,8 +42,9 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 8] = [
+    pub const ALL: [FindingKind; 9] = [
         FindingKind::HopLimitExceeded,
+        FindingKind::NodeRoleBlocked,
         FindingKind::TokenRejected,
         FindingKind::ImdsForbidden,
         FindingKind::Unreachable,
@@ -54,6 +58,7 @@ impl FindingKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FindingKind::HopLimitExceeded => "hop_limit_exceeded",
+            FindingKind::NodeRoleBlocked => "node_role_blocked",
             FindingKind::TokenRejected => "token_rejected",
             FindingKind::ImdsForbidden => "imds_forbidden",
             FindingKind::Unreachable => "unreachable",
@@ -231,6 +236,40 @@ pub struct Fix {
     pub hop_limit: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// On a node that keeps pods from its role by design: the workload's
+    /// own role, the fix to make first. The hop-limit fields above are then
+    /// the last resort, for a dedicated pool of nodes (`note` says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_role: Option<OwnRole>,
+}
+
+/// A role of the workload's own, for its ServiceAccount: either way works
+/// on EKS; Pod Identity needs the eks-pod-identity-agent add-on, IRSA the
+/// cluster's OIDC provider (and the pods restarted after the annotation).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OwnRole {
+    pub pod_identity: String,
+    pub irsa: String,
+}
+
+impl OwnRole {
+    /// For ServiceAccount `service_account` in `namespace` (placeholders
+    /// where unknown).
+    pub fn new(namespace: Option<&str>, service_account: Option<&str>) -> Self {
+        let ns = namespace.unwrap_or("<namespace>");
+        let sa = service_account.unwrap_or("<service-account>");
+        OwnRole {
+            pod_identity: format!(
+                "aws eks create-pod-identity-association --cluster <cluster> --namespace {ns} \
+                 --service-account {sa} --role-arn <role-arn>"
+            ),
+            irsa: format!(
+                "kubectl annotate serviceaccount -n {ns} {sa} \
+                 eks.amazonaws.com/role-arn=<role-arn>"
+            ),
+        }
+    }
 }
 
 impl Fix {
@@ -253,6 +292,7 @@ impl Fix {
             ),
             hop_limit: required,
             note: None,
+            own_role: None,
         }
     }
 }
@@ -277,6 +317,10 @@ pub struct Finding {
     pub timeline: Vec<Attempt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fix: Option<Fix>,
+    /// What the cluster says of the node (see the `node` event), when it
+    /// said: the advice fits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_info: Option<crate::model::NodeInfo>,
 }
 
 impl Finding {

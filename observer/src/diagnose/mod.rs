@@ -43,7 +43,7 @@ use std::{
 #[allow(unused_imports)]
 pub use finding::{
     Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency,
-    Requests,
+    OwnRole, Requests,
 };
 use state::{
     AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, MAX_DROP_REASONS,
@@ -51,7 +51,7 @@ use state::{
     PendingDrop, ReqKind, Resp, StatusState, Ts, TtlSample, round3, secs, since,
 };
 
-use crate::model::{Event, Kind, TcpFlags, bounded::oldest_eighth};
+use crate::model::{Event, Kind, NodeInfo, TcpFlags, bounded::oldest_eighth};
 
 /// How long after the client closed (FIN/RST) an unanswered request is
 /// declared timed out (a late reply, or a half-closing client, gets this

@@ -609,6 +609,8 @@ pub(super) struct NodeState {
     /// Newest time seen (events or ticks).
     pub now: Ts,
     pub hop_limit: Option<u8>,
+    /// What the cluster says of the node (a `node` event).
+    pub info: Option<std::sync::Arc<crate::model::NodeInfo>>,
     pub flows: HashMap<u64, FlowState>,
     pub containers: HashMap<u64, ContainerState>,
     /// Flows with an outcome that time will decide.
@@ -640,6 +642,7 @@ impl NodeState {
         Self {
             now,
             hop_limit: None,
+            info: None,
             flows: HashMap::new(),
             containers: HashMap::new(),
             watch: HashSet::new(),

@@ -1429,3 +1429,105 @@ fn every_level_replays_to_the_packets_verdicts() {
         }
     }
 }
+
+/// A Karpenter node's `node` event (instance from its providerID).
+fn karpenter_node(ms: u64) -> Event {
+    let mut ev = Event::new(Kind::Node, time(ms), "node-a".into());
+    let labels = [("karpenter.sh/nodepool".to_string(), "general".to_string())].into();
+    ev.node_info = Some(crate::model::NodeInfo::from_node(
+        &labels,
+        Some("aws:///eu-west-1b/i-0fedcba9876543210"),
+    ));
+    ev
+}
+
+/// The seed's failure, from a pod of namespace `shop` with ServiceAccount
+/// `web` (and `aws_identity`, when given).
+fn pod_failure(aws_identity: Option<&str>) -> Vec<Event> {
+    let who = crate::model::Container {
+        pod: Some("web-1".into()),
+        namespace: Some("shop".into()),
+        service_account: Some("web".into()),
+        aws_identity: aws_identity.map(str::to_string),
+        ..Default::default()
+    };
+    let mut v = hop_limit_failure();
+    for e in v.iter_mut().filter(|e| e.cgroup_id.is_some()) {
+        e.container = Some(who.clone());
+    }
+    v
+}
+
+#[test]
+fn where_hop_limit_1_is_the_nodes_design_the_workload_gets_its_own_role_first() {
+    let mut d = Diagnoser::default();
+    feed(&mut d, &[karpenter_node(0)]);
+    feed(&mut d, &pod_failure(None));
+    let f = d.findings();
+    let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
+    assert!(kinds.contains(&FindingKind::NodeRoleBlocked), "{kinds:?}");
+    assert!(!kinds.contains(&FindingKind::HopLimitExceeded), "{kinds:?}");
+    let blocked = f.iter().find(|f| f.kind == FindingKind::NodeRoleBlocked).unwrap();
+    assert!(blocked.summary.contains("hop limit 1 is a control: Karpenter"), "{}", blocked.summary);
+    assert!(blocked.summary.contains("ServiceAccount shop/web"), "{}", blocked.summary);
+    for f in &f {
+        assert!(!f.summary.contains("Raise the hop limit"), "{}: {}", f.kind, f.summary);
+        assert!(!f.summary.contains("hostNetwork"), "{}", f.summary);
+    }
+    let fix = blocked.fix.as_ref().unwrap();
+    let own = fix.own_role.as_ref().expect("the workload's own role first");
+    assert_eq!(
+        own.pod_identity,
+        "aws eks create-pod-identity-association --cluster <cluster> --namespace shop \
+         --service-account web --role-arn <role-arn>"
+    );
+    assert_eq!(
+        own.irsa,
+        "kubectl annotate serviceaccount -n shop web eks.amazonaws.com/role-arn=<role-arn>"
+    );
+    // The hop limit only as the last resort, on a pool of its own, saying
+    // what it costs; the instance named from the node's providerID.
+    let note = fix.note.as_deref().unwrap();
+    assert!(note.starts_with("last resort"), "{note}");
+    assert!(note.contains("dedicated NodePool") && note.contains("Every pod"), "{note}");
+    assert!(fix.command.contains("--instance-id i-0fedcba9876543210 "), "{}", fix.command);
+    assert_eq!(blocked.node_info.as_ref().unwrap().pool.as_deref(), Some("general"));
+}
+
+#[test]
+fn a_workload_with_its_own_identity_is_told_its_sdk_or_chain_is_the_problem() {
+    let mut d = Diagnoser::default();
+    feed(&mut d, &[karpenter_node(0)]);
+    feed(&mut d, &pod_failure(Some("irsa")));
+    let f = d.findings();
+    let blocked = f.iter().find(|f| f.kind == FindingKind::NodeRoleBlocked).unwrap();
+    assert!(blocked.summary.contains("configured for IRSA"), "{}", blocked.summary);
+    assert!(blocked.summary.contains("SDK may be older"), "{}", blocked.summary);
+}
+
+#[test]
+fn the_node_learned_later_turns_the_advice_and_no_node_keeps_the_quick_fix() {
+    // Without a node event (a self-managed host): the hop limit is the fix.
+    let mut d = Diagnoser::default();
+    feed(&mut d, &pod_failure(None));
+    let kinds: Vec<_> = d.findings().iter().map(|f| f.kind).collect();
+    assert!(kinds.contains(&FindingKind::HopLimitExceeded), "{kinds:?}");
+    assert!(d.findings().iter().all(|f| f.fix.as_ref().is_none_or(|x| x.own_role.is_none())));
+    // The node's Karpenter labels arrive after: the verdict follows.
+    let out = d.observe(&karpenter_node(2000));
+    assert!(out.iter().any(|f| f.kind == FindingKind::NodeRoleBlocked), "{out:?}");
+    // A node whose provisioner left hop limit 2 is no control: a container
+    // two hops away still gets the hop-limit fix.
+    let mut d = Diagnoser::default();
+    let mut eksctl = karpenter_node(0);
+    eksctl.node_info.as_mut().unwrap().provisioner = Some(crate::model::Provisioner::Eksctl);
+    feed(&mut d, &[eksctl]);
+    let mut v = pod_failure(None);
+    for e in v.iter_mut().filter(|e| e.kind == Kind::HostIngress || e.kind == Kind::Drop) {
+        e.ttl = e.ttl.map(|t| if t == 1 { 2 } else { t });
+    }
+    feed(&mut d, &v);
+    let kinds: Vec<_> = d.findings().iter().map(|f| f.kind).collect();
+    assert!(kinds.contains(&FindingKind::HopLimitExceeded), "{kinds:?}");
+    assert!(!kinds.contains(&FindingKind::NodeRoleBlocked), "{kinds:?}");
+}

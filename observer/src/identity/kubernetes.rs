@@ -19,7 +19,9 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    ClusterResourceScope, NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Client,
     runtime::{
@@ -31,8 +33,9 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::{
+    NodeInfo, SharedNode,
     lookup::Writer,
-    pods::{PodContainer, PodInfo, runtime_container_id},
+    pods::{PodContainer, PodInfo, aws_identity, runtime_container_id},
 };
 
 /// The annotation a mirror pod carries: the static pod's UID on the node.
@@ -59,6 +62,8 @@ pub struct PodSpec {
     pub containers: Option<Vec<SpecContainer>>,
     #[serde(default)]
     pub init_containers: Option<Vec<SpecContainer>>,
+    #[serde(default)]
+    pub service_account_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -67,6 +72,16 @@ pub struct SpecContainer {
     pub name: String,
     #[serde(default)]
     pub image: Option<String>,
+    /// Names only: `EnvName` has no field for a value, so none is parsed
+    /// or kept.
+    #[serde(default)]
+    pub env: Option<Vec<EnvName>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct EnvName {
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -90,26 +105,101 @@ pub struct ContainerStatus {
     pub container_id: Option<String>,
 }
 
-impl kube::Resource for Pod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
+/// `kube::Resource` for a core/v1 type of ours that holds its `metadata`:
+/// kind, plural and scope are all that differ.
+macro_rules! core_v1 {
+    ($ty:ty, $kind:literal, $plural:literal, $scope:ty) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = $scope;
+            fn kind(_: &()) -> Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                "".into()
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+core_v1!(Pod, "Pod", "pods", NamespaceResourceScope);
+
+/// The parts of a Node read here: its labels and `spec.providerID`
+/// (model::NodeInfo says what of them).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Node {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<NodeSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct NodeSpec {
+    #[serde(default, rename = "providerID")]
+    pub provider_id: Option<String>,
+}
+
+core_v1!(Node, "Node", "nodes", ClusterResourceScope);
+
+impl Node {
+    pub fn info(&self) -> NodeInfo {
+        let labels = self.metadata.labels.clone().unwrap_or_default();
+        NodeInfo::from_node(&labels, self.spec.as_ref().and_then(|s| s.provider_id.as_deref()))
     }
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+}
+
+/// How often the Node is read again: labels and the provider id change
+/// rarely, and one `get` costs the API server little.
+const NODE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Read this node's Node object now and every `NODE_EVERY` into `shared`,
+/// until the task is dropped. Needs `get` on nodes (deploy/kubernetes's
+/// ClusterRole); refused or failing, it says so once and retries with
+/// backoff (5 s doubling to 5 min): the advice then does without it.
+pub async fn watch_node(client: Client, node: String, shared: SharedNode) {
+    let api: Api<Node> = Api::all(client);
+    let mut backoff = std::time::Duration::from_secs(5);
+    let mut failing = false;
+    loop {
+        match api.get(&node).await {
+            Ok(n) => {
+                let info = n.info();
+                {
+                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.1.as_ref() != Some(&info) {
+                        info!(node = %node, provisioner = ?info.provisioner, pool = ?info.pool, instance = ?info.instance_id, "Kubernetes: this node");
+                        *s = (s.0 + 1, Some(info));
+                    }
+                }
+                failing = false;
+                backoff = std::time::Duration::from_secs(5);
+                tokio::time::sleep(NODE_EVERY).await;
+            }
+            Err(e) => {
+                let msg = describe_node_error(&e, &node);
+                if !failing {
+                    warn!(
+                        "Kubernetes API: {msg}; advice does without who provisioned the node (retrying with backoff)"
+                    );
+                }
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(300));
+            }
+        }
     }
 }
 
@@ -134,15 +224,20 @@ pub struct WatchState {
 
 pub type SharedState = Arc<Mutex<WatchState>>;
 
-/// Infer the client configuration (kubeconfig, else in-cluster) and watch
-/// this node's pods, on a task of its own.
-pub fn spawn_from_env(node: String, writer: Writer<Arc<PodInfo>>) -> SharedState {
+/// Infer the client configuration (kubeconfig, else in-cluster), watch
+/// this node's pods and read its Node object, on tasks of their own.
+pub fn spawn_from_env(
+    node: String,
+    writer: Writer<Arc<PodInfo>>,
+    shared_node: SharedNode,
+) -> SharedState {
     let state = SharedState::default();
     let st = state.clone();
     tokio::spawn(async move {
         match client_from_env().await {
             Ok((client, url)) => {
                 info!(api_server = %url, node = %node, "Kubernetes: watching this node's pods");
+                tokio::spawn(watch_node(client.clone(), node.clone(), shared_node));
                 watch(client, node, writer, st).await;
             }
             Err(e) => {
@@ -265,6 +360,22 @@ fn by_key(pods: &HashMap<String, Arc<PodInfo>>) -> HashMap<String, Arc<PodInfo>>
 }
 
 /// A failure in words, naming what RBAC is missing when that is the cause.
+/// A failed `get` of the Node, with what to do about it.
+fn describe_node_error(e: &kube::Error, node: &str) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let message = super::http::truncate(s.message.trim(), 300);
+            match s.code {
+                403 => format!(
+                    "reading Node {node} forbidden (HTTP 403: {message}): the observer's ServiceAccount needs get on nodes (ClusterRole in deploy/kubernetes/rbac.yaml)"
+                ),
+                code => format!("reading Node {node} failed (HTTP {code}: {message})"),
+            }
+        }
+        e => format!("reading Node {node}: {e}"),
+    }
+}
+
 fn describe(e: &watcher::Error, node: &str) -> String {
     let status = match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
@@ -291,14 +402,13 @@ fn describe(e: &watcher::Error, node: &str) -> String {
 pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
     let m = &pod.metadata;
     let uid = m.uid.clone().filter(|u| !u.is_empty())?;
-    let spec_image = |name: &str| {
+    let spec_of = |name: &str| {
         let spec = pod.spec.as_ref()?;
         spec.containers
             .iter()
             .flatten()
             .chain(spec.init_containers.iter().flatten())
             .find(|c| c.name == name)
-            .and_then(|c| c.image.clone())
     };
     let mut containers = Vec::new();
     if let Some(st) = &pod.status {
@@ -309,7 +419,7 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
             .chain(st.init_container_statuses.iter().flatten())
             .chain(st.ephemeral_container_statuses.iter().flatten());
         for cs in all {
-            if let Some(c) = container(cs, &spec_image) {
+            if let Some(c) = container(cs, spec_of(&cs.name)) {
                 containers.push(c);
             }
         }
@@ -326,22 +436,26 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
             .and_then(|a| a.get(MIRROR_ANNOTATION))
             .filter(|v| !v.is_empty())
             .cloned(),
+        service_account: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty()),
     })
 }
 
-fn container(
-    cs: &ContainerStatus,
-    spec_image: &dyn Fn(&str) -> Option<String>,
-) -> Option<PodContainer> {
+fn container(cs: &ContainerStatus, spec: Option<&SpecContainer>) -> Option<PodContainer> {
     let id = runtime_container_id(cs.container_id.as_deref()?)?.to_owned();
     // The status names the image as the runtime resolved it; some runtimes
     // give only a digest there, and then the spec's reference says more.
     let image = if cs.image.is_empty() || cs.image.starts_with("sha256:") {
-        spec_image(&cs.name).unwrap_or_else(|| cs.image.clone())
+        spec.and_then(|s| s.image.clone()).unwrap_or_else(|| cs.image.clone())
     } else {
         cs.image.clone()
     };
-    Some(PodContainer { id, name: cs.name.clone(), image })
+    let env = spec.and_then(|s| s.env.as_deref()).unwrap_or_default();
+    let aws_identity = aws_identity(env.iter().map(|e| e.name.as_str()));
+    Some(PodContainer { id, name: cs.name.clone(), image, aws_identity })
 }
 
 #[cfg(test)]

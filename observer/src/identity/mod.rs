@@ -34,7 +34,7 @@ use self::{
     pods::PodInfo,
     runtime::parse_cgroup_path,
 };
-pub use crate::model::{Container, NETNS_KEY, Nomad};
+pub use crate::model::{Container, NETNS_KEY, NodeInfo, Nomad};
 
 impl Container {
     /// The path named a workload: the test of `PathIdentity::is_workload`,
@@ -107,7 +107,9 @@ impl Container {
             Some(pod.namespace.clone()).filter(|n| !n.is_empty()).or(self.namespace.take());
         self.pod_uid = self.pod_uid.take().or_else(|| Some(pod.uid.clone()));
         self.labels = pod.labels.clone();
+        self.service_account = pod.service_account.clone();
         if let Some(c) = self.id.as_deref().and_then(|id| pod.container(id)) {
+            self.aws_identity = c.aws_identity.map(str::to_string);
             if self.name.is_none() && !c.name.is_empty() {
                 self.name = Some(c.name.clone());
             }
@@ -161,7 +163,13 @@ pub struct Identities {
     pods: Option<Table<Arc<PodInfo>>>,
     /// Nomad allocations: by allocation id.
     nomad: Option<Table<AllocInfo>>,
+    /// What the cluster says of this node, and the change count last read.
+    node: Option<(SharedNode, u64)>,
 }
+
+/// What the cluster said of this node last, with a change count (see
+/// `kubernetes::watch_node`).
+pub type SharedNode = Arc<std::sync::Mutex<(u64, Option<NodeInfo>)>>;
 
 impl Identities {
     /// `sockets`: Docker-compatible API sockets to ask (the first that
@@ -195,6 +203,7 @@ impl Identities {
             docker,
             pods: None,
             nomad: None,
+            node: None,
         }
     }
 
@@ -244,7 +253,9 @@ impl Identities {
                 Some(node) => {
                     let (me, writer) = self.with_pod_table();
                     self = me;
-                    kubernetes::spawn_from_env(node.to_owned(), writer);
+                    let shared = SharedNode::default();
+                    self.node = Some((shared.clone(), 0));
+                    kubernetes::spawn_from_env(node.to_owned(), writer, shared);
                 }
                 None => warn!(
                     "Kubernetes: no node name (set NODE_NAME from the downward API, or --node-name); pod names are left out"
@@ -259,6 +270,18 @@ impl Identities {
             );
         }
         self
+    }
+
+    /// What the cluster says of this node, when that changed since the
+    /// last call (and was ever said).
+    pub fn node_news(&mut self) -> Option<NodeInfo> {
+        let (shared, seen) = self.node.as_mut()?;
+        let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0 == *seen {
+            return None;
+        }
+        *seen = s.0;
+        s.1.clone()
     }
 
     pub fn identify(&mut self, cgroup_id: u64) -> Option<Container> {
@@ -511,8 +534,10 @@ mod tests {
                 id: ID.into(),
                 name: "api".into(),
                 image: "api:1.42".into(),
+                aws_identity: Some("irsa"),
             }],
             mirror_of: None,
+            service_account: Some("api".into()),
         }
     }
 

@@ -18,6 +18,8 @@ pub struct PodInfo {
     /// A static pod's mirror: the UID the kubelet uses on the node (and so
     /// in cgroup paths), from the `kubernetes.io/config.mirror` annotation.
     pub mirror_of: Option<String>,
+    /// `spec.serviceAccountName`.
+    pub service_account: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +28,28 @@ pub struct PodContainer {
     pub id: String,
     pub name: String,
     pub image: String,
+    /// The AWS identity its spec gives it (`model::Container::aws_identity`).
+    pub aws_identity: Option<&'static str>,
+}
+
+/// What a container's environment variable names say of its AWS identity:
+/// EKS Pod Identity, else IRSA (both variables), else none. Names only: the
+/// values are never read.
+pub fn aws_identity<'a>(mut names: impl Iterator<Item = &'a str>) -> Option<&'static str> {
+    let (mut role, mut token, mut full_uri) = (false, false, false);
+    names.by_ref().for_each(|n| match n {
+        "AWS_ROLE_ARN" => role = true,
+        "AWS_WEB_IDENTITY_TOKEN_FILE" => token = true,
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI" => full_uri = true,
+        _ => {}
+    });
+    if full_uri {
+        Some("pod_identity")
+    } else if role && token {
+        Some("irsa")
+    } else {
+        None
+    }
 }
 
 impl PodInfo {
@@ -50,6 +74,25 @@ pub fn runtime_container_id(s: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_aws_identity_is_told_by_variable_names() {
+        let of = |n: &[&str]| aws_identity(n.iter().copied());
+        assert_eq!(of(&["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"]), Some("irsa"));
+        assert_eq!(of(&["AWS_CONTAINER_CREDENTIALS_FULL_URI"]), Some("pod_identity"));
+        assert_eq!(
+            of(&[
+                "AWS_ROLE_ARN",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+            ]),
+            Some("pod_identity")
+        );
+        // Half of IRSA is not IRSA; a look-alike is nothing.
+        assert_eq!(of(&["AWS_ROLE_ARN"]), None);
+        assert_eq!(of(&["aws_role_arn", "AWS_WEB_IDENTITY_TOKEN_FILE"]), None);
+        assert_eq!(of(&[]), None);
+    }
 
     #[test]
     fn container_ids_lose_their_runtime_prefix() {

@@ -28,6 +28,15 @@ pub struct Container {
     /// The pod's labels, from the API server.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The pod's ServiceAccount, from the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// The AWS identity its spec gives it, by the variables' presence (never
+    /// their values): "irsa" (`AWS_ROLE_ARN` and
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE`) or "pod_identity"
+    /// (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_identity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nomad: Option<Nomad>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Container, TcpFlags};
+use super::{Container, NodeInfo, TcpFlags};
 
 /// Which hook saw it: one variant per hook of the kernel side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,6 +40,9 @@ pub enum Kind {
     /// A workload's exchanges of an interval that were not written one by
     /// one (the healthy ones): counts, latency, the hops it needs.
     Summary,
+    /// What the cluster says of this node (`node_info`): once known, and
+    /// when it changes.
+    Node,
 }
 
 /// What became of an exchange.
@@ -209,6 +212,9 @@ pub struct Event {
     pub hop_limit: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
+    /// node: who provisioned it, its instance (see `NodeInfo`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_info: Option<NodeInfo>,
 }
 
 impl Event {
@@ -252,6 +258,7 @@ impl Event {
             hops: None,
             hop_limit: None,
             summary: None,
+            node_info: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod budget;
 mod container;
 mod endpoint;
 mod event;
+mod node;
 mod tcp_flags;
 
 pub use container::{Container, NETNS_KEY, Nomad};
@@ -14,4 +15,5 @@ pub use endpoint::{DEFAULT_PORT, Endpoint};
 pub use event::{
     Event, Kind, Line, MAX_LINE, Outcome, Proto, Quantiles, Summary, read_line, rfc3339,
 };
+pub use node::{NodeInfo, Provisioner};
 pub use tcp_flags::TcpFlags;

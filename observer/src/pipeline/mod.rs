@@ -253,6 +253,14 @@ impl Pipeline {
         ev
     }
 
+    /// A `node` event, when what the cluster says of this node is news.
+    pub fn node_event(&mut self, ts: SystemTime) -> Option<Event> {
+        let info = self.identities.as_mut()?.node_news()?;
+        let mut ev = Event::new(Kind::Node, ts, self.node.clone());
+        ev.node_info = Some(info);
+        Some(ev)
+    }
+
     /// Records are waiting for a veth.
     pub fn holding(&self) -> bool {
         !self.held.is_empty()

@@ -1127,6 +1127,7 @@ mod tests {
             evidence: Evidence { forwarding_hops: Some(hops), ..Default::default() },
             timeline: Vec::new(),
             fix: None,
+            node_info: None,
         };
         m.update_findings(
             &[finding(&a, FindingKind::AtRisk, 2), finding(&b, FindingKind::Healthy, 1)],
@@ -1246,6 +1247,7 @@ mod tests {
                 evidence: Evidence::default(),
                 timeline: Vec::new(),
                 fix: None,
+                node_info: None,
             }],
             &[],
         );

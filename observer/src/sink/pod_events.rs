@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
-    diagnose::{Finding, FindingKind},
+    diagnose::{Finding, FindingKind, Fix},
     identity::{
         http::truncate,
         kubernetes,
@@ -70,6 +70,7 @@ pub const ACTION: &str = "Diagnose";
 pub fn reason(kind: FindingKind) -> Option<&'static str> {
     match kind {
         FindingKind::HopLimitExceeded => Some("IMDSHopLimitExceeded"),
+        FindingKind::NodeRoleBlocked => Some("IMDSNodeRoleBlocked"),
         FindingKind::Imdsv1Fallback => Some("IMDSv1Fallback"),
         FindingKind::TokenRejected => Some("IMDSTokenRejected"),
         FindingKind::AtRisk => Some("IMDSAtRisk"),
@@ -88,15 +89,26 @@ pub fn note(f: &Finding) -> String {
         let _ = write!(s, "Container {name}: ");
     }
     s.push_str(f.summary.trim());
-    if let Some(fix) = &f.fix {
-        let _ = write!(
-            s,
-            " Fix: {} (the running instance); launch template: {}; Karpenter: {}; EKS node group: {}.",
-            fix.command, fix.launch_template, fix.karpenter, fix.eks_node_group
-        );
-        if let Some(n) = fix.note.as_deref().filter(|n| !n.is_empty()) {
-            let _ = write!(s, " Then, {n}.");
+    match &f.fix {
+        // The pod's own role first; the node's hop limit is the last resort.
+        Some(fix @ Fix { own_role: Some(own), .. }) => {
+            let _ =
+                write!(s, " Fix: EKS Pod Identity: {}; or IRSA: {}.", own.pod_identity, own.irsa);
+            if let Some(n) = fix.note.as_deref().filter(|n| !n.is_empty()) {
+                let _ = write!(s, " Only as a {n}");
+            }
         }
+        Some(fix) => {
+            let _ = write!(
+                s,
+                " Fix: {} (the running instance); launch template: {}; Karpenter: {}; EKS node group: {}.",
+                fix.command, fix.launch_template, fix.karpenter, fix.eks_node_group
+            );
+            if let Some(n) = fix.note.as_deref().filter(|n| !n.is_empty()) {
+                let _ = write!(s, " Then, {n}.");
+            }
+        }
+        None => {}
     }
     cut(s, NOTE_MAX)
 }
@@ -510,17 +522,19 @@ mod tests {
             evidence: Evidence::default(),
             timeline: Vec::new(),
             fix: Some(Fix::hop_limit(Some("i-0123456789abcdef0"), 2)),
+            node_info: None,
         }
     }
 
     #[test]
-    fn four_kinds_get_a_reason_the_others_none() {
+    fn five_kinds_get_a_reason_the_others_none() {
         let got: Vec<(FindingKind, Option<&str>)> =
             FindingKind::ALL.iter().map(|k| (*k, reason(*k))).collect();
         assert_eq!(
             got,
             vec![
                 (FindingKind::HopLimitExceeded, Some("IMDSHopLimitExceeded")),
+                (FindingKind::NodeRoleBlocked, Some("IMDSNodeRoleBlocked")),
                 (FindingKind::TokenRejected, Some("IMDSTokenRejected")),
                 (FindingKind::ImdsForbidden, None),
                 (FindingKind::Unreachable, None),

@@ -359,6 +359,27 @@ fn render_raw(findings: &[Finding]) -> String {
         for (node, n) in numbered {
             let fix = fixes[node];
             let seen = limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
+            if fix.own_role.is_some() {
+                // Hop limit 1 is this node's design: each workload's own
+                // role, and the node's hop limit only as the last resort.
+                out.push_str(&format!(
+                    "  [{n}] {node}: hop limit {seen} keeps pods from the node's role by design; give each workload a role of its own\n"
+                ));
+                for f in findings.iter().filter(|f| f.node == node) {
+                    let Some(own) = f.fix.as_ref().and_then(|x| x.own_role.as_ref()) else {
+                        continue;
+                    };
+                    out.push_str(&wrap(&f.container.label(), WIDTH, "      "));
+                    out.push_str(&wrap("EKS Pod Identity:", WIDTH, "        "));
+                    out.push_str(&wrap_command(&own.pod_identity, WIDTH, "          "));
+                    out.push_str(&wrap("or IRSA:", WIDTH, "        "));
+                    out.push_str(&wrap_command(&own.irsa, WIDTH, "          "));
+                }
+                if let Some(note) = &fix.note {
+                    out.push_str(&wrap(&format!("only as a {note}"), WIDTH, "      "));
+                }
+                continue;
+            }
             out.push_str(&format!(
                 "  [{n}] {node}: hop limit seen {seen}, its containers need {}\n",
                 fix.hop_limit

@@ -67,6 +67,7 @@ impl Theme {
     pub fn kind(self, k: FindingKind) -> Style {
         match k {
             FindingKind::HopLimitExceeded => self.fg(Color::Red).add_modifier(Modifier::BOLD),
+            FindingKind::NodeRoleBlocked => self.fg(Color::Magenta).add_modifier(Modifier::BOLD),
             FindingKind::TokenRejected | FindingKind::ImdsForbidden | FindingKind::Unreachable => {
                 self.fg(Color::Red)
             }
@@ -585,6 +586,23 @@ fn detail_lines(
 /// gets its token), as text to copy: the command is never cut, and breaks
 /// with `\` so that it pastes into a shell.
 fn fix_lines(fix: &Fix, findings: &[Finding], width: usize, t: Theme) -> Vec<Line<'static>> {
+    if let Some(own) = &fix.own_role {
+        // A node that keeps pods from its role by design: the pod's own
+        // role, and the hop limit only as the last resort the note states.
+        let mut out = vec![Line::styled("FIX: give the workload a role of its own", t.bold())];
+        for (name, cmd) in [("EKS Pod Identity", &own.pod_identity), ("or IRSA", &own.irsa)] {
+            out.push(Line::raw(format!("  {name}:")));
+            for l in report::command_lines(cmd, width.saturating_sub(4)) {
+                out.push(Line::styled(format!("    {l}"), t.fg(Color::Green)));
+            }
+        }
+        if let Some(note) = &fix.note {
+            for l in wrap(&format!("only as a {note}"), width.saturating_sub(2)) {
+                out.push(Line::raw(format!("  {l}")));
+            }
+        }
+        return out;
+    }
     let mut out =
         vec![Line::styled(format!("FIX: raise the hop limit to {}", fix.hop_limit), t.bold())];
     out.push(Line::raw("  on the running instance:"));

@@ -11,11 +11,13 @@
 //!   JSON merge patch onto the kept Event (200, the Event; 404 for a name
 //!   never created). With `"events_forbidden": true` both answer 403 with
 //!   the Status the API server sends when RBAC lacks the grant.
+//! - `GET /api/v1/nodes/<name>`: the configured Node of that name, 404
+//!   for others (the Status an API server sends).
 //! - `GET /v1/allocation/<id>`: the configured allocation, 404 for others;
 //!   `X-Nomad-Token: <nomad_token>` is required (403 otherwise).
 //!
 //! `fake-orchestrator --config FILE --log FILE`; the config is JSON
-//! `{"pods": [<Pod>...], "allocs": [<Allocation>...], "kube_token": "...",
+//! `{"pods": [<Pod>...], "nodes": [<Node>...], "allocs": [<Allocation>...], "kube_token": "...",
 //! "nomad_token": "...", "events_forbidden": false}`. Prints `ready <kube
 //! port> <nomad port>` once listening, and appends each request's line and
 //! whether it carried the right credentials to the log file: `kube <target>
@@ -35,6 +37,7 @@ use serde_json::{Value, json};
 
 struct Config {
     pods: Vec<Value>,
+    nodes: Vec<Value>,
     allocs: Vec<Value>,
     kube_token: String,
     nomad_token: String,
@@ -63,6 +66,7 @@ fn main() {
             .expect("--config is JSON");
     let cfg = Arc::new(Config {
         pods: raw["pods"].as_array().cloned().unwrap_or_default(),
+        nodes: raw["nodes"].as_array().cloned().unwrap_or_default(),
         allocs: raw["allocs"].as_array().cloned().unwrap_or_default(),
         kube_token: raw["kube_token"].as_str().unwrap_or_default().to_string(),
         nomad_token: raw["nomad_token"].as_str().unwrap_or_default().to_string(),
@@ -160,6 +164,16 @@ fn kube_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
     if !authorized {
         let st = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401});
         return reply(s, "401 Unauthorized", &st.to_string());
+    }
+    if let Some(name) = target.strip_prefix("/api/v1/nodes/") {
+        let name = name.split('?').next().unwrap_or_default();
+        return match cfg.nodes.iter().find(|n| n["metadata"]["name"] == name) {
+            Some(n) => reply(s, "200 OK", &n.to_string()),
+            None => {
+                let st = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": format!("nodes \"{name}\" not found"), "reason": "NotFound", "code": 404});
+                reply(s, "404 Not Found", &st.to_string())
+            }
+        };
     }
     let Some(query) = target.strip_prefix("/api/v1/pods?") else {
         return reply(s, "404 Not Found", r#"{"kind":"Status","code":404}"#);
