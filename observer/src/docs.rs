@@ -655,7 +655,7 @@ fn every_field() -> Vec<Value> {
         flow: Some(1),
         cgroup_id: Some(7),
         cgroup: Some("/docker/3f2a".into()),
-        container: Some(container.clone()),
+        container: Some(container.clone().into()),
         pid: Some(1),
         comm: Some("node".into()),
         iface: Some("ens5".into()),
@@ -698,6 +698,7 @@ fn every_field() -> Vec<Value> {
         node_info: Some(node_info.clone()),
     };
     let evidence = Evidence {
+        imds_tokens: Some("required".into()),
         reply_ttl_at_host: Some(1),
         forwarding_hops: Some(1),
         required_hop_limit: Some(2),

@@ -98,9 +98,7 @@ impl Diagnoser {
                     }
                     let c = node.containers.entry(cg).or_insert_with(|| ContainerState::new(ts));
                     c.counts.suppressed += n;
-                    if ev.container.is_some() && c.identity != ev.container {
-                        c.identity = ev.container.clone();
-                    }
+                    c.learn_identity(&ev.container);
                     c.last_seen = c.last_seen.max(ts);
                     node.mark(cg);
                 }
@@ -349,15 +347,16 @@ impl ContainerView<'_> {
     /// decided.
     pub fn kinds(&self) -> Vec<FindingKind> {
         let view = node_view(self.cfg, self.name, self.node, self.node.info.as_deref());
-        assess::active(&view, self.c).into_iter().map(|(k, _)| k).collect()
+        assess::active(&view, self.c).as_slice().iter().map(|(k, _)| *k).collect()
     }
 
     /// The findings that hold now, worst first.
     pub fn findings(&self) -> Vec<Finding> {
         let view = node_view(self.cfg, self.name, self.node, self.node.info.as_deref());
         assess::active(&view, self.c)
-            .into_iter()
-            .map(|(kind, _)| {
+            .as_slice()
+            .iter()
+            .map(|&(kind, _)| {
                 let ts =
                     self.c.emitted.iter().find(|e| e.kind == kind).map_or(self.node.now, |e| e.ts);
                 assess::build(&view, self.cg, self.c, kind, ts)
@@ -411,6 +410,7 @@ pub(super) fn node_view<'a>(
         name,
         hop_limit: node.hop_limit,
         lost_events: node.lost_events,
+        tokens_required: node.tokens_required,
         instance_id: instance_id(cfg, name, info),
         info,
     }
@@ -452,18 +452,29 @@ pub(super) fn flush(
     if node.dirty.is_empty() {
         return;
     }
-    let dirty = std::mem::take(&mut node.dirty);
+    // Taken and given back: its memory serves every event.
+    let mut dirty = std::mem::take(&mut node.dirty);
     let info = node.info.clone();
     let view = node_view(cfg, name, node, info.as_deref());
-    for cg in dirty {
+    for cg in dirty.drain(..) {
         let Some(c) = node.containers.get_mut(&cg) else { continue };
         // A name learned later is news too: findings go out again with it.
-        let who = assess::fp(&c.identity);
-        let current: Vec<_> =
-            assess::active(&view, c).into_iter().map(|(k, f)| (k, f ^ who)).collect();
+        let who = c.identity_fp;
+        let current = assess::active(&view, c);
+        let current = current.as_slice();
+        // Most events change nothing: then nothing is built.
+        let same = current.len() == c.emitted.len()
+            && current
+                .iter()
+                .zip(&c.emitted)
+                .all(|(&(k, f), e)| e.kind == k && e.fingerprint == f ^ who);
+        if same {
+            continue;
+        }
         let mut emitted = Vec::with_capacity(current.len());
         let mut changed = Vec::new();
-        for (kind, fingerprint) in current {
+        for &(kind, fingerprint) in current {
+            let fingerprint = fingerprint ^ who;
             match c.emitted.iter().find(|e| e.kind == kind) {
                 Some(e) if e.fingerprint == fingerprint => emitted.push(*e),
                 _ => {
@@ -477,6 +488,7 @@ pub(super) fn flush(
             out.push(assess::build(&view, cg, c, kind, at));
         }
     }
+    node.dirty = dirty;
 }
 
 /// Time-based outcomes and eviction, by the node's clock.

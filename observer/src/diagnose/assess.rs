@@ -16,6 +16,8 @@ pub(super) struct NodeView<'a> {
     pub name: &'a str,
     pub hop_limit: Option<u8>,
     pub lost_events: u64,
+    /// What tokenless requests' answers said (`NodeState::tokens_required`).
+    pub tokens_required: Option<bool>,
     pub instance_id: Option<&'a str>,
     /// What the cluster says of the node, when it said.
     pub info: Option<&'a NodeInfo>,
@@ -59,8 +61,8 @@ fn status_slots(c: &ContainerState) -> [(FindingKind, &Option<StatusState>); 3] 
 /// The kinds that hold for `c` now, with fingerprints of what makes them
 /// news. Growing counters (drops, seconds lost, requests, latency) are left
 /// out on purpose: they change per packet.
-pub(super) fn active(node: &NodeView, c: &ContainerState) -> Vec<(FindingKind, u64)> {
-    let mut v = Vec::new();
+pub(super) fn active(node: &NodeView, c: &ContainerState) -> Active {
+    let mut v = Active::default();
     let hops = c.forwarding_hops;
     if let Some(ep) = &c.episode {
         // News: each lost retry, and each attempt the client made after the
@@ -105,8 +107,37 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Vec<(FindingKind, u
     {
         v.push((FindingKind::Healthy, fp((hops, node.hop_limit))));
     }
-    v.sort_by_key(|(k, _)| *k);
+    v.items[..v.len].sort_by_key(|(k, _)| *k);
     v
+}
+
+/// The kinds that hold, with their fingerprints, worst first: at most one
+/// of each, kept inline (the engine asks after every event).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Active {
+    items: [(FindingKind, u64); FindingKind::ALL.len()],
+    len: usize,
+}
+
+impl Default for Active {
+    fn default() -> Self {
+        Active { items: [(FindingKind::Healthy, 0); FindingKind::ALL.len()], len: 0 }
+    }
+}
+
+impl Active {
+    fn push(&mut self, kind_fp: (FindingKind, u64)) {
+        self.items[self.len] = kind_fp;
+        self.len += 1;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn as_slice(&self) -> &[(FindingKind, u64)] {
+        &self.items[..self.len]
+    }
 }
 
 pub(super) fn timeline(c: &ContainerState) -> Vec<Attempt> {
@@ -154,7 +185,7 @@ fn hop_fix(node: &NodeView, c: &ContainerState, required: u8) -> Fix {
 
 /// What a pod on a node that keeps pods from its role by design should be
 /// told: that the block is the node's design, and what to do instead.
-fn by_design_advice(p: Provisioner, c: &ContainerState) -> String {
+fn by_design_advice(node: &NodeView, p: Provisioner, c: &ContainerState) -> String {
     let who = c.identity.as_ref();
     let sa = match (
         who.and_then(|w| w.namespace.as_deref()),
@@ -173,8 +204,15 @@ fn by_design_advice(p: Provisioner, c: &ContainerState) -> String {
             p.title()
         ),
         None => format!(
-            " On this node hop limit 1 is a control: {} keeps pods from the node's IAM role by design. Give this workload a role of its own{sa}: EKS Pod Identity or IRSA. Raising the hop limit would hand every pod here the node's role.",
-            p.title()
+            " On this node hop limit 1 is a control: {} keeps pods from the node's IAM role by design.{} Give this workload a role of its own{sa}: EKS Pod Identity or IRSA. Raising the hop limit would hand every pod here the node's role.",
+            p.title(),
+            match node.tokens_required {
+                Some(true) =>
+                    " The instance requires tokens: after the wait, its SDK gets no credentials here.",
+                Some(false) =>
+                    " Tokens are optional on this instance: after the wait its SDK falls back to IMDSv1 and reaches the node's role anyway; require them (--http-tokens required).",
+                None => "",
+            }
         ),
     }
 }
@@ -210,6 +248,9 @@ pub(super) fn build(
         latency_ms: c.latency.evidence(),
         lost_events: (node.lost_events > 0).then_some(node.lost_events),
         suppressed_records: (c.counts.suppressed > 0).then_some(c.counts.suppressed),
+        imds_tokens: node
+            .tokens_required
+            .map(|r| if r { "required" } else { "optional" }.to_string()),
         ..Default::default()
     };
     let mut tl = Vec::new();
@@ -239,7 +280,7 @@ pub(super) fn build(
                 None => "this container (its forwarding hops are not measured yet)".to_string(),
             };
             let then = match by_design(node) {
-                Some(p) => by_design_advice(p, c),
+                Some(p) => by_design_advice(node, p, c),
                 None => format!(" Raise the hop limit to {req}."),
             };
             format!(
@@ -272,7 +313,7 @@ pub(super) fn build(
                 match by_design(node) {
                     Some(p) => format!(
                         " Require IMDSv2 (--http-tokens required): with IMDSv1 open, pods reach the node's role despite hop limit 1.{}",
-                        by_design_advice(p, c)
+                        by_design_advice(node, p, c)
                     ),
                     None => format!(
                         " Raise the hop limit to {req}, then require IMDSv2 (--http-tokens required)."
@@ -314,7 +355,7 @@ pub(super) fn build(
                         fix = Some(hop_fix(node, c, req));
                         let ttl = ep.reply_ttl.map_or(String::new(), |t| format!(" ({t})"));
                         let then = match by_design(node) {
-                            Some(p) => by_design_advice(p, c),
+                            Some(p) => by_design_advice(node, p, c),
                             None => format!(" Raise the hop limit to {req}."),
                         };
                         format!(
@@ -407,7 +448,7 @@ pub(super) fn build(
             ev.required_hop_limit = Some(req);
             fix = Some(hop_fix(node, c, req));
             let then = match by_design(node) {
-                Some(p) => by_design_advice(p, c),
+                Some(p) => by_design_advice(node, p, c),
                 None => format!(" Raise the hop limit to {req}."),
             };
             format!(
@@ -446,7 +487,7 @@ pub(super) fn build(
 
 /// The container a finding is about: its identity, with the cgroup filled in.
 pub(super) fn container(cg: u64, c: &ContainerState) -> Container {
-    let mut who = c.identity.clone().unwrap_or_default();
+    let mut who = c.identity.as_deref().cloned().unwrap_or_default();
     if cg & crate::model::NETNS_KEY == 0 {
         who.cgroup_id = Some(cg);
     }

@@ -12,6 +12,9 @@ use super::{
 pub(super) struct Effects {
     /// TTL of a token reply at the host: the node's hop limit.
     pub hop_limit: Option<u8>,
+    /// What a tokenless AWS IMDS request's answer says of the instance:
+    /// true, tokens required (401); false, optional (2xx).
+    pub tokens_required: Option<bool>,
     /// Exchanges decided (`exchange` events without node, flow or
     /// workload; the caller knows those).
     pub done: Vec<Event>,
@@ -99,9 +102,7 @@ pub(super) fn handle(
             c.cgroup = Some(p.clone());
         }
     }
-    if ev.container.is_some() && c.identity != ev.container {
-        c.identity = ev.container.clone();
-    }
+    c.learn_identity(&ev.container);
     let mut cx = Cx { cfg, ts, flow, c, fx: Effects::default() };
     match kind {
         Kind::Request => on_request(&mut cx, ev),
@@ -121,6 +122,7 @@ pub(super) fn handle(
     }
     node.decided(flow_id, cg, fx.done);
     node.mark(cg);
+    node.learn_tokens(fx.tokens_required);
     if let Some(t) = fx.hop_limit {
         if node.hop_limit != Some(t) {
             node.hop_limit = Some(t);

@@ -126,6 +126,10 @@ pub struct EndpointFailures {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Evidence {
+    /// "required" or "optional": what IMDS answered a tokenless request on
+    /// this node (401, or a success); absent until one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imds_tokens: Option<String>,
     /// TTL the lost token replies carried when they reached the host's uplink
     /// (= the instance's hop limit).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -79,6 +79,9 @@ pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
             if (200..300).contains(&s) || s == 404 {
                 c.last_success = Some(c.last_success.map_or(ts, |t| t.max(ts)));
             }
+            if imdsv1 && (s == 401 || (200..300).contains(&s)) {
+                cx.fx.tokens_required = Some(s == 401);
+            }
             if (200..300).contains(&s) {
                 // IMDSv1 exposure: a tokenless request IMDS answered. One
                 // refused with 401 exposed nothing (token_rejected says why).

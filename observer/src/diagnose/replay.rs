@@ -133,28 +133,31 @@ pub(super) fn record(node: &mut NodeState, cfg: &Config, stats: &mut Stats, ev: 
     if ev.cgroup.is_some() && c.cgroup != ev.cgroup {
         c.cgroup = ev.cgroup.clone();
     }
-    if ev.container.is_some() && c.identity != ev.container {
-        c.identity = ev.container.clone();
-    }
+    c.learn_identity(&ev.container);
     if ev.hops.is_some() {
         c.forwarding_hops = ev.hops;
     }
     match (&ev.summary, ev.kind) {
         (Some(s), Kind::Summary) => summary(c, ev.ts, s),
-        (_, Kind::Exchange) => exchange(cfg, c, cg, ev),
+        (_, Kind::Exchange) => {
+            let tokens = exchange(cfg, c, cg, ev);
+            node.learn_tokens(tokens);
+        }
         _ => {}
     }
     node.mark(cg);
     true
 }
 
-fn exchange(cfg: &Config, c: &mut ContainerState, cg: u64, ev: &Event) {
+/// Replay one `exchange` line; returns what its answer said of the
+/// instance's tokens (`Effects::tokens_required`).
+fn exchange(cfg: &Config, c: &mut ContainerState, cg: u64, ev: &Event) -> Option<bool> {
     let how = match (ev.outcome, ev.status) {
         (Some(Settled::Answered), Some(s)) => Outcome::Status(s),
         (Some(Settled::Lost), _) => Outcome::Lost,
         (Some(Settled::Timeout), _) => Outcome::Timeout,
         (Some(Settled::Refused), _) => Outcome::Refused,
-        _ => return,
+        _ => return None,
     };
     // A flow of its own, for this one exchange: the rules read only it.
     let mut flow = FlowState::new(cg, ev.ts);
@@ -167,10 +170,10 @@ fn exchange(cfg: &Config, c: &mut ContainerState, cg: u64, ev: &Event) {
     let (Some(method), Some(path)) = (&ev.method, &ev.path) else {
         // A connect that never got through.
         connect_failed(&mut cx, ev.ts, how);
-        return;
+        return None;
     };
     new_request(&mut cx, ev, method, path);
-    let Some(ex) = cx.flow.exchanges.back_mut() else { return };
+    let ex = cx.flow.exchanges.back_mut()?;
     // Where the client gave up on it (seconds lost are counted to there).
     if let Some(ms) = ev.waited_ms.filter(|ms| ms.is_finite() && *ms >= 0.0) {
         let gave_up = ev.ts + Duration::from_secs_f64(ms / 1e3);
@@ -195,6 +198,7 @@ fn exchange(cfg: &Config, c: &mut ContainerState, cg: u64, ev: &Event) {
     }
     let i = cx.flow.exchanges.len() - 1;
     set_outcome(&mut cx, i, how);
+    cx.fx.tokens_required
 }
 
 fn summary(c: &mut ContainerState, ts: Ts, s: &crate::model::Summary) {

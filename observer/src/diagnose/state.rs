@@ -453,7 +453,10 @@ pub(super) struct ContainerState {
     pub cgroup: Option<String>,
     /// Who it is, as the latest event named it (names arrive after the
     /// first packets when the runtime API answers later).
-    pub identity: Option<crate::model::Container>,
+    pub identity: Option<std::sync::Arc<crate::model::Container>>,
+    /// A fingerprint of `identity` (assess::fp), kept as it changes: a
+    /// name learned later makes findings news again.
+    pub identity_fp: u64,
     pub last_seen: Ts,
     pub forwarding_hops: Option<u8>,
     pub requests: Requests,
@@ -490,10 +493,22 @@ pub(super) struct ContainerState {
 }
 
 impl ContainerState {
+    /// Take `who` as this container's identity when it says something new
+    /// (the same Arc, or an equal one, changes nothing).
+    pub fn learn_identity(&mut self, who: &Option<std::sync::Arc<crate::model::Container>>) {
+        let Some(w) = who else { return };
+        if self.identity.as_ref().is_some_and(|c| std::sync::Arc::ptr_eq(c, w) || c == w) {
+            return;
+        }
+        self.identity = Some(w.clone());
+        self.identity_fp = super::assess::fp(&self.identity);
+    }
+
     pub fn new(now: Ts) -> Self {
         Self {
             cgroup: None,
             identity: None,
+            identity_fp: 0,
             last_seen: now,
             forwarding_hops: None,
             requests: Requests::default(),
@@ -609,6 +624,9 @@ pub(super) struct NodeState {
     /// Newest time seen (events or ticks).
     pub now: Ts,
     pub hop_limit: Option<u8>,
+    /// Whether the instance requires IMDSv2 tokens, as tokenless requests'
+    /// answers said (401: required; 2xx: optional); None until one did.
+    pub tokens_required: Option<bool>,
     /// What the cluster says of the node (a `node` event).
     pub info: Option<std::sync::Arc<crate::model::NodeInfo>>,
     pub flows: HashMap<u64, FlowState>,
@@ -642,6 +660,7 @@ impl NodeState {
         Self {
             now,
             hop_limit: None,
+            tokens_required: None,
             info: None,
             flows: HashMap::new(),
             containers: HashMap::new(),
@@ -661,6 +680,17 @@ impl NodeState {
     /// The container an event is about: its flow's, else the event's own.
     pub fn workload_of(&self, ev: &crate::model::Event) -> Option<u64> {
         ev.flow.and_then(|f| Some(self.flows.get(&f)?.cgroup_id)).or_else(|| ev.workload_key())
+    }
+
+    /// What a tokenless request's answer said of the instance's tokens:
+    /// news re-assesses every container (their advice names it).
+    pub fn learn_tokens(&mut self, required: Option<bool>) {
+        if required.is_none() || self.tokens_required == required {
+            return;
+        }
+        self.tokens_required = required;
+        let all: Vec<u64> = self.containers.keys().copied().collect();
+        all.into_iter().for_each(|k| self.mark(k));
     }
 
     /// The connection of `flow` ended at `ts`.

@@ -1453,7 +1453,7 @@ fn pod_failure(aws_identity: Option<&str>) -> Vec<Event> {
     };
     let mut v = hop_limit_failure();
     for e in v.iter_mut().filter(|e| e.cgroup_id.is_some()) {
-        e.container = Some(who.clone());
+        e.container = Some(who.clone().into());
     }
     v
 }
@@ -1492,6 +1492,45 @@ fn where_hop_limit_1_is_the_nodes_design_the_workload_gets_its_own_role_first() 
     assert!(note.contains("dedicated NodePool") && note.contains("Every pod"), "{note}");
     assert!(fix.command.contains("--instance-id i-0fedcba9876543210 "), "{}", fix.command);
     assert_eq!(blocked.node_info.as_ref().unwrap().pool.as_deref(), Some("general"));
+    // Its tokenless GETs were answered: tokens are optional here, and the
+    // block leaks through IMDSv1.
+    assert_eq!(blocked.evidence.imds_tokens.as_deref(), Some("optional"));
+    assert!(blocked.summary.contains("falls back to IMDSv1"), "{}", blocked.summary);
+}
+
+#[test]
+fn where_tokens_are_required_the_wait_ends_with_no_credentials() {
+    let ctr = Ctr::podman();
+    let who = crate::model::Container {
+        namespace: Some("shop".into()),
+        service_account: Some("web".into()),
+        ..Default::default()
+    };
+    let mut v = vec![karpenter_node(0)];
+    let mut a = ctr.conn(11);
+    v.extend(a.connect(1));
+    v.extend(a.put_token(2));
+    v.extend(a.respond(3, 200, 1));
+    v.extend(a.fin(1001));
+    let mut b = ctr.conn(12);
+    v.extend(b.connect(1003));
+    v.extend(b.request(1005, "GET", CREDS, false));
+    v.extend(b.respond(1006, 401, 64));
+    v.extend(b.fin(1010));
+    for e in v.iter_mut().filter(|e| e.cgroup_id.is_some()) {
+        e.container = Some(who.clone().into());
+    }
+    let mut d = Diagnoser::default();
+    feed(&mut d, &v);
+    let f = d.findings();
+    let blocked = f.iter().find(|f| f.kind == FindingKind::NodeRoleBlocked);
+    let blocked = blocked.unwrap_or_else(|| panic!("{f:?}"));
+    assert_eq!(blocked.evidence.imds_tokens.as_deref(), Some("required"));
+    assert!(blocked.summary.contains("gets no credentials here"), "{}", blocked.summary);
+    // The 401 is the same cause, with the same fix.
+    let rejected = f.iter().find(|f| f.kind == FindingKind::TokenRejected).unwrap();
+    assert!(rejected.fix.as_ref().unwrap().own_role.is_some(), "{rejected:?}");
+    assert!(!rejected.summary.contains("Raise the hop limit"), "{}", rejected.summary);
 }
 
 #[test]

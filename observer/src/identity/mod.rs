@@ -138,7 +138,9 @@ const MAX_CACHED: usize = crate::model::budget::IDENTITIES;
 
 /// One cgroup's identity, and whether lookups may still add to it.
 struct Cached {
-    container: Container,
+    /// Shared with every event that carries it: one allocation per
+    /// workload, not per packet.
+    container: Arc<Container>,
     /// Some lookup is pending: rebuild when a table changes.
     pending: bool,
     /// Some lookup failed: rebuild once it is due for a retry.
@@ -284,7 +286,7 @@ impl Identities {
         s.1.clone()
     }
 
-    pub fn identify(&mut self, cgroup_id: u64) -> Option<Container> {
+    pub fn identify(&mut self, cgroup_id: u64) -> Option<Arc<Container>> {
         if cgroup_id == 0 {
             return None;
         }
@@ -309,6 +311,14 @@ impl Identities {
         Some(c)
     }
 
+    /// The cached container of `cgroup_id` is (or is not) a host process,
+    /// as its network namespace says; the updated container.
+    pub fn set_host(&mut self, cgroup_id: u64, host: bool) -> Option<Arc<Container>> {
+        let c = &mut self.cache.get_mut(&cgroup_id)?.container;
+        Arc::make_mut(c).host = host;
+        Some(c.clone())
+    }
+
     /// A cgroup2 cgroup the kernel reported as it was created.
     pub fn learn_cgroup(&mut self, cgroup_id: u64, path: &str) {
         self.cgroups.learn(cgroup_id, path);
@@ -320,7 +330,7 @@ impl Identities {
     }
 
     /// The container behind a host-side veth, named like `identify` does.
-    pub fn identify_veth(&mut self, ifindex: u32) -> Option<Container> {
+    pub fn identify_veth(&mut self, ifindex: u32) -> Option<Arc<Container>> {
         let c = self.veths.identify(ifindex)?;
         Some(self.complete(c).container)
     }
@@ -368,7 +378,7 @@ impl Identities {
             }
             note(a.is_pending(), a.retry_at());
         }
-        Cached { container: c, pending, retry_at }
+        Cached { container: Arc::new(c), pending, retry_at }
     }
 }
 
@@ -546,7 +556,7 @@ mod tests {
         cg: u64,
         within: Duration,
         f: impl Fn(&Container) -> bool,
-    ) -> Container {
+    ) -> Arc<Container> {
         let t0 = Instant::now();
         loop {
             let c = ids.identify(cg).unwrap();
@@ -602,7 +612,7 @@ mod tests {
             c.nomad.as_ref().unwrap().job.is_some()
         })
         .await;
-        let nm = n.nomad.unwrap();
+        let nm = n.nomad.clone().unwrap();
         assert_eq!(
             (nm.job.as_deref(), nm.group.as_deref(), nm.namespace.as_deref()),
             (Some("billing"), Some("api"), Some("batch"))
@@ -627,14 +637,14 @@ mod tests {
         ids.identify(cg);
         // The failure arrives; nothing more is asked until the delay passes.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(ids.identify(cg).unwrap().nomad.unwrap().job, None);
+        assert_eq!(ids.identify(cg).unwrap().nomad.clone().unwrap().job, None);
         *status.lock().unwrap() = 200;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(ids.identify(cg).unwrap().nomad.unwrap().job, None, "retried too early");
+        assert_eq!(ids.identify(cg).unwrap().nomad.clone().unwrap().job, None, "retried too early");
         let c = eventually(&mut ids, cg, Duration::from_secs(3), |c| {
             c.nomad.as_ref().unwrap().job.is_some()
         })
         .await;
-        assert_eq!(c.nomad.unwrap().job.as_deref(), Some("billing"));
+        assert_eq!(c.nomad.as_ref().unwrap().job.as_deref(), Some("billing"));
     }
 }

@@ -122,7 +122,7 @@ pub struct Event {
     pub cgroup: Option<String>,
     /// The workload behind the cgroup: runtime, id, name, image, pod, ...
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<Container>,
+    pub container: Option<std::sync::Arc<Container>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -132,16 +132,23 @@ impl Pipeline {
             if f.cgroup_id != 0 {
                 ev.cgroup_id = Some(f.cgroup_id);
                 ev.container = self.identities.as_mut().and_then(|i| i.identify(f.cgroup_id));
-                veth_names_it &= ev.container.as_ref().is_none_or(Container::is_shared_cgroup);
+                veth_names_it &= ev.container.as_deref().is_none_or(Container::is_shared_cgroup);
                 // Not a container the runtime conventions know, in the host's
                 // network namespace: a host process. In another network
                 // namespace: not a host process, whatever its cgroup says.
                 if let Some(c) = ev.container.as_mut() {
-                    if c.runtime.is_none() && c.id.is_none() && host_netns == Some(true) {
-                        c.host = true;
-                    }
-                    if host_netns == Some(false) {
-                        c.host = false;
+                    let host = match host_netns {
+                        Some(true) if c.runtime.is_none() && c.id.is_none() => true,
+                        Some(false) => false,
+                        _ => c.host,
+                    };
+                    if c.host != host {
+                        // Said once, to the cache: later events share it.
+                        let ids = self.identities.as_mut();
+                        match ids.and_then(|i| i.set_host(f.cgroup_id, host)) {
+                            Some(cached) => *c = cached,
+                            None => std::sync::Arc::make_mut(c).host = host,
+                        }
                     }
                 }
             }

@@ -844,7 +844,7 @@ mod tests {
     fn with_identity(mut events: Vec<Event>, cg: u64, c: &Container) -> Vec<Event> {
         for e in &mut events {
             if e.cgroup_id == Some(cg) {
-                e.container = Some(c.clone());
+                e.container = Some(c.clone().into());
                 e.cgroup = c.cgroup.clone();
             }
         }
@@ -892,7 +892,7 @@ mod tests {
         e.flow = Some(flow);
         e.cgroup_id = who.cgroup_id;
         e.cgroup = who.cgroup.clone();
-        e.container = Some(who.clone());
+        e.container = Some(who.clone().into());
         e.seq = Some(seq);
         e.ack = Some(1);
         e.method = Some(method.into());
@@ -1002,7 +1002,7 @@ mod tests {
             if let (true, Some(cg), Some(path)) = (i > n / 2, e.cgroup_id, e.cgroup.clone()) {
                 let mut c = Container::from_path(cg, &path);
                 c.name = named.name.clone();
-                e.container = Some(c);
+                e.container = Some(c.into());
             }
             fed(&mut m, &mut d, &e);
         }

@@ -722,7 +722,7 @@ fn identity_fills_runtime_and_pod_columns_and_is_learned_late() {
         .enumerate()
         .map(|(i, mut e)| {
             if i >= 10 && i < n {
-                e.container = Some(who.clone());
+                e.container = Some(who.clone().into());
             }
             e
         })
