@@ -1441,9 +1441,9 @@ fn karpenter_node(ms: u64) -> Event {
     ev
 }
 
-/// The seed's failure, from a pod of namespace `shop` with ServiceAccount
-/// `web` (and `aws_identity`, when given).
-fn pod_failure(aws_identity: Option<&str>) -> Vec<Event> {
+/// `events` as from a pod of namespace `shop` with ServiceAccount `web`
+/// (and `aws_identity`, when given).
+fn from_shop_web(mut events: Vec<Event>, aws_identity: Option<&str>) -> Vec<Event> {
     let who = crate::model::Container {
         pod: Some("web-1".into()),
         namespace: Some("shop".into()),
@@ -1451,11 +1451,15 @@ fn pod_failure(aws_identity: Option<&str>) -> Vec<Event> {
         aws_identity: aws_identity.map(str::to_string),
         ..Default::default()
     };
-    let mut v = hop_limit_failure();
-    for e in v.iter_mut().filter(|e| e.cgroup_id.is_some()) {
+    for e in events.iter_mut().filter(|e| e.cgroup_id.is_some()) {
         e.container = Some(who.clone().into());
     }
-    v
+    events
+}
+
+/// The seed's failure, from that pod.
+fn pod_failure(aws_identity: Option<&str>) -> Vec<Event> {
+    from_shop_web(hop_limit_failure(), aws_identity)
 }
 
 #[test]
@@ -1500,26 +1504,8 @@ fn where_hop_limit_1_is_the_nodes_design_the_workload_gets_its_own_role_first() 
 
 #[test]
 fn where_tokens_are_required_the_wait_ends_with_no_credentials() {
-    let ctr = Ctr::podman();
-    let who = crate::model::Container {
-        namespace: Some("shop".into()),
-        service_account: Some("web".into()),
-        ..Default::default()
-    };
     let mut v = vec![karpenter_node(0)];
-    let mut a = ctr.conn(11);
-    v.extend(a.connect(1));
-    v.extend(a.put_token(2));
-    v.extend(a.respond(3, 200, 1));
-    v.extend(a.fin(1001));
-    let mut b = ctr.conn(12);
-    v.extend(b.connect(1003));
-    v.extend(b.request(1005, "GET", CREDS, false));
-    v.extend(b.respond(1006, 401, 64));
-    v.extend(b.fin(1010));
-    for e in v.iter_mut().filter(|e| e.cgroup_id.is_some()) {
-        e.container = Some(who.clone().into());
-    }
+    v.extend(from_shop_web(lost_token_then_credentials(&Ctr::podman(), 401), None));
     let mut d = Diagnoser::default();
     feed(&mut d, &v);
     let f = d.findings();
