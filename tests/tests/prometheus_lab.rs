@@ -99,7 +99,9 @@ impl Prometheus {
     }
 
     /// GET each path (query string included) from inside the netns, in one
-    /// python3 run: each answer's JSON (null when unreachable).
+    /// python3 run: each answer's JSON (null when unreachable; a status and
+    /// the start of the body when an error answer is not JSON, as while
+    /// Prometheus starts).
     fn get(&self, paths: &[String]) -> Vec<Value> {
         const SCRIPT: &str = r#"
 import json, sys, urllib.request, urllib.error
@@ -109,7 +111,12 @@ for p in json.load(sys.stdin):
         with urllib.request.urlopen("http://" + sys.argv[1] + p, timeout=5) as r:
             out.append(json.load(r))
     except urllib.error.HTTPError as e:
-        out.append(json.load(e))
+        # The API answers errors in JSON; while starting it may not.
+        body = e.read()
+        try:
+            out.append(json.loads(body))
+        except ValueError:
+            out.append({"status": "http %d" % e.code, "body": body.decode("utf-8", "replace")[:200]})
     except Exception:
         out.append(None)
 print(json.dumps(out))
