@@ -4,11 +4,12 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_ebpf::{
-    BUDGET_BURST, BUDGET_PER_SEC, Budget, Hook, INBOUND_PAYLOAD, MAX_BUDGETS, MAX_ENDPOINTS,
-    RING_BYTES, Record, SNAP_LEN, WAKE_AT, address_key_v4, address_key_v6, snap_len,
+    BUDGET_BURST, BUDGET_PER_SEC, Budget, BudgetKey, GLOBAL_BURST, GLOBAL_FLOWS, GLOBAL_MKDIR,
+    GLOBAL_PER_SEC, Hook, INBOUND_PAYLOAD, MAX_BUDGETS, MAX_ENDPOINTS, RING_BYTES, Record,
+    SNAP_LEN, WAKE_AT, flow_key_v4, flow_key_v6, interface_key, snap_len,
 };
 
 #[map]
@@ -22,45 +23,93 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static BUDGETS: LruHashMap<u64, Budget> = LruHashMap::with_max_entries(MAX_BUDGETS, 0);
 
+/// Node-wide budgets (`GLOBAL_FLOWS`, `GLOBAL_MKDIR`): an array, so that no
+/// number of new keys in BUDGETS can evict them.
+#[map]
+pub static GLOBAL: Array<Budget> = Array::with_max_entries(2, 0);
+
 /// Records suppressed by budgets, per CPU: userspace reads BUDGETS only when
 /// this grew.
 #[map]
 pub static SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-const NS_PER_TOKEN: u64 = 1_000_000_000 / BUDGET_PER_SEC;
-
-/// Take one record from the budget of workload `key`. Not atomic across
-/// CPUs: concurrent records of one workload may both take the last token,
-/// which bounds nothing worse than a few records.
+/// Take a token from `b` (refilled at `per_sec`, holding `burst` at most).
+/// Not atomic across CPUs: concurrent records may both take the last
+/// token, which bounds nothing worse than a few records.
 #[inline(always)]
-pub fn admit(key: u64) -> bool {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(b) = BUDGETS.get_ptr_mut(key) else {
-        let fresh = Budget { tokens: BUDGET_BURST - 1, refilled_ns: now, suppressed: 0 };
-        let _ = BUDGETS.insert(key, fresh, 0);
-        return true;
-    };
-    let b = unsafe { &mut *b };
+fn take(b: &mut Budget, now: u64, per_sec: u64, burst: u64) -> bool {
+    let ns_per_token = 1_000_000_000 / per_sec;
     let elapsed = now.saturating_sub(b.refilled_ns);
-    if elapsed >= BUDGET_BURST * NS_PER_TOKEN {
-        b.tokens = BUDGET_BURST;
+    if elapsed >= burst * ns_per_token {
+        b.tokens = burst;
         b.refilled_ns = now;
     } else {
-        let add = elapsed / NS_PER_TOKEN;
+        let add = elapsed / ns_per_token;
         if add > 0 {
-            b.tokens = if b.tokens + add > BUDGET_BURST { BUDGET_BURST } else { b.tokens + add };
-            b.refilled_ns += add * NS_PER_TOKEN;
+            b.tokens = if b.tokens + add > burst { burst } else { b.tokens + add };
+            b.refilled_ns += add * ns_per_token;
         }
     }
     if b.tokens > 0 {
         b.tokens -= 1;
         return true;
     }
+    false
+}
+
+#[inline(always)]
+fn count_suppressed(b: &mut Budget) {
     b.suppressed += 1;
     if let Some(n) = SUPPRESSED.get_ptr_mut(0) {
         unsafe { *n += 1 };
     }
+}
+
+/// Take one record from the node-wide budget `index` of map GLOBAL; a
+/// refusal counts there.
+#[inline(always)]
+pub fn admit_global(index: u32, now: u64) -> bool {
+    let Some(g) = GLOBAL.get_ptr_mut(index) else {
+        return false;
+    };
+    let g = unsafe { &mut *g };
+    let (per_sec, burst) = if index == GLOBAL_MKDIR {
+        (BUDGET_PER_SEC, BUDGET_BURST)
+    } else {
+        (GLOBAL_PER_SEC, GLOBAL_BURST)
+    };
+    if take(g, now, per_sec, burst) {
+        return true;
+    }
+    count_suppressed(g);
     false
+}
+
+/// Take one record from the budget of workload `key` (a `BudgetKey`); a
+/// flow's record also from the node-wide `GLOBAL_FLOWS`. A refusal counts
+/// against `key`.
+#[inline(always)]
+pub fn admit(key: u64) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if BUDGETS.get_ptr_mut(key).is_none() {
+        let fresh = Budget { tokens: BUDGET_BURST, refilled_ns: now, suppressed: 0 };
+        let _ = BUDGETS.insert(key, fresh, 0);
+    }
+    let Some(b) = BUDGETS.get_ptr_mut(key) else {
+        return false;
+    };
+    let b = unsafe { &mut *b };
+    if !take(b, now, BUDGET_PER_SEC, BUDGET_BURST) {
+        count_suppressed(b);
+        return false;
+    }
+    if BudgetKey::is_flow(key) && !admit_global(GLOBAL_FLOWS, now) {
+        // Counted node-wide and against the flow, so userspace can say
+        // whose records went.
+        b.suppressed += 1;
+        return false;
+    }
+    true
 }
 
 // The endpoint set, written by userspace before load (`EbpfLoader::set_global`).
@@ -260,6 +309,9 @@ pub struct Meta {
     pub cookie: u64,
     pub reason: u32,
     pub location: u64,
+    /// The interface the packet came in by, when it names the sending
+    /// workload (its veth): the budget's key. 0: none.
+    pub via: u32,
 }
 
 /// Set every header field of a reserved record (ring memory is not zeroed):
@@ -286,15 +338,16 @@ pub fn header(rec: &mut Record, hook: Hook, family: u8, cgroup_id: u64, cookie: 
 
 /// Record `pkt` if it is metadata traffic: TCP between a socket and an
 /// endpoint's service port, or an ICMP error about such a packet. `version`
-/// is 4 or 6. `meta` is only called for a match: its helper calls (cgroup
-/// id, socket cookie) are not paid by the host's other packets.
+/// is 4 or 6. `meta` is only called for a match (with whether the packet
+/// comes from the endpoint): its helper calls (cgroup id, socket cookie)
+/// are not paid by the host's other packets.
 ///
 /// What the record keeps never holds a reply body: packets from an
 /// endpoint keep their headers, and the first bytes of payload only when
 /// the segment starts a response (`HTTP/1.`); ICMP errors keep the quoted
 /// IP header and 8 bytes of the quoted TCP header.
 #[inline(always)]
-pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() -> Meta) {
+pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce(bool) -> Meta) {
     // Header bytes up to and including both addresses; the version decides
     // which endpoint set, `want` which address.
     let (inbound, proto, l3_len, port, local, total) = if version == 4 {
@@ -323,7 +376,7 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
         if u16::from_be_bytes([h[IPV4_FRAG_OFF], h[IPV4_FRAG_OFF + 1]]) & 0x1fff != 0 {
             return;
         }
-        let local = address_key_v4(if inbound { dst } else { src });
+        let local = [if inbound { dst } else { src }, 0, 0, 0];
         let total = u16::from_be_bytes([h[IPV4_TOT_LEN], h[IPV4_TOT_LEN + 1]]) as u32;
         // IHL, in 32-bit words.
         (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4, port, local, total)
@@ -350,12 +403,15 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
                 (None, None) => return,
             },
         };
-        let local = address_key_v6(if inbound { &dst } else { &src });
+        let local = if inbound { dst } else { src };
         let payload = u16::from_be_bytes([h[IPV6_PAYLOAD_LEN], h[IPV6_PAYLOAD_LEN + 1]]) as u32;
         (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32, port, local, IPV6_HLEN as u32 + payload)
     } else {
         return;
     };
+    // The flow's local port (0 for ICMP errors): with `local`, the budget
+    // key where no socket or interface names the workload.
+    let mut local_port = 0u16;
     let cap = match proto {
         IPPROTO_TCP => {
             let mut t = [0u8; TCP_FLAGS + 1];
@@ -367,6 +423,7 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
             if (if inbound { sport } else { dport }) != port {
                 return;
             }
+            local_port = if inbound { dport } else { sport };
             let l4 = l3_len + ((t[TCP_DOFF as usize] >> 4) as u32) * 4;
             let flags = t[TCP_FLAGS];
             let mut starts_reply = false;
@@ -393,9 +450,19 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce() 
         },
         _ => return,
     };
-    let meta = meta();
-    // The socket hooks know the workload's cgroup; elsewhere its address.
-    if !admit(if meta.cgroup_id != 0 { meta.cgroup_id } else { local }) {
+    let meta = meta(inbound);
+    // Whose budget: what the sender cannot forge where the hook knows it
+    // (the socket's cgroup, the interface it came in by), else the flow.
+    let key = if meta.cgroup_id != 0 {
+        meta.cgroup_id
+    } else if meta.via != 0 {
+        interface_key(meta.via)
+    } else if version == 4 {
+        flow_key_v4(local[0], local_port)
+    } else {
+        flow_key_v6(&local, local_port)
+    };
+    if !admit(key) {
         return;
     }
     emit(pkt, version, cap, &meta);

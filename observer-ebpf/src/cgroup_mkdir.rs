@@ -4,11 +4,11 @@
 //! packets are read (a short-lived container). The struct offsets come from
 //! the kernel's BTF at load time.
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use observer_ebpf::{CgroupOffsets, Hook};
+use observer_ebpf::{CgroupOffsets, GLOBAL_MKDIR, Hook};
 
 use crate::capture;
 
@@ -43,6 +43,10 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
     else {
         return 0;
     };
+    // Node-wide: a workload allowed to make cgroups cannot fill the ring.
+    if !capture::admit_global(GLOBAL_MKDIR, unsafe { bpf_ktime_get_ns() }) {
+        return 0;
+    }
     let Some(mut entry) = capture::reserve() else {
         return 0;
     };

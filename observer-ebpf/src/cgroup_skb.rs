@@ -19,13 +19,14 @@ fn on_packet(ctx: &SkBuffContext, hook: Hook, want: Match) {
     if pkt.outside_endpoints(version, want) {
         return;
     }
-    capture::packet(&pkt, version, want, || Meta {
+    capture::packet(&pkt, version, want, |_| Meta {
         hook,
         ifindex: 0,
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         cookie: unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) },
         reason: 0,
         location: 0,
+        via: 0,
     });
 }
 

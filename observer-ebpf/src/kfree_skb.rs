@@ -16,7 +16,7 @@ use observer_ebpf::{Hook, SNAP_LEN, SkbOffsets, snap_len};
 use crate::capture::{self, Match, Meta, Packet};
 
 #[unsafe(no_mangle)]
-static SKB_OFFSETS: SkbOffsets = SkbOffsets { head: 0, network_header: 0, tail: 0 };
+static SKB_OFFSETS: SkbOffsets = SkbOffsets { head: 0, network_header: 0, tail: 0, skb_iif: 0 };
 
 /// A packet in kernel memory, from its IP header.
 struct KernelPacket {
@@ -80,6 +80,13 @@ fn on_drop(ctx: &BtfTracePointContext, reason: u32) -> i32 {
     let (Ok(head), Ok(nh), Ok(tail)) = read else {
         return 0;
     };
+    // The interface a packet came in by is what its sender cannot forge:
+    // the budget of what a container sent (0 when this host sent it).
+    let iif = if off.skb_iif == 0 {
+        0
+    } else {
+        unsafe { bpf_probe_read_kernel(skb.add(off.skb_iif as usize) as *const u32) }.unwrap_or(0)
+    };
     if head == 0 || nh == 0xffff {
         return 0;
     }
@@ -100,13 +107,16 @@ fn on_drop(ctx: &BtfTracePointContext, reason: u32) -> i32 {
     };
     let linear = tail.saturating_sub(nh as u32);
     let pkt = KernelPacket { ip, len: if ip_len < linear { ip_len } else { linear } };
-    capture::packet(&pkt, version, Match::Any, || Meta {
+    capture::packet(&pkt, version, Match::Any, |inbound| Meta {
         hook: Hook::Drop,
         ifindex: 0,
         cgroup_id: 0,
         cookie: 0,
         reason,
         location,
+        // A reply came in by the uplink, which all workloads share: its
+        // flow's budget then.
+        via: if inbound { 0 } else { iif },
     });
     0
 }

@@ -35,60 +35,93 @@ pub const MAX_ENDPOINTS: usize = 8;
 
 /// Records one workload may put in the ring per second, sustained, and at
 /// once: a flood from one container cannot fill the ring for the others,
-/// nor the node's log pipeline. A workload is a cgroup at the socket hooks,
-/// and the container-side address at the uplink and drop hooks (there is no
-/// socket there); containers behind one NAT address share a budget there.
+/// nor the node's log pipeline. Whose budget a record takes is what the
+/// sender cannot forge (see `BudgetKey`): the socket's cgroup at the socket
+/// hooks, the container's veth at tc_veth and at drops of what it sent;
+/// where only the packet tells (the uplinks, drops of replies), its flow,
+/// and then also the node-wide `GLOBAL_PER_SEC`.
 /// Sized for 40 requests a second on a connection each (5 records at the
 /// socket hooks: SYN, request, FIN out; SYN|ACK, reply in), 5 s of it at
 /// once; 50 such workloads fill under a tenth of the ring a second.
 pub const BUDGET_PER_SEC: u64 = 200;
 pub const BUDGET_BURST: u64 = 1000;
+/// Every record whose budget is keyed by its flow, node-wide: new flows
+/// (forged addresses, a connect storm) each get a fresh flow budget, and
+/// this is what bounds them. Sized for 1,000 requests a second on the
+/// uplinks (5 records each), with room for the drops of a hop-limit failure.
+pub const GLOBAL_PER_SEC: u64 = 8_000;
+pub const GLOBAL_BURST: u64 = 16_000;
+/// Index in map GLOBAL: the flow-keyed records' budget, and cgroup_mkdir's
+/// (a workload allowed to make cgroups cannot make the ring its own).
+pub const GLOBAL_FLOWS: u32 = 0;
+pub const GLOBAL_MKDIR: u32 = 1;
 /// Workloads whose budget is kept (an LRU: the least recently seen go).
 pub const MAX_BUDGETS: u32 = 16_384;
-/// Tags a budget key that is an address, not a cgroup id (kernfs ids never
-/// reach bit 63).
-const ADDRESS_KEY: u64 = 1 << 63;
-/// With `ADDRESS_KEY`: the address is IPv6, folded into the 62 bits below.
+/// Tags a budget key that is not a cgroup id (kernfs ids never reach bit
+/// 63): an address, a flow or an interface.
+const NOT_CGROUP: u64 = 1 << 63;
+/// With `NOT_CGROUP`: an IPv6 address, folded into the 62 bits below.
 const ADDRESS_V6: u64 = 1 << 62;
+/// With `NOT_CGROUP`: an interface index in the low 32 bits.
+const INTERFACE: u64 = 1 << 61;
 
-/// The budget key of an IPv4 address as it sits in the packet.
+/// The budget key of an IPv4 flow's local side (address as it sits in the
+/// packet, port in host order; port 0: the address only).
 #[inline(always)]
-pub fn address_key_v4(addr: u32) -> u64 {
-    ADDRESS_KEY | addr as u64
+pub fn flow_key_v4(addr: u32, port: u16) -> u64 {
+    NOT_CGROUP | (port as u64) << 32 | addr as u64
 }
 
-/// The budget key of an IPv6 address (words as they sit in the packet),
-/// folded: two addresses may share a budget, never with an IPv4 one.
+/// The budget key of an IPv6 flow's local side (words as they sit in the
+/// packet), folded: two flows may share a budget, never with an IPv4 one.
 #[inline(always)]
-pub fn address_key_v6(addr: &[u32; 4]) -> u64 {
+pub fn flow_key_v6(addr: &[u32; 4], port: u16) -> u64 {
     let folded = (((addr[0] ^ addr[2]) as u64) << 32) | (addr[1] ^ addr[3]) as u64;
-    ADDRESS_KEY | ADDRESS_V6 | (folded & !(ADDRESS_KEY | ADDRESS_V6))
+    NOT_CGROUP | ADDRESS_V6 | ((folded ^ (port as u64) << 40) & !(NOT_CGROUP | ADDRESS_V6))
+}
+
+/// The budget key of the interface with index `ifindex`.
+#[inline(always)]
+pub fn interface_key(ifindex: u32) -> u64 {
+    NOT_CGROUP | INTERFACE | ifindex as u64
 }
 
 /// Whose budget a key of map BUDGETS is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BudgetKey {
     Cgroup(u64),
-    /// As it sits in the packet.
-    Ipv4(u32),
-    /// Folded: the address cannot be read back.
+    /// The interface a workload's packets came in by (its veth).
+    Interface(u32),
+    /// A flow's local side: address as it sits in the packet, and port.
+    Ipv4(u32, u16),
+    /// Folded: the flow cannot be read back.
     Ipv6,
+}
+
+impl BudgetKey {
+    /// Whether the key is a flow's, which the packet alone names (and so
+    /// the sender may forge): such records also take from `GLOBAL_FLOWS`.
+    pub fn is_flow(key: u64) -> bool {
+        key & NOT_CGROUP != 0 && key & (INTERFACE | ADDRESS_V6) != INTERFACE
+    }
 }
 
 impl From<u64> for BudgetKey {
     fn from(key: u64) -> Self {
-        if key & ADDRESS_KEY == 0 {
+        if key & NOT_CGROUP == 0 {
             Self::Cgroup(key)
         } else if key & ADDRESS_V6 != 0 {
             Self::Ipv6
+        } else if key & INTERFACE != 0 {
+            Self::Interface(key as u32)
         } else {
-            Self::Ipv4(key as u32)
+            Self::Ipv4(key as u32, (key >> 32) as u16)
         }
     }
 }
 
-/// One workload's budget (map BUDGETS, key: a cgroup id or an address, see
-/// `BudgetKey`).
+/// One workload's budget (map BUDGETS, key: see `BudgetKey`), or a
+/// node-wide one (map GLOBAL).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Budget {
@@ -197,6 +230,8 @@ pub struct SkbOffsets {
     pub network_header: u32,
     /// End of the linear data, as an offset from `head` (64-bit kernels).
     pub tail: u32,
+    /// The interface the packet came in by (0: sent by this host).
+    pub skb_iif: u32,
 }
 
 /// Offsets into `struct cgroup`, `struct kernfs_node` and `struct

@@ -13,11 +13,11 @@ const ETH_HLEN: u32 = 14;
 /// TC_ACT_UNSPEC, which TCX reads as "next": observe, never decide.
 pub const TC_NEXT: i32 = -1;
 
-/// Record a matching packet. `socket`: also its sending socket's cookie
-/// (a container's veth, where the socket is still attached); asked only for
-/// a match.
+/// Record a matching packet. `veth`: a container's veth, where the sending
+/// socket is still attached (its cookie is asked, only for a match) and the
+/// interface names the container (its budget).
 #[inline(always)]
-pub fn on_packet(ctx: &TcContext, hook: Hook, want: Match, socket: bool) {
+pub fn on_packet(ctx: &TcContext, hook: Hook, want: Match, veth: bool) {
     let version = ip_version(unsafe { (*ctx.skb.skb).protocol });
     if version == 0 {
         return;
@@ -26,13 +26,15 @@ pub fn on_packet(ctx: &TcContext, hook: Hook, want: Match, socket: bool) {
     if pkt.outside_endpoints(version, want) {
         return;
     }
-    capture::packet(&pkt, version, want, || Meta {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    capture::packet(&pkt, version, want, |_| Meta {
         hook,
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        ifindex,
         cgroup_id: 0,
-        cookie: if socket { unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) } } else { 0 },
+        cookie: if veth { unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) } } else { 0 },
         reason: 0,
         location: 0,
+        via: if veth { ifindex } else { 0 },
     });
 }
 

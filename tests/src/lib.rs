@@ -1260,42 +1260,81 @@ pub struct FloodRun {
     /// Lines the observer wrote to stdout, for the whole run.
     pub lines: usize,
     pub peak_rss_kib: u64,
-    /// Records of the flooding container its budget held back, as reported.
+    /// Records of the flooding container its budgets held back, as
+    /// reported: its cgroup's, and its interface's (`iface`: only the
+    /// flood's packets come in by a veth and are dropped here).
     pub suppressed: u64,
     /// Records of the client next to it held back (there should be none).
     pub client_suppressed: u64,
+    /// Records the ring could not take (`lost_events`).
+    pub lost: u64,
+    /// Packets the flood sent, as it counted them.
+    pub sent: u64,
     /// The client's latest hop_limit_exceeded finding.
     pub client_finding: Option<Value>,
     pub seconds: u64,
 }
 
-/// One container floods the metadata address for `seconds` (UDP to random
-/// ports, and 200 TCP connects to port 80 every 50 ms) on a hop-limit-1
-/// host, while a js-v2 client one hop away fetches credentials; the
-/// observer is the shipped binary. For the flood lab test and the bench.
-pub fn flood_scenario(seconds: u64) -> FloodRun {
+/// How the flood's container floods.
+#[derive(Clone, Copy, Debug)]
+pub enum Flood {
+    /// UDP to random ports, and 200 TCP connects to port 80 every 50 ms,
+    /// from its own address.
+    Connects,
+    /// TTL-1 SYNs to port 80 from a raw socket, each from a new forged
+    /// source address: the host drops every one in ip_forward.
+    ForgedSyns,
+}
+
+/// One container floods the metadata address for `seconds` on a
+/// hop-limit-1 host, while a js-v2 client one hop away fetches
+/// credentials; the observer is the shipped binary. For the flood lab
+/// tests and the bench.
+pub fn flood_scenario(seconds: u64, flood_by: Flood) -> FloodRun {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let flood = lab.add_container("flood", Attach::Routed);
     let client = lab.add_container("client", Attach::Routed);
     let obs = lab.shipped_observer(&[]);
-    let script = format!(
-        "import random, socket, time\n\
-         end = time.time() + {seconds}\n\
-         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         while time.time() < end:\n\
-         \x20   socks = []\n\
-         \x20   for _ in range(200):\n\
-         \x20       s = socket.socket()\n\
-         \x20       s.setblocking(False)\n\
-         \x20       try: s.connect(('{IMDS_V4}', 80))\n\
-         \x20       except BlockingIOError: pass\n\
-         \x20       socks.append(s)\n\
-         \x20   for port in random.sample(range(1, 65536), 400):\n\
-         \x20       try: u.sendto(b'x' * 32, ('{IMDS_V4}', port))\n\
-         \x20       except OSError: pass\n\
-         \x20   time.sleep(0.05)\n\
-         \x20   for s in socks: s.close()\n"
-    );
+    let script = match flood_by {
+        Flood::Connects => format!(
+            "import random, socket, time\n\
+             end = time.time() + {seconds}\n\
+             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             n = 0\n\
+             while time.time() < end:\n\
+             \x20   socks = []\n\
+             \x20   for _ in range(200):\n\
+             \x20       s = socket.socket()\n\
+             \x20       s.setblocking(False)\n\
+             \x20       try: s.connect(('{IMDS_V4}', 80))\n\
+             \x20       except BlockingIOError: pass\n\
+             \x20       socks.append(s)\n\
+             \x20   for port in random.sample(range(1, 65536), 400):\n\
+             \x20       try: u.sendto(b'x' * 32, ('{IMDS_V4}', port))\n\
+             \x20       except OSError: pass\n\
+             \x20   n += 600\n\
+             \x20   time.sleep(0.05)\n\
+             \x20   for s in socks: s.close()\n\
+             print(n)\n"
+        ),
+        // IPPROTO_RAW: the header is ours (the kernel fills in the length
+        // and checksum); sources in 10.128.0.0/9, none of them the lab's.
+        Flood::ForgedSyns => format!(
+            "import random, socket, struct, time\n\
+             end = time.time() + {seconds}\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
+             dst = socket.inet_aton('{IMDS_V4}')\n\
+             tcp = struct.pack('!HHIIBBHHH', 40000, 80, 1, 0, 5 << 4, 0x02, 64240, 0, 0)\n\
+             n = 0\n\
+             while time.time() < end:\n\
+             \x20   for _ in range(1000):\n\
+             \x20       src = struct.pack('!I', 0x0a800000 | random.getrandbits(23))\n\
+             \x20       ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 0, 0, 1, 6, 0, src, dst)\n\
+             \x20       s.sendto(ip + tcp, ('{IMDS_V4}', 0))\n\
+             \x20       n += 1\n\
+             print(n)\n"
+        ),
+    };
     let storm = thread::scope(|s| {
         let storm = s.spawn(|| flood.run(Path::new("python3"), &["-c", &script]));
         // The client starts once the flood is on.
@@ -1305,21 +1344,25 @@ pub fn flood_scenario(seconds: u64) -> FloodRun {
         storm.join().unwrap()
     });
     assert!(storm.status.success(), "{}", String::from_utf8_lossy(&storm.stderr));
+    let sent = String::from_utf8_lossy(&storm.stdout).trim().parse().unwrap_or(0);
     thread::sleep(Duration::from_millis(1500));
     let peak_rss_kib = obs.peak_rss_kib();
     let events = obs.stop();
-    let suppressed_of = |c: &Container| -> u64 {
+    let count = |pick: &dyn Fn(&Value) -> bool| -> u64 {
         events
             .iter()
-            .filter(|e| e["type"] == "suppressed" && e["cgroup"] == c.cgroup_rel().as_str())
+            .filter(|e| e["type"] == "suppressed" && pick(e))
             .filter_map(|e| e["count"].as_u64())
             .sum()
     };
+    let (flood_cg, client_cg) = (flood.cgroup_rel(), client.cgroup_rel());
     FloodRun {
         lines: events.len(),
         peak_rss_kib,
-        suppressed: suppressed_of(&flood),
-        client_suppressed: suppressed_of(&client),
+        suppressed: count(&|e| e["cgroup"] == flood_cg.as_str() || e["iface"].is_string()),
+        client_suppressed: count(&|e| e["cgroup"] == client_cg.as_str()),
+        lost: of_type(&events, "lost_events").iter().filter_map(|e| e["count"].as_u64()).sum(),
+        sent,
         client_finding: findings_for(&events, &client.cgroup_rel())
             .into_iter()
             .rfind(|f| f["kind"] == "hop_limit_exceeded")

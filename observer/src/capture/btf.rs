@@ -98,6 +98,9 @@ impl KernelBtf {
             head: off("head")?,
             network_header: off("network_header")?,
             tail: off("tail")?,
+            // Only the drop budget's key: without it, drops are budgeted
+            // by flow.
+            skb_iif: self.member_offset(&skb, "skb_iif").unwrap_or(0),
         })
     }
 

@@ -23,9 +23,9 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
 };
-use observer_ebpf::{Budget, MAX_ENDPOINTS, Record};
+use observer_ebpf::{Budget, GLOBAL_MKDIR, MAX_ENDPOINTS, Record};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{model::Endpoint, sys::netlink};
@@ -103,9 +103,11 @@ pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     budgets: AyaHashMap<MapData, u64, Budget>,
+    /// Node-wide budgets (observer_ebpf::GLOBAL_FLOWS, GLOBAL_MKDIR).
+    global: Array<MapData, Budget>,
     suppressed_total: PerCpuArray<MapData, u64>,
     /// The kernel's suppressed total, and per budget key, as last read.
-    suppressed_seen: (u64, HashMap<u64, u64>),
+    suppressed_seen: (u64, HashMap<Option<u64>, u64>),
     /// Kernel drop-reason number → name.
     pub drop_reasons: HashMap<u32, String>,
     /// Drop locations (kernel text addresses) → the function they are in.
@@ -228,6 +230,7 @@ impl Capture {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("LOST map")?)?;
         let budgets = AyaHashMap::try_from(ebpf.take_map("BUDGETS").context("BUDGETS map")?)?;
+        let global = Array::try_from(ebpf.take_map("GLOBAL").context("GLOBAL map")?)?;
         let suppressed_total =
             PerCpuArray::try_from(ebpf.take_map("SUPPRESSED").context("SUPPRESSED map")?)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
@@ -250,6 +253,7 @@ impl Capture {
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
             lost,
             budgets,
+            global,
             suppressed_total,
             suppressed_seen: (0, HashMap::new()),
             drop_reasons,
@@ -300,9 +304,10 @@ impl Capture {
     }
 
     /// Workloads whose budget held records back since the last call: (budget
-    /// key, how many more; see `observer_ebpf::BudgetKey`). Reads the budget
-    /// map only when the kernel's total grew.
-    pub fn suppressed(&mut self) -> Vec<(u64, u64)> {
+    /// key, how many more; see `observer_ebpf::BudgetKey`; `None`: the
+    /// node-wide budget of cgroup_mkdir records). Reads the budget maps only
+    /// when the kernel's total grew.
+    pub fn suppressed(&mut self) -> Vec<(Option<u64>, u64)> {
         let total: u64 =
             self.suppressed_total.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
         if total == self.suppressed_seen.0 {
@@ -311,8 +316,15 @@ impl Capture {
         self.suppressed_seen.0 = total;
         let mut out = Vec::new();
         let seen = &mut self.suppressed_seen.1;
-        let now: HashMap<u64, u64> =
-            self.budgets.iter().filter_map(|r| r.ok()).map(|(k, b)| (k, b.suppressed)).collect();
+        let mut now: HashMap<Option<u64>, u64> = self
+            .budgets
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, b)| (Some(k), b.suppressed))
+            .collect();
+        if let Ok(b) = self.global.get(&GLOBAL_MKDIR, 0) {
+            now.insert(None, b.suppressed);
+        }
         for (&key, &n) in &now {
             // An evicted and re-created entry starts again from zero.
             let before = seen.get(&key).copied().unwrap_or(0);

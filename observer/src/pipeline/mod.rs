@@ -241,19 +241,28 @@ impl Pipeline {
     }
 
     /// A `suppressed` event: `count` records of the workload with budget key
-    /// `key` were held back (see `observer_ebpf::Budget`).
-    pub fn suppressed(&mut self, key: u64, count: u64, ts: SystemTime) -> Event {
+    /// `key` were held back (see `observer_ebpf::Budget`); `None`: the
+    /// node-wide budget of cgroup_mkdir records.
+    pub fn suppressed(&mut self, key: Option<u64>, count: u64, ts: SystemTime) -> Event {
         let mut ev = Event::new(Kind::Suppressed, ts, self.node.clone());
         ev.count = Some(count);
+        let Some(key) = key else {
+            ev.via = Some("cgroup_mkdir".to_string());
+            return ev;
+        };
         match BudgetKey::from(key) {
             BudgetKey::Cgroup(id) => {
                 ev.cgroup_id = Some(id);
                 ev.container = self.identities.as_mut().and_then(|i| i.identify(id));
                 ev.cgroup = ev.container.as_ref().and_then(|c| c.cgroup.clone());
             }
-            BudgetKey::Ipv4(addr) => {
+            BudgetKey::Interface(ifindex) => {
+                ev.container = self.identities.as_mut().and_then(|i| i.identify_veth(ifindex));
+                ev.iface = Some(crate::sys::netlink::name_of(ifindex));
+            }
+            BudgetKey::Ipv4(addr, port) => {
                 let ip = std::net::Ipv4Addr::from(addr.to_ne_bytes());
-                ev.src = Some(SocketAddr::new(ip.into(), 0));
+                ev.src = Some(SocketAddr::new(ip.into(), port));
             }
             BudgetKey::Ipv6 => {}
         }
@@ -566,17 +575,22 @@ mod tests {
 
     #[test]
     fn a_suppressed_event_names_whose_budget_it_was() {
-        use observer_ebpf::{address_key_v4, address_key_v6};
+        use observer_ebpf::{flow_key_v4, flow_key_v6, interface_key};
         let mut p = pipeline(false);
         let ts = SystemTime::UNIX_EPOCH;
-        let ev = p.suppressed(42, 7, ts);
+        let ev = p.suppressed(Some(42), 7, ts);
         assert_eq!(
             (ev.kind, ev.count, ev.cgroup_id, ev.src),
             (Kind::Suppressed, Some(7), Some(42), None)
         );
         let v4 = u32::from_ne_bytes([198, 18, 2, 2]);
-        let ev = p.suppressed(address_key_v4(v4), 1, ts);
-        assert_eq!((ev.cgroup_id, ev.src), (None, Some("198.18.2.2:0".parse().unwrap())));
+        let ev = p.suppressed(Some(flow_key_v4(v4, 41000)), 1, ts);
+        assert_eq!((ev.cgroup_id, ev.src), (None, Some("198.18.2.2:41000".parse().unwrap())));
+        // The loopback interface always has index 1.
+        let ev = p.suppressed(Some(interface_key(1)), 1, ts);
+        assert_eq!((ev.cgroup_id, ev.src, ev.iface.as_deref()), (None, None, Some("lo")));
+        let ev = p.suppressed(None, 3, ts);
+        assert_eq!((ev.count, ev.via.as_deref()), (Some(3), Some("cgroup_mkdir")));
         // Equal first and third words: the folded key's upper word is zero,
         // which the IPv4 label once took for an IPv4 address.
         let words = |a: std::net::Ipv6Addr| -> [u32; 4] {
@@ -584,10 +598,10 @@ mod tests {
                 u32::from_ne_bytes(a.octets()[i * 4..][..4].try_into().unwrap())
             })
         };
-        let key = address_key_v6(&words("fd00::fd00:0:0:2".parse().unwrap()));
+        let key = flow_key_v6(&words("fd00::fd00:0:0:2".parse().unwrap()), 0);
         assert_eq!(key as u32, u32::from_ne_bytes([0, 0, 0, 2]));
-        let ev = p.suppressed(key, 1, ts);
-        assert_eq!((ev.cgroup_id, ev.src), (None, None));
+        let ev = p.suppressed(Some(key), 1, ts);
+        assert_eq!((ev.cgroup_id, ev.src, ev.iface), (None, None, None));
     }
 
     #[test]

@@ -147,6 +147,19 @@ fn attributes<'a, A>(
     NlasIterator::new(body).map_while(Result::ok).map(move |nla| parse(&nla).map_err(|_| nla))
 }
 
+/// The name of interface `ifindex` in the current network namespace, or
+/// `ifindex N` when it is gone (said of a budget, after the fact).
+pub fn name_of(ifindex: u32) -> String {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as the call requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    let name = buf.split(|&b| b == 0).next().unwrap_or_default();
+    match std::str::from_utf8(name) {
+        Ok(n) if !p.is_null() && !n.is_empty() => n.to_string(),
+        _ => format!("ifindex {ifindex}"),
+    }
+}
+
 /// The links of the current network namespace.
 pub fn links() -> Result<Vec<Link>, Error> {
     let socket = request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)?;

@@ -16,7 +16,7 @@ use std::{
 };
 
 use imds_lab::{
-    Attach, Container, IMDS_V4, Lab, LabOpts, Observer, cgroup2_root, kernel_has_tcx, sh,
+    Attach, Container, Flood, IMDS_V4, Lab, LabOpts, Observer, cgroup2_root, kernel_has_tcx, sh,
 };
 
 /// utime + stime of a process, in seconds.
@@ -428,19 +428,25 @@ fn main() {
         );
     }
 
-    // A hostile workload: the flood lab test's scenario, measured.
+    // A hostile workload: the flood lab tests' scenarios, measured.
     drop(lab);
-    let f = imds_lab::flood_scenario(20);
-    println!(
-        "flood ({} s, one container: UDP on random ports + 200 TCP connects to port 80 every 50 ms; \
-         a js-v2 client beside it): {} stdout lines, peak RSS {} KiB (shipped binary), {} of the \
-         flood's records held back by its budget, {} of the client's; the client's \
-         hop_limit_exceeded {}",
-        f.seconds,
-        f.lines,
-        f.peak_rss_kib,
-        f.suppressed,
-        f.client_suppressed,
-        if f.client_finding.is_some() { "found" } else { "MISSING" }
-    );
+    for (flood_by, what) in [
+        (Flood::Connects, "UDP on random ports + 200 TCP connects to port 80 every 50 ms"),
+        (Flood::ForgedSyns, "TTL-1 SYNs to port 80 from forged sources, raw socket"),
+    ] {
+        let f = imds_lab::flood_scenario(20, flood_by);
+        println!(
+            "flood ({} s, one container: {what}, {} packets; a js-v2 client beside it): {} stdout \
+             lines, peak RSS {} KiB (shipped binary), {} of the flood's records held back by its \
+             budgets, {} of the client's, {} lost; the client's hop_limit_exceeded {}",
+            f.seconds,
+            f.sent,
+            f.lines,
+            f.peak_rss_kib,
+            f.suppressed,
+            f.client_suppressed,
+            f.lost,
+            if f.client_finding.is_some() { "found" } else { "MISSING" }
+        );
+    }
 }
