@@ -9,7 +9,9 @@
 //!
 //! State is bounded: a flow is forgotten `ENDED_LINGER` after its
 //! connection ended, idle ones after `IDLE`, and the table never holds more
-//! than `MAX_FLOWS` flows.
+//! than `MAX_FLOWS` flows. A flow keeps one tuple and one NAT tuple (its
+//! latest: a raw socket writing from ever new addresses replaces, never
+//! adds), and the sent segments are `MAX_SENT` at most.
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
@@ -28,6 +30,9 @@ const NAT_WINDOW: Duration = Duration::from_secs(10);
 pub const ENDED_LINGER: Duration = NAT_WINDOW;
 /// At most (model::budget).
 pub const MAX_FLOWS: usize = crate::model::budget::CORRELATE_FLOWS;
+/// Sent segments kept for NAT matching, at most: a few per flow (SYN,
+/// request, FIN within `NAT_WINDOW`); counted in the flow's budget.
+const MAX_SENT: usize = MAX_FLOWS * 4;
 
 /// Monotonic nanoseconds (the eBPF clock).
 pub type Nanos = u64;
@@ -89,6 +94,17 @@ pub struct FlowTable {
     /// Flows whose connection ended, by when, oldest first.
     ended: VecDeque<(Nanos, u64)>,
     evicted: u64,
+}
+
+/// `cookie`'s key in `map` becomes `new` (from `old`, which goes unless
+/// another flow took it since).
+fn replace_key(map: &mut HashMap<Tuple, u64>, old: Option<Tuple>, new: Tuple, cookie: u64) {
+    if let Some(old) = old {
+        if map.get(&old) == Some(&cookie) {
+            map.remove(&old);
+        }
+    }
+    map.insert(new, cookie);
 }
 
 fn ns(d: Duration) -> Nanos {
@@ -162,15 +178,21 @@ impl FlowTable {
         sent: bool,
         now: Nanos,
     ) -> &Flow {
-        self.by_tuple.insert((local, endpoint), cookie);
         if sent {
             if let Some((seq, ack)) = tcp_seq_ack {
+                if self.sent.len() >= MAX_SENT {
+                    self.evict_sent(now);
+                }
                 self.sent.insert((endpoint, seq, ack), (cookie, now));
             }
         }
+        let tuple = (local, endpoint);
         let f = self.flow_mut(cookie, cgroup_id, now);
-        f.tuple = Some((local, endpoint));
-        f
+        if f.tuple != Some(tuple) {
+            let old = f.tuple.replace(tuple);
+            replace_key(&mut self.by_tuple, old, tuple, cookie);
+        }
+        &self.flows[&cookie]
     }
 
     /// The connection of `cookie` ended (a FIN or RST at its socket): the
@@ -235,8 +257,8 @@ impl FlowTable {
             None => {
                 let (seq, ack) = tcp_seq_ack?;
                 let (c, _) = *self.sent.get(&(endpoint, seq, ack))?;
-                self.flows.get_mut(&c)?.nat_tuple = Some(tuple);
-                self.by_nat_tuple.insert(tuple, c);
+                let old = self.flows.get_mut(&c)?.nat_tuple.replace(tuple);
+                replace_key(&mut self.by_nat_tuple, old, tuple, c);
                 c
             }
         };
@@ -276,6 +298,17 @@ impl FlowTable {
         self.drop_dangling();
     }
 
+    /// The sent segments are full: those past the NAT window go, else the
+    /// oldest eighth.
+    fn evict_sent(&mut self, now: Nanos) {
+        self.sent.retain(|_, (_, t)| now.saturating_sub(*t) < ns(NAT_WINDOW));
+        if self.sent.len() >= MAX_SENT {
+            for k in oldest_eighth(self.sent.iter().map(|(k, (_, t))| (*k, *t))) {
+                self.sent.remove(&k);
+            }
+        }
+    }
+
     fn drop_dangling(&mut self) {
         let flows = &self.flows;
         self.by_tuple.retain(|_, c| flows.contains_key(c));
@@ -293,6 +326,30 @@ mod tests {
         s.parse().unwrap()
     }
     const S: Nanos = 1_000_000_000;
+
+    #[test]
+    fn a_socket_writing_from_ever_new_tuples_keeps_one_of_each() {
+        let mut t = FlowTable::new();
+        let ep = sa("169.254.169.254:80");
+        for i in 0..10_000u32 {
+            let local = SocketAddr::new(std::net::Ipv4Addr::from(0x0a80_0000 | i).into(), 40000);
+            t.on_socket_packet(7, 42, (local, ep), Some((i, 0)), true, S + u64::from(i));
+            // The uplink learns each as a NAT tuple of the same flow.
+            let nat = SocketAddr::new([192, 0, 2, 1].into(), 1024 + (i % 60000) as u16);
+            assert!(t.on_uplink_egress(nat, ep, Some((i, 0)), S + u64::from(i)).is_some());
+        }
+        assert_eq!((t.len(), t.by_tuple.len(), t.by_nat_tuple.len()), (1, 1, 1));
+        // The latest tuple names the flow; an earlier one no longer does.
+        let last = SocketAddr::new(std::net::Ipv4Addr::from(0x0a80_0000 | 9_999).into(), 40000);
+        assert_eq!(t.lookup(last, ep, 2 * S).map(|f| f.cookie), Some(7));
+        let first = SocketAddr::new(std::net::Ipv4Addr::from(0x0a80_0000).into(), 40000);
+        assert!(t.lookup(first, ep, 2 * S).is_none());
+        // Sent segments are bounded too, all within the NAT window.
+        for i in 0..(MAX_SENT as u32 + 100) {
+            t.on_socket_packet(7, 42, (last, ep), Some((i, 1)), true, 3 * S);
+        }
+        assert!(t.sent.len() <= MAX_SENT, "{}", t.sent.len());
+    }
 
     #[test]
     fn routed_flow_matches_by_tuple() {
