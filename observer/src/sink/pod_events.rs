@@ -19,8 +19,9 @@
 //!   a new Event). A series whose Event is gone (deleted with `kubectl
 //!   delete events`) starts a new Event at its next repeat.
 //! - At most [`PER_MINUTE`] requests (new Events and series updates) a
-//!   minute per node, a token bucket; what it drops is counted and logged
-//!   once.
+//!   minute per node, and [`PER_POD_PER_MINUTE`] per pod (one pod's
+//!   flapping findings cannot take the others' Events), token buckets; what
+//!   they drop is counted and logged once.
 //! - A 403 or 401 names the missing RBAC once in the log and turns Events
 //!   off for [`Config::off_after_forbidden`]; capture goes on.
 //! - The note is the finding's summary and its fix, cut to the API's 1 KiB on
@@ -56,6 +57,8 @@ use crate::{
 /// flood the API server. A kubelet sends far more; 60 leaves every pod of a
 /// usual node its Event and a few updates each minute.
 pub const PER_MINUTE: u32 = 60;
+/// Of which one pod may take at most this many a minute.
+pub const PER_POD_PER_MINUTE: u32 = 10;
 /// Findings waiting for the task at most; more are dropped and counted.
 pub const QUEUE: usize = 256;
 /// The API server refuses a note longer than 1 KiB.
@@ -160,6 +163,7 @@ pub struct Config {
     /// `reportingInstance`: the node's name.
     pub node: String,
     pub per_minute: u32,
+    pub per_pod_per_minute: u32,
     pub queue: usize,
     /// One request to the API server at most this long.
     pub timeout: Duration,
@@ -172,6 +176,7 @@ impl Config {
         Config {
             node,
             per_minute: PER_MINUTE,
+            per_pod_per_minute: PER_POD_PER_MINUTE,
             queue: QUEUE,
             timeout: Duration::from_secs(10),
             off_after_forbidden: Duration::from_secs(600),
@@ -317,8 +322,12 @@ async fn serve(
     // while in use: at most what the rate limit lets through in that time.
     let mut series: HashMap<(String, &'static str), (Recorder, Instant)> = HashMap::new();
     let mut limit = RateLimit::per_minute(cfg.per_minute, Instant::now());
+    // Per pod, with when last used: kept while it may still hold a pod back
+    // (a minute refills it), so at most the pods of this node.
+    let mut pod_limits: HashMap<String, (RateLimit, Instant)> = HashMap::new();
     let mut off_until: Option<Instant> = None;
-    let (mut told_forbidden, mut told_limit, mut failing) = (false, false, false);
+    let (mut told_forbidden, mut told_limit, mut told_pod_limit, mut failing) =
+        (false, false, false, false);
     while let Some(req) = rx.recv().await {
         // A mirror pod is known by the static pod's UID too; the Event
         // regards the Pod object the API server has.
@@ -329,6 +338,23 @@ async fn serve(
         let now = Instant::now();
         if off_until.is_some_and(|t| now < t) {
             update(&stats, |s| s.off += 1);
+            continue;
+        }
+        pod_limits.retain(|_, (_, used)| now.duration_since(*used) < Duration::from_secs(60));
+        let (pod_limit, used) = pod_limits
+            .entry(pod.uid.clone())
+            .or_insert_with(|| (RateLimit::per_minute(cfg.per_pod_per_minute, now), now));
+        *used = now;
+        if !pod_limit.take(now) {
+            update(&stats, |s| s.rate_limited += 1);
+            if !told_pod_limit {
+                told_pod_limit = true;
+                warn!(
+                    pod = %pod.name,
+                    "pod Events: more than {} a minute for one pod; its others are dropped and counted (findings still go to stdout)",
+                    cfg.per_pod_per_minute
+                );
+            }
             continue;
         }
         if !limit.take(now) {
@@ -735,7 +761,9 @@ mod tests {
     #[tokio::test]
     async fn ten_repeats_are_one_event_with_a_series_of_ten() {
         let fake = fake_events().await;
-        let ev = start(&fake, Config::new("node-a".into()), &[api_pod()]);
+        // Eleven requests for one pod: past its own limit.
+        let cfg = Config { per_pod_per_minute: 20, ..Config::new("node-a".into()) };
+        let ev = start(&fake, cfg, &[api_pod()]);
         let f = finding(FindingKind::HopLimitExceeded, Some(UID));
         for _ in 0..10 {
             ev.finding(&f);
@@ -857,6 +885,34 @@ mod tests {
         .await;
         assert_eq!(ev.stats(), Stats { sent: 3, rate_limited: 5, ..Default::default() });
         assert_eq!(fake.requests.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn one_pod_cannot_take_the_nodes_events() {
+        let fake = fake_events().await;
+        let cfg = Config { per_pod_per_minute: 3, ..Config::new("node-a".into()) };
+        let other = PodInfo {
+            uid: "9b8c7d6e-5f4a-4b3c-8d2e-1f0a9b8c7d6e".into(),
+            name: "web-1".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        };
+        let ev = start(&fake, cfg, &[api_pod(), other.clone()]);
+        for _ in 0..8 {
+            ev.finding(&finding(FindingKind::HopLimitExceeded, Some(UID)));
+        }
+        ev.finding(&finding(FindingKind::HopLimitExceeded, Some(&other.uid)));
+        until("all handled", || {
+            let s = ev.stats();
+            s.sent + s.rate_limited == 9
+        })
+        .await;
+        assert_eq!(ev.stats(), Stats { sent: 4, rate_limited: 5, ..Default::default() });
+        let requests = fake.requests.lock().unwrap();
+        assert_eq!(
+            requests.iter().filter(|(_, path)| path.contains("/namespaces/shop/")).count(),
+            1
+        );
     }
 
     #[tokio::test]
