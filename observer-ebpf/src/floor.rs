@@ -20,11 +20,11 @@ pub fn empty_ingress(_ctx: SkBuffContext) -> i32 {
 }
 
 #[classifier]
-pub fn empty_tc_in(_ctx: TcContext) -> i32 {
+pub fn imds_floor_in(_ctx: TcContext) -> i32 {
     TC_NEXT
 }
 
 #[classifier]
-pub fn empty_tc_out(_ctx: TcContext) -> i32 {
+pub fn imds_floor_out(_ctx: TcContext) -> i32 {
     TC_NEXT
 }

@@ -37,7 +37,7 @@ pub const MAX_ENDPOINTS: usize = 8;
 /// once: a flood from one container cannot fill the ring for the others,
 /// nor the node's log pipeline. Whose budget a record takes is what the
 /// sender cannot forge (see `BudgetKey`): the socket's cgroup at the socket
-/// hooks, the container's veth at tc_veth and at drops of what it sent;
+/// hooks, the container's veth at imds_tc_veth and at drops of what it sent;
 /// where only the packet tells (the uplinks, drops of replies), its flow,
 /// and then also the node-wide `GLOBAL_PER_SEC`.
 /// Sized for 40 requests a second on a connection each (5 records at the

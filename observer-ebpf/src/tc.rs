@@ -39,13 +39,13 @@ pub fn on_packet(ctx: &TcContext, hook: Hook, want: Match, veth: bool) {
 }
 
 #[classifier]
-pub fn tc_ingress(ctx: TcContext) -> i32 {
+pub fn imds_tc_ingress(ctx: TcContext) -> i32 {
     on_packet(&ctx, Hook::TcIngress, Match::Src, false);
     TC_NEXT
 }
 
 #[classifier]
-pub fn tc_egress(ctx: TcContext) -> i32 {
+pub fn imds_tc_egress(ctx: TcContext) -> i32 {
     on_packet(&ctx, Hook::TcEgress, Match::Dst, false);
     TC_NEXT
 }

@@ -12,7 +12,7 @@ use crate::{
 };
 
 #[classifier]
-pub fn tc_veth(ctx: TcContext) -> i32 {
+pub fn imds_tc_veth(ctx: TcContext) -> i32 {
     // The sending socket is still attached when the packet crosses the veth
     // (it is orphaned later, in ip_rcv): its cookie names the flow directly,
     // NAT or not. 0 when the packet was forwarded.

@@ -4,6 +4,16 @@ use std::process::Command;
 
 use imds_lab::{Attach, Lab, LabOpts, bin, kernel_has_drop_reasons, kernel_has_tcx, sh};
 
+/// A child process killed when the test ends, failing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Names of the loaded BPF programs, from the kernel's own view (bpftool).
 fn loaded_programs() -> String {
     sh(&["bpftool", "prog", "show"])
@@ -18,8 +28,8 @@ fn our_programs() -> [&'static str; 7] {
         "cgroup_ingress",
         "connect4",
         "connect6",
-        "tc_ingress",
-        "tc_egress",
+        "imds_tc_ingress",
+        "imds_tc_egress",
         kfree_skb,
     ]
 }
@@ -50,7 +60,7 @@ fn sigint_detaches_every_program() {
     for line in
         running.lines().filter(|l| our_programs().iter().any(|p| l.contains(&format!("name {p} "))))
     {
-        if !kernel_has_tcx() && line.contains(" name tc_") {
+        if !kernel_has_tcx() && line.contains(" name imds_tc_") {
             continue;
         }
         let id = line.split(':').next().unwrap();
@@ -59,7 +69,7 @@ fn sigint_detaches_every_program() {
     if !kernel_has_tcx() {
         let filters = uplink_filters(&lab);
         assert!(
-            filters.contains("tc_ingress") && filters.contains("tc_egress"),
+            filters.contains("imds_tc_ingress") && filters.contains("imds_tc_egress"),
             "no netlink filters: {filters}"
         );
     }
@@ -191,6 +201,30 @@ fn sigkill_then_restart_leaves_no_duplicates_and_sigterm_detaches() {
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn second_instance_is_refused_unless_alongside() {
     let mut lab = Lab::new(LabOpts::default());
+    // A process on the host network binds the abstract socket name the
+    // lock once was: it must not keep the observer from starting.
+    let mut squatter = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.host))
+        .args([
+            "python3",
+            "-c",
+            "import socket, time\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.bind('\\0imds-observer.lock')\n\
+             print('bound', flush=True)\n\
+             time.sleep(120)\n",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bound = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squatter.stdout.take().unwrap()),
+        &mut bound,
+    )
+    .unwrap();
+    let squatter = KillOnDrop(squatter);
+    assert_eq!(bound.trim(), "bound");
     let first = lab.observer(&[]);
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.host))
@@ -215,6 +249,7 @@ fn second_instance_is_refused_unless_alongside() {
     });
     assert!(program_counts().iter().all(|(_, n)| *n == 1), "{:?}", program_counts());
     first.stop();
+    drop(squatter);
 }
 
 #[test]

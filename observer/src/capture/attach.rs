@@ -72,7 +72,9 @@ pub struct TcMode {
 /// tc ingress/egress on each uplink. Returns ifindex → name.
 pub fn tc(ebpf: &mut Ebpf, ifaces: &[String], mode: TcMode) -> Result<HashMap<u32, String>> {
     let mut names = HashMap::new();
-    for (name, ty) in [("tc_ingress", TcAttachType::Ingress), ("tc_egress", TcAttachType::Egress)] {
+    for (name, ty) in
+        [("imds_tc_ingress", TcAttachType::Ingress), ("imds_tc_egress", TcAttachType::Egress)]
+    {
         let prog: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load().map_err(|e| load_error(name, e))?;
         for iface in ifaces {
@@ -121,4 +123,27 @@ pub fn tracepoints(ebpf: &mut Ebpf, kfree_skb: &'static str) -> Result<()> {
         prog.attach().with_context(|| format!("attaching {name}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::{Object, ProgramSection};
+
+    /// Before TCX a killed observer's netlink filters outlive it and the
+    /// next start removes them by program name: a generic name would take
+    /// another agent's filters too. The kernel keeps 15 bytes of a name.
+    #[test]
+    fn tc_programs_have_names_of_our_own() {
+        let obj = Object::parse(super::super::object()).unwrap();
+        let tc: Vec<&String> = obj
+            .programs
+            .iter()
+            .filter(|(_, p)| matches!(p.section, ProgramSection::SchedClassifier))
+            .map(|(name, _)| name)
+            .collect();
+        assert!(tc.len() >= 3, "{tc:?}");
+        for name in tc {
+            assert!(name.starts_with("imds_") && name.len() <= 15, "{name}");
+        }
+    }
 }

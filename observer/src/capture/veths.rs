@@ -1,4 +1,4 @@
-//! The cgroup v1 fallback's hook points: tc ingress (`tc_veth`) on each
+//! The cgroup v1 fallback's hook points: tc ingress (`imds_tc_veth`) on each
 //! container's host-side veth, kept in step with the links as they come and
 //! go (a netlink subscription, so a new container's veth is attached before
 //! its process starts).
@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::sys::netlink::{self, Link, LinkEvents};
 
-const PROGRAM: &str = "tc_veth";
+const PROGRAM: &str = "imds_tc_veth";
 
 /// Whether this kernel has cgroup v1 hierarchies mounted: `/proc/self/cgroup`
 /// lists one line per hierarchy, `0::` being the cgroup2 one. The file lists

@@ -199,8 +199,8 @@ fn load(obs: &Observer, clients: &[Container], rate: u32) -> Work {
 const HOOKS: [(&str, &str); 4] = [
     ("cgroup_egress", "empty_egress"),
     ("cgroup_ingress", "empty_ingress"),
-    ("tc_egress", "empty_tc_out"),
-    ("tc_ingress", "empty_tc_in"),
+    ("imds_tc_egress", "imds_floor_out"),
+    ("imds_tc_ingress", "imds_floor_in"),
 ];
 const ROUNDS: usize = 4;
 const BULK_SECS: u32 = 4;
@@ -346,7 +346,7 @@ fn with_empty_programs<T: Send>(lab: &Lab, f: impl FnOnce() -> T + Send) -> (T, 
             }
             let mode = attach::TcMode { tcx: kernel_has_tcx(), clean_leftovers: false };
             for (name, ty) in
-                [("empty_tc_out", TcAttachType::Egress), ("empty_tc_in", TcAttachType::Ingress)]
+                [("imds_floor_out", TcAttachType::Egress), ("imds_floor_in", TcAttachType::Ingress)]
             {
                 let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
                 p.load().expect(name);
