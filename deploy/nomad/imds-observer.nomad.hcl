@@ -113,19 +113,25 @@ job "imds-observer" {
           readonly = true
         }
 
-        # The Docker Engine API socket, and nothing else of the host's /run,
-        # for container names, images and the com.hashicorp.nomad.* labels.
+        # The instance lock's directory (one observer per node, also across
+        # an update): root-only on the host, so no other task can hold the
+        # lock in the observer's place. Docker creates it when missing.
+        volumes = ["/run/imds-observer:/run/imds-observer"]
+
+        # Off by default: the Docker Engine API socket, for container names,
+        # images and the com.hashicorp.nomad.* labels of Docker tasks.
         # Read-only does not restrict what the API allows: the socket is root
-        # on the host. Delete this block to keep the observer off it; it then
-        # names containers from their cgroup paths. With dockerd's
-        # live-restore, a dockerd restart leaves this mount on the old
-        # socket: lookups fail (a warning) until the task restarts.
-        mount {
-          type     = "bind"
-          source   = "/run/docker.sock"
-          target   = "/run/docker.sock"
-          readonly = true
-        }
+        # on the host. Without it the observer names containers from their
+        # cgroup paths and allocations from the Nomad API (env below). To
+        # add it, mount that one socket and nothing else of the host's /run.
+        # With dockerd's live-restore, a dockerd restart leaves this mount on
+        # the old socket: lookups fail (a warning) until the task restarts.
+        #   mount {
+        #     type     = "bind"
+        #     source   = "/run/docker.sock"
+        #     target   = "/run/docker.sock"
+        #     readonly = true
+        #   }
       }
 
       env {

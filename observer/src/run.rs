@@ -107,24 +107,6 @@ pub fn capture_config(args: &CaptureArgs) -> Result<capture::Config> {
     })
 }
 
-/// One observer per host: a second would attach the same programs and
-/// report every packet twice. The lock is an abstract unix socket, so it is
-/// per network namespace (the host's, as deployed with host networking) and
-/// the kernel releases it when the holder dies, SIGKILL included.
-fn instance_lock() -> Result<std::os::unix::net::UnixListener> {
-    use std::os::{linux::net::SocketAddrExt, unix::net::SocketAddr};
-    let addr = SocketAddr::from_abstract_name(b"imds-observer.lock")?;
-    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
-        if e.kind() == ErrorKind::AddrInUse {
-            anyhow::anyhow!(
-                "another imds-observer is already running on this host (network namespace); stop it, or pass --alongside to run both"
-            )
-        } else {
-            anyhow::anyhow!("taking the instance lock: {e}")
-        }
-    })
-}
-
 /// What the capture loop does with each event; returns false to stop.
 pub trait EventSink {
     fn event(&mut self, ev: Event) -> Result<bool>;
@@ -162,7 +144,7 @@ pub async fn capture_loop(
     let mut cfg = capture_config(args)?;
     cfg.all_packets = sink.all_packets();
     let node = node_name(args.node_name.clone());
-    let _lock = if args.alongside { None } else { Some(instance_lock()?) };
+    let _lock = if args.alongside { None } else { Some(sys::instance_lock::take()?) };
     let mut cap = Capture::start(&cfg)?;
     if let Some(limits) = cap.kernel.limits() {
         warn!(kernel = %preflight::kernel_release(), "{limits}");
@@ -207,7 +189,7 @@ pub async fn capture_loop(
     let mut drain = tokio::time::interval(Duration::from_millis(observer_ebpf::DRAIN_EVERY_MS));
     drain.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut lost_reported = 0u64;
-    let mut dump = record_dump()?;
+    let mut dump = capture::record_dump::open()?;
     let mut recs = Vec::new();
     let mut events = Vec::new();
 
@@ -242,7 +224,7 @@ pub async fn capture_loop(
                 cap.drain(&mut recs);
             }
             if let Some(d) = dump.as_mut() {
-                recs.iter().try_for_each(|rec| dump_record(d, rec))?;
+                recs.iter().try_for_each(|rec| capture::record_dump::write(d, rec))?;
             }
             let now = if go { mono_now_ns() } else { u64::MAX };
             go &= take_batch(&mut recs, now, &mut pipe, &mut events, sink)?;
@@ -282,31 +264,6 @@ pub fn take_batch(
         go &= sink.event(ev)?;
     }
     Ok(go && sink.batch_done()?)
-}
-
-/// `IMDS_OBSERVER_RECORD_DUMP=FILE`: every record the kernel hands over,
-/// as it came (hook, snapshot length, snapshot), for the lab's check that
-/// no reply body leaves the kernel. A debugging aid, not for production:
-/// request snapshots hold header values.
-fn record_dump() -> Result<Option<io::BufWriter<std::fs::File>>> {
-    let Some(path) = std::env::var_os("IMDS_OBSERVER_RECORD_DUMP") else { return Ok(None) };
-    let f = std::fs::File::create(&path).with_context(|| {
-        format!("IMDS_OBSERVER_RECORD_DUMP: creating {}", path.to_string_lossy())
-    })?;
-    warn!(file = %path.to_string_lossy(), "dumping raw records (a debugging aid: they hold request headers)");
-    Ok(Some(io::BufWriter::new(f)))
-}
-
-/// One record: hook (1 byte), packet length and snapshot length (4 bytes
-/// each, little endian), the snapshot.
-fn dump_record(out: &mut impl io::Write, rec: &observer_ebpf::Record) -> Result<()> {
-    let n = (rec.snap_len as usize).min(rec.data.len());
-    out.write_all(&[rec.hook])?;
-    out.write_all(&rec.pkt_len.to_le_bytes())?;
-    out.write_all(&(n as u32).to_le_bytes())?;
-    out.write_all(&rec.data[..n])?;
-    out.flush()?;
-    Ok(())
 }
 
 fn report_lost(

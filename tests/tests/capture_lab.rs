@@ -258,6 +258,7 @@ fn traffic_to_other_addresses_makes_no_event() {
     )
     .unwrap();
     let dump = std::env::temp_dir().join(format!("imds-dump-shapes-{}", std::process::id()));
+    std::fs::remove_file(&dump).ok();
     let obs = lab.observer_with_env(&[], &[("IMDS_OBSERVER_RECORD_DUMP", dump.to_str().unwrap())]);
 
     let (_, timeline) = sdk(&c, "token-only", &format!("http://{}:8080", peer.v4));
@@ -482,6 +483,7 @@ fn no_reply_body_leaves_the_kernel() {
         small_mss(&c);
         let dump =
             std::env::temp_dir().join(format!("imds-dump-{}-{hop_limit}", std::process::id()));
+        std::fs::remove_file(&dump).ok();
         let obs =
             lab.observer_with_env(&[], &[("IMDS_OBSERVER_RECORD_DUMP", dump.to_str().unwrap())]);
         let run = c.sdk("botocore", &format!("http://{IMDS_V4}"));
@@ -562,6 +564,7 @@ fn as_deployed_the_kernel_hands_over_only_what_the_diagnosis_reads() {
         let c = lab.add_container("lean", Attach::Routed);
         small_mss(&c);
         let dump = std::env::temp_dir().join(format!("imds-dump-lean-{}", std::process::id()));
+        std::fs::remove_file(&dump).ok();
         let obs = lab.observer_as_deployed_with_env(
             &["--events", level],
             &[("IMDS_OBSERVER_RECORD_DUMP", dump.to_str().unwrap())],

@@ -265,10 +265,12 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     );
 
     // Read-only host mounts, among them the host's cgroup2 tree over the
-    // container's own.
+    // container's own; one writable, the instance lock's own directory.
     let mounts = c["volumeMounts"].as_array().unwrap();
     for m in mounts {
-        assert_eq!(m["readOnly"], true, "mount {} must be read-only", m["mountPath"]);
+        if m["mountPath"] != "/run/imds-observer" {
+            assert_eq!(m["readOnly"], true, "mount {} must be read-only", m["mountPath"]);
+        }
         // The ServiceAccount token goes to /var/run/secrets/...: its mount
         // point cannot be made inside a read-only host mount.
         let path = m["mountPath"].as_str().unwrap();
@@ -295,6 +297,7 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     };
     assert_eq!(host_path("/sys/fs/cgroup"), "/sys/fs/cgroup");
     assert_eq!(host_path("/sys/kernel/btf"), "/sys/kernel/btf");
+    assert_eq!(host_path("/run/imds-observer"), "/run/imds-observer");
     // Nothing that holds runtime sockets: a socket is root on the node,
     // whatever the mount mode. Pods are named by the API server.
     for v in pod["volumes"].as_array().unwrap() {
@@ -312,8 +315,8 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     }
     assert_eq!(
         mounts.len(),
-        2,
-        "only the cgroup tree and BTF are mounted from the host: {mounts:?}"
+        3,
+        "only the cgroup tree, BTF and the lock's directory are mounted from the host: {mounts:?}"
     );
 
     // Metrics, probes and scrape annotations agree on one port.
@@ -446,6 +449,16 @@ fn nomad_docker_job_is_a_host_network_system_job_with_the_three_capabilities() {
     assert!(
         mounts.iter().any(|m| m["source"] == "/sys/fs/cgroup" && m["target"] == "/sys/fs/cgroup"),
         "the host's cgroup tree: {mounts:?}"
+    );
+    // The Docker socket is root on the host: an option, off by default.
+    assert!(
+        !mounts.iter().any(|m| m["source"].as_str().unwrap().ends_with(".sock")),
+        "a runtime socket mounted by default: {mounts:?}"
+    );
+    assert_eq!(
+        strs(&config["volumes"]),
+        set(&["/run/imds-observer:/run/imds-observer"]),
+        "the instance lock's directory, from the host"
     );
 }
 

@@ -10,6 +10,7 @@ pub mod btf;
 pub mod decode;
 pub mod kallsyms;
 pub mod preflight;
+pub mod record_dump;
 pub mod uplinks;
 pub mod veths;
 

@@ -3,6 +3,7 @@
 //! No policy here, only what the kernel says. This layer imports from no
 //! other module of the observer but the model.
 pub mod clock;
+pub mod instance_lock;
 pub mod memory;
 pub mod netlink;
 pub mod socket;
