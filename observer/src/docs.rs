@@ -696,6 +696,7 @@ fn every_field() -> Vec<Value> {
             latency_ms: Some(crate::model::Quantiles { p50: 1.0, p99: 2.0, max: 3.0 }),
         }),
         node_info: Some(node_info.clone()),
+        dropped: Some(crate::model::DroppedLines::default()),
     };
     let evidence = Evidence {
         imds_tokens: Some("required".into()),
@@ -814,6 +815,7 @@ fn events_md_documents_every_field_and_only_those() {
         Kind::Exchange,
         Kind::Summary,
         Kind::Node,
+        Kind::OutputDropped,
     ];
     for k in kinds {
         // A new kind fails to compile here until it is listed above.
@@ -827,7 +829,8 @@ fn events_md_documents_every_field_and_only_those() {
             | Kind::Suppressed
             | Kind::Exchange
             | Kind::Summary
-            | Kind::Node => {}
+            | Kind::Node
+            | Kind::OutputDropped => {}
         }
         let name = serde_json::to_value(k).unwrap();
         assert!(
