@@ -10,10 +10,11 @@
 //!
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
     io::{self, Write},
-    rc::Rc,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Instant,
 };
 
@@ -95,7 +96,7 @@ fn observe(level: EventLevel, records: &[Record]) -> (f64, u64, u64) {
     let (lines, bytes) = (out.lines.clone(), out.bytes.clone());
     let clock = Clock::now();
     let mut pipe = Pipeline::new("bench".into(), clock, None, KernelNames::default());
-    let mut sink = Observe::new(level, None, Box::new(out));
+    let mut sink = Observe::new(level, None, Box::new(out)).unwrap();
     let (mut recs, mut events) = (Vec::new(), Vec::new());
     let t0 = Instant::now();
     let mut next_drain = records[0].ts_ns + DRAIN_EVERY_NS;
@@ -113,19 +114,20 @@ fn observe(level: EventLevel, records: &[Record]) -> (f64, u64, u64) {
     }
     take_batch(&mut recs, u64::MAX, &mut pipe, &mut events, &mut sink).unwrap();
     sink.finish().unwrap();
-    (t0.elapsed().as_secs_f64(), lines.get(), bytes.get())
+    (t0.elapsed().as_secs_f64(), lines.load(Relaxed), bytes.load(Relaxed))
 }
 
+/// stdout as `run` has it: written by the writer thread (sink::output).
 #[derive(Default)]
 struct Counted {
-    lines: Rc<Cell<u64>>,
-    bytes: Rc<Cell<u64>>,
+    lines: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
 }
 
 impl Write for Counted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.bytes.set(self.bytes.get() + buf.len() as u64);
-        self.lines.set(self.lines.get() + buf.iter().filter(|&&b| b == b'\n').count() as u64);
+        self.bytes.fetch_add(buf.len() as u64, Relaxed);
+        self.lines.fetch_add(buf.iter().filter(|&&b| b == b'\n').count() as u64, Relaxed);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

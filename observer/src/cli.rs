@@ -168,9 +168,16 @@ pub struct RunArgs {
     pub events: EventLevel,
 
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and /healthz
-    /// and /readyz (200 once capture is attached) for probes; e.g.
-    /// 0.0.0.0:9109. Off when absent.
-    #[arg(long, value_name = "ADDR:PORT", env = "IMDS_OBSERVER_METRICS_ADDR")]
+    /// (200 while the capture loop runs) and /readyz (200 once capture is
+    /// attached) for probes; e.g. 0.0.0.0:9109 (every address of the host),
+    /// or the node's address alone (an IPv6 one with or without brackets).
+    /// Off when absent.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        env = "IMDS_OBSERVER_METRICS_ADDR",
+        value_parser = socket_addr
+    )]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Drop the metric series of a workload not seen for this long.
@@ -372,9 +379,36 @@ fn seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// `--metrics-addr`: `IP:PORT`, `[IPv6]:PORT`, or `IPv6:PORT` without
+/// brackets (what `$(HOST_IP):9109` makes of an IPv6 node address in a
+/// manifest): the part after the last colon is the port.
+fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let bad =
+        || format!("{s}: expected ADDR:PORT, e.g. 0.0.0.0:9109, 10.0.1.17:9109 or [fd00::5]:9109");
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let (ip, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::Ipv6Addr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok((ip, port).into())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::seconds;
+    use super::{seconds, socket_addr};
+
+    #[test]
+    fn metrics_addr_takes_the_node_address_of_either_family() {
+        let ok = |s: &str| socket_addr(s).unwrap().to_string();
+        assert_eq!(ok("0.0.0.0:9109"), "0.0.0.0:9109");
+        assert_eq!(ok("10.0.1.17:9109"), "10.0.1.17:9109");
+        assert_eq!(ok("[fd00::5]:9109"), "[fd00::5]:9109");
+        assert_eq!(ok("fd00::5:9109"), "[fd00::5]:9109");
+        for bad in ["", "9109", "10.0.1.17", "10.0.1.17:", "node:9109", ":9109", "fd00::5:99999"] {
+            assert!(socket_addr(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_are_positive_finite_and_bounded() {

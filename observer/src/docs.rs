@@ -501,7 +501,10 @@ fn every_example_command_runs_as_written() {
         // `docker run ... IMAGE ARGS`: the observer's image takes observer args.
         if matches!(prog.as_str(), "docker" | "podman") && args.first().is_some_and(|a| a == "run")
         {
-            if let Some(i) = args.iter().position(|a| a.contains("imds-observer:")) {
+            // The image, not a volume such as /run/imds-observer:/run/...
+            if let Some(i) =
+                args.iter().position(|a| a.contains("imds-observer:") && !a.starts_with('/'))
+            {
                 (prog, args) = ("imds-observer".into(), args[i + 1..].to_vec());
             }
         }
@@ -696,6 +699,7 @@ fn every_field() -> Vec<Value> {
             latency_ms: Some(crate::model::Quantiles { p50: 1.0, p99: 2.0, max: 3.0 }),
         }),
         node_info: Some(node_info.clone()),
+        dropped: Some(crate::model::DroppedLines::default()),
     };
     let evidence = Evidence {
         imds_tokens: Some("required".into()),
@@ -814,6 +818,7 @@ fn events_md_documents_every_field_and_only_those() {
         Kind::Exchange,
         Kind::Summary,
         Kind::Node,
+        Kind::OutputDropped,
     ];
     for k in kinds {
         // A new kind fails to compile here until it is listed above.
@@ -827,7 +832,8 @@ fn events_md_documents_every_field_and_only_those() {
             | Kind::Suppressed
             | Kind::Exchange
             | Kind::Summary
-            | Kind::Node => {}
+            | Kind::Node
+            | Kind::OutputDropped => {}
         }
         let name = serde_json::to_value(k).unwrap();
         assert!(

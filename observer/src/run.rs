@@ -3,10 +3,7 @@
 use std::{
     io::{self, ErrorKind},
     path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -28,9 +25,11 @@ use crate::{
     model::{Endpoint, Event, Kind},
     pipeline::{self, KernelNames, Pipeline},
     sink::{
-        Sink, http,
+        Sink,
+        http::{self, Health},
         json::{JsonLines, Stdout},
         metrics::{self, BpfProgramStats, Metrics, MetricsSink},
+        output::{Dropped, Output},
         report,
     },
     sys::{
@@ -132,6 +131,8 @@ pub trait EventSink {
     fn batch_done(&mut self) -> Result<bool> {
         Ok(true)
     }
+    /// The ring was just drained: the loop is alive (`/healthz`).
+    fn drained(&mut self) {}
 }
 
 /// Capture until SIGINT/SIGTERM, `deadline`, or the sink says stop; then
@@ -197,8 +198,14 @@ pub async fn capture_loop(
         let mut go = true;
         while go {
             tokio::select! {
-                r = cap.read(&mut recs) => r?,
-                _ = drain.tick() => cap.drain(&mut recs),
+                r = cap.read(&mut recs) => {
+                    r?;
+                    sink.drained();
+                }
+                _ = drain.tick() => {
+                    cap.drain(&mut recs);
+                    sink.drained();
+                }
                 _ = sigint.recv() => go = false,
                 _ = sigterm.recv() => go = false,
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => go = false,
@@ -299,8 +306,11 @@ pub struct Observe {
     records: Vec<Event>,
     /// `--events packets`: the kernel hands over every packet.
     packets: bool,
-    /// With --metrics-addr: what the server shows, and its readiness.
-    metrics: Option<(Arc<Mutex<Metrics>>, Arc<AtomicBool>)>,
+    /// With --metrics-addr: what the server shows, and the loop's health
+    /// and readiness.
+    metrics: Option<(Arc<Mutex<Metrics>>, Arc<Health>)>,
+    /// Lines stdout dropped, by kind (for the metric).
+    output_dropped: Arc<Dropped>,
     /// Findings on pods become Events there, once the pod lookup is known
     /// to run (not with --no-pod-events).
     #[cfg(feature = "kubernetes")]
@@ -308,8 +318,13 @@ pub struct Observe {
 }
 
 impl Observe {
-    /// At `level`, with `out` as stdout (and no other sink yet).
-    pub fn new(level: EventLevel, instance_id: Option<String>, out: Box<dyn io::Write>) -> Self {
+    /// At `level`, with `out` as stdout (written by a thread of its own;
+    /// no other sink yet).
+    pub fn new(
+        level: EventLevel,
+        instance_id: Option<String>,
+        out: Box<dyn io::Write + Send>,
+    ) -> Result<Self> {
         let exchanges = match level {
             EventLevel::Problems => diagnose::Exchanges::Problems,
             EventLevel::Exchanges => diagnose::Exchanges::All,
@@ -318,15 +333,18 @@ impl Observe {
         let diag =
             Diagnoser::new(diagnose::Config { instance_id, exchanges, ..Default::default() });
         let packets = level == EventLevel::Packets;
-        Self {
+        let stdout =
+            Stdout::new(Output::spawn(out).context("starting the stdout thread")?, packets);
+        Ok(Self {
             diag,
-            sinks: vec![Box::new(Stdout::new(out, packets))],
+            output_dropped: stdout.dropped(),
+            sinks: vec![Box::new(stdout)],
             records: Vec::new(),
             packets,
             metrics: None,
             #[cfg(feature = "kubernetes")]
             pod_events_wanted: false,
-        }
+        })
     }
 
     /// At the end of the run: what is still pending, summed up.
@@ -380,8 +398,13 @@ impl EventSink for Observe {
         self.packets
     }
     fn attached(&mut self) {
-        if let Some((_, ready)) = &self.metrics {
-            ready.store(true, Ordering::Release);
+        if let Some((_, health)) = &self.metrics {
+            health.attached();
+        }
+    }
+    fn drained(&mut self) {
+        if let Some((_, health)) = &self.metrics {
+            health.drained();
         }
     }
     fn identities(&mut self, node: &str, ids: &Identities) {
@@ -413,7 +436,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Bound before anything else: a bad --metrics-addr fails at once.
     let metrics = match args.metrics_addr {
         Some(addr) => {
-            let server = http::Server::bind(addr).await?;
+            let server = http::Server::bind(addr)?;
             info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
             let cfg = metrics::Config {
                 grace: args.metrics_grace,
@@ -423,15 +446,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let mut m = Metrics::new(cfg);
             m.add_node(&node_name(args.capture.node_name.clone()));
             let state = Arc::new(Mutex::new(m));
-            let ready = Arc::new(AtomicBool::new(false));
-            tokio::spawn(server.run(state.clone(), ready.clone()));
-            Some((state, ready))
+            let health = Arc::new(Health::default());
+            // On a thread of its own: probes and scrapes are answered
+            // while the loop is busy, and say so when it is wedged.
+            server.spawn(state.clone(), health.clone())?;
+            Some((state, health))
         }
         None => None,
     };
-    let mut observe =
-        Observe::new(args.events, args.instance_id.clone(), Box::new(io::stdout().lock()));
+    let mut observe = Observe::new(args.events, args.instance_id.clone(), Box::new(io::stdout()))?;
     if let Some((m, _)) = &metrics {
+        m.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_output_dropped(observe.output_dropped.clone());
         observe.sinks.push(Box::new(MetricsSink(m.clone())));
     }
     observe.metrics = metrics;

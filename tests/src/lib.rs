@@ -14,7 +14,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -788,8 +791,14 @@ impl Lab {
     /// `GET path` from 127.0.0.1:`port` in the host netns (the observer's
     /// metrics and probes): the whole response, head and body.
     pub fn http_get(&self, port: u16, path: &str) -> String {
+        self.http_get_at("127.0.0.1", port, path, 5)
+    }
+
+    /// `GET path` from the host netns to `addr`:`port`, waiting at most
+    /// `secs` seconds for the answer (a probe's timeout).
+    pub fn http_get_at(&self, addr: &str, port: u16, path: &str, secs: u32) -> String {
         let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+            "exec 3<>/dev/tcp/{addr}/{port} && printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout {secs} cat <&3"
         );
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.host))
@@ -950,6 +959,8 @@ pub struct Observer {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// While set, nobody reads its stdout (a stalled log pipe).
+    stdout_paused: Arc<AtomicBool>,
 }
 
 impl Observer {
@@ -973,10 +984,22 @@ impl Observer {
             .expect("start imds-observer");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (l, out) = (lines.clone(), child.stdout.take().unwrap());
+        let stdout_paused = Arc::new(AtomicBool::new(false));
+        let (l, out, paused) = (lines.clone(), child.stdout.take().unwrap(), stdout_paused.clone());
         thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
+            let mut out = BufReader::new(out);
+            let mut line = String::new();
+            loop {
+                while paused.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                line.clear();
+                match out.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        l.lock().unwrap().push(line.trim_end_matches(['\n', '\r']).to_string())
+                    }
+                }
             }
         });
         let (e, err) = (stderr.clone(), child.stderr.take().unwrap());
@@ -985,7 +1008,7 @@ impl Observer {
                 e.lock().unwrap().push(line);
             }
         });
-        let obs = Observer { child, lines, stderr };
+        let obs = Observer { child, lines, stderr, stdout_paused };
         let t0 = Instant::now();
         loop {
             if obs.stderr.lock().unwrap().iter().any(|l| l.contains("capturing")) {
@@ -1007,6 +1030,12 @@ impl Observer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stop (true) or resume (false) reading its stdout, as a stalled log
+    /// driver would: once the pipe is full, its writes block.
+    pub fn pause_stdout(&self, paused: bool) {
+        self.stdout_paused.store(paused, Ordering::Relaxed);
     }
 
     /// Resident memory now, in KiB (VmRSS).

@@ -329,6 +329,13 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
         .map(|i| argv[i + 1])
         .expect("--metrics-addr");
     let port: u64 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    // On the node's address (from the downward API), not on every address
+    // of the host network.
+    assert_eq!(addr, format!("$(HOST_IP):{port}"), "{argv:?}");
+    let host_ip: Vec<&Value> =
+        c["env"].as_array().unwrap().iter().filter(|e| e["name"] == "HOST_IP").collect();
+    assert_eq!(host_ip.len(), 1, "HOST_IP set once");
+    assert_eq!(host_ip[0]["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], port);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");

@@ -110,7 +110,12 @@ pub(super) fn handle(
         Kind::HostIngress => on_host_ingress(&mut cx, ev),
         Kind::HostEgress => on_host_egress(&mut cx, ev),
         Kind::Drop => on_drop(&mut cx, ev),
-        Kind::LostEvents | Kind::Suppressed | Kind::Exchange | Kind::Summary | Kind::Node => {}
+        Kind::LostEvents
+        | Kind::Suppressed
+        | Kind::Exchange
+        | Kind::Summary
+        | Kind::Node
+        | Kind::OutputDropped => {}
     }
     let watch = cx.flow.has_pending();
     let fx = cx.fx;

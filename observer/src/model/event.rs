@@ -43,6 +43,21 @@ pub enum Kind {
     /// What the cluster says of this node (`node_info`): once known, and
     /// when it changes.
     Node,
+    /// Lines `run` dropped because stdout did not take them (`count`,
+    /// `dropped` by kind): once the writer has caught up.
+    OutputDropped,
+}
+
+/// An `output_dropped` line's counts: lines dropped, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DroppedLines {
+    pub packet: u64,
+    pub exchange: u64,
+    pub summary: u64,
+    /// `lost_events`, `suppressed`, `node`, `output_dropped`.
+    pub other: u64,
+    pub finding: u64,
 }
 
 /// What became of an exchange.
@@ -215,6 +230,9 @@ pub struct Event {
     /// node: who provisioned it, its instance (see `NodeInfo`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_info: Option<NodeInfo>,
+    /// output_dropped: the lines of `count`, by kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<DroppedLines>,
 }
 
 impl Event {
@@ -259,6 +277,7 @@ impl Event {
             hop_limit: None,
             summary: None,
             node_info: None,
+            dropped: None,
         }
     }
 

@@ -13,7 +13,8 @@ mod tcp_flags;
 pub use container::{Container, NETNS_KEY, Nomad};
 pub use endpoint::{DEFAULT_PORT, Endpoint};
 pub use event::{
-    Event, Kind, Line, MAX_LINE, Outcome, Proto, Quantiles, Summary, read_line, rfc3339,
+    DroppedLines, Event, Kind, Line, MAX_LINE, Outcome, Proto, Quantiles, Summary, read_line,
+    rfc3339,
 };
 pub use node::{NodeInfo, Provisioner};
 pub use tcp_flags::TcpFlags;

@@ -12,9 +12,18 @@
 //!   hyper's 400. A connection is closed after 12 s whatever it does (2 s
 //!   for the head, 10 s to take the answer), so an idle or slow client
 //!   cannot hold a slot longer than that.
-//! - At most 64 connections at once, and at most 8 from one peer address
-//!   (more are closed unanswered): clients that open connections and idle
-//!   cannot starve the kubelet's probes, which come from another address.
+//! - At most 64 connections at once from anyone, and at most 8 from one
+//!   peer address (more are closed unanswered); 8 more slots are kept for
+//!   connections from the host itself (a peer whose address is the very
+//!   address it connected to: the kubelet probing a hostNetwork pod at the
+//!   node's address, a local curl). Pods that open connections and idle
+//!   cannot starve the kubelet's probes: 8 of them with 8 connections each
+//!   take the 64, not the reserve. Nothing from outside the host can take
+//!   the reserve: the kernel drops packets from elsewhere that bear one of
+//!   its own addresses, and a handshake needs the reply back. Processes on
+//!   the host (hostNetwork pods among them) share it with the kubelet.
+//! - The server runs on a thread and runtime of its own: it answers while
+//!   the capture loop is busy or stdout stalls.
 //! - The encoded metrics are reused for a second: a scrape flood costs one
 //!   encoding a second, not one per request.
 //! - `GET` and `HEAD` only (405 with `Allow: GET, HEAD` otherwise).
@@ -22,7 +31,10 @@
 //!   HTTP/1.0 request (hyper answers in the client's version).
 //! - `/metrics`: OpenMetrics text when the client accepts it (Prometheus
 //!   does), else Prometheus text 0.0.4.
-//! - `/healthz`: 200 `ok` while the process runs.
+//! - `/healthz`: 200 `ok` while the capture loop drains the ring (and
+//!   before capture is attached); 503 with the reason once the last drain
+//!   is older than [`WEDGED_AFTER`] (the loop drains every 50 ms): a wedged
+//!   loop gets the pod restarted by its liveness probe.
 //! - `/readyz`: 200 once capture is attached (the `ready` flag), else 503.
 //! - anything else: 404.
 use std::{
@@ -32,8 +44,9 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    thread,
     time::{Duration, Instant},
 };
 
@@ -53,7 +66,7 @@ use tokio::{
     sync::Semaphore,
     time::timeout,
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 
@@ -64,8 +77,63 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
+/// Connections beyond `MAX_CONNECTIONS` only the host itself may hold (its
+/// probes).
+pub const HOST_SLOTS: usize = 8;
 /// Connections one peer address may hold at once.
 pub const MAX_PER_PEER: usize = 8;
+/// `/healthz` fails once the capture loop has not drained the ring for this
+/// long (200 of its 50 ms drain periods; the ring overflows long before
+/// under load). With the DaemonSet's liveness probe (every 20 s, 3
+/// failures) a wedged loop is restarted within 70 s.
+pub const WEDGED_AFTER: Duration = Duration::from_secs(10);
+
+/// The capture loop's health as the probes see it: attached yet (readiness),
+/// and when it last drained the ring (liveness).
+pub struct Health {
+    start: Instant,
+    ready: AtomicBool,
+    /// Milliseconds from `start` to the last drain, plus one (0: none yet).
+    last_drain: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { start: Instant::now(), ready: AtomicBool::new(false), last_drain: AtomicU64::new(0) }
+    }
+}
+
+impl Health {
+    /// Capture is attached: ready, and drained as of now.
+    pub fn attached(&self) {
+        self.drained();
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// The loop drained the ring just now.
+    pub fn drained(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_drain.store(ms + 1, Ordering::Release);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// How long ago the loop last drained the ring, when longer than
+    /// `WEDGED_AFTER`; None while it drains (or before its first drain).
+    pub fn wedged(&self) -> Option<Duration> {
+        let last = self.last_drain.load(Ordering::Acquire).checked_sub(1)?;
+        let age = self.start.elapsed().saturating_sub(Duration::from_millis(last));
+        (age > WEDGED_AFTER).then_some(age)
+    }
+}
+
+/// A connection from the host itself: its peer address is the address it
+/// connected to (what the kernel picks as source for a local destination).
+fn from_this_host(peer: IpAddr, local: IpAddr) -> bool {
+    peer.to_canonical() == local.to_canonical()
+}
 /// How long an encoding of the metrics is served again.
 const ENCODED_FOR: Duration = Duration::from_secs(1);
 
@@ -124,7 +192,7 @@ const REQUEST_TIMEOUT: &[u8] =
 /// A bound listener: bind first (a bad `--metrics-addr` fails at startup),
 /// then [`Server::run`].
 pub struct Server {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
     read_timeout: Duration,
 }
@@ -132,8 +200,10 @@ pub struct Server {
 impl Server {
     /// Bind `addr`; the error names the flag and the address, e.g.
     /// "--metrics-addr 0.0.0.0:9109: address in use".
-    pub async fn bind(addr: SocketAddr) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(addr, e))?;
+    pub fn bind(addr: SocketAddr) -> io::Result<Server> {
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+        // Served by tokio, on whichever runtime `run` is called from.
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         Ok(Server { listener, addr, read_timeout: READ_TIMEOUT })
     }
@@ -150,10 +220,28 @@ impl Server {
         self
     }
 
+    /// Serve on a thread of its own (and its own runtime), for the life of
+    /// the process.
+    pub fn spawn(self, state: Arc<Mutex<Metrics>>, health: Arc<Health>) -> io::Result<()> {
+        thread::Builder::new().name("http".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match rt {
+                Ok(rt) => {
+                    if let Err(e) = rt.block_on(self.run(state, health)) {
+                        error!("metrics server stopped: {e}");
+                    }
+                }
+                Err(e) => error!("metrics server thread: {e}"),
+            }
+        })?;
+        Ok(())
+    }
+
     /// Serve until the task is dropped. Connection errors are the client's
     /// problem, never the server's: this only returns if accepting fails
     /// for good (it does not).
-    pub async fn run(self, state: Arc<Mutex<Metrics>>, ready: Arc<AtomicBool>) -> io::Result<()> {
+    pub async fn run(self, state: Arc<Mutex<Metrics>>, health: Arc<Health>) -> io::Result<()> {
+        let listener = TcpListener::from_std(self.listener)?;
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(self.read_timeout)
@@ -163,10 +251,11 @@ impl Server {
             .half_close(true)
             .title_case_headers(true);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let host_slots = Arc::new(Semaphore::new(HOST_SLOTS));
         let peers = Arc::new(Peers::default());
         let encoded = Arc::new(Encoded::default());
         loop {
-            let (stream, peer) = match self.listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning.
@@ -179,16 +268,29 @@ impl Server {
                 debug!(%peer, "metrics server: too many connections from this peer; closing");
                 continue;
             }
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                peers.leave(peer.ip());
-                debug!(%peer, "metrics server: too many connections; closing");
-                continue;
+            let this_host =
+                stream.local_addr().is_ok_and(|local| from_this_host(peer.ip(), local.ip()));
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) if this_host => match host_slots.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        peers.leave(peer.ip());
+                        debug!(%peer, "metrics server: too many connections; closing");
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    peers.leave(peer.ip());
+                    debug!(%peer, "metrics server: too many connections; closing");
+                    continue;
+                }
             };
-            let (http, state, ready) = (http.clone(), state.clone(), ready.clone());
+            let (http, state, health) = (http.clone(), state.clone(), health.clone());
             let (peers, encoded) = (peers.clone(), encoded.clone());
             let deadline = self.read_timeout + WRITE_TIMEOUT;
             tokio::spawn(async move {
-                let served = handle(stream, peer, &http, &state, &ready, &encoded);
+                let served = handle(stream, peer, &http, &state, &health, &encoded);
                 if timeout(deadline, served).await.is_err() {
                     debug!(%peer, "metrics server: connection open after {deadline:?}; closed");
                 }
@@ -221,9 +323,9 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
 pub async fn serve(
     addr: SocketAddr,
     state: Arc<Mutex<Metrics>>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
 ) -> io::Result<()> {
-    Server::bind(addr).await?.run(state, ready).await
+    Server::bind(addr)?.run(state, health).await
 }
 
 /// One connection, one request. Errors are logged, not returned: they are
@@ -233,12 +335,12 @@ async fn handle(
     peer: SocketAddr,
     http: &http1::Builder,
     state: &Mutex<Metrics>,
-    ready: &AtomicBool,
+    health: &Health,
     encoded: &Encoded,
 ) {
     let answered_error = AtomicBool::new(false);
     let service = service_fn(|req| {
-        let resp = respond(&req, state, ready, encoded);
+        let resp = respond(&req, state, health, encoded);
         if resp.status().is_client_error() || resp.status().is_server_error() {
             answered_error.store(true, Ordering::Relaxed);
         }
@@ -301,7 +403,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 fn respond(
     req: &Request<Incoming>,
     state: &Mutex<Metrics>,
-    ready: &AtomicBool,
+    health: &Health,
     encoded: &Encoded,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -314,8 +416,19 @@ fn respond(
         return r;
     }
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/healthz" => match health.wedged() {
+            None => text(StatusCode::OK, "ok\n"),
+            Some(age) => answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!(
+                    "wedged: the capture loop last drained the ring {:.1} s ago (more than {} s)\n",
+                    age.as_secs_f64(),
+                    WEDGED_AFTER.as_secs()
+                ),
+            ),
+        },
+        "/readyz" if health.ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: capture is not attached\n"),
         _ => {
             const OPENMETRICS: &[u8] = b"application/openmetrics-text";
@@ -344,23 +457,21 @@ mod tests {
 
     /// A server on 127.0.0.1:0, on a thread of its own (the client below
     /// blocks).
-    fn start(read_timeout: Duration) -> (SocketAddr, Arc<Mutex<Metrics>>, Arc<AtomicBool>) {
+    fn start(read_timeout: Duration) -> (SocketAddr, Arc<Mutex<Metrics>>, Arc<Health>) {
+        start_with(read_timeout, Health::default())
+    }
+
+    fn start_with(
+        read_timeout: Duration,
+        health: Health,
+    ) -> (SocketAddr, Arc<Mutex<Metrics>>, Arc<Health>) {
         let state = Arc::new(Mutex::new(Metrics::default()));
-        let ready = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (s, r) = (state.clone(), ready.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let server = Server::bind("127.0.0.1:0".parse().unwrap())
-                    .await
-                    .unwrap()
-                    .with_read_timeout(read_timeout);
-                tx.send(server.local_addr()).unwrap();
-                server.run(s, r).await
-            })
-        });
-        (rx.recv().unwrap(), state, ready)
+        let health = Arc::new(health);
+        let server =
+            Server::bind("127.0.0.1:0".parse().unwrap()).unwrap().with_read_timeout(read_timeout);
+        let addr = server.local_addr();
+        server.spawn(state.clone(), health.clone()).unwrap();
+        (addr, state, health)
     }
 
     /// Send `raw`, read until the server closes: (status, headers, body).
@@ -382,7 +493,7 @@ mod tests {
 
     #[test]
     fn metrics_server_health_and_readiness() {
-        let (addr, state, ready) = start(READ_TIMEOUT);
+        let (addr, state, health) = start(READ_TIMEOUT);
         {
             let mut m = state.lock().unwrap();
             let mut ev =
@@ -440,7 +551,7 @@ mod tests {
         assert_eq!(get(addr, "/healthz"), (200, get(addr, "/healthz").1, "ok\n".into()));
         let (status, _, body) = get(addr, "/readyz");
         assert_eq!((status, body.as_str()), (503, "not ready: capture is not attached\n"));
-        ready.store(true, Ordering::Release);
+        health.attached();
         let (status, _, body) = get(addr, "/readyz");
         assert_eq!((status, body.as_str()), (200, "ready\n"));
         assert_eq!(get(addr, "/nope").0, 404);
@@ -484,25 +595,22 @@ mod tests {
     fn metrics_addr_bind_errors_name_the_flag() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let first = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let first = Server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
             let addr = first.local_addr();
             assert_ne!(addr.port(), 0);
-            let e = Server::bind(addr).await.err().expect("second bind fails");
+            let e = Server::bind(addr).err().expect("second bind fails");
             assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
             let msg = e.to_string();
             assert!(msg.starts_with(&format!("--metrics-addr {addr}: address in use")), "{msg}");
             // Not an address of this host.
-            let e = Server::bind("192.0.2.1:9109".parse().unwrap())
-                .await
-                .err()
-                .expect("foreign address");
+            let e = Server::bind("192.0.2.1:9109".parse().unwrap()).err().expect("foreign address");
             assert!(
                 e.to_string().starts_with("--metrics-addr 192.0.2.1:9109: address not available"),
                 "{e}"
             );
             // serve() reports the same.
             let state = Arc::new(Mutex::new(Metrics::default()));
-            let e = serve(addr, state, Arc::new(AtomicBool::new(true))).await.unwrap_err();
+            let e = serve(addr, state, Arc::new(Health::default())).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
         });
     }
@@ -542,5 +650,88 @@ mod tests {
             })
             .count();
         assert_eq!(closed, idle.len() - MAX_PER_PEER, "held: {}", idle.len() - closed);
+    }
+
+    /// A connection to `addr` from `ip` (an address of loopback).
+    fn connect_from(ip: &str, addr: SocketAddr) -> StdStream {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let s = rt.block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            sock.connect(addr).await.unwrap().into_std().unwrap()
+        });
+        s.set_nonblocking(false).unwrap();
+        s
+    }
+
+    /// Closed without an answer (or reset), within a second.
+    fn refused(mut s: &StdStream) -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        match s.read(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
+
+    /// 8 peers holding 8 idle connections each take every slot anyone may
+    /// have; the host's own probe (from the address it connects to) still
+    /// gets one of the slots kept for it.
+    #[test]
+    fn peers_holding_every_slot_leave_the_host_its_probes() {
+        let (addr, _, _) = start(Duration::from_secs(10));
+        let held: Vec<StdStream> = (2..=9)
+            .flat_map(|p| (0..MAX_PER_PEER).map(move |_| format!("127.0.0.{p}")))
+            .map(|ip| connect_from(&ip, addr))
+            .collect();
+        assert_eq!(held.len(), MAX_CONNECTIONS);
+        std::thread::sleep(Duration::from_millis(200));
+        // Every slot for anyone is taken: a ninth peer is turned away.
+        assert!(refused(&connect_from("127.0.0.10", addr)), "the 64 slots are not all held");
+        // The host itself is answered, as often as it asks.
+        for _ in 0..HOST_SLOTS + 2 {
+            let (status, _, body) = get(addr, "/healthz");
+            assert_eq!((status, body.as_str()), (200, "ok\n"));
+        }
+        // And it may hold the slots kept for it, no more.
+        let mine: Vec<StdStream> =
+            (0..HOST_SLOTS).map(|_| connect_from("127.0.0.1", addr)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(mine.iter().all(|s| !refused(s)), "the host's connections are held");
+        assert!(refused(&connect_from("127.0.0.1", addr)), "beyond the kept slots");
+        drop(held);
+    }
+
+    #[test]
+    fn only_the_address_connected_to_is_the_host() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(from_this_host(ip("10.0.1.17"), ip("10.0.1.17")));
+        assert!(from_this_host(ip("::ffff:10.0.1.17"), ip("10.0.1.17")));
+        assert!(from_this_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(!from_this_host(ip("10.0.1.18"), ip("10.0.1.17")));
+        assert!(!from_this_host(ip("127.0.0.2"), ip("127.0.0.1")));
+    }
+
+    /// /healthz tells a wedged loop (no drain for `WEDGED_AFTER`) with the
+    /// reason; it is fine before the first drain and again once the loop
+    /// drains.
+    #[test]
+    fn healthz_fails_with_the_reason_when_the_loop_stops_draining() {
+        let Some(start) = Instant::now().checked_sub(Duration::from_secs(30)) else { return };
+        let health = Health { start, ..Health::default() };
+        assert_eq!(health.wedged(), None, "before the first drain");
+        // Drained once, 30 s ago.
+        health.last_drain.store(1, Ordering::Release);
+        health.ready.store(true, Ordering::Release);
+        let (addr, _, health) = start_with(READ_TIMEOUT, health);
+        let (status, _, body) = get(addr, "/healthz");
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.starts_with("wedged: the capture loop last drained the ring 3")
+                && body.ends_with(" s ago (more than 10 s)\n"),
+            "{body}"
+        );
+        health.drained();
+        assert_eq!(get(addr, "/healthz").0, 200);
     }
 }

@@ -1,54 +1,120 @@
-//! JSON lines on stdout: one object per event, flushed per batch so that
-//! `kubectl logs -f` and pipes see events as they happen.
+//! JSON lines on stdout: one object per event. `run`'s lines go through
+//! [`Output`](super::output::Output): one buffer per drain of the ring, a
+//! writer thread, and lines dropped (and said so) rather than the capture
+//! loop waiting on a stalled stdout. `report --json` writes [`JsonLines`].
 use std::{
     io::{self, BufWriter, Write},
-    time::SystemTime,
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::Sink;
+use super::{
+    Sink,
+    output::{DropCounts, Dropped, LineKind, Output},
+};
 use crate::{
     diagnose::{Diagnoser, Finding},
-    model::Event,
+    model::{DroppedLines, Event, Kind},
 };
+
+/// How long the end of the run waits for a stalled stdout to take what is
+/// queued.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
 
 /// `run`'s stdout: findings, exchanges and summaries; packets only at
 /// `--events packets` (lost and suppressed records at every level).
-pub struct Stdout<W: Write> {
-    lines: JsonLines<W>,
+pub struct Stdout {
+    out: Output,
     packets: bool,
+    /// The node of the events seen, for the `output_dropped` line.
+    node: String,
 }
 
-impl<W: Write> Stdout<W> {
-    pub fn new(w: W, packets: bool) -> Self {
-        Self { lines: JsonLines::new(w), packets }
+impl Stdout {
+    pub fn new(out: Output, packets: bool) -> Self {
+        Self { out, packets, node: String::new() }
     }
 
-    fn write_all<T: Serialize>(&mut self, items: &[T]) -> io::Result<()> {
-        items.iter().try_for_each(|it| self.lines.write(it))
+    /// Lines dropped since the start, by kind (for the metric).
+    pub fn dropped(&self) -> Arc<Dropped> {
+        self.out.dropped()
+    }
+
+    fn put<T: Serialize>(&mut self, kind: LineKind, item: &T) -> io::Result<()> {
+        self.out
+            .line(kind, |buf| {
+                serde_json::to_writer(&mut *buf, item)?;
+                buf.push(b'\n');
+                Ok(())
+            })
+            .map(drop)
+    }
+
+    fn put_event(&mut self, ev: &Event) -> io::Result<()> {
+        if self.node.is_empty() {
+            self.node.clone_from(&ev.node);
+        }
+        self.put(LineKind::of(ev), ev)
+    }
+
+    /// The `output_dropped` line, when lines were dropped and the writer
+    /// has caught up (or at once with `now`).
+    fn say_dropped(&mut self, now: bool) -> io::Result<()> {
+        let Some(d) = self.out.take_dropped(now) else { return Ok(()) };
+        warn!(
+            lines = d.total(),
+            "stdout did not take lines: dropped (an output_dropped line says which)"
+        );
+        let mut ev = Event::new(Kind::OutputDropped, SystemTime::now(), self.node.clone());
+        ev.count = Some(d.total());
+        ev.dropped = Some(dropped_lines(&d));
+        // Findings' room: it fits once the writer caught up.
+        self.put(LineKind::Finding, &ev)
     }
 }
 
-impl<W: Write> Sink for Stdout<W> {
+fn dropped_lines(d: &DropCounts) -> DroppedLines {
+    DroppedLines {
+        packet: d.get(LineKind::Packet),
+        exchange: d.get(LineKind::Exchange),
+        summary: d.get(LineKind::Summary),
+        other: d.get(LineKind::Other),
+        finding: d.get(LineKind::Finding),
+    }
+}
+
+impl Sink for Stdout {
     fn event(&mut self, _: &Diagnoser, ev: &Event, findings: &[Finding]) -> io::Result<()> {
         if self.packets || !ev.is_packet() {
-            self.lines.write(ev)?;
+            self.put_event(ev)?;
+        } else if self.node.is_empty() {
+            self.node.clone_from(&ev.node);
         }
-        self.write_all(findings)
+        findings.iter().try_for_each(|f| self.put(LineKind::Finding, f))
     }
     fn records(&mut self, records: &[Event]) -> io::Result<()> {
-        self.write_all(records)
+        records.iter().try_for_each(|ev| self.put_event(ev))
     }
     fn tick(&mut self, _: &Diagnoser, _: SystemTime, findings: &[Finding]) -> io::Result<()> {
-        self.write_all(findings)
+        findings.iter().try_for_each(|f| self.put(LineKind::Finding, f))
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.lines.flush()
+        self.say_dropped(false)?;
+        self.out.flush()
     }
     fn finish(&mut self) {
-        info!(lines = self.lines.written, "done");
+        let _ = self.say_dropped(true);
+        let complete = self.out.finish(FINISH_WAIT);
+        if !complete {
+            warn!(
+                bytes = self.out.queued(),
+                "stdout did not take the last lines within {FINISH_WAIT:?}: they are lost"
+            );
+        }
+        info!(lines = self.out.written, "done");
     }
 }
 

@@ -33,6 +33,9 @@
 //! - `pod_events_total{result}`: findings handed to the Kubernetes Events
 //!   sink, by what became of them (sent, not_a_pod, rate_limited,
 //!   queue_full, off, failed, forbidden); only while that sink is on.
+//! - `output_dropped_lines_total{kind}`: lines `run` dropped because stdout
+//!   did not take them (sink::output), by kind (packet, exchange, summary,
+//!   other, finding); every kind from the start, once stdout is attached.
 //! - `bpf_program_run_time_seconds_total{program}`,
 //!   `bpf_program_runs_total{program}`: only while supplied (the kernel
 //!   counts them only with `kernel.bpf_stats_enabled=1`).
@@ -68,6 +71,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use super::output::{Dropped, LineKind};
 use crate::{
     diagnose::{ContainerView, Counts, Diagnoser, Finding, FindingKind},
     model::{Container, Event, Kind, bounded::oldest_eighth},
@@ -301,6 +305,9 @@ pub struct Metrics {
     bpf: BTreeMap<String, (u64, u64)>,
     /// Pod Events by result; empty while that sink is off.
     pod_events: Vec<(&'static str, u64)>,
+    /// stdout's drops, read at each encoding (they grow while the loop
+    /// is busy elsewhere).
+    output_dropped: Option<std::sync::Arc<Dropped>>,
 }
 
 impl Default for Metrics {
@@ -322,7 +329,13 @@ impl Metrics {
             hop_limits: BTreeMap::new(),
             bpf: BTreeMap::new(),
             pod_events: Vec::new(),
+            output_dropped: None,
         }
+    }
+
+    /// stdout's drop counters, shown as `output_dropped_lines_total`.
+    pub fn set_output_dropped(&mut self, dropped: std::sync::Arc<Dropped>) {
+        self.output_dropped = Some(dropped);
     }
 
     /// The node this observer runs on: its node-wide series
@@ -689,6 +702,17 @@ impl Metrics {
                 pod_events.push(vec![("result", result.to_string())], Value::Counter(n));
             }
             families.push(pod_events);
+        }
+        if let Some(d) = &self.output_dropped {
+            let mut dropped = Family::counter(
+                "output_dropped_lines",
+                "Lines not written to stdout because it did not take them (a stalled log pipe), by kind.",
+            );
+            for kind in LineKind::ALL {
+                dropped
+                    .push(vec![("kind", kind.as_str().to_string())], Value::Counter(d.get(kind)));
+            }
+            families.push(dropped);
         }
         if !self.bpf.is_empty() {
             let mut time = Family::counter(
@@ -1366,6 +1390,22 @@ mod tests {
         has(&text, r#"imds_observer_pod_events_total{result="sent"} 3"#);
         has(&text, r#"imds_observer_pod_events_total{result="rate_limited"} 0"#);
         has(&text, r#"imds_observer_pod_events_total{result="forbidden"} 1"#);
+    }
+
+    #[test]
+    fn output_drops_by_kind_once_stdout_is_attached() {
+        let mut m = Metrics::default();
+        lacks(&m.encode(), "output_dropped");
+        let dropped = std::sync::Arc::new(Dropped::default());
+        m.set_output_dropped(dropped.clone());
+        has(&m.encode(), r#"imds_observer_output_dropped_lines_total{kind="finding"} 0"#);
+        dropped.add(LineKind::Exchange, 40);
+        dropped.add(LineKind::Packet, 2);
+        let text = m.encode();
+        has(&text, "# TYPE imds_observer_output_dropped_lines counter");
+        has(&text, r#"imds_observer_output_dropped_lines_total{kind="exchange"} 40"#);
+        has(&text, r#"imds_observer_output_dropped_lines_total{kind="packet"} 2"#);
+        has(&text, r#"imds_observer_output_dropped_lines_total{kind="summary"} 0"#);
     }
 
     #[test]

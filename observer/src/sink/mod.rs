@@ -1,6 +1,7 @@
 //! Where what `run` decides goes. The loop in run.rs owns the Diagnoser and
 //! hands every [`Sink`] each event with the findings it changed, the
-//! exchanges and summaries it decided, and time: stdout (`json`), the
+//! exchanges and summaries it decided, and time: stdout (`json`, written by
+//! `output`'s thread so that a stalled stdout never blocks the loop), the
 //! metrics the HTTP server shows (`metrics` + `http`), Kubernetes Events on
 //! pods (`pod_events`). `report` renders findings for a person.
 use std::{io, time::SystemTime};
@@ -13,6 +14,7 @@ use crate::{
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod output;
 #[cfg(feature = "kubernetes")]
 pub mod pod_events;
 pub mod report;
