@@ -7,10 +7,15 @@
 # client runs as (root on a usual client install), with no filesystem
 # isolation: the observer sees the host's /sys/fs/cgroup, /sys/kernel/btf
 # and routes directly, and needs nothing mounted. It is started through
-# setpriv (util-linux), which keeps CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN,
-# the capabilities the DaemonSet has, and drops every other one from the
-# bounding set (no new privileges either): root without them cannot load a
-# kernel module, read other processes' memory or bypass file permissions.
+# setpriv (util-linux) as uid and gid 65534 (nobody), no supplementary
+# groups, with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (the capabilities the
+# DaemonSet has) as ambient capabilities and every other one gone from the
+# bounding set, no new privileges: it owns no file of the host, and cannot
+# load a kernel module, read other processes' memory or bypass file
+# permissions. As nobody it cannot use the root-only /run/imds-observer for
+# its instance lock: it warns and takes the abstract socket instead (a
+# process on the host network could take it first; a system job runs one
+# allocation per client anyway).
 #
 # Client configuration this job needs:
 #
@@ -64,8 +69,12 @@ job "imds-observer" {
       config {
         command = "/usr/bin/setpriv"
         args = [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
           "--bounding-set=-all,+bpf,+perfmon,+net_admin",
-          "--inh-caps=-all",
+          "--inh-caps=-all,+bpf,+perfmon,+net_admin",
+          "--ambient-caps=-all,+bpf,+perfmon,+net_admin",
           "--no-new-privs",
           "--",
           "/usr/local/bin/imds-observer", "run", "--metrics-addr", "${NOMAD_ADDR_metrics}",

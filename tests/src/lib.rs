@@ -834,6 +834,17 @@ impl Lab {
         Observer::start(&self.host, &args, env)
     }
 
+    /// `observer` (all packets), started through `wrapper` (a program and
+    /// its arguments, which then runs the observer's binary and `extra`:
+    /// e.g. setpriv dropping root).
+    pub fn observer_through(&self, wrapper: &[&str], extra: &[&str]) -> Observer {
+        let observer = bin("imds-observer");
+        let mut args: Vec<&str> = wrapper[1..].to_vec();
+        args.extend([observer.to_str().unwrap(), "run", "--events", "packets"]);
+        args.extend_from_slice(extra);
+        Observer::start_bin(Path::new(wrapper[0]), &self.host, &args, &[])
+    }
+
     /// `observer`, with the binary the image ships (the static release
     /// build): for what memory and speed are measured on. `extra` says the
     /// `--events` level (default: problems).

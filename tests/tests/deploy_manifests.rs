@@ -474,15 +474,31 @@ fn nomad_raw_exec_job_runs_the_installed_binary() {
     require_python();
     let (_, _, task) = nomad_task("imds-observer-exec.nomad.hcl");
     assert_eq!(task["driver"], "raw_exec");
-    // Root drops every capability but the DaemonSet's before the observer
-    // starts.
+    // Root becomes nobody with only the DaemonSet's capabilities, ambient,
+    // before the observer starts: the same start the lab runs
+    // (cli_lab::runs_as_nobody_with_three_ambient_capabilities_and_diagnoses).
     let config = block(&task, "config");
     assert_eq!(config["command"], "/usr/bin/setpriv");
     let args: Vec<&str> =
         config["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     let caps: Vec<String> = CAPABILITIES.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
-    assert_eq!(args[0], format!("--bounding-set=-all,{}", caps.join(",")), "{args:?}");
-    assert!(args.contains(&"--no-new-privs") && args.contains(&"--inh-caps=-all"), "{args:?}");
+    let caps = format!("-all,{}", caps.join(","));
+    let setpriv = &args[..args.iter().position(|a| *a == "--").unwrap()];
+    assert_eq!(
+        setpriv.iter().copied().collect::<BTreeSet<&str>>(),
+        [
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--bounding-set={caps}"),
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            "--no-new-privs",
+        ]
+        .into_iter()
+        .collect::<BTreeSet<&str>>(),
+        "{args:?}"
+    );
     let rest = &args[args.iter().position(|a| *a == "--").unwrap() + 1..];
     assert_eq!(&rest[..2], ["/usr/local/bin/imds-observer", "run"]);
     assert!(
