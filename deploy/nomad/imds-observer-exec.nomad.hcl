@@ -8,8 +8,9 @@
 # isolation: the observer sees the host's /sys/fs/cgroup, /sys/kernel/btf
 # and routes directly, and needs nothing mounted. It is started through
 # setpriv (util-linux) as uid and gid 65534 (nobody), no supplementary
-# groups, with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (the capabilities the
-# DaemonSet has) as ambient capabilities and every other one gone from the
+# groups, with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYSLOG (the
+# capabilities the DaemonSet has; the last given up once /proc/kallsyms is
+# read at start) as ambient capabilities and every other one gone from the
 # bounding set, no new privileges: it owns no file of the host, and cannot
 # load a kernel module, read other processes' memory or bypass file
 # permissions. As nobody it cannot use the root-only /run/imds-observer for
@@ -72,9 +73,9 @@ job "imds-observer" {
           "--reuid=65534",
           "--regid=65534",
           "--clear-groups",
-          "--bounding-set=-all,+bpf,+perfmon,+net_admin",
-          "--inh-caps=-all,+bpf,+perfmon,+net_admin",
-          "--ambient-caps=-all,+bpf,+perfmon,+net_admin",
+          "--bounding-set=-all,+bpf,+perfmon,+net_admin,+syslog",
+          "--inh-caps=-all,+bpf,+perfmon,+net_admin,+syslog",
+          "--ambient-caps=-all,+bpf,+perfmon,+net_admin,+syslog",
           "--no-new-privs",
           "--",
           "/usr/local/bin/imds-observer", "run", "--metrics-addr", "${NOMAD_ADDR_metrics}",

@@ -9,11 +9,11 @@
 #   plugin "docker" {
 #     config {
 #       # cap_add below must be a subset of allow_caps (Nomad's default list
-#       # has none of the three). Keep the default ones your other jobs use.
+#       # has none of the four). Keep the default ones your other jobs use.
 #       allow_caps = ["audit_write", "chown", "dac_override", "fowner", "fsetid",
 #                     "kill", "mknod", "net_bind_service", "setfcap", "setgid",
 #                     "setpcap", "setuid", "sys_chroot",
-#                     "bpf", "perfmon", "net_admin"]
+#                     "bpf", "perfmon", "net_admin", "syslog"]
 #       # Bind mounts of host paths (/sys/fs/cgroup, /sys/kernel/btf, /run).
 #       volumes {
 #         enabled = true
@@ -82,7 +82,10 @@ job "imds-observer" {
         # tracing program reads kernel memory), CAP_NET_ADMIN (attach the
         # cgroup and tc programs). Linux 5.8+.
         cap_drop = ["all"]
-        cap_add  = ["bpf", "perfmon", "net_admin"]
+        # CAP_SYSLOG: /proc/kallsyms's addresses, read once at start to name
+        # where the kernel drops packets (the only drop evidence before
+        # 5.17), then given up.
+        cap_add  = ["bpf", "perfmon", "net_admin", "syslog"]
 
         # Alternative when allow_caps cannot be changed but privileged
         # containers are allowed (allow_privileged = true on the client):

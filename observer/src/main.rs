@@ -22,6 +22,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         imds_observer::cli::Command::Run(args) => {
+            // While this is the only thread (capabilities are per thread).
+            imds_observer::capture::kallsyms::Locations::preload();
             rt.block_on(imds_observer::run::run(args)).map(|()| 0)
         }
         imds_observer::cli::Command::Report(args) => rt.block_on(imds_observer::run::report(args)),

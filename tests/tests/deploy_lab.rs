@@ -111,7 +111,11 @@ fn image_runs_as_the_agent_with_documented_privileges() {
 
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("app", Attach::Routed);
-    let agent = run_image(&lab, &["BPF", "PERFMON", "NET_ADMIN"], &["run", "--duration", "6"]);
+    let agent = run_image(
+        &lab,
+        &["BPF", "PERFMON", "NET_ADMIN", "SYSLOG"],
+        &["run", "--events", "packets", "--duration", "6"],
+    );
     std::thread::sleep(Duration::from_secs(2)); // the agent attaches
     c.sdk("botocore", "http://169.254.169.254");
     let out = agent.wait_with_output().unwrap();
@@ -126,6 +130,13 @@ fn image_runs_as_the_agent_with_documented_privileges() {
                 && f["container"]["cgroup"] == c.cgroup_rel().as_str()
         });
     assert!(finding.is_some(), "no hop-limit finding on the image's stdout:\n{stdout}");
+    // With CAP_SYSLOG (given up after the read) the drops are located.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(r#""type":"drop""#) && l.contains(r#""location":"ip_forward""#)),
+        "no drop located in ip_forward on the image's stdout:\n{stdout}"
+    );
 
     // Each capability is needed, and the error names the one missing.
     for (missing, keep) in [

@@ -21,7 +21,7 @@ use serde_json::Value;
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 /// The capabilities docs/deploy.md grants, in Kubernetes' spelling.
-const CAPABILITIES: [&str; 3] = ["BPF", "PERFMON", "NET_ADMIN"];
+const CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "NET_ADMIN", "SYSLOG"];
 
 const PIP_PACKAGES: &str = "kubernetes-validate python-hcl2";
 

@@ -23,6 +23,8 @@ pub const DELIVERED: &[&str] = &[
     "__tcp_close",
 ];
 
+static PRELOADED: std::sync::OnceLock<Locations> = std::sync::OnceLock::new();
+
 #[derive(Clone, Debug, Default)]
 pub struct Locations {
     /// (start, end, name), sorted by start.
@@ -30,9 +32,27 @@ pub struct Locations {
 }
 
 impl Locations {
-    /// From /proc/kallsyms; empty when it hides addresses (a reader without
-    /// CAP_SYSLOG sees zeros) or cannot be read.
+    /// For `run`, before any other thread exists: read /proc/kallsyms, then
+    /// give up CAP_SYSLOG, held (in the shipped manifests) for this read
+    /// alone. [`Locations::read`] then returns what was read here.
+    pub fn preload() {
+        let _ = PRELOADED.set(Self::read_file());
+        match crate::sys::caps::drop(crate::sys::caps::CAP_SYSLOG) {
+            Ok(true) => tracing::debug!("CAP_SYSLOG dropped: /proc/kallsyms read"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("dropping CAP_SYSLOG after reading /proc/kallsyms: {e}"),
+        }
+    }
+
+    /// What [`Locations::preload`] read, else /proc/kallsyms now.
     pub fn read() -> Self {
+        PRELOADED.get().cloned().unwrap_or_else(Self::read_file)
+    }
+
+    /// From /proc/kallsyms; empty when it hides addresses (a reader without
+    /// CAP_SYSLOG sees zeros where kernel.perf_event_paranoid > 1) or
+    /// cannot be read.
+    fn read_file() -> Self {
         match std::fs::File::open("/proc/kallsyms") {
             Ok(f) => Self::parse(BufReader::new(f)),
             Err(e) => {
