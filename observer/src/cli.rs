@@ -123,6 +123,20 @@ pub struct CaptureArgs {
     #[arg(long, env = "IMDS_OBSERVER_ALONGSIDE", value_parser = BoolishValueParser::new())]
     pub alongside: bool,
 
+    /// Pod label keys to keep in each workload's identity (`container.labels`),
+    /// comma-separated; `*` keeps any key, an empty value none. Whatever
+    /// is chosen, at most 16 labels and 1 KiB are kept per pod, values cut
+    /// at 63 bytes; the rest is counted in `container.labels_dropped`.
+    /// Default: app, app.kubernetes.io/name, app.kubernetes.io/instance,
+    /// app.kubernetes.io/component, app.kubernetes.io/part-of, k8s-app, team.
+    #[arg(
+        long = "pod-labels",
+        value_name = "KEY,...",
+        env = "IMDS_OBSERVER_POD_LABELS",
+        value_delimiter = ','
+    )]
+    pub pod_labels: Option<Vec<String>>,
+
     /// Node name written on every event. Kubernetes sets NODE_NAME from the
     /// downward API; default: the host name.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
@@ -273,7 +287,7 @@ impl Cli {
         }
         // A recording is read: nothing is captured, so these do not apply.
         // From the environment (shared with `run`) they are left unused.
-        const CAPTURE_ONLY: [&str; 7] = [
+        const CAPTURE_ONLY: [&str; 8] = [
             "duration",
             "endpoints",
             "ifaces",
@@ -281,6 +295,7 @@ impl Cli {
             "runtime_sockets",
             "alongside",
             "node_name",
+            "pod_labels",
         ];
         let sub_cmd = cmd.find_subcommand_mut(name).expect("parsed subcommand");
         for id in CAPTURE_ONLY {
