@@ -389,7 +389,21 @@ fn seconds(s: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::seconds;
+    use super::{Cli, Command, seconds};
+
+    #[test]
+    fn pod_labels_take_a_list_any_or_none() {
+        let keys = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_env(["imds-observer", "run"].iter().chain(args).copied()).unwrap();
+            let Command::Run(a) = cli.command else { panic!() };
+            a.capture.pod_labels
+        };
+        assert_eq!(keys(&[]), None, "the default list");
+        assert_eq!(keys(&["--pod-labels", "app,team"]), Some(vec!["app".into(), "team".into()]));
+        assert_eq!(keys(&["--pod-labels", ""]), Some(vec![String::new()]), "none");
+        assert_eq!(keys(&["--pod-labels", "*"]), Some(vec!["*".into()]));
+    }
 
     #[test]
     fn durations_are_positive_finite_and_bounded() {
