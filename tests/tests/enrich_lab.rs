@@ -159,7 +159,7 @@ fn findings_name_pods_and_nomad_allocations_from_their_apis() {
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn a_pod_with_a_mebibyte_of_labels_keeps_lines_and_memory_small() {
     const UID: &str = "5b0c3d2e-8a1f-4c6b-9e7d-3f2a1b0c9d8e";
-    const CID: &str = "1abe15fb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
+    const CID: &str = "1abe15fbb1a4a2b2dba0c6a3f70d8a77a1e2a7aa2f2f2e8e7b3f4c6c1d9e0f12";
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let mut labels = serde_json::Map::new();
     labels.insert("app".into(), json!("labelled"));
