@@ -231,9 +231,10 @@ fn a_pod_with_a_mebibyte_of_labels_keeps_lines_and_memory_small() {
 
 /// Who a container is cannot be claimed by another pod: a pod (owned by
 /// the Node, as a mirror pod is) whose `kubernetes.io/config.mirror`
-/// annotation names the victim's UID, and containers whose runtime labels
+/// annotation names the victim's UID, containers whose runtime labels
 /// (through the runtime socket) name the victim's pod, in the attacker's
-/// pod and outside any pod.
+/// pod and outside any pod, and a user's delegated cgroup named after the
+/// victim's pod and container.
 #[test]
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn a_forged_mirror_annotation_or_runtime_labels_do_not_change_whose_pod_it_is() {
@@ -272,13 +273,20 @@ fn a_forged_mirror_annotation_or_runtime_labels_do_not_change_whose_pod_it_is() 
     let mut loose = lab.add_container("loose", Attach::Bridge);
     let _ = std::fs::remove_dir(&loose.cgroup);
     loose.cgroup = lab.cgroup_at(&format!("system.slice/docker-{LOOSE_CID}.scope"));
+    // A user's delegated cgroup, named like the victim's container.
+    let mut delegated = lab.add_container("delegated", Attach::Bridge);
+    let _ = std::fs::remove_dir(&delegated.cgroup);
+    delegated.cgroup = lab.cgroup_at(&format!(
+        "user.slice/user-1000.slice/user@1000.service/app.slice/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{VICTIM_CID}.scope",
+        VICTIM.replace('-', "_")
+    ));
 
     let obs = lab.observer_with_env(
         &["--runtime-socket", fake.docker_socket.to_str().unwrap()],
         &[("KUBECONFIG", fake.kubeconfig.to_str().unwrap())],
     );
     obs.wait_stderr("pods on this node listed", Duration::from_secs(20));
-    for c in [&v, &a, &loose] {
+    for c in [&v, &a, &loose, &delegated] {
         let run = c.sdk("botocore", IMDS);
         assert!(!run.lines.is_empty(), "{} ran: {:?}", c.name, run.lines);
     }
@@ -287,7 +295,7 @@ fn a_forged_mirror_annotation_or_runtime_labels_do_not_change_whose_pod_it_is() 
 
     let who =
         |c: &imds_lab::Container| last_hop_finding(&events, &c.cgroup_rel())["container"].clone();
-    let (cv, ca, cl) = (who(&v), who(&a), who(&loose));
+    let (cv, ca, cl, cd) = (who(&v), who(&a), who(&loose), who(&delegated));
     assert_eq!(
         (&cv["pod"], &cv["pod_uid"], &cv["labels"]),
         (&json!("victim-api"), &json!(VICTIM), &json!({"app": "victim"})),
@@ -303,11 +311,15 @@ fn a_forged_mirror_annotation_or_runtime_labels_do_not_change_whose_pod_it_is() 
         "a container in no pod is no pod's: {cl}"
     );
     assert_eq!(cl["runtime"], "docker", "{cl}");
-    // No event at all names another container as the victim's.
+    assert!(
+        cd.get("pod").is_none() && cd.get("pod_uid").is_none() && cd.get("labels").is_none(),
+        "a user's cgroup named after the victim's pod is not the victim: {cd}"
+    );
+    // No event at all names another cgroup as the victim's pod.
     for e in &events {
         let c = &e["container"];
-        if c["pod_uid"] == VICTIM {
-            assert_eq!(c["id"], VICTIM_CID, "{e}");
+        if c["pod_uid"] == VICTIM || c["pod"] == "victim-api" {
+            assert_eq!(c["cgroup"], v.cgroup_rel(), "{e}");
         }
     }
     // The runtime socket was asked (the labels were read, and set aside).
