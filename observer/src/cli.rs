@@ -123,6 +123,20 @@ pub struct CaptureArgs {
     #[arg(long, env = "IMDS_OBSERVER_ALONGSIDE", value_parser = BoolishValueParser::new())]
     pub alongside: bool,
 
+    /// Pod label keys to keep in each workload's identity (`container.labels`),
+    /// comma-separated; `*` keeps any key, an empty value none. Whatever
+    /// is chosen, at most 16 labels and 1 KiB are kept per pod, values cut
+    /// at 63 bytes; the rest is counted in `container.labels_dropped`.
+    /// Default: app, app.kubernetes.io/name, app.kubernetes.io/instance,
+    /// app.kubernetes.io/component, app.kubernetes.io/part-of, k8s-app, team.
+    #[arg(
+        long = "pod-labels",
+        value_name = "KEY,...",
+        env = "IMDS_OBSERVER_POD_LABELS",
+        value_delimiter = ','
+    )]
+    pub pod_labels: Option<Vec<String>>,
+
     /// Node name written on every event. Kubernetes sets NODE_NAME from the
     /// downward API; default: the host name.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
@@ -280,7 +294,7 @@ impl Cli {
         }
         // A recording is read: nothing is captured, so these do not apply.
         // From the environment (shared with `run`) they are left unused.
-        const CAPTURE_ONLY: [&str; 7] = [
+        const CAPTURE_ONLY: [&str; 8] = [
             "duration",
             "endpoints",
             "ifaces",
@@ -288,6 +302,7 @@ impl Cli {
             "runtime_sockets",
             "alongside",
             "node_name",
+            "pod_labels",
         ];
         let sub_cmd = cmd.find_subcommand_mut(name).expect("parsed subcommand");
         for id in CAPTURE_ONLY {
@@ -396,7 +411,7 @@ fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{seconds, socket_addr};
+    use super::{Cli, Command, seconds, socket_addr};
 
     #[test]
     fn metrics_addr_takes_the_node_address_of_either_family() {
@@ -408,6 +423,20 @@ mod tests {
         for bad in ["", "9109", "10.0.1.17", "10.0.1.17:", "node:9109", ":9109", "fd00::5:99999"] {
             assert!(socket_addr(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn pod_labels_take_a_list_any_or_none() {
+        let keys = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_env(["imds-observer", "run"].iter().chain(args).copied()).unwrap();
+            let Command::Run(a) = cli.command else { panic!() };
+            a.capture.pod_labels
+        };
+        assert_eq!(keys(&[]), None, "the default list");
+        assert_eq!(keys(&["--pod-labels", "app,team"]), Some(vec!["app".into(), "team".into()]));
+        assert_eq!(keys(&["--pod-labels", ""]), Some(vec![String::new()]), "none");
+        assert_eq!(keys(&["--pod-labels", "*"]), Some(vec!["*".into()]));
     }
 
     #[test]

@@ -627,6 +627,7 @@ fn every_field() -> Vec<Value> {
         namespace: Some("shop".into()),
         pod_uid: Some("uid".into()),
         labels: [("app".to_string(), "web".to_string())].into(),
+        labels_dropped: 1,
         service_account: Some("web".into()),
         aws_identity: Some("irsa".into()),
         nomad: Some(Nomad {

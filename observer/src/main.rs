@@ -13,6 +13,17 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = imds_observer::cli::Cli::parse_env();
+    // The label keys every pod record keeps, chosen before any is made.
+    let capture = match &cli.command {
+        imds_observer::cli::Command::Run(a) => &a.capture,
+        imds_observer::cli::Command::Report(a) => &a.capture,
+        imds_observer::cli::Command::Tui(a) => &a.capture,
+    };
+    if let Some(keys) = &capture.pod_labels {
+        imds_observer::identity::pods::set_pod_labels(
+            imds_observer::identity::pods::LabelKeys::parse(keys),
+        );
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -401,7 +401,8 @@ impl Lab {
 
     /// The fake Kubernetes API server and Nomad agent (bin
     /// fake-orchestrator) on the lab host's loopback, serving `config` (its
-    /// keys: pods, allocs, kube_token, nomad_token, events_forbidden), and a
+    /// keys: pods, allocs, kube_token, nomad_token, events_forbidden, and
+    /// containers: then a fake Docker API at `docker_socket` too), and a
     /// kubeconfig that reaches it with `config["kube_token"]`.
     pub fn fake_orchestrator(&mut self, config: Value) -> Orchestrator {
         let dir = std::env::temp_dir().join(format!("{}-orchestrator", self.id));
@@ -410,8 +411,13 @@ impl Lab {
             log: dir.join("requests.log"),
             kubeconfig: dir.join("kubeconfig"),
             nomad_addr: String::new(),
+            docker_socket: dir.join("docker.sock"),
             dir,
         };
+        let mut config = config;
+        if config["containers"].is_array() {
+            config["docker_socket"] = o.docker_socket.to_str().unwrap().into();
+        }
         let config_file = o.dir.join("orchestrator.json");
         fs::write(&config_file, config.to_string()).unwrap();
         let ready = self.start_in_host(
@@ -849,9 +855,13 @@ impl Lab {
     /// build): for what memory and speed are measured on. `extra` says the
     /// `--events` level (default: problems).
     pub fn shipped_observer(&self, extra: &[&str]) -> Observer {
+        self.shipped_observer_with_env(extra, &[])
+    }
+
+    pub fn shipped_observer_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Observer {
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
-        Observer::start_bin(&shipped_observer_bin(), &self.host, &args, &[])
+        Observer::start_bin(&shipped_observer_bin(), &self.host, &args, env)
     }
 
     /// Any observer command (`report ...`) in the host netns, once capturing.
@@ -933,6 +943,9 @@ pub struct Orchestrator {
     pub kubeconfig: PathBuf,
     /// The fake Nomad agent, for NOMAD_ADDR.
     pub nomad_addr: String,
+    /// The fake Docker API, for --runtime-socket (when `containers` is
+    /// configured).
+    pub docker_socket: PathBuf,
 }
 
 impl Drop for Orchestrator {

@@ -37,6 +37,10 @@ use super::{
     lookup::Writer,
     pods::{PodContainer, PodInfo, aws_identity, runtime_container_id},
 };
+use crate::model::{
+    bounded::capped,
+    container::{ID_BYTES, IMAGE_BYTES, NAME_BYTES},
+};
 
 /// The annotation a mirror pod carries: the static pod's UID on the node.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -303,26 +307,28 @@ pub async fn watch(client: Client, node: String, writer: Writer<Arc<PodInfo>>, s
             Ok(Event::Apply(pod)) => {
                 if let Some(p) = pod_info(&pod) {
                     let p = Arc::new(p);
-                    if let Some(old) = live.insert(p.uid.clone(), p.clone()) {
-                        // A mirror annotation that changed leaves no stale key.
-                        for k in old.keys().filter(|k| !p.keys().any(|n| n == *k)) {
-                            writer.remove(k);
-                        }
-                    }
-                    for k in p.keys() {
-                        writer.found(k.to_owned(), p.clone());
-                    }
+                    let old = live.insert(p.uid.clone(), p.clone());
+                    // A mirror annotation that changed leaves no stale key.
+                    let keys: Vec<String> = old
+                        .iter()
+                        .flat_map(|o| o.keys())
+                        .chain(p.keys())
+                        .map(str::to_owned)
+                        .collect();
+                    refresh(&writer, &live, keys);
                     set(&|s| s.pods = live.len());
                 }
             }
             Ok(Event::Delete(pod)) => {
                 let uid = pod.metadata.uid.as_deref().unwrap_or_default();
                 let old = live.remove(uid);
-                for p in old.iter().map(|p| (**p).clone()).chain(pod_info(&pod)) {
-                    for k in p.keys() {
-                        writer.remove(k);
-                    }
-                }
+                let keys: Vec<String> = old
+                    .iter()
+                    .map(|p| (**p).clone())
+                    .chain(pod_info(&pod))
+                    .flat_map(|p| p.keys().map(str::to_owned).collect::<Vec<_>>())
+                    .collect();
+                refresh(&writer, &live, keys);
                 set(&|s| s.pods = live.len());
             }
             Err(e) => {
@@ -348,15 +354,43 @@ pub async fn watch(client: Client, node: String, writer: Writer<Arc<PodInfo>>, s
     }
 }
 
-/// Every key of every pod (UID, and a mirror pod's static UID).
+/// Every key of every pod (UID, and a mirror pod's static UID), each to
+/// the pod that owns it (`owner_of`).
 fn by_key(pods: &HashMap<String, Arc<PodInfo>>) -> HashMap<String, Arc<PodInfo>> {
     let mut out = HashMap::with_capacity(pods.len());
-    for p in pods.values() {
-        for k in p.keys() {
-            out.insert(k.to_owned(), p.clone());
+    for k in pods.values().flat_map(|p| p.keys()) {
+        if !out.contains_key(k) {
+            if let Some(p) = owner_of(pods, k) {
+                out.insert(k.to_owned(), p);
+            }
         }
     }
     out
+}
+
+/// The pod a cgroup path's pod key names: the pod whose own UID it is,
+/// whatever another pod's mirror annotation claims; else the mirror pod
+/// that claims it (of several, the lowest UID: the same answer every time).
+/// Whose container it is, the pod's status still has to confirm
+/// (`Container::enrich_pod`).
+fn owner_of(pods: &HashMap<String, Arc<PodInfo>>, key: &str) -> Option<Arc<PodInfo>> {
+    if let Some(p) = pods.get(key) {
+        return Some(p.clone());
+    }
+    pods.values()
+        .filter(|p| p.mirror_of.as_deref() == Some(key))
+        .min_by(|a, b| a.uid.cmp(&b.uid))
+        .cloned()
+}
+
+/// Point each of `keys` at its owner now, or remove it when none is left.
+fn refresh(writer: &Writer<Arc<PodInfo>>, live: &HashMap<String, Arc<PodInfo>>, keys: Vec<String>) {
+    for k in keys {
+        match owner_of(live, &k) {
+            Some(p) => writer.found(k, p),
+            None => writer.remove(&k),
+        }
+    }
 }
 
 /// A failure in words, naming what RBAC is missing when that is the cause.
@@ -418,30 +452,48 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
             .flatten()
             .chain(st.init_container_statuses.iter().flatten())
             .chain(st.ephemeral_container_statuses.iter().flatten());
-        for cs in all {
+        for cs in all.take(MAX_POD_CONTAINERS) {
             if let Some(c) = container(cs, spec_of(&cs.name)) {
                 containers.push(c);
             }
         }
     }
+    let (labels, labels_dropped) =
+        super::pods::pod_labels().select(m.labels.as_ref().unwrap_or(&Default::default()));
     Some(PodInfo {
         uid,
-        name: m.name.clone().unwrap_or_default(),
-        namespace: m.namespace.clone().unwrap_or_default(),
-        labels: m.labels.clone().unwrap_or_default(),
+        name: capped(m.name.as_deref().unwrap_or_default(), NAME_BYTES),
+        namespace: capped(m.namespace.as_deref().unwrap_or_default(), NAME_BYTES),
+        labels,
+        labels_dropped,
         containers,
-        mirror_of: m
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(MIRROR_ANNOTATION))
-            .filter(|v| !v.is_empty())
-            .cloned(),
+        mirror_of: mirror_of(m),
         service_account: pod
             .spec
             .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .filter(|s| !s.is_empty()),
+            .and_then(|s| s.service_account_name.as_deref())
+            .filter(|s| !s.is_empty())
+            .map(|s| capped(s, NAME_BYTES)),
     })
+}
+
+/// Containers kept per pod record: more than any pod runs (init and
+/// ephemeral ones included); a pod that lists more is named by the first.
+const MAX_POD_CONTAINERS: usize = 64;
+
+/// The static pod's UID a mirror pod stands for: only on a pod the Node
+/// owns (the kubelet makes mirror pods with an ownerReference to its Node),
+/// and only a value shaped like a pod UID. Any pod's author can write the
+/// annotation; who a container is still takes its pod's status
+/// (`Container::enrich_pod`), and a key that is another pod's own UID
+/// stays that pod's (`owner_of`).
+fn mirror_of(m: &ObjectMeta) -> Option<String> {
+    let by_node =
+        m.owner_references.iter().flatten().any(|o| o.kind == "Node" && o.api_version == "v1");
+    let v = m.annotations.as_ref()?.get(MIRROR_ANNOTATION)?;
+    let uid_like =
+        (v.len() == 32 || v.len() == 36) && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    (by_node && uid_like).then(|| v.to_ascii_lowercase())
 }
 
 fn container(cs: &ContainerStatus, spec: Option<&SpecContainer>) -> Option<PodContainer> {
@@ -455,7 +507,14 @@ fn container(cs: &ContainerStatus, spec: Option<&SpecContainer>) -> Option<PodCo
     };
     let env = spec.and_then(|s| s.env.as_deref()).unwrap_or_default();
     let aws_identity = aws_identity(env.iter().map(|e| e.name.as_str()));
-    Some(PodContainer { id, name: cs.name.clone(), image, aws_identity })
+    // Ids are 64 hex digits; one far longer names no container a path can.
+    (id.len() <= 2 * ID_BYTES).then_some(())?;
+    Some(PodContainer {
+        id,
+        name: capped(&cs.name, NAME_BYTES),
+        image: capped(&image, IMAGE_BYTES),
+        aws_identity,
+    })
 }
 
 #[cfg(test)]
@@ -694,16 +753,87 @@ pub(crate) mod tests {
         let p = pod_info(&pod).unwrap();
         assert_eq!(p.container(CID_B).unwrap().image, "envoy:1.30");
         assert_eq!(p.mirror_of, None);
-        // A mirror pod is also known by the static pod's UID.
+        // A mirror pod is also known by the static pod's UID: only when
+        // the Node owns it, as the kubelet makes mirror pods.
         pod.metadata
             .annotations
             .as_mut()
             .unwrap()
             .insert(MIRROR_ANNOTATION.into(), "6f6c8b1fa0a1f2b5e7e8c9d0e1f2a3b4".into());
+        assert_eq!(pod_info(&pod).unwrap().keys().collect::<Vec<_>>(), vec![UID_A]);
+        pod.metadata.owner_references = Some(vec![owner("Node")]);
         let p = pod_info(&pod).unwrap();
         assert_eq!(p.keys().collect::<Vec<_>>(), vec![UID_A, "6f6c8b1fa0a1f2b5e7e8c9d0e1f2a3b4"]);
+        // Owned by a ReplicaSet, or a value that is no pod UID: no key.
+        pod.metadata.owner_references = Some(vec![owner("ReplicaSet")]);
+        assert_eq!(pod_info(&pod).unwrap().mirror_of, None);
+        pod.metadata.owner_references = Some(vec![owner("Node")]);
+        pod.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(MIRROR_ANNOTATION.into(), "x".repeat(4096));
+        assert_eq!(pod_info(&pod).unwrap().mirror_of, None);
         pod.metadata.uid = None;
         assert_eq!(pod_info(&pod), None);
+    }
+
+    fn owner(kind: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: if kind == "Node" { "v1".into() } else { "apps/v1".into() },
+            kind: kind.into(),
+            name: "node-a".into(),
+            uid: "9d0c5f0e-1111-4222-8333-444455556666".into(),
+            ..Default::default()
+        }
+    }
+
+    fn pod_with(uid: &str, mirror_of: Option<&str>) -> Arc<PodInfo> {
+        Arc::new(PodInfo {
+            uid: uid.into(),
+            name: format!("pod-{uid}"),
+            mirror_of: mirror_of.map(str::to_owned),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_mirror_claim_never_displaces_a_pods_own_key() {
+        // The victim's own UID, claimed as a mirror key by another pod.
+        let victim = pod_with(UID_A, None);
+        let claimant = pod_with(UID_B, Some(UID_A));
+        let mut live: HashMap<String, Arc<PodInfo>> = HashMap::new();
+        live.insert(UID_B.into(), claimant.clone());
+        live.insert(UID_A.into(), victim.clone());
+        let keys = by_key(&live);
+        assert_eq!(keys[UID_A].uid, UID_A, "the victim keeps its key");
+        assert_eq!(keys[UID_B].uid, UID_B);
+
+        // The same through the watch's updates, in either order, and the
+        // claimant's deletion leaves the victim's key in place.
+        let changes = Changes::default();
+        let (table, writer) = Table::<Arc<PodInfo>>::watched(&changes);
+        let mut live = HashMap::new();
+        for p in [victim.clone(), claimant.clone()] {
+            live.insert(p.uid.clone(), p.clone());
+            refresh(&writer, &live, p.keys().map(str::to_owned).collect());
+        }
+        assert_eq!(found(&table, UID_A).unwrap().uid, UID_A);
+        live.remove(UID_B);
+        refresh(&writer, &live, claimant.keys().map(str::to_owned).collect());
+        assert_eq!(found(&table, UID_A).unwrap().uid, UID_A);
+        assert!(found(&table, UID_B).is_none());
+
+        // A static pod's key (no pod's own UID) goes to its mirror, and
+        // when the mirror goes, to no one.
+        const STATIC: &str = "6f6c8b1fa0a1f2b5e7e8c9d0e1f2a3b4";
+        let mirror = pod_with(UID_B, Some(STATIC));
+        live.insert(UID_B.into(), mirror.clone());
+        refresh(&writer, &live, mirror.keys().map(str::to_owned).collect());
+        assert_eq!(found(&table, STATIC).unwrap().uid, UID_B);
+        live.remove(UID_B);
+        refresh(&writer, &live, mirror.keys().map(str::to_owned).collect());
+        assert!(found(&table, STATIC).is_none());
     }
 
     #[test]

@@ -57,7 +57,10 @@ impl Container {
 
     /// What the cgroup path alone says.
     pub fn from_path(cgroup_id: u64, path: &str) -> Self {
-        let p = parse_cgroup_path(path);
+        Self::from_parsed(cgroup_id, path, parse_cgroup_path(path))
+    }
+
+    fn from_parsed(cgroup_id: u64, path: &str, p: runtime::PathIdentity) -> Self {
         let nomad = (p.nomad_alloc.is_some() || p.nomad_task.is_some()).then(|| Nomad {
             alloc: p.nomad_alloc,
             task: p.nomad_task,
@@ -78,45 +81,68 @@ impl Container {
     }
 
     /// Add what the runtime's API said: name, image, and the orchestrator
-    /// labels that Kubernetes, Nomad and ECS put on containers.
+    /// labels that Kubernetes, Nomad and ECS put on containers. Those
+    /// labels are whoever made the container's to write: they fill in only
+    /// what the cgroup path does not say, never contradict it. Labels
+    /// naming another pod than the path's (or any pod, in a Nomad task's
+    /// path; or another allocation, or any, in a pod's path) are ignored.
     pub fn enrich(&mut self, info: &ContainerInfo) {
         let label = |k: &str| info.labels.get(k).filter(|v| !v.is_empty()).cloned();
         self.name =
             Some(label("io.kubernetes.container.name").unwrap_or_else(|| info.name.clone()));
         self.image = Some(info.image.clone()).filter(|i| !i.is_empty());
-        self.pod = label("io.kubernetes.pod.name").or(self.pod.take());
-        self.namespace = label("io.kubernetes.pod.namespace").or(self.namespace.take());
-        self.pod_uid = label("io.kubernetes.pod.uid").or(self.pod_uid.take());
-        self.ecs_task = label("com.amazonaws.ecs.task-arn").or(self.ecs_task.take());
+        let path_alloc = self.nomad.as_ref().and_then(|n| n.alloc.clone());
+        let agrees = |label: Option<&String>, path: Option<&String>| match (label, path) {
+            (Some(l), Some(p)) => l.eq_ignore_ascii_case(p),
+            _ => true,
+        };
+        let pod_uid = label("io.kubernetes.pod.uid");
+        if path_alloc.is_none() && agrees(pod_uid.as_ref(), self.pod_uid.as_ref()) {
+            self.pod = self.pod.take().or(label("io.kubernetes.pod.name"));
+            self.namespace = self.namespace.take().or(label("io.kubernetes.pod.namespace"));
+            self.pod_uid = self.pod_uid.take().or(pod_uid);
+        }
+        // The ARN from the labels, when it ends in the path's task id.
+        let arn = label("com.amazonaws.ecs.task-arn")
+            .filter(|a| self.ecs_task.as_ref().is_none_or(|t| a.ends_with(&format!("/{t}"))));
+        self.ecs_task = arn.or(self.ecs_task.take());
         let alloc = label("com.hashicorp.nomad.alloc_id");
-        if alloc.is_some() || self.nomad.is_some() {
+        let nomad_ok = self.pod_uid.is_none() && agrees(alloc.as_ref(), path_alloc.as_ref());
+        if nomad_ok && (alloc.is_some() || self.nomad.is_some()) {
             let n = self.nomad.get_or_insert_with(Nomad::default);
-            n.alloc = alloc.or(n.alloc.take());
-            n.job = label("com.hashicorp.nomad.job_name").or(n.job.take());
-            n.group = label("com.hashicorp.nomad.task_group_name").or(n.group.take());
-            n.task = label("com.hashicorp.nomad.task_name").or(n.task.take());
+            n.alloc = n.alloc.take().or(alloc);
+            n.job = n.job.take().or(label("com.hashicorp.nomad.job_name"));
+            n.group = n.group.take().or(label("com.hashicorp.nomad.task_group_name"));
+            n.task = n.task.take().or(label("com.hashicorp.nomad.task_name"));
         }
     }
 
     /// Add what the API server says about the pod: its name, namespace and
     /// labels, and the container's name and image from the pod's status
-    /// where the runtime's API gave none (containerd and CRI-O nodes).
-    pub fn enrich_pod(&mut self, pod: &PodInfo) {
+    /// where the runtime's API gave none (containerd and CRI-O nodes). Only
+    /// when the pod's status lists this container's id: the key that found
+    /// the pod (a cgroup path's UID, a runtime label, a mirror annotation)
+    /// is not proof enough; the status is the kubelet's to write. False,
+    /// and nothing added, otherwise.
+    pub fn enrich_pod(&mut self, pod: &PodInfo) -> bool {
+        let Some(c) = self.id.as_deref().and_then(|id| pod.container(id)) else {
+            return false;
+        };
+        self.aws_identity = c.aws_identity.map(str::to_string);
+        if self.name.is_none() && !c.name.is_empty() {
+            self.name = Some(c.name.clone());
+        }
+        if self.image.is_none() && !c.image.is_empty() {
+            self.image = Some(c.image.clone());
+        }
         self.pod = Some(pod.name.clone()).filter(|n| !n.is_empty()).or(self.pod.take());
         self.namespace =
             Some(pod.namespace.clone()).filter(|n| !n.is_empty()).or(self.namespace.take());
         self.pod_uid = self.pod_uid.take().or_else(|| Some(pod.uid.clone()));
         self.labels = pod.labels.clone();
+        self.labels_dropped = pod.labels_dropped;
         self.service_account = pod.service_account.clone();
-        if let Some(c) = self.id.as_deref().and_then(|id| pod.container(id)) {
-            self.aws_identity = c.aws_identity.map(str::to_string);
-            if self.name.is_none() && !c.name.is_empty() {
-                self.name = Some(c.name.clone());
-            }
-            if self.image.is_none() && !c.image.is_empty() {
-                self.image = Some(c.image.clone());
-            }
-        }
+        true
     }
 
     /// Add what the Nomad API says about the allocation: job, task group,
@@ -335,13 +361,23 @@ impl Identities {
         Some(self.complete(c).container)
     }
 
-    /// The path's identity, with every answer the tables have now.
+    /// The path's identity, with every answer the tables have now; none
+    /// for a path in a delegated subtree (a rootless container's id is its
+    /// owner's to choose: the host's runtime and API server know another
+    /// container by it, if any).
     fn build(&self, cgroup_id: u64, path: &str) -> Cached {
-        self.complete(Container::from_path(cgroup_id, path))
+        let p = parse_cgroup_path(path);
+        if p.delegated {
+            let mut c = Container::from_parsed(cgroup_id, path, p);
+            c.bound();
+            return Cached { container: Arc::new(c), pending: false, retry_at: None };
+        }
+        self.complete(Container::from_parsed(cgroup_id, path, p))
     }
 
     /// `c` with every answer the tables have now.
     fn complete(&self, mut c: Container) -> Cached {
+        let path_pod_uid = c.pod_uid.clone();
         let mut pending = false;
         let mut retry_at: Option<Instant> = None;
         // What an answer leaves open: still pending, or failed until when.
@@ -359,10 +395,15 @@ impl Identities {
             note(a.is_pending(), a.retry_at());
         }
         // After the runtime's labels, which may name the pod UID.
+        let uid_from_path = path_pod_uid.is_some();
         if let (Some(t), Some(uid)) = (&self.pods, c.pod_uid.clone()) {
             let a = t.get(&uid);
             if let Answer::Found(pod) = &a {
-                c.enrich_pod(pod);
+                // A pod the runtime's labels named, whose status says
+                // otherwise: the labels were not the pod's.
+                if !c.enrich_pod(pod) && !uid_from_path {
+                    (c.pod, c.namespace, c.pod_uid) = (None, None, None);
+                }
             }
             note(a.is_pending(), a.retry_at());
         }
@@ -378,6 +419,8 @@ impl Identities {
             }
             note(a.is_pending(), a.retry_at());
         }
+        // Within budget::IDENTITY_BYTES, whatever the sources said.
+        c.bound();
         Cached { container: Arc::new(c), pending, retry_at }
     }
 }
@@ -451,6 +494,71 @@ mod tests {
             (Some("a1"), Some("web"), Some("g"), Some("t"))
         );
         assert_eq!(c.ecs_task.as_deref(), Some("arn:aws:ecs:task/1"));
+    }
+
+    #[test]
+    fn runtime_labels_never_name_another_pod_than_the_path() {
+        const VICTIM: &str = "7d1e0c3a-2b4f-4a6e-9c8d-1e2f3a4b5c6d";
+        let info = |labels: &[(&str, &str)]| ContainerInfo {
+            id: ID.into(),
+            name: "x".into(),
+            image: "evil:1".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let forged = info(&[
+            ("io.kubernetes.pod.uid", VICTIM),
+            ("io.kubernetes.pod.name", "victim"),
+            ("io.kubernetes.pod.namespace", "bank"),
+            ("com.hashicorp.nomad.alloc_id", ALLOC),
+            ("com.hashicorp.nomad.job_name", "victim-job"),
+        ]);
+        // In a pod's cgroup: the path's pod stays, no name from the labels,
+        // no Nomad allocation.
+        let mut c = Container::from_path(7, &kube_path());
+        c.enrich(&forged);
+        assert_eq!((c.pod_uid.as_deref(), c.pod.as_deref()), (Some(POD_UID), None));
+        assert!(c.nomad.is_none(), "{c:?}");
+        // Labels that agree with the path fill in its names.
+        let mut c = Container::from_path(7, &kube_path());
+        c.enrich(&info(&[("io.kubernetes.pod.uid", POD_UID), ("io.kubernetes.pod.name", "api")]));
+        assert_eq!((c.pod_uid.as_deref(), c.pod.as_deref()), (Some(POD_UID), Some("api")));
+        // In a Nomad task's cgroup: another allocation and any pod are not
+        // taken.
+        const OTHER: &str = "0a0b0c0d-1111-4222-8333-444455556666";
+        let mut c = Container::from_path(8, &format!("/nomad.slice/share.slice/{OTHER}.t.scope"));
+        c.enrich(&forged);
+        let n = c.nomad.clone().unwrap();
+        assert_eq!((n.alloc.as_deref(), n.job), (Some(OTHER), None));
+        assert_eq!((c.pod_uid, c.pod), (None, None));
+        // An ECS task ARN of another task than the path's.
+        let task = "529630467358463ab6bbba4e73afe704";
+        let mut c = Container::from_path(
+            9,
+            &format!("/ecstasks.slice/ecstasks-{task}.slice/docker-{ID}.scope"),
+        );
+        c.enrich(&info(&[("com.amazonaws.ecs.task-arn", "arn:aws:ecs:eu-west-1:1:task/c/ffff")]));
+        assert_eq!(c.ecs_task.as_deref(), Some(task));
+    }
+
+    #[test]
+    fn a_pod_names_a_container_only_when_its_status_lists_the_container() {
+        let mut other = pod();
+        other.containers[0].id = "f".repeat(64);
+        let mut c = Container::from_path(7, &kube_path());
+        assert!(!c.enrich_pod(&other));
+        assert_eq!((c.pod.as_deref(), c.labels.len()), (None, 0), "{c:?}");
+        assert!(c.enrich_pod(&pod()));
+        assert_eq!(c.pod.as_deref(), Some("api-7f9c"));
+        // No container id in the path (a pod-level cgroup): nothing to
+        // confirm, no names.
+        let mut c = Container::from_path(
+            7,
+            &format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+                POD_UID.replace('-', "_")
+            ),
+        );
+        assert!(!c.enrich_pod(&pod()));
     }
 
     // --- Identities with lookups --------------------------------------
@@ -540,6 +648,7 @@ mod tests {
             name: "api-7f9c".into(),
             namespace: "payments".into(),
             labels: std::collections::BTreeMap::from([("app".to_string(), "api".to_string())]),
+            labels_dropped: 0,
             containers: vec![pods::PodContainer {
                 id: ID.into(),
                 name: "api".into(),
@@ -623,6 +732,43 @@ mod tests {
         // container still name it) until the cgroup is looked up again.
         pods.remove(POD_UID);
         assert_eq!(ids.identify(kube_cg).unwrap().pod.as_deref(), Some("api-7f9c"));
+    }
+
+    #[tokio::test]
+    async fn forged_names_do_not_make_a_container_another_pods() {
+        // A user's delegated cgroup named after the pod, holding a
+        // container of the pod's id; and a kubepods container whose pod the
+        // table knows by a key whose status does not list it.
+        let user =
+            format!("/user.slice/user-1000.slice/user@1000.service/app.slice{}", kube_path());
+        let stranger = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{}.scope",
+            POD_UID.replace('-', "_"),
+            "e".repeat(64)
+        );
+        let (t, cgs) = tree(&[&user, &stranger, &kube_path()]);
+        let (mut ids, pods) = Identities::new(t.0.clone(), &[]).with_pod_table();
+        pods.found(POD_UID.into(), Arc::new(pod()));
+        let u = ids.identify(cgs[0]).unwrap();
+        assert_eq!((u.pod_uid.as_deref(), u.pod.as_deref()), (None, None), "{u:?}");
+        let s = ids.identify(cgs[1]).unwrap();
+        assert_eq!((s.pod.as_deref(), s.labels.len()), (None, 0), "{s:?}");
+        let k = ids.identify(cgs[2]).unwrap();
+        assert_eq!(k.pod.as_deref(), Some("api-7f9c"));
+    }
+
+    #[tokio::test]
+    async fn identities_stay_within_the_budget() {
+        let (t, cgs) = tree(&[&kube_path()]);
+        let (mut ids, pods) = Identities::new(t.0.clone(), &[]).with_pod_table();
+        let mut big = pod();
+        big.name = "p".repeat(100_000);
+        big.containers[0].image = "i".repeat(100_000);
+        big.labels = (0..20_000).map(|i| (format!("k{i:05}"), "v".repeat(60))).collect();
+        pods.found(POD_UID.into(), Arc::new(big));
+        let c = ids.identify(cgs[0]).unwrap();
+        assert!(c.footprint() <= crate::model::budget::IDENTITY_BYTES, "{}", c.footprint());
+        assert!(c.pod.as_deref().unwrap().ends_with('…'));
     }
 
     #[tokio::test]

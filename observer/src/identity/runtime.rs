@@ -74,6 +74,15 @@
 //! ECS containers are Docker containers, so their runtime is `docker` and the
 //! task is in [`PathIdentity::ecs_task`].
 //!
+//! Delegated subtrees: a user's systemd manager (`user@<uid>.service`,
+//! below `user.slice`) owns its subtree and may make any cgroup in it,
+//! `kubepods-...-pod<uid>.slice` or `nomad.slice/<alloc>.<task>.scope`
+//! included; so may an LXC container (`lxc.payload.<name>`). Below such a level, kubepods,
+//! Nomad and ECS levels are not read (the path names no pod, allocation or
+//! task), and a container id there (rootless Podman, rootless Docker) is
+//! not one the host's runtime socket or the API server can vouch for
+//! ([`PathIdentity::delegated`]).
+//!
 //! Host processes: systemd units (`/system.slice/<name>.service`,
 //! `/init.scope`), user sessions (`/user.slice/user-<uid>.slice/session-<n>.scope`)
 //! and the root cgroup `/` (systemd.special(7), "Control group hierarchy" in
@@ -122,6 +131,10 @@ pub struct PathIdentity {
     /// Not a container: a systemd service, a user session, the root cgroup.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host: bool,
+    /// Below a level delegated to a user, a VM or a system container (see
+    /// the module docs): what the path names there is its owner's making.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegated: bool,
 }
 
 impl PathIdentity {
@@ -185,9 +198,13 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
         }
         let parent = if i > 0 { Some(comps[i - 1]) } else { None };
         let mut workload = false;
+        if !kube && !nomad && is_delegation(c) {
+            out.delegated = true;
+        }
+        let own = !out.delegated;
 
         // Kubernetes levels.
-        if c == "kubepods" || (c.ends_with(".slice") && c.contains("kubepods")) {
+        if own && (c == "kubepods" || (c.ends_with(".slice") && c.contains("kubepods"))) {
             kube = true;
         }
         if kube {
@@ -203,7 +220,7 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
         }
 
         // Nomad.
-        if c == "nomad.slice" || (i == 0 && c == "nomad") {
+        if own && (c == "nomad.slice" || (i == 0 && c == "nomad")) {
             nomad = true;
         } else if nomad {
             if let Some((alloc, task)) = nomad_scope(c) {
@@ -217,7 +234,7 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
 
         // ECS task levels.
         if let Some(task) = c.strip_prefix("ecstasks-").and_then(|s| s.strip_suffix(".slice")) {
-            if is_task_id(task) {
+            if own && is_task_id(task) {
                 out.ecs_task = Some(task.to_owned());
                 workload = true;
             }
@@ -235,7 +252,7 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
         } else if let Some((slice, prefix, id)) = split3(c, ':') {
             // `<slice>:<prefix>:<id>` left unconverted (see module docs).
             if let Some(&(_, runtime)) = COLON_PREFIXES.iter().find(|(p, _)| *p == prefix) {
-                if let Some((qos, uid)) = kube_level(slice) {
+                if let Some((qos, uid)) = kube_level(slice).filter(|_| own) {
                     out.qos = qos.or(out.qos.take());
                     out.pod_uid = uid.or(out.pod_uid.take());
                 }
@@ -274,6 +291,12 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
         }
     }
     out
+}
+
+/// A level `c` of a path hands what is below it to someone other than
+/// the host's own managers (module docs, "Delegated subtrees").
+fn is_delegation(c: &str) -> bool {
+    (c.starts_with("user@") && c.ends_with(".service")) || c.starts_with("lxc.payload.")
 }
 
 /// A container (or its monitor) named by one path component: the runtime (if
@@ -419,7 +442,8 @@ mod tests {
     fn docker_rootless_systemd() {
         let p =
             format!("/user.slice/user-1000.slice/user@1000.service/user.slice/docker-{ID}.scope");
-        assert_eq!(parse_cgroup_path(&p), container("docker", ID));
+        let want = PathIdentity { delegated: true, ..container("docker", ID) };
+        assert_eq!(parse_cgroup_path(&p), want);
     }
 
     #[test]
@@ -548,6 +572,43 @@ mod tests {
     }
 
     #[test]
+    fn a_users_delegated_cgroup_names_no_pod_allocation_or_task() {
+        // A user's systemd manager owns its subtree: the user can make a
+        // cgroup named after any pod, allocation or ECS task.
+        let user = "/user.slice/user-1000.slice/user@1000.service/app.slice";
+        for inner in [
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_ESC}.slice/cri-containerd-{ID}.scope"
+            ),
+            format!("kubepods/burstable/pod{POD}/{ID}"),
+            format!("kubepods-burstable-pod{POD_ESC}.slice:cri-containerd:{ID}"),
+            format!("nomad.slice/share.slice/{ALLOC}.redis.scope"),
+            format!("ecstasks.slice/ecstasks-{ECS_TASK}.slice/docker-{ID}.scope"),
+        ] {
+            let got = parse_cgroup_path(&format!("{user}/{inner}"));
+            assert_eq!((got.pod_uid, got.nomad_alloc, got.ecs_task), (None, None, None), "{inner}");
+            assert!(got.delegated, "{inner}");
+        }
+        let got = parse_cgroup_path(&format!("/lxc.payload.c1/kubepods/burstable/pod{POD}/{ID}"));
+        assert_eq!(got.pod_uid, None);
+        assert!(got.delegated);
+        // The host's own kubepods, also below a plain level of the host's
+        // (kubelet --cgroup-root, the lab's own cgroup), are read.
+        for root in ["", "/kubelet.slice", "/imdslab1"] {
+            let got = parse_cgroup_path(&format!(
+                "{root}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_ESC}.slice/cri-containerd-{ID}.scope"
+            ));
+            assert_eq!(got.pod_uid.as_deref(), Some(POD), "{root}");
+            assert!(!got.delegated);
+        }
+        // Rootless containers keep their runtime and id (marked delegated:
+        // the host's runtime socket does not know them).
+        let got = parse_cgroup_path(&format!("{user}/docker-{ID}.scope"));
+        assert_eq!((got.runtime.as_deref(), got.id.as_deref()), (Some("docker"), Some(ID)));
+        assert!(got.delegated);
+    }
+
+    #[test]
     fn containerd_cgroupfs_with_systemd_style_parent() {
         // containerd with SystemdCgroup=false under a systemd-driver kubelet.
         let p = format!(
@@ -658,7 +719,8 @@ mod tests {
         assert_eq!(parse_cgroup_path(&p), container("podman", ID));
         let p =
             format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope");
-        assert_eq!(parse_cgroup_path(&p), container("podman", ID));
+        let want = PathIdentity { delegated: true, ..container("podman", ID) };
+        assert_eq!(parse_cgroup_path(&p), want);
     }
 
     // --- Nomad ----------------------------------------------------------
@@ -813,7 +875,8 @@ mod tests {
     fn unknown_paths_are_neither_host_nor_container() {
         for p in ["/process_api/2aa333298574e081c3dcd350025787e5", "/lxc.payload.web", "/custom"] {
             let got = parse_cgroup_path(p);
-            assert_eq!(got, PathIdentity::default(), "{p}");
+            let delegated = p.starts_with("/lxc.payload.");
+            assert_eq!(got, PathIdentity { delegated, ..Default::default() }, "{p}");
         }
     }
 

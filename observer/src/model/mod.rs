@@ -4,7 +4,7 @@
 //! Nothing here imports from another module of the crate.
 pub mod bounded;
 pub mod budget;
-mod container;
+pub mod container;
 mod endpoint;
 mod event;
 mod node;

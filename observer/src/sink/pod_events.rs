@@ -265,10 +265,14 @@ impl PodEvents {
     }
 
     /// Hand a finding over, never waiting. Kinds without an Event and
-    /// containers that name no pod UID are left out here already.
+    /// containers that name no pod UID are left out here already, as are
+    /// those no pod was attached to (`pod` absent: the pod's status has not
+    /// confirmed the container, `Container::enrich_pod`), so a key another
+    /// pod claims never puts an Event on that pod.
     pub fn finding(&self, f: &Finding) {
         let Some(reason) = reason(f.kind) else { return };
-        let Some(uid) = f.container.pod_uid.as_deref().filter(|u| !u.is_empty()) else {
+        let named = f.container.pod.is_some();
+        let Some(uid) = f.container.pod_uid.as_deref().filter(|u| named && !u.is_empty()) else {
             update(&self.stats, |s| s.not_a_pod += 1);
             return;
         };
@@ -857,11 +861,16 @@ mod tests {
             FindingKind::HopLimitExceeded,
             Some("0000aaaa-0000-4000-8000-000000000000"),
         ));
+        // A pod's UID with no pod attached: its status did not confirm the
+        // container (another pod's claim on the key, say).
+        let mut unconfirmed = finding(FindingKind::HopLimitExceeded, Some(UID));
+        unconfirmed.container.pod = None;
+        ev.finding(&unconfirmed);
         // Kinds without an Event are not even counted.
         ev.finding(&finding(FindingKind::Healthy, Some(UID)));
         ev.finding(&finding(FindingKind::HopLimitExceeded, Some(STATIC_UID)));
         until("the static pod's event", || ev.stats().sent == 1).await;
-        assert_eq!(ev.stats(), Stats { sent: 1, not_a_pod: 2, ..Default::default() });
+        assert_eq!(ev.stats(), Stats { sent: 1, not_a_pod: 3, ..Default::default() });
         let events = fake.events.lock().unwrap().clone();
         assert_eq!(events.len(), 1);
         let e = events.values().next().unwrap();

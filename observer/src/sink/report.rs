@@ -603,6 +603,45 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_with_a_mebibyte_of_labels_is_still_in_the_report_from_its_lines() {
+        // The pod's identity as `identify` carries it: bounded.
+        let mut pod = crate::model::Container {
+            pod: Some("labelled-7f9c".into()),
+            namespace: Some("payments".into()),
+            pod_uid: Some("0f4b2c7e-9a1d-4e3b-8c6a-5d2e1f0a9b8c".into()),
+            labels: (0..16_384).map(|i| (format!("k{i:05}"), "v".repeat(60))).collect(),
+            ..Default::default()
+        };
+        let unbounded = pod.clone();
+        pod.bound();
+        let stream = |who: &crate::model::Container| {
+            let mut text = String::new();
+            for mut e in hop_limit_failure() {
+                if e.cgroup_id.is_some() {
+                    let mut c = who.clone();
+                    (c.cgroup, c.cgroup_id) = (e.cgroup.clone(), e.cgroup_id);
+                    e.container = Some(c.into());
+                }
+                text.push_str(&serde_json::to_string(&e).unwrap());
+                text.push('\n');
+            }
+            text
+        };
+        let text = stream(&pod);
+        assert!(text.lines().all(|l| l.len() < 4096), "every line small");
+        let got = diagnose_stream(text.as_bytes()).unwrap();
+        assert_eq!(got.skipped, Skipped::default());
+        let hop = got.findings.iter().find(|f| f.kind == FindingKind::HopLimitExceeded).unwrap();
+        assert_eq!(hop.container.pod.as_deref(), Some("labelled-7f9c"));
+        assert!(render(&got.findings).contains("payments/labelled-7f9c"));
+        // What an unbounded identity did: every line over the limit,
+        // skipped, the pod absent from the report.
+        let text = stream(&unbounded);
+        let got = diagnose_stream(text.as_bytes()).unwrap();
+        assert!(got.findings.is_empty() && got.skipped.not_json > 0);
+    }
+
+    #[test]
     fn stream_of_several_nodes_keeps_them_apart() {
         let mut text = String::new();
         let mut a = Ctr::host("node-a").conn(1);

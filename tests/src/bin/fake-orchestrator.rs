@@ -15,10 +15,15 @@
 //!   for others (the Status an API server sends).
 //! - `GET /v1/allocation/<id>`: the configured allocation, 404 for others;
 //!   `X-Nomad-Token: <nomad_token>` is required (403 otherwise).
+//! - With `"docker_socket": PATH`, a fake Docker Engine API on that unix
+//!   socket: `GET /containers/<id>/json` (any version prefix) answers the
+//!   configured container whose `Id` it is (`{"Id", "Name", "Config":
+//!   {"Image", "Labels"}}`, as the Engine does), 404 for others. Logged as
+//!   `docker <target>`.
 //!
 //! `fake-orchestrator --config FILE --log FILE`; the config is JSON
 //! `{"pods": [<Pod>...], "nodes": [<Node>...], "allocs": [<Allocation>...], "kube_token": "...",
-//! "nomad_token": "...", "events_forbidden": false}`. Prints `ready <kube
+//! "nomad_token": "...", "events_forbidden": false, "docker_socket": "...", "containers": [...]}`. Prints `ready <kube
 //! port> <nomad port>` once listening, and appends each request's line and
 //! whether it carried the right credentials to the log file: `kube <target>
 //! authorized=<bool>` for pods, `events <METHOD> <path> status=<code>
@@ -26,8 +31,9 @@
 //! <target> authorized=<bool>`.
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
+    os::unix::net::{UnixListener, UnixStream},
     sync::{Arc, Mutex},
     thread,
     time::Duration,
@@ -39,6 +45,7 @@ struct Config {
     pods: Vec<Value>,
     nodes: Vec<Value>,
     allocs: Vec<Value>,
+    containers: Vec<Value>,
     kube_token: String,
     nomad_token: String,
     events_forbidden: bool,
@@ -68,6 +75,7 @@ fn main() {
         pods: raw["pods"].as_array().cloned().unwrap_or_default(),
         nodes: raw["nodes"].as_array().cloned().unwrap_or_default(),
         allocs: raw["allocs"].as_array().cloned().unwrap_or_default(),
+        containers: raw["containers"].as_array().cloned().unwrap_or_default(),
         kube_token: raw["kube_token"].as_str().unwrap_or_default().to_string(),
         nomad_token: raw["nomad_token"].as_str().unwrap_or_default().to_string(),
         events_forbidden: raw["events_forbidden"].as_bool().unwrap_or(false),
@@ -84,17 +92,51 @@ fn main() {
     let nomad = TcpListener::bind("127.0.0.1:0").expect("bind");
     println!("ready {} {}", kube.local_addr().unwrap().port(), nomad.local_addr().unwrap().port());
     std::io::stdout().flush().unwrap();
+    if let Some(path) = raw["docker_socket"].as_str() {
+        let _ = std::fs::remove_file(path);
+        let docker = UnixListener::bind(path).expect("bind the docker socket");
+        let c = cfg.clone();
+        thread::spawn(move || serve(docker.incoming(), c, docker_api));
+    }
     let c = cfg.clone();
-    thread::spawn(move || serve(kube, c, kube_api));
-    serve(nomad, cfg, nomad_api);
+    thread::spawn(move || serve(kube.incoming(), c, kube_api));
+    serve(nomad.incoming(), cfg, nomad_api);
 }
 
-fn serve(l: TcpListener, cfg: Arc<Config>, handler: fn(&Config, &Request, &mut TcpStream)) {
-    for s in l.incoming().flatten() {
+/// A connection either listener gives.
+trait Conn: Read + Write + Send + Sized + 'static {
+    fn clone_conn(&self) -> io::Result<Self>;
+    fn timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn clone_conn(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
+    }
+}
+
+impl Conn for UnixStream {
+    fn clone_conn(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
+    }
+}
+
+fn serve<S: Conn>(
+    incoming: impl Iterator<Item = io::Result<S>>,
+    cfg: Arc<Config>,
+    handler: fn(&Config, &Request, &mut S),
+) {
+    for s in incoming.flatten() {
         let cfg = cfg.clone();
         thread::spawn(move || {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-            let mut reader = BufReader::new(s.try_clone().expect("clone stream"));
+            let _ = s.timeout(Some(Duration::from_secs(10)));
+            let mut reader = BufReader::new(s.clone_conn().expect("clone stream"));
             let mut s = s;
             // Requests on a kept-alive connection, one after another.
             loop {
@@ -145,7 +187,7 @@ fn log(cfg: &Config, line: String) {
     let _ = writeln!(f, "{line}");
 }
 
-fn reply(s: &mut TcpStream, status: &str, body: &str) {
+fn reply(s: &mut impl Write, status: &str, body: &str) {
     let r = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -192,7 +234,7 @@ fn kube_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
         let _ = s.flush();
         // Nothing changes: hold the watch open until the observer leaves.
         let mut b = [0u8; 1];
-        let _ = s.set_read_timeout(None);
+        let _ = s.timeout(None);
         let _ = s.read(&mut b);
         return;
     }
@@ -270,5 +312,23 @@ fn nomad_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
     match cfg.allocs.iter().find(|a| a["ID"] == id) {
         Some(a) => reply(s, "200 OK", &a.to_string()),
         None => reply(s, "404 Not Found", "alloc not found"),
+    }
+}
+
+/// `GET [/v<version>]/containers/<id>/json`: the configured container.
+fn docker_api(cfg: &Config, req: &Request, s: &mut UnixStream) {
+    log(cfg, format!("docker {}", req.target));
+    let path = req.target.split('?').next().unwrap_or_default();
+    let id = path
+        .rsplit_once("/containers/")
+        .and_then(|(_, rest)| rest.strip_suffix("/json"))
+        .unwrap_or_default();
+    match cfg.containers.iter().find(|c| c["Id"] == id) {
+        Some(c) => reply(s, "200 OK", &c.to_string()),
+        None => reply(
+            s,
+            "404 Not Found",
+            &json!({"message": format!("No such container: {id}")}).to_string(),
+        ),
     }
 }
