@@ -128,6 +128,12 @@ impl NomadClient {
             server_name: non_empty("NOMAD_TLS_SERVER_NAME"),
             skip_verify: non_empty("NOMAD_SKIP_VERIFY").is_some_and(|v| parse_bool(&v)),
         };
+        if tls.skip_verify {
+            tracing::warn!(
+                addr = %addr,
+                "NOMAD_SKIP_VERIFY: the Nomad API's certificate is not checked; anything on the way can answer as Nomad and name allocations. For testing only: set NOMAD_CACERT instead"
+            );
+        }
         let mut c = Self::new(&addr, &tls)?.with_token(non_empty("NOMAD_TOKEN"));
         c.region = non_empty("NOMAD_REGION");
         Ok(Some(c))
@@ -907,6 +913,31 @@ mod tests {
         assert!(err.to_string().contains("TLS handshake failed"), "{err}");
         let c = https(port, &[("NOMAD_SKIP_VERIFY", "true".into())]).unwrap().unwrap();
         assert_eq!(c.allocation(ALLOC).await.unwrap(), Some(want()));
+    }
+
+    #[test]
+    fn skip_verify_is_said() {
+        #[derive(Clone, Default)]
+        struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let w = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || w.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            https(1, &[]).unwrap().unwrap();
+            assert!(log.0.lock().unwrap().is_empty(), "said without the variable");
+            https(1, &[("NOMAD_SKIP_VERIFY", "true".into())]).unwrap().unwrap();
+        });
+        let said = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(said.contains("WARN") && said.contains("NOMAD_SKIP_VERIFY"), "{said}");
     }
 
     #[tokio::test]
