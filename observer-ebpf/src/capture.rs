@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use observer_ebpf::{
     BUDGET_BURST, BUDGET_PER_SEC, Budget, BudgetKey, GLOBAL_BURST, GLOBAL_FLOWS, GLOBAL_MKDIR,
-    GLOBAL_PER_SEC, Hook, INBOUND_PAYLOAD, MAX_BUDGETS, MAX_ENDPOINTS, RING_BYTES, Record,
-    SNAP_LEN, WAKE_AT, flow_key_v4, flow_key_v6, interface_key, snap_len,
+    GLOBAL_PER_SEC, Hook, INBOUND_PAYLOAD, INTERFACE_BURST, INTERFACE_PER_SEC, MAX_BUDGETS,
+    MAX_ENDPOINTS, RING_BYTES, Record, SNAP_LEN, WAKE_AT, flow_key_v4, flow_key_v6, interface_key,
+    snap_len,
 };
 
 #[map]
@@ -92,6 +93,7 @@ pub fn admit_global(index: u32, now: u64) -> bool {
 pub fn admit(key: u64) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     if BUDGETS.get_ptr_mut(key).is_none() {
+        // Full; `take` caps it at the key's own burst.
         let fresh = Budget { tokens: BUDGET_BURST, refilled_ns: now, suppressed: 0 };
         let _ = BUDGETS.insert(key, fresh, 0);
     }
@@ -99,7 +101,12 @@ pub fn admit(key: u64) -> bool {
         return false;
     };
     let b = unsafe { &mut *b };
-    if !take(b, now, BUDGET_PER_SEC, BUDGET_BURST) {
+    let (per_sec, burst) = if BudgetKey::is_interface(key) {
+        (INTERFACE_PER_SEC, INTERFACE_BURST)
+    } else {
+        (BUDGET_PER_SEC, BUDGET_BURST)
+    };
+    if !take(b, now, per_sec, burst) {
         count_suppressed(b);
         return false;
     }

@@ -45,6 +45,13 @@ pub const MAX_ENDPOINTS: usize = 8;
 /// once; 50 such workloads fill under a tenth of the ring a second.
 pub const BUDGET_PER_SEC: u64 = 200;
 pub const BUDGET_BURST: u64 = 1000;
+/// An interface's budget (drops of what came in by it): a bridge carries
+/// many workloads, and interface indexes are per network namespace (a drop
+/// in another namespace, e.g. the endpoint's own in the lab, may share a
+/// number with one of the host's). Ten workloads' worth: interfaces cannot
+/// be forged, and a host has few.
+pub const INTERFACE_PER_SEC: u64 = 10 * BUDGET_PER_SEC;
+pub const INTERFACE_BURST: u64 = 10 * BUDGET_BURST;
 /// Every record whose budget is keyed by its flow, node-wide: new flows
 /// (forged addresses, a connect storm) each get a fresh flow budget, and
 /// this is what bounds them. Sized for 1,000 requests a second on the
@@ -102,7 +109,12 @@ impl BudgetKey {
     /// Whether the key is a flow's, which the packet alone names (and so
     /// the sender may forge): such records also take from `GLOBAL_FLOWS`.
     pub fn is_flow(key: u64) -> bool {
-        key & NOT_CGROUP != 0 && key & (INTERFACE | ADDRESS_V6) != INTERFACE
+        key & NOT_CGROUP != 0 && !Self::is_interface(key)
+    }
+
+    /// Whether the key is an interface's (`INTERFACE_PER_SEC`).
+    pub fn is_interface(key: u64) -> bool {
+        key & (NOT_CGROUP | INTERFACE | ADDRESS_V6) == NOT_CGROUP | INTERFACE
     }
 }
 

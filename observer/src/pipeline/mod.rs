@@ -602,6 +602,20 @@ mod tests {
         assert_eq!(key as u32, u32::from_ne_bytes([0, 0, 0, 2]));
         let ev = p.suppressed(Some(key), 1, ts);
         assert_eq!((ev.cgroup_id, ev.src, ev.iface), (None, None, None));
+        // Which budget the kernel gives each: a v6 fold with the interface
+        // bit set is still a flow's; a cgroup id is neither.
+        use observer_ebpf::BudgetKey;
+        let v6_with_bit_61 = flow_key_v6(&[1 << 29, 0, 0, 0], 0);
+        assert_ne!(v6_with_bit_61 & (1 << 61), 0);
+        for (key, flow, interface) in [
+            (interface_key(7), false, true),
+            (flow_key_v4(v4, 41000), true, false),
+            (key, true, false),
+            (v6_with_bit_61, true, false),
+            (42, false, false),
+        ] {
+            assert_eq!((BudgetKey::is_flow(key), BudgetKey::is_interface(key)), (flow, interface));
+        }
     }
 
     #[test]
