@@ -244,9 +244,17 @@ pub struct ReportArgs {
     #[arg(long, env = "IMDS_OBSERVER_JSON", value_parser = BoolishValueParser::new())]
     pub json: bool,
 
-    /// EC2 instance id to put in the fix command.
-    #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
-    pub instance_id: Option<String>,
+    /// EC2 instance id for a node's fix command: NODE=ID (repeat, or
+    /// comma-separated, one per node), or one bare ID for single-node input
+    /// only. Unset, a node's id comes from its name (i-...) or its
+    /// providerID, else the fix reads "$INSTANCE_ID" and says how to set it.
+    #[arg(
+        long,
+        value_name = "NODE=ID|ID",
+        env = "IMDS_OBSERVER_INSTANCE_ID",
+        value_delimiter = ','
+    )]
+    pub instance_id: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -259,9 +267,17 @@ pub struct TuiArgs {
     #[arg(long, value_name = "FILE|-", env = "IMDS_OBSERVER_FROM")]
     pub from: Option<String>,
 
-    /// EC2 instance id to put in the fix command.
-    #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
-    pub instance_id: Option<String>,
+    /// EC2 instance id for a node's fix command: NODE=ID (repeat, or
+    /// comma-separated, one per node), or one bare ID for single-node input
+    /// only. Unset, a node's id comes from its name (i-...) or its
+    /// providerID, else the fix reads "$INSTANCE_ID" and says how to set it.
+    #[arg(
+        long,
+        value_name = "NODE=ID|ID",
+        env = "IMDS_OBSERVER_INSTANCE_ID",
+        value_delimiter = ','
+    )]
+    pub instance_id: Vec<String>,
 }
 
 impl Cli {

@@ -762,6 +762,7 @@ fn every_field() -> Vec<Value> {
             karpenter: "k".into(),
             eks_node_group: "e".into(),
             hop_limit: 2,
+            get_instance_id: Some("g".into()),
             note: Some("n".into()),
             own_role: Some(OwnRole { pod_identity: "p".into(), irsa: "i".into() }),
         }),

@@ -293,10 +293,6 @@ fn deadline(duration: Option<f64>) -> Option<Instant> {
     duration.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)))
 }
 
-fn diagnoser(instance_id: Option<String>) -> Diagnoser {
-    Diagnoser::new(diagnose::Config { instance_id, ..Default::default() })
-}
-
 /// `run`'s loop: owns the Diagnoser, feeds it every event and the time,
 /// and hands each sink what it decided.
 pub struct Observe {
@@ -478,8 +474,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
 pub async fn report(args: ReportArgs) -> Result<u8> {
     let findings = match &args.from {
         Some(path) => {
-            let cfg =
-                diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
+            let cfg = diagnose::Config::default()
+                .with_instance_ids(&args.instance_id)
+                .map_err(anyhow::Error::msg)?;
             let name = if path == "-" { "stdin" } else { path.as_str() };
             let d = if path == "-" {
                 diagnose::replay::diagnose_stream_with(io::stdin().lock(), cfg)
@@ -524,7 +521,10 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
                     Ok(true)
                 }
             }
-            let mut c = Collect(diagnoser(args.instance_id.clone()));
+            let cfg = diagnose::Config::default()
+                .with_instance_ids(&args.instance_id)
+                .map_err(anyhow::Error::msg)?;
+            let mut c = Collect(Diagnoser::new(cfg));
             capture_loop(&args.capture, deadline(Some(secs)), &mut c).await?;
             c.0.settle();
             c.0.findings()
@@ -538,7 +538,10 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
         }
         lines.flush()?;
     } else {
-        io::Write::write_all(&mut out, report::render(&findings).as_bytes())?;
+        io::Write::write_all(
+            &mut out,
+            report::render_width(&findings, crate::sink::names::terminal_width()).as_bytes(),
+        )?;
     }
     Ok(report::exit_code(&findings))
 }

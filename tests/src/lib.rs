@@ -8,6 +8,8 @@
 //!
 //! Addresses: 198.18.0.0/15 (reserved for benchmarking, never routed) and
 //! fd00:18::/32; the metadata addresses exist only inside the cloud netns.
+pub mod fleet;
+
 use std::{
     fs,
     io::{BufRead, BufReader},

@@ -276,6 +276,8 @@ impl Diagnoser {
             }
         }
         self.nodes.insert(name.to_string(), NodeState::new(ts));
+        // A second node: the one bare instance id is no longer its own.
+        self.cfg.several_nodes |= self.nodes.len() > 1;
     }
 }
 
@@ -411,28 +413,35 @@ pub(super) fn node_view<'a>(
         hop_limit: node.hop_limit,
         lost_events: node.lost_events,
         tokens_required: node.tokens_required,
-        instance_id: instance_id(cfg, name, info),
+        instance_id: instance_id(cfg, name, info, !cfg.several_nodes),
         info,
     }
 }
 
-/// The instance id for a node's fix command: the flags, else the node's
-/// providerID, else its name when that is one.
+/// The instance id for a node's fix command, this node's own only: its
+/// `node=id` pair, else its name when that is one, else its providerID,
+/// else the one bare id, and that only while this is the only node (one
+/// id given for a merged stream would go into every node's fix).
 pub(super) fn instance_id<'a>(
     cfg: &'a Config,
     node: &'a str,
     info: Option<&'a NodeInfo>,
+    single_node: bool,
 ) -> Option<&'a str> {
     if let Some(id) = cfg.instance_ids.get(node) {
         return Some(id);
     }
-    if let Some(id) = &cfg.instance_id {
+    if let Some(id) = id_in_name(node) {
         return Some(id);
     }
     if let Some(id) = info.and_then(|i| i.instance_id.as_deref()) {
         return Some(id);
     }
-    // EKS/Karpenter resource-name host names: i-0123456789abcdef0.<region>...
+    cfg.instance_id.as_deref().filter(|_| single_node)
+}
+
+/// EKS/Karpenter resource-name host names: i-0123456789abcdef0.<region>...
+fn id_in_name(node: &str) -> Option<&str> {
     let first = node.split('.').next().unwrap_or(node);
     let hex = first.strip_prefix("i-")?;
     ((hex.len() == 8 || hex.len() == 17)

@@ -283,8 +283,22 @@ pub(super) fn build(
                 Some(p) => by_design_advice(node, p, c),
                 None => format!(" Raise the hop limit to {req}."),
             };
+            // The first finding comes as the reply dies: no time is lost
+            // yet, but the client's SDK waits out its timeout next.
+            let waited = if secs < 0.05 {
+                format!(
+                    "{} lost, and the SDK's timeout (often 1 s) is ahead before it retries or falls back",
+                    if ep.lost == 1 {
+                        "the client's attempt is"
+                    } else {
+                        "the client's attempts are"
+                    }
+                )
+            } else {
+                format!("the client lost {secs:.1} s waiting")
+            };
             format!(
-                "{} reached the host with {ttl} and {were} dropped on the way to {place}; the client lost {secs:.1} s waiting.{then}",
+                "{} reached the host with {ttl} and {were} dropped on the way to {place}; {waited}.{then}",
                 plural(ep.lost, "IMDSv2 token reply", "IMDSv2 token replies"),
             )
         }
@@ -305,7 +319,7 @@ pub(super) fn build(
             let then = if c.episode.is_some() {
                 let req = required(node, c);
                 let mut f = hop_fix(node, c, req);
-                let id = node.instance_id.unwrap_or("<instance-id>");
+                let id = super::instance_id_arg(node.instance_id);
                 f.note = Some(format!(
                     "once tokens get through, turn IMDSv1 off: aws ec2 modify-instance-metadata-options --instance-id {id} --http-tokens required"
                 ));

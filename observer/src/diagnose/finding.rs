@@ -238,6 +238,10 @@ pub struct Fix {
     pub eks_node_group: String,
     /// The hop limit every container of this node needs (at least).
     pub hop_limit: u8,
+    /// When the instance id is not known: the line to run on the node that
+    /// sets `INSTANCE_ID`, which `command` then reads (`"$INSTANCE_ID"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub get_instance_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// On a node that keeps pods from its role by design: the workload's
@@ -276,10 +280,24 @@ impl OwnRole {
     }
 }
 
+/// What a fix command says where the instance id is not known: a shell
+/// variable, quoted, that [`GET_INSTANCE_ID`] sets (a placeholder such as
+/// `<instance-id>` would be read by the shell as a redirection).
+pub const INSTANCE_ID_VAR: &str = "\"$INSTANCE_ID\"";
+
+/// One line, run on the node itself (0 hops: the hop limit does not stop
+/// it), that sets `INSTANCE_ID` from IMDSv2.
+pub const GET_INSTANCE_ID: &str = "INSTANCE_ID=$(TOKEN=$(curl -sX PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60'); curl -sH \"X-aws-ec2-metadata-token: $TOKEN\" http://169.254.169.254/latest/meta-data/instance-id)";
+
+/// The instance id as a fix command writes it: the id, else the variable.
+pub fn instance_id_arg(instance_id: Option<&str>) -> &str {
+    instance_id.unwrap_or(INSTANCE_ID_VAR)
+}
+
 impl Fix {
     /// The remediation for a hop limit of `required`.
     pub fn hop_limit(instance_id: Option<&str>, required: u8) -> Fix {
-        let id = instance_id.unwrap_or("<instance-id>");
+        let id = instance_id_arg(instance_id);
         Fix {
             command: format!(
                 "aws ec2 modify-instance-metadata-options --instance-id {id} \
@@ -295,6 +313,7 @@ impl Fix {
                  then roll the node group"
             ),
             hop_limit: required,
+            get_instance_id: instance_id.is_none().then(|| GET_INSTANCE_ID.to_string()),
             note: None,
             own_role: None,
         }

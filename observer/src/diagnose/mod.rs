@@ -42,8 +42,8 @@ use std::{
 
 #[allow(unused_imports)]
 pub use finding::{
-    Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix, Latency,
-    OwnRole, Requests,
+    Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix,
+    GET_INSTANCE_ID, INSTANCE_ID_VAR, Latency, OwnRole, Requests, instance_id_arg,
 };
 use state::{
     AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, MAX_DROP_REASONS,
@@ -87,11 +87,15 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The EC2 instance id for the fix command (the live observer's own
-    /// node). Per-node ids in `instance_ids` win; without either, an id found
-    /// in the node name (`i-0123...`) is used, else `<instance-id>`.
+    /// node), used only while one node is seen. A node's own id wins: its
+    /// pair in `instance_ids`, an id in its name (`i-0123...`), its
+    /// providerID; without any, the fix reads `"$INSTANCE_ID"`.
     pub instance_id: Option<String>,
     /// Node name → instance id, for streams merged from several nodes.
     pub instance_ids: HashMap<String, String>,
+    /// Set by the engine once a second node is seen: `instance_id` then
+    /// applies to none.
+    pub several_nodes: bool,
     /// Flows idle this long are evicted.
     pub flow_idle: Duration,
     /// Containers unseen this long are evicted (with their findings).
@@ -114,6 +118,7 @@ impl Default for Config {
         Self {
             instance_id: None,
             instance_ids: HashMap::new(),
+            several_nodes: false,
             flow_idle: Duration::from_secs(300),
             container_idle: Duration::from_secs(1800),
             connect_timeout: Duration::from_secs(1),
@@ -153,4 +158,26 @@ pub struct StateSize {
     pub flows: usize,
     pub exchanges: usize,
     pub attempts: usize,
+}
+
+impl Config {
+    /// `--instance-id` values: `node=id` pairs for their node, one bare id
+    /// for single-node input. More than one bare id is an error.
+    pub fn with_instance_ids(mut self, values: &[String]) -> Result<Self, String> {
+        for v in values {
+            match v.split_once('=') {
+                Some((node, id)) if !node.is_empty() && !id.is_empty() => {
+                    self.instance_ids.insert(node.to_string(), id.to_string());
+                }
+                Some(_) => return Err(format!("--instance-id {v:?}: expected NODE=ID or ID")),
+                None if self.instance_id.is_some() => {
+                    return Err(
+                        "--instance-id: one bare id only (for single-node input); use NODE=ID pairs for several nodes".into()
+                    );
+                }
+                None => self.instance_id = Some(v.clone()),
+            }
+        }
+        Ok(self)
+    }
 }

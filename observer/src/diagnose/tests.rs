@@ -435,7 +435,7 @@ fn hop_limit_failure_is_found_at_the_first_drop_with_evidence_timeline_and_fix()
     let fix = hop.fix.as_ref().expect("fix");
     assert_eq!(
         fix.command,
-        "aws ec2 modify-instance-metadata-options --instance-id <instance-id> --http-put-response-hop-limit 2 --http-endpoint enabled"
+        "aws ec2 modify-instance-metadata-options --instance-id \"$INSTANCE_ID\" --http-put-response-hop-limit 2 --http-endpoint enabled"
     );
     assert_eq!(fix.launch_template, "MetadataOptions.HttpPutResponseHopLimit = 2");
     assert_eq!(fix.karpenter, "EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: 2");

@@ -237,6 +237,16 @@ impl Container {
         .filter_map(Option::as_mut)
     }
 
+    /// The label views show (`report`, the TUI): `namespace/pod/container`
+    /// for a pod's container, else [`Container::label`]. The same string
+    /// everywhere, so a row in a ticket is found in the TUI.
+    pub fn workload_label(&self) -> String {
+        match (&self.namespace, &self.pod, self.name.as_deref().filter(|n| !n.is_empty())) {
+            (Some(ns), Some(pod), Some(name)) => format!("{ns}/{pod}/{name}"),
+            _ => self.label(),
+        }
+    }
+
     /// A short human label: name, pod, short id, else the cgroup path.
     pub fn label(&self) -> String {
         if let (Some(ns), Some(pod)) = (&self.namespace, &self.pod) {

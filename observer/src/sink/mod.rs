@@ -14,6 +14,7 @@ use crate::{
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod names;
 pub mod output;
 #[cfg(feature = "kubernetes")]
 pub mod pod_events;

@@ -92,6 +92,23 @@ pub fn note(f: &Finding) -> String {
         let _ = write!(s, "Container {name}: ");
     }
     s.push_str(f.summary.trim());
+    // A command that reads "$INSTANCE_ID" comes with the line that sets it,
+    // whole: the summary is cut rather than either (a cut command is not
+    // valid shell).
+    if let Some(fix @ Fix { own_role: None, get_instance_id: Some(get), .. }) = &f.fix {
+        let tail = format!(" Fix, on the node: {get}; {} (the running instance).", fix.command);
+        let room = NOTE_MAX.saturating_sub(tail.len());
+        let mut head = cut(s, room);
+        let rest = format!(
+            " Launch template: {}; Karpenter: {}; EKS node group: {}.",
+            fix.launch_template, fix.karpenter, fix.eks_node_group
+        );
+        head.push_str(&tail);
+        if head.len() + rest.len() <= NOTE_MAX {
+            head.push_str(&rest);
+        }
+        return head;
+    }
     match &f.fix {
         // The pod's own role first; the node's hop limit is the last resort.
         Some(fix @ Fix { own_role: Some(own), .. }) => {

@@ -3,8 +3,9 @@
 //! findings in diagnose/replay.rs.)
 use std::collections::BTreeMap;
 
+use super::names;
 use crate::{
-    diagnose::{Finding, Fix},
+    diagnose::{Finding, Fix, GET_INSTANCE_ID, INSTANCE_ID_VAR},
     model::bounded::plural,
 };
 
@@ -41,8 +42,8 @@ fn collapse_hex(s: &str) -> String {
     out
 }
 
-/// A container label that fits `max` columns: ids shortened, then leading
-/// path components elided.
+/// A container label that fits `max` columns: ids shortened, then a path's
+/// leading components elided, anything else cut in the middle (marked).
 pub fn shorten(label: &str, max: usize) -> String {
     let mut s = collapse_hex(label);
     if s.chars().count() <= max {
@@ -64,10 +65,10 @@ pub fn shorten(label: &str, max: usize) -> String {
         }
         tail = cand;
     }
-    if tail.is_empty() {
-        let chars: Vec<char> = s.chars().collect();
-        let keep = max.saturating_sub(1);
-        return format!("…{}", chars[chars.len() - keep..].iter().collect::<String>());
+    if tail.is_empty() || !s.starts_with('/') {
+        // Not a path (namespace/pod/container, a name): its start and its
+        // end both tell it apart; cut in the middle.
+        return names::cut_parts(&s, max);
     }
     format!("…/{tail}")
 }
@@ -171,12 +172,65 @@ struct Group<'a> {
     findings: Vec<&'a Finding>,
 }
 
-/// The report as plain text, readable at 100 columns: a table with one row
-/// per finding (container columns on its first row), then why, then the fix
-/// per node. Control characters from names (a label, a node name, a path
-/// read back from a stream) are written escaped, never sent to the terminal.
+/// Nodes whose fixes differ only in their instance ids, in one block:
+/// what is the same stated once, each node's command with its own id.
+struct FixGroup<'a> {
+    /// (node, its fix), in table order.
+    nodes: Vec<(&'a str, &'a Fix)>,
+    /// "node group ng-a", when the cluster said.
+    pool: Option<String>,
+    seen: String,
+}
+
+/// The pool a node belongs to, as the report names it.
+fn pool_of(findings: &[Finding], node: &str) -> Option<String> {
+    let info = findings.iter().find(|f| f.node == node)?.node_info.as_ref()?;
+    let word = match info.provisioner {
+        Some(crate::model::Provisioner::Karpenter) => "NodePool",
+        _ => "node group",
+    };
+    Some(format!("{word} {}", info.pool.as_deref()?))
+}
+
+/// What must match for two nodes' fixes to be one block: all but the id.
+fn fix_key(fix: &Fix, pool: &Option<String>, seen: &str) -> String {
+    let id = fix_id(fix);
+    let anon = |s: &str| match id {
+        Some(id) => s.replace(id, INSTANCE_ID_VAR),
+        None => s.to_string(),
+    };
+    format!(
+        "{pool:?}|{seen}|{}|{}|{}",
+        anon(&fix.command),
+        anon(fix.note.as_deref().unwrap_or("")),
+        fix.hop_limit
+    )
+}
+
+/// The instance id a fix command names, if it names one.
+fn fix_id(fix: &Fix) -> Option<&str> {
+    if fix.get_instance_id.is_some() {
+        return None;
+    }
+    let rest = fix.command.split_once("--instance-id ")?.1;
+    rest.split_whitespace().next()
+}
+
+/// The report as plain text, at most 100 columns wide (but for the one
+/// line that sets `INSTANCE_ID`, never broken). See [`render_width`].
 pub fn render(findings: &[Finding]) -> String {
-    escape_controls(&render_raw(findings))
+    render_width(findings, WIDTH)
+}
+
+/// The report as plain text in `width` columns (see
+/// `names::terminal_width`): a table with one row per finding (container
+/// columns on its first row), then why, then the fix per node, nodes with
+/// the same fix in one block. Names are cut in the middle with a mark, never
+/// so that two read alike; a domain all nodes share is said once. Control
+/// characters from names (a label, a node name, a path read back from a
+/// stream) are written escaped, never sent to the terminal.
+pub fn render_width(findings: &[Finding], width: usize) -> String {
+    escape_controls(&render_raw(findings, width.max(60)))
 }
 
 /// Every control character but the newline, escaped (`\u{1b}`).
@@ -194,7 +248,7 @@ fn escape_controls(text: &str) -> String {
         .collect()
 }
 
-fn render_raw(findings: &[Finding]) -> String {
+fn render_raw(findings: &[Finding], width: usize) -> String {
     if findings.is_empty() {
         return "No metadata traffic from any container was seen.\n".into();
     }
@@ -203,17 +257,31 @@ fn render_raw(findings: &[Finding]) -> String {
     let mut index: BTreeMap<(&str, Option<u64>, String), usize> = BTreeMap::new();
     let mut sorted: Vec<&Finding> = findings.iter().collect();
     sorted.sort_by(|a, b| {
-        (a.kind, &a.node, a.container.label()).cmp(&(b.kind, &b.node, b.container.label()))
+        (a.kind, &a.node, a.container.workload_label()).cmp(&(
+            b.kind,
+            &b.node,
+            b.container.workload_label(),
+        ))
     });
     for f in sorted {
-        let key = (f.node.as_str(), f.container.cgroup_id, f.container.label());
+        let key = (f.node.as_str(), f.container.cgroup_id, f.container.workload_label());
         let i = *index.entry(key).or_insert_with(|| {
-            groups.push(Group { node: &f.node, label: f.container.label(), findings: Vec::new() });
+            groups.push(Group {
+                node: &f.node,
+                label: f.container.workload_label(),
+                findings: Vec::new(),
+            });
             groups.len() - 1
         });
         groups[i].findings.push(f);
     }
     let multi_node = groups.iter().any(|g| g.node != groups[0].node);
+    let suffix = if multi_node {
+        names::common_suffix(groups.iter().map(|g| g.node))
+    } else {
+        String::new()
+    };
+    let short = |node: &str| names::strip(node, &suffix).to_string();
 
     // Per node: the hop limit seen, and one fix (the largest hop limit any
     // of its containers needs).
@@ -231,12 +299,29 @@ fn render_raw(findings: &[Finding]) -> String {
             }
         }
     }
+    let seen_of = |node: &str| limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
+    // Fix blocks, in table order: nodes alike but for their ids together
+    // (a node whose fix is a role of the workload's own stays alone).
+    let mut blocks: Vec<FixGroup> = Vec::new();
+    let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
     let mut fix_no: BTreeMap<&str, usize> = BTreeMap::new();
     for g in &groups {
-        if fixes.contains_key(g.node) && !fix_no.contains_key(g.node) {
-            let n = fix_no.len() + 1;
-            fix_no.insert(g.node, n);
+        let Some(&fix) = fixes.get(g.node) else { continue };
+        if fix_no.contains_key(g.node) {
+            continue;
         }
+        let pool = pool_of(findings, g.node);
+        let seen = seen_of(g.node);
+        let key = match fix.own_role {
+            Some(_) => format!("own|{}", g.node),
+            None => fix_key(fix, &pool, &seen),
+        };
+        let i = *by_key.entry(key).or_insert_with(|| {
+            blocks.push(FixGroup { nodes: Vec::new(), pool, seen });
+            blocks.len() - 1
+        });
+        blocks[i].nodes.push((g.node, fix));
+        fix_no.insert(g.node, i + 1);
     }
 
     // Cells.
@@ -246,7 +331,7 @@ fn render_raw(findings: &[Finding]) -> String {
             let first = i == 0;
             let mut row = Vec::new();
             if multi_node {
-                row.push(if first { g.node.to_string() } else { String::new() });
+                row.push(if first { short(g.node) } else { String::new() });
             }
             row.push(if first { g.label.clone() } else { String::new() });
             row.push(f.kind.to_string());
@@ -292,17 +377,27 @@ fn render_raw(findings: &[Finding]) -> String {
         }
     }
     if multi_node {
-        widths[0] = widths[0].min(24);
+        // A quarter of the width at most, but never so narrow that two
+        // nodes read alike.
+        let shown: Vec<String> = groups.iter().map(|g| short(g.node)).collect();
+        let want = widths[0].min((width / 4).max(12));
+        widths[0] =
+            names::distinct_width(shown.iter().map(String::as_str), want, names::cut_middle).max(4);
     }
     let others: usize =
         widths.iter().enumerate().filter(|(i, _)| *i != cont_col).map(|(_, w)| w + 2).sum();
-    let cont_max = WIDTH.saturating_sub(others).max(16);
+    let cont_max = width.saturating_sub(others).max(16);
     let cont_need = rows.iter().map(|r| r[cont_col].chars().count()).max().unwrap_or(0).max(9);
-    widths[cont_col] = cont_need.min(cont_max);
+    widths[cont_col] = names::distinct_width(
+        groups.iter().map(|g| g.label.as_str()),
+        cont_need.min(cont_max),
+        shorten,
+    )
+    .max(9);
     for row in rows.iter_mut() {
         row[cont_col] = shorten(&row[cont_col], widths[cont_col]);
         if multi_node {
-            row[0] = shorten(&row[0], widths[0]);
+            row[0] = names::cut_middle(&row[0], widths[0]);
         }
     }
 
@@ -310,12 +405,16 @@ fn render_raw(findings: &[Finding]) -> String {
     let bad = groups.iter().filter(|g| g.findings.iter().any(|f| !f.is_healthy())).count();
     let nodes: std::collections::BTreeSet<&str> = groups.iter().map(|g| g.node).collect();
     out.push_str(&format!(
-        "{} on {}: {} need{} attention.\n\n",
+        "{} on {}: {} need{} attention.\n",
         plural(groups.len() as u64, "container", "containers"),
         plural(nodes.len() as u64, "node", "nodes"),
         bad,
         if bad == 1 { "s" } else { "" },
     ));
+    if !suffix.is_empty() {
+        out.push_str(&format!("Node names below end in {suffix}\n"));
+    }
+    out.push('\n');
     let line = |cells: &[String]| {
         let mut s = String::new();
         for (i, cell) in cells.iter().enumerate() {
@@ -344,71 +443,122 @@ fn render_raw(findings: &[Finding]) -> String {
     // Why.
     out.push_str("\nWhy\n");
     for g in &groups {
-        let who = if multi_node { format!("{} {}", g.node, g.label) } else { g.label.clone() };
-        out.push_str(&format!("  {}\n", shorten(&who, WIDTH - 2)));
+        let who =
+            if multi_node { format!("{} {}", short(g.node), g.label) } else { g.label.clone() };
+        out.push_str(&format!("  {}\n", shorten(&who, width - 2)));
         for f in &g.findings {
-            out.push_str(&wrap(&format!("{}: {}", f.kind, f.summary), WIDTH, "    "));
+            out.push_str(&wrap(&format!("{}: {}", f.kind, f.summary), width, "    "));
         }
     }
 
-    // Fix, per node.
-    if !fix_no.is_empty() {
+    // Fix, per block of nodes.
+    if !blocks.is_empty() {
         out.push_str("\nFix\n");
-        let mut numbered: Vec<(&str, usize)> = fix_no.iter().map(|(k, v)| (*k, *v)).collect();
-        numbered.sort_by_key(|(_, n)| *n);
-        for (node, n) in numbered {
-            let fix = fixes[node];
-            let seen = limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
-            if fix.own_role.is_some() {
-                // Hop limit 1 is this node's design: each workload's own
-                // role, and the node's hop limit only as the last resort.
-                out.push_str(&format!(
-                    "  [{n}] {node}: hop limit {seen} keeps pods from the node's role by design; give each workload a role of its own\n"
-                ));
-                for f in findings.iter().filter(|f| f.node == node) {
-                    let Some(own) = f.fix.as_ref().and_then(|x| x.own_role.as_ref()) else {
-                        continue;
-                    };
-                    out.push_str(&wrap(&f.container.label(), WIDTH, "      "));
-                    out.push_str(&wrap("EKS Pod Identity:", WIDTH, "        "));
-                    out.push_str(&wrap_command(&own.pod_identity, WIDTH, "          "));
-                    out.push_str(&wrap("or IRSA:", WIDTH, "        "));
-                    out.push_str(&wrap_command(&own.irsa, WIDTH, "          "));
-                }
-                if let Some(note) = &fix.note {
-                    out.push_str(&wrap(&format!("only as a {note}"), WIDTH, "      "));
-                }
-                continue;
+    }
+    for (i, b) in blocks.iter().enumerate() {
+        let n = i + 1;
+        let (node, fix) = b.nodes[0];
+        let seen = &b.seen;
+        if fix.own_role.is_some() {
+            // Hop limit 1 is this node's design: each workload's own
+            // role, and the node's hop limit only as the last resort.
+            let node = short(node);
+            out.push_str(&wrap(
+                &format!(
+                    "[{n}] {node}: hop limit {seen} keeps pods from the node's role by design; give each workload a role of its own"
+                ),
+                width,
+                "  ",
+            ));
+            for f in findings.iter().filter(|f| f.node == b.nodes[0].0) {
+                let Some(own) = f.fix.as_ref().and_then(|x| x.own_role.as_ref()) else {
+                    continue;
+                };
+                out.push_str(&wrap(&f.container.workload_label(), width, "      "));
+                out.push_str(&wrap("EKS Pod Identity:", width, "        "));
+                out.push_str(&wrap_command(&own.pod_identity, width, "          "));
+                out.push_str(&wrap("or IRSA:", width, "        "));
+                out.push_str(&wrap_command(&own.irsa, width, "          "));
             }
-            out.push_str(&format!(
-                "  [{n}] {node}: hop limit seen {seen}, its containers need {}\n",
+            if let Some(note) = &fix.note {
+                out.push_str(&wrap(&format!("only as a {note}"), width, "      "));
+            }
+            continue;
+        }
+        let many = b.nodes.len() > 1;
+        let who = match (many, &b.pool) {
+            (true, Some(pool)) => {
+                format!("{} of {pool}", plural(b.nodes.len() as u64, "node", "nodes"))
+            }
+            (true, None) => plural(b.nodes.len() as u64, "node", "nodes"),
+            (false, Some(pool)) => format!("{} ({pool})", short(node)),
+            (false, None) => short(node),
+        };
+        out.push_str(&wrap(
+            &format!(
+                "[{n}] {who}: hop limit seen {seen}, {} containers need {}",
+                if many { "their" } else { "its" },
                 fix.hop_limit
-            ));
-            out.push_str("      running instance:\n");
-            out.push_str(&wrap_command(&fix.command, WIDTH, "        "));
+            ),
+            width,
+            "  ",
+        ));
+        out.push_str(if many {
+            "      running instances, each node's own command:\n"
+        } else {
+            "      running instance:\n"
+        });
+        let (known, unknown): (Vec<_>, Vec<_>) =
+            b.nodes.iter().partition(|(_, f)| f.get_instance_id.is_none());
+        for (node, f) in &known {
+            if many {
+                out.push_str(&format!("        # {}\n", short(node)));
+            }
+            out.push_str(&wrap_command(&f.command, width, "        "));
+        }
+        if let Some((_, f)) = unknown.first() {
+            let on = match (many, unknown.len()) {
+                (false, _) => "on the node".to_string(),
+                (true, 1) => format!("on {}", short(unknown[0].0)),
+                (true, _) => format!(
+                    "on each of {}",
+                    unknown.iter().map(|(n, _)| short(n)).collect::<Vec<_>>().join(", ")
+                ),
+            };
             out.push_str(&wrap(
-                &format!("launch template: {}", fix.launch_template),
-                WIDTH,
-                "      ",
+                &format!("{on}, where its instance id is not known here:"),
+                width,
+                "        ",
             ));
-            out.push_str(&wrap(&format!("Karpenter: {}", fix.karpenter), WIDTH, "      "));
-            out.push_str(&wrap(
-                &format!("EKS node group: {}", fix.eks_node_group),
-                WIDTH,
-                "      ",
+            // Never broken: a `\` inside its quotes would change it.
+            out.push_str(&format!(
+                "        {}\n",
+                f.get_instance_id.as_deref().unwrap_or(GET_INSTANCE_ID)
             ));
-            if let Some(note) = findings
-                .iter()
-                .filter(|f| f.node == node)
-                .find_map(|f| f.fix.as_ref()?.note.as_ref())
-            {
-                match note.split_once(": aws ") {
-                    Some((text, cmd)) => {
-                        out.push_str(&wrap(&format!("then, {text}:"), WIDTH, "      "));
-                        out.push_str(&wrap_command(&format!("aws {cmd}"), WIDTH, "        "));
-                    }
-                    None => out.push_str(&wrap(&format!("then, {note}"), WIDTH, "      ")),
+            out.push_str(&wrap_command(&f.command, width, "        "));
+        }
+        out.push_str(&wrap(&format!("launch template: {}", fix.launch_template), width, "      "));
+        out.push_str(&wrap(&format!("Karpenter: {}", fix.karpenter), width, "      "));
+        out.push_str(&wrap(&format!("EKS node group: {}", fix.eks_node_group), width, "      "));
+        let note =
+            findings.iter().filter(|f| f.node == node).find_map(|f| f.fix.as_ref()?.note.as_ref());
+        if let Some(note) = note {
+            // A block's note names its first node's id: each node's own.
+            let note = match (many, fix_id(fix)) {
+                (true, Some(id)) => note.replace(id, INSTANCE_ID_VAR),
+                _ => note.clone(),
+            };
+            match note.split_once(": aws ") {
+                Some((text, cmd)) => {
+                    let each = if many && note.contains(INSTANCE_ID_VAR) {
+                        " (INSTANCE_ID: each node's id above)"
+                    } else {
+                        ""
+                    };
+                    out.push_str(&wrap(&format!("then, {text}{each}:"), width, "      "));
+                    out.push_str(&wrap_command(&format!("aws {cmd}"), width, "        "));
                 }
+                None => out.push_str(&wrap(&format!("then, {note}"), width, "      ")),
             }
         }
     }
@@ -456,7 +606,7 @@ mod tests {
     fn table_fits_100_columns_with_fix_and_why() {
         let f = scenario();
         let text = render(&f);
-        for l in text.lines() {
+        for l in text.lines().filter(|l| !l.trim_start().starts_with("INSTANCE_ID=")) {
             assert!(l.chars().count() <= WIDTH, "too wide ({}): {l}", l.chars().count());
         }
         let lines: Vec<&str> = text.lines().collect();
@@ -497,7 +647,7 @@ mod tests {
         );
         // The command can be pasted into a shell.
         assert!(text.contains(
-            "        aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\\n            --http-put-response-hop-limit 2 --http-endpoint enabled\n"
+            "        aws ec2 modify-instance-metadata-options --instance-id \"$INSTANCE_ID\" \\\n            --http-put-response-hop-limit 2 --http-endpoint enabled\n"
         ), "{text}");
         assert!(
             text.contains(

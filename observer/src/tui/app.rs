@@ -101,8 +101,8 @@ pub struct NodeInfo {
 pub struct Row {
     pub node: usize,
     pub cgroup_id: u64,
-    /// Its name, else its short id, else `Container::label()` (the cgroup
-    /// path).
+    /// `Container::workload_label()`: namespace/pod/container, else its
+    /// name, short id or cgroup path (the report's label).
     pub label: String,
     /// docker, containerd, ..., "host"; empty when unknown.
     pub runtime: String,
@@ -739,11 +739,8 @@ impl App {
 /// Who the row is (names can be learned after the first event); widens the
 /// runtime and workload columns as needed.
 fn read_identity(row: &mut Row, c: &Container, widths: &mut (usize, usize)) {
-    let label = match (&c.name, &c.id) {
-        (Some(n), _) => n.clone(),
-        (None, Some(id)) => id.chars().take(12).collect(),
-        _ => c.label(),
-    };
+    // The report's label, so a row in a ticket is found here.
+    let label = c.workload_label();
     let runtime =
         c.runtime.clone().unwrap_or_else(|| if c.host { "host".into() } else { String::new() });
     let workload = workload(c);

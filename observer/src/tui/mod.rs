@@ -50,7 +50,9 @@ pub async fn main(args: TuiArgs) -> Result<()> {
     }
     // Opened first: a preflight error prints as usual.
     let source = Source::open(&args)?;
-    let cfg = diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
+    let cfg = diagnose::Config::default()
+        .with_instance_ids(&args.instance_id)
+        .map_err(anyhow::Error::msg)?;
     let mut app = App::new(cfg, if source.live { Mode::Live } else { Mode::Stream }, &source.label);
     app.no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     if source.live {

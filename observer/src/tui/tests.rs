@@ -182,20 +182,23 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
     // What to do: the command whole, broken with `\` so that it pastes.
     let fix = find(&l, "FIX: raise the hop limit to 2");
     assert_eq!(l[fix + 1], "  on the running instance:");
+    // No id known here: the line that sets it, then the command reading it.
+    assert_eq!(l[fix + 2], "  on the node, where its instance id is not known here:");
+    assert!(l[fix + 3].starts_with("    INSTANCE_ID=$("), "{}", l[fix + 3]);
     assert_eq!(
-        l[fix + 2],
-        "    aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\"
+        l[fix + 4],
+        "    aws ec2 modify-instance-metadata-options --instance-id \"$INSTANCE_ID\" \\"
     );
-    assert_eq!(l[fix + 3], "        --http-put-response-hop-limit 2 --http-endpoint enabled");
-    assert_eq!(l[fix + 4], "  launch template: MetadataOptions.HttpPutResponseHopLimit = 2");
+    assert_eq!(l[fix + 5], "        --http-put-response-hop-limit 2 --http-endpoint enabled");
+    assert_eq!(l[fix + 6], "  launch template: MetadataOptions.HttpPutResponseHopLimit = 2");
     assert_eq!(
-        l[fix + 5],
+        l[fix + 7],
         "  Karpenter: EC2NodeClass spec.metadataOptions.httpPutResponseHopLimit: 2"
     );
     let then = find(&l, "then, once tokens get through, turn IMDSv1 off:");
     assert_eq!(
         l[then + 1],
-        "    aws ec2 modify-instance-metadata-options --instance-id <instance-id> --http-tokens required"
+        "    aws ec2 modify-instance-metadata-options --instance-id \"$INSTANCE_ID\" --http-tokens required"
     );
 
     // Evidence and the timeline are below: scroll to the end.
@@ -263,7 +266,8 @@ fn fix_command_is_never_cut_at_80_columns() {
         assert!(a.detail_scroll < 30, "no FIX line:\n{}", dump(&l));
     }
     let mut cmd = String::new();
-    for line in &l[5..] {
+    let start = l.iter().position(|x| x.trim_start().starts_with("aws ec2")).expect("command");
+    for line in &l[start..] {
         let t = line.trim();
         cmd.push_str(t.trim_end_matches('\\').trim());
         cmd.push(' ');
@@ -272,7 +276,10 @@ fn fix_command_is_never_cut_at_80_columns() {
         }
     }
     assert_eq!(cmd.trim(), want);
-    assert_eq!(l[5], "    aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\");
+    assert_eq!(
+        l[start],
+        "    aws ec2 modify-instance-metadata-options --instance-id \"$INSTANCE_ID\" \\"
+    );
 }
 
 #[test]
@@ -749,7 +756,8 @@ fn identity_fills_runtime_and_pod_columns_and_is_learned_late() {
     );
     assert_eq!(
         words(&l[6])[..5],
-        ["▶", "web", "containerd", "shop/web-7d9c4", "3"],
+        // The report's label: namespace/pod/container.
+        ["▶", "shop/web-7d9c4/web", "containerd", "shop/web-7d9c4", "3"],
         "{}",
         dump(&l)
     );
@@ -763,12 +771,16 @@ fn identity_fills_runtime_and_pod_columns_and_is_learned_late() {
         a.editing = Some(needle.into());
         a.handle(Action::Open);
         let (_, l) = screen(&mut a, 100, 30);
-        assert!(l[6].starts_with("▶ web ") && l[7].is_empty(), "{needle}:\n{}", dump(&l));
+        assert!(
+            l[6].starts_with("▶ shop/web-7d9c4/web ") && l[7].is_empty(),
+            "{needle}:\n{}",
+            dump(&l)
+        );
     }
     a.handle(Action::Back);
     a.handle(Action::Open);
     let (_, l) = screen(&mut a, 100, 30);
-    assert_eq!(l[3], "web");
+    assert_eq!(l[3], "shop/web-7d9c4/web");
     assert_eq!(l[4], "runtime containerd · workload shop/web-7d9c4 · image shop/web:1.27");
     assert_eq!(l[5], "id 3f2a9c1b7d4e5f60718293a4b5c6d7e8f90123456789abcdef0123456789abcd");
     assert_eq!(l[6], format!("cgroup {}", Ctr::podman().path));

@@ -19,7 +19,10 @@ use super::{
 };
 use crate::{
     diagnose::{Attempt, ContainerView, Evidence, Finding, FindingKind, Fix},
-    sink::report::{self, shorten},
+    sink::{
+        names,
+        report::{self, shorten},
+    },
 };
 
 /// Narrower than this, the container column drops other columns.
@@ -164,6 +167,10 @@ fn render_header(f: &mut Frame, area: Rect, app: &App, t: Theme) {
                 *by_limit.entry(d.hop_limit(&n.name)).or_insert(0u64) += 1;
             }
             let mut spans = vec![Span::raw(format!("{} nodes", nodes.len()))];
+            let suffix = node_suffix(app);
+            if !suffix.is_empty() {
+                spans.push(Span::raw(format!(" (names end in {suffix})")));
+            }
             for (l, c) in by_limit {
                 let what =
                     l.map_or("hop limit not seen yet".to_string(), |l| format!("hop limit {l}"));
@@ -310,8 +317,13 @@ impl Col {
 fn columns(app: &App, width: u16) -> Vec<(Col, u16)> {
     let mut cols = Vec::new();
     if app.multi_node() {
-        let w = app.nodes().iter().map(|n| n.name.chars().count()).max().unwrap_or(4).clamp(4, 20)
-            as u16;
+        // Names without the domain they all share (the header says it),
+        // a quarter of the frame at most, never so narrow two read alike.
+        let suffix = node_suffix(app);
+        let shown: Vec<&str> = app.nodes().iter().map(|n| names::strip(&n.name, &suffix)).collect();
+        let need = shown.iter().map(|n| n.chars().count()).max().unwrap_or(4);
+        let want = need.min((width as usize / 4).max(12));
+        let w = names::distinct_width(shown.iter().copied(), want, names::cut_middle).max(4) as u16;
         cols.push((Col::Node, w));
         cols.push((Col::Limit, 5));
     }
@@ -354,6 +366,14 @@ fn columns(app: &App, width: u16) -> Vec<(Col, u16)> {
             }
         }
     }
+}
+
+/// The domain every node's name ends in (the fleet header states it once).
+fn node_suffix(app: &App) -> String {
+    if !app.multi_node() {
+        return String::new();
+    }
+    names::common_suffix(app.nodes().iter().map(|n| n.name.as_str()))
 }
 
 fn set_width(cols: &mut [(Col, u16)], which: Col, w: u16) {
@@ -430,7 +450,9 @@ fn table_row<'a>(
     let limit = app.diagnoser().hop_limit(node);
     let cells = cols.iter().map(|&(c, w)| {
         let (text, style) = match c {
-            Col::Node => (shorten(node, w as usize), Style::new()),
+            Col::Node => {
+                (names::cut_middle(names::strip(node, &node_suffix(app)), w as usize), Style::new())
+            }
             Col::Limit => (opt(limit), t.bold()),
             Col::Container => (shorten(&r.label, w as usize), Style::new()),
             Col::Runtime => (or_dash(&r.runtime, w), Style::new()),
@@ -606,6 +628,12 @@ fn fix_lines(fix: &Fix, findings: &[Finding], width: usize, t: Theme) -> Vec<Lin
     let mut out =
         vec![Line::styled(format!("FIX: raise the hop limit to {}", fix.hop_limit), t.bold())];
     out.push(Line::raw("  on the running instance:"));
+    if let Some(get) = &fix.get_instance_id {
+        // Its id is not known here: the line that sets INSTANCE_ID, run on
+        // the node, whole (a break inside its quotes would change it).
+        out.push(Line::raw("  on the node, where its instance id is not known here:"));
+        out.push(Line::styled(format!("    {get}"), t.fg(Color::Green)));
+    }
     for l in report::command_lines(&fix.command, width.saturating_sub(4)) {
         out.push(Line::styled(format!("    {l}"), t.fg(Color::Green)));
     }
