@@ -10,9 +10,32 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(imds_observer::cli::log_colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let cli = imds_observer::cli::Cli::parse_env();
+    // Generated from the command definition; no runtime needed.
+    match &cli.command {
+        imds_observer::cli::Command::Completions { shell } => {
+            imds_observer::cli::completions(*shell, &mut std::io::stdout().lock());
+            return std::process::ExitCode::SUCCESS;
+        }
+        imds_observer::cli::Command::Man { command } => {
+            return match imds_observer::cli::man_page(
+                command.as_deref(),
+                &mut std::io::stdout().lock(),
+            ) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("imds-observer: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
+        _ => {}
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -27,6 +50,10 @@ fn main() -> std::process::ExitCode {
         imds_observer::cli::Command::Report(args) => rt.block_on(imds_observer::run::report(args)),
         imds_observer::cli::Command::Tui(args) => {
             rt.block_on(imds_observer::tui::main(args)).map(|()| 0)
+        }
+        imds_observer::cli::Command::Completions { .. }
+        | imds_observer::cli::Command::Man { .. } => {
+            unreachable!("handled above")
         }
     };
     match result {

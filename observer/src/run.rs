@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::sink::pod_events;
 use crate::{
     capture::{self, Capture, preflight, uplinks},
-    cli::{CaptureArgs, EventLevel, ReportArgs, RunArgs},
+    cli::{self, CaptureArgs, EventLevel, ReportArgs, RunArgs},
     diagnose::{self, Diagnoser},
     identity::{Identities, cgroup, docker},
     model::{Endpoint, Event, Kind},
@@ -481,6 +481,9 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
             let cfg =
                 diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
             let name = if path == "-" { "stdin" } else { path.as_str() };
+            if path == "-" && io::IsTerminal::is_terminal(&io::stdin()) {
+                bail!(cli::refuse_terminal_stdin("report"));
+            }
             let d = if path == "-" {
                 diagnose::replay::diagnose_stream_with(io::stdin().lock(), cfg)
             } else {
@@ -530,15 +533,23 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
             c.0.findings()
         }
     };
-    let mut out = io::stdout().lock();
-    if args.json {
-        let mut lines = JsonLines::new(&mut out);
-        for f in &findings {
-            lines.write(f)?;
+    let written = (|| -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if args.json_output() {
+            let mut lines = JsonLines::new(&mut out);
+            for f in &findings {
+                lines.write(f)?;
+            }
+            lines.flush()
+        } else {
+            io::Write::write_all(&mut out, report::render(&findings).as_bytes())?;
+            io::Write::flush(&mut out)
         }
-        lines.flush()?;
-    } else {
-        io::Write::write_all(&mut out, report::render(&findings).as_bytes())?;
+    })();
+    // `report | head`: the reader has what it wanted; the verdict stands.
+    match written {
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => {}
+        r => r?,
     }
     Ok(report::exit_code(&findings))
 }

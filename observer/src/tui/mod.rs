@@ -48,6 +48,10 @@ pub async fn main(args: TuiArgs) -> Result<()> {
     if !io::stdout().is_terminal() {
         bail!("the TUI needs a terminal; for text, use `imds-observer report`");
     }
+    // The terminal is the key reader's: an event stream cannot come from it.
+    if args.from.as_deref() == Some("-") && io::stdin().is_terminal() {
+        bail!(crate::cli::refuse_terminal_stdin("tui"));
+    }
     // Opened first: a preflight error prints as usual.
     let source = Source::open(&args)?;
     let cfg = diagnose::Config { instance_id: args.instance_id.clone(), ..Default::default() };
