@@ -115,6 +115,11 @@ async fn run(
                         if !app.handle(a) {
                             return Ok(());
                         }
+                        if let Some(text) = app.clipboard.take() {
+                            let mut out = io::stdout().lock();
+                            out.write_all(input::osc52(&text).as_bytes())?;
+                            out.flush()?;
+                        }
                     }
                 }
                 redraw = true;
