@@ -286,9 +286,60 @@ pub struct ReportArgs {
     #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, alias = "format")]
     pub output: Option<OutputFormat>,
 
+    #[command(flatten)]
+    pub only: Only,
+
     /// EC2 instance id to put in the fix command.
     #[arg(long, value_name = "ID", env = "IMDS_OBSERVER_INSTANCE_ID")]
     pub instance_id: Option<String>,
+}
+
+/// `report --node/--namespace/--pod`: which findings to report (and judge
+/// by). Within a flag any value matches; all flags given must match.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Only {
+    /// Only the containers of these nodes (repeatable, or commas).
+    #[arg(long = "node", value_name = "NAME", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+
+    /// Only the containers of pods in these namespaces (repeatable, or
+    /// commas), as kubectl's -n.
+    #[arg(short = 'n', long = "namespace", value_name = "NS", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Only the containers of pods whose name is, or starts with, one of
+    /// these (repeatable, or commas): `--pod api` takes api-7d9f8c-x2x4q.
+    #[arg(long = "pod", value_name = "NAME", value_delimiter = ',')]
+    pub pods: Vec<String>,
+}
+
+impl Only {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.namespaces.is_empty() && self.pods.is_empty()
+    }
+
+    /// Whether a container of `node` is one asked for.
+    pub fn keeps(&self, node: &str, c: &crate::model::Container) -> bool {
+        let any = |want: &[String], have: Option<&str>, prefix: bool| {
+            want.is_empty()
+                || have.is_some_and(|h| {
+                    want.iter().any(|w| h == w || (prefix && h.starts_with(w.as_str())))
+                })
+        };
+        any(&self.nodes, Some(node), false)
+            && any(&self.namespaces, c.namespace.as_deref(), false)
+            && any(&self.pods, c.pod.as_deref(), true)
+    }
+
+    /// "--node a --pod api", as typed.
+    pub fn describe(&self) -> String {
+        [("--node", &self.nodes), ("--namespace", &self.namespaces), ("--pod", &self.pods)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(f, v)| format!("{f} {}", v.join(",")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// `report -o`.
@@ -715,6 +766,26 @@ mod tests {
             m.contains("| imds-observer tui --from -") && m.contains("--from node.jsonl"),
             "{m}"
         );
+    }
+
+    /// #26 item 10: kubectl-like filters on report.
+    #[test]
+    fn only_keeps_what_was_asked_for() {
+        let c = |ns: &str, pod: &str| crate::model::Container {
+            namespace: Some(ns.into()),
+            pod: Some(pod.into()),
+            ..Default::default()
+        };
+        let only =
+            report(&["--from", "x", "--node", "a,b", "-n", "prod", "--pod", "api"]).unwrap().only;
+        assert!(only.keeps("a", &c("prod", "api-7d9f8c-x2x4q")));
+        assert!(only.keeps("b", &c("prod", "api")));
+        assert!(!only.keeps("c", &c("prod", "api")));
+        assert!(!only.keeps("a", &c("dev", "api")));
+        assert!(!only.keeps("a", &c("prod", "web")));
+        assert!(!only.keeps("a", &crate::model::Container::default()), "no pod: not a match");
+        assert_eq!(only.describe(), "--node a,b --namespace prod --pod api");
+        assert!(Only::default().keeps("x", &crate::model::Container::default()));
     }
 
     /// #26 item 10: NO_COLOR set (not empty) turns colours off.

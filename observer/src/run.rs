@@ -533,6 +533,23 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
             c.0.findings()
         }
     };
+    // --node/--namespace/--pod: the report and its verdict are about those
+    // only. None left is an error, not a pass: a mistyped name would read
+    // as "all healthy".
+    let findings = if args.only.is_empty() {
+        findings
+    } else {
+        let total = findings.len();
+        let kept: Vec<_> =
+            findings.into_iter().filter(|f| args.only.keeps(&f.node, &f.container)).collect();
+        if kept.is_empty() {
+            bail!(
+                "no container matches {}: the {total} finding(s) are about other nodes or pods",
+                args.only.describe()
+            );
+        }
+        kept
+    };
     let written = (|| -> io::Result<()> {
         let mut out = io::stdout().lock();
         if args.json_output() {

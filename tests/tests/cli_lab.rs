@@ -675,3 +675,18 @@ fn a_recording_from_an_earlier_version_replays_to_the_same_findings() {
         assert_eq!(g, e, "finding {} changed", e["kind"]);
     }
 }
+
+/// #26 item 10: `report --node`: the report and the verdict are about the
+/// nodes asked for; a name that matches nothing is an error, not a pass.
+#[test]
+fn report_filters_by_node() {
+    let rec = recording();
+    let (code, out, err) =
+        observer_plain(&["report", "--from", "-", "--node", "ip-10-0-1-17"], &[], rec.as_bytes());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("hop_limit_exceeded"), "{out}");
+    let (code, out, err) =
+        observer_plain(&["report", "--from", "-", "--node", "ip-10-0-9-9"], &[], rec.as_bytes());
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no container matches --node ip-10-0-9-9"), "{err}");
+}
