@@ -1,7 +1,11 @@
 // Builds the eBPF programs (observer-ebpf's binary) with the nightly
 // toolchain and bpf-linker, for embedding with `include_bytes_aligned!`.
-// `cargo xtask setup` installs what this needs.
+// `cargo xtask setup` installs what this needs. Also sets what `--version`
+// shows (cli.rs): the git commit, the target and the features.
+use std::process::Command;
+
 fn main() -> anyhow::Result<()> {
+    version_info();
     // The fuzz targets (cargo-fuzz builds with `--cfg fuzzing`) never load
     // the programs: an empty object spares their build the eBPF toolchain.
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
@@ -15,4 +19,54 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     aya_build::build_ebpf([pkg], aya_build::Toolchain::Nightly)
+}
+
+/// IMDS_OBSERVER_COMMIT/_TARGET/_FEATURES for `--version`. The commit is
+/// the checkout's, "unknown" without one (a tarball, or a tarball unpacked
+/// inside some other repository: the top level must be this workspace's);
+/// a packager can set IMDS_OBSERVER_COMMIT instead.
+fn version_info() {
+    println!("cargo:rerun-if-env-changed=IMDS_OBSERVER_COMMIT");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+    };
+    let ours = git(&["rev-parse", "--show-toplevel"])
+        .zip(std::fs::canonicalize(root).ok())
+        .is_some_and(|(top, root)| std::path::Path::new(&top) == root);
+    let commit = std::env::var("IMDS_OBSERVER_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| ours.then(|| git(&["rev-parse", "--short=12", "HEAD"])).flatten());
+    if ours {
+        // A new commit (or checkout) changes HEAD or the ref it names.
+        for file in ["HEAD", "packed-refs"] {
+            if let Some(p) = git(&["rev-parse", "--git-path", file]) {
+                println!("cargo:rerun-if-changed={}", abs(root, &p));
+            }
+        }
+        let head_ref = git(&["symbolic-ref", "-q", "HEAD"]);
+        if let Some(p) = head_ref.and_then(|r| git(&["rev-parse", "--git-path", &r])) {
+            println!("cargo:rerun-if-changed={}", abs(root, &p));
+        }
+    }
+    println!("cargo:rustc-env=IMDS_OBSERVER_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+    let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
+    println!("cargo:rustc-env=IMDS_OBSERVER_TARGET={target}");
+    let mut features: Vec<String> = std::env::vars()
+        .filter_map(|(k, _)| {
+            k.strip_prefix("CARGO_FEATURE_").map(|f| f.to_lowercase().replace('_', "-"))
+        })
+        .filter(|f| f != "default")
+        .collect();
+    features.sort();
+    let features = if features.is_empty() { "none".to_string() } else { features.join(",") };
+    println!("cargo:rustc-env=IMDS_OBSERVER_FEATURES={features}");
+}
+
+/// git prints paths relative to the directory it ran in.
+fn abs(root: &str, p: &str) -> String {
+    if p.starts_with('/') { p.to_string() } else { format!("{root}/{p}") }
 }

@@ -868,3 +868,77 @@ fn events_md_documents_every_field_and_only_those() {
     }
     assert!(examples >= 3, "docs/events.md shows example lines");
 }
+
+/// docs/configuration.md's flag tables: (section's commands, long flag,
+/// variable or None for `—`), from rows whose first cell starts with a flag.
+fn configuration_flags() -> Vec<(Vec<String>, String, Option<String>)> {
+    let md = read("docs/configuration.md");
+    let mut commands: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for line in md.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            commands = h
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| ["run", "report", "tui"].contains(w))
+                .map(String::from)
+                .collect();
+            continue;
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        if !line.starts_with("| `-") || cells.len() < 3 {
+            continue;
+        }
+        // The first cell's backticked flags: `--json[=BOOL]`, `-o`, `--output FORMAT`.
+        let longs: Vec<String> = cells[0]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter_map(|f| f.strip_prefix("--"))
+            .map(|f| f.split([' ', '[', '=']).next().unwrap().to_string())
+            .collect();
+        let var = cells[1].trim().trim_matches('`');
+        let var = (var != "—").then(|| var.to_string());
+        for long in longs {
+            out.push((commands.clone(), long, var.clone()));
+        }
+    }
+    out
+}
+
+/// #26 item 8: every flag of run, report and tui is in docs/configuration.md
+/// under a section naming the command, with its variable, and the docs name
+/// no flag the command lacks.
+#[test]
+fn configuration_md_matches_the_help() {
+    let documented = configuration_flags();
+    assert!(documented.len() > 15, "the tables were not found: {documented:?}");
+    let cmd = Cli::command();
+    let mut wrong = Vec::new();
+    for name in ["run", "report", "tui"] {
+        let sub = cmd.find_subcommand(name).unwrap();
+        let args: Vec<_> = sub.get_arguments().filter(|a| a.get_long().is_some()).collect();
+        for a in &args {
+            let long = a.get_long().unwrap();
+            let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+            let rows: Vec<_> = documented
+                .iter()
+                .filter(|(cmds, l, _)| cmds.iter().any(|c| c == name) && l == long)
+                .collect();
+            match rows.as_slice() {
+                [] => wrong.push(format!("{name} --{long}: not in docs/configuration.md")),
+                [(_, _, var)] if *var != env => {
+                    wrong.push(format!("{name} --{long}: docs say {var:?}, --help {env:?}"))
+                }
+                [_] => {}
+                _ => wrong.push(format!("{name} --{long}: documented twice")),
+            }
+        }
+        for (_, long, _) in documented.iter().filter(|(cmds, _, _)| cmds.iter().any(|c| c == name))
+        {
+            if !args.iter().any(|a| a.get_long() == Some(long)) {
+                wrong.push(format!("docs/configuration.md: {name} has no --{long}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "docs/configuration.md against --help:\n{}", wrong.join("\n"));
+}

@@ -10,16 +10,37 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(imds_observer::cli::log_colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let cli = imds_observer::cli::Cli::parse_env();
-    // The label keys every pod record keeps, chosen before any is made.
+    // The label keys every pod record keeps, chosen before any is made;
+    // completions and man pages are generated from the command definition
+    // (no runtime needed).
     let capture = match &cli.command {
-        imds_observer::cli::Command::Run(a) => &a.capture,
-        imds_observer::cli::Command::Report(a) => &a.capture,
-        imds_observer::cli::Command::Tui(a) => &a.capture,
+        imds_observer::cli::Command::Run(a) => Some(&a.capture),
+        imds_observer::cli::Command::Report(a) => Some(&a.capture),
+        imds_observer::cli::Command::Tui(a) => Some(&a.capture),
+        imds_observer::cli::Command::Completions { shell } => {
+            imds_observer::cli::completions(*shell, &mut std::io::stdout().lock());
+            return std::process::ExitCode::SUCCESS;
+        }
+        imds_observer::cli::Command::Man { command } => {
+            return match imds_observer::cli::man_page(
+                command.as_deref(),
+                &mut std::io::stdout().lock(),
+            ) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("imds-observer: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
     };
-    if let Some(keys) = &capture.pod_labels {
+    if let Some(keys) = capture.and_then(|c| c.pod_labels.as_ref()) {
         imds_observer::identity::pods::set_pod_labels(
             imds_observer::identity::pods::LabelKeys::parse(keys),
         );
@@ -40,6 +61,10 @@ fn main() -> std::process::ExitCode {
         imds_observer::cli::Command::Report(args) => rt.block_on(imds_observer::run::report(args)),
         imds_observer::cli::Command::Tui(args) => {
             rt.block_on(imds_observer::tui::main(args)).map(|()| 0)
+        }
+        imds_observer::cli::Command::Completions { .. }
+        | imds_observer::cli::Command::Man { .. } => {
+            unreachable!("handled above")
         }
     };
     match result {

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::sink::pod_events;
 use crate::{
     capture::{self, Capture, preflight, uplinks},
-    cli::{CaptureArgs, EventLevel, ReportArgs, RunArgs},
+    cli::{self, CaptureArgs, EventLevel, ReportArgs, RunArgs},
     diagnose::{self, Diagnoser},
     identity::{Identities, cgroup, docker},
     model::{Endpoint, Event, Kind},
@@ -478,6 +478,9 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
                 .with_instance_ids(&args.instance_id)
                 .map_err(anyhow::Error::msg)?;
             let name = if path == "-" { "stdin" } else { path.as_str() };
+            if path == "-" && io::IsTerminal::is_terminal(&io::stdin()) {
+                bail!(cli::refuse_terminal_stdin("report"));
+            }
             let d = if path == "-" {
                 diagnose::replay::diagnose_stream_with(io::stdin().lock(), cfg)
             } else {
@@ -530,18 +533,43 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
             c.0.findings()
         }
     };
-    let mut out = io::stdout().lock();
-    if args.json {
-        let mut lines = JsonLines::new(&mut out);
-        for f in &findings {
-            lines.write(f)?;
-        }
-        lines.flush()?;
+    // --node/--namespace/--pod: the report and its verdict are about those
+    // only. None left is an error, not a pass: a mistyped name would read
+    // as "all healthy".
+    let findings = if args.only.is_empty() {
+        findings
     } else {
-        io::Write::write_all(
-            &mut out,
-            report::render_width(&findings, crate::sink::names::terminal_width()).as_bytes(),
-        )?;
+        let total = findings.len();
+        let kept: Vec<_> =
+            findings.into_iter().filter(|f| args.only.keeps(&f.node, &f.container)).collect();
+        if kept.is_empty() {
+            bail!(
+                "no container matches {}: the {total} finding(s) are about other nodes or pods",
+                args.only.describe()
+            );
+        }
+        kept
+    };
+    let written = (|| -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if args.json_output() {
+            let mut lines = JsonLines::new(&mut out);
+            for f in &findings {
+                lines.write(f)?;
+            }
+            lines.flush()
+        } else {
+            io::Write::write_all(
+                &mut out,
+                report::render_width(&findings, crate::sink::names::terminal_width()).as_bytes(),
+            )?;
+            io::Write::flush(&mut out)
+        }
+    })();
+    // `report | head`: the reader has what it wanted; the verdict stands.
+    match written {
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => {}
+        r => r?,
     }
     Ok(report::exit_code(&findings))
 }

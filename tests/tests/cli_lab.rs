@@ -448,7 +448,159 @@ fn variables_shared_with_run_do_not_conflict_with_from() {
     let (code, _, err) = observer_plain(&["tui", "--from", path, "--iface", "eth0"], &[], b"");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--iface cannot be used with --from"), "{err}");
+    // #26 item 8: the one that slipped through before.
+    let (code, _, err) = observer_plain(
+        &["report", "--from", path, "--kernel-btf", "/sys/kernel/btf/vmlinux"],
+        &[],
+        b"",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--kernel-btf cannot be used with --from"), "{err}");
+    // #26 item 8: invalid capture variables are not read with --from, as
+    // the docs say; without --from they are still errors.
+    let invalid = [
+        ("IMDS_OBSERVER_ENDPOINTS", "not-an-endpoint"),
+        ("IMDS_OBSERVER_ALONGSIDE", "perhaps"),
+        ("IMDS_OBSERVER_DURATION", "forever"),
+        ("IMDS_OBSERVER_KERNEL_BTF", ""),
+    ];
+    let (code, out, err) = observer_plain(&["report", "--from", path], &invalid, b"");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("hop_limit_exceeded"), "{out}");
+    let (code, _, err) = observer_plain(&["report", "--duration", "1"], &invalid[..1], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("IMDS_OBSERVER_ENDPOINTS"), "{err}");
     let _ = std::fs::remove_file(file);
+}
+
+/// #26 item 7: `report | head`: no "Broken pipe", the verdict's status.
+#[test]
+fn report_into_a_closed_pipe_keeps_the_verdict() {
+    use std::{io::Write, process::Stdio};
+    for format in ["table", "json"] {
+        let mut child = Command::new(bin("imds-observer"))
+            .args(["report", "--from", "-", "-o", format])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before a byte is written (report reads all of
+        // stdin first).
+        drop(child.stdout.take());
+        child.stdin.take().unwrap().write_all(recording().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{format}: {err}");
+        assert!(!err.to_lowercase().contains("broken pipe"), "{format}: {err}");
+    }
+}
+
+/// A pseudo-terminal: (controller, terminal) file descriptors.
+fn pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut c, mut t) = (-1, -1);
+    let r = unsafe {
+        libc::openpty(&mut c, &mut t, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    unsafe { (std::os::fd::OwnedFd::from_raw_fd(c), std::os::fd::OwnedFd::from_raw_fd(t)) }
+}
+
+/// #26 item 6: `--from -` with a terminal on stdin is refused at once with
+/// a hint, by report and by the TUI (whose keys the terminal gives).
+#[test]
+fn terminal_on_stdin_is_refused_with_a_hint() {
+    use std::process::Stdio;
+    for command in ["report", "tui"] {
+        let (_controller, tty) = pty();
+        let mut child = KillOnDrop(
+            Command::new(bin("imds-observer"))
+                .args([command, "--from", "-"])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::from(tty.try_clone().unwrap()))
+                .stdout(Stdio::from(tty))
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{command} --from - waits on the terminal"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{command}: {err}");
+        assert!(err.contains("stdin is a terminal"), "{command}: {err}");
+        assert!(err.contains(&format!("| imds-observer {command} --from -")), "{command}: {err}");
+    }
+}
+
+/// #26 item 9: the forms people type, accepted or refused with the form
+/// that works.
+#[test]
+fn typed_forms_are_taken_or_answered_with_the_right_one() {
+    let rec = recording();
+    // `--json=false`, as the variable takes it; `--format json`, `-o json`.
+    let (code, out, err) =
+        observer_plain(&["report", "--from", "-", "--json=false"], &[], rec.as_bytes());
+    assert_eq!(code, 1, "{err}");
+    assert!(!out.contains("\"type\":\"finding\""), "{out}");
+    for args in [&["--format", "json"][..], &["-o", "json"]] {
+        let all = [&["report", "--from", "-"][..], args].concat();
+        let (code, out, err) = observer_plain(&all, &[], rec.as_bytes());
+        assert_eq!(code, 1, "{all:?}: {err}");
+        assert!(out.contains("\"type\":\"finding\""), "{all:?}: {out}");
+    }
+    // Errors with a way forward.
+    for (args, hint) in [
+        (&["run", "--metrics-addr", ":9109"][..], "0.0.0.0:9109"),
+        (&["run", "--metrics-addr", "9109"], "0.0.0.0:9109"),
+        (&["run", "--duration", "ten"], "5m"),
+        (&["run", "--metrics-grace", "ten"], "5m"),
+        (&["report", "--duration", "0"], "--from FILE|-"),
+        (&["run", "--duration", "0"], "leave --duration out"),
+    ] {
+        let (code, _, err) = observer_plain(args, &[], b"");
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(hint), "{args:?}: {err}");
+    }
+    // kubectl logs --prefix --timestamps: read as the events they carry.
+    let prefixed: String = rec
+        .lines()
+        .map(|l| format!("[pod/imds-observer-x7k2p/observer] 2026-11-26T20:54:01.000000001Z {l}\n"))
+        .collect();
+    let (code, out, err) = observer_plain(&["report", "--from", "-"], &[], prefixed.as_bytes());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("hop_limit_exceeded") && !err.contains("skipped"), "{out}{err}");
+}
+
+/// #26 item 10: completions, man pages and --version from the binary.
+#[test]
+fn completions_man_page_and_version() {
+    let (code, out, err) = observer_plain(&["completions", "bash"], &[], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("complete -F") && out.contains("--metrics-addr"), "{out}");
+    let (code, out, err) = observer_plain(&["man", "report"], &[], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".TH") && out.contains("Exit status"), "{out}");
+    let (code, out, err) = observer_plain(&["--version"], &[], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("imds-observer ")
+            && out.contains("commit ")
+            && out.contains("target ")
+            && out.contains("features: "),
+        "{out}"
+    );
 }
 
 #[test]
@@ -487,7 +639,7 @@ fn boolean_variables_take_the_usual_spellings() {
     let (code, _, err) = observer_plain(&["run", "--duration", "x"], &[], b"");
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("'--duration <SECONDS>'") && !err.contains("IMDS_OBSERVER_DURATION="),
+        err.contains("'--duration <DURATION>'") && !err.contains("IMDS_OBSERVER_DURATION="),
         "typed: {err}"
     );
     let (code, _, err) = observer_plain(&["run"], &[("IMDS_OBSERVER_DURATION", "soon")], b"");
@@ -567,4 +719,19 @@ fn runs_as_nobody_with_three_ambient_capabilities_and_diagnoses() {
         "the replies' drops, located"
     );
     obs.stop();
+}
+
+/// #26 item 10: `report --node`: the report and the verdict are about the
+/// nodes asked for; a name that matches nothing is an error, not a pass.
+#[test]
+fn report_filters_by_node() {
+    let rec = recording();
+    let (code, out, err) =
+        observer_plain(&["report", "--from", "-", "--node", "ip-10-0-1-17"], &[], rec.as_bytes());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("hop_limit_exceeded"), "{out}");
+    let (code, out, err) =
+        observer_plain(&["report", "--from", "-", "--node", "ip-10-0-9-9"], &[], rec.as_bytes());
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no container matches --node ip-10-0-9-9"), "{err}");
 }

@@ -419,7 +419,7 @@ fn recorded_stream_shows_the_failure(name: &str, mut text: String) {
     let put = row(&s, "PUT    /latest/api/token");
     assert!(put.contains(" 1 dropped (TTL exceeded)"), "reply TTL at host 1, dropped:\n{s}");
 
-    // Esc back; `/` filters (applied on Enter), Esc clears.
+    // Esc back; `/` filters as typed (Enter keeps it), Esc clears.
     t.keys(&["Escape"]);
     t.wait_for("the table", |s| s.contains("FINDING▼"));
     t.keys(&["/"]);

@@ -369,7 +369,7 @@ pub enum Line {
 impl Line {
     /// What `text` is; None for a blank line.
     pub fn parse(text: &[u8]) -> Option<Line> {
-        let text = text.trim_ascii();
+        let text = kubectl_prefixes(text.trim_ascii());
         if text.is_empty() {
             return None;
         }
@@ -397,9 +397,46 @@ impl Line {
     }
 }
 
+/// A line of `kubectl logs --prefix` (`[pod/NAME/CONTAINER] `) and/or
+/// `--timestamps` (`2026-11-26T20:54:00.123456789Z `) without those: the
+/// JSON after them. Only in front of a `{`, so nothing else is cut.
+fn kubectl_prefixes(text: &[u8]) -> &[u8] {
+    let mut rest = text;
+    if rest.starts_with(b"[pod/") {
+        if let Some(end) = rest.windows(2).position(|w| w == b"] ") {
+            rest = &rest[end + 2..];
+        }
+    }
+    if let Some(sp) = rest.iter().position(|&b| b == b' ') {
+        let ts = std::str::from_utf8(&rest[..sp]).ok();
+        if ts.is_some_and(|t| humantime::parse_rfc3339(t).is_ok()) {
+            rest = rest[sp + 1..].trim_ascii_start();
+        }
+    }
+    if rest.starts_with(b"{") { rest } else { text }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #26 item 9: `kubectl logs --prefix --timestamps` lines are read.
+    #[test]
+    fn kubectl_prefix_and_timestamps_are_stripped() {
+        let ev = r#"{"type":"request","ts":"2026-11-26T20:54:00.002000Z","node":"n","flow":11}"#;
+        for line in [
+            format!("[pod/imds-observer-x7k2p/observer] {ev}"),
+            format!("2026-11-26T20:54:00.123456789Z {ev}"),
+            format!("[pod/imds-observer-x7k2p/observer] 2026-11-26T20:54:00.123456789Z {ev}"),
+        ] {
+            let stripped = kubectl_prefixes(line.as_bytes());
+            assert_eq!(stripped, ev.as_bytes(), "{line}");
+        }
+        // Anything else is left as it is.
+        for other in ["[pod/x no closing", "12 apples", "2026 not a time {}"] {
+            assert_eq!(kubectl_prefixes(other.as_bytes()), other.as_bytes());
+        }
+    }
 
     #[test]
     fn a_line_round_trips_with_its_types() {

@@ -256,6 +256,8 @@ pub struct App {
     pub ended: Option<String>,
     /// The last log line (the capture logs to stderr, which the TUI holds).
     pub log: Option<String>,
+    /// A fix `c` copied, for the loop to hand the terminal (OSC 52).
+    pub clipboard: Option<String>,
     ticks: u64,
 }
 
@@ -298,6 +300,7 @@ impl App {
             stream_now: None,
             ended: None,
             log: None,
+            clipboard: None,
             ticks: 0,
         }
     }
@@ -654,9 +657,16 @@ impl App {
         self.prepare();
         if let Some(text) = &mut self.editing {
             match a {
-                Action::Char(c) => text.push(c),
+                // Filtering as you type; Enter keeps it, Esc clears it.
+                Action::Char(c) => {
+                    text.push(c);
+                    self.filter = text.clone();
+                    self.order_stale = true;
+                }
                 Action::Backspace => {
                     text.pop();
+                    self.filter = text.clone();
+                    self.order_stale = true;
                 }
                 Action::Open => {
                     self.filter = self.editing.take().unwrap_or_default();
@@ -683,6 +693,7 @@ impl App {
         match a {
             Action::Quit => return false,
             Action::Help => self.help = true,
+            Action::Copy => self.copy_fix(),
             Action::Pause => self.toggle_pause(),
             Action::Sort => {
                 self.sort = self.sort.next();
@@ -724,6 +735,25 @@ impl App {
             Action::Char(_) | Action::Backspace => {}
         }
         true
+    }
+
+    /// `c`: the fix of the container on screen (the detail's, else the
+    /// selected row's), as the detail shows it first: the workload's own
+    /// role where that comes first, else the command for the instance.
+    fn copy_fix(&mut self) {
+        let key = if self.view == View::Detail { self.detail } else { self.selected };
+        let fix = key.and_then(|(node, cg)| {
+            let findings = self.diag.container(&self.nodes[node].name, cg)?.findings();
+            let fix = findings.iter().filter_map(|f| f.fix.as_ref()).max_by_key(|f| f.hop_limit)?;
+            Some(fix.own_role.as_ref().map_or(&fix.command, |o| &o.pod_identity).clone())
+        });
+        self.log = Some(match fix {
+            Some(f) => {
+                self.clipboard = Some(f);
+                "fix copied to the clipboard (OSC 52)".into()
+            }
+            None => "no fix to copy for this container".into(),
+        });
     }
 
     fn toggle_pause(&mut self) {

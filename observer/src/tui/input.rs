@@ -26,6 +26,8 @@ pub enum Action {
     Sort,
     Pause,
     Help,
+    /// `c`: the selected container's fix to the terminal's clipboard.
+    Copy,
     Quit,
     /// Text for the filter prompt.
     Char(char),
@@ -38,7 +40,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("PgUp PgDn  g G", "page up, page down, first, last"),
     ("Enter", "open the selected container's detail"),
     ("Esc", "back; clear the filter"),
-    ("/", "filter by container, node or finding"),
+    ("/", "filter: name, pod, image, runtime, cgroup, node, finding"),
+    ("c", "copy the fix to the clipboard (OSC 52; works over ssh)"),
     ("s", "sort: worst first, requests, lost, last seen, name"),
     ("Space", "pause / resume (new events are held)"),
     ("?", "this help"),
@@ -73,10 +76,19 @@ pub fn action(key: KeyEvent, editing: bool) -> Option<Action> {
         KeyCode::Char('s') => Action::Sort,
         KeyCode::Char(' ') => Action::Pause,
         KeyCode::Char('?') => Action::Help,
+        KeyCode::Char('c') => Action::Copy,
         KeyCode::Char('q') => Action::Quit,
         _ => return None,
     };
     Some(a)
+}
+
+/// OSC 52: the terminal puts `text` on its clipboard (xterm, kitty,
+/// WezTerm, iTerm2, tmux with `set-clipboard on`), also over ssh, where no
+/// clipboard tool of this host could reach the engineer's.
+pub fn osc52(text: &str) -> String {
+    use base64::Engine;
+    format!("\x1b]52;c;{}\x07", base64::engine::general_purpose::STANDARD.encode(text))
 }
 
 /// Terminal events read on a thread (crossterm reads the tty, also when
@@ -140,6 +152,7 @@ mod tests {
         assert_eq!(action(key(KeyCode::Char('q')), false), Some(Action::Quit));
         assert_eq!(action(key(KeyCode::Char(' ')), false), Some(Action::Pause));
         assert_eq!(action(key(KeyCode::Char('x')), false), None);
+        assert_eq!(action(key(KeyCode::Char('c')), false), Some(Action::Copy));
         assert_eq!(
             action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), false),
             Some(Action::Quit)
@@ -147,10 +160,16 @@ mod tests {
         // In the filter prompt, letters are text; Ctrl-C still quits.
         assert_eq!(action(key(KeyCode::Char('q')), true), Some(Action::Char('q')));
         assert_eq!(action(key(KeyCode::Char('/')), true), Some(Action::Char('/')));
+        assert_eq!(action(key(KeyCode::Char('c')), true), Some(Action::Char('c')));
         assert_eq!(action(key(KeyCode::Enter), true), Some(Action::Open));
         assert_eq!(
             action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), true),
             Some(Action::Quit)
         );
+    }
+
+    #[test]
+    fn osc52_carries_the_text_base64() {
+        assert_eq!(osc52("aws ec2 x"), "\x1b]52;c;YXdzIGVjMiB4\x07");
     }
 }

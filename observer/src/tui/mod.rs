@@ -48,6 +48,10 @@ pub async fn main(args: TuiArgs) -> Result<()> {
     if !io::stdout().is_terminal() {
         bail!("the TUI needs a terminal; for text, use `imds-observer report`");
     }
+    // The terminal is the key reader's: an event stream cannot come from it.
+    if args.from.as_deref() == Some("-") && io::stdin().is_terminal() {
+        bail!(crate::cli::refuse_terminal_stdin("tui"));
+    }
     // Opened first: a preflight error prints as usual.
     let source = Source::open(&args)?;
     let cfg = diagnose::Config::default()
@@ -112,6 +116,11 @@ async fn run(
                     if let Some(a) = input::action(k, app.editing.is_some()) {
                         if !app.handle(a) {
                             return Ok(());
+                        }
+                        if let Some(text) = app.clipboard.take() {
+                            let mut out = io::stdout().lock();
+                            out.write_all(input::osc52(&text).as_bytes())?;
+                            out.flush()?;
                         }
                     }
                 }

@@ -164,7 +164,8 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
     );
     assert_eq!(
         l[5],
-        "3 requests (1 token PUTs: 0 ok, 1 lost; 2 IMDSv1, 0 IMDSv2) · last seen just now"
+        "3 requests (1 token PUTs: 0 ok, 1 lost; 2 IMDSv1, 0 IMDSv2) · last seen just now (stream \
+         time)"
     );
     // What is wrong, worst first, coloured.
     assert_eq!(l[7], "hop_limit_exceeded");
@@ -305,7 +306,7 @@ fn eighty_by_twenty_four_drops_less_important_columns() {
         ["▶", "…/libpod-3f2a9c1b7d4e", "3", "0/1", "1", "2", "hop_limit_exceeded", "+1"]
     );
     assert_eq!(words(&l[7]), ["…/imds-agent.service", "2", "1/0", "0", "1", "healthy"]);
-    assert!(l[23].starts_with("↑↓ move · Enter detail"), "{}", l[23]);
+    assert!(l[23].starts_with("q quit · ? help · ↑↓ move · Enter detail"), "{}", l[23]);
 }
 
 #[test]
@@ -328,19 +329,19 @@ fn help_lists_every_key() {
 }
 
 #[test]
-fn filter_prompt_applies_on_enter_and_clears_on_esc() {
+fn filter_applies_as_typed_and_clears_on_esc() {
     let mut a = app(&failing_host());
     a.handle(Action::Filter);
     type_text(&mut a, "agent");
     let (_, l) = screen(&mut a, 100, 30);
-    assert_eq!(l[29], "/agent█   Enter apply · Esc clear");
-    assert!(l[6].contains("hop_limit_exceeded"), "not applied before Enter");
+    assert_eq!(l[29], "/agent█   Enter keep · Esc clear");
+    assert!(words(&l[6]).starts_with(&["▶", AGENT]) && l[7].is_empty(), "as typed: {}", dump(&l));
 
     a.handle(Action::Open);
     let (_, l) = screen(&mut a, 100, 30);
     assert!(words(&l[6]).starts_with(&["▶", AGENT]), "{}", dump(&l));
     assert!(l[7].is_empty());
-    assert!(l[29].starts_with("filter \"agent\" · ↑↓ move"), "{}", l[29]);
+    assert!(l[29].starts_with("filter \"agent\" · q quit"), "{}", l[29]);
     // The header still counts every container.
     assert!(l[2].starts_with("2 containers"));
 
@@ -812,4 +813,66 @@ async fn a_line_longer_than_the_limit_is_skipped_whole() {
     assert!(matches!(rx.recv().await, Some(Feed::Skipped)));
     assert!(matches!(rx.recv().await, Some(Feed::Event(_))), "the next line is read");
     assert!(matches!(rx.recv().await, Some(Feed::End(_))));
+}
+
+/// #26 item 8: the filter matches what `?` says it does, each of them.
+#[test]
+fn filter_matches_what_the_help_says() {
+    let help = crate::tui::input::KEYS.iter().find(|(k, _)| *k == "/").unwrap().1;
+    for (field, needle, row) in [
+        ("name", "libpod-3f2a", LIBPOD),
+        ("cgroup", "imds-agent.service", AGENT),
+        ("node", "node-a", LIBPOD),
+        ("finding", "imdsv1_fallback", LIBPOD),
+    ] {
+        assert!(help.contains(field), "{field}: {help}");
+        let mut a = app(&failing_host());
+        a.handle(Action::Filter);
+        type_text(&mut a, needle);
+        let (_, l) = screen(&mut a, 100, 30);
+        assert!(l[6].contains(row), "{field} {needle:?}:\n{}", dump(&l));
+    }
+    // And nothing it does not name: a finding's fix text is not searched.
+    let mut a = app(&failing_host());
+    a.handle(Action::Filter);
+    type_text(&mut a, "modify-instance-metadata-options");
+    let (_, l) = screen(&mut a, 100, 30);
+    find(&l, "No container matches");
+}
+
+/// #26 item 10: `q quit` stays on screen at 80 columns, in both views.
+#[test]
+fn quit_is_visible_at_80_columns() {
+    let mut a = app(&failing_host());
+    let (_, l) = screen(&mut a, 80, 24);
+    assert!(l[23].contains("q quit"), "{}", dump(&l));
+    a.handle(Action::Filter);
+    type_text(&mut a, "podman");
+    a.handle(Action::Open);
+    a.handle(Action::Open);
+    let (_, l) = screen(&mut a, 80, 24);
+    assert!(l[23].contains("q quit") && l[23].contains("filter"), "{}", dump(&l));
+}
+
+/// #26 item 10: `c` hands the selected container's fix to the terminal.
+#[test]
+fn copy_key_takes_the_fix_of_the_container_on_screen() {
+    let mut a = app(&failing_host());
+    keys(&mut a, &[Action::Copy]);
+    let fix = a.clipboard.take().expect("the failing container's fix");
+    assert!(fix.starts_with("aws ec2 modify-instance-metadata-options"), "{fix}");
+    assert_eq!(a.log.as_deref(), Some("fix copied to the clipboard (OSC 52)"));
+    // The healthy one has none to copy, and says so.
+    keys(&mut a, &[Action::Down, Action::Copy]);
+    assert!(a.clipboard.is_none());
+    assert_eq!(a.log.as_deref(), Some("no fix to copy for this container"));
+}
+
+/// #26 item 10: with a stream, ages are the stream's, and say so.
+#[test]
+fn stream_ages_are_labelled_stream_time() {
+    let mut a = app(&failing_host());
+    a.handle(Action::Help);
+    let (_, l) = screen(&mut a, 100, 30);
+    find(&l, "SEEN is stream time");
 }

@@ -551,7 +551,12 @@ fn detail_lines(
             r.imdsv1,
             r.imdsv2
         ),
-        format!("last seen {}", age_long(app.now(), view.last_seen())),
+        match app.mode {
+            Mode::Live => format!("last seen {}", age_long(app.now(), view.last_seen())),
+            Mode::Stream => {
+                format!("last seen {} (stream time)", age_long(app.now(), view.last_seen()))
+            }
+        },
     ];
     for l in wrap_items("", &facts, width).into_iter().chain(wrap_items("", &traffic, width)) {
         out.push(Line::raw(l));
@@ -747,7 +752,7 @@ fn render_footer(f: &mut Frame, area: Rect, app: &App, t: Theme) {
             Span::styled("/", t.bold()),
             Span::raw(text.clone()),
             Span::styled("█", t.dim()),
-            Span::styled("   Enter apply · Esc clear", t.dim()),
+            Span::styled("   Enter keep · Esc clear", t.dim()),
         ]);
         f.render_widget(Paragraph::new(line), area);
         return;
@@ -784,12 +789,13 @@ fn render_footer(f: &mut Frame, area: Rect, app: &App, t: Theme) {
     let keys = match app.view {
         View::Table => {
             format!(
-                "↑↓ move · Enter detail · / filter · s sort ({}) · Space pause · ? help · q quit",
+                "q quit · ? help · ↑↓ move · Enter detail · / filter · c copy fix · s sort ({}) · Space pause",
                 app.sort.label()
             )
         }
         View::Detail => {
-            "↑↓ scroll · Esc back · / filter · Space pause · ? help · q quit".to_string()
+            "q quit · ? help · ↑↓ scroll · Esc back · c copy fix · / filter · Space pause"
+                .to_string()
         }
     };
     let used: usize = hints.iter().map(|h| h.content.chars().count()).sum();
@@ -801,7 +807,7 @@ fn render_footer(f: &mut Frame, area: Rect, app: &App, t: Theme) {
 
 fn render_help(f: &mut Frame, area: Rect, app: &App, t: Theme) {
     let w = area.width.saturating_sub(4).min(76);
-    let h = (KEYS.len() as u16 + 4).min(area.height.saturating_sub(2));
+    let h = (KEYS.len() as u16 + 5).min(area.height.saturating_sub(2));
     let r = Rect {
         x: area.x + (area.width - w) / 2,
         y: area.y + (area.height - h) / 2,
@@ -820,6 +826,10 @@ fn render_help(f: &mut Frame, area: Rect, app: &App, t: Theme) {
         format!(" Sorted by {}. NO_COLOR turns colours off.", app.sort.label()),
         t.dim(),
     ));
+    if app.mode == Mode::Stream {
+        lines
+            .push(Line::styled(" SEEN is stream time: before the stream's latest event.", t.dim()));
+    }
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(lines)
