@@ -397,7 +397,7 @@ fn recorded_stream_shows_the_failure(name: &str, mut text: String) {
     let cells: Vec<&str> = app.split_whitespace().collect();
     assert_eq!(
         cells[..8],
-        ["▶", "web", POD, "2", "0/1", "1", "1", "2"],
+        ["▶", "shop/web-7d9c4/web", POD, "2", "0/1", "1", "1", "2"],
         "REQ, PUT ok/lost, IMDSv1, HOPS, NEED:\n{s}"
     );
     assert!(row(&s, AGENT_SHOWN).contains("healthy"));
@@ -409,8 +409,12 @@ fn recorded_stream_shows_the_failure(name: &str, mut text: String) {
     assert!(s.contains("runtime containerd · workload shop/web-7d9c4"), "{s}");
     assert!(s.contains(&format!("cgroup {APP}")), "{s}");
     assert!(s.contains("1 IMDSv2 token reply reached the host with TTL 1"), "{s}");
+    // No instance id in the recording: the fix sets it on the node first.
+    assert!(s.contains("    INSTANCE_ID=$(TOKEN=$(curl -sX PUT http://169.254.169.254/"), "{s}");
     assert!(
-        s.contains("    aws ec2 modify-instance-metadata-options --instance-id <instance-id> \\\n"),
+        s.contains(
+            "    aws ec2 modify-instance-metadata-options --instance-id \"$INSTANCE_ID\" \\\n"
+        ),
         "{s}"
     );
     assert!(s.contains("        --http-put-response-hop-limit 2 --http-endpoint enabled\n"), "{s}");
