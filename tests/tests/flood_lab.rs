@@ -6,7 +6,7 @@
 //! which only the interface they came in by can hold to a budget. Root
 //! only: `cargo xtask test`; `cargo xtask bench` prints the same scenarios'
 //! figures.
-use imds_lab::{Flood, FloodRun, flood_scenario};
+use imds_lab::{Flood, FloodRun, Lab, LabOpts, flood_scenario};
 
 /// What the observer may write for the whole run, and hold at its peak.
 const MAX_LINES: usize = 10_000;
@@ -43,4 +43,28 @@ fn forged_sources_do_not_reset_the_budget() {
     // each would get a fresh budget.
     assert!(run.sent > 50_000, "the flood sent {} packets", run.sent);
     held(&run);
+}
+
+/// A workload allowed to make cgroups (a CI runner, a nested runtime)
+/// makes thousands at once: their cgroup_mkdir records take from one
+/// node-wide budget (1,000 at once, 200 a second), and what it held back
+/// is said.
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn a_cgroup_storm_is_held_to_its_node_wide_budget() {
+    let lab = Lab::new(LabOpts::default());
+    let obs = lab.observer(&[]);
+    let parent = lab.cgroup_at("storm");
+    for i in 0..3000 {
+        std::fs::create_dir(parent.join(format!("c{i}"))).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let held: u64 = obs
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "suppressed" && e["via"] == "cgroup_mkdir")
+        .filter_map(|e| e["count"].as_u64())
+        .sum();
+    assert!((1000..3000).contains(&held), "{held} cgroup_mkdir records held back");
+    obs.stop();
 }

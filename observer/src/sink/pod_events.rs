@@ -57,8 +57,9 @@ use crate::{
 /// flood the API server. A kubelet sends far more; 60 leaves every pod of a
 /// usual node its Event and a few updates each minute.
 pub const PER_MINUTE: u32 = 60;
-/// Of which one pod may take at most this many a minute.
-pub const PER_POD_PER_MINUTE: u32 = 10;
+/// Of which one pod may take at most half: a flapping pod's series
+/// updates leave the others at least as much.
+pub const PER_POD_PER_MINUTE: u32 = PER_MINUTE / 2;
 /// Findings waiting for the task at most; more are dropped and counted.
 pub const QUEUE: usize = 256;
 /// The API server refuses a note longer than 1 KiB.
