@@ -123,8 +123,11 @@ fn churn_of_200_containers_is_attributed_and_memory_stays_flat() {
             );
         }
     }
-    // Flat: 180 more containers (and gone) cost less than 8 MiB.
-    assert!(rss_end < rss_warm + 8 * 1024, "RSS grew from {rss_warm} to {rss_end} KiB");
+    // Flat: 180 more containers (and gone) cost less than 8 MiB, beside
+    // stdout's queue, which a packets-level run fills in bursts and which
+    // has a budget of its own (sink::output::QUEUE_BYTES).
+    let queue_kib = (imds_observer::sink::output::QUEUE_BYTES / 1024) as u64;
+    assert!(rss_end < rss_warm + 8 * 1024 + queue_kib, "RSS grew from {rss_warm} to {rss_end} KiB");
 }
 
 /// A cgroup v1 host (Docker on Amazon Linux 2): the container's processes
