@@ -1,8 +1,10 @@
-//! The TUI in a real terminal: tmux runs it (100x30), keys go in with
+//! The TUI in a real terminal: tmux runs it (100x30; the generated fleet
+//! at 80x24 and 200x50), keys go in with
 //! `send-keys`, the screen comes out with `capture-pane`. On a recorded
 //! stream (no root), on a stream being written to its stdin, and live in
 //! the lab (root).
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::Write,
     path::PathBuf,
@@ -11,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imds_lab::{Attach, IMDS_V4, Lab, LabOpts, bin};
+use imds_lab::{Attach, IMDS_V4, Lab, LabOpts, bin, fleet};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -32,6 +34,12 @@ struct Tmux {
 impl Tmux {
     /// A 100x30 session running a plain shell with a known prompt.
     fn new(name: &str) -> Tmux {
+        Tmux::sized(name, 100, 30)
+    }
+
+    /// A `width`x`height` session running a plain shell with a known
+    /// prompt; OSC 52 from the program there fills tmux's paste buffer.
+    fn sized(name: &str, width: u16, height: u16) -> Tmux {
         let t = Tmux {
             socket: format!("imds-tui-{}-{name}", std::process::id()),
             session: "tui".into(),
@@ -44,13 +52,15 @@ impl Tmux {
                 "-s",
                 &t.session,
                 "-x",
-                "100",
+                &width.to_string(),
                 "-y",
-                "30",
+                &height.to_string(),
                 "env PS1='tui-test$ ' sh",
             ])
             .expect("tmux is installed (CI setup installs it)");
         assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+        let out = t.tmux(&["set-option", "-s", "set-clipboard", "on"]).expect("tmux set-option");
+        assert!(out.status.success(), "set-clipboard: {}", String::from_utf8_lossy(&out.stderr));
         t.wait_for("the shell prompt", |s| s.contains("tui-test$"));
         t
     }
@@ -552,4 +562,190 @@ fn live_in_the_lab_shows_the_failure_as_it_happens() {
     t.keys(&["q"]);
     t.assert_restored("0");
     drop(lab);
+}
+
+/// #26: the generated fleet (100 EKS-named nodes, 3 containers a pod) in a
+/// terminal of `width`x`height`: every row of the table, paged through,
+/// names its node and container so that no two distinct ones read alike;
+/// a node's detail shows its own instance id in its fix and no other's, or
+/// `"$INSTANCE_ID"` after the line that sets it; no fix line is cut at the
+/// screen's edge; `c` copies the whole command; `q quit` stays in view.
+fn fleet_in(width: u16, height: u16) {
+    let name = format!("fleet{width}");
+    let dir = tempdir(&name);
+    let file = dir.join("fleet.jsonl");
+    fs::write(&file, fleet::stream()).unwrap();
+    let t = Tmux::sized(&name, width, height);
+    t.run(&format!("{} tui --from {}; echo exit=$?", observer(), file.display()));
+    let rows = fleet::NODES * fleet::CONTAINERS.len();
+    let s = t.wait_for("the fleet", |s| {
+        s.contains(&format!("{rows} containers · hop_limit_exceeded {rows}"))
+    });
+    // The domain every node shares, stated once, in the header.
+    assert_eq!(s.matches(fleet::DOMAIN).count(), 1, "{s}");
+    assert!(s.contains(&format!("{} nodes (names end in {})", fleet::NODES, fleet::DOMAIN)), "{s}");
+
+    // Page through the table; row i of the sorted list is where the
+    // selection (at the cursor, PgDn moves it a page) says it is.
+    let mut shown: Vec<Option<(String, String)>> = vec![None; rows];
+    let mut cursor = 0;
+    loop {
+        let s = t.screen();
+        let lines: Vec<Vec<char>> = s.lines().map(|l| l.chars().collect()).collect();
+        assert!(s.lines().last().unwrap().contains("q quit"), "{s}");
+        assert!(lines.iter().all(|l| l.len() <= width as usize));
+        let h = s.lines().position(|l| l.contains("NODE") && l.contains("CONTAINER")).unwrap();
+        let header = &lines[h];
+        let at = |name: &str| {
+            let n: Vec<char> = name.chars().collect();
+            header.windows(n.len()).position(|w| w == n.as_slice()).unwrap()
+        };
+        let cont = at("CONTAINER");
+        let next = (cont + "CONTAINER".len()..header.len())
+            .find(|&i| header[i] != ' ' && header[i - 1] == ' ')
+            .unwrap();
+        let cell = |l: &[char], a: usize, b: usize| -> String {
+            l.iter().skip(a).take(b - a).collect::<String>().trim().to_string()
+        };
+        let body = &lines[h + 1..lines.len() - 1];
+        let page = body.len();
+        let sel = body.iter().position(|l| l.starts_with(&['▶'])).expect("a selected row");
+        for (k, l) in body.iter().enumerate() {
+            let i = cursor + k - sel;
+            let got = (cell(l, 2, cont), cell(l, cont, next));
+            assert!(!got.0.is_empty() && !got.1.is_empty(), "row {i}: {s}");
+            if let Some(before) = &shown[i] {
+                assert_eq!(before, &got, "row {i} changed between pages");
+            }
+            shown[i] = Some(got);
+        }
+        if cursor == rows - 1 {
+            break;
+        }
+        t.keys(&["PageDown"]);
+        cursor = (cursor + page).min(rows - 1);
+        t.wait_for("the next page", |s| s.lines().any(|l| l.starts_with("▶")));
+    }
+    let shown: Vec<(String, String)> = shown.into_iter().map(|r| r.expect("every row")).collect();
+    let mut per_node = BTreeMap::new();
+    for (n, _) in &shown {
+        *per_node.entry(n.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(per_node.len(), fleet::NODES, "nodes that read alike: {per_node:?}");
+    assert!(per_node.values().all(|&c| c == fleet::CONTAINERS.len()), "{per_node:?}");
+    let distinct: BTreeSet<&(String, String)> = shown.iter().collect();
+    assert_eq!(distinct.len(), rows, "containers that read alike: {shown:?}");
+
+    // Node 0 says its instance id; the last does not.
+    for i in [0, fleet::NODES - 1] {
+        t.keys(&["/"]);
+        t.keys(&["-l", &fleet::node(i)]);
+        t.keys(&["Enter"]);
+        let short = fleet::node(i).replace(fleet::DOMAIN, "");
+        t.wait_for("the node's rows", |s| {
+            s.contains("filter \"") && s.lines().any(|l| l.starts_with("▶ ") && l.contains(&short))
+        });
+        t.keys(&["Enter"]);
+        // Scroll until the whole fix is in view.
+        let mut s = t.wait_for("the detail", |s| s.contains("forwarding hops"));
+        for _ in 0..20 {
+            if s.contains("FIX: raise") && s.contains("launch template:") {
+                break;
+            }
+            t.keys(&["Down"]);
+            s = t.screen();
+        }
+        assert!(s.contains("FIX: raise the hop limit to 2"), "{s}");
+        assert!(s.lines().last().unwrap().contains("q quit"), "{s}");
+        // Nothing cut at the edge: the body's lines end before it.
+        let lines: Vec<&str> = s.lines().collect();
+        for l in &lines[3..lines.len() - 1] {
+            assert!(l.chars().count() < width as usize, "cut at the edge: {l}\n{s}");
+        }
+        let own = fleet::instance_id(i);
+        for j in 0..fleet::NODES {
+            if let Some(other) = fleet::instance_id(j).filter(|_| j != i) {
+                assert!(!s.contains(&other), "node {i} shows node {j}'s id:\n{s}");
+            }
+        }
+        let fix = &lines[lines.iter().position(|l| l.starts_with("FIX:")).unwrap()..];
+        let commands = commands(fix);
+        let want = match &own {
+            Some(id) => {
+                assert!(!s.contains("INSTANCE_ID"), "{s}");
+                assert_eq!(commands.len(), 1, "{commands:?}");
+                assert!(commands[0].contains(&format!(" --instance-id {id} ")), "{s}");
+                commands[0].clone()
+            }
+            None => {
+                assert_eq!(commands.len(), 2, "{commands:?}");
+                assert_eq!(commands[0], imds_observer::diagnose::GET_INSTANCE_ID, "{s}");
+                assert!(commands[1].contains(" --instance-id \"$INSTANCE_ID\" "), "{s}");
+                commands.join("\n")
+            }
+        };
+        bash_n(&want);
+        // `c`: the same, whole, on the clipboard (tmux's paste buffer).
+        t.tmux(&["delete-buffer"]).ok();
+        t.keys(&["c"]);
+        t.wait_for("the copy", |s| s.contains("fix copied"));
+        let out = t.tmux(&["show-buffer"]).expect("tmux show-buffer");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "the copied fix");
+        t.keys(&["Escape"]);
+        t.keys(&["Escape"]);
+        t.wait_for("the whole table", |s| {
+            s.contains(&format!("{rows} containers")) && !s.contains("filter \"")
+        });
+    }
+    t.keys(&["q"]);
+    t.assert_restored("0");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The fix's commands as one would paste them: `\` continuations joined
+/// (they are the only breaks, and each stands for one blank).
+fn commands(fix: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for l in fix {
+        let t = l.trim();
+        if cur.is_empty() && !(t.starts_with("aws ") || t.starts_with("INSTANCE_ID=")) {
+            continue;
+        }
+        match t.strip_suffix(" \\") {
+            Some(head) => {
+                cur.push_str(head);
+                cur.push(' ');
+            }
+            None => {
+                cur.push_str(t);
+                out.push(std::mem::take(&mut cur));
+            }
+        }
+    }
+    // "then, … turn IMDSv1 off" is a later step, not this fix.
+    out.retain(|c| !c.contains("--http-tokens required"));
+    out
+}
+
+fn bash_n(script: &str) {
+    let mut child = Command::new("bash")
+        .arg("-n")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bash");
+    child.stdin.take().unwrap().write_all(format!("{script}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "bash -n: {script}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn fleet_at_80_by_24() {
+    fleet_in(80, 24);
+}
+
+#[test]
+fn fleet_at_200_by_50() {
+    fleet_in(200, 50);
 }

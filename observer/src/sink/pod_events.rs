@@ -633,6 +633,36 @@ mod tests {
         }
     }
 
+    /// No instance id known: the note carries the line that sets
+    /// INSTANCE_ID and the command reading it, both whole, within NOTE_MAX,
+    /// however long the summary; the summary is what gets cut.
+    #[test]
+    fn note_without_an_instance_id_keeps_both_commands_whole() {
+        use crate::diagnose::GET_INSTANCE_ID;
+        let mut f = finding(FindingKind::HopLimitExceeded, Some(UID));
+        f.fix = Some(Fix::hop_limit(None, 2));
+        let cmd = f.fix.as_ref().unwrap().command.clone();
+        assert!(cmd.contains("--instance-id \"$INSTANCE_ID\" "), "{cmd}");
+        let pair = format!("Fix, on the node: {GET_INSTANCE_ID}; {cmd} (the running instance).");
+        // A short summary: everything fits, the launch template too.
+        let n = note(&f);
+        assert!(n.len() <= NOTE_MAX, "{}", n.len());
+        assert!(n.contains(&pair), "{n}");
+        assert!(n.contains(&f.summary), "{n}");
+        assert!(n.contains("Launch template: "), "{n}");
+        // Summaries up to far past the limit: cut, never the commands.
+        for len in [200, 600, 900, 2000] {
+            f.summary = "x".repeat(len);
+            let n = note(&f);
+            assert!(n.len() <= NOTE_MAX, "{len}: {}", n.len());
+            assert!(n.contains(&pair), "{len}: {n}");
+            assert!(n.ends_with("(the running instance).") || n.contains("Launch template: "));
+            if len == 2000 {
+                assert!(n.starts_with("Container api: xxx") && n.contains("x… Fix, on the node"));
+            }
+        }
+    }
+
     #[test]
     fn rate_limit_is_a_minute_of_burst_then_one_a_second() {
         let t0 = Instant::now();

@@ -99,10 +99,11 @@ fn wrap(text: &str, width: usize, indent: &str) -> String {
 }
 
 /// A shell command in lines of at most `width`, broken before options
-/// ("--flag value" kept together) with `\` continuations; never cut.
+/// ("--flag value" kept together) with `\` continuations; never cut, and
+/// never broken inside quotes (a break there would change the quoted text).
 pub fn command_lines(cmd: &str, width: usize) -> Vec<String> {
     let mut pieces: Vec<String> = Vec::new();
-    for word in cmd.split_whitespace() {
+    for word in shell_words(cmd) {
         match pieces.last_mut() {
             Some(last)
                 if last.starts_with("--") && !last.contains(' ') && !word.starts_with("--") =>
@@ -129,6 +130,35 @@ pub fn command_lines(cmd: &str, width: usize) -> Vec<String> {
         fresh = false;
     }
     out.push(line);
+    out
+}
+
+/// `cmd` split at the blanks outside quotes ('...' or "..."): the places a
+/// `\` continuation may go.
+fn shell_words(cmd: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quote) = (None, None);
+    for (i, c) in cmd.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                start.get_or_insert(i);
+            }
+            (None, c) if c.is_whitespace() => {
+                if let Some(s) = start.take() {
+                    out.push(&cmd[s..i]);
+                }
+            }
+            (None, _) => {
+                start.get_or_insert(i);
+            }
+        }
+    }
+    if let Some(s) = start {
+        out.push(&cmd[s..]);
+    }
     out
 }
 

@@ -739,13 +739,20 @@ impl App {
 
     /// `c`: the fix of the container on screen (the detail's, else the
     /// selected row's), as the detail shows it first: the workload's own
-    /// role where that comes first, else the command for the instance.
+    /// role where that comes first, else the command for the instance
+    /// (after the line that sets INSTANCE_ID where its id is not known),
+    /// each whole on one line.
     fn copy_fix(&mut self) {
         let key = if self.view == View::Detail { self.detail } else { self.selected };
         let fix = key.and_then(|(node, cg)| {
             let findings = self.diag.container(&self.nodes[node].name, cg)?.findings();
             let fix = findings.iter().filter_map(|f| f.fix.as_ref()).max_by_key(|f| f.hop_limit)?;
-            Some(fix.own_role.as_ref().map_or(&fix.command, |o| &o.pod_identity).clone())
+            Some(match (&fix.own_role, &fix.get_instance_id) {
+                (Some(own), _) => own.pod_identity.clone(),
+                // The line that sets INSTANCE_ID first: the command reads it.
+                (None, Some(get)) => format!("{get}\n{}", fix.command),
+                (None, None) => fix.command.clone(),
+            })
         });
         self.log = Some(match fix {
             Some(f) => {

@@ -154,7 +154,7 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
     let mut a = app(&failing_host());
     a.handle(Action::Open);
     assert_eq!(a.view, View::Detail);
-    let (b, l) = screen(&mut a, 100, 30);
+    let (b, l) = screen(&mut a, 100, 34);
     // The header stays; the body starts with who it is, in full.
     assert_eq!(l[2], "2 containers · hop_limit_exceeded 1 · imdsv1_fallback 1 · healthy 1");
     assert_eq!(l[3], Ctr::podman().path, "the full label, not shortened");
@@ -185,7 +185,13 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
     assert_eq!(l[fix + 1], "  on the running instance:");
     // No id known here: the line that sets it, then the command reading it.
     assert_eq!(l[fix + 2], "  on the node, where its instance id is not known here:");
+    // Longer than the screen: broken outside its quotes, never cut.
     assert!(l[fix + 3].starts_with("    INSTANCE_ID=$("), "{}", l[fix + 3]);
+    let (get, next) = joined(&l, fix + 3);
+    assert_eq!(get, crate::diagnose::GET_INSTANCE_ID, "{}", dump(&l));
+    assert!(next > fix + 4, "one line of 196 characters at 100 columns");
+    assert!(l[fix + 3..next].iter().all(|x| x.chars().count() < 100), "{}", dump(&l));
+    let fix = next - 4;
     assert_eq!(
         l[fix + 4],
         "    aws ec2 modify-instance-metadata-options --instance-id \"$INSTANCE_ID\" \\"
@@ -341,7 +347,7 @@ fn filter_applies_as_typed_and_clears_on_esc() {
     let (_, l) = screen(&mut a, 100, 30);
     assert!(words(&l[6]).starts_with(&["▶", AGENT]), "{}", dump(&l));
     assert!(l[7].is_empty());
-    assert!(l[29].starts_with("filter \"agent\" · q quit"), "{}", l[29]);
+    assert!(l[29].starts_with("q quit · filter \"agent\" · ? help"), "{}", l[29]);
     // The header still counts every container.
     assert!(l[2].starts_with("2 containers"));
 
@@ -671,6 +677,26 @@ async fn a_file_is_followed_like_tail_f() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A command shown from line `at`, its `\\` continuations joined; and the
+/// index of the line after it.
+fn joined(l: &[String], at: usize) -> (String, usize) {
+    let mut cmd = String::new();
+    for (i, line) in l.iter().enumerate().skip(at) {
+        let t = line.trim();
+        match t.strip_suffix(" \\") {
+            Some(head) => {
+                cmd.push_str(head);
+                cmd.push(' ');
+            }
+            None => {
+                cmd.push_str(t);
+                return (cmd, i + 1);
+            }
+        }
+    }
+    panic!("a continuation at the end of the screen: {cmd}")
+}
+
 #[test]
 fn command_lines_break_at_options_and_keep_everything() {
     let cmd = "aws ec2 modify-instance-metadata-options --instance-id i-0123456789abcdef0 --http-put-response-hop-limit 2 --http-endpoint enabled";
@@ -685,6 +711,22 @@ fn command_lines_break_at_options_and_keep_everything() {
         ]
     );
     assert_eq!(crate::sink::report::command_lines(cmd, 200), [cmd]);
+    // Never inside quotes: each line's quotes pair up, and the lines joined
+    // are the command again.
+    let get = crate::diagnose::GET_INSTANCE_ID;
+    for w in [30, 60, 75, 95] {
+        let l = crate::sink::report::command_lines(get, w);
+        assert!(l.len() > 1, "{w}");
+        for x in &l {
+            assert!(x.matches('\'').count() % 2 == 0 && x.matches('"').count() % 2 == 0, "{x}");
+        }
+        let all: Vec<String> = l.iter().map(|x| format!("    {x}")).collect();
+        assert_eq!(joined(&all, 0), (get.to_string(), l.len()), "{w}");
+    }
+    // Where every word fits, every line does.
+    for x in crate::sink::report::command_lines(get, 75) {
+        assert!(x.chars().count() <= 75, "{x}");
+    }
     assert_eq!(ui::wrap("a bb ccc", 8), ["a bb ccc"]);
     assert_eq!(ui::thousands(1_234_567), "1,234,567");
 }
@@ -852,6 +894,15 @@ fn quit_is_visible_at_80_columns() {
     a.handle(Action::Open);
     let (_, l) = screen(&mut a, 80, 24);
     assert!(l[23].contains("q quit") && l[23].contains("filter"), "{}", dump(&l));
+    // A filter as long as a node's whole name, and a status: still there.
+    a.handle(Action::Back);
+    a.handle(Action::Back);
+    a.handle(Action::Filter);
+    type_text(&mut a, "ip-10-0-3-36.us-west-2.compute.internal");
+    a.handle(Action::Open);
+    a.log = Some("fix copied to the clipboard (OSC 52)".into());
+    let (_, l) = screen(&mut a, 80, 24);
+    assert!(l[23].starts_with("q quit · filter \"ip-10-0-"), "{}", dump(&l));
 }
 
 /// #26 item 10: `c` hands the selected container's fix to the terminal.
@@ -860,7 +911,11 @@ fn copy_key_takes_the_fix_of_the_container_on_screen() {
     let mut a = app(&failing_host());
     keys(&mut a, &[Action::Copy]);
     let fix = a.clipboard.take().expect("the failing container's fix");
-    assert!(fix.starts_with("aws ec2 modify-instance-metadata-options"), "{fix}");
+    // No id known: the line that sets it, then the command, each whole.
+    let (get, cmd) = fix.split_once('\n').expect("two lines");
+    assert_eq!(get, crate::diagnose::GET_INSTANCE_ID);
+    assert!(cmd.starts_with("aws ec2 modify-instance-metadata-options"), "{fix}");
+    assert!(cmd.contains(" --instance-id \"$INSTANCE_ID\" ") && !cmd.contains('\n'), "{fix}");
     assert_eq!(a.log.as_deref(), Some("fix copied to the clipboard (OSC 52)"));
     // The healthy one has none to copy, and says so.
     keys(&mut a, &[Action::Down, Action::Copy]);

@@ -635,9 +635,12 @@ fn fix_lines(fix: &Fix, findings: &[Finding], width: usize, t: Theme) -> Vec<Lin
     out.push(Line::raw("  on the running instance:"));
     if let Some(get) = &fix.get_instance_id {
         // Its id is not known here: the line that sets INSTANCE_ID, run on
-        // the node, whole (a break inside its quotes would change it).
+        // the node, broken only outside its quotes (a break inside would
+        // change them), so that nothing is cut at the screen's edge.
         out.push(Line::raw("  on the node, where its instance id is not known here:"));
-        out.push(Line::styled(format!("    {get}"), t.fg(Color::Green)));
+        for l in report::command_lines(get, width.saturating_sub(4)) {
+            out.push(Line::styled(format!("    {l}"), t.fg(Color::Green)));
+        }
     }
     for l in report::command_lines(&fix.command, width.saturating_sub(4)) {
         out.push(Line::styled(format!("    {l}"), t.fg(Color::Green)));
@@ -778,10 +781,12 @@ fn render_footer(f: &mut Frame, area: Rect, app: &App, t: Theme) {
         if status.is_empty() { 0 } else { (status.chars().count() as u16 + 1).min(area.width / 2) };
     let [left, right] =
         Layout::horizontal([Constraint::Min(0), Constraint::Length(status_w)]).areas(area);
-    let mut hints = Vec::new();
+    // `q quit` first, whatever else there is (a long filter, a status).
+    let mut hints = vec![Span::styled(format!("q quit{SEP}"), t.dim())];
     if !app.filter.is_empty() {
+        let room = (left.width as usize).saturating_sub(20);
         hints.push(Span::styled(
-            format!("filter \"{}\"", app.filter),
+            format!("filter \"{}\"", clip_middle(&app.filter, room.max(8))),
             t.warn().add_modifier(Modifier::BOLD),
         ));
         hints.push(Span::raw(SEP));
@@ -789,13 +794,12 @@ fn render_footer(f: &mut Frame, area: Rect, app: &App, t: Theme) {
     let keys = match app.view {
         View::Table => {
             format!(
-                "q quit · ? help · ↑↓ move · Enter detail · / filter · c copy fix · s sort ({}) · Space pause",
+                "? help · ↑↓ move · Enter detail · / filter · c copy fix · s sort ({}) · Space pause",
                 app.sort.label()
             )
         }
         View::Detail => {
-            "q quit · ? help · ↑↓ scroll · Esc back · c copy fix · / filter · Space pause"
-                .to_string()
+            "? help · ↑↓ scroll · Esc back · c copy fix · / filter · Space pause".to_string()
         }
     };
     let used: usize = hints.iter().map(|h| h.content.chars().count()).sum();
