@@ -207,13 +207,17 @@ fn a_finding_is_one_event_on_its_pod_and_repeats_are_its_series() {
         json!({"apiVersion": "v1", "kind": "Pod", "name": "api-7f9c", "namespace": "payments", "uid": POD_UID})
     );
     assert!(e.get("series").is_none(), "a new Event has no series: {e}");
-    // The note: the container, the first finding's summary, the fix.
+    // The note: the container, the first finding's summary, the fix; the
+    // lab's node name holds no instance id, so the fix first sets it on the
+    // node, both commands whole.
     let note = e["note"].as_str().unwrap();
     let summary = hop[0]["summary"].as_str().unwrap();
+    let fix = &hop[0]["fix"];
     assert!(
         note.starts_with(&format!(
-            "Container api: {summary} Fix: {}",
-            hop[0]["fix"]["command"].as_str().unwrap()
+            "Container api: {summary} Fix, on the node: {}; {}",
+            fix["get_instance_id"].as_str().unwrap(),
+            fix["command"].as_str().unwrap()
         )),
         "{note}"
     );
