@@ -212,9 +212,7 @@ pub async fn capture_loop(
                 _ = tick.tick() => {
                     lost_reported = report_lost(&cap, &pipe, lost_reported, sink)?;
                     let now = SystemTime::now();
-                    for (key, n) in cap.suppressed() {
-                        events.push(pipe.suppressed(key, n, now));
-                    }
+                    events.extend(pipe.suppressed_all(cap.suppressed(), now));
                     events.extend(pipe.node_event(now));
                     sink.bpf_stats(&|| cap.bpf_stats());
                     go = sink.tick(SystemTime::now())?;

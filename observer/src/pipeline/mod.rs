@@ -269,6 +269,27 @@ impl Pipeline {
         ev
     }
 
+    /// The `suppressed` events of one tick: one per workload, and the flows'
+    /// (a budget each, new flows every second) summed into one line, so
+    /// that a busy node's uplink says it once, not once per connection.
+    pub fn suppressed_all(&mut self, held: Vec<(Option<u64>, u64)>, ts: SystemTime) -> Vec<Event> {
+        let mut out = Vec::new();
+        let mut flows = 0;
+        for (key, n) in held {
+            match key {
+                Some(k) if BudgetKey::is_flow(k) => flows += n,
+                _ => out.push(self.suppressed(key, n, ts)),
+            }
+        }
+        if flows > 0 {
+            let mut ev = Event::new(Kind::Suppressed, ts, self.node.clone());
+            ev.count = Some(flows);
+            ev.via = Some("flows".to_string());
+            out.push(ev);
+        }
+        out
+    }
+
     /// A `node` event, when what the cluster says of this node is news.
     pub fn node_event(&mut self, ts: SystemTime) -> Option<Event> {
         let info = self.identities.as_mut()?.node_news()?;
@@ -616,6 +637,21 @@ mod tests {
         ] {
             assert_eq!((BudgetKey::is_flow(key), BudgetKey::is_interface(key)), (flow, interface));
         }
+    }
+
+    #[test]
+    fn the_flows_held_back_in_a_tick_are_one_line() {
+        use observer_ebpf::{flow_key_v4, interface_key};
+        let mut p = pipeline(false);
+        let held = (0..500u16)
+            .map(|port| (Some(flow_key_v4(u32::from_ne_bytes([10, 0, 0, 2]), port)), 2))
+            .chain([(Some(42), 7), (Some(interface_key(1)), 3), (None, 1)])
+            .collect();
+        let evs = p.suppressed_all(held, SystemTime::UNIX_EPOCH);
+        assert_eq!(evs.len(), 4, "{evs:?}");
+        let flows = evs.iter().find(|e| e.via.as_deref() == Some("flows")).unwrap();
+        assert_eq!((flows.count, flows.src), (Some(1000), None));
+        assert!(evs.iter().any(|e| e.cgroup_id == Some(42) && e.count == Some(7)));
     }
 
     #[test]
