@@ -676,27 +676,37 @@ fn a_recording_from_an_earlier_version_replays_to_the_same_findings() {
     }
 }
 
-/// The raw_exec job's start: uid/gid 65534 with CAP_BPF, CAP_PERFMON,
-/// CAP_NET_ADMIN and CAP_SYSLOG ambient (nothing else, no new privileges),
-/// as deploy/nomad/imds-observer-exec.nomad.hcl writes it.
-const AS_NOBODY: [&str; 9] = [
-    "/usr/bin/setpriv",
-    "--reuid=65534",
-    "--regid=65534",
-    "--clear-groups",
-    "--bounding-set=-all,+bpf,+perfmon,+net_admin,+syslog",
-    "--inh-caps=-all,+bpf,+perfmon,+net_admin,+syslog",
-    "--ambient-caps=-all,+bpf,+perfmon,+net_admin,+syslog",
-    "--no-new-privs",
-    "--",
-];
+/// The raw_exec job's start, read from deploy/nomad/imds-observer-exec.nomad.hcl
+/// (the command, then its arguments up to "--"): uid/gid 65534 with
+/// CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYSLOG ambient, nothing
+/// else, no new privileges.
+fn as_the_raw_exec_job() -> Vec<String> {
+    let job = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/nomad/imds-observer-exec.nomad.hcl"),
+    )
+    .unwrap();
+    let quoted = |l: &str| l.trim().trim_end_matches(',').trim_matches('"').to_string();
+    let command = job.lines().find_map(|l| l.trim().strip_prefix("command = ")).unwrap();
+    let args = job.lines().skip_while(|l| !l.trim().starts_with("args = [")).skip(1);
+    let mut out = vec![quoted(command)];
+    for a in args.map(quoted) {
+        out.push(a.clone());
+        if a == "--" {
+            return out;
+        }
+    }
+    panic!("no \"--\" in the raw_exec job's args: {out:?}")
+}
 
 #[test]
 #[ignore = "lab: needs root; run `cargo xtask test`"]
 fn runs_as_nobody_with_three_ambient_capabilities_and_diagnoses() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("js", Attach::Routed);
-    let obs = lab.observer_through(&AS_NOBODY, &[]);
+    let wrapper = as_the_raw_exec_job();
+    assert_eq!(wrapper[0], "/usr/bin/setpriv", "{wrapper:?}");
+    let obs = lab.observer_through(&wrapper.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", obs.pid())).unwrap();
     let field =
         |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string();
