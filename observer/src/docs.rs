@@ -676,6 +676,8 @@ fn every_field() -> Vec<Value> {
         path: Some("/latest/api/token".into()),
         token_header: Some(false),
         token_ttl_header: Some(true),
+        sdk: Some(crate::model::Sdk { name: "botocore", version: Some("1.43.11".into()) }),
+        sdk_attempt: Some([1, 3]),
         status: Some(200),
         reason: Some("IP_INHDR".into()),
         location: Some("ip_forward".into()),
@@ -704,6 +706,7 @@ fn every_field() -> Vec<Value> {
     };
     let evidence = Evidence {
         imds_tokens: Some("required".into()),
+        sdk: Some(crate::model::Sdk { name: "botocore", version: Some("1.43.11".into()) }),
         reply_ttl_at_host: Some(1),
         forwarding_hops: Some(1),
         required_hop_limit: Some(2),

@@ -235,6 +235,12 @@ fn botocore_one_put_then_tokenless_gets() {
     }
     assert!(t[1..].iter().any(|a| a["path"] == "/latest/meta-data/iam/security-credentials/"));
     assert!(latest(&events, &c, "imdsv1_fallback").is_some());
+    // Issue #24: the SDK and its version, from its own User-Agent, and
+    // what it does at the limit.
+    let version = run.lines[0]["botocore"].as_str().unwrap();
+    assert_eq!(f["evidence"]["sdk"], format!("botocore/{version}"));
+    let summary = f["summary"].as_str().unwrap();
+    assert!(summary.contains("botocore waits 1 s for the token once per process"), "{summary}");
 }
 
 #[test]
@@ -257,6 +263,12 @@ fn aws_sdk_for_rust_one_put_then_fails_without_fallback() {
     assert_eq!(t.len(), 1, "one PUT, nothing after: {t:#?}");
     assert_eq!((t[0]["method"].as_str(), t[0]["outcome"].as_str()), (Some("PUT"), Some("lost")));
     assert!(latest(&events, &c, "imdsv1_fallback").is_none(), "no fallback happened");
+    // Issue #24: named from its User-Agent (aws-runtime's version).
+    let sdk = f["evidence"]["sdk"].as_str().unwrap_or_default();
+    let v = sdk.strip_prefix("aws-sdk-rust/").unwrap_or_else(|| panic!("sdk {sdk:?}"));
+    assert!(v.split('.').all(|p| p.parse::<u32>().is_ok()), "{sdk}");
+    let summary = f["summary"].as_str().unwrap();
+    assert!(summary.contains("the SDK for Rust has no IMDSv1 fallback"), "{summary}");
 }
 
 #[test]

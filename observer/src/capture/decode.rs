@@ -162,6 +162,11 @@ pub enum Http {
         token_header: bool,
         /// `X-aws-ec2-metadata-token-ttl-seconds:` present.
         token_ttl_header: bool,
+        /// The SDK named by `User-Agent` (only its name and version are
+        /// kept; a header line cut by the snapshot names none).
+        sdk: Option<crate::model::Sdk>,
+        /// `amz-sdk-request: attempt=N; max=M`.
+        attempt: Option<(u8, u8)>,
     },
     /// A status line `HTTP/1.x NNN`.
     Response { status: u16 },
@@ -511,8 +516,15 @@ pub(crate) fn parse_http(payload: &[u8]) -> Option<Http> {
     // Visible ASCII, so valid UTF-8; the fallback never triggers.
     let path = redact(String::from_utf8(kept.to_vec()).ok()?);
 
-    let (token_header, token_ttl_header) = header_names(rest.get(end..).unwrap_or(&[]));
-    Some(Http::Request { method: (*method).to_string(), path, token_header, token_ttl_header })
+    let h = headers(rest.get(end..).unwrap_or(&[]));
+    Some(Http::Request {
+        method: (*method).to_string(),
+        path,
+        token_header: h.token,
+        token_ttl_header: h.ttl,
+        sdk: h.sdk,
+        attempt: h.attempt,
+    })
 }
 
 /// Where the ECS agent serves a task's role credentials: what follows is
@@ -552,14 +564,27 @@ fn parse_status(payload: &[u8]) -> Option<Http> {
     Some(Http::Response { status })
 }
 
+/// What the header block says, of the little we read.
+#[derive(Default)]
+struct Headers {
+    token: bool,
+    ttl: bool,
+    sdk: Option<crate::model::Sdk>,
+    attempt: Option<(u8, u8)>,
+}
+
 /// Whether the token / token-TTL header names start a line in the header
-/// block. `after_target` is everything after the request target; the header
-/// block starts at its first CRLF and ends at the blank line (or at the end of
-/// the snapshot). Only names are compared, up to and including the colon.
-fn header_names(after_target: &[u8]) -> (bool, bool) {
-    let (mut token, mut ttl) = (false, false);
+/// block, and the SDK and attempt of `User-Agent` / `amz-sdk-request`.
+/// `after_target` is everything after the request target; the header block
+/// starts at its first CRLF and ends at the blank line (or at the end of the
+/// snapshot). Token headers: only names are compared, up to and including
+/// the colon. The two values read are read only from whole lines (a line
+/// the snapshot cuts could name a wrong version), and only through
+/// `model::sdk`, which keeps nothing but a known name and its version.
+fn headers(after_target: &[u8]) -> Headers {
+    let mut h = Headers::default();
     let Some(first_crlf) = find(after_target, b"\r\n") else {
-        return (false, false);
+        return h;
     };
     let mut rest = &after_target[first_crlf + 2..];
     loop {
@@ -571,14 +596,25 @@ fn header_names(after_target: &[u8]) -> (bool, bool) {
             // Blank line: end of headers (body bytes are not headers).
             break;
         }
-        token |= is_header(line, TOKEN_HEADER);
-        ttl |= is_header(line, TOKEN_TTL_HEADER);
+        h.token |= is_header(line, TOKEN_HEADER);
+        h.ttl |= is_header(line, TOKEN_TTL_HEADER);
+        if next.is_some() {
+            if let Some(v) = value_of(line, b"User-Agent") {
+                h.sdk = crate::model::sdk::from_user_agent(v);
+            } else if let Some(v) = value_of(line, b"amz-sdk-request") {
+                h.attempt = crate::model::sdk::attempt(v);
+            }
+        }
         match next {
             Some(n) => rest = n,
             None => break,
         }
     }
-    (token, ttl)
+    h
+}
+
+fn value_of<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    is_header(line, name).then(|| line[name.len() + 1..].trim_ascii())
 }
 
 fn is_header(line: &[u8], name: &[u8]) -> bool {
@@ -771,6 +807,8 @@ mod tests {
                 path: "/latest/api/token".into(),
                 token_header: false,
                 token_ttl_header: true,
+                sdk: None,
+                attempt: None,
             })
         );
     }
@@ -787,6 +825,8 @@ mod tests {
                 path: "/latest/meta-data/iam/security-credentials/".into(),
                 token_header: true,
                 token_ttl_header: false,
+                sdk: None,
+                attempt: None,
             })
         );
         let dbg = format!("{d:?}");
@@ -803,6 +843,37 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_sdk_and_attempt_come_from_whole_header_lines_only() {
+        let ua = "Botocore/1.43.11 Python/3.11.7 Linux/6.18.44";
+        let sdk_of = |req: &[u8]| {
+            let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], req));
+            match decode(&p, 4).unwrap().http {
+                Some(Http::Request { sdk, attempt, .. }) => (sdk.map(|s| s.to_string()), attempt),
+                other => panic!("{other:?}"),
+            }
+        };
+        let whole = format!(
+            "GET / HTTP/1.1\r\nuser-agent: {ua}\r\namz-sdk-request: attempt=2; max=3\r\n\r\n"
+        );
+        assert_eq!(sdk_of(whole.as_bytes()), (Some("botocore/1.43.11".into()), Some((2, 3))));
+        // Cut by the snapshot inside the version: unknown, not "1.4".
+        assert_eq!(sdk_of(b"GET / HTTP/1.1\r\nUser-Agent: Botocore/1.4"), (None, None));
+        // In the body, or in another header's value: not the User-Agent.
+        assert_eq!(
+            sdk_of(format!("PUT / HTTP/1.1\r\n\r\nUser-Agent: {ua}\r\n").as_bytes()).0,
+            None
+        );
+        assert_eq!(
+            sdk_of(format!("GET / HTTP/1.1\r\nX-Note: User-Agent: {ua}\r\n\r\n").as_bytes()).0,
+            None
+        );
+        // Nothing but the name and version is kept of the header.
+        let p = ipv4(POD4, IMDS4, 6, 64, &[], &tcp(1, 80, 1, 1, PSHACK, &[], whole.as_bytes()));
+        let dbg = format!("{:?}", decode(&p, 4).unwrap());
+        assert!(!dbg.contains("Python") && !dbg.contains("Linux"), "{dbg}");
     }
 
     #[test]
@@ -883,7 +954,7 @@ mod tests {
         // Cut right after the path's terminating space: method and path known.
         let cut = 40 + b"PUT /latest/api/token ".len();
         match decode(&p[..cut], 4).unwrap().http {
-            Some(Http::Request { method, path, token_header, token_ttl_header }) => {
+            Some(Http::Request { method, path, token_header, token_ttl_header, .. }) => {
                 assert_eq!((method.as_str(), path.as_str()), ("PUT", "/latest/api/token"));
                 assert!(!token_header && !token_ttl_header);
             }
@@ -1015,6 +1086,8 @@ mod tests {
                 path: "/latest/api/token".into(),
                 token_header: false,
                 token_ttl_header: true,
+                sdk: None,
+                attempt: None,
             })
         );
 

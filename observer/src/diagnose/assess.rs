@@ -10,7 +10,7 @@ use super::{
     },
     state::{ContainerState, Outcome, StatusState, Ts},
 };
-use crate::model::{NodeInfo, Provisioner, bounded::plural, rfc3339};
+use crate::model::{NodeInfo, Provisioner, bounded::plural, rfc3339, sdk};
 
 pub(super) struct NodeView<'a> {
     pub name: &'a str,
@@ -166,8 +166,13 @@ pub(super) fn by_design(node: &NodeView) -> Option<Provisioner> {
 /// The fix for a container that the hop limit keeps from IMDS tokens. On a
 /// node that does so by design, a role of the workload's own comes first,
 /// and the hop limit only on a pool of nodes of its own: raised on this
-/// one, every pod here would get the node's role.
-fn hop_fix(node: &NodeView, c: &ContainerState, required: u8) -> Fix {
+/// one, every pod here would get the node's role. None for a workload that
+/// only asks where it runs: its fix is its own configuration
+/// ([`WHEREABOUTS_ADVICE`]), never the node's hop limit.
+fn hop_fix(node: &NodeView, c: &ContainerState, required: u8) -> Option<Fix> {
+    if c.asked.only_whereabouts() {
+        return None;
+    }
     let mut fix = Fix::hop_limit(node.instance_id, required);
     if let Some(p) = by_design(node) {
         let who = c.identity.as_ref();
@@ -180,7 +185,22 @@ fn hop_fix(node: &NodeView, c: &ContainerState, required: u8) -> Fix {
             p.pool_word()
         ));
     }
-    fix
+    Some(fix)
+}
+
+/// For a workload that asked IMDS only where it runs.
+const WHEREABOUTS_ADVICE: &str = " It asked IMDS only where it runs (region, zone, instance id), never for credentials: tell it its region instead (AWS_REGION, or the component's own region flag), and set AWS_EC2_METADATA_DISABLED=true if it needs nothing else from IMDS. The hop limit needs no change for it.";
+
+/// What to do, after the facts: the workload's own need decides first,
+/// then whether the node blocks pods from its role on purpose.
+fn remedy(node: &NodeView, c: &ContainerState, required: u8) -> String {
+    if c.asked.only_whereabouts() {
+        return WHEREABOUTS_ADVICE.to_string();
+    }
+    match by_design(node) {
+        Some(p) => by_design_advice(node, p, c),
+        None => format!(" Raise the hop limit to {required}."),
+    }
 }
 
 /// What a pod on a node that keeps pods from its role by design should be
@@ -251,6 +271,7 @@ pub(super) fn build(
         imds_tokens: node
             .tokens_required
             .map(|r| if r { "required" } else { "optional" }.to_string()),
+        sdk: c.sdk.clone(),
         ..Default::default()
     };
     let mut tl = Vec::new();
@@ -267,7 +288,7 @@ pub(super) fn build(
             ev.icmp_time_exceeded = Some(ep.icmp);
             ev.seconds_lost = Some(secs);
             tl = timeline(c);
-            fix = Some(hop_fix(node, c, req));
+            fix = hop_fix(node, c, req);
             let ttl = ep.reply_ttl.map_or("the hop limit".to_string(), |t| {
                 format!("TTL {t} (the instance's hop limit)")
             });
@@ -279,10 +300,7 @@ pub(super) fn build(
                 ),
                 None => "this container (its forwarding hops are not measured yet)".to_string(),
             };
-            let then = match by_design(node) {
-                Some(p) => by_design_advice(node, p, c),
-                None => format!(" Raise the hop limit to {req}."),
-            };
+            let then = remedy(node, c, req);
             // The first finding comes as the reply dies: no time is lost
             // yet, but the client's SDK waits out its timeout next.
             let waited = if secs < 0.05 {
@@ -296,6 +314,10 @@ pub(super) fn build(
                 )
             } else {
                 format!("the client lost {secs:.1} s waiting")
+            };
+            let waited = match c.sdk.as_ref().and_then(|s| sdk::at_the_limit(s).map(|t| (s, t))) {
+                Some((s, does)) => format!("{waited} ({s}: {does})"),
+                None => waited,
             };
             format!(
                 "{} reached the host with {ttl} and {were} dropped on the way to {place}; {waited}.{then}",
@@ -318,13 +340,17 @@ pub(super) fn build(
             };
             let then = if c.episode.is_some() {
                 let req = required(node, c);
-                let mut f = hop_fix(node, c, req);
-                let id = super::instance_id_arg(node.instance_id);
-                f.note = Some(format!(
-                    "once tokens get through, turn IMDSv1 off: aws ec2 modify-instance-metadata-options --instance-id {id} --http-tokens required"
-                ));
-                fix = Some(f);
+                fix = hop_fix(node, c, req).map(|mut f| {
+                    let id = super::instance_id_arg(node.instance_id);
+                    f.note = Some(format!(
+                        "once tokens get through, turn IMDSv1 off: aws ec2 modify-instance-metadata-options --instance-id {id} --http-tokens required"
+                    ));
+                    f
+                });
                 match by_design(node) {
+                    _ if c.asked.only_whereabouts() => {
+                        format!(" Require IMDSv2 (--http-tokens required).{}", WHEREABOUTS_ADVICE)
+                    }
                     Some(p) => format!(
                         " Require IMDSv2 (--http-tokens required): with IMDSv1 open, pods reach the node's role despite hop limit 1.{}",
                         by_design_advice(node, p, c)
@@ -366,12 +392,9 @@ pub(super) fn build(
                 FindingKind::TokenRejected => match &c.episode {
                     Some(ep) => {
                         let req = required(node, c);
-                        fix = Some(hop_fix(node, c, req));
+                        fix = hop_fix(node, c, req);
                         let ttl = ep.reply_ttl.map_or(String::new(), |t| format!(" ({t})"));
-                        let then = match by_design(node) {
-                            Some(p) => by_design_advice(node, p, c),
-                            None => format!(" Raise the hop limit to {req}."),
-                        };
+                        let then = remedy(node, c, req);
                         format!(
                             "IMDS rejected {n} with 401 Unauthorized (last: {what}). The cause is the hop limit: the container never got a token because the token replies died at the hop limit{ttl}, so it asks without one and this instance requires tokens.{then}"
                         )
@@ -460,11 +483,8 @@ pub(super) fn build(
             let (h, l) = (c.forwarding_hops.unwrap_or(0), node.hop_limit.unwrap_or(0));
             let req = required(node, c);
             ev.required_hop_limit = Some(req);
-            fix = Some(hop_fix(node, c, req));
-            let then = match by_design(node) {
-                Some(p) => by_design_advice(node, p, c),
-                None => format!(" Raise the hop limit to {req}."),
-            };
+            fix = hop_fix(node, c, req);
+            let then = remedy(node, c, req);
             format!(
                 "This container is {} behind the host's uplink, but token replies on this node arrive with TTL {l} (the hop limit): its first IMDSv2 token request will be dropped, and the SDK will time out, then fall back to IMDSv1 or fail.{then}",
                 plural(h as u64, "forwarding hop", "forwarding hops"),

@@ -253,6 +253,12 @@ pub(super) fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
         ReqKind::Credentials => c.requests.credentials += 1,
         ReqKind::Other => c.requests.other += 1,
     }
+    if aws {
+        c.asked.note(kind, path);
+    }
+    if let Some(sdk) = ev.sdk.as_ref().filter(|s| c.sdk.as_ref() != Some(*s)) {
+        c.sdk = Some(sdk.clone());
+    }
     let imdsv1 = aws && kind != ReqKind::Token && !token_header;
     if aws && kind != ReqKind::Token {
         if token_header {

@@ -130,6 +130,10 @@ pub struct Evidence {
     /// this node (401, or a success); absent until one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub imds_tokens: Option<String>,
+    /// The AWS SDK the container's latest request named in `User-Agent`,
+    /// `name/version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sdk: Option<crate::model::Sdk>,
     /// TTL the lost token replies carried when they reached the host's uplink
     /// (= the instance's hop limit).
     #[serde(skip_serializing_if = "Option::is_none")]

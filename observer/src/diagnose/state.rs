@@ -490,6 +490,51 @@ pub(super) struct ContainerState {
     pub summary: SummaryAcc,
     /// Who sent its latest request (pid, comm: the connect hook's process).
     pub process: Option<(u32, String)>,
+    /// The SDK its latest request's `User-Agent` named.
+    pub sdk: Option<crate::model::Sdk>,
+    /// What it asked AWS IMDS for.
+    pub asked: Asked,
+}
+
+/// What a workload asked AWS IMDS for, token requests aside: whether it
+/// needs the node's role at all, or only to know where it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(super) struct Asked {
+    pub credentials: bool,
+    /// Region, zone, instance id, the identity document.
+    pub whereabouts: bool,
+    pub other: bool,
+}
+
+/// Paths that say where the instance runs (what SDKs read for a region).
+const WHEREABOUTS: [&str; 4] = [
+    "/latest/meta-data/placement",
+    "/latest/meta-data/instance-id",
+    "/latest/dynamic/instance-identity/document",
+    "/latest/dynamic/instance-identity",
+];
+
+impl Asked {
+    pub fn note(&mut self, kind: ReqKind, path: &str) {
+        let p = path_only(path).trim_end_matches('/');
+        match kind {
+            ReqKind::Token => {}
+            ReqKind::Credentials => self.credentials = true,
+            ReqKind::Other
+                if WHEREABOUTS.iter().any(|w| {
+                    p.strip_prefix(w).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                }) =>
+            {
+                self.whereabouts = true
+            }
+            ReqKind::Other => self.other = true,
+        }
+    }
+
+    /// It asked, and only where it runs: it needs no credentials from IMDS.
+    pub fn only_whereabouts(&self) -> bool {
+        self.whereabouts && !self.credentials && !self.other
+    }
 }
 
 impl ContainerState {
@@ -534,6 +579,8 @@ impl ContainerState {
             emitted: Vec::new(),
             summary: SummaryAcc::default(),
             process: None,
+            sdk: None,
+            asked: Asked::default(),
         }
     }
 

@@ -750,7 +750,7 @@ fn at_risk_before_the_first_token_request() {
     // ...and a container one hop away only made a tokenless GET.
     let mut c = ctr.conn(2);
     v.extend(c.connect(10));
-    v.extend(c.request(11, "GET", "/latest/meta-data/instance-id", false));
+    v.extend(c.request(11, "GET", CREDS, false));
     v.extend(c.respond(12, 200, 64));
     let mut d = Diagnoser::default();
     let emitted = feed(&mut d, &v);
@@ -1555,4 +1555,93 @@ fn the_node_learned_later_turns_the_advice_and_no_node_keeps_the_quick_fix() {
     let kinds: Vec<_> = d.findings().iter().map(|f| f.kind).collect();
     assert!(kinds.contains(&FindingKind::HopLimitExceeded), "{kinds:?}");
     assert!(!kinds.contains(&FindingKind::NodeRoleBlocked), "{kinds:?}");
+}
+
+/// The seed's failure from a client that wants only its region: its token
+/// PUT dies at the hop limit, then it asks for the zone without a token,
+/// as botocore's region lookup does. `sdk` is put on its requests.
+fn region_only_failure(sdk: Option<&str>) -> Vec<Event> {
+    let ctr = Ctr::podman();
+    let mut v = Vec::new();
+    let mut a = ctr.conn(11);
+    v.extend(a.connect(0));
+    v.extend(a.put_token(1));
+    v.extend(a.respond(2, 200, 1));
+    v.extend(a.fin(1001));
+    let mut b = ctr.conn(12);
+    v.extend(b.connect(1003));
+    v.extend(b.request(1005, "GET", "/latest/meta-data/placement/availability-zone/", false));
+    v.extend(b.respond(1006, 200, 64));
+    v.extend(b.fin(1010));
+    let sdk: Option<crate::model::Sdk> = sdk.map(|s| serde_json::from_value(s.into()).unwrap());
+    for e in v.iter_mut().filter(|e| e.kind == Kind::Request && e.method.is_some()) {
+        e.sdk = sdk.clone();
+    }
+    v
+}
+
+#[test]
+fn a_workload_that_asks_only_where_it_runs_is_told_its_region_never_a_hop_limit() {
+    // On a node with nothing said of its design, and on a Karpenter node.
+    for karpenter in [false, true] {
+        let mut d = Diagnoser::default();
+        if karpenter {
+            feed(&mut d, &[karpenter_node(0)]);
+        }
+        feed(&mut d, &from_shop_web(region_only_failure(None), None));
+        let f = d.findings();
+        let hop = f
+            .iter()
+            .find(|f| {
+                matches!(f.kind, FindingKind::HopLimitExceeded | FindingKind::NodeRoleBlocked)
+            })
+            .unwrap_or_else(|| panic!("{:?}", kinds(&f)));
+        for f in &f {
+            assert!(f.fix.is_none(), "{}: a hop-limit fix offered: {:?}", f.kind, f.fix);
+            assert!(!f.summary.contains("Raise the hop limit"), "{}: {}", f.kind, f.summary);
+        }
+        assert!(hop.summary.contains("AWS_REGION"), "{}", hop.summary);
+        assert!(hop.summary.contains("AWS_EC2_METADATA_DISABLED=true"), "{}", hop.summary);
+        assert!(hop.summary.contains("The hop limit needs no change"), "{}", hop.summary);
+    }
+    // One credentials request and it needs the role after all.
+    let mut v = from_shop_web(region_only_failure(None), None);
+    let ctr = Ctr::podman();
+    let mut c = ctr.conn(13);
+    v.extend(c.connect(1100));
+    v.extend(c.request(1101, "GET", CREDS, false));
+    let mut d = Diagnoser::default();
+    feed(&mut d, &v);
+    let f = d.findings();
+    let hop = f.iter().find(|f| f.kind == FindingKind::HopLimitExceeded).unwrap();
+    assert!(
+        hop.fix.is_some() && hop.summary.contains("Raise the hop limit to 2"),
+        "{}",
+        hop.summary
+    );
+}
+
+#[test]
+fn the_sdk_its_user_agent_named_is_evidence_and_says_how_it_waits() {
+    let mut d = Diagnoser::default();
+    feed(&mut d, &region_only_failure(Some("botocore/1.43.11")));
+    let f = d.findings();
+    let hop = f.iter().find(|f| f.kind == FindingKind::HopLimitExceeded).unwrap();
+    assert_eq!(
+        hop.evidence.sdk.as_ref().map(|s| s.to_string()).as_deref(),
+        Some("botocore/1.43.11")
+    );
+    assert!(
+        hop.summary
+            .contains("(botocore/1.43.11: botocore waits 1 s for the token once per process"),
+        "{}",
+        hop.summary
+    );
+    let line = serde_json::to_string(hop).unwrap();
+    assert!(line.contains(r#""sdk":"botocore/1.43.11""#), "{line}");
+    // No SDK named: nothing said of one.
+    let mut d = Diagnoser::default();
+    feed(&mut d, &region_only_failure(None));
+    let hop = d.findings().into_iter().find(|f| f.kind == FindingKind::HopLimitExceeded).unwrap();
+    assert!(hop.evidence.sdk.is_none() && !hop.summary.contains("botocore"), "{}", hop.summary);
 }

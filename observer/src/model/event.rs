@@ -178,6 +178,13 @@ pub struct Event {
     /// `X-aws-ec2-metadata-token-ttl-seconds` present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_ttl_header: Option<bool>,
+    /// Request: the SDK its `User-Agent` names, `name/version` (nothing
+    /// else of the header is kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sdk: Option<super::Sdk>,
+    /// Request: `amz-sdk-request`'s attempt and the SDK's most, `[n, max]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sdk_attempt: Option<[u8; 2]>,
     /// HTTP status, when the packet starts a response.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -261,6 +268,8 @@ impl Event {
             path: None,
             token_header: None,
             token_ttl_header: None,
+            sdk: None,
+            sdk_attempt: None,
             status: None,
             reason: None,
             location: None,

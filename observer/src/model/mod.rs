@@ -8,6 +8,7 @@ pub mod container;
 mod endpoint;
 mod event;
 mod node;
+pub mod sdk;
 mod tcp_flags;
 
 pub use container::{Container, NETNS_KEY, Nomad};
@@ -17,4 +18,5 @@ pub use event::{
     rfc3339,
 };
 pub use node::{NodeInfo, Provisioner};
+pub use sdk::Sdk;
 pub use tcp_flags::TcpFlags;

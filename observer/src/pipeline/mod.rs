@@ -510,11 +510,13 @@ fn fill_packet(ev: &mut Event, pkt: &Packet) {
         ev.ack = Some(t.ack);
     }
     match &pkt.http {
-        Some(Http::Request { method, path, token_header, token_ttl_header }) => {
+        Some(Http::Request { method, path, token_header, token_ttl_header, sdk, attempt }) => {
             ev.method = Some(method.clone());
             ev.path = Some(path.clone());
             ev.token_header = Some(*token_header);
             ev.token_ttl_header = Some(*token_ttl_header);
+            ev.sdk = sdk.clone();
+            ev.sdk_attempt = attempt.map(|(n, max)| [n, max]);
         }
         Some(Http::Response { status }) => ev.status = Some(*status),
         None => {}
