@@ -261,7 +261,7 @@ pub struct RunArgs {
 
     /// Create no Kubernetes Events. By default, when the pod lookup is on
     /// (in a cluster or with KUBECONFIG, and a node name), a
-    /// hop_limit_exceeded, node_role_blocked, imdsv1_fallback, token_rejected or at_risk
+    /// hop_limit_exceeded, node_role_blocked, imdsv1_fallback, token_rejected, node_role_leak or at_risk
     /// finding about a pod of this node is also a Warning Event on that pod
     /// (`kubectl describe pod`), repeats counted on the Event, at most 60
     /// requests a minute per node. Needs create and patch on events

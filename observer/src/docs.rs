@@ -707,6 +707,8 @@ fn every_field() -> Vec<Value> {
     let evidence = Evidence {
         imds_tokens: Some("required".into()),
         sdk: Some(crate::model::Sdk { name: "botocore", version: Some("1.43.11".into()) }),
+        sdk_minimum: Some("1.34.41".into()),
+        node_credentials: Some(1),
         reply_ttl_at_host: Some(1),
         forwarding_hops: Some(1),
         required_hop_limit: Some(2),

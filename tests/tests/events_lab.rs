@@ -9,7 +9,10 @@
 //! `cargo xtask test`.
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use imds_lab::{
     Attach, Container, Lab, LabOpts, Observer, Orchestrator, Value, findings_for, pod_json,
@@ -405,4 +408,70 @@ fn on_a_karpenter_node_the_pod_is_told_to_get_a_role_of_its_own() {
     );
     assert!(!note.contains("hostNetwork") && note.len() <= 1024, "{note}");
     assert!(!seen.iter().any(|s| s.event["reason"] == "IMDSHopLimitExceeded"));
+}
+
+/// Issue #24: a pod whose spec sets IRSA's variables, running real
+/// botocore that takes the node's role from IMDS anyway (its chain has no
+/// web identity: the client clears the variables, as an override would).
+/// The finding is node_role_leak, naming botocore and its version from the
+/// User-Agent and the table's minimum, with no hop-limit fix; the pod gets
+/// an IMDSNodeRoleLeak Event; no variable value appears anywhere.
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn a_pod_with_irsa_that_takes_the_nodes_role_is_told_why() {
+    const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/lab-canary-role";
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let mut pod = pod_json("lab-node", POD_UID, "api-7f9c", CID, json!({"app": "api"}));
+    pod["spec"]["serviceAccountName"] = json!("checkout");
+    pod["spec"]["containers"][0]["env"] = json!([
+        {"name": "AWS_ROLE_ARN", "value": ROLE_ARN},
+        {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"},
+    ]);
+    let api = lab.fake_orchestrator(json!({"pods": [pod], "kube_token": KUBE_TOKEN}));
+    let kpod = lab.add_pod_container("kpod", POD_UID, CID);
+    let obs = start_observer(&lab, &api, &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/botocore_client.py");
+    let run = kpod.client(
+        Path::new("python3"),
+        &[script.to_str().unwrap()],
+        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)],
+    );
+    assert_eq!(run.code, 0, "botocore got the node's credentials: {:?}", run.lines);
+    let version = run.lines[0]["botocore"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    while !events_seen(&api).iter().any(|s| s.event["reason"] == "IMDSNodeRoleLeak") {
+        assert!(t0.elapsed() < Duration::from_secs(15), "no IMDSNodeRoleLeak Event");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = obs.events();
+    let stdout = obs.finish(Duration::ZERO);
+    common::assert_fields_documented(&stdout);
+
+    let leak = kinds_for(&events, &kpod, "node_role_leak");
+    let f =
+        leak.last().unwrap_or_else(|| panic!("{:#?}", findings_for(&events, &kpod.cgroup_rel())));
+    assert_eq!(f["container"]["aws_identity"], "irsa");
+    assert_eq!(f["evidence"]["sdk"], format!("botocore/{version}"));
+    assert_eq!(f["evidence"]["sdk_minimum"], "1.12.200");
+    assert!(f["evidence"]["node_credentials"].as_u64().unwrap() >= 1, "{f}");
+    assert!(f.get("fix").is_none(), "no hop-limit fix: {f}");
+    let summary = f["summary"].as_str().unwrap();
+    for want in [
+        "configured for IRSA (ServiceAccount payments/checkout)",
+        &format!("its SDK, botocore/{version}, supports IRSA (since 1.12.200)"),
+    ] {
+        assert!(summary.contains(want), "{want:?} not in {summary}");
+    }
+    let note = events_seen(&api)
+        .into_iter()
+        .find(|s| s.method == "POST" && s.event["reason"] == "IMDSNodeRoleLeak")
+        .unwrap()
+        .event["note"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(note.contains("node's IAM role credentials"), "{note}");
+    // Names only: the role ARN never leaves the API's answer.
+    let all = stdout.iter().map(|l| l.to_string()).collect::<String>() + &note;
+    assert!(!all.contains("lab-canary-role") && !all.contains("111122223333"));
 }

@@ -98,6 +98,9 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Active {
     if !failing.is_empty() {
         v.push((FindingKind::Unreachable, fp(failing)));
     }
+    if let Some(id) = leak(c) {
+        v.push((FindingKind::NodeRoleLeak, fp((id, &c.sdk))));
+    }
     if at_risk(node, c) {
         v.push((FindingKind::AtRisk, fp((hops, node.hop_limit))));
     }
@@ -203,17 +206,70 @@ fn remedy(node: &NodeView, c: &ContainerState, required: u8) -> String {
     }
 }
 
+/// The provider of a workload's own role, when its spec gives it one and it
+/// took the node's role from IMDS anyway.
+fn leak(c: &ContainerState) -> Option<sdk::Provider> {
+    if c.node_credentials == 0 {
+        return None;
+    }
+    match c.identity.as_ref()?.aws_identity.as_deref()? {
+        "irsa" => Some(sdk::Provider::WebIdentity),
+        "pod_identity" => Some(sdk::Provider::PodIdentity),
+        _ => None,
+    }
+}
+
+/// " (ServiceAccount ns/sa)" when the pod's is known.
+fn service_account(c: &ContainerState) -> String {
+    let who = c.identity.as_ref();
+    match (who.and_then(|w| w.namespace.as_deref()), who.and_then(|w| w.service_account.as_deref()))
+    {
+        (Some(ns), Some(sa)) => format!(" (ServiceAccount {ns}/{sa})"),
+        _ => String::new(),
+    }
+}
+
+fn provider_name(p: sdk::Provider) -> &'static str {
+    match p {
+        sdk::Provider::WebIdentity => "IRSA",
+        sdk::Provider::PodIdentity => "EKS Pod Identity",
+    }
+}
+
+/// Why a workload configured for `p` still asks IMDS, as far as its SDK
+/// tells: too old (with the first version that would do), or new enough
+/// (so something earlier in its credential chain wins), or unknown.
+fn leak_cause(c: &ContainerState, p: sdk::Provider, ev: &mut Evidence) -> String {
+    let id = provider_name(p);
+    let Some(s) = c.sdk.as_ref() else {
+        return format!(
+            "its AWS SDK may be older than the first to support {id}, or its credential chain is overridden (keys in its environment or a profile, or code that asks IMDS itself)"
+        );
+    };
+    let Some(min) = sdk::minimum_for(s, p) else {
+        return format!(
+            "its SDK is {s}; check that it supports {id}, or whether its credential chain is overridden"
+        );
+    };
+    ev.sdk_minimum = Some(min.to_string());
+    match sdk::older_than(s, min) {
+        Some(true) => {
+            format!("its SDK, {s}, is older than {min}, the first to support {id}: upgrade it")
+        }
+        Some(false) => format!(
+            "its SDK, {s}, supports {id} (since {min}), so something earlier in its credential chain wins: keys in its environment or a profile, or code that asks IMDS itself"
+        ),
+        None => format!(
+            "its SDK is {s}; {id} needs {min} or later, or its credential chain is overridden"
+        ),
+    }
+}
+
 /// What a pod on a node that keeps pods from its role by design should be
 /// told: that the block is the node's design, and what to do instead.
 fn by_design_advice(node: &NodeView, p: Provisioner, c: &ContainerState) -> String {
     let who = c.identity.as_ref();
-    let sa = match (
-        who.and_then(|w| w.namespace.as_deref()),
-        who.and_then(|w| w.service_account.as_deref()),
-    ) {
-        (Some(ns), Some(sa)) => format!(" (ServiceAccount {ns}/{sa})"),
-        _ => String::new(),
-    };
+    let sa = service_account(c);
     let has = who.and_then(|w| w.aws_identity.as_deref()).map(|i| match i {
         "irsa" => "IRSA",
         _ => "EKS Pod Identity",
@@ -478,6 +534,18 @@ pub(super) fn build(
                 format!(" The kernel dropped packets with reason {}.", ev.drop_reasons.join(", "))
             };
             format!("Could not reach {}.{dropped}", parts.join("; "))
+        }
+        FindingKind::NodeRoleLeak => {
+            let p = leak(c).expect("active");
+            ev.node_credentials = Some(c.node_credentials);
+            tl = timeline(c);
+            let sa = service_account(c);
+            let cause = leak_cause(c, p, &mut ev);
+            format!(
+                "This workload is configured for {}{sa}, yet IMDS handed it the node's IAM role credentials ({}): {cause}. Until then it acts with the node's role, not its own.",
+                provider_name(p),
+                plural(c.node_credentials, "answer", "answers"),
+            )
         }
         FindingKind::AtRisk => {
             let (h, l) = (c.forwarding_hops.unwrap_or(0), node.hop_limit.unwrap_or(0));

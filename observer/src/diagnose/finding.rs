@@ -34,6 +34,9 @@ pub enum FindingKind {
     BadTokenRequest,
     /// A token request failed and the container went on without a token.
     Imdsv1Fallback,
+    /// A workload configured for a role of its own (IRSA, EKS Pod
+    /// Identity) took the node's role credentials from IMDS.
+    NodeRoleLeak,
     /// The container is farther from the uplink than the hop limit allows and
     /// has not asked for a token yet.
     AtRisk,
@@ -42,7 +45,7 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 9] = [
+    pub const ALL: [FindingKind; 10] = [
         FindingKind::HopLimitExceeded,
         FindingKind::NodeRoleBlocked,
         FindingKind::TokenRejected,
@@ -50,6 +53,7 @@ impl FindingKind {
         FindingKind::Unreachable,
         FindingKind::BadTokenRequest,
         FindingKind::Imdsv1Fallback,
+        FindingKind::NodeRoleLeak,
         FindingKind::AtRisk,
         FindingKind::Healthy,
     ];
@@ -64,6 +68,7 @@ impl FindingKind {
             FindingKind::Unreachable => "unreachable",
             FindingKind::BadTokenRequest => "bad_token_request",
             FindingKind::Imdsv1Fallback => "imdsv1_fallback",
+            FindingKind::NodeRoleLeak => "node_role_leak",
             FindingKind::AtRisk => "at_risk",
             FindingKind::Healthy => "healthy",
         }
@@ -134,6 +139,13 @@ pub struct Evidence {
     /// `name/version`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sdk: Option<crate::model::Sdk>,
+    /// `node_role_leak`: the first version of that SDK that supports the
+    /// workload's own provider (the EKS user guide's table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sdk_minimum: Option<String>,
+    /// `node_role_leak`: IMDS credential answers the workload received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_credentials: Option<u64>,
     /// TTL the lost token replies carried when they reached the host's uplink
     /// (= the instance's hop limit).
     #[serde(skip_serializing_if = "Option::is_none")]

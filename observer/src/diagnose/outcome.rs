@@ -96,6 +96,9 @@ pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
                         }
                     }
                 }
+                if kind == ReqKind::Credentials {
+                    c.node_credentials += 1;
+                }
                 if kind == ReqKind::Token {
                     c.tokens_ok += 1;
                     if c.token_failed_last.is_none_or(|t| req_ts > t) {

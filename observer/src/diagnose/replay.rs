@@ -210,6 +210,7 @@ fn summary(c: &mut ContainerState, ts: Ts, s: &crate::model::Summary) {
     r.imdsv2 += s.imdsv2;
     // Summed exchanges are healthy ones: answered, tokens delivered.
     c.tokens_ok += s.token;
+    c.node_credentials += s.credentials;
     let end = ts + Duration::from_secs_f64(s.interval_s.clamp(0.0, 1e9));
     c.last_success = Some(c.last_success.map_or(end, |t| t.max(end)));
     c.last_seen = c.last_seen.max(end);

@@ -492,6 +492,9 @@ pub(super) struct ContainerState {
     pub process: Option<(u32, String)>,
     /// The SDK its latest request's `User-Agent` named.
     pub sdk: Option<crate::model::Sdk>,
+    /// Answers (2xx) it got from IMDS's role-credentials path: the node's
+    /// role, in its hands.
+    pub node_credentials: u64,
     /// What it asked AWS IMDS for.
     pub asked: Asked,
 }
@@ -580,6 +583,7 @@ impl ContainerState {
             summary: SummaryAcc::default(),
             process: None,
             sdk: None,
+            node_credentials: 0,
             asked: Asked::default(),
         }
     }

@@ -1573,11 +1573,7 @@ fn region_only_failure(sdk: Option<&str>) -> Vec<Event> {
     v.extend(b.request(1005, "GET", "/latest/meta-data/placement/availability-zone/", false));
     v.extend(b.respond(1006, 200, 64));
     v.extend(b.fin(1010));
-    let sdk: Option<crate::model::Sdk> = sdk.map(|s| serde_json::from_value(s.into()).unwrap());
-    for e in v.iter_mut().filter(|e| e.kind == Kind::Request && e.method.is_some()) {
-        e.sdk = sdk.clone();
-    }
-    v
+    with_sdk(v, sdk)
 }
 
 #[test]
@@ -1644,4 +1640,77 @@ fn the_sdk_its_user_agent_named_is_evidence_and_says_how_it_waits() {
     feed(&mut d, &region_only_failure(None));
     let hop = d.findings().into_iter().find(|f| f.kind == FindingKind::HopLimitExceeded).unwrap();
     assert!(hop.evidence.sdk.is_none() && !hop.summary.contains("botocore"), "{}", hop.summary);
+}
+
+/// A healthy IMDSv2 credentials fetch from pod shop/web-1 (`aws_identity`
+/// in its spec), its requests naming `sdk`.
+fn credentials_fetch(aws_identity: Option<&str>, sdk: Option<&str>) -> Vec<Event> {
+    let ctr = Ctr::podman();
+    let mut v = Vec::new();
+    let mut a = ctr.conn(21);
+    v.extend(a.connect(0));
+    v.extend(a.put_token(1));
+    v.extend(a.respond(2, 200, 64));
+    v.extend(a.request(3, "GET", CREDS, true));
+    v.extend(a.respond(4, 200, 64));
+    v.extend(a.request(5, "GET", ROLE, true));
+    v.extend(a.respond(6, 200, 64));
+    v.extend(a.fin(7));
+    from_shop_web(with_sdk(v, sdk), aws_identity)
+}
+
+#[test]
+fn a_workload_with_a_role_of_its_own_that_takes_the_nodes_is_a_leak() {
+    let leak = |aws_identity, sdk| {
+        let mut d = Diagnoser::default();
+        feed(&mut d, &credentials_fetch(aws_identity, sdk));
+        d.findings()
+    };
+    // Pod Identity with a botocore older than the table's 1.34.41.
+    let f = leak(Some("pod_identity"), Some("botocore/1.29.0"));
+    assert_eq!(kinds(&f), vec![FindingKind::NodeRoleLeak]);
+    let l = &f[0];
+    assert_eq!(l.evidence.node_credentials, Some(2));
+    assert_eq!(l.evidence.sdk_minimum.as_deref(), Some("1.34.41"));
+    assert!(l.fix.is_none(), "never the hop limit: {:?}", l.fix);
+    for want in [
+        "configured for EKS Pod Identity (ServiceAccount shop/web)",
+        "the node's IAM role credentials (2 answers)",
+        "its SDK, botocore/1.29.0, is older than 1.34.41, the first to support EKS Pod Identity: upgrade it",
+    ] {
+        assert!(l.summary.contains(want), "{want:?} not in {}", l.summary);
+    }
+    // IRSA with an SDK new enough: the chain is overridden.
+    let f = leak(Some("irsa"), Some("botocore/1.43.11"));
+    assert!(
+        f[0].summary.contains("supports IRSA (since 1.12.200), so something earlier"),
+        "{}",
+        f[0].summary
+    );
+    // No SDK named: both causes said.
+    let f = leak(Some("irsa"), None);
+    assert!(
+        f[0].summary.contains("may be older than the first to support IRSA"),
+        "{}",
+        f[0].summary
+    );
+    assert!(f[0].evidence.sdk_minimum.is_none());
+    // A dated minimum is said, not compared.
+    let f = leak(Some("pod_identity"), Some("aws-sdk-rust/1.7.0"));
+    assert!(
+        f[0].summary.contains("EKS Pod Identity needs release-2024-03-13 or later"),
+        "{}",
+        f[0].summary
+    );
+    // Without a role of its own, the node's role is what it is meant to use.
+    assert_eq!(kinds(&leak(None, Some("botocore/1.29.0"))), vec![FindingKind::Healthy]);
+}
+
+/// `events` with `sdk` (`name/version`) named by their HTTP requests.
+fn with_sdk(mut events: Vec<Event>, sdk: Option<&str>) -> Vec<Event> {
+    let sdk: Option<crate::model::Sdk> = sdk.map(|s| serde_json::from_value(s.into()).unwrap());
+    for e in events.iter_mut().filter(|e| e.kind == Kind::Request && e.method.is_some()) {
+        e.sdk = sdk.clone();
+    }
+    events
 }

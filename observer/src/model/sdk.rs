@@ -123,7 +123,7 @@ pub fn at_the_limit(sdk: &Sdk) -> Option<&'static str> {
 }
 
 /// A workload's own role, as the SDK finds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Provider {
     /// IRSA: `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`.
     WebIdentity,

@@ -78,6 +78,7 @@ pub fn reason(kind: FindingKind) -> Option<&'static str> {
         FindingKind::Imdsv1Fallback => Some("IMDSv1Fallback"),
         FindingKind::TokenRejected => Some("IMDSTokenRejected"),
         FindingKind::AtRisk => Some("IMDSAtRisk"),
+        FindingKind::NodeRoleLeak => Some("IMDSNodeRoleLeak"),
         FindingKind::ImdsForbidden
         | FindingKind::Unreachable
         | FindingKind::BadTokenRequest
@@ -575,7 +576,7 @@ mod tests {
     }
 
     #[test]
-    fn five_kinds_get_a_reason_the_others_none() {
+    fn six_kinds_get_a_reason_the_others_none() {
         let got: Vec<(FindingKind, Option<&str>)> =
             FindingKind::ALL.iter().map(|k| (*k, reason(*k))).collect();
         assert_eq!(
@@ -588,6 +589,7 @@ mod tests {
                 (FindingKind::Unreachable, None),
                 (FindingKind::BadTokenRequest, None),
                 (FindingKind::Imdsv1Fallback, Some("IMDSv1Fallback")),
+                (FindingKind::NodeRoleLeak, Some("IMDSNodeRoleLeak")),
                 (FindingKind::AtRisk, Some("IMDSAtRisk")),
                 (FindingKind::Healthy, None),
             ]

@@ -74,9 +74,10 @@ impl Theme {
             FindingKind::TokenRejected | FindingKind::ImdsForbidden | FindingKind::Unreachable => {
                 self.fg(Color::Red)
             }
-            FindingKind::BadTokenRequest | FindingKind::Imdsv1Fallback | FindingKind::AtRisk => {
-                self.fg(Color::Yellow)
-            }
+            FindingKind::BadTokenRequest
+            | FindingKind::Imdsv1Fallback
+            | FindingKind::NodeRoleLeak
+            | FindingKind::AtRisk => self.fg(Color::Yellow),
             FindingKind::Healthy => self.fg(Color::Green),
         }
     }
