@@ -202,7 +202,30 @@ fn remedy(node: &NodeView, c: &ContainerState, required: u8) -> String {
     }
     match by_design(node) {
         Some(p) => by_design_advice(node, p, c),
-        None => format!(" Raise the hop limit to {required}."),
+        None => format!(
+            " Raise the hop limit to {required} (the quick fix){}. The lasting fix is a role of its own{}: the instance profile hands every workload on the node the same role.",
+            if node.tokens_required == Some(true) {
+                ""
+            } else {
+                ", then require IMDSv2 (--http-tokens required)"
+            },
+            own_role_kind(c)
+        ),
+    }
+}
+
+/// The per-workload identity its orchestrator offers, for the lasting fix
+/// on a node that does not block pods on purpose.
+fn own_role_kind(c: &ContainerState) -> &'static str {
+    let who = c.identity.as_deref();
+    if who.is_some_and(|w| w.ecs_task.is_some()) {
+        " (an ECS task role)"
+    } else if who.is_some_and(|w| w.nomad.is_some()) {
+        " (Nomad workload identity)"
+    } else if who.is_some_and(|w| w.pod.is_some()) {
+        " (EKS Pod Identity or IRSA for its ServiceAccount)"
+    } else {
+        " (EKS Pod Identity or IRSA, an ECS task role, Nomad workload identity)"
     }
 }
 

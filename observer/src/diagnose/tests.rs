@@ -1714,3 +1714,38 @@ fn with_sdk(mut events: Vec<Event>, sdk: Option<&str>) -> Vec<Event> {
     }
     events
 }
+
+#[test]
+fn where_nothing_says_the_block_is_deliberate_the_quick_fix_comes_with_the_lasting_one() {
+    let hop = |events: Vec<Event>| {
+        let mut d = Diagnoser::default();
+        feed(&mut d, &events);
+        d.findings().into_iter().find(|f| f.kind == FindingKind::HopLimitExceeded).unwrap()
+    };
+    // A pod: its ServiceAccount's own role; tokens optional here (its
+    // tokenless GETs were answered), so require them after the raise.
+    let pod = hop(pod_failure(None));
+    for want in [
+        "Raise the hop limit to 2 (the quick fix), then require IMDSv2 (--http-tokens required).",
+        "The lasting fix is a role of its own (EKS Pod Identity or IRSA for its ServiceAccount)",
+    ] {
+        assert!(pod.summary.contains(want), "{want:?} not in {}", pod.summary);
+    }
+    assert!(pod.fix.is_some());
+    // A Nomad task: workload identity.
+    let mut nomad = hop_limit_failure();
+    let who = crate::model::Container {
+        nomad: Some(crate::model::Nomad { job: Some("web".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    for e in nomad.iter_mut().filter(|e| e.cgroup_id.is_some()) {
+        e.container = Some(who.clone().into());
+    }
+    assert!(hop(nomad).summary.contains("(Nomad workload identity)"));
+    // Tokens already required (401s): nothing more to require.
+    let ctr = Ctr::podman();
+    let mut d = Diagnoser::default();
+    feed(&mut d, &lost_token_then_credentials(&ctr, 401));
+    let f = d.findings().into_iter().find(|f| f.kind == FindingKind::HopLimitExceeded).unwrap();
+    assert!(!f.summary.contains("require IMDSv2"), "{}", f.summary);
+}

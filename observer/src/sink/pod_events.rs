@@ -849,6 +849,8 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Pod", "name": "api-7f9c", "namespace": "payments", "uid": UID})
         );
         assert_eq!(e["metadata"]["namespace"], "payments");
+        // The fake has the tenth request before the task counts its answer.
+        until("ten counted", || ev.stats().sent == 10).await;
         assert_eq!(ev.stats(), Stats { sent: 10, ..Default::default() });
 
         // Another reason on the same pod is an Event of its own.

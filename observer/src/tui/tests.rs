@@ -177,9 +177,11 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
         "{}",
         dump(&l)
     );
-    assert!(l[10].ends_with("Raise the hop limit to 2."));
-    assert_eq!(l[11], "imdsv1_fallback");
-    assert_eq!(style_at(&b, &l, 11, "imdsv1_fallback").fg, Some(Color::Yellow));
+    let fallback = l.iter().position(|s| s == "imdsv1_fallback").expect("its own line");
+    let summary = l[8..fallback].iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ");
+    assert!(summary.contains("Raise the hop limit to 2 (the quick fix)"), "{}", dump(&l));
+    assert_eq!(l[fallback], "imdsv1_fallback");
+    assert_eq!(style_at(&b, &l, fallback, "imdsv1_fallback").fg, Some(Color::Yellow));
     // What to do: the command whole, broken with `\` so that it pastes.
     let fix = find(&l, "FIX: raise the hop limit to 2");
     assert_eq!(l[fix + 1], "  on the running instance:");
