@@ -1,4 +1,5 @@
-"""A real botocore credential fetch from IMDS, for the lab.
+"""A real botocore credential (or, with `region`, region) fetch from IMDS,
+for the lab.
 
 Runs botocore's own credential chain with nothing but IMDS to find
 (AWS_EC2_METADATA_SERVICE_ENDPOINT points it at the lab's fake IMDS) and
@@ -19,15 +20,26 @@ os.environ["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
 
 import botocore.session  # noqa: E402
 
+import botocore.utils  # noqa: E402
+
+# `region`: ask IMDS only where the instance runs, as botocore's region
+# chain does (IMDSRegionProvider: the zone, with a token when it gets one).
+want_region = sys.argv[1:] == ["region"]
 start = time.time()
-outcome, key_len, error = "error", 0, None
+outcome, key_len, error, region = "error", 0, None, None
 try:
-    creds = botocore.session.get_session().get_credentials()
-    if creds is not None:
-        frozen = creds.get_frozen_credentials()
-        outcome, key_len = "ok", len(frozen.access_key or "")
+    session = botocore.session.get_session()
+    if want_region:
+        region = botocore.utils.IMDSRegionProvider(session).provide()
+        if region:
+            outcome = "ok"
+    else:
+        creds = session.get_credentials()
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            outcome, key_len = "ok", len(frozen.access_key or "")
 except Exception as e:  # noqa: BLE001 - report the class only, never the text
     error = type(e).__name__
 print(json.dumps({"t_start": start, "t_end": time.time(), "outcome": outcome, "error": error,
-                  "key_id_len": key_len, "botocore": botocore.__version__}))
+                  "key_id_len": key_len, "region": region, "botocore": botocore.__version__}))
 sys.exit(0 if outcome == "ok" else 3)

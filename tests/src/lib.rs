@@ -736,7 +736,22 @@ impl Lab {
             return;
         }
         let host = self.host.clone();
-        sh(&["ip", "-n", &host, "link", "add", "br0", "type", "bridge"]);
+        // A MAC of its own, as Docker gives docker0: otherwise the bridge
+        // takes its lowest port's, which changes as containers are added,
+        // and containers that resolved the gateway earlier send to a MAC
+        // the bridge no longer has (dropped: OTHERHOST).
+        sh(&[
+            "ip",
+            "-n",
+            &host,
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:42:c6:12:64:01",
+            "type",
+            "bridge",
+        ]);
         sh(&["ip", "-n", &host, "addr", "add", "198.18.100.1/24", "dev", "br0"]);
         sh(&["ip", "-n", &host, "addr", "add", "fd00:18:100::1/64", "dev", "br0", "nodad"]);
         sh(&["ip", "-n", &host, "link", "set", "br0", "up"]);

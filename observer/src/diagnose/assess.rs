@@ -77,7 +77,10 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Active {
             Some(_) => FindingKind::NodeRoleBlocked,
             None => FindingKind::HopLimitExceeded,
         };
-        v.push((kind, fp((ep.reply_ttl, hops, required(node, c), ep.lost, after))));
+        // The SDK and what it asks for shape the summary and the fix: a
+        // request that names them after the first line is news.
+        let advice = (&c.sdk, c.asked.only_whereabouts());
+        v.push((kind, fp((ep.reply_ttl, hops, required(node, c), ep.lost, after, advice))));
     }
     if c.token_failed_since.is_some() && c.tokenless_since_failure > 0 {
         let req = c.episode.as_ref().map(|_| required(node, c));

@@ -38,6 +38,8 @@ const CREDENTIAL_LIFETIME: u64 = 6 * 3600;
 const TOKEN_PATH: &str = "/latest/api/token";
 const META_PREFIX: &str = "/latest/meta-data/";
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
+const REGION: &str = "eu-west-1";
+const ZONE: &str = "eu-west-1a";
 const TOKEN_LEN: usize = 56;
 const TOKEN_PREFIX: &str = "FAKETOKEN";
 const SECRET_MARKER: &str = "FAKESECRET";
@@ -485,6 +487,9 @@ impl Server {
         match rest {
             "" => Response::text("iam/\ninstance-id"),
             "instance-id" => Response::text(INSTANCE_ID),
+            // Where the instance runs: what SDKs read for a region.
+            "placement/availability-zone" | "placement/availability-zone/" => Response::text(ZONE),
+            "placement/region" | "placement/region/" => Response::text(REGION),
             "iam/" => Response::text("security-credentials/"),
             "iam/security-credentials" | "iam/security-credentials/" => {
                 Response::text(self.config.role.as_str())
