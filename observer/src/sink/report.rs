@@ -246,8 +246,8 @@ fn fix_id(fix: &Fix) -> Option<&str> {
     rest.split_whitespace().next()
 }
 
-/// The report as plain text, at most 100 columns wide (but for the one
-/// line that sets `INSTANCE_ID`, never broken). See [`render_width`].
+/// The report as plain text, at most 100 columns wide. See
+/// [`render_width`].
 pub fn render(findings: &[Finding]) -> String {
     render_width(findings, WIDTH)
 }
@@ -256,7 +256,9 @@ pub fn render(findings: &[Finding]) -> String {
 /// `names::terminal_width`): a table with one row per finding (container
 /// columns on its first row), then why, then the fix per node, nodes with
 /// the same fix in one block. Names are cut in the middle with a mark, never
-/// so that two read alike; a domain all nodes share is said once. Control
+/// so that two read alike; a domain all nodes share is said once; a table
+/// too wide drops the columns the sections below repeat. Commands break
+/// with `\` outside quotes, so that they paste whole. Control
 /// characters from names (a label, a node name, a path read back from a
 /// stream) are written escaped, never sent to the terminal.
 pub fn render_width(findings: &[Finding], width: usize) -> String {
@@ -394,10 +396,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
     ]);
     let cont_col = usize::from(multi_node);
     // Right-aligned numeric columns.
-    let right = |col: usize| {
-        let name = headers[col];
-        matches!(name, "HOPS" | "LIMIT" | "LOST")
-    };
+    let right = |name: &str| matches!(name, "HOPS" | "LIMIT" | "LOST");
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -414,16 +413,34 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
         widths[0] =
             names::distinct_width(shown.iter().map(String::as_str), want, names::cut_middle).max(4);
     }
-    let others: usize =
-        widths.iter().enumerate().filter(|(i, _)| *i != cont_col).map(|(_, w)| w + 2).sum();
-    let cont_max = width.saturating_sub(others).max(16);
     let cont_need = rows.iter().map(|r| r[cont_col].chars().count()).max().unwrap_or(0).max(9);
-    widths[cont_col] = names::distinct_width(
-        groups.iter().map(|g| g.label.as_str()),
-        cont_need.min(cont_max),
-        shorten,
-    )
-    .max(9);
+    let cont_width = |widths: &[usize]| {
+        let others: usize =
+            widths.iter().enumerate().filter(|(i, _)| *i != cont_col).map(|(_, w)| w + 2).sum();
+        let cont_max = width.saturating_sub(others).max(16);
+        let w = names::distinct_width(
+            groups.iter().map(|g| g.label.as_str()),
+            cont_need.min(cont_max),
+            shorten,
+        )
+        .max(9);
+        (w, others + w)
+    };
+    // Too wide for the terminal (80 columns): drop what the sections below
+    // say again, least needed first (Why has the time lost and the
+    // requests, Fix the hop limits).
+    for name in ["TIME LOST", "REQUESTS", "LIMIT", "HOPS"] {
+        if cont_width(&widths).1 <= width {
+            break;
+        }
+        let i = headers.iter().position(|h| *h == name).expect("a column of the table");
+        headers.remove(i);
+        widths.remove(i);
+        for row in rows.iter_mut() {
+            row.remove(i);
+        }
+    }
+    widths[cont_col] = cont_width(&widths).0;
     for row in rows.iter_mut() {
         row[cont_col] = shorten(&row[cont_col], widths[cont_col]);
         if multi_node {
@@ -450,7 +467,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
         for (i, cell) in cells.iter().enumerate() {
             let w = widths[i];
             let pad = w.saturating_sub(cell.chars().count());
-            if right(i) {
+            if right(headers[i]) {
                 s.push_str(&" ".repeat(pad));
                 s.push_str(cell);
             } else {
@@ -560,10 +577,11 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
                 width,
                 "        ",
             ));
-            // Never broken: a `\` inside its quotes would change it.
-            out.push_str(&format!(
-                "        {}\n",
-                f.get_instance_id.as_deref().unwrap_or(GET_INSTANCE_ID)
+            // Broken outside its quotes only, as the TUI shows it.
+            out.push_str(&wrap_command(
+                f.get_instance_id.as_deref().unwrap_or(GET_INSTANCE_ID),
+                width,
+                "        ",
             ));
             out.push_str(&wrap_command(&f.command, width, "        "));
         }
@@ -636,7 +654,7 @@ mod tests {
     fn table_fits_100_columns_with_fix_and_why() {
         let f = scenario();
         let text = render(&f);
-        for l in text.lines().filter(|l| !l.trim_start().starts_with("INSTANCE_ID=")) {
+        for l in text.lines() {
             assert!(l.chars().count() <= WIDTH, "too wide ({}): {l}", l.chars().count());
         }
         let lines: Vec<&str> = text.lines().collect();
@@ -690,6 +708,44 @@ mod tests {
         let why = &why[..why.find("\n  /").unwrap()];
         assert!(!why.to_lowercase().contains("hop"), "{why}");
         assert!(why.contains("connection refused"));
+    }
+
+    /// #26: at 80 columns every line fits (at the least, 60, all but a
+    /// word of a command that has no blank to break at): the table drops
+    /// the columns Why and Fix repeat, and the line that sets INSTANCE_ID
+    /// breaks outside its quotes, pasting as the one line.
+    #[test]
+    fn narrow_terminals_get_every_line_within_their_width() {
+        let f = scenario();
+        for width in [60, 80] {
+            let text = render_width(&f, width);
+            for l in text.lines() {
+                let one_word = !l.trim().contains(' ');
+                assert!(
+                    l.chars().count() <= width || (width < 80 && one_word),
+                    "{width}: too wide: {l}\n{text}"
+                );
+            }
+            let header = text.lines().nth(2).unwrap();
+            for col in ["CONTAINER", "FINDING", "LOST", "FIX"] {
+                assert!(header.contains(col), "{width}: {header}");
+            }
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines.iter().position(|l| l.trim_start().starts_with("INSTANCE_ID=")).unwrap();
+            let mut joined = String::new();
+            for l in &lines[at..] {
+                match l.trim().strip_suffix(" \\") {
+                    Some(head) => joined.push_str(&format!("{head} ")),
+                    None => {
+                        joined.push_str(l.trim());
+                        break;
+                    }
+                }
+            }
+            assert_eq!(joined, GET_INSTANCE_ID, "{width}\n{text}");
+        }
+        // 100 columns keep every column.
+        assert!(render(&f).lines().nth(2).unwrap().contains("TIME LOST"));
     }
 
     #[test]
