@@ -740,6 +740,43 @@ fn bash_n(script: &str) {
     assert!(out.status.success(), "bash -n: {script}\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// #26: `tui --from FILE --node X` over the fleet lists X's containers
+/// only (`report`'s flag, the same meaning): three rows, X's pod in each,
+/// no other node's, and no node column.
+#[test]
+fn fleet_filtered_to_one_node() {
+    let dir = tempdir("fleet-node");
+    let file = dir.join("fleet.jsonl");
+    fs::write(&file, fleet::stream()).unwrap();
+    let t = Tmux::sized("fleet-node", 200, 30);
+    let i = 7;
+    t.run(&format!(
+        "{} tui --from {} --node {}; echo exit=$?",
+        observer(),
+        file.display(),
+        fleet::node(i)
+    ));
+    let n = fleet::CONTAINERS.len();
+    let s = t.wait_for("the node's containers", |s| {
+        s.contains(&format!("{n} containers · hop_limit_exceeded {n}"))
+    });
+    assert!(s.contains(&format!("node {}", fleet::node(i))), "{s}");
+    let header = s.lines().find(|l| l.contains("CONTAINER")).unwrap();
+    assert!(!header.contains("NODE"), "one node, no node column:\n{s}");
+    let rows: Vec<&str> = s.lines().filter(|l| l.contains("shop/")).collect();
+    assert_eq!(rows.len(), n, "{s}");
+    let pod = fleet::pod(i);
+    for c in fleet::CONTAINERS {
+        assert!(rows.iter().any(|r| r.contains(&format!("shop/{pod}/{c}"))), "{c}:\n{s}");
+    }
+    for j in (0..fleet::NODES).filter(|&j| j != i) {
+        assert!(!s.contains(&fleet::pod(j)), "node {j}'s pod:\n{s}");
+    }
+    t.keys(&["q"]);
+    t.assert_restored("0");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn fleet_at_80_by_24() {
     fleet_in(80, 24);

@@ -14,7 +14,8 @@ use std::{
 
 use super::input::Action;
 use crate::{
-    diagnose::{Config, Container, ContainerView, Diagnoser, FindingKind},
+    cli::Only,
+    diagnose::{Config, Container, ContainerView, Diagnoser, Finding, FindingKind},
     model::{Event, Kind},
 };
 
@@ -205,6 +206,9 @@ pub struct App {
     /// The kernel release, on a live capture.
     pub kernel: Option<String>,
     pub no_color: bool,
+    /// `--node/--namespace/--pod`: the containers listed (and counted);
+    /// the engine still sees every event, as `report`'s does.
+    pub only: Only,
 
     nodes: Vec<NodeInfo>,
     node_index: HashMap<String, usize>,
@@ -269,6 +273,7 @@ impl App {
             source: source.to_string(),
             kernel: None,
             no_color: false,
+            only: Only::default(),
             nodes: Vec::new(),
             node_index: HashMap::new(),
             rows: Vec::new(),
@@ -390,6 +395,11 @@ impl App {
     /// date.
     pub fn apply(&mut self, ev: &Event) {
         self.events += 1;
+        if !self.only.keeps_node(&ev.node) {
+            // Another node's: its findings are not listed, it is no node here.
+            self.diag.observe(ev);
+            return;
+        }
         let node = self.node(&ev.node);
         if let (Kind::HostIngress | Kind::HostEgress | Kind::Exchange, Some(iface)) =
             (ev.kind, &ev.iface)
@@ -432,13 +442,7 @@ impl App {
             }
             Mode::Stream => self.diag.settle(),
         };
-        let sec = self.stream_now.map(unix_secs);
-        for f in found {
-            if let Some(cg) = f.container.cgroup_id {
-                let node = self.node(&f.node);
-                self.touch(node, cg, sec);
-            }
-        }
+        self.touch_found(found);
         if self.ticks.is_multiple_of(RESYNC_TICKS) {
             self.resync();
         }
@@ -447,9 +451,15 @@ impl App {
     /// Decide what the stream's newest time already decides (end of a
     /// recording).
     fn settle(&mut self) {
+        let found = self.diag.settle();
+        self.touch_found(found);
+    }
+
+    /// The rows of what the engine just decided (other nodes' are none).
+    fn touch_found(&mut self, found: Vec<Finding>) {
         let sec = self.stream_now.map(unix_secs);
-        for f in self.diag.settle() {
-            if let Some(cg) = f.container.cgroup_id {
+        for f in found {
+            if let (Some(cg), true) = (f.container.cgroup_id, self.only.keeps_node(&f.node)) {
                 let node = self.node(&f.node);
                 self.touch(node, cg, sec);
             }
@@ -475,6 +485,8 @@ impl App {
         let Some(view) = self.diag.container(&self.nodes[node].name, cg) else { return };
         let i = match self.row_index.get(&(node, cg)) {
             Some(&i) => i,
+            // Not asked for (yet: a pod's name can come later).
+            None if !self.only.keeps(&self.nodes[node].name, &view.container()) => return,
             None => {
                 self.rows.push(Row {
                     node,
@@ -518,11 +530,13 @@ impl App {
     }
 
     /// Re-read every container from the engine: rows for containers no
-    /// event pointed at, none for evicted ones.
+    /// event pointed at, none for evicted ones (nor for those `only` no
+    /// longer keeps).
     fn resync(&mut self) {
         let keys: Vec<Key> = self
             .diag
             .containers()
+            .filter(|v| self.only.is_empty() || self.only.keeps(v.node(), &v.container()))
             .filter_map(|v| Some((*self.node_index.get(v.node())?, v.cgroup_id())))
             .collect();
         for r in &mut self.rows {

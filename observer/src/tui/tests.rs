@@ -439,6 +439,65 @@ fn several_nodes_get_a_node_column_and_their_own_hop_limit() {
     assert!(words(&l[6]).starts_with(&["▶", "node-b"]) && l[7].is_empty());
 }
 
+/// #26: `tui --node/--namespace/--pod` (`report`'s flags, by the one
+/// struct both flatten) list only those containers, counted as such; with
+/// one node left there is no node column.
+#[test]
+fn node_namespace_and_pod_flags_list_only_those_containers() {
+    let only = |args: &[&str]| {
+        let all = [&["imds-observer", "tui", "--from", "x"][..], args].concat();
+        match crate::cli::Cli::try_parse_env(all).unwrap().command {
+            crate::cli::Command::Tui(a) => a.fleet.only,
+            _ => unreachable!(),
+        }
+    };
+    // node-a: pods api-7d9f8c-x2x4q and web-1 in prod; node-b: one more api.
+    let mut v = Vec::new();
+    for (node, cg, pod) in
+        [("node-a", 10u64, "api-7d9f8c-x2x4q"), ("node-a", 11, "web-1"), ("node-b", 12, "api-5c4")]
+    {
+        let who = crate::diagnose::Container {
+            pod: Some(pod.into()),
+            namespace: Some("prod".into()),
+            name: Some("app".into()),
+            ..Default::default()
+        };
+        let mut c = Ctr::new(node, cg, "/docker/app", "172.17.0.2", 1).conn(cg);
+        for mut e in [c.connect(0), c.put_token(1), c.respond(2, 200, 1)].concat() {
+            if e.cgroup_id.is_some() {
+                e.container = Some(who.clone().into());
+            }
+            v.push(e);
+        }
+    }
+    let listed = |args: &[&str]| {
+        let mut a = App::new(Config::default(), Mode::Stream, "from test.jsonl");
+        a.only = only(args);
+        for e in &v {
+            a.feed(Feed::Event(Box::new(e.clone())));
+        }
+        let (_, l) = screen(&mut a, 100, 30);
+        let rows: Vec<String> = l[6..].iter().filter(|r| r.contains("prod/")).cloned().collect();
+        (l, rows)
+    };
+    let (l, rows) = listed(&[]);
+    assert_eq!(rows.len(), 3, "{}", dump(&l));
+    let (l, rows) = listed(&["--node", "node-b"]);
+    assert_eq!(rows.len(), 1, "{}", dump(&l));
+    assert!(rows[0].contains("prod/api-5c4/app"), "{}", dump(&l));
+    assert!(l[1].starts_with("node node-b"), "one node, no other counted:\n{}", dump(&l));
+    assert!(l[2].starts_with("1 container"), "{}", dump(&l));
+    assert!(!l[5].contains("NODE"), "{}", dump(&l));
+    let (l, rows) = listed(&["--pod", "api", "-n", "prod"]);
+    assert_eq!(rows.len(), 2, "{}", dump(&l));
+    assert!(rows.iter().all(|r| r.contains("prod/api-")), "{}", dump(&l));
+    let (l, rows) = listed(&["--node", "node-a", "--pod", "web"]);
+    assert!(rows.len() == 1 && rows[0].contains("prod/web-1/app"), "{}", dump(&l));
+    let (l, rows) = listed(&["-n", "dev"]);
+    assert!(rows.is_empty(), "{}", dump(&l));
+    find(&l, "No container matches --namespace dev yet.");
+}
+
 #[test]
 fn no_color_means_no_colour_anywhere() {
     for view in [View::Table, View::Detail] {

@@ -386,6 +386,8 @@ fn render_table(f: &mut Frame, area: Rect, app: &mut App, t: Theme) {
     if app.order().is_empty() {
         let msg = if !app.filter.is_empty() {
             format!("No container matches \"{}\" (Esc clears the filter).", app.filter)
+        } else if !app.only.is_empty() {
+            format!("No container matches {} yet.", app.only.describe())
         } else if app.mode == Mode::Live {
             "No metadata traffic seen yet: waiting for a container to talk to a metadata endpoint."
                 .to_string()
