@@ -568,8 +568,9 @@ fn live_in_the_lab_shows_the_failure_as_it_happens() {
 /// terminal of `width`x`height`: every row of the table, paged through,
 /// names its node and container so that no two distinct ones read alike;
 /// a node's detail shows its own instance id in its fix and no other's, or
-/// `"$INSTANCE_ID"` after the line that sets it; no fix line is cut at the
-/// screen's edge; `c` copies the whole command; `q quit` stays in view.
+/// `"$INSTANCE_ID"` after the line that sets it, and how many nodes share
+/// that fix (as `report` groups them); no fix line is cut at the screen's
+/// edge; `c` copies the whole command; `q quit` stays in view.
 fn fleet_in(width: u16, height: u16) {
     let name = format!("fleet{width}");
     let dir = tempdir(&name);
@@ -662,6 +663,17 @@ fn fleet_in(width: u16, height: u16) {
         for l in &lines[3..lines.len() - 1] {
             assert!(l.chars().count() < width as usize, "cut at the edge: {l}\n{s}");
         }
+        // How many nodes share the fix, as `report` groups them.
+        let named = fleet::NODES - fleet::UNNAMED;
+        let group = match fleet::instance_id(i) {
+            Some(_) => format!("{} nodes of node group {}", named / 2, fleet::pool(i)),
+            None => format!("{} nodes", fleet::UNNAMED),
+        };
+        let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains(&format!("FIX: raise the hop limit to 2 the same fix on {group}, each")),
+            "{group}:\n{s}"
+        );
         let own = fleet::instance_id(i);
         for j in 0..fleet::NODES {
             if let Some(other) = fleet::instance_id(j).filter(|_| j != i) {

@@ -204,12 +204,82 @@ struct Group<'a> {
 
 /// Nodes whose fixes differ only in their instance ids, in one block:
 /// what is the same stated once, each node's command with its own id.
-struct FixGroup<'a> {
-    /// (node, its fix), in table order.
-    nodes: Vec<(&'a str, &'a Fix)>,
+pub struct FixGroup<'a> {
+    /// (node, its fix), in the order asked for.
+    pub nodes: Vec<(&'a str, &'a Fix)>,
     /// "node group ng-a", when the cluster said.
-    pool: Option<String>,
-    seen: String,
+    pub pool: Option<String>,
+    /// The hop limit seen on the nodes ("unknown" before a reply).
+    pub seen: String,
+}
+
+impl FixGroup<'_> {
+    /// Whom the block is for: "12 nodes of node group X" (the TUI says it
+    /// too), or the one node by `short` name (with its pool).
+    pub fn who(&self, short: impl Fn(&str) -> String) -> String {
+        let many = self.nodes.len() > 1;
+        match (many, &self.pool) {
+            (true, Some(pool)) => {
+                format!("{} of {pool}", plural(self.nodes.len() as u64, "node", "nodes"))
+            }
+            (true, None) => plural(self.nodes.len() as u64, "node", "nodes"),
+            (false, Some(pool)) => format!("{} ({pool})", short(self.nodes[0].0)),
+            (false, None) => short(self.nodes[0].0),
+        }
+    }
+}
+
+/// Per node, the hop limit its token replies showed (the highest seen).
+fn node_limits(findings: &[Finding]) -> BTreeMap<&str, u8> {
+    let mut limits: BTreeMap<&str, u8> = BTreeMap::new();
+    for f in findings {
+        if let Some(l) = f.evidence.node_hop_limit {
+            let e = limits.entry(&f.node).or_insert(l);
+            *e = (*e).max(l);
+        }
+    }
+    limits
+}
+
+/// The fix blocks of `findings`, nodes in the order of `nodes` (each
+/// once): per node one fix (the largest hop limit any of its containers
+/// needs), nodes alike but for their ids together; a node whose fix is a
+/// role of the workload's own stays alone.
+pub fn fix_groups<'a>(
+    findings: &'a [Finding],
+    nodes: impl IntoIterator<Item = &'a str>,
+) -> Vec<FixGroup<'a>> {
+    let limits = node_limits(findings);
+    let mut fixes: BTreeMap<&str, &Fix> = BTreeMap::new();
+    for f in findings {
+        if let Some(fix) = &f.fix {
+            let e = fixes.entry(&f.node).or_insert(fix);
+            if fix.hop_limit > e.hop_limit {
+                *e = fix;
+            }
+        }
+    }
+    let mut blocks: Vec<FixGroup> = Vec::new();
+    let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
+    let mut done = std::collections::BTreeSet::new();
+    for node in nodes {
+        let Some(&fix) = fixes.get(node) else { continue };
+        if !done.insert(node) {
+            continue;
+        }
+        let pool = pool_of(findings, node);
+        let seen = limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
+        let key = match fix.own_role {
+            Some(_) => format!("own|{node}"),
+            None => fix_key(fix, &pool, &seen),
+        };
+        let i = *by_key.entry(key).or_insert_with(|| {
+            blocks.push(FixGroup { nodes: Vec::new(), pool, seen });
+            blocks.len() - 1
+        });
+        blocks[i].nodes.push((node, fix));
+    }
+    blocks
 }
 
 /// The pool a node belongs to, as the report names it.
@@ -315,46 +385,14 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
     };
     let short = |node: &str| names::strip(node, &suffix).to_string();
 
-    // Per node: the hop limit seen, and one fix (the largest hop limit any
-    // of its containers needs).
-    let mut limits: BTreeMap<&str, u8> = BTreeMap::new();
-    let mut fixes: BTreeMap<&str, &Fix> = BTreeMap::new();
-    for f in findings {
-        if let Some(l) = f.evidence.node_hop_limit {
-            let e = limits.entry(&f.node).or_insert(l);
-            *e = (*e).max(l);
-        }
-        if let Some(fix) = &f.fix {
-            let e = fixes.entry(&f.node).or_insert(fix);
-            if fix.hop_limit > e.hop_limit {
-                *e = fix;
-            }
-        }
-    }
-    let seen_of = |node: &str| limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
-    // Fix blocks, in table order: nodes alike but for their ids together
-    // (a node whose fix is a role of the workload's own stays alone).
-    let mut blocks: Vec<FixGroup> = Vec::new();
-    let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
-    let mut fix_no: BTreeMap<&str, usize> = BTreeMap::new();
-    for g in &groups {
-        let Some(&fix) = fixes.get(g.node) else { continue };
-        if fix_no.contains_key(g.node) {
-            continue;
-        }
-        let pool = pool_of(findings, g.node);
-        let seen = seen_of(g.node);
-        let key = match fix.own_role {
-            Some(_) => format!("own|{}", g.node),
-            None => fix_key(fix, &pool, &seen),
-        };
-        let i = *by_key.entry(key).or_insert_with(|| {
-            blocks.push(FixGroup { nodes: Vec::new(), pool, seen });
-            blocks.len() - 1
-        });
-        blocks[i].nodes.push((g.node, fix));
-        fix_no.insert(g.node, i + 1);
-    }
+    // Per node, the hop limit seen; the fix blocks, in table order.
+    let limits = node_limits(findings);
+    let blocks = fix_groups(findings, groups.iter().map(|g| g.node));
+    let fix_no: BTreeMap<&str, usize> = blocks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| b.nodes.iter().map(move |(node, _)| (*node, i + 1)))
+        .collect();
 
     // Cells.
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -533,14 +571,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
             continue;
         }
         let many = b.nodes.len() > 1;
-        let who = match (many, &b.pool) {
-            (true, Some(pool)) => {
-                format!("{} of {pool}", plural(b.nodes.len() as u64, "node", "nodes"))
-            }
-            (true, None) => plural(b.nodes.len() as u64, "node", "nodes"),
-            (false, Some(pool)) => format!("{} ({pool})", short(node)),
-            (false, None) => short(node),
-        };
+        let who = b.who(short);
         out.push_str(&wrap(
             &format!(
                 "[{n}] {who}: hop limit seen {seen}, {} containers need {}",

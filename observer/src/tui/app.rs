@@ -17,6 +17,7 @@ use crate::{
     cli::Only,
     diagnose::{Config, Container, ContainerView, Diagnoser, Finding, FindingKind},
     model::{Event, Kind},
+    sink::report,
 };
 
 /// Seconds of history for the rates.
@@ -237,6 +238,10 @@ pub struct App {
     /// The container the detail view shows.
     detail: Option<Key>,
     pub detail_scroll: usize,
+    /// Whom the detail's fix is also for, as `report` groups nodes: "48
+    /// nodes of node group ng-a" (None: this node's alone). Re-read on
+    /// opening and once a second: it takes every node's findings.
+    pub shared_fix: Option<String>,
     pub help: bool,
     pub filter: String,
     /// The filter being typed, until Enter.
@@ -291,6 +296,7 @@ impl App {
             view: View::Table,
             detail: None,
             detail_scroll: 0,
+            shared_fix: None,
             help: false,
             filter: String::new(),
             editing: None,
@@ -446,6 +452,28 @@ impl App {
         if self.ticks.is_multiple_of(RESYNC_TICKS) {
             self.resync();
         }
+        if self.view == View::Detail {
+            self.read_shared_fix();
+        }
+    }
+
+    /// `shared_fix` for the container the detail shows: its node's block
+    /// among the fixes of every node listed (`report::fix_groups`).
+    fn read_shared_fix(&mut self) {
+        let Some((node, _)) = self.detail else { return };
+        let name = self.nodes[node].name.as_str();
+        let findings: Vec<Finding> = self
+            .diag
+            .findings()
+            .into_iter()
+            .filter(|f| self.only.keeps(&f.node, &f.container))
+            .collect();
+        let blocks = report::fix_groups(&findings, findings.iter().map(|f| f.node.as_str()));
+        self.shared_fix = blocks
+            .iter()
+            .find(|b| b.nodes.iter().any(|(n, _)| *n == name))
+            .filter(|b| b.nodes.len() > 1)
+            .map(|b| b.who(str::to_string));
     }
 
     /// Decide what the stream's newest time already decides (end of a
@@ -738,6 +766,7 @@ impl App {
                     self.detail = Some(k);
                     self.detail_scroll = 0;
                     self.view = View::Detail;
+                    self.read_shared_fix();
                 }
             }
             Action::Back => {

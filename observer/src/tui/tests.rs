@@ -498,6 +498,63 @@ fn node_namespace_and_pod_flags_list_only_those_containers() {
     find(&l, "No container matches --namespace dev yet.");
 }
 
+/// #26: the detail says how many nodes share its fix, as `report` groups
+/// them (its `fix_groups`): the nodes of one node group whose fixes differ
+/// in their ids only; none for a node whose fix is its own.
+#[test]
+fn detail_says_how_many_nodes_share_the_fix() {
+    let mut v = Vec::new();
+    for (i, (pool, limit)) in
+        [("ng-a", 1u8), ("ng-a", 1), ("ng-a", 1), ("ng-b", 1), ("ng-a", 2)].into_iter().enumerate()
+    {
+        let node = format!("node-{i}");
+        let mut ev =
+            Event::new(crate::model::Kind::Node, crate::diagnose::tests::time(0), node.clone());
+        ev.node_info = Some(crate::model::NodeInfo {
+            pool: Some(pool.into()),
+            instance_id: Some(format!("i-0abc{i:013x}")),
+            ..Default::default()
+        });
+        v.push(ev);
+        let mut c = Ctr::new(&node, 10, "/docker/app", "172.17.0.2", 1).conn(1);
+        v.extend(c.connect(0));
+        v.extend(c.put_token(1));
+        v.extend(c.respond(2, 200, limit));
+    }
+    let mut a = app(&v);
+    let detail = |a: &mut App, node: &str| {
+        a.handle(Action::Back);
+        a.handle(Action::Back);
+        a.handle(Action::Filter);
+        type_text(a, node);
+        a.handle(Action::Open);
+        a.handle(Action::Open);
+        let (_, l) = screen(a, 100, 60);
+        assert!(l.iter().any(|r| r.contains(node)), "{node}:\n{}", dump(&l));
+        l
+    };
+    let l = detail(&mut a, "node-1");
+    let fix = find(&l, "FIX: raise the hop limit to 2");
+    assert_eq!(
+        l[fix + 1],
+        "  the same fix on 3 nodes of node group ng-a, each with its own instance id",
+        "{}",
+        dump(&l)
+    );
+    // ng-b's node is alone in its group; node-4 (hop limit 2) is healthy.
+    let l = detail(&mut a, "node-3");
+    let fix = find(&l, "FIX: raise the hop limit to 2");
+    assert!(!l[fix + 1].contains("the same fix"), "{}", dump(&l));
+    // Only what --node keeps counts.
+    let mut a = app(&[]);
+    a.only.nodes = vec!["node-0".into(), "node-1".into()];
+    for e in &v {
+        a.feed(Feed::Event(Box::new(e.clone())));
+    }
+    let l = detail(&mut a, "node-1");
+    find(&l, "the same fix on 2 nodes of node group ng-a");
+}
+
 #[test]
 fn no_color_means_no_colour_anywhere() {
     for view in [View::Table, View::Detail] {
