@@ -2,7 +2,10 @@
 // toolchain and bpf-linker, for embedding with `include_bytes_aligned!`.
 // `cargo xtask setup` installs what this needs. Also sets what `--version`
 // shows (cli.rs): the git commit, the target and the features.
-use std::process::Command;
+use std::path::Path;
+
+#[path = "build/commit.rs"]
+mod commit;
 
 fn main() -> anyhow::Result<()> {
     version_info();
@@ -22,25 +25,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// IMDS_OBSERVER_COMMIT/_TARGET/_FEATURES for `--version`. The commit is
-/// the checkout's, "unknown" without one (a tarball, or a tarball unpacked
-/// inside some other repository: the top level must be this workspace's);
-/// a packager can set IMDS_OBSERVER_COMMIT instead.
+/// decided in build/commit.rs ("unknown" without a checkout of its own; a
+/// packager can set IMDS_OBSERVER_COMMIT instead).
 fn version_info() {
     println!("cargo:rerun-if-env-changed=IMDS_OBSERVER_COMMIT");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let git = |args: &[&str]| -> Option<String> {
-        let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
-        let text = String::from_utf8(out.stdout).ok()?;
-        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
-    };
-    let ours = git(&["rev-parse", "--show-toplevel"])
-        .zip(std::fs::canonicalize(root).ok())
-        .is_some_and(|(top, root)| std::path::Path::new(&top) == root);
-    let commit = std::env::var("IMDS_OBSERVER_COMMIT")
-        .ok()
-        .filter(|c| !c.is_empty())
-        .or_else(|| ours.then(|| git(&["rev-parse", "--short=12", "HEAD"])).flatten());
-    if ours {
+    let git = |args: &[&str]| commit::git("git", Path::new(root), args);
+    let packaged = std::env::var("IMDS_OBSERVER_COMMIT").ok();
+    let commit = commit::commit(packaged.as_deref(), Path::new(root), &git);
+    if commit::own_checkout(Path::new(root), &git) {
         // A new commit (or checkout) changes HEAD or the ref it names.
         for file in ["HEAD", "packed-refs"] {
             if let Some(p) = git(&["rev-parse", "--git-path", file]) {
@@ -52,7 +45,7 @@ fn version_info() {
             println!("cargo:rerun-if-changed={}", abs(root, &p));
         }
     }
-    println!("cargo:rustc-env=IMDS_OBSERVER_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+    println!("cargo:rustc-env=IMDS_OBSERVER_COMMIT={commit}");
     let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
     println!("cargo:rustc-env=IMDS_OBSERVER_TARGET={target}");
     let mut features: Vec<String> = std::env::vars()

@@ -302,6 +302,14 @@ pub struct ReportArgs {
     pub output: Option<OutputFormat>,
 
     #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// What `report` and `tui` share over a fleet's stream, the same flags with
+/// the same meaning: which containers, and each node's instance id.
+#[derive(Args, Debug, Default, Clone)]
+pub struct FleetArgs {
+    #[command(flatten)]
     pub only: Only,
 
     /// EC2 instance id for a node's fix command: NODE=ID (repeat, or
@@ -317,8 +325,9 @@ pub struct ReportArgs {
     pub instance_id: Vec<String>,
 }
 
-/// `report --node/--namespace/--pod`: which findings to report (and judge
-/// by). Within a flag any value matches; all flags given must match.
+/// `--node/--namespace/--pod`: which containers `report` reports (and
+/// judges by) and the TUI lists. Within a flag any value matches; all
+/// flags given must match.
 #[derive(Args, Debug, Default, Clone)]
 pub struct Only {
     /// Only the containers of these nodes (repeatable, or commas).
@@ -341,6 +350,11 @@ impl Only {
         self.nodes.is_empty() && self.namespaces.is_empty() && self.pods.is_empty()
     }
 
+    /// Whether `node`'s containers may be asked for (`--node`).
+    pub fn keeps_node(&self, node: &str) -> bool {
+        self.nodes.is_empty() || self.nodes.iter().any(|n| n == node)
+    }
+
     /// Whether a container of `node` is one asked for.
     pub fn keeps(&self, node: &str, c: &crate::model::Container) -> bool {
         let any = |want: &[String], have: Option<&str>, prefix: bool| {
@@ -349,7 +363,7 @@ impl Only {
                     want.iter().any(|w| h == w || (prefix && h.starts_with(w.as_str())))
                 })
         };
-        any(&self.nodes, Some(node), false)
+        self.keeps_node(node)
             && any(&self.namespaces, c.namespace.as_deref(), false)
             && any(&self.pods, c.pod.as_deref(), true)
     }
@@ -389,17 +403,8 @@ pub struct TuiArgs {
     #[arg(long, value_name = "FILE|-", env = "IMDS_OBSERVER_FROM")]
     pub from: Option<String>,
 
-    /// EC2 instance id for a node's fix command: NODE=ID (repeat, or
-    /// comma-separated, one per node), or one bare ID for single-node input
-    /// only. Unset, a node's id comes from its name (i-...) or its
-    /// providerID, else the fix reads "$INSTANCE_ID" and says how to set it.
-    #[arg(
-        long,
-        value_name = "NODE=ID|ID",
-        env = "IMDS_OBSERVER_INSTANCE_ID",
-        value_delimiter = ','
-    )]
-    pub instance_id: Vec<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 impl Cli {
@@ -822,8 +827,10 @@ mod tests {
             pod: Some(pod.into()),
             ..Default::default()
         };
-        let only =
-            report(&["--from", "x", "--node", "a,b", "-n", "prod", "--pod", "api"]).unwrap().only;
+        let only = report(&["--from", "x", "--node", "a,b", "-n", "prod", "--pod", "api"])
+            .unwrap()
+            .fleet
+            .only;
         assert!(only.keeps("a", &c("prod", "api-7d9f8c-x2x4q")));
         assert!(only.keeps("b", &c("prod", "api")));
         assert!(!only.keeps("c", &c("prod", "api")));
@@ -832,6 +839,42 @@ mod tests {
         assert!(!only.keeps("a", &crate::model::Container::default()), "no pod: not a match");
         assert_eq!(only.describe(), "--node a,b --namespace prod --pod api");
         assert!(Only::default().keeps("x", &crate::model::Container::default()));
+    }
+
+    /// #26: `report` and `tui` take the fleet's flags alike (one struct).
+    #[test]
+    fn report_and_tui_share_the_fleet_flags() {
+        let args =
+            ["--from", "x", "--node", "a", "-n", "prod", "--pod", "api", "--instance-id", "a=i-1"];
+        let fleet = |sub: &str| {
+            let all = [&["imds-observer", sub][..], &args].concat();
+            match Cli::try_parse_env(all).unwrap().command {
+                Command::Report(a) => a.fleet,
+                Command::Tui(a) => a.fleet,
+                _ => unreachable!(),
+            }
+        };
+        let (r, t) = (fleet("report"), fleet("tui"));
+        assert_eq!(format!("{r:?}"), format!("{t:?}"));
+        assert_eq!(t.only.describe(), "--node a --namespace prod --pod api");
+        assert_eq!(t.instance_id, ["a=i-1"]);
+        let mut cmd = Cli::command();
+        cmd.build();
+        let help =
+            |sub: &str| cmd.find_subcommand(sub).unwrap().clone().render_long_help().to_string();
+        let (r, t) = (help("report"), help("tui"));
+        for flag in
+            ["--node <NAME>", "--namespace <NS>", "--pod <NAME>", "--instance-id <NODE=ID|ID>"]
+        {
+            let text = |h: &str| {
+                h[h.find(flag).unwrap_or_else(|| panic!("{flag}: {h}"))..]
+                    .split("\n\n")
+                    .next()
+                    .unwrap()
+                    .to_string()
+            };
+            assert_eq!(text(&r), text(&t), "{flag}");
+        }
     }
 
     /// #26 item 10: NO_COLOR set (not empty) turns colours off.

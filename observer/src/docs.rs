@@ -947,3 +947,58 @@ fn configuration_md_matches_the_help() {
     }
     assert!(wrong.is_empty(), "docs/configuration.md against --help:\n{}", wrong.join("\n"));
 }
+
+/// Every text file under deploy/, by repository-relative path.
+fn deploy_files() -> Vec<(String, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(String, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if let Ok(text) = std::fs::read_to_string(&path) {
+                let rel = path.strip_prefix(repo()).unwrap().display().to_string();
+                out.push((rel, text));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&repo().join("deploy"), &mut out);
+    out.sort();
+    out
+}
+
+/// #26: every fix command shipped (README.md, docs/, deploy/: the alerts'
+/// text too) names the instance as the observer does, an `i-…` id or
+/// `"$INSTANCE_ID"` with the line that sets it in the same file; never a
+/// placeholder such as `<instance-id>`, which bash reads as a redirection.
+#[test]
+fn shipped_fix_commands_name_the_instance_as_valid_shell() {
+    let sets_it = crate::diagnose::GET_INSTANCE_ID;
+    let mut files = markdown_files();
+    files.extend(deploy_files());
+    assert!(files.iter().any(|(n, _)| n == "deploy/prometheus/rules.yml"), "{files:?}");
+    let mut checked = 0;
+    for (name, text) in &files {
+        // Lines folded (YAML, markdown paragraphs) and `\` continuations
+        // joined: a command reads as one line.
+        let flat = text.replace("\\\n", " ").split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(!flat.contains("<instance-id>"), "{name} has <instance-id>");
+        for (at, _) in flat.match_indices("modify-instance-metadata-options ") {
+            let cmd = &flat[at..];
+            let cmd = &cmd[..cmd.find('`').unwrap_or(cmd.len()).min(400)];
+            let Some((_, rest)) = cmd.split_once("--instance-id ") else { continue };
+            let id = rest.split([' ', ',']).next().unwrap().replace("\\\"", "\"");
+            checked += 1;
+            if id == crate::diagnose::INSTANCE_ID_VAR {
+                assert!(flat.contains(sets_it), "{name}: {cmd}, without the line that sets it");
+            } else {
+                let hex = id.strip_prefix("i-").unwrap_or_default();
+                assert!(
+                    hex.len() >= 8 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+                    "{name}: {cmd}: --instance-id {id} is neither an id nor \"$INSTANCE_ID\""
+                );
+            }
+        }
+    }
+    assert!(checked >= 5, "the commands were not found ({checked})");
+}

@@ -11,6 +11,10 @@ pub mod correlate;
 pub mod diagnose;
 #[cfg(test)]
 mod docs;
+// build.rs's commit for `--version`, tested here (build scripts have none).
+#[cfg(test)]
+#[path = "../build/commit.rs"]
+mod build_commit;
 // Hidden: for the fuzz crate (fuzz/) only, not an API.
 #[doc(hidden)]
 pub mod fuzzing;

@@ -473,7 +473,7 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
     let findings = match &args.from {
         Some(path) => {
             let cfg = diagnose::Config::default()
-                .with_instance_ids(&args.instance_id)
+                .with_instance_ids(&args.fleet.instance_id)
                 .map_err(anyhow::Error::msg)?;
             let name = if path == "-" { "stdin" } else { path.as_str() };
             if path == "-" && io::IsTerminal::is_terminal(&io::stdin()) {
@@ -523,7 +523,7 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
                 }
             }
             let cfg = diagnose::Config::default()
-                .with_instance_ids(&args.instance_id)
+                .with_instance_ids(&args.fleet.instance_id)
                 .map_err(anyhow::Error::msg)?;
             let mut c = Collect(Diagnoser::new(cfg));
             capture_loop(&args.capture, deadline(Some(secs)), &mut c).await?;
@@ -534,16 +534,16 @@ pub async fn report(args: ReportArgs) -> Result<u8> {
     // --node/--namespace/--pod: the report and its verdict are about those
     // only. None left is an error, not a pass: a mistyped name would read
     // as "all healthy".
-    let findings = if args.only.is_empty() {
+    let findings = if args.fleet.only.is_empty() {
         findings
     } else {
         let total = findings.len();
         let kept: Vec<_> =
-            findings.into_iter().filter(|f| args.only.keeps(&f.node, &f.container)).collect();
+            findings.into_iter().filter(|f| args.fleet.only.keeps(&f.node, &f.container)).collect();
         if kept.is_empty() {
             bail!(
                 "no container matches {}: the {total} finding(s) are about other nodes or pods",
-                args.only.describe()
+                args.fleet.only.describe()
             );
         }
         kept

@@ -120,10 +120,14 @@ fn every_alert_says_what_to_do_and_links_its_runbook() {
     }
     // The alerts issue #14 asks for, and the fix each names.
     let by_name = |n: &str| alerts().into_iter().find(|a| a["alert"] == n).unwrap();
-    let fix = "aws ec2 modify-instance-metadata-options --instance-id <instance-id> --http-put-response-hop-limit 2";
+    // The command as the observer writes it where the id is not known
+    // (issue #26): "$INSTANCE_ID", after the one line that sets it, never a
+    // placeholder bash reads as a redirection.
+    let fix = r#"aws ec2 modify-instance-metadata-options --instance-id "$INSTANCE_ID" --http-put-response-hop-limit 2"#;
+    let sets_it = format!("`{}`", imds_observer::diagnose::GET_INSTANCE_ID);
     let hop = by_name("ImdsHopLimitExceeded");
     let description = hop["annotations"]["description"].as_str().unwrap();
-    assert!(description.contains(fix), "{description}");
+    assert!(description.contains(fix) && description.contains(&sets_it), "{description}");
     assert!(hop["expr"].as_str().unwrap().contains(r#"kind="hop_limit_exceeded""#));
     // Where hop limit 1 is the node's design (issue #24): no page, and no
     // advice that widens a pod's reach.
@@ -138,7 +142,12 @@ fn every_alert_says_what_to_do_and_links_its_runbook() {
     }
     let v1 = by_name("ImdsV1Fallback");
     let description = v1["annotations"]["description"].as_str().unwrap();
-    assert!(description.contains(fix) && description.contains("--http-tokens required"));
+    assert!(description.contains(fix) && description.contains(&sets_it), "{description}");
+    assert!(description.contains(r#"--instance-id "$INSTANCE_ID" --http-tokens required"#));
+    for a in alerts() {
+        let d = a["annotations"]["description"].as_str().unwrap();
+        assert!(!d.contains("<instance-id>"), "{}: {d}", a["alert"]);
+    }
     assert!(v1["expr"].as_str().unwrap().contains(r#"kind="imdsv1_fallback""#));
     for (alert, metric) in [
         ("ImdsObserverEventsLost", "imds_observer_events_lost_total"),

@@ -568,8 +568,9 @@ fn live_in_the_lab_shows_the_failure_as_it_happens() {
 /// terminal of `width`x`height`: every row of the table, paged through,
 /// names its node and container so that no two distinct ones read alike;
 /// a node's detail shows its own instance id in its fix and no other's, or
-/// `"$INSTANCE_ID"` after the line that sets it; no fix line is cut at the
-/// screen's edge; `c` copies the whole command; `q quit` stays in view.
+/// `"$INSTANCE_ID"` after the line that sets it, and how many nodes share
+/// that fix (as `report` groups them); no fix line is cut at the screen's
+/// edge; `c` copies the whole command; `q quit` stays in view.
 fn fleet_in(width: u16, height: u16) {
     let name = format!("fleet{width}");
     let dir = tempdir(&name);
@@ -662,6 +663,17 @@ fn fleet_in(width: u16, height: u16) {
         for l in &lines[3..lines.len() - 1] {
             assert!(l.chars().count() < width as usize, "cut at the edge: {l}\n{s}");
         }
+        // How many nodes share the fix, as `report` groups them.
+        let named = fleet::NODES - fleet::UNNAMED;
+        let group = match fleet::instance_id(i) {
+            Some(_) => format!("{} nodes of node group {}", named / 2, fleet::pool(i)),
+            None => format!("{} nodes", fleet::UNNAMED),
+        };
+        let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains(&format!("FIX: raise the hop limit to 2 the same fix on {group}, each")),
+            "{group}:\n{s}"
+        );
         let own = fleet::instance_id(i);
         for j in 0..fleet::NODES {
             if let Some(other) = fleet::instance_id(j).filter(|_| j != i) {
@@ -738,6 +750,43 @@ fn bash_n(script: &str) {
     child.stdin.take().unwrap().write_all(format!("{script}\n").as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "bash -n: {script}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// #26: `tui --from FILE --node X` over the fleet lists X's containers
+/// only (`report`'s flag, the same meaning): three rows, X's pod in each,
+/// no other node's, and no node column.
+#[test]
+fn fleet_filtered_to_one_node() {
+    let dir = tempdir("fleet-node");
+    let file = dir.join("fleet.jsonl");
+    fs::write(&file, fleet::stream()).unwrap();
+    let t = Tmux::sized("fleet-node", 200, 30);
+    let i = 7;
+    t.run(&format!(
+        "{} tui --from {} --node {}; echo exit=$?",
+        observer(),
+        file.display(),
+        fleet::node(i)
+    ));
+    let n = fleet::CONTAINERS.len();
+    let s = t.wait_for("the node's containers", |s| {
+        s.contains(&format!("{n} containers · hop_limit_exceeded {n}"))
+    });
+    assert!(s.contains(&format!("node {}", fleet::node(i))), "{s}");
+    let header = s.lines().find(|l| l.contains("CONTAINER")).unwrap();
+    assert!(!header.contains("NODE"), "one node, no node column:\n{s}");
+    let rows: Vec<&str> = s.lines().filter(|l| l.contains("shop/")).collect();
+    assert_eq!(rows.len(), n, "{s}");
+    let pod = fleet::pod(i);
+    for c in fleet::CONTAINERS {
+        assert!(rows.iter().any(|r| r.contains(&format!("shop/{pod}/{c}"))), "{c}:\n{s}");
+    }
+    for j in (0..fleet::NODES).filter(|&j| j != i) {
+        assert!(!s.contains(&fleet::pod(j)), "node {j}'s pod:\n{s}");
+    }
+    t.keys(&["q"]);
+    t.assert_restored("0");
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -204,12 +204,82 @@ struct Group<'a> {
 
 /// Nodes whose fixes differ only in their instance ids, in one block:
 /// what is the same stated once, each node's command with its own id.
-struct FixGroup<'a> {
-    /// (node, its fix), in table order.
-    nodes: Vec<(&'a str, &'a Fix)>,
+pub struct FixGroup<'a> {
+    /// (node, its fix), in the order asked for.
+    pub nodes: Vec<(&'a str, &'a Fix)>,
     /// "node group ng-a", when the cluster said.
-    pool: Option<String>,
-    seen: String,
+    pub pool: Option<String>,
+    /// The hop limit seen on the nodes ("unknown" before a reply).
+    pub seen: String,
+}
+
+impl FixGroup<'_> {
+    /// Whom the block is for: "12 nodes of node group X" (the TUI says it
+    /// too), or the one node by `short` name (with its pool).
+    pub fn who(&self, short: impl Fn(&str) -> String) -> String {
+        let many = self.nodes.len() > 1;
+        match (many, &self.pool) {
+            (true, Some(pool)) => {
+                format!("{} of {pool}", plural(self.nodes.len() as u64, "node", "nodes"))
+            }
+            (true, None) => plural(self.nodes.len() as u64, "node", "nodes"),
+            (false, Some(pool)) => format!("{} ({pool})", short(self.nodes[0].0)),
+            (false, None) => short(self.nodes[0].0),
+        }
+    }
+}
+
+/// Per node, the hop limit its token replies showed (the highest seen).
+fn node_limits(findings: &[Finding]) -> BTreeMap<&str, u8> {
+    let mut limits: BTreeMap<&str, u8> = BTreeMap::new();
+    for f in findings {
+        if let Some(l) = f.evidence.node_hop_limit {
+            let e = limits.entry(&f.node).or_insert(l);
+            *e = (*e).max(l);
+        }
+    }
+    limits
+}
+
+/// The fix blocks of `findings`, nodes in the order of `nodes` (each
+/// once): per node one fix (the largest hop limit any of its containers
+/// needs), nodes alike but for their ids together; a node whose fix is a
+/// role of the workload's own stays alone.
+pub fn fix_groups<'a>(
+    findings: &'a [Finding],
+    nodes: impl IntoIterator<Item = &'a str>,
+) -> Vec<FixGroup<'a>> {
+    let limits = node_limits(findings);
+    let mut fixes: BTreeMap<&str, &Fix> = BTreeMap::new();
+    for f in findings {
+        if let Some(fix) = &f.fix {
+            let e = fixes.entry(&f.node).or_insert(fix);
+            if fix.hop_limit > e.hop_limit {
+                *e = fix;
+            }
+        }
+    }
+    let mut blocks: Vec<FixGroup> = Vec::new();
+    let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
+    let mut done = std::collections::BTreeSet::new();
+    for node in nodes {
+        let Some(&fix) = fixes.get(node) else { continue };
+        if !done.insert(node) {
+            continue;
+        }
+        let pool = pool_of(findings, node);
+        let seen = limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
+        let key = match fix.own_role {
+            Some(_) => format!("own|{node}"),
+            None => fix_key(fix, &pool, &seen),
+        };
+        let i = *by_key.entry(key).or_insert_with(|| {
+            blocks.push(FixGroup { nodes: Vec::new(), pool, seen });
+            blocks.len() - 1
+        });
+        blocks[i].nodes.push((node, fix));
+    }
+    blocks
 }
 
 /// The pool a node belongs to, as the report names it.
@@ -246,8 +316,8 @@ fn fix_id(fix: &Fix) -> Option<&str> {
     rest.split_whitespace().next()
 }
 
-/// The report as plain text, at most 100 columns wide (but for the one
-/// line that sets `INSTANCE_ID`, never broken). See [`render_width`].
+/// The report as plain text, at most 100 columns wide. See
+/// [`render_width`].
 pub fn render(findings: &[Finding]) -> String {
     render_width(findings, WIDTH)
 }
@@ -256,7 +326,9 @@ pub fn render(findings: &[Finding]) -> String {
 /// `names::terminal_width`): a table with one row per finding (container
 /// columns on its first row), then why, then the fix per node, nodes with
 /// the same fix in one block. Names are cut in the middle with a mark, never
-/// so that two read alike; a domain all nodes share is said once. Control
+/// so that two read alike; a domain all nodes share is said once; a table
+/// too wide drops the columns the sections below repeat. Commands break
+/// with `\` outside quotes, so that they paste whole. Control
 /// characters from names (a label, a node name, a path read back from a
 /// stream) are written escaped, never sent to the terminal.
 pub fn render_width(findings: &[Finding], width: usize) -> String {
@@ -313,46 +385,14 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
     };
     let short = |node: &str| names::strip(node, &suffix).to_string();
 
-    // Per node: the hop limit seen, and one fix (the largest hop limit any
-    // of its containers needs).
-    let mut limits: BTreeMap<&str, u8> = BTreeMap::new();
-    let mut fixes: BTreeMap<&str, &Fix> = BTreeMap::new();
-    for f in findings {
-        if let Some(l) = f.evidence.node_hop_limit {
-            let e = limits.entry(&f.node).or_insert(l);
-            *e = (*e).max(l);
-        }
-        if let Some(fix) = &f.fix {
-            let e = fixes.entry(&f.node).or_insert(fix);
-            if fix.hop_limit > e.hop_limit {
-                *e = fix;
-            }
-        }
-    }
-    let seen_of = |node: &str| limits.get(node).map_or("unknown".to_string(), |l| l.to_string());
-    // Fix blocks, in table order: nodes alike but for their ids together
-    // (a node whose fix is a role of the workload's own stays alone).
-    let mut blocks: Vec<FixGroup> = Vec::new();
-    let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
-    let mut fix_no: BTreeMap<&str, usize> = BTreeMap::new();
-    for g in &groups {
-        let Some(&fix) = fixes.get(g.node) else { continue };
-        if fix_no.contains_key(g.node) {
-            continue;
-        }
-        let pool = pool_of(findings, g.node);
-        let seen = seen_of(g.node);
-        let key = match fix.own_role {
-            Some(_) => format!("own|{}", g.node),
-            None => fix_key(fix, &pool, &seen),
-        };
-        let i = *by_key.entry(key).or_insert_with(|| {
-            blocks.push(FixGroup { nodes: Vec::new(), pool, seen });
-            blocks.len() - 1
-        });
-        blocks[i].nodes.push((g.node, fix));
-        fix_no.insert(g.node, i + 1);
-    }
+    // Per node, the hop limit seen; the fix blocks, in table order.
+    let limits = node_limits(findings);
+    let blocks = fix_groups(findings, groups.iter().map(|g| g.node));
+    let fix_no: BTreeMap<&str, usize> = blocks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| b.nodes.iter().map(move |(node, _)| (*node, i + 1)))
+        .collect();
 
     // Cells.
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -394,10 +434,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
     ]);
     let cont_col = usize::from(multi_node);
     // Right-aligned numeric columns.
-    let right = |col: usize| {
-        let name = headers[col];
-        matches!(name, "HOPS" | "LIMIT" | "LOST")
-    };
+    let right = |name: &str| matches!(name, "HOPS" | "LIMIT" | "LOST");
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -414,16 +451,34 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
         widths[0] =
             names::distinct_width(shown.iter().map(String::as_str), want, names::cut_middle).max(4);
     }
-    let others: usize =
-        widths.iter().enumerate().filter(|(i, _)| *i != cont_col).map(|(_, w)| w + 2).sum();
-    let cont_max = width.saturating_sub(others).max(16);
     let cont_need = rows.iter().map(|r| r[cont_col].chars().count()).max().unwrap_or(0).max(9);
-    widths[cont_col] = names::distinct_width(
-        groups.iter().map(|g| g.label.as_str()),
-        cont_need.min(cont_max),
-        shorten,
-    )
-    .max(9);
+    let cont_width = |widths: &[usize]| {
+        let others: usize =
+            widths.iter().enumerate().filter(|(i, _)| *i != cont_col).map(|(_, w)| w + 2).sum();
+        let cont_max = width.saturating_sub(others).max(16);
+        let w = names::distinct_width(
+            groups.iter().map(|g| g.label.as_str()),
+            cont_need.min(cont_max),
+            shorten,
+        )
+        .max(9);
+        (w, others + w)
+    };
+    // Too wide for the terminal (80 columns): drop what the sections below
+    // say again, least needed first (Why has the time lost and the
+    // requests, Fix the hop limits).
+    for name in ["TIME LOST", "REQUESTS", "LIMIT", "HOPS"] {
+        if cont_width(&widths).1 <= width {
+            break;
+        }
+        let i = headers.iter().position(|h| *h == name).expect("a column of the table");
+        headers.remove(i);
+        widths.remove(i);
+        for row in rows.iter_mut() {
+            row.remove(i);
+        }
+    }
+    widths[cont_col] = cont_width(&widths).0;
     for row in rows.iter_mut() {
         row[cont_col] = shorten(&row[cont_col], widths[cont_col]);
         if multi_node {
@@ -450,7 +505,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
         for (i, cell) in cells.iter().enumerate() {
             let w = widths[i];
             let pad = w.saturating_sub(cell.chars().count());
-            if right(i) {
+            if right(headers[i]) {
                 s.push_str(&" ".repeat(pad));
                 s.push_str(cell);
             } else {
@@ -516,14 +571,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
             continue;
         }
         let many = b.nodes.len() > 1;
-        let who = match (many, &b.pool) {
-            (true, Some(pool)) => {
-                format!("{} of {pool}", plural(b.nodes.len() as u64, "node", "nodes"))
-            }
-            (true, None) => plural(b.nodes.len() as u64, "node", "nodes"),
-            (false, Some(pool)) => format!("{} ({pool})", short(node)),
-            (false, None) => short(node),
-        };
+        let who = b.who(short);
         out.push_str(&wrap(
             &format!(
                 "[{n}] {who}: hop limit seen {seen}, {} containers need {}",
@@ -560,10 +608,11 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
                 width,
                 "        ",
             ));
-            // Never broken: a `\` inside its quotes would change it.
-            out.push_str(&format!(
-                "        {}\n",
-                f.get_instance_id.as_deref().unwrap_or(GET_INSTANCE_ID)
+            // Broken outside its quotes only, as the TUI shows it.
+            out.push_str(&wrap_command(
+                f.get_instance_id.as_deref().unwrap_or(GET_INSTANCE_ID),
+                width,
+                "        ",
             ));
             out.push_str(&wrap_command(&f.command, width, "        "));
         }
@@ -636,7 +685,7 @@ mod tests {
     fn table_fits_100_columns_with_fix_and_why() {
         let f = scenario();
         let text = render(&f);
-        for l in text.lines().filter(|l| !l.trim_start().starts_with("INSTANCE_ID=")) {
+        for l in text.lines() {
             assert!(l.chars().count() <= WIDTH, "too wide ({}): {l}", l.chars().count());
         }
         let lines: Vec<&str> = text.lines().collect();
@@ -690,6 +739,44 @@ mod tests {
         let why = &why[..why.find("\n  /").unwrap()];
         assert!(!why.to_lowercase().contains("hop"), "{why}");
         assert!(why.contains("connection refused"));
+    }
+
+    /// #26: at 80 columns every line fits (at the least, 60, all but a
+    /// word of a command that has no blank to break at): the table drops
+    /// the columns Why and Fix repeat, and the line that sets INSTANCE_ID
+    /// breaks outside its quotes, pasting as the one line.
+    #[test]
+    fn narrow_terminals_get_every_line_within_their_width() {
+        let f = scenario();
+        for width in [60, 80] {
+            let text = render_width(&f, width);
+            for l in text.lines() {
+                let one_word = !l.trim().contains(' ');
+                assert!(
+                    l.chars().count() <= width || (width < 80 && one_word),
+                    "{width}: too wide: {l}\n{text}"
+                );
+            }
+            let header = text.lines().nth(2).unwrap();
+            for col in ["CONTAINER", "FINDING", "LOST", "FIX"] {
+                assert!(header.contains(col), "{width}: {header}");
+            }
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines.iter().position(|l| l.trim_start().starts_with("INSTANCE_ID=")).unwrap();
+            let mut joined = String::new();
+            for l in &lines[at..] {
+                match l.trim().strip_suffix(" \\") {
+                    Some(head) => joined.push_str(&format!("{head} ")),
+                    None => {
+                        joined.push_str(l.trim());
+                        break;
+                    }
+                }
+            }
+            assert_eq!(joined, GET_INSTANCE_ID, "{width}\n{text}");
+        }
+        // 100 columns keep every column.
+        assert!(render(&f).lines().nth(2).unwrap().contains("TIME LOST"));
     }
 
     #[test]

@@ -14,8 +14,10 @@ use std::{
 
 use super::input::Action;
 use crate::{
-    diagnose::{Config, Container, ContainerView, Diagnoser, FindingKind},
+    cli::Only,
+    diagnose::{Config, Container, ContainerView, Diagnoser, Finding, FindingKind},
     model::{Event, Kind},
+    sink::report,
 };
 
 /// Seconds of history for the rates.
@@ -205,6 +207,9 @@ pub struct App {
     /// The kernel release, on a live capture.
     pub kernel: Option<String>,
     pub no_color: bool,
+    /// `--node/--namespace/--pod`: the containers listed (and counted);
+    /// the engine still sees every event, as `report`'s does.
+    pub only: Only,
 
     nodes: Vec<NodeInfo>,
     node_index: HashMap<String, usize>,
@@ -233,6 +238,10 @@ pub struct App {
     /// The container the detail view shows.
     detail: Option<Key>,
     pub detail_scroll: usize,
+    /// Whom the detail's fix is also for, as `report` groups nodes: "48
+    /// nodes of node group ng-a" (None: this node's alone). Re-read on
+    /// opening and once a second: it takes every node's findings.
+    pub shared_fix: Option<String>,
     pub help: bool,
     pub filter: String,
     /// The filter being typed, until Enter.
@@ -269,6 +278,7 @@ impl App {
             source: source.to_string(),
             kernel: None,
             no_color: false,
+            only: Only::default(),
             nodes: Vec::new(),
             node_index: HashMap::new(),
             rows: Vec::new(),
@@ -286,6 +296,7 @@ impl App {
             view: View::Table,
             detail: None,
             detail_scroll: 0,
+            shared_fix: None,
             help: false,
             filter: String::new(),
             editing: None,
@@ -390,6 +401,11 @@ impl App {
     /// date.
     pub fn apply(&mut self, ev: &Event) {
         self.events += 1;
+        if !self.only.keeps_node(&ev.node) {
+            // Another node's: its findings are not listed, it is no node here.
+            self.diag.observe(ev);
+            return;
+        }
         let node = self.node(&ev.node);
         if let (Kind::HostIngress | Kind::HostEgress | Kind::Exchange, Some(iface)) =
             (ev.kind, &ev.iface)
@@ -432,24 +448,46 @@ impl App {
             }
             Mode::Stream => self.diag.settle(),
         };
-        let sec = self.stream_now.map(unix_secs);
-        for f in found {
-            if let Some(cg) = f.container.cgroup_id {
-                let node = self.node(&f.node);
-                self.touch(node, cg, sec);
-            }
-        }
+        self.touch_found(found);
         if self.ticks.is_multiple_of(RESYNC_TICKS) {
             self.resync();
         }
+        if self.view == View::Detail {
+            self.read_shared_fix();
+        }
+    }
+
+    /// `shared_fix` for the container the detail shows: its node's block
+    /// among the fixes of every node listed (`report::fix_groups`).
+    fn read_shared_fix(&mut self) {
+        let Some((node, _)) = self.detail else { return };
+        let name = self.nodes[node].name.as_str();
+        let findings: Vec<Finding> = self
+            .diag
+            .findings()
+            .into_iter()
+            .filter(|f| self.only.keeps(&f.node, &f.container))
+            .collect();
+        let blocks = report::fix_groups(&findings, findings.iter().map(|f| f.node.as_str()));
+        self.shared_fix = blocks
+            .iter()
+            .find(|b| b.nodes.iter().any(|(n, _)| *n == name))
+            .filter(|b| b.nodes.len() > 1)
+            .map(|b| b.who(str::to_string));
     }
 
     /// Decide what the stream's newest time already decides (end of a
     /// recording).
     fn settle(&mut self) {
+        let found = self.diag.settle();
+        self.touch_found(found);
+    }
+
+    /// The rows of what the engine just decided (other nodes' are none).
+    fn touch_found(&mut self, found: Vec<Finding>) {
         let sec = self.stream_now.map(unix_secs);
-        for f in self.diag.settle() {
-            if let Some(cg) = f.container.cgroup_id {
+        for f in found {
+            if let (Some(cg), true) = (f.container.cgroup_id, self.only.keeps_node(&f.node)) {
                 let node = self.node(&f.node);
                 self.touch(node, cg, sec);
             }
@@ -475,6 +513,8 @@ impl App {
         let Some(view) = self.diag.container(&self.nodes[node].name, cg) else { return };
         let i = match self.row_index.get(&(node, cg)) {
             Some(&i) => i,
+            // Not asked for (yet: a pod's name can come later).
+            None if !self.only.keeps(&self.nodes[node].name, &view.container()) => return,
             None => {
                 self.rows.push(Row {
                     node,
@@ -518,11 +558,13 @@ impl App {
     }
 
     /// Re-read every container from the engine: rows for containers no
-    /// event pointed at, none for evicted ones.
+    /// event pointed at, none for evicted ones (nor for those `only` no
+    /// longer keeps).
     fn resync(&mut self) {
         let keys: Vec<Key> = self
             .diag
             .containers()
+            .filter(|v| self.only.is_empty() || self.only.keeps(v.node(), &v.container()))
             .filter_map(|v| Some((*self.node_index.get(v.node())?, v.cgroup_id())))
             .collect();
         for r in &mut self.rows {
@@ -724,6 +766,7 @@ impl App {
                     self.detail = Some(k);
                     self.detail_scroll = 0;
                     self.view = View::Detail;
+                    self.read_shared_fix();
                 }
             }
             Action::Back => {

@@ -55,9 +55,16 @@ pub async fn main(args: TuiArgs) -> Result<()> {
     // Opened first: a preflight error prints as usual.
     let source = Source::open(&args)?;
     let cfg = diagnose::Config::default()
-        .with_instance_ids(&args.instance_id)
+        .with_instance_ids(&args.fleet.instance_id)
         .map_err(anyhow::Error::msg)?;
-    let mut app = App::new(cfg, if source.live { Mode::Live } else { Mode::Stream }, &source.label);
+    // The header names the source, and the filters where there are any.
+    let only = &args.fleet.only;
+    let label = match only.is_empty() {
+        true => source.label.clone(),
+        false => format!("{}, {}", source.label, only.describe()),
+    };
+    let mut app = App::new(cfg, if source.live { Mode::Live } else { Mode::Stream }, &label);
+    app.only = only.clone();
     app.no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     if source.live {
         app.kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")

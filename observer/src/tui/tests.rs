@@ -441,6 +441,122 @@ fn several_nodes_get_a_node_column_and_their_own_hop_limit() {
     assert!(words(&l[6]).starts_with(&["▶", "node-b"]) && l[7].is_empty());
 }
 
+/// #26: `tui --node/--namespace/--pod` (`report`'s flags, by the one
+/// struct both flatten) list only those containers, counted as such; with
+/// one node left there is no node column.
+#[test]
+fn node_namespace_and_pod_flags_list_only_those_containers() {
+    let only = |args: &[&str]| {
+        let all = [&["imds-observer", "tui", "--from", "x"][..], args].concat();
+        match crate::cli::Cli::try_parse_env(all).unwrap().command {
+            crate::cli::Command::Tui(a) => a.fleet.only,
+            _ => unreachable!(),
+        }
+    };
+    // node-a: pods api-7d9f8c-x2x4q and web-1 in prod; node-b: one more api.
+    let mut v = Vec::new();
+    for (node, cg, pod) in
+        [("node-a", 10u64, "api-7d9f8c-x2x4q"), ("node-a", 11, "web-1"), ("node-b", 12, "api-5c4")]
+    {
+        let who = crate::diagnose::Container {
+            pod: Some(pod.into()),
+            namespace: Some("prod".into()),
+            name: Some("app".into()),
+            ..Default::default()
+        };
+        let mut c = Ctr::new(node, cg, "/docker/app", "172.17.0.2", 1).conn(cg);
+        for mut e in [c.connect(0), c.put_token(1), c.respond(2, 200, 1)].concat() {
+            if e.cgroup_id.is_some() {
+                e.container = Some(who.clone().into());
+            }
+            v.push(e);
+        }
+    }
+    let listed = |args: &[&str]| {
+        let mut a = App::new(Config::default(), Mode::Stream, "from test.jsonl");
+        a.only = only(args);
+        for e in &v {
+            a.feed(Feed::Event(Box::new(e.clone())));
+        }
+        let (_, l) = screen(&mut a, 100, 30);
+        let rows: Vec<String> = l[6..].iter().filter(|r| r.contains("prod/")).cloned().collect();
+        (l, rows)
+    };
+    let (l, rows) = listed(&[]);
+    assert_eq!(rows.len(), 3, "{}", dump(&l));
+    let (l, rows) = listed(&["--node", "node-b"]);
+    assert_eq!(rows.len(), 1, "{}", dump(&l));
+    assert!(rows[0].contains("prod/api-5c4/app"), "{}", dump(&l));
+    assert!(l[1].starts_with("node node-b"), "one node, no other counted:\n{}", dump(&l));
+    assert!(l[2].starts_with("1 container"), "{}", dump(&l));
+    assert!(!l[5].contains("NODE"), "{}", dump(&l));
+    let (l, rows) = listed(&["--pod", "api", "-n", "prod"]);
+    assert_eq!(rows.len(), 2, "{}", dump(&l));
+    assert!(rows.iter().all(|r| r.contains("prod/api-")), "{}", dump(&l));
+    let (l, rows) = listed(&["--node", "node-a", "--pod", "web"]);
+    assert!(rows.len() == 1 && rows[0].contains("prod/web-1/app"), "{}", dump(&l));
+    let (l, rows) = listed(&["-n", "dev"]);
+    assert!(rows.is_empty(), "{}", dump(&l));
+    find(&l, "No container matches --namespace dev yet.");
+}
+
+/// #26: the detail says how many nodes share its fix, as `report` groups
+/// them (its `fix_groups`): the nodes of one node group whose fixes differ
+/// in their ids only; none for a node whose fix is its own.
+#[test]
+fn detail_says_how_many_nodes_share_the_fix() {
+    let mut v = Vec::new();
+    for (i, (pool, limit)) in
+        [("ng-a", 1u8), ("ng-a", 1), ("ng-a", 1), ("ng-b", 1), ("ng-a", 2)].into_iter().enumerate()
+    {
+        let node = format!("node-{i}");
+        let mut ev =
+            Event::new(crate::model::Kind::Node, crate::diagnose::tests::time(0), node.clone());
+        ev.node_info = Some(crate::model::NodeInfo {
+            pool: Some(pool.into()),
+            instance_id: Some(format!("i-0abc{i:013x}")),
+            ..Default::default()
+        });
+        v.push(ev);
+        let mut c = Ctr::new(&node, 10, "/docker/app", "172.17.0.2", 1).conn(1);
+        v.extend(c.connect(0));
+        v.extend(c.put_token(1));
+        v.extend(c.respond(2, 200, limit));
+    }
+    let mut a = app(&v);
+    let detail = |a: &mut App, node: &str| {
+        a.handle(Action::Back);
+        a.handle(Action::Back);
+        a.handle(Action::Filter);
+        type_text(a, node);
+        a.handle(Action::Open);
+        a.handle(Action::Open);
+        let (_, l) = screen(a, 100, 60);
+        assert!(l.iter().any(|r| r.contains(node)), "{node}:\n{}", dump(&l));
+        l
+    };
+    let l = detail(&mut a, "node-1");
+    let fix = find(&l, "FIX: raise the hop limit to 2");
+    assert_eq!(
+        l[fix + 1],
+        "  the same fix on 3 nodes of node group ng-a, each with its own instance id",
+        "{}",
+        dump(&l)
+    );
+    // ng-b's node is alone in its group; node-4 (hop limit 2) is healthy.
+    let l = detail(&mut a, "node-3");
+    let fix = find(&l, "FIX: raise the hop limit to 2");
+    assert!(!l[fix + 1].contains("the same fix"), "{}", dump(&l));
+    // Only what --node keeps counts.
+    let mut a = app(&[]);
+    a.only.nodes = vec!["node-0".into(), "node-1".into()];
+    for e in &v {
+        a.feed(Feed::Event(Box::new(e.clone())));
+    }
+    let l = detail(&mut a, "node-1");
+    find(&l, "the same fix on 2 nodes of node group ng-a");
+}
+
 #[test]
 fn no_color_means_no_colour_anywhere() {
     for view in [View::Table, View::Detail] {

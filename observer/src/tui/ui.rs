@@ -387,6 +387,8 @@ fn render_table(f: &mut Frame, area: Rect, app: &mut App, t: Theme) {
     if app.order().is_empty() {
         let msg = if !app.filter.is_empty() {
             format!("No container matches \"{}\" (Esc clears the filter).", app.filter)
+        } else if !app.only.is_empty() {
+            format!("No container matches {} yet.", app.only.describe())
         } else if app.mode == Mode::Live {
             "No metadata traffic seen yet: waiting for a container to talk to a metadata endpoint."
                 .to_string()
@@ -580,7 +582,7 @@ fn detail_lines(
     }
     if let Some(fix) = best_fix(&findings) {
         out.push(Line::raw(""));
-        out.extend(fix_lines(fix, &findings, width, t));
+        out.extend(fix_lines(fix, &findings, app.shared_fix.as_deref(), width, t));
     }
     if !findings.is_empty() {
         out.push(Line::raw(""));
@@ -612,8 +614,15 @@ fn detail_lines(
 
 /// The fix with the highest hop limit (every container of the node then
 /// gets its token), as text to copy: the command is never cut, and breaks
-/// with `\` so that it pastes into a shell.
-fn fix_lines(fix: &Fix, findings: &[Finding], width: usize, t: Theme) -> Vec<Line<'static>> {
+/// with `\` so that it pastes into a shell. `shared`: the nodes with the
+/// same fix but for their ids, as `report` groups them.
+fn fix_lines(
+    fix: &Fix,
+    findings: &[Finding],
+    shared: Option<&str>,
+    width: usize,
+    t: Theme,
+) -> Vec<Line<'static>> {
     if let Some(own) = &fix.own_role {
         // A node that keeps pods from its role by design: the pod's own
         // role, and the hop limit only as the last resort the note states.
@@ -633,6 +642,12 @@ fn fix_lines(fix: &Fix, findings: &[Finding], width: usize, t: Theme) -> Vec<Lin
     }
     let mut out =
         vec![Line::styled(format!("FIX: raise the hop limit to {}", fix.hop_limit), t.bold())];
+    if let Some(who) = shared {
+        let text = format!("the same fix on {who}, each with its own instance id");
+        for l in wrap(&text, width.saturating_sub(2)) {
+            out.push(Line::raw(format!("  {l}")));
+        }
+    }
     out.push(Line::raw("  on the running instance:"));
     if let Some(get) = &fix.get_instance_id {
         // Its id is not known here: the line that sets INSTANCE_ID, run on
