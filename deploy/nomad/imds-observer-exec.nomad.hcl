@@ -13,10 +13,11 @@
 # read at start) as ambient capabilities and every other one gone from the
 # bounding set, no new privileges: it owns no file of the host, and cannot
 # load a kernel module, read other processes' memory or bypass file
-# permissions. As nobody it cannot use the root-only /run/imds-observer for
-# its instance lock: it warns and takes the abstract socket instead (a
-# process on the host network could take it first; a system job runs one
-# allocation per client anyway).
+# permissions. As nobody it cannot create /run/imds-observer, or its lock
+# file in it: where that directory exists and nobody may read it (0755, as
+# the kubelet or Docker make it) it locks the directory itself; else it
+# warns and takes an abstract socket instead (a process on the host network
+# could take it first; a system job runs one allocation per client anyway).
 #
 # Client configuration this job needs:
 #

@@ -62,6 +62,13 @@ job "imds-observer" {
 
     task "imds-observer" {
       driver = "docker"
+      # Not root: uid 65534 (nobody), as in the DaemonSet. Docker puts a
+      # non-root container's added capabilities in its bounding set only;
+      # the image's binary takes them up through its file capabilities
+      # (docs/deploy.md, Privileges). Not on a dockerd configured with
+      # "no-new-privileges": there no_new_privs voids those, and the
+      # observer exits saying so; remove this line to run as root there.
+      user = "65534"
 
       config {
         image = "ghcr.io/imds-observer/imds-observer:0.1.0"
@@ -117,8 +124,9 @@ job "imds-observer" {
         }
 
         # The instance lock's directory (one observer per node, also across
-        # an update): root-only on the host, so no other task can hold the
-        # lock in the observer's place. Docker creates it when missing.
+        # an update). Docker creates it when missing, root's and 0755: the
+        # observer, not root, locks the directory itself; no other task can
+        # hold that lock unless it mounts this host directory.
         volumes = ["/run/imds-observer:/run/imds-observer"]
 
         # Off by default: the Docker Engine API socket, for container names,
@@ -129,6 +137,8 @@ job "imds-observer" {
         # add it, mount that one socket and nothing else of the host's /run.
         # With dockerd's live-restore, a dockerd restart leaves this mount on
         # the old socket: lookups fail (a warning) until the task restarts.
+        # The socket is root's and the docker group's: as uid 65534 the
+        # observer also needs group_add = ["<that group's gid>"].
         #   mount {
         #     type     = "bind"
         #     source   = "/run/docker.sock"

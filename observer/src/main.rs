@@ -40,6 +40,23 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
+    // Capturing needs the capabilities that the image's binary carries as
+    // permitted file capabilities (docs/deploy.md, Privileges): made
+    // effective first, while this is the only thread (threads inherit the
+    // creating thread's sets), before they are checked. A recording
+    // (`--from`) is read with none.
+    let captures = match &cli.command {
+        imds_observer::cli::Command::Report(a) => a.from.is_none(),
+        imds_observer::cli::Command::Tui(a) => a.from.is_none(),
+        _ => true,
+    };
+    if captures {
+        match imds_observer::sys::caps::raise_permitted() {
+            Ok(0) => {}
+            Ok(raised) => tracing::debug!("permitted capabilities made effective: {raised:#x}"),
+            Err(e) => tracing::warn!("making the permitted capabilities effective: {e}"),
+        }
+    }
     if let Some(keys) = capture.and_then(|c| c.pod_labels.as_ref()) {
         imds_observer::identity::pods::set_pod_labels(
             imds_observer::identity::pods::LabelKeys::parse(keys),

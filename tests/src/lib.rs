@@ -1015,14 +1015,19 @@ impl Observer {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Observer {
-        let mut child = netns_cgroup_command(host_netns, None, program, args)
-            .env("NODE_NAME", "lab-node")
+        let mut cmd = netns_cgroup_command(host_netns, None, program, args);
+        cmd.env("NODE_NAME", "lab-node")
             .envs(env.iter().copied())
-            .env("RUST_LOG", std::env::var("LAB_RUST_LOG").unwrap_or("info".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start imds-observer");
+            .env("RUST_LOG", std::env::var("LAB_RUST_LOG").unwrap_or("info".into()));
+        Observer::spawn(cmd)
+    }
+
+    /// Start `cmd`, an observer however it is wrapped (a container runtime
+    /// that passes its stdio through and forwards signals), and wait until
+    /// it is capturing.
+    pub fn spawn(mut cmd: Command) -> Observer {
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start imds-observer");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout_paused = Arc::new(AtomicBool::new(false));
@@ -1215,6 +1220,41 @@ pub fn findings_for<'a>(events: &'a [Value], cgroup: &str) -> Vec<&'a Value> {
 /// Events of `kind` ("request", "drop", ...).
 pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// The local image (Containerfile.local) as `tag`, built as its header
+/// says: the static release binary staged in target/image with the
+/// published image's file capabilities, then `podman build`. The header's
+/// `install` and `setcap` lines run as written, from the repository root,
+/// so the documented steps are the ones tested.
+pub fn build_local_image(tag: &str) -> Result<(), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let file = root.join("Containerfile.local");
+    let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let steps: Vec<&str> = text
+        .lines()
+        .map_while(|l| l.strip_prefix('#'))
+        .filter_map(|l| l.strip_prefix("   "))
+        .map(str::trim)
+        .filter(|c| c.starts_with("install ") || c.starts_with("setcap "))
+        .collect();
+    if steps.len() != 3 {
+        return Err(format!(
+            "Containerfile.local's header: expected install, install, setcap: {steps:?}"
+        ));
+    }
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.current_dir(root).output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    };
+    for step in steps {
+        run(Command::new("sh").args(["-c", step]))?;
+    }
+    run(Command::new("podman").args(["build", "-q", "-t", tag, "-f"]).arg(&file).arg(root))
 }
 
 /// Real containers: podman (with runc; crun refuses hybrid cgroups) run in

@@ -2,8 +2,9 @@
 //! root: the Kubernetes manifests against the Kubernetes schemas
 //! (kubernetes-validate ships them), the Nomad jobs through an HCL2 parser
 //! (python-hcl2), and the facts docs/deploy.md promises (host network,
-//! NODE_NAME, the three capabilities, read-only mounts) asserted on the
-//! parsed files.
+//! NODE_NAME, a non-root user with the four capabilities, which the
+//! image's binary carries as file capabilities, read-only mounts) asserted
+//! on the parsed files.
 //!
 //! Needs python3 with the PyPI packages kubernetes-validate (which brings
 //! PyYAML) and python-hcl2.
@@ -22,6 +23,14 @@ const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 /// The capabilities docs/deploy.md grants, in Kubernetes' spelling.
 const CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "NET_ADMIN", "SYSLOG"];
+
+/// What docs/deploy.md's variants add to them: CAP_SYS_ADMIN for runtimes
+/// that do not know BPF and PERFMON, CAP_SYS_RESOURCE for 5.8-5.10's
+/// memlock limit, CAP_SYS_PTRACE for cgroup v1 naming.
+const VARIANT_CAPABILITIES: [&str; 3] = ["SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"];
+
+/// The uid and gid the DaemonSet and the Nomad jobs run as (nobody).
+const NOBODY: u64 = 65534;
 
 const PIP_PACKAGES: &str = "kubernetes-validate python-hcl2";
 
@@ -254,9 +263,18 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
 
     let sc = &c["securityContext"];
     assert_ne!(sc["privileged"], true, "no privileged mode");
+    // Not root: the capabilities come from the image's file capabilities,
+    // which no_new_privs leaves alone where the runtime fills the permitted
+    // set (containerd, CRI-O; the lab's image tests run both ways).
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], NOBODY);
+    assert_eq!(sc["runAsGroup"], NOBODY);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["runAsUser"], 0);
+    assert!(
+        pod.get("securityContext").is_none_or(|p| p.get("runAsUser").is_none()),
+        "the user is the container's, set once"
+    );
     assert_eq!(strs(&sc["capabilities"]["drop"]), set(&["ALL"]));
     assert_eq!(
         strs(&sc["capabilities"]["add"]),
@@ -349,6 +367,58 @@ fn daemonset_runs_on_the_host_network_with_only_the_documented_privileges() {
     );
 }
 
+/// The `setcap` line of a Containerfile: the capability list and the
+/// path it is applied to.
+fn setcap_in(file: &str) -> (String, String) {
+    let text = std::fs::read_to_string(repo().join(file)).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("setcap ")).collect();
+    assert_eq!(lines.len(), 1, "{file}: one setcap line: {lines:?}");
+    let words: Vec<&str> =
+        lines[0].split_whitespace().skip_while(|w| *w != "setcap").skip(1).collect();
+    assert!(words.len() >= 2, "{file}: {}", lines[0]);
+    (words[0].to_string(), words[1].to_string())
+}
+
+#[test]
+fn both_images_give_the_binary_the_capabilities_as_permitted_file_capabilities() {
+    let (published, path) = setcap_in("Containerfile");
+    let (local, staged) = setcap_in("Containerfile.local");
+    assert_eq!(published, local, "the two images' file capabilities");
+    // Permitted only: no effective bit (exec would fail wherever a runtime
+    // grants fewer), nothing inheritable.
+    let (list, flags) = published.split_once('=').expect("caps=flags");
+    assert_eq!(flags, "p", "{published}");
+    let listed: BTreeSet<String> = list.split(',').map(str::to_string).collect();
+    let expected: BTreeSet<String> = CAPABILITIES
+        .iter()
+        .chain(&VARIANT_CAPABILITIES)
+        .map(|c| format!("cap_{}", c.to_lowercase()))
+        .collect();
+    assert_eq!(listed, expected, "the DaemonSet's capabilities and the documented variants'");
+
+    // Containerfile: set in the build stage after strip (which writes a
+    // new file), on the file the final stage copies, by a COPY that keeps
+    // the attribute (no --chown/--chmod).
+    let text = std::fs::read_to_string(repo().join("Containerfile")).unwrap();
+    let at = |s: &str| text.find(s).unwrap_or_else(|| panic!("Containerfile: no {s:?}"));
+    assert!(at("strip /imds-observer") < at("setcap "), "setcap after strip");
+    assert_eq!(path, "/imds-observer");
+    let copies: Vec<&str> = text.lines().filter(|l| l.starts_with("COPY --from")).collect();
+    assert_eq!(copies, ["COPY --from=build /imds-observer /imds-observer"]);
+    assert!(at("COPY --from") > at("setcap "));
+
+    // Containerfile.local: the staged copy is what it copies, and all its
+    // build context admits.
+    let text = std::fs::read_to_string(repo().join("Containerfile.local")).unwrap();
+    assert_eq!(staged, "target/image/imds-observer");
+    assert!(text.contains(&format!("\nCOPY {staged} /imds-observer\n")), "{text}");
+    let ignore =
+        std::fs::read_to_string(repo().join("Containerfile.local.containerignore")).unwrap();
+    let rules: Vec<&str> =
+        ignore.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+    assert_eq!(rules, ["*", &format!("!{staged}")]);
+}
+
 #[test]
 fn rbac_reads_pods_gets_nodes_and_creates_and_patches_events_only() {
     let objs = objects();
@@ -429,10 +499,12 @@ fn nomad_task(file: &str) -> (Value, Value, Value) {
 }
 
 #[test]
-fn nomad_docker_job_is_a_host_network_system_job_with_the_three_capabilities() {
+fn nomad_docker_job_is_a_host_network_system_job_as_nobody_with_the_four_capabilities() {
     require_python();
     let (_, _, task) = nomad_task("imds-observer.nomad.hcl");
     assert_eq!(task["driver"], "docker");
+    // Not root, as the DaemonSet: the image's file capabilities.
+    assert_eq!(task["user"], NOBODY.to_string());
     let config = block(&task, "config");
     assert_eq!(config["network_mode"], "host");
     assert!(config["image"].as_str().unwrap().starts_with("ghcr.io/imds-observer/imds-observer:"));

@@ -240,6 +240,9 @@ fn lab_packages() -> Result<()> {
         ("podman", "podman"),
         ("runc", "runc"),
         ("busybox", "busybox-static"),
+        // The local image's binary gets the published image's file
+        // capabilities (Containerfile.local).
+        ("setcap", "libcap2-bin"),
         // promtool checks and unit-tests deploy/prometheus/rules.yml; the
         // prometheus lab test runs a real Prometheus (the package's own
         // service is not used).

@@ -33,8 +33,44 @@ pub fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
 }
 
 pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+    status_mask(status, "CapEff:")
+}
+
+/// A capability mask of /proc/self/status (`CapEff:`, `CapBnd:`...).
+fn status_mask(status: &str, field: &str) -> Option<u64> {
+    let value = status.lines().find_map(|l| l.strip_prefix(field))?;
+    u64::from_str_radix(value.trim(), 16).ok()
+}
+
+/// Why capabilities that the runtime allowed (they are in the bounding set)
+/// are not held, from /proc/self/status and the permitted set of the
+/// binary's file capabilities (`file`): a non-root process gets them only
+/// from those (or as ambient ones), and not at all under no_new_privs where
+/// the runtime left its permitted set empty (Docker Engine does, for a
+/// non-root user; containerd and CRI-O put the added capabilities there).
+fn why_missing(status: &str, file: Option<u64>) -> Option<&'static str> {
+    let bounding = status_mask(status, "CapBnd:")?;
+    if !missing_caps(bounding).is_empty() {
+        return None; // not granted: the line says so
+    }
+    if missing_caps(status_mask(status, "CapPrm:")?).is_empty() {
+        return Some("they are permitted but not effective");
+    }
+    let no_new_privs = status.lines().find_map(|l| l.strip_prefix("NoNewPrivs:"))?.trim() == "1";
+    Some(match file {
+        None => {
+            "they are in the bounding set, but this binary has no file capabilities to take them up as a non-root user: run the image's binary (which has them), give yours the same (docs/deploy.md, The image), or make them ambient"
+        }
+        Some(f) if !missing_caps(f).is_empty() => {
+            "they are in the bounding set, but this binary's file capabilities do not include them: give it those of the image (docs/deploy.md, The image)"
+        }
+        Some(_) if no_new_privs => {
+            "they are in the bounding set, but no_new_privs kept this binary's file capabilities from granting them: the runtime gave this non-root process no permitted capabilities (as Docker Engine and cri-dockerd do); allow privilege escalation (allowPrivilegeEscalation: true, or no no-new-privileges security option)"
+        }
+        Some(_) => {
+            "they are in the bounding set, but the kernel ignored this binary's file capabilities (a nosuid mount, or a file written in another user namespace)"
+        }
+    })
 }
 
 /// "6.18.44-fc-v669" → (6, 18).
@@ -47,9 +83,12 @@ pub fn check_privileges() -> Result<()> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let missing = parse_cap_eff(&status).map(missing_caps).unwrap_or_default();
     if !missing.is_empty() {
+        let why =
+            why_missing(&status, crate::sys::caps::file_permitted(Path::new("/proc/self/exe")));
         bail!(
-            "missing capabilities: {}. Run as root, or grant them (see Privileges in the README)",
-            missing.join(", ")
+            "missing capabilities: {}. Run as root, or grant them (see Privileges in the README){}",
+            missing.join(", "),
+            why.map(|w| format!("; {w}")).unwrap_or_default()
         );
     }
     Ok(())
@@ -148,6 +187,36 @@ mod tests {
     fn names_each_missing_cap() {
         assert_eq!(missing_caps(0), vec!["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
         assert_eq!(missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)), vec!["CAP_NET_ADMIN"]);
+    }
+
+    /// /proc/self/status of uid 65534 with the DaemonSet's four capabilities
+    /// in the bounding set (CAP_NET_ADMIN 12, CAP_SYSLOG 34, CAP_PERFMON 38,
+    /// CAP_BPF 39) and none permitted.
+    fn bounded_only(no_new_privs: u8) -> String {
+        format!(
+            "Uid:\t65534\t65534\t65534\t65534\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\n\
+             CapEff:\t0000000000000000\nCapBnd:\t000000c400001000\nCapAmb:\t0000000000000000\n\
+             NoNewPrivs:\t{no_new_privs}\n"
+        )
+    }
+
+    #[test]
+    fn says_why_capabilities_in_the_bounding_set_are_not_held() {
+        let image = Some(0xc4_0128_1000); // the image's setcap list
+        let hint = |nnp, file| why_missing(&bounded_only(nnp), file).unwrap_or("none");
+        assert!(hint(1, image).contains("no_new_privs kept"), "{}", hint(1, image));
+        assert!(hint(1, image).contains("allowPrivilegeEscalation: true"));
+        assert!(hint(0, image).contains("kernel ignored"), "{}", hint(0, image));
+        assert!(hint(0, None).contains("no file capabilities"), "{}", hint(0, None));
+        assert!(hint(1, None).contains("no file capabilities"), "no_new_privs is not the cause");
+        assert!(hint(0, Some(1 << CAP_BPF)).contains("do not include them"));
+        // Held, only not raised (main raises them before the check).
+        let held =
+            bounded_only(0).replace("CapPrm:\t0000000000000000", "CapPrm:\t000000c400001000");
+        assert_eq!(why_missing(&held, image), Some("they are permitted but not effective"));
+        // Not in the bounding set: the runtime did not grant them.
+        let ungranted = bounded_only(1).replace("000000c400001000", "000000c000000000");
+        assert_eq!(why_missing(&ungranted, image), None);
     }
 
     #[test]

@@ -390,12 +390,7 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let musl = root.join("target/x86_64-unknown-linux-musl/release/imds-observer");
     if musl.exists() {
-        let built = Command::new("podman")
-            .args(["build", "-q", "-t", "localhost/imds-observer:bench", "-f"])
-            .arg(root.join("Containerfile.local"))
-            .arg(&root)
-            .output();
-        if built.is_ok_and(|o| o.status.success()) {
+        if imds_lab::build_local_image("localhost/imds-observer:bench").is_ok() {
             let size = sh(&[
                 "podman",
                 "image",
