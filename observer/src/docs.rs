@@ -363,7 +363,7 @@ fn kubectl_flags(sub: &str) -> Option<Vec<(&'static str, bool)>> {
         "apply" => &[("-k", true), ("-f", true)],
         "describe" => &[("-l", true), ("--selector", true)],
         "rollout" => &[("--timeout", true)],
-        "auth" => &[],
+        "auth" | "annotate" => &[],
         "exec" => {
             &[("-i", false), ("-t", false), ("-it", false), ("-c", true), ("--container", true)]
         }
@@ -410,9 +410,12 @@ fn check_kubectl(args: &[String], m: &Manifests) -> Result<(), String> {
     let ns = flag(&["-n", "--namespace"]);
     // `describe pod NAME` of an application's pod (its Events) may be in
     // any namespace; the observer's own objects are in the manifests' one.
-    let workload_pod = sub == "describe"
+    // Nor is the ServiceAccount a fix annotates with a workload's role.
+    let workload_pod = (sub == "describe"
         && matches!(positional.get(1).map(String::as_str), Some("pod" | "pods"))
-        && positional.get(2).is_some_and(|p| !p.starts_with(&m.daemonset));
+        && positional.get(2).is_some_and(|p| !p.starts_with(&m.daemonset)))
+        || (sub == "annotate"
+            && matches!(positional.get(1).map(String::as_str), Some("serviceaccount" | "sa")));
     if let Some(ns) = &ns {
         if *ns != m.namespace && !workload_pod {
             return Err(format!("namespace {ns}, but the manifests use {}", m.namespace));

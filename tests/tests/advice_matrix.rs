@@ -237,8 +237,8 @@ fn cell_row(node: NodeKind, tokens: Tokens) {
             assert_eq!(
                 own["pod_identity"],
                 format!(
-                    "aws eks create-pod-identity-association --cluster <cluster> --namespace payments \
-                     --service-account sa-{} --role-arn <role-arn>",
+                    "aws eks create-pod-identity-association --cluster \"$CLUSTER\" --namespace payments \
+                     --service-account sa-{} --role-arn \"$ROLE_ARN\"",
                     w.name
                 ),
                 "{at}"

@@ -383,8 +383,8 @@ fn on_a_karpenter_node_the_pod_is_told_to_get_a_role_of_its_own() {
     let own = &f["fix"]["own_role"];
     assert_eq!(
         own["pod_identity"],
-        "aws eks create-pod-identity-association --cluster <cluster> --namespace payments \
-         --service-account checkout --role-arn <role-arn>"
+        "aws eks create-pod-identity-association --cluster \"$CLUSTER\" --namespace payments \
+         --service-account checkout --role-arn \"$ROLE_ARN\""
     );
     assert!(own["irsa"].as_str().unwrap().contains("-n payments checkout"), "{own}");
     assert!(f["fix"]["command"].as_str().unwrap().contains(&format!("--instance-id {INSTANCE} ")));
@@ -403,7 +403,9 @@ fn on_a_karpenter_node_the_pod_is_told_to_get_a_role_of_its_own() {
         .unwrap();
     let note = post.event["note"].as_str().unwrap();
     assert!(
-        note.contains("Fix: EKS Pod Identity: aws eks create-pod-identity-association"),
+        note.contains(
+            "): EKS Pod Identity: aws eks create-pod-identity-association --cluster \"$CLUSTER\""
+        ),
         "{note}"
     );
     assert!(!note.contains("hostNetwork") && note.len() <= 1024, "{note}");

@@ -277,20 +277,26 @@ pub struct OwnRole {
     pub irsa: String,
 }
 
+/// What the person pasting an [`OwnRole`] command sets first: the commands
+/// read them as shell variables, quoted (a `<placeholder>` would be a
+/// redirection to bash).
+pub const OWN_ROLE_VARS: &str =
+    "set CLUSTER to the cluster's name and ROLE_ARN to the ARN of the workload's role first";
+
 impl OwnRole {
-    /// For ServiceAccount `service_account` in `namespace` (placeholders
-    /// where unknown).
+    /// For ServiceAccount `service_account` in `namespace` (shell
+    /// variables where unknown, as the cluster and the role are).
     pub fn new(namespace: Option<&str>, service_account: Option<&str>) -> Self {
-        let ns = namespace.unwrap_or("<namespace>");
-        let sa = service_account.unwrap_or("<service-account>");
+        let ns = namespace.unwrap_or("\"$NAMESPACE\"");
+        let sa = service_account.unwrap_or("\"$SERVICE_ACCOUNT\"");
         OwnRole {
             pod_identity: format!(
-                "aws eks create-pod-identity-association --cluster <cluster> --namespace {ns} \
-                 --service-account {sa} --role-arn <role-arn>"
+                "aws eks create-pod-identity-association --cluster \"$CLUSTER\" --namespace {ns} \
+                 --service-account {sa} --role-arn \"$ROLE_ARN\""
             ),
             irsa: format!(
                 "kubectl annotate serviceaccount -n {ns} {sa} \
-                 eks.amazonaws.com/role-arn=<role-arn>"
+                 eks.amazonaws.com/role-arn=\"$ROLE_ARN\""
             ),
         }
     }
@@ -365,5 +371,29 @@ pub struct Finding {
 impl Finding {
     pub fn is_healthy(&self) -> bool {
         self.kind == FindingKind::Healthy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is not known is a quoted shell variable, never a `<placeholder>`
+    /// (bash would redirect: `--cluster <cluster> --namespace` truncates a
+    /// file named `--namespace`); names go in as the API gave them.
+    #[test]
+    fn own_role_commands_paste_as_shell_with_variables_for_what_is_not_known() {
+        for own in [OwnRole::new(Some("shop"), Some("web")), OwnRole::new(None, None)] {
+            for cmd in [&own.pod_identity, &own.irsa] {
+                assert!(!cmd.contains(['<', '>', '|', ';', '&']), "{cmd}");
+                assert!(cmd.contains("\"$ROLE_ARN\""), "{cmd}");
+            }
+            assert!(own.pod_identity.contains("--cluster \"$CLUSTER\" "), "{}", own.pod_identity);
+        }
+        let unknown = OwnRole::new(None, None);
+        assert!(unknown.irsa.starts_with(
+            "kubectl annotate serviceaccount -n \"$NAMESPACE\" \"$SERVICE_ACCOUNT\" "
+        ));
+        assert!(OWN_ROLE_VARS.contains("CLUSTER") && OWN_ROLE_VARS.contains("ROLE_ARN"));
     }
 }

@@ -43,7 +43,7 @@ use std::{
 #[allow(unused_imports)]
 pub use finding::{
     Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix,
-    GET_INSTANCE_ID, INSTANCE_ID_VAR, Latency, OwnRole, Requests, instance_id_arg,
+    GET_INSTANCE_ID, INSTANCE_ID_VAR, Latency, OWN_ROLE_VARS, OwnRole, Requests, instance_id_arg,
 };
 use state::{
     AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, MAX_DROP_REASONS,

@@ -1482,12 +1482,12 @@ fn where_hop_limit_1_is_the_nodes_design_the_workload_gets_its_own_role_first() 
     let own = fix.own_role.as_ref().expect("the workload's own role first");
     assert_eq!(
         own.pod_identity,
-        "aws eks create-pod-identity-association --cluster <cluster> --namespace shop \
-         --service-account web --role-arn <role-arn>"
+        "aws eks create-pod-identity-association --cluster \"$CLUSTER\" --namespace shop \
+         --service-account web --role-arn \"$ROLE_ARN\""
     );
     assert_eq!(
         own.irsa,
-        "kubectl annotate serviceaccount -n shop web eks.amazonaws.com/role-arn=<role-arn>"
+        "kubectl annotate serviceaccount -n shop web eks.amazonaws.com/role-arn=\"$ROLE_ARN\""
     );
     // The hop limit only as the last resort, on a pool of its own, saying
     // what it costs; the instance named from the node's providerID.

@@ -114,8 +114,13 @@ pub fn note(f: &Finding) -> String {
     match &f.fix {
         // The pod's own role first; the node's hop limit is the last resort.
         Some(fix @ Fix { own_role: Some(own), .. }) => {
-            let _ =
-                write!(s, " Fix: EKS Pod Identity: {}; or IRSA: {}.", own.pod_identity, own.irsa);
+            let _ = write!(
+                s,
+                " Fix ({}): EKS Pod Identity: {}; or IRSA: {}.",
+                crate::diagnose::OWN_ROLE_VARS,
+                own.pod_identity,
+                own.irsa
+            );
             if let Some(n) = fix.note.as_deref().filter(|n| !n.is_empty()) {
                 let _ = write!(s, " Only as a {n}");
             }

@@ -555,6 +555,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
                 width,
                 "  ",
             ));
+            out.push_str(&wrap(crate::diagnose::OWN_ROLE_VARS, width, "      "));
             for f in findings.iter().filter(|f| f.node == b.nodes[0].0) {
                 let Some(own) = f.fix.as_ref().and_then(|x| x.own_role.as_ref()) else {
                     continue;

@@ -627,6 +627,9 @@ fn fix_lines(
         // A node that keeps pods from its role by design: the pod's own
         // role, and the hop limit only as the last resort the note states.
         let mut out = vec![Line::styled("FIX: give the workload a role of its own", t.bold())];
+        for l in wrap(crate::diagnose::OWN_ROLE_VARS, width.saturating_sub(2)) {
+            out.push(Line::raw(format!("  {l}")));
+        }
         for (name, cmd) in [("EKS Pod Identity", &own.pod_identity), ("or IRSA", &own.irsa)] {
             out.push(Line::raw(format!("  {name}:")));
             for l in report::command_lines(cmd, width.saturating_sub(4)) {
