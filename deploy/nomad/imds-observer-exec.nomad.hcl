@@ -101,8 +101,9 @@ job "imds-observer" {
         NODE_NAME = "${node.unique.name}"
         # Allocation -> job, task group and namespace from the Nomad HTTP
         # API (exec/raw_exec/java tasks' cgroup paths name only the
-        # allocation and task). With ACLs, a token whose policy has read-job
-        # on the namespaces (docs/deploy.md), better from a template block
+        # allocation and task), and this node's instance id for the fixes.
+        # With ACLs, a token whose policy has read-job on the namespaces and
+        # agent and node read (docs/deploy.md), better from a template block
         # than written here; for https also NOMAD_CACERT.
         # NOMAD_ADDR = "http://127.0.0.1:4646"
         # NOMAD_TOKEN = "..."

@@ -152,8 +152,10 @@ job "imds-observer" {
         # Allocation -> job, task group and namespace from the Nomad HTTP
         # API, for exec/raw_exec/java tasks (the cgroup path names only the
         # allocation and task) and Docker tasks whose labels are out of
-        # reach: point the observer at the local agent. With ACLs, give it a
-        # token whose policy has read-job on the namespaces (docs/deploy.md),
+        # reach, and this node's instance id for the fixes: point the
+        # observer at the local agent. With ACLs, give it a token whose
+        # policy has read-job on the namespaces and agent and node read
+        # (docs/deploy.md),
         # e.g. from Variables or Vault in a template block rather than here.
         # For https also NOMAD_CACERT (and NOMAD_CLIENT_CERT/KEY for mTLS).
         # NOMAD_ADDR = "http://${attr.unique.network.ip-address}:4646"

@@ -330,3 +330,61 @@ fn a_forged_mirror_annotation_or_runtime_labels_do_not_change_whose_pod_it_is() 
         "{seen}"
     );
 }
+
+/// Issue #24, Nomad: what Nomad says of this node (`/v1/agent/self`, then
+/// `/v1/node/<id>`: its AWS fingerprint and pool) fills the instance id
+/// into a Nomad task's fix, and the lasting fix is Nomad workload identity.
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn a_nomad_nodes_fingerprint_names_its_instance_in_the_fix() {
+    const NODE_ID: &str = "9d2c7a1e-55b0-4c3e-8f4a-0b1c2d3e4f50";
+    const INSTANCE: &str = "i-0fedcba9876543210";
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let fake = lab.fake_orchestrator(json!({
+        "allocs": [alloc()],
+        "nomad_token": NOMAD_TOKEN,
+        "nomad_node": {"ID": NODE_ID, "Name": "ip-10-0-1-17", "NodePool": "default",
+            "Datacenter": "dc1", "Attributes": {
+                "unique.platform.aws.instance-id": INSTANCE,
+                "platform.aws.placement.availability-zone": "eu-west-1a",
+                "platform.aws.instance-type": "m7g.large",
+                "kernel.name": "linux"}},
+    }));
+    let mut task = lab.add_container("ntask", Attach::Bridge);
+    let _ = std::fs::remove_dir(&task.cgroup);
+    task.cgroup = lab.cgroup_at(&format!("nomad.slice/share.slice/{ALLOC}.fetcher.scope"));
+    let missing_socket = fake.dir.join("no-runtime.sock");
+    let obs = lab.observer_with_env(
+        &["--runtime-socket", missing_socket.to_str().unwrap()],
+        &[("NOMAD_ADDR", &fake.nomad_addr), ("NOMAD_TOKEN", NOMAD_TOKEN)],
+    );
+    obs.wait_stderr("Nomad: this node", Duration::from_secs(20));
+    let t0 = std::time::Instant::now();
+    while !obs.events().iter().any(|e| e["type"] == "node") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no node line");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!task.sdk("js-v2", IMDS).lines.is_empty());
+    let events = obs.finish(SETTLE);
+    common::assert_fields_documented(&events);
+
+    let node = events.iter().find(|e| e["type"] == "node").unwrap();
+    assert_eq!(
+        node["node_info"],
+        json!({"pool": "default", "instance_id": INSTANCE, "zone": "eu-west-1a",
+               "instance_type": "m7g.large"})
+    );
+    let f = last_hop_finding(&events, &task.cgroup_rel());
+    let cmd = f["fix"]["command"].as_str().unwrap();
+    assert!(cmd.contains(&format!("--instance-id {INSTANCE} ")), "{cmd}");
+    assert!(f["fix"].get("get_instance_id").is_none(), "the id is known: {f}");
+    let summary = f["summary"].as_str().unwrap();
+    assert!(summary.contains("(Nomad workload identity)"), "{summary}");
+    let seen = std::fs::read_to_string(&fake.log).unwrap();
+    for want in [
+        "nomad /v1/agent/self authorized=true",
+        &format!("nomad /v1/node/{NODE_ID} authorized=true"),
+    ] {
+        assert!(seen.lines().any(|l| l == want), "{want:?} not in {seen}");
+    }
+}

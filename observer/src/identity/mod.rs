@@ -270,8 +270,12 @@ impl Identities {
     /// `node` when in a cluster or with `KUBECONFIG`. `node` is the node
     /// name as given (`--node-name`/`NODE_NAME`), not the host name guessed.
     pub fn with_env_lookups(mut self, node: Option<&str>) -> Self {
+        let mut nomad_node = None;
         match NomadClient::from_env() {
-            Ok(Some(client)) => self = self.with_nomad(client, RETRY_AFTER),
+            Ok(Some(client)) => {
+                nomad_node = Some(client.clone());
+                self = self.with_nomad(client, RETRY_AFTER);
+            }
             Ok(None) => {}
             Err(e) => warn!("{e}; Nomad jobs and groups are left out"),
         }
@@ -289,6 +293,13 @@ impl Identities {
                     "Kubernetes: no node name (set NODE_NAME from the downward API, or --node-name); pod names are left out"
                 ),
             }
+        }
+        // Kubernetes' Node object says more (who provisioned it): Nomad's
+        // node only where no cluster does.
+        if let (Some(client), None) = (nomad_node, &self.node) {
+            let shared = SharedNode::default();
+            self.node = Some((shared.clone(), 0));
+            tokio::spawn(nomad::watch_node(client, shared));
         }
         #[cfg(not(feature = "kubernetes"))]
         if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {

@@ -220,7 +220,41 @@ impl NomadClient {
         {
             return Err(NomadError::InvalidId(id.to_owned()));
         }
-        let mut target = format!("{}/v1/allocation/{id}", self.prefix);
+        let reply = self.get(&format!("/v1/allocation/{id}")).await?;
+        self.allocation_reply(reply)
+    }
+
+    /// What Nomad says of the node this agent runs: its id from `GET
+    /// /v1/agent/self`, then its AWS fingerprint and pool from `GET
+    /// /v1/node/<id>` (the token needs `agent:read` and `node:read`).
+    /// `Ok(None)` when the agent is no client (a server alone).
+    pub async fn this_node(&self) -> Result<Option<crate::model::NodeInfo>, NomadError> {
+        let agent: RawAgent = self.json(self.get("/v1/agent/self").await?)?;
+        let Some(id) = agent.stats.and_then(|s| s.client).and_then(|c| c.node_id) else {
+            return Ok(None);
+        };
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        {
+            return Err(NomadError::InvalidId(id));
+        }
+        let node: RawNode = self.json(self.get(&format!("/v1/node/{id}")).await?)?;
+        Ok(Some(crate::model::NodeInfo::from_nomad(&node.attributes, node.node_pool.as_deref())))
+    }
+
+    /// A 200's body as `T`; any other status as the error it is.
+    fn json<T: serde::de::DeserializeOwned>(&self, reply: http::Reply) -> Result<T, NomadError> {
+        let message = || truncate(String::from_utf8_lossy(&reply.body).trim(), 200);
+        match reply.status {
+            200 => serde_json::from_slice(&reply.body)
+                .map_err(|source| NomadError::Json { addr: self.addr.clone(), source }),
+            403 => Err(NomadError::Forbidden { addr: self.addr.clone(), message: message() }),
+            code => Err(NomadError::Status { addr: self.addr.clone(), code, message: message() }),
+        }
+    }
+
+    /// `GET path` (with `?region=` when one is set), with the token.
+    async fn get(&self, path: &str) -> Result<http::Reply, NomadError> {
+        let mut target = format!("{}{path}", self.prefix);
         if let Some(r) = &self.region {
             target.push_str("?region=");
             target.push_str(&query_escape(r));
@@ -234,14 +268,13 @@ impl NomadClient {
             timeout: self.timeout,
             max_reply: http::MAX_REPLY,
         };
-        let reply = http::get(&self.transport, &req).await.map_err(|source| match source {
+        http::get(&self.transport, &req).await.map_err(|source| match source {
             // Never echo a header value back (the token).
             http::Error::BadHeader(_) => {
                 NomadError::Config("NOMAD_TOKEN contains a line break".into())
             }
             source => NomadError::Http { addr: self.addr.clone(), source },
-        })?;
-        self.allocation_reply(reply)
+        })
     }
 
     /// What an allocation reply says: the allocation, None for 404, else
@@ -282,6 +315,70 @@ impl NomadClient {
             namespace: raw.namespace.filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()),
         }))
     }
+}
+
+/// How often the node is read again: it changes rarely (a new pool).
+const NODE_EVERY: Duration = Duration::from_secs(600);
+
+/// Read what Nomad says of this node now and every [`NODE_EVERY`] into
+/// `shared`, until the task is dropped. Refused or failing, it says so
+/// once and retries with backoff (5 s doubling to 5 min): the advice then
+/// does without the instance id.
+pub async fn watch_node(client: NomadClient, shared: super::SharedNode) {
+    let mut backoff = Duration::from_secs(5);
+    let mut failing = false;
+    loop {
+        match client.this_node().await {
+            Ok(info) => {
+                let info = info.unwrap_or_default();
+                {
+                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.1.as_ref() != Some(&info) {
+                        tracing::info!(pool = ?info.pool, instance = ?info.instance_id, "Nomad: this node");
+                        *s = (s.0 + 1, Some(info));
+                    }
+                }
+                failing = false;
+                backoff = Duration::from_secs(5);
+                tokio::time::sleep(NODE_EVERY).await;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(
+                        "{e}; advice does without this node's instance id (needs agent:read and node:read; retrying with backoff)"
+                    );
+                }
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+            }
+        }
+    }
+}
+
+/// `GET /v1/agent/self`: only the client's node id.
+#[derive(Deserialize)]
+struct RawAgent {
+    stats: Option<RawAgentStats>,
+}
+
+#[derive(Deserialize)]
+struct RawAgentStats {
+    client: Option<RawClientStats>,
+}
+
+#[derive(Deserialize)]
+struct RawClientStats {
+    node_id: Option<String>,
+}
+
+/// `GET /v1/node/<id>`: its fingerprint attributes and pool.
+#[derive(Deserialize)]
+struct RawNode {
+    #[serde(rename = "Attributes", default)]
+    attributes: std::collections::BTreeMap<String, String>,
+    #[serde(rename = "NodePool")]
+    node_pool: Option<String>,
 }
 
 /// The fields of `GET /v1/allocation/<id>` used here; the rest (the whole
@@ -512,6 +609,29 @@ mod tests {
             group: "api".into(),
             namespace: "payments".into(),
         }
+    }
+
+    #[test]
+    fn the_agent_and_node_replies_give_the_node_id_and_its_fingerprint() {
+        let c = client(4646);
+        let ok = |body: &str| http::Reply { status: 200, body: body.as_bytes().to_vec() };
+        let agent: RawAgent = c
+            .json(ok(r#"{"config":{"Region":"global"},"stats":{"client":{"node_id":"9d2c","known_servers":"1"}}}"#))
+            .unwrap();
+        assert_eq!(
+            agent.stats.and_then(|s| s.client).and_then(|c| c.node_id).as_deref(),
+            Some("9d2c")
+        );
+        // A server alone has no client stats: no node, no error.
+        let server: RawAgent = c.json(ok(r#"{"stats":{"nomad":{}}}"#)).unwrap();
+        assert!(server.stats.and_then(|s| s.client).is_none());
+        let node: RawNode = c
+            .json(ok(r#"{"ID":"9d2c","NodePool":"default","Attributes":{"unique.platform.aws.instance-id":"i-0fedcba9876543210"}}"#))
+            .unwrap();
+        let info = crate::model::NodeInfo::from_nomad(&node.attributes, node.node_pool.as_deref());
+        assert_eq!(info.instance_id.as_deref(), Some("i-0fedcba9876543210"));
+        let denied = http::Reply { status: 403, body: b"Permission denied".to_vec() };
+        assert!(matches!(c.json::<RawNode>(denied), Err(NomadError::Forbidden { .. })));
     }
 
     /// The reply handling alone, as the fuzz target drives it.

@@ -103,6 +103,24 @@ impl NodeInfo {
         }
     }
 
+    /// From a Nomad node (`GET /v1/node/<id>`): its AWS fingerprint
+    /// attributes and its node pool. Nomad provisions nothing: hop limit 1
+    /// on such a node is nobody's stated design (no provisioner).
+    pub fn from_nomad(attributes: &BTreeMap<String, String>, node_pool: Option<&str>) -> Self {
+        let get = |k: &str| attributes.get(k).filter(|v| plausible(v)).cloned();
+        NodeInfo {
+            provisioner: None,
+            pool: node_pool.filter(|p| plausible(p)).map(str::to_string),
+            instance_id: attributes
+                .get("unique.platform.aws.instance-id")
+                .filter(|i| instance_id(i))
+                .cloned(),
+            region: None,
+            zone: get("platform.aws.placement.availability-zone"),
+            instance_type: get("platform.aws.instance-type"),
+        }
+    }
+
     /// Whether hop limit `hop_limit` keeps pods from the node's role on
     /// purpose here: a provisioner that does so by default, or by choice,
     /// and the limit it sets for it.
@@ -141,6 +159,30 @@ mod tests {
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_nomad_node_gives_its_instance_zone_type_and_pool_from_its_fingerprint() {
+        let attrs = labels(&[
+            ("unique.platform.aws.instance-id", "i-0fedcba9876543210"),
+            ("platform.aws.placement.availability-zone", "eu-west-1a"),
+            ("platform.aws.instance-type", "m7g.large"),
+            ("kernel.name", "linux"),
+        ]);
+        let n = NodeInfo::from_nomad(&attrs, Some("default"));
+        assert_eq!(n.instance_id.as_deref(), Some("i-0fedcba9876543210"));
+        assert_eq!(n.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(n.instance_type.as_deref(), Some("m7g.large"));
+        assert_eq!(n.pool.as_deref(), Some("default"));
+        assert_eq!(n.provisioner, None, "Nomad states no design");
+        assert!(!n.blocks_pods_by_design(Some(1)));
+        // What no AWS name could be never reaches a command.
+        let bad = labels(&[
+            ("unique.platform.aws.instance-id", "i-0abc; reboot"),
+            ("platform.aws.instance-type", "$(id)"),
+        ]);
+        let n = NodeInfo::from_nomad(&bad, Some("pool with spaces"));
+        assert_eq!(n, NodeInfo::default());
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! - `GET /api/v1/nodes/<name>`: the configured Node of that name, 404
 //!   for others (the Status an API server sends).
 //! - `GET /v1/allocation/<id>`: the configured allocation, 404 for others;
-//!   `X-Nomad-Token: <nomad_token>` is required (403 otherwise).
+//!   `X-Nomad-Token: <nomad_token>` is required (403 otherwise). With
+//!   `"nomad_node": <Node>`, also `GET /v1/agent/self` (its `ID` as the
+//!   client's node id) and `GET /v1/node/<that id>`: that Node.
 //! - With `"docker_socket": PATH`, a fake Docker Engine API on that unix
 //!   socket: `GET /containers/<id>/json` (any version prefix) answers the
 //!   configured container whose `Id` it is (`{"Id", "Name", "Config":
@@ -45,6 +47,7 @@ struct Config {
     pods: Vec<Value>,
     nodes: Vec<Value>,
     allocs: Vec<Value>,
+    nomad_node: Value,
     containers: Vec<Value>,
     kube_token: String,
     nomad_token: String,
@@ -75,6 +78,7 @@ fn main() {
         pods: raw["pods"].as_array().cloned().unwrap_or_default(),
         nodes: raw["nodes"].as_array().cloned().unwrap_or_default(),
         allocs: raw["allocs"].as_array().cloned().unwrap_or_default(),
+        nomad_node: raw["nomad_node"].clone(),
         containers: raw["containers"].as_array().cloned().unwrap_or_default(),
         kube_token: raw["kube_token"].as_str().unwrap_or_default().to_string(),
         nomad_token: raw["nomad_token"].as_str().unwrap_or_default().to_string(),
@@ -303,12 +307,19 @@ fn nomad_api(cfg: &Config, req: &Request, s: &mut TcpStream) {
     if !authorized {
         return reply(s, "403 Forbidden", "Permission denied");
     }
-    let id = target
-        .strip_prefix("/v1/allocation/")
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default();
+    let path = target.split('?').next().unwrap_or_default();
+    let node = &cfg.nomad_node;
+    if path == "/v1/agent/self" && !node.is_null() {
+        let agent = json!({"config": {}, "stats": {"client": {"node_id": node["ID"]}}});
+        return reply(s, "200 OK", &agent.to_string());
+    }
+    if let Some(id) = path.strip_prefix("/v1/node/") {
+        return match node["ID"].as_str() {
+            Some(n) if n == id => reply(s, "200 OK", &node.to_string()),
+            _ => reply(s, "404 Not Found", "node not found"),
+        };
+    }
+    let id = path.strip_prefix("/v1/allocation/").unwrap_or_default();
     match cfg.allocs.iter().find(|a| a["ID"] == id) {
         Some(a) => reply(s, "200 OK", &a.to_string()),
         None => reply(s, "404 Not Found", "alloc not found"),
