@@ -174,6 +174,11 @@ fn cell_row(node: NodeKind, tokens: Tokens) {
     assert!(!text.contains("hostNetwork"), "{node:?}/{tokens:?}: hostNetwork offered");
     assert!(!text.contains("matrix-canary") && !text.contains("111122223333"), "an env value");
     assert!(!text.contains("FAKETOKEN") && !text.contains("FAKESECRET"), "a token or secret");
+    // Of the User-Agent, only the SDK's name and version: not the rest of
+    // the header (the language, OS and runtime the real clients send).
+    for rest in ["Python/", "Linux/", "lang/rust", "api/imds", "os/linux"] {
+        assert!(!text.contains(rest), "{node:?}/{tokens:?}: a header value ({rest}) in the output");
+    }
 
     for ((c, w), (code, run)) in containers.iter().zip(WORKLOADS).zip(&runs) {
         let at = format!("{node:?}/{tokens:?}/{}", w.name);
