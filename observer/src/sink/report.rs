@@ -410,7 +410,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
             row.push(c(opt(limits.get(g.node))));
             row.push(c(requests_cell(f)));
             row.push(opt(f.evidence.lost_replies).replace('-', ""));
-            row.push(f.evidence.seconds_lost.map_or(String::new(), |s| format!("{s:.1} s")));
+            row.push(f.evidence.seconds_lost.map_or(String::new(), seconds));
             row.push(match (&f.fix, fix_no.get(g.node)) {
                 (Some(_), Some(n)) => format!("[{n}]"),
                 _ => String::new(),
@@ -649,6 +649,12 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
     out
 }
 
+/// Seconds lost as the table shows them: a first lost attempt has cost
+/// nothing yet, which "0.0 s" would state as a measurement.
+pub fn seconds(s: f64) -> String {
+    if s < 0.05 { "<0.1 s".to_string() } else { format!("{s:.1} s") }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,6 +784,10 @@ mod tests {
         }
         // 100 columns keep every column.
         assert!(render(&f).lines().nth(2).unwrap().contains("TIME LOST"));
+        assert_eq!(
+            (seconds(0.0), seconds(0.04), seconds(1.04)),
+            ("<0.1 s".into(), "<0.1 s".into(), "1.0 s".into())
+        );
     }
 
     #[test]

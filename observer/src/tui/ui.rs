@@ -753,7 +753,7 @@ fn evidence(e: &Evidence) -> Vec<String> {
     put("lost replies", e.lost_replies.map(|x| x.to_string()));
     put("kernel drops", e.drops.map(|x| x.to_string()));
     put("ICMP time exceeded", e.icmp_time_exceeded.map(|x| x.to_string()));
-    put("seconds lost", e.seconds_lost.map(|x| format!("{x:.1}")));
+    put("time lost", e.seconds_lost.map(report::seconds));
     put("failed token requests", e.failed_token_requests.map(|x| x.to_string()));
     put("tokenless requests", e.tokenless_requests.map(|x| x.to_string()));
     put("status", e.status.map(|x| x.to_string()));
