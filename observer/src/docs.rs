@@ -648,6 +648,8 @@ fn every_field() -> Vec<Value> {
         host: true,
     };
     let node_info = NodeInfo {
+        ecs_cluster: Some("prod".into()),
+        container_instance: Some("1f73d099b914411ca9ff81633b7741dd".into()),
         provisioner: Some(Provisioner::Karpenter),
         pool: Some("default".into()),
         instance_id: Some("i-0123456789abcdef0".into()),

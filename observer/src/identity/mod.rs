@@ -7,6 +7,7 @@
 //! veth names it when its cgroup2 cgroup does not (netns.rs).
 pub mod cgroup;
 pub mod docker;
+pub mod ecs;
 pub mod http;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
@@ -199,6 +200,48 @@ pub struct Identities {
 /// `kubernetes::watch_node`).
 pub type SharedNode = Arc<std::sync::Mutex<(u64, Option<NodeInfo>)>>;
 
+/// Ask `read` what this node is now and every `every` into `shared`, until
+/// the task is dropped (`what` names the source in the log). Failing, it
+/// says so once, with `without` (what the advice then lacks), and retries
+/// with backoff (5 s doubling to 5 min).
+pub async fn watch_node_info<F, Fut>(
+    what: &str,
+    every: Duration,
+    without: &str,
+    shared: SharedNode,
+    mut read: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<NodeInfo, String>>,
+{
+    let mut backoff = Duration::from_secs(5);
+    let mut failing = false;
+    loop {
+        match read().await {
+            Ok(info) => {
+                {
+                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.1.as_ref() != Some(&info) {
+                        info!(pool = ?info.pool, instance = ?info.instance_id, cluster = ?info.ecs_cluster, "{what}: this node");
+                        *s = (s.0 + 1, Some(info));
+                    }
+                }
+                failing = false;
+                backoff = Duration::from_secs(5);
+                tokio::time::sleep(every).await;
+            }
+            Err(e) => {
+                if !failing {
+                    warn!("{e}; {without} (retrying with backoff)");
+                }
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+            }
+        }
+    }
+}
+
 impl Identities {
     /// `sockets`: Docker-compatible API sockets to ask (the first that
     /// exists is used). Must be called inside a tokio runtime when sockets
@@ -295,11 +338,16 @@ impl Identities {
             }
         }
         // Kubernetes' Node object says more (who provisioned it): Nomad's
-        // node only where no cluster does.
+        // node, or the ECS container instance, only where no cluster does.
         if let (Some(client), None) = (nomad_node, &self.node) {
             let shared = SharedNode::default();
             self.node = Some((shared.clone(), 0));
             tokio::spawn(nomad::watch_node(client, shared));
+        }
+        if self.node.is_none() && ecs::configured(|k| std::env::var(k).ok()) {
+            let shared = SharedNode::default();
+            self.node = Some((shared.clone(), 0));
+            tokio::spawn(ecs::watch_instance(shared));
         }
         #[cfg(not(feature = "kubernetes"))]
         if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {

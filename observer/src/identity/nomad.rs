@@ -321,39 +321,21 @@ impl NomadClient {
 const NODE_EVERY: Duration = Duration::from_secs(600);
 
 /// Read what Nomad says of this node now and every [`NODE_EVERY`] into
-/// `shared`, until the task is dropped. Refused or failing, it says so
-/// once and retries with backoff (5 s doubling to 5 min): the advice then
-/// does without the instance id.
+/// `shared` (see `watch_node_info`).
 pub async fn watch_node(client: NomadClient, shared: super::SharedNode) {
-    let mut backoff = Duration::from_secs(5);
-    let mut failing = false;
-    loop {
-        match client.this_node().await {
-            Ok(info) => {
-                let info = info.unwrap_or_default();
-                {
-                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    if s.1.as_ref() != Some(&info) {
-                        tracing::info!(pool = ?info.pool, instance = ?info.instance_id, "Nomad: this node");
-                        *s = (s.0 + 1, Some(info));
-                    }
-                }
-                failing = false;
-                backoff = Duration::from_secs(5);
-                tokio::time::sleep(NODE_EVERY).await;
+    super::watch_node_info(
+        "Nomad",
+        NODE_EVERY,
+        "advice does without this node's instance id (the token needs agent:read and node:read)",
+        shared,
+        || {
+            let client = client.clone();
+            async move {
+                client.this_node().await.map(Option::unwrap_or_default).map_err(|e| e.to_string())
             }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(
-                        "{e}; advice does without this node's instance id (needs agent:read and node:read; retrying with backoff)"
-                    );
-                }
-                failing = true;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(300));
-            }
-        }
-    }
+        },
+    )
+    .await
 }
 
 /// `GET /v1/agent/self`: only the client's node id.

@@ -79,6 +79,12 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
+    /// ECS: the cluster this container instance belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ecs_cluster: Option<String>,
+    /// ECS: the container instance's id (the last part of its ARN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_instance: Option<String>,
 }
 
 impl NodeInfo {
@@ -100,6 +106,7 @@ impl NodeInfo {
             region: get(&REGION),
             zone: get(&ZONE).or(zone),
             instance_type: get(&INSTANCE_TYPE),
+            ..Default::default()
         }
     }
 
@@ -118,6 +125,32 @@ impl NodeInfo {
             region: None,
             zone: get("platform.aws.placement.availability-zone"),
             instance_type: get("platform.aws.instance-type"),
+            ..Default::default()
+        }
+    }
+
+    /// From the ECS agent's `Cluster` and `ContainerInstanceArn`
+    /// (`arn:aws:ecs:<region>:<account>:container-instance/[<cluster>/]<id>`):
+    /// the cluster, the instance's id and the region. The account is not
+    /// kept; what no AWS name could be is left out.
+    pub fn from_ecs(cluster: Option<&str>, container_instance_arn: Option<&str>) -> Self {
+        let arn = container_instance_arn.unwrap_or_default();
+        let mut fields = arn.splitn(6, ':');
+        let ecs_arn = fields.next() == Some("arn")
+            && fields.next().is_some_and(|p| p.starts_with("aws"))
+            && fields.next() == Some("ecs");
+        let region = fields.next().filter(|r| ecs_arn && plausible(r)).map(str::to_string);
+        let container_instance = fields
+            .nth(1)
+            .filter(|r| ecs_arn && r.starts_with("container-instance/"))
+            .and_then(|r| r.rsplit('/').next())
+            .filter(|id| plausible(id))
+            .map(str::to_string);
+        NodeInfo {
+            region,
+            ecs_cluster: cluster.filter(|c| plausible(c)).map(str::to_string),
+            container_instance,
+            ..Default::default()
         }
     }
 
@@ -159,6 +192,26 @@ mod tests {
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_ecs_agent_gives_its_cluster_instance_and_region_never_the_account() {
+        let arn = "arn:aws:ecs:eu-west-1:111122223333:container-instance/prod/1f73d099b914411ca9ff81633b7741dd";
+        let n = NodeInfo::from_ecs(Some("prod"), Some(arn));
+        assert_eq!(n.ecs_cluster.as_deref(), Some("prod"));
+        assert_eq!(n.container_instance.as_deref(), Some("1f73d099b914411ca9ff81633b7741dd"));
+        assert_eq!(n.region.as_deref(), Some("eu-west-1"));
+        assert!(!serde_json::to_string(&n).unwrap().contains("111122223333"));
+        // The old ARN format (no cluster in it) names the instance too.
+        let old = "arn:aws:ecs:us-east-1:111122223333:container-instance/0a1b2c3d-4e5f-6789-abcd-ef0123456789";
+        let n = NodeInfo::from_ecs(None, Some(old));
+        assert_eq!(n.container_instance.as_deref(), Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789"));
+        // Not an ECS container instance ARN, or a hostile value: nothing.
+        assert_eq!(
+            NodeInfo::from_ecs(Some("a b"), Some("arn:aws:iam::1:role/x")),
+            NodeInfo::default()
+        );
+        assert_eq!(NodeInfo::from_ecs(Some("$(id)"), Some("nonsense")), NodeInfo::default());
     }
 
     #[test]
