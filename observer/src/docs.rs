@@ -697,7 +697,7 @@ fn every_field() -> Vec<Value> {
         retransmits: Some(1),
         hops: Some(1),
         hop_limit: Some(1),
-        summary: Some(crate::model::Summary {
+        summary: Some(Box::new(crate::model::Summary {
             interval_s: 60.0,
             requests: 1,
             token: 1,
@@ -705,9 +705,9 @@ fn every_field() -> Vec<Value> {
             other: 1,
             imdsv2: 1,
             latency_ms: Some(crate::model::Quantiles { p50: 1.0, p99: 2.0, max: 3.0 }),
-        }),
-        node_info: Some(node_info.clone()),
-        dropped: Some(crate::model::DroppedLines::default()),
+        })),
+        node_info: Some(Box::new(node_info.clone())),
+        dropped: Some(Box::new(crate::model::DroppedLines::default())),
     };
     let evidence = Evidence {
         imds_tokens: Some("required".into()),

@@ -60,7 +60,7 @@ pub fn decode_record(data: &[u8]) -> Vec<Event> {
             &b"ffffffff82057290 T ip_forward\nffffffff820577a0 t ip_forward_finish\n\
                ffffffff81e90000 T sk_stream_kill_queues\nffffffff81e90400 T sk_stream_wait_memory\n"[..],
         ),
-        ifaces: HashMap::from([(2, "eth0".to_string())]),
+        ifaces: HashMap::from([(2, "eth0".into())]),
     };
     if settings & 2 != 0 {
         names.drop_reasons.clear();

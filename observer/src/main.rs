@@ -16,6 +16,7 @@ fn main() -> std::process::ExitCode {
         ))
         .init();
     let cli = imds_observer::cli::Cli::parse_env();
+    imds_observer::sys::memory::no_huge_pages();
     // The label keys every pod record keeps, chosen before any is made;
     // completions and man pages are generated from the command definition
     // (no runtime needed).

@@ -171,9 +171,9 @@ pub async fn capture_loop(
     let names = KernelNames {
         drop_reasons: cap.drop_reasons.clone(),
         locations: cap.locations.clone(),
-        ifaces: cap.ifaces.clone(),
+        ifaces: cap.ifaces.iter().map(|(i, n)| (*i, n.as_str().into())).collect(),
     };
-    let mut pipe = Pipeline::new(node, Clock::now(), Some(identities), names);
+    let mut pipe = Pipeline::new(node.as_str().into(), Clock::now(), Some(identities), names);
     // Start-up's peak is over.
     sys::memory::return_freed();
     let mut veths = cap.veths();
@@ -279,7 +279,7 @@ fn report_lost(
 ) -> Result<u64> {
     let lost = cap.lost();
     if lost > reported {
-        let mut ev = Event::new(Kind::LostEvents, SystemTime::now(), pipe.node().to_string());
+        let mut ev = Event::new(Kind::LostEvents, SystemTime::now(), pipe.node().into());
         ev.count = Some(lost - reported);
         warn!(count = lost - reported, "events lost: the ring buffer was full");
         sink.event(ev)?;
@@ -589,7 +589,7 @@ pub fn spawn_live(args: CaptureArgs) -> Result<mpsc::Receiver<Event>> {
         struct Forward {
             tx: mpsc::Sender<Event>,
             dropped: u64,
-            node: String,
+            node: std::sync::Arc<str>,
         }
         impl EventSink for Forward {
             fn event(&mut self, ev: Event) -> Result<bool> {
@@ -617,7 +617,7 @@ pub fn spawn_live(args: CaptureArgs) -> Result<mpsc::Receiver<Event>> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
         match rt {
             Ok(rt) => {
-                let mut fwd = Forward { tx, dropped: 0, node: String::new() };
+                let mut fwd = Forward { tx, dropped: 0, node: "".into() };
                 if let Err(e) = rt.block_on(capture_loop(&args, None, &mut fwd)) {
                     tracing::error!("capture stopped: {e:#}");
                 }

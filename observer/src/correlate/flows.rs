@@ -12,11 +12,9 @@
 //! than `MAX_FLOWS` flows. A flow keeps one tuple and one NAT tuple (its
 //! latest: a raw socket writing from ever new addresses replaces, never
 //! adds), and the sent segments are `MAX_SENT` at most.
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{collections::VecDeque, net::SocketAddr, time::Duration};
+
+use foldhash::HashMap;
 
 use crate::model::bounded::oldest_eighth;
 
@@ -42,7 +40,7 @@ pub struct Flow {
     pub cookie: u64,
     pub cgroup_id: u64,
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<std::sync::Arc<str>>,
     /// The connecting socket's network namespace cookie (0: unknown).
     pub netns_cookie: u64,
     /// The container veth its packets entered the host by (cgroup v1
@@ -158,7 +156,7 @@ impl FlowTable {
         cookie: u64,
         cgroup_id: u64,
         pid: u32,
-        comm: String,
+        comm: std::sync::Arc<str>,
         now: Nanos,
     ) -> &mut Flow {
         let f = self.flow_mut(cookie, cgroup_id, now);

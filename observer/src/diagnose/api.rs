@@ -46,7 +46,7 @@ impl Diagnoser {
     /// The container an event is about, as this engine attributed it: its
     /// flow's, else the event's own.
     pub fn workload_of(&self, ev: &Event) -> Option<u64> {
-        self.nodes.get(&ev.node)?.workload_of(ev)
+        self.nodes.get(&*ev.node)?.workload_of(ev)
     }
 
     /// The hop limit seen on `node` (TTL of token replies at its uplink).
@@ -61,7 +61,7 @@ impl Diagnoser {
         let (kind, ts) = (ev.kind, ev.ts);
         self.ensure_node(&ev.node, ts);
         let cfg = &self.cfg;
-        let node = self.nodes.get_mut(&ev.node).expect("ensured");
+        let node = self.nodes.get_mut(&*ev.node).expect("ensured");
         if ts > node.now {
             node.now = ts;
         }
@@ -69,8 +69,8 @@ impl Diagnoser {
             node.last_event = ts;
         }
         if kind == Kind::Node {
-            if ev.node_info.is_some() && node.info.as_deref() != ev.node_info.as_ref() {
-                node.info = ev.node_info.clone().map(std::sync::Arc::new);
+            if ev.node_info.is_some() && node.info.as_deref() != ev.node_info.as_deref() {
+                node.info = ev.node_info.as_deref().cloned().map(std::sync::Arc::new);
                 // What fits the node may have changed for every container.
                 let all: Vec<u64> = node.containers.keys().copied().collect();
                 all.into_iter().for_each(|k| node.mark(k));
@@ -180,7 +180,7 @@ impl Diagnoser {
                     }
                     continue;
                 }
-                ev.node = name.clone();
+                ev.node = name.as_str().into();
                 ev.flow = Some(flow);
                 ev.hop_limit = node.hop_limit;
                 workload(&mut ev, cg, c.map(|c| &*c));
@@ -201,11 +201,11 @@ impl Diagnoser {
             let now = node.now;
             for (&cg, c) in node.containers.iter_mut() {
                 let Some(s) = c.summary.take(now) else { continue };
-                let mut ev = Event::new(Kind::Summary, now, name.clone());
+                let mut ev = Event::new(Kind::Summary, now, name.as_str().into());
                 if let Some(since) = now.checked_sub(Duration::from_secs_f64(s.interval_s)) {
                     ev.ts = since;
                 }
-                ev.summary = Some(s);
+                ev.summary = Some(Box::new(s));
                 ev.hops = c.forwarding_hops;
                 ev.hop_limit = node.hop_limit;
                 workload(&mut ev, cg, Some(c));

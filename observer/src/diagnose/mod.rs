@@ -35,7 +35,6 @@ pub use state::Counts;
 pub(crate) mod tests;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     time::{Duration, SystemTime},
 };
@@ -45,6 +44,7 @@ pub use finding::{
     Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix,
     GET_INSTANCE_ID, INSTANCE_ID_VAR, Latency, OWN_ROLE_VARS, OwnRole, Requests, instance_id_arg,
 };
+use foldhash::{HashMap, HashMapExt};
 use state::{
     AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, MAX_DROP_REASONS,
     MAX_EXCHANGES, MAX_PATHS, MAX_PENDING_DROPS, MAX_REQ_SEQS, MAX_TTL_SAMPLES, NodeState, Outcome,

@@ -201,12 +201,12 @@ pub(super) fn token_failed(c: &mut ContainerState, req_ts: Ts, how: Outcome) {
 fn exchange_event(
     ex: &Exchange,
     endpoint: Option<SocketAddr>,
-    process: Option<&(u32, String)>,
+    process: Option<&(u32, std::sync::Arc<str>)>,
     hops: Option<u8>,
     new: Outcome,
     ts: Ts,
 ) -> Event {
-    let mut ev = Event::new(Kind::Exchange, ex.req_ts, String::new());
+    let mut ev = Event::new(Kind::Exchange, ex.req_ts, "".into());
     ev.outcome = settled(new);
     ev.dst = endpoint;
     if let Some((pid, comm)) = process {
@@ -262,7 +262,7 @@ pub(super) fn settled(o: Outcome) -> Option<crate::model::Outcome> {
 pub(super) fn connect_failed(cx: &mut Cx, syn: Ts, how: Outcome) {
     let ts = cx.ts;
     if cx.cfg.exchanges != Exchanges::None {
-        let mut ev = Event::new(Kind::Exchange, syn, String::new());
+        let mut ev = Event::new(Kind::Exchange, syn, "".into());
         ev.outcome = settled(how);
         ev.dst = cx.flow.endpoint;
         if let Some((pid, comm)) = &cx.c.process {

@@ -2,10 +2,12 @@
 //! collection here is bounded (see the caps), so memory does not grow with
 //! uptime.
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     net::SocketAddr,
     time::{Duration, SystemTime},
 };
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::finding::{FindingKind, Latency, Requests};
 use crate::model::TcpFlags;
@@ -150,7 +152,7 @@ pub(super) struct Resp {
     pub dropped: bool,
     pub delivered: bool,
     /// The uplink it arrived on.
-    pub iface: Option<String>,
+    pub iface: Option<std::sync::Arc<str>>,
     /// The kernel's word on the drop (reason, freeing function).
     pub drop_reason: Option<String>,
     pub drop_location: Option<String>,
@@ -489,7 +491,7 @@ pub(super) struct ContainerState {
     /// Exchanges not written one by one since the last `summary`.
     pub summary: SummaryAcc,
     /// Who sent its latest request (pid, comm: the connect hook's process).
-    pub process: Option<(u32, String)>,
+    pub process: Option<(u32, std::sync::Arc<str>)>,
     /// The SDK its latest request's `User-Agent` named.
     pub sdk: Option<crate::model::Sdk>,
     /// Answers (2xx) it got from IMDS's role-credentials path: the node's
@@ -594,8 +596,13 @@ impl ContainerState {
 
     /// Add an attempt in time order; drop the oldest beyond `cap`.
     pub fn push_attempt(&mut self, a: AttemptRec, cap: usize) {
-        let pos = self.timeline.partition_point(|x| x.ts <= a.ts);
-        self.timeline.insert(pos, a);
+        // Attempts almost always come in time order: append without a search.
+        if self.timeline.back().is_none_or(|x| x.ts <= a.ts) {
+            self.timeline.push_back(a);
+        } else {
+            let pos = self.timeline.partition_point(|x| x.ts <= a.ts);
+            self.timeline.insert(pos, a);
+        }
         while self.timeline.len() > cap.max(1) {
             let old = self.timeline.pop_front().expect("non-empty");
             if old.outcome == Outcome::Lost {

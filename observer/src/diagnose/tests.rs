@@ -106,7 +106,7 @@ impl Conn {
     }
 
     fn base(&self, kind: Kind, ms: u64) -> Event {
-        let mut e = Event::new(kind, time(ms), self.ctr.node.clone());
+        let mut e = Event::new(kind, time(ms), self.ctr.node.as_str().into());
         e.flow = Some(self.flow);
         e.cgroup_id = Some(self.ctr.cg);
         e.cgroup = Some(self.ctr.path.clone());
@@ -1331,7 +1331,7 @@ fn each_lost_token_reply_is_one_exchange_line_with_its_evidence() {
     assert_eq!(x.waited_ms, Some(1000.0), "written once the client gave up, at its close");
     assert_eq!(x.reason.as_deref(), Some("IP_INHDR"));
     assert_eq!((x.ttl, x.hops, x.host_egress_ttl), (Some(64), Some(1), Some(63)));
-    assert_eq!((x.flow, x.cgroup_id, x.node.as_str()), (Some(11), Some(4242), "node-a"));
+    assert_eq!((x.flow, x.cgroup_id, &*x.node), (Some(11), Some(4242), "node-a"));
     assert_eq!(x.cgroup, Some(Ctr::podman().path), "the workload is named");
     assert_eq!((x.pid, x.comm.as_deref()), (Some(1234), Some("python3")), "and its process");
     // The tokenless GETs after it are written too (the workload is in
@@ -1434,10 +1434,10 @@ fn every_level_replays_to_the_packets_verdicts() {
 fn karpenter_node(ms: u64) -> Event {
     let mut ev = Event::new(Kind::Node, time(ms), "node-a".into());
     let labels = [("karpenter.sh/nodepool".to_string(), "general".to_string())].into();
-    ev.node_info = Some(crate::model::NodeInfo::from_node(
+    ev.node_info = Some(Box::new(crate::model::NodeInfo::from_node(
         &labels,
         Some("aws:///eu-west-1b/i-0fedcba9876543210"),
-    ));
+    )));
     ev
 }
 

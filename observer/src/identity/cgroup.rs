@@ -6,7 +6,7 @@
 //! finding the directory with that inode below the mount.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry as MapEntry},
+    collections::hash_map::Entry as MapEntry,
     ffi::OsString,
     fs::{self, File},
     io,
@@ -17,6 +17,8 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashMapExt};
 
 #[cfg(test)]
 /// The mount point of the cgroup2 filesystem in `/proc/self/mountinfo` text:
@@ -478,7 +480,7 @@ fn walk(root: &Path, skipped: &mut u64) -> io::Result<Vec<(u64, String)>> {
         ));
     }
     let dev = md.dev();
-    let mut seen = HashSet::from([md.ino()]);
+    let mut seen = std::collections::HashSet::from([md.ino()]);
     let mut out = vec![(md.ino(), "/".to_string())];
     // (directory, its relative path: "" for the root so children are "/name")
     let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];

@@ -18,12 +18,12 @@ pub mod pods;
 pub mod runtime;
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use foldhash::{HashMap, HashMapExt};
 use tracing::{debug, info, warn};
 
 use self::{

@@ -126,7 +126,7 @@ pub struct Event {
     #[serde(with = "rfc3339_serde")]
     pub ts: SystemTime,
     /// Host name, or NODE_NAME when set.
-    pub node: String,
+    pub node: std::sync::Arc<str>,
     /// Stable id of the connection (the socket cookie of its container side).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow: Option<u64>,
@@ -141,9 +141,9 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub comm: Option<String>,
+    pub comm: Option<std::sync::Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub iface: Option<String>,
+    pub iface: Option<std::sync::Arc<str>>,
     /// Written "ip:port" ("[ip]:port" for IPv6).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub src: Option<SocketAddr>,
@@ -233,17 +233,17 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hop_limit: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub summary: Option<Summary>,
+    pub summary: Option<Box<Summary>>,
     /// node: who provisioned it, its instance (see `NodeInfo`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_info: Option<NodeInfo>,
+    pub node_info: Option<Box<NodeInfo>>,
     /// output_dropped: the lines of `count`, by kind.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dropped: Option<DroppedLines>,
+    pub dropped: Option<Box<DroppedLines>>,
 }
 
 impl Event {
-    pub fn new(kind: Kind, ts: SystemTime, node: String) -> Self {
+    pub fn new(kind: Kind, ts: SystemTime, node: std::sync::Arc<str>) -> Self {
         Self {
             kind,
             ts,
@@ -311,7 +311,7 @@ impl Event {
 
 impl Default for Event {
     fn default() -> Self {
-        Self::new(Kind::Request, UNIX_EPOCH, String::new())
+        Self::new(Kind::Request, UNIX_EPOCH, "".into())
     }
 }
 

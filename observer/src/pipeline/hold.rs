@@ -1,8 +1,9 @@
 //! Records of flows waiting for the veth that names them (cgroup v1
 //! fallback), in arrival order, with a count per socket cookie so that "is
 //! this flow waiting?" costs O(1) on every packet.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
+use foldhash::{HashMap, HashMapExt};
 use observer_ebpf::Record;
 
 pub struct HoldQueue {

@@ -9,11 +9,11 @@
 mod hold;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
+use foldhash::{HashMap, HashMapExt};
 use observer_ebpf::{BudgetKey, Hook, Record};
 
 use self::hold::HoldQueue;
@@ -51,15 +51,15 @@ const MAX_HELD: usize = 4_096;
 #[derive(Default)]
 pub struct KernelNames {
     /// Drop-reason number → name.
-    pub drop_reasons: HashMap<u32, String>,
+    pub drop_reasons: std::collections::HashMap<u32, String>,
     /// Drop locations → function names (capture::kallsyms).
     pub locations: Locations,
     /// ifindex → name.
-    pub ifaces: HashMap<u32, String>,
+    pub ifaces: std::collections::HashMap<u32, std::sync::Arc<str>>,
 }
 
 pub struct Pipeline {
-    node: String,
+    node: std::sync::Arc<str>,
     clock: Clock,
     flows: FlowTable,
     identities: Option<Identities>,
@@ -79,7 +79,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(
-        node: String,
+        node: std::sync::Arc<str>,
         clock: Clock,
         identities: Option<Identities>,
         names: KernelNames,
@@ -258,7 +258,7 @@ impl Pipeline {
             }
             BudgetKey::Interface(ifindex) => {
                 ev.container = self.identities.as_mut().and_then(|i| i.identify_veth(ifindex));
-                ev.iface = Some(crate::sys::netlink::name_of(ifindex));
+                ev.iface = Some(crate::sys::netlink::name_of(ifindex).into());
             }
             BudgetKey::Ipv4(addr, port) => {
                 let ip = std::net::Ipv4Addr::from(addr.to_ne_bytes());
@@ -294,7 +294,7 @@ impl Pipeline {
     pub fn node_event(&mut self, ts: SystemTime) -> Option<Event> {
         let info = self.identities.as_mut()?.node_news()?;
         let mut ev = Event::new(Kind::Node, ts, self.node.clone());
-        ev.node_info = Some(info);
+        ev.node_info = Some(Box::new(info));
         Some(ev)
     }
 
@@ -422,7 +422,7 @@ impl Pipeline {
                 .ifaces
                 .get(&rec.ifindex)
                 .cloned()
-                .unwrap_or_else(|| format!("if{}", rec.ifindex)),
+                .unwrap_or_else(|| format!("if{}", rec.ifindex).into()),
         );
         self.with_flow(&mut ev, flow);
         fill_packet(&mut ev, pkt);
@@ -484,9 +484,9 @@ impl Pipeline {
     }
 }
 
-fn comm(raw: &[u8; 16]) -> String {
+fn comm(raw: &[u8; 16]) -> std::sync::Arc<str> {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    String::from_utf8_lossy(&raw[..end]).into()
 }
 
 fn proto(p: Proto) -> model::Proto {
@@ -734,8 +734,10 @@ mod tests {
     #[test]
     fn a_reply_purged_unread_at_close_is_no_drop() {
         let mut p = pipeline(false);
-        p.names.drop_reasons =
-            HashMap::from([(2, "NOT_SPECIFIED".to_string()), (5, "QUEUE_PURGE".to_string())]);
+        p.names.drop_reasons = std::collections::HashMap::from([
+            (2, "NOT_SPECIFIED".to_string()),
+            (5, "QUEUE_PURGE".to_string()),
+        ]);
         let mut out = Vec::new();
         let mut purged = packet(Hook::Drop, MS, 0, 1);
         purged.reason = 5;

@@ -30,12 +30,12 @@ pub struct Stdout {
     out: Output,
     packets: bool,
     /// The node of the events seen, for the `output_dropped` line.
-    node: String,
+    node: std::sync::Arc<str>,
 }
 
 impl Stdout {
     pub fn new(out: Output, packets: bool) -> Self {
-        Self { out, packets, node: String::new() }
+        Self { out, packets, node: "".into() }
     }
 
     /// Lines dropped since the start, by kind (for the metric).
@@ -70,7 +70,7 @@ impl Stdout {
         );
         let mut ev = Event::new(Kind::OutputDropped, SystemTime::now(), self.node.clone());
         ev.count = Some(d.total());
-        ev.dropped = Some(dropped_lines(&d));
+        ev.dropped = Some(Box::new(dropped_lines(&d)));
         // Findings' room: it fits once the writer caught up.
         self.put(LineKind::Finding, &ev)
     }

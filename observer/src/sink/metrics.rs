@@ -355,7 +355,7 @@ impl Metrics {
     /// After the Diagnoser observed `ev`: count node-wide drops and lost
     /// events, and read the counters of the container it touched.
     pub fn observe(&mut self, diag: &Diagnoser, ev: &Event) {
-        let node = self.nodes.entry(ev.node.clone()).or_default();
+        let node = self.nodes.entry(ev.node.to_string()).or_default();
         match ev.kind {
             Kind::LostEvents => node.events_lost += ev.count.unwrap_or(1),
             Kind::Drop if ev.via.is_none() => {

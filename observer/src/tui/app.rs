@@ -411,8 +411,8 @@ impl App {
             (ev.kind, &ev.iface)
         {
             let up = &mut self.nodes[node].uplinks;
-            if up.len() < MAX_UPLINKS && !up.contains(iface) {
-                up.push(iface.clone());
+            if up.len() < MAX_UPLINKS && !up.iter().any(|u| **u == **iface) {
+                up.push(iface.to_string());
                 up.sort();
             }
         }

@@ -510,13 +510,16 @@ fn detail_says_how_many_nodes_share_the_fix() {
         [("ng-a", 1u8), ("ng-a", 1), ("ng-a", 1), ("ng-b", 1), ("ng-a", 2)].into_iter().enumerate()
     {
         let node = format!("node-{i}");
-        let mut ev =
-            Event::new(crate::model::Kind::Node, crate::diagnose::tests::time(0), node.clone());
-        ev.node_info = Some(crate::model::NodeInfo {
+        let mut ev = Event::new(
+            crate::model::Kind::Node,
+            crate::diagnose::tests::time(0),
+            node.as_str().into(),
+        );
+        ev.node_info = Some(Box::new(crate::model::NodeInfo {
             pool: Some(pool.into()),
             instance_id: Some(format!("i-0abc{i:013x}")),
             ..Default::default()
-        });
+        }));
         v.push(ev);
         let mut c = Ctr::new(&node, 10, "/docker/app", "172.17.0.2", 1).conn(1);
         v.extend(c.connect(0));
