@@ -2,17 +2,19 @@
 // toolchain and bpf-linker, for embedding with `include_bytes_aligned!`.
 // `cargo xtask setup` installs what this needs. Also sets what `--version`
 // shows (cli.rs): the git commit, the target and the features.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[path = "build/commit.rs"]
 mod commit;
+#[path = "build/toolchain.rs"]
+mod toolchain;
 
 fn main() -> anyhow::Result<()> {
     version_info();
     // The fuzz targets (cargo-fuzz builds with `--cfg fuzzing`) never load
     // the programs: an empty object spares their build the eBPF toolchain.
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
-        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("observer-ebpf");
+        let out = PathBuf::from(std::env::var("OUT_DIR")?).join("observer-ebpf");
         std::fs::write(out, [])?;
         return Ok(());
     }
@@ -21,7 +23,16 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf"),
         ..Default::default()
     };
-    aya_build::build_ebpf([pkg], aya_build::Toolchain::Nightly)
+    aya_build::build_ebpf([pkg], aya_build::Toolchain::Custom(&ebpf_toolchain()?))
+}
+
+/// The toolchain that builds the eBPF object: the dated nightly pinned in
+/// observer-ebpf/rust-toolchain.toml (`cargo xtask setup` installs it), so
+/// that a rebuild gets the same compiler and LLVM, and so the same object.
+fn ebpf_toolchain() -> anyhow::Result<String> {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf/rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={file}");
+    toolchain::pinned(Path::new(file))
 }
 
 /// IMDS_OBSERVER_COMMIT/_TARGET/_FEATURES for `--version`. The commit is

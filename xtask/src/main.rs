@@ -11,6 +11,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod fuzz;
+// The pinned nightly, read as observer/build.rs reads it.
+#[path = "../../observer/build/toolchain.rs"]
+mod toolchain;
 mod vm;
 
 use fuzz::fuzz;
@@ -30,8 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the eBPF build needs: rust-src for nightly, and bpf-linker
-    /// built against nightly's own LLVM. Idempotent; quick when done.
+    /// Install what the eBPF build needs: the nightly pinned in
+    /// observer-ebpf/rust-toolchain.toml with rust-src, and bpf-linker built
+    /// against its own LLVM. Idempotent; quick when done.
     Setup,
     /// Setup, unit tests, then the lab tests (root; real kernel, one at a time).
     Test {
@@ -125,14 +129,20 @@ fn is_root() -> bool {
     output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
+/// The dated nightly that builds the eBPF object (-Z build-std=core), also
+/// used for rustfmt and the fuzz targets: observer-ebpf/rust-toolchain.toml.
+fn nightly() -> Result<String> {
+    toolchain::pinned(&root_dir().join("observer-ebpf/rust-toolchain.toml"))
+}
+
 fn setup() -> Result<()> {
-    // The nightly toolchain builds the eBPF object (-Z build-std=core).
+    let nightly = nightly()?;
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+    if !toolchains.lines().any(|l| l.starts_with(&format!("{nightly}-"))) {
         run(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &nightly,
             "--profile",
             "minimal",
         ]))?;
@@ -142,13 +152,13 @@ fn setup() -> Result<()> {
         "list",
         "--installed",
         "--toolchain",
-        "nightly",
+        &nightly,
     ]))?;
     // rust-src for the eBPF build; rustfmt for the format check (rustfmt.toml
     // uses nightly's import grouping).
     for comp in ["rust-src", "rustfmt"] {
         if !comps.lines().any(|l| l.starts_with(comp)) {
-            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", "nightly"]))?;
+            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", &nightly]))?;
         }
     }
     // clippy for the lint gate, on the toolchain that builds the observer.
@@ -167,13 +177,14 @@ fn setup() -> Result<()> {
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
 /// bpf-linker must use the same LLVM major as rustc. No prebuilt one can be
-/// fetched here, so build it against nightly's own libLLVM.
+/// fetched here, so build it against the pinned nightly's own libLLVM.
 fn install_bpf_linker() -> Result<()> {
-    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let nightly = format!("+{}", nightly()?);
+    let vv = output(Command::new("rustc").args([&nightly, "-vV"]))?;
     let llvm = vv
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
-        .context("rustc +nightly -vV names no LLVM version")?
+        .with_context(|| format!("rustc {nightly} -vV names no LLVM version"))?
         .trim()
         .to_string();
     let major = llvm.split('.').next().unwrap_or_default().to_string();
@@ -185,9 +196,8 @@ fn install_bpf_linker() -> Result<()> {
     {
         return Ok(());
     }
-    let sysroot = PathBuf::from(
-        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
-    );
+    let sysroot =
+        PathBuf::from(output(Command::new("rustc").args([&nightly, "--print", "sysroot"]))?.trim());
     let libdir = sysroot.join("lib");
     let lib = std::fs::read_dir(&libdir)?
         .flatten()
@@ -316,13 +326,14 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         apt_install(&[("promtool", "prometheus")])?;
     }
     // The format and lint gate: CI keeps what rustfmt.toml and clippy say.
+    let nightly = format!("+{}", nightly()?);
     run(Command::new("cargo")
         .current_dir(root_dir())
-        .args(["+nightly", "fmt", "--all", "--", "--check"]))
+        .args([&nightly, "fmt", "--all", "--", "--check"]))
     .context("the code is not formatted: run `cargo +nightly fmt --all`")?;
     // The fuzz crate is a workspace of its own: `--all` does not reach it.
     run(Command::new("cargo").current_dir(root_dir()).args([
-        "+nightly",
+        &nightly,
         "fmt",
         "--all",
         "--manifest-path",
@@ -635,4 +646,34 @@ fn bench() -> Result<()> {
     run(cargo().args(MUSL_OBSERVER))?;
     run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-bench"]))?;
     run(cargo().args(["bench", "-p", "imds-observer"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #30: the eBPF object's nightly is a dated one (a plain `nightly`
+    /// would be whatever the machine has), and the file says it plainly.
+    #[test]
+    fn the_ebpf_nightly_is_pinned_by_date() {
+        let pinned = nightly().unwrap();
+        let date = pinned.strip_prefix("nightly-").unwrap_or_else(|| panic!("{pinned}"));
+        let parts: Vec<&str> = date.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [4, 2, 2], "{pinned}");
+        assert!(parts.iter().all(|p| p.chars().all(|c| c.is_ascii_digit())), "{pinned}");
+        // rust-src for -Z build-std=core.
+        let file =
+            std::fs::read_to_string(root_dir().join("observer-ebpf/rust-toolchain.toml")).unwrap();
+        assert!(file.contains("\"rust-src\""), "{file}");
+    }
+
+    #[test]
+    fn channel_is_read_from_the_toolchain_file() {
+        assert_eq!(
+            toolchain::channel("[toolchain]\nchannel = \"nightly-2026-05-20\"\n").as_deref(),
+            Some("nightly-2026-05-20")
+        );
+        assert_eq!(toolchain::channel("[toolchain]\nchannel = \"\"\n"), None);
+        assert_eq!(toolchain::channel("[toolchain]\n"), None);
+    }
 }
