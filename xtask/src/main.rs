@@ -1,5 +1,5 @@
-//! `cargo xtask setup | test | demo`: the project's own build chain, so that a
-//! fresh clone needs nothing but these commands.
+//! `cargo xtask setup | test | manifests | demo`: the project's own build
+//! chain, so that a fresh clone needs nothing but these commands.
 use std::{
     env,
     path::{Path, PathBuf},
@@ -37,6 +37,14 @@ enum Cmd {
     /// observer-ebpf/rust-toolchain.toml with rust-src, and bpf-linker built
     /// against its own LLVM. Idempotent; quick when done.
     Setup,
+    /// Regenerate what the Helm chart renders (deploy/kubernetes/, the
+    /// PodMonitor and PrometheusRule of deploy/prometheus/), through Helm's
+    /// engine (helm-python-sdk).
+    Manifests {
+        /// Only compare: fail, showing the difference, where a file is stale.
+        #[arg(long)]
+        check: bool,
+    },
     /// Setup, unit tests, then the lab tests (root; real kernel, one at a time).
     Test {
         /// Only the unit tests (no root needed).
@@ -77,6 +85,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Setup => setup(),
+        Cmd::Manifests { check } => manifests(check),
         Cmd::Test { unit, no_matrix, filter } => test(unit, !no_matrix, &filter),
         Cmd::Vm { kernel, tests } => vm_one(&kernel, &tests),
         Cmd::Demo => demo(),
@@ -297,6 +306,25 @@ fn pip_install(module: &str, packages: &[&str]) -> Result<()> {
         .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))
 }
 
+/// helm-python-sdk: Helm's Go engine as a shared library in its wheel
+/// (x86_64 manylinux), so the chart renders and lints with no helm binary.
+fn pip_helm() -> Result<()> {
+    pip_install("helm_python", &["helm-python-sdk==0.2.2"])
+}
+
+/// `cargo xtask manifests [--check]`: deploy/helm/render.py does the work,
+/// the same script the manifest tests check with.
+fn manifests(check: bool) -> Result<()> {
+    pip_helm()?;
+    pip_install("yaml", &["PyYAML"])?;
+    let mut cmd = Command::new("python3");
+    cmd.current_dir(root_dir()).args(["deploy/helm/render.py", "manifests"]);
+    if check {
+        cmd.arg("--check");
+    }
+    run(&mut cmd)
+}
+
 fn on_path(cmd: &str) -> bool {
     env::var_os("PATH")
         .map(|p| env::split_paths(&p).any(|d| d.join(cmd).is_file()))
@@ -320,6 +348,8 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         "kubernetes_validate, hcl2",
         &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"],
     )?;
+    // The chart is rendered and linted by Helm's own engine, offline.
+    pip_helm()?;
     // The alert rules' checks (plain tests) run promtool, from Debian's
     // prometheus package; without root, they say how to install it.
     if is_root() {
