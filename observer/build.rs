@@ -1,11 +1,14 @@
 // Builds the eBPF programs (observer-ebpf's binary) with the nightly
 // toolchain and bpf-linker, for embedding with `include_bytes_aligned!`.
 // `cargo xtask setup` installs what this needs. Also sets what `--version`
-// shows (cli.rs): the git commit, the target and the features.
+// shows (cli.rs): the git commit, the eBPF object's hash, the target and the
+// features.
 use std::path::{Path, PathBuf};
 
 #[path = "build/commit.rs"]
 mod commit;
+#[path = "build/object_hash.rs"]
+mod object_hash;
 #[path = "build/toolchain.rs"]
 mod toolchain;
 
@@ -13,17 +16,21 @@ fn main() -> anyhow::Result<()> {
     version_info();
     // The fuzz targets (cargo-fuzz builds with `--cfg fuzzing`) never load
     // the programs: an empty object spares their build the eBPF toolchain.
+    let object = PathBuf::from(std::env::var("OUT_DIR")?).join("observer-ebpf");
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
-        let out = PathBuf::from(std::env::var("OUT_DIR")?).join("observer-ebpf");
-        std::fs::write(out, [])?;
-        return Ok(());
+        std::fs::write(&object, [])?;
+    } else {
+        let pkg = aya_build::Package {
+            name: "observer-ebpf",
+            root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf"),
+            ..Default::default()
+        };
+        aya_build::build_ebpf([pkg], aya_build::Toolchain::Custom(&ebpf_toolchain()?))?;
     }
-    let pkg = aya_build::Package {
-        name: "observer-ebpf",
-        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf"),
-        ..Default::default()
-    };
-    aya_build::build_ebpf([pkg], aya_build::Toolchain::Custom(&ebpf_toolchain()?))
+    // The object as embedded (capture::object), hashed for `--version`.
+    let hash = object_hash::object_hash(&std::fs::read(&object)?);
+    println!("cargo:rustc-env=IMDS_OBSERVER_EBPF_HASH={hash}");
+    Ok(())
 }
 
 /// The toolchain that builds the eBPF object: the dated nightly pinned in
