@@ -964,3 +964,44 @@ fn chart_passes_only_flags_the_observer_has() {
         "{c}"
     );
 }
+
+#[test]
+fn helm_commands_in_the_docs_name_the_chart_and_values_it_has() {
+    // Each `helm install|upgrade|template` line (with its `\` continuations)
+    // of README.md and docs/deploy.md: the chart path exists, and its --set
+    // values pass the chart's schema (unknown keys are errors there).
+    let mut seen = 0;
+    for doc in ["README.md", "docs/deploy.md"] {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap().replace("\\\n", " ");
+        for line in text.lines() {
+            let Some(at) = line.find("helm ") else { continue };
+            let words: Vec<&str> =
+                line[at..].split_whitespace().map(|w| w.trim_matches('`')).collect();
+            if !["install", "upgrade", "template"].contains(&words[1]) {
+                continue;
+            }
+            seen += 1;
+            assert!(
+                words.contains(&"deploy/helm/imds-observer"),
+                "{doc}: {line}: not the chart's path"
+            );
+            let mut values = serde_json::json!({});
+            for pair in words.windows(2).filter(|w| w[0] == "--set").map(|w| w[1]) {
+                let (key, value) = pair.split_once('=').unwrap();
+                let value = match value {
+                    "true" | "false" => Value::Bool(value == "true"),
+                    v => Value::String(v.to_string()),
+                };
+                let mut at = &mut values;
+                for k in key.split('.') {
+                    at = &mut at[k];
+                }
+                *at = value;
+            }
+            let report: Value =
+                serde_json::from_str(&render_py(&["lint", &values.to_string()]).unwrap()).unwrap();
+            assert!(report["errors"].as_array().unwrap().is_empty(), "{doc}: {line}: {report}");
+        }
+    }
+    assert!(seen >= 3, "only {seen} helm commands found in the docs");
+}
