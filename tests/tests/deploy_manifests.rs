@@ -934,7 +934,7 @@ fn chart_passes_only_flags_the_observer_has() {
     let values = serde_json::json!({"observer": {
         "events": "exchanges", "podEvents": false, "metricsGrace": "5m",
         "metricsMaxWorkloads": 100, "endpoints": ["169.254.169.254"],
-        "interfaces": ["eth0"], "podLabels": "app", "logLevel": "debug",
+        "interfaces": ["eth0"], "labelKeys": "app", "logLevel": "debug",
     }, "runtime": "docker"});
     let objs = chart_objects(&values);
     let c = &object(&objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];

@@ -229,7 +229,8 @@ fn report_crash(target: &str, log: &str, log_path: &Path) {
             let path = root_dir().join(&a);
             eprintln!("{target}: reproducer {}", path.display());
             eprintln!(
-                "reproduce: cargo +nightly fuzz run {target} {} {}",
+                "reproduce: cargo +{} fuzz run {target} {} {}",
+                nightly().unwrap_or_else(|_| "nightly".into()),
                 BUILD_FLAGS.join(" "),
                 path.display()
             );

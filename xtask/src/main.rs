@@ -360,7 +360,7 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root_dir())
         .args([&nightly, "fmt", "--all", "--", "--check"]))
-    .context("the code is not formatted: run `cargo +nightly fmt --all`")?;
+    .with_context(|| format!("the code is not formatted: run `cargo {nightly} fmt --all`"))?;
     // The fuzz crate is a workspace of its own: `--all` does not reach it.
     run(Command::new("cargo").current_dir(root_dir()).args([
         &nightly,
@@ -371,7 +371,7 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         "--",
         "--check",
     ]))
-    .context("the fuzz crate is not formatted: run `cargo +nightly fmt --all --manifest-path fuzz/Cargo.toml`")?;
+    .with_context(|| format!("the fuzz crate is not formatted: run `cargo {nightly} fmt --all --manifest-path fuzz/Cargo.toml`"))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // Some plain tests start the binaries (the TUI in tmux, the lab's helpers).
     run(cargo().args(LAB_BINS))?;
