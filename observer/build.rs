@@ -20,6 +20,13 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
         std::fs::write(&object, [])?;
     } else {
+        // The object's debug info and BTF name source files: without this,
+        // by absolute paths (the checkout's, OUT_DIR's, cargo's registry),
+        // so the same source built in another directory gave another
+        // object, and another hash. Cargo's trim-paths (nightly, as this
+        // build is) makes them relative; aya-build's cargo inherits these.
+        std::env::set_var("CARGO_UNSTABLE_TRIM_PATHS", "true");
+        std::env::set_var("CARGO_PROFILE_RELEASE_TRIM_PATHS", "all");
         let pkg = aya_build::Package {
             name: "observer-ebpf",
             root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf"),
