@@ -937,6 +937,16 @@ mod tests {
         let hash = crate::build_object_hash::object_hash(crate::capture::object());
         assert!(v.contains(&format!("eBPF object {hash},")), "{v}");
         assert!(!crate::capture::object().is_empty(), "no eBPF object embedded");
+        // The hash is the source's, not the checkout directory's: the
+        // object names no absolute path (build.rs: trim-paths).
+        let object = crate::capture::object();
+        let checkout = env!("CARGO_MANIFEST_DIR").trim_end_matches("/observer");
+        for path in [checkout, "/.cargo/registry/", "/.rustup/toolchains/"] {
+            assert!(
+                !object.windows(path.len()).any(|w| w == path.as_bytes()),
+                "the eBPF object names {path}"
+            );
+        }
         assert!(env!("IMDS_OBSERVER_TARGET").contains("linux"), "{v}");
         #[cfg(feature = "kubernetes")]
         assert!(v.contains("features: kubernetes"), "{v}");
