@@ -1,27 +1,52 @@
 // Builds the eBPF programs (observer-ebpf's binary) with the nightly
 // toolchain and bpf-linker, for embedding with `include_bytes_aligned!`.
 // `cargo xtask setup` installs what this needs. Also sets what `--version`
-// shows (cli.rs): the git commit, the target and the features.
-use std::path::Path;
+// shows (cli.rs): the git commit, the eBPF object's hash, the target and the
+// features.
+use std::path::{Path, PathBuf};
 
 #[path = "build/commit.rs"]
 mod commit;
+#[path = "build/object_hash.rs"]
+mod object_hash;
+#[path = "build/toolchain.rs"]
+mod toolchain;
 
 fn main() -> anyhow::Result<()> {
     version_info();
     // The fuzz targets (cargo-fuzz builds with `--cfg fuzzing`) never load
     // the programs: an empty object spares their build the eBPF toolchain.
+    let object = PathBuf::from(std::env::var("OUT_DIR")?).join("observer-ebpf");
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
-        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("observer-ebpf");
-        std::fs::write(out, [])?;
-        return Ok(());
+        std::fs::write(&object, [])?;
+    } else {
+        // The object's debug info and BTF name source files: without this,
+        // by absolute paths (the checkout's, OUT_DIR's, cargo's registry),
+        // so the same source built in another directory gave another
+        // object, and another hash. Cargo's trim-paths (nightly, as this
+        // build is) makes them relative; aya-build's cargo inherits these.
+        std::env::set_var("CARGO_UNSTABLE_TRIM_PATHS", "true");
+        std::env::set_var("CARGO_PROFILE_RELEASE_TRIM_PATHS", "all");
+        let pkg = aya_build::Package {
+            name: "observer-ebpf",
+            root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf"),
+            ..Default::default()
+        };
+        aya_build::build_ebpf([pkg], aya_build::Toolchain::Custom(&ebpf_toolchain()?))?;
     }
-    let pkg = aya_build::Package {
-        name: "observer-ebpf",
-        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf"),
-        ..Default::default()
-    };
-    aya_build::build_ebpf([pkg], aya_build::Toolchain::Nightly)
+    // The object as embedded (capture::object), hashed for `--version`.
+    let hash = object_hash::object_hash(&std::fs::read(&object)?);
+    println!("cargo:rustc-env=IMDS_OBSERVER_EBPF_HASH={hash}");
+    Ok(())
+}
+
+/// The toolchain that builds the eBPF object: the dated nightly pinned in
+/// observer-ebpf/rust-toolchain.toml (`cargo xtask setup` installs it), so
+/// that a rebuild gets the same compiler and LLVM, and so the same object.
+fn ebpf_toolchain() -> anyhow::Result<String> {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-ebpf/rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={file}");
+    toolchain::pinned(Path::new(file))
 }
 
 /// IMDS_OBSERVER_COMMIT/_TARGET/_FEATURES for `--version`. The commit is

@@ -35,11 +35,15 @@ pub struct Cli {
 }
 
 /// `--version`: what a bug report needs, from build.rs (the commit is
-/// "unknown" in a build without its git checkout, e.g. from a tarball).
+/// "unknown" in a build without its git checkout, e.g. from a tarball; the
+/// eBPF object's hash says which kernel programs it loads, whatever the
+/// commit).
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("IMDS_OBSERVER_COMMIT"),
+    ", eBPF object ",
+    env!("IMDS_OBSERVER_EBPF_HASH"),
     ", target ",
     env!("IMDS_OBSERVER_TARGET"),
     ", features: ",
@@ -914,7 +918,8 @@ mod tests {
         ));
     }
 
-    /// #26 item 10: --version says commit, target and features.
+    /// #26 item 10, #30: --version says commit, eBPF object, target and
+    /// features.
     #[test]
     fn version_names_commit_target_and_features() {
         let v = Cli::command().render_version().to_string();
@@ -927,6 +932,21 @@ mod tests {
             "{commit}"
         );
         assert!(v.contains(&format!("target {}", env!("IMDS_OBSERVER_TARGET"))), "{v}");
+        // The hash of the object this binary embeds and loads (build.rs
+        // hashed the file; this hashes the bytes include_bytes! embedded).
+        let hash = crate::build_object_hash::object_hash(crate::capture::object());
+        assert!(v.contains(&format!("eBPF object {hash},")), "{v}");
+        assert!(!crate::capture::object().is_empty(), "no eBPF object embedded");
+        // The hash is the source's, not the checkout directory's: the
+        // object names no absolute path (build.rs: trim-paths).
+        let object = crate::capture::object();
+        let checkout = env!("CARGO_MANIFEST_DIR").trim_end_matches("/observer");
+        for path in [checkout, "/.cargo/registry/", "/.rustup/toolchains/"] {
+            assert!(
+                !object.windows(path.len()).any(|w| w == path.as_bytes()),
+                "the eBPF object names {path}"
+            );
+        }
         assert!(env!("IMDS_OBSERVER_TARGET").contains("linux"), "{v}");
         #[cfg(feature = "kubernetes")]
         assert!(v.contains("features: kubernetes"), "{v}");

@@ -363,7 +363,7 @@ fn kubectl_flags(sub: &str) -> Option<Vec<(&'static str, bool)>> {
         "apply" => &[("-k", true), ("-f", true)],
         "describe" => &[("-l", true), ("--selector", true)],
         "rollout" => &[("--timeout", true)],
-        "auth" | "annotate" => &[],
+        "auth" | "annotate" | "create" | "label" => &[],
         "exec" => {
             &[("-i", false), ("-t", false), ("-it", false), ("-c", true), ("--container", true)]
         }

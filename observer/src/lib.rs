@@ -15,6 +15,10 @@ mod docs;
 #[cfg(test)]
 #[path = "../build/commit.rs"]
 mod build_commit;
+// build.rs's hash of the eBPF object for `--version`, tested here too.
+#[cfg(test)]
+#[path = "../build/object_hash.rs"]
+mod build_object_hash;
 // Hidden: for the fuzz crate (fuzz/) only, not an API.
 #[doc(hidden)]
 pub mod fuzzing;

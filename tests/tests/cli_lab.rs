@@ -597,6 +597,7 @@ fn completions_man_page_and_version() {
     assert!(
         out.starts_with("imds-observer ")
             && out.contains("commit ")
+            && out.contains("eBPF object sha256:")
             && out.contains("target ")
             && out.contains("features: "),
         "{out}"

@@ -78,7 +78,7 @@ fn prometheus_rule_carries_exactly_the_rules_file() {
     assert_eq!(
         pr["spec"]["groups"],
         rule_groups(),
-        "prometheusrule.yaml's spec.groups differ from rules.yml's groups: edit both"
+        "prometheusrule.yaml's spec.groups differ from rules.yml's groups: run `cargo xtask manifests`"
     );
 }
 

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{apt_install, cargo_home, root_dir, run};
+use crate::{apt_install, cargo_home, nightly, root_dir, run};
 
 /// The targets (fuzz/fuzz_targets/*.rs), run two at a time on CI's two
 /// cores in this order: the slowest per input (the pipeline, a tokio
@@ -32,11 +32,13 @@ const CARGO_FUZZ: &str = "0.13.1";
 /// assertions on, as in a test build.
 const BUILD_FLAGS: [&str; 3] = ["--sanitizer", "none", "--debug-assertions"];
 
-/// cargo for the fuzz crate: nightly, and none of the outer cargo's
+/// cargo for the fuzz crate: the pinned nightly, and none of the outer cargo's
 /// settings (toolchain, target dir) leaking into cargo-fuzz's build.
 fn cargo_fuzz() -> Command {
     let mut c = Command::new("cargo");
-    c.current_dir(root_dir()).arg("+nightly").arg("fuzz");
+    c.current_dir(root_dir())
+        .arg(format!("+{}", nightly().expect("the pinned nightly")))
+        .arg("fuzz");
     for var in ["CARGO", "RUSTC", "RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO_TARGET_DIR"] {
         c.env_remove(var);
     }
@@ -227,7 +229,8 @@ fn report_crash(target: &str, log: &str, log_path: &Path) {
             let path = root_dir().join(&a);
             eprintln!("{target}: reproducer {}", path.display());
             eprintln!(
-                "reproduce: cargo +nightly fuzz run {target} {} {}",
+                "reproduce: cargo +{} fuzz run {target} {} {}",
+                nightly().unwrap_or_else(|_| "nightly".into()),
                 BUILD_FLAGS.join(" "),
                 path.display()
             );

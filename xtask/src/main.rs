@@ -1,5 +1,5 @@
-//! `cargo xtask setup | test | demo`: the project's own build chain, so that a
-//! fresh clone needs nothing but these commands.
+//! `cargo xtask setup | test | manifests | demo`: the project's own build
+//! chain, so that a fresh clone needs nothing but these commands.
 use std::{
     env,
     path::{Path, PathBuf},
@@ -11,6 +11,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod fuzz;
+// The pinned nightly, read as observer/build.rs reads it.
+#[path = "../../observer/build/toolchain.rs"]
+mod toolchain;
 mod vm;
 
 use fuzz::fuzz;
@@ -30,9 +33,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the eBPF build needs: rust-src for nightly, and bpf-linker
-    /// built against nightly's own LLVM. Idempotent; quick when done.
+    /// Install what the eBPF build needs: the nightly pinned in
+    /// observer-ebpf/rust-toolchain.toml with rust-src, and bpf-linker built
+    /// against its own LLVM. Idempotent; quick when done.
     Setup,
+    /// Regenerate what the Helm chart renders (deploy/kubernetes/, the
+    /// PodMonitor and PrometheusRule of deploy/prometheus/), through Helm's
+    /// engine (helm-python-sdk).
+    Manifests {
+        /// Only compare: fail, showing the difference, where a file is stale.
+        #[arg(long)]
+        check: bool,
+    },
     /// Setup, unit tests, then the lab tests (root; real kernel, one at a time).
     Test {
         /// Only the unit tests (no root needed).
@@ -73,6 +85,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Setup => setup(),
+        Cmd::Manifests { check } => manifests(check),
         Cmd::Test { unit, no_matrix, filter } => test(unit, !no_matrix, &filter),
         Cmd::Vm { kernel, tests } => vm_one(&kernel, &tests),
         Cmd::Demo => demo(),
@@ -125,14 +138,20 @@ fn is_root() -> bool {
     output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
+/// The dated nightly that builds the eBPF object (-Z build-std=core), also
+/// used for rustfmt and the fuzz targets: observer-ebpf/rust-toolchain.toml.
+fn nightly() -> Result<String> {
+    toolchain::pinned(&root_dir().join("observer-ebpf/rust-toolchain.toml"))
+}
+
 fn setup() -> Result<()> {
-    // The nightly toolchain builds the eBPF object (-Z build-std=core).
+    let nightly = nightly()?;
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+    if !toolchains.lines().any(|l| l.starts_with(&format!("{nightly}-"))) {
         run(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &nightly,
             "--profile",
             "minimal",
         ]))?;
@@ -142,13 +161,13 @@ fn setup() -> Result<()> {
         "list",
         "--installed",
         "--toolchain",
-        "nightly",
+        &nightly,
     ]))?;
     // rust-src for the eBPF build; rustfmt for the format check (rustfmt.toml
     // uses nightly's import grouping).
     for comp in ["rust-src", "rustfmt"] {
         if !comps.lines().any(|l| l.starts_with(comp)) {
-            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", "nightly"]))?;
+            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", &nightly]))?;
         }
     }
     // clippy for the lint gate, on the toolchain that builds the observer.
@@ -167,13 +186,14 @@ fn setup() -> Result<()> {
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
 /// bpf-linker must use the same LLVM major as rustc. No prebuilt one can be
-/// fetched here, so build it against nightly's own libLLVM.
+/// fetched here, so build it against the pinned nightly's own libLLVM.
 fn install_bpf_linker() -> Result<()> {
-    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let nightly = format!("+{}", nightly()?);
+    let vv = output(Command::new("rustc").args([&nightly, "-vV"]))?;
     let llvm = vv
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
-        .context("rustc +nightly -vV names no LLVM version")?
+        .with_context(|| format!("rustc {nightly} -vV names no LLVM version"))?
         .trim()
         .to_string();
     let major = llvm.split('.').next().unwrap_or_default().to_string();
@@ -185,9 +205,8 @@ fn install_bpf_linker() -> Result<()> {
     {
         return Ok(());
     }
-    let sysroot = PathBuf::from(
-        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
-    );
+    let sysroot =
+        PathBuf::from(output(Command::new("rustc").args([&nightly, "--print", "sysroot"]))?.trim());
     let libdir = sysroot.join("lib");
     let lib = std::fs::read_dir(&libdir)?
         .flatten()
@@ -287,6 +306,25 @@ fn pip_install(module: &str, packages: &[&str]) -> Result<()> {
         .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))
 }
 
+/// helm-python-sdk: Helm's Go engine as a shared library in its wheel
+/// (x86_64 manylinux), so the chart renders and lints with no helm binary.
+fn pip_helm() -> Result<()> {
+    pip_install("helm_python", &["helm-python-sdk==0.2.2"])
+}
+
+/// `cargo xtask manifests [--check]`: deploy/helm/render.py does the work,
+/// the same script the manifest tests check with.
+fn manifests(check: bool) -> Result<()> {
+    pip_helm()?;
+    pip_install("yaml", &["PyYAML"])?;
+    let mut cmd = Command::new("python3");
+    cmd.current_dir(root_dir()).args(["deploy/helm/render.py", "manifests"]);
+    if check {
+        cmd.arg("--check");
+    }
+    run(&mut cmd)
+}
+
 fn on_path(cmd: &str) -> bool {
     env::var_os("PATH")
         .map(|p| env::split_paths(&p).any(|d| d.join(cmd).is_file()))
@@ -310,19 +348,22 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         "kubernetes_validate, hcl2",
         &["kubernetes-validate==1.37.0", "python-hcl2==8.1.4"],
     )?;
+    // The chart is rendered and linted by Helm's own engine, offline.
+    pip_helm()?;
     // The alert rules' checks (plain tests) run promtool, from Debian's
     // prometheus package; without root, they say how to install it.
     if is_root() {
         apt_install(&[("promtool", "prometheus")])?;
     }
     // The format and lint gate: CI keeps what rustfmt.toml and clippy say.
+    let nightly = format!("+{}", nightly()?);
     run(Command::new("cargo")
         .current_dir(root_dir())
-        .args(["+nightly", "fmt", "--all", "--", "--check"]))
-    .context("the code is not formatted: run `cargo +nightly fmt --all`")?;
+        .args([&nightly, "fmt", "--all", "--", "--check"]))
+    .with_context(|| format!("the code is not formatted: run `cargo {nightly} fmt --all`"))?;
     // The fuzz crate is a workspace of its own: `--all` does not reach it.
     run(Command::new("cargo").current_dir(root_dir()).args([
-        "+nightly",
+        &nightly,
         "fmt",
         "--all",
         "--manifest-path",
@@ -330,7 +371,7 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         "--",
         "--check",
     ]))
-    .context("the fuzz crate is not formatted: run `cargo +nightly fmt --all --manifest-path fuzz/Cargo.toml`")?;
+    .with_context(|| format!("the fuzz crate is not formatted: run `cargo {nightly} fmt --all --manifest-path fuzz/Cargo.toml`"))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // Some plain tests start the binaries (the TUI in tmux, the lab's helpers).
     run(cargo().args(LAB_BINS))?;
@@ -635,4 +676,34 @@ fn bench() -> Result<()> {
     run(cargo().args(MUSL_OBSERVER))?;
     run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-bench"]))?;
     run(cargo().args(["bench", "-p", "imds-observer"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #30: the eBPF object's nightly is a dated one (a plain `nightly`
+    /// would be whatever the machine has), and the file says it plainly.
+    #[test]
+    fn the_ebpf_nightly_is_pinned_by_date() {
+        let pinned = nightly().unwrap();
+        let date = pinned.strip_prefix("nightly-").unwrap_or_else(|| panic!("{pinned}"));
+        let parts: Vec<&str> = date.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [4, 2, 2], "{pinned}");
+        assert!(parts.iter().all(|p| p.chars().all(|c| c.is_ascii_digit())), "{pinned}");
+        // rust-src for -Z build-std=core.
+        let file =
+            std::fs::read_to_string(root_dir().join("observer-ebpf/rust-toolchain.toml")).unwrap();
+        assert!(file.contains("\"rust-src\""), "{file}");
+    }
+
+    #[test]
+    fn channel_is_read_from_the_toolchain_file() {
+        assert_eq!(
+            toolchain::channel("[toolchain]\nchannel = \"nightly-2026-05-20\"\n").as_deref(),
+            Some("nightly-2026-05-20")
+        );
+        assert_eq!(toolchain::channel("[toolchain]\nchannel = \"\"\n"), None);
+        assert_eq!(toolchain::channel("[toolchain]\n"), None);
+    }
 }
