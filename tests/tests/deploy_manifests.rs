@@ -744,7 +744,7 @@ fn chart_value_sets_keep_the_documented_privileges_and_mounts() {
         }
         let want = match name {
             "arm64 only" => set(&["arm64"]),
-            _ => set(&["amd64", "arm64"]),
+            _ => set(&["amd64"]),
         };
         assert_eq!(admitted_architectures(ds), want, "{name}");
         // Helm's own Namespace handling: only on request.
