@@ -33,7 +33,8 @@ use crate::{
 pub struct Skipped {
     pub malformed: u64,
     pub unknown_hook: u64,
-    /// Packets a socket had received and was freeing unread as it closed.
+    /// Packets a socket had received and was freeing unread as it closed,
+    /// and bare FINs that met a socket already closed.
     pub purged: u64,
 }
 
@@ -440,8 +441,20 @@ impl Pipeline {
         // Delivered, then freed unread when its socket closed (a FIN after
         // the client hung up): nothing was lost on the way. Kernels without
         // the QUEUE_PURGE reason say so by where they freed it.
+        // A bare FIN (no data) freed outside forwarding without a reason:
+        // the client had closed first, and its TIME_WAIT socket took the
+        // endpoint's FIN (5.10 frees it with kfree_skb in tcp_v4_rcv). The
+        // end of a finished exchange, not a lost reply; in forwarding it
+        // stays evidence.
+        let bare_fin = pkt.tcp.as_ref().is_some_and(|t| {
+            t.flags.contains(TcpFlags::FIN)
+                && !t.flags.intersects(TcpFlags::SYN | TcpFlags::RST)
+                && pkt.payload_len == 0
+        }) && !location.is_some_and(|l| kallsyms::FORWARD.contains(&l))
+            && matches!(reason.as_deref(), None | Some("NOT_SPECIFIED"));
         if reason.as_deref() == Some("QUEUE_PURGE")
             || location.is_some_and(|l| kallsyms::DELIVERED.contains(&l))
+            || bare_fin
         {
             self.skipped.purged += 1;
             return None;
@@ -776,6 +789,28 @@ mod tests {
         other.location = 0xffffffff81000000;
         p.process(&other, &mut out);
         assert_eq!((out.len(), out[1].location.as_deref()), (2, None));
+    }
+
+    #[test]
+    fn a_bare_fin_freed_outside_forwarding_is_no_drop() {
+        let mut p = pipeline(false);
+        p.names.locations = Locations::parse(
+            "ffffffff82057290 T ip_forward\nffffffff820577a0 t ip_forward_finish\n".as_bytes(),
+        );
+        let mut out = Vec::new();
+        let fin = |seq: u32, location: u64| {
+            let mut r = packet(Hook::Drop, MS, 0, seq);
+            r.data[33] = 0x11; // FIN|ACK, no payload
+            r.location = location;
+            r
+        };
+        // Met a TIME_WAIT socket (5.10: kfree_skb in tcp_v4_rcv, unnamed).
+        p.process(&fin(1, 0xffffffff81000000), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(p.skipped.purged, 1);
+        // Died in forwarding (a hop limit): evidence.
+        p.process(&fin(2, 0xffffffff820572f0), &mut out);
+        assert_eq!(out[0].location.as_deref(), Some("ip_forward"));
     }
 
     #[test]
