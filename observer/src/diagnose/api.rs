@@ -8,7 +8,7 @@ use super::{
 };
 pub struct Diagnoser {
     cfg: Config,
-    nodes: HashMap<String, NodeState>,
+    nodes: HashMap<std::sync::Arc<str>, NodeState>,
     stats: Stats,
 }
 
@@ -180,7 +180,7 @@ impl Diagnoser {
                     }
                     continue;
                 }
-                ev.node = name.as_str().into();
+                ev.node = name.clone();
                 ev.flow = Some(flow);
                 ev.hop_limit = node.hop_limit;
                 workload(&mut ev, cg, c.map(|c| &*c));
@@ -201,7 +201,7 @@ impl Diagnoser {
             let now = node.now;
             for (&cg, c) in node.containers.iter_mut() {
                 let Some(s) = c.summary.take(now) else { continue };
-                let mut ev = Event::new(Kind::Summary, now, name.as_str().into());
+                let mut ev = Event::new(Kind::Summary, now, name.clone());
                 if let Some(since) = now.checked_sub(Duration::from_secs_f64(s.interval_s)) {
                     ev.ts = since;
                 }
@@ -275,7 +275,7 @@ impl Diagnoser {
                 self.stats.evicted_nodes += 1;
             }
         }
-        self.nodes.insert(name.to_string(), NodeState::new(ts));
+        self.nodes.insert(name.into(), NodeState::new(ts));
         // A second node: the one bare instance id is no longer its own.
         self.cfg.several_nodes |= self.nodes.len() > 1;
     }

@@ -290,7 +290,7 @@ pub use crate::capture::ProgramStats as BpfProgramStats;
 
 pub struct Metrics {
     cfg: Config,
-    nodes: BTreeMap<String, Node>,
+    nodes: BTreeMap<std::sync::Arc<str>, Node>,
     workloads: BTreeMap<Key, Workload>,
     /// (node, container key) → what was last read of it.
     seen: HashMap<(String, u64), Seen>,
@@ -343,7 +343,7 @@ impl Metrics {
     /// so a quiet node is listed too (dashboards take their node list and
     /// the join to `process_*` from them).
     pub fn add_node(&mut self, node: &str) {
-        self.nodes.entry(node.to_string()).or_default();
+        self.nodes.entry(node.into()).or_default();
     }
 
     /// Workload series held (including `_other` ones).
@@ -355,7 +355,7 @@ impl Metrics {
     /// After the Diagnoser observed `ev`: count node-wide drops and lost
     /// events, and read the counters of the container it touched.
     pub fn observe(&mut self, diag: &Diagnoser, ev: &Event) {
-        let node = self.nodes.entry(ev.node.to_string()).or_default();
+        let node = self.nodes.entry(ev.node.clone()).or_default();
         match ev.kind {
             Kind::LostEvents => node.events_lost += ev.count.unwrap_or(1),
             Kind::Drop if ev.via.is_none() => {
@@ -532,7 +532,7 @@ impl Metrics {
             self.apply(c.node(), &c.container(), c.kinds(), c.forwarding_hops());
         }
         self.hop_limits =
-            self.nodes.keys().filter_map(|n| Some((n.clone(), diag.hop_limit(n)?))).collect();
+            self.nodes.keys().filter_map(|n| Some((n.to_string(), diag.hop_limit(n)?))).collect();
     }
 
     fn clear_findings(&mut self) {
@@ -673,11 +673,11 @@ impl Metrics {
         for (node, n) in &self.nodes {
             for (reason, &c) in &n.drops {
                 drops.push(
-                    vec![("node", node.clone()), ("reason", reason.clone())],
+                    vec![("node", node.to_string()), ("reason", reason.clone())],
                     Value::Counter(c),
                 );
             }
-            events_lost.push(vec![("node", node.clone())], Value::Counter(n.events_lost));
+            events_lost.push(vec![("node", node.to_string())], Value::Counter(n.events_lost));
         }
         let mut hop_limit = Family::gauge(
             "hop_limit",
