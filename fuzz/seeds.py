@@ -5,7 +5,7 @@ lab's recordings. Rerun after changing a seed here; the fuzzer's own finds
 are not kept (only a crash, once fixed, is added by hand as a regression).
 
 The record layout (observer-ebpf's `Record`, x86_64 little endian) is
-checked by observer's fuzzing tests (RECORD_HEADER == 104)."""
+checked by observer's fuzzing tests (RECORD_HEADER == 120)."""
 import json
 import os
 import re
@@ -66,13 +66,17 @@ IP_FORWARD = 0xFFFFFFFF82057290 + 0x60
 
 
 def record(hook, ts, pkt=b"", family=4, cookie=5, cgroup=11254, netns=77, pid=9247,
-           comm=b"sdk-client", ifindex=2, reason=0, location=0, snap=None):
-    """Header (104 bytes) then the snapshot, as the decode_record target reads it."""
+           comm=b"sdk-client", ifindex=2, reason=0, location=0, snap=None, folded=None):
+    """Header (120 bytes) then the snapshot, as the decode_record target reads it.
+    `folded`: (bits, host_ttl, host_req_ttl, host_req_flags, host_req_seq,
+    host_status), the uplink's sightings the kernel folds into a reply."""
     snap = pkt if snap is None else snap
-    h = struct.pack("<QQQQQQBBHIIIII16s16s", ts, cgroup, cookie, pid << 32, netns, location,
-                    HOOK[hook], family, 80, ifindex, reason, len(pkt), len(snap), 0,
+    bits, ttl, req_ttl, req_flags, req_seq, status = folded or (0, 0, 0, 0, 0, 0)
+    h = struct.pack("<QQQQQQBBHIIIIIBBBBIH6x16s16s", ts, cgroup, cookie, pid << 32, netns,
+                    location, HOOK[hook], family, 80, ifindex, reason, len(pkt), len(snap),
+                    ifindex if bits else 0, bits, ttl, req_ttl, req_flags, req_seq, status,
                     comm.ljust(16, b"\0"), IMDS4.ljust(16, b"\0"))
-    assert len(h) == 104
+    assert len(h) == 120
     return h + snap
 
 
@@ -106,6 +110,15 @@ write("decode_record", "hop_limit_1", b"\0" + record("connect", 0)
       + record("drop", 4 * MS + 5, reply1, cookie=0, cgroup=0, reason=27, location=IP_FORWARD,
                snap=inbound(reply1, 40))
       + record("tc_out", 4 * MS + 9, time_exceeded, cookie=0, cgroup=0))
+# As deployed: the connect stands for the SYN, and the uplinks' sightings
+# ride on the reply's record (delivered) and on a drop's.
+delivered = ipv4(IMDS4, POD4, 6, 64, tcp(80, 59394, 5001, 1001 + len(PUT), PSH | ACK, REPLY))
+write("decode_record", "folded_as_deployed", b"\0" + record("connect", 0, folded=(4, 0, 0, 0, 0, 0))
+      + record("egress", MS, put) + record("ingress", 2 * MS, synack)
+      + record("ingress", 3 * MS, delivered, snap=inbound(delivered, 40),
+               folded=(3, 2, 63, PSH | ACK, 1001, 200))
+      + record("drop", 4 * MS, reply1, cookie=0, cgroup=0, location=IP_FORWARD,
+               snap=reply1[:40], folded=(1, 1, 0, 0, 0, 200)))
 write("decode_record", "ecs_credentials_path", b"\0" + record("connect", 0)
       + record("egress", MS, ipv4(POD4, bytes([169, 254, 170, 2]), 6, 64,
                                   tcp(40000, 80, 7, 9, PSH | ACK, GET_CREDS))))

@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_ebpf::{
-    BUDGET_BURST, BUDGET_PER_SEC, Budget, BudgetKey, GLOBAL_BURST, GLOBAL_FLOWS, GLOBAL_MKDIR,
-    GLOBAL_PER_SEC, Hook, INBOUND_PAYLOAD, INTERFACE_BURST, INTERFACE_PER_SEC, MAX_BUDGETS,
-    MAX_ENDPOINTS, RING_BYTES, Record, SNAP_LEN, WAKE_AT, flow_key_v4, flow_key_v6, interface_key,
-    snap_len,
+    BUDGET_BURST, BUDGET_PER_SEC, Budget, BudgetKey, FOLDED_REPLY, FOLDED_REQUEST, FOLDED_SYN,
+    FoldKey, GLOBAL_BURST, GLOBAL_FLOWS, GLOBAL_MKDIR, GLOBAL_PER_SEC, Hook, INBOUND_PAYLOAD,
+    INTERFACE_BURST, INTERFACE_PER_SEC, MAX_BUDGETS, MAX_ENDPOINTS, MAX_FOLDS, RING_BYTES, Record,
+    SNAP_LEN, Sighting, WAKE_AT, flow_key_v4, flow_key_v6, interface_key, snap_len,
 };
 
 #[map]
@@ -28,6 +28,11 @@ pub static BUDGETS: LruHashMap<u64, Budget> = LruHashMap::with_max_entries(MAX_B
 /// number of new keys in BUDGETS can evict them.
 #[map]
 pub static GLOBAL: Array<Budget> = Array::with_max_entries(2, 0);
+
+/// The uplinks' sightings of exchanges in flight, for the socket hook to
+/// fold into the reply's record (see `observer_ebpf::MAX_FOLDS`).
+#[map]
+pub static FOLDS: LruHashMap<FoldKey, Sighting> = LruHashMap::with_max_entries(MAX_FOLDS, 0);
 
 /// Records suppressed by budgets, per CPU: userspace reads BUDGETS only when
 /// this grew.
@@ -160,11 +165,13 @@ const QUOTED_L4: u32 = 8;
 // Where the filter reads, in bytes from the IP header.
 const IPV4_MIN_HLEN: usize = 20;
 const IPV4_FRAG_OFF: usize = 6;
+const IPV4_TTL: usize = 8;
 const IPV4_PROTOCOL: usize = 9;
 const IPV4_SADDR: usize = 12;
 const IPV4_DADDR: usize = 16;
 const IPV6_HLEN: usize = 40;
 const IPV6_NEXTHDR: usize = 6;
+const IPV6_HOPLIMIT: usize = 7;
 const IPV6_SADDR: usize = 8;
 const IPV6_DADDR: usize = 24;
 /// From the TCP header: data offset, in its high nibble; the flags.
@@ -173,11 +180,26 @@ const TCP_FLAGS: usize = 13;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 /// IPv4 total length, IPv6 payload length (big endian, bytes 2-3 and 4-5).
 const IPV4_TOT_LEN: usize = 2;
 const IPV6_PAYLOAD_LEN: usize = 4;
 /// How a reply's first segment starts; only it may show payload bytes.
 const HTTP_STATUS: &[u8; 7] = b"HTTP/1.";
+/// `HTTP/1.1 200`: through the status code.
+const STATUS_LINE: usize = 12;
+
+/// The status code of a status line's start (`HTTP/1.x NNN`); 0 if the
+/// three digits are not there.
+#[inline(always)]
+fn http_status(line: &[u8; STATUS_LINE]) -> u16 {
+    let d = |b: u8| b.wrapping_sub(b'0');
+    let (a, b, c) = (d(line[9]), d(line[10]), d(line[11]));
+    if line[8] != b' ' || a == 0 || a > 9 || b > 9 || c > 9 {
+        return 0;
+    }
+    a as u16 * 100 + b as u16 * 10 + c as u16
+}
 
 /// The service port of the endpoint at `addr`, if it is one.
 #[inline(always)]
@@ -309,6 +331,36 @@ pub enum Match {
     Any,
 }
 
+/// What a hook does with a matching TCP segment (unless every packet is
+/// asked for: then each records what it sees).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// cgroup_skb: records what the diagnosis reads of the socket's side,
+    /// folding the uplink's sightings into a reply's record.
+    Socket,
+    /// An uplink: keeps a request's departure and a reply's arrival in
+    /// FOLDS for the socket hook; records only what no socket will see
+    /// (RST, and ICMP errors).
+    Uplink { ifindex: u32 },
+    /// A container's veth: records what the diagnosis reads, as is.
+    Veth,
+    /// skb:kfree_skb: records whatever it carries, with the sightings of a
+    /// dropped reply.
+    Drop,
+}
+
+/// The uplink's sightings a record carries (`Record::folded` and after).
+#[derive(Clone, Copy, Default)]
+pub struct Folded {
+    pub bits: u8,
+    pub ttl: u8,
+    pub ifindex: u32,
+    pub req_ttl: u8,
+    pub req_flags: u8,
+    pub req_seq: u32,
+    pub status: u16,
+}
+
 pub struct Meta {
     pub hook: Hook,
     pub ifindex: u32,
@@ -338,14 +390,21 @@ pub fn header(rec: &mut Record, hook: Hook, family: u8, cgroup_id: u64, cookie: 
     rec.reason = 0;
     rec.pkt_len = 0;
     rec.snap_len = 0;
-    rec._pad = 0;
+    rec.host_ifindex = 0;
+    rec.folded = 0;
+    rec.host_ttl = 0;
+    rec.host_req_ttl = 0;
+    rec.host_req_flags = 0;
+    rec.host_req_seq = 0;
+    rec.host_status = 0;
+    rec._pad = [0; 6];
     rec.comm = [0; 16];
     rec.daddr = [0; 16];
 }
 
 /// Record `pkt` if it is metadata traffic: TCP between a socket and an
 /// endpoint's service port, or an ICMP error about such a packet. `version`
-/// is 4 or 6. `meta` is only called for a match (with whether the packet
+/// is 4 or 6. `meta` is only called for a record (with whether the packet
 /// comes from the endpoint): its helper calls (cgroup id, socket cookie)
 /// are not paid by the host's other packets.
 ///
@@ -354,10 +413,16 @@ pub fn header(rec: &mut Record, hook: Hook, family: u8, cgroup_id: u64, cookie: 
 /// the segment starts a response (`HTTP/1.`); ICMP errors keep the quoted
 /// IP header and 8 bytes of the quoted TCP header.
 #[inline(always)]
-pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce(bool) -> Meta) {
+pub fn packet<P: Packet>(
+    pkt: &P,
+    version: u8,
+    want: Match,
+    role: Role,
+    meta: impl FnOnce(bool) -> Meta,
+) {
     // Header bytes up to and including both addresses; the version decides
     // which endpoint set, `want` which address.
-    let (inbound, proto, l3_len, port, local, total) = if version == 4 {
+    let (inbound, proto, l3_len, port, local, endpoint, total, ttl) = if version == 4 {
         let mut h = [0u8; IPV4_MIN_HLEN];
         if pkt.read(0, &mut h).is_err() {
             return;
@@ -383,10 +448,11 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce(bo
         if u16::from_be_bytes([h[IPV4_FRAG_OFF], h[IPV4_FRAG_OFF + 1]]) & 0x1fff != 0 {
             return;
         }
-        let local = [if inbound { dst } else { src }, 0, 0, 0];
+        let (local, endpoint) = if inbound { (dst, src) } else { (src, dst) };
         let total = u16::from_be_bytes([h[IPV4_TOT_LEN], h[IPV4_TOT_LEN + 1]]) as u32;
         // IHL, in 32-bit words.
-        (inbound, h[IPV4_PROTOCOL], ((h[0] & 0x0f) as u32) * 4, port, local, total)
+        let ihl = ((h[0] & 0x0f) as u32) * 4;
+        (inbound, h[IPV4_PROTOCOL], ihl, port, [local, 0, 0, 0], endpoint, total, h[IPV4_TTL])
     } else if version == 6 {
         let mut h = [0u8; IPV6_HLEN];
         if pkt.read(0, &mut h).is_err() {
@@ -410,15 +476,19 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce(bo
                 (None, None) => return,
             },
         };
-        let local = if inbound { dst } else { src };
+        let (local, remote) = if inbound { (dst, src) } else { (src, dst) };
+        // The few endpoints of a node differ in these bits.
+        let endpoint = remote[0] ^ remote[1] ^ remote[2] ^ remote[3];
         let payload = u16::from_be_bytes([h[IPV6_PAYLOAD_LEN], h[IPV6_PAYLOAD_LEN + 1]]) as u32;
-        (inbound, h[IPV6_NEXTHDR], IPV6_HLEN as u32, port, local, IPV6_HLEN as u32 + payload)
+        let l3 = IPV6_HLEN as u32;
+        (inbound, h[IPV6_NEXTHDR], l3, port, local, endpoint, l3 + payload, h[IPV6_HOPLIMIT])
     } else {
         return;
     };
     // The flow's local port (0 for ICMP errors): with `local`, the budget
     // key where no socket or interface names the workload.
     let mut local_port = 0u16;
+    let mut folded = Folded::default();
     let cap = match proto {
         IPPROTO_TCP => {
             let mut t = [0u8; TCP_FLAGS + 1];
@@ -431,17 +501,58 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce(bo
                 return;
             }
             local_port = if inbound { dport } else { sport };
+            let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            let ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
             let l4 = l3_len + ((t[TCP_DOFF as usize] >> 4) as u32) * 4;
             let flags = t[TCP_FLAGS];
-            let mut starts_reply = false;
+            // A reply's first segment, and its status.
+            let mut status = 0u16;
             if inbound {
-                let mut start = [0u8; 7];
-                starts_reply = pkt.read(l4, &mut start).is_ok() && &start == HTTP_STATUS;
+                let mut start = [0u8; STATUS_LINE];
+                if pkt.read(l4, &mut start).is_ok() && start[..HTTP_STATUS.len()] == *HTTP_STATUS {
+                    status = http_status(&start);
+                }
             }
-            // Drops are kept whatever they carry (Match::Any). A length of
-            // 0 (a BIG TCP super-packet) may carry data.
-            if want != Match::Any && !wanted(inbound, flags, total > l4 || total == 0, starts_reply)
-            {
+            let starts_reply = status != 0;
+            // A length of 0 (a BIG TCP super-packet) may carry data.
+            let data = total > l4 || total == 0;
+            let all = unsafe { core::ptr::read_volatile(&ALL_PACKETS) } != 0;
+            let key = |what: u8, seq: u32| FoldKey { endpoint, port, what: what as u16, seq };
+            match role {
+                Role::Drop => {
+                    // Past the linear data it may not show its start.
+                    if inbound && data {
+                        folded = fold(&key(FOLDED_REPLY, seq), &key(FOLDED_REQUEST, ack), false);
+                    }
+                }
+                _ if all => {}
+                Role::Uplink { ifindex } => {
+                    // A request's departure, named by the sequence number its
+                    // reply acknowledges, and a reply's arrival: kept for the
+                    // socket hook. Nothing else of a healthy exchange.
+                    if flags & TCP_RST == 0 {
+                        if !inbound && total > l4 {
+                            let end = seq.wrapping_add(total - l4);
+                            keep(&key(FOLDED_REQUEST, end), ifindex, seq, ttl, flags, 0);
+                        } else if starts_reply {
+                            keep(&key(FOLDED_REPLY, seq), ifindex, seq, ttl, flags, status);
+                        }
+                        return;
+                    }
+                }
+                Role::Socket => {
+                    // The connect record stands for the socket's first SYN
+                    // (`FOLDED_SYN`); a retransmitted one is not told apart.
+                    if !inbound && flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+                        return;
+                    }
+                    if starts_reply {
+                        folded = fold(&key(FOLDED_REPLY, seq), &key(FOLDED_REQUEST, ack), true);
+                    }
+                }
+                Role::Veth => {}
+            }
+            if want != Match::Any && !all && !wanted(inbound, flags, data, starts_reply) {
                 return;
             }
             if inbound {
@@ -472,7 +583,51 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce(bo
     if !admit(key) {
         return;
     }
-    emit(pkt, version, cap, &meta);
+    emit(pkt, version, cap, &meta, &folded);
+}
+
+/// `Record::folded` of a connect record.
+#[inline(always)]
+pub fn connect_folds() -> u8 {
+    if unsafe { core::ptr::read_volatile(&ALL_PACKETS) } != 0 { 0 } else { FOLDED_SYN }
+}
+
+/// What the uplinks kept of the reply `reply` and of the request it
+/// acknowledges (`request`); `consume`: the reply was delivered, they are
+/// no longer needed.
+#[inline(always)]
+fn fold(reply: &FoldKey, request: &FoldKey, consume: bool) -> Folded {
+    let mut f = Folded::default();
+    if let Some(s) = unsafe { FOLDS.get(reply) } {
+        f.bits |= FOLDED_REPLY;
+        f.ttl = s.ttl;
+        f.ifindex = s.ifindex;
+        f.status = s.status;
+        if consume {
+            let _ = FOLDS.remove(reply);
+        }
+    }
+    if let Some(s) = unsafe { FOLDS.get(request) } {
+        f.bits |= FOLDED_REQUEST;
+        f.req_ttl = s.ttl;
+        f.req_flags = s.flags;
+        f.req_seq = s.seq;
+        if f.bits & FOLDED_REPLY == 0 {
+            f.ifindex = s.ifindex;
+        }
+        if consume {
+            let _ = FOLDS.remove(request);
+        }
+    }
+    f
+}
+
+/// Keep an uplink's sighting of a segment (TTL, flags, interface) under
+/// `key`.
+#[inline(always)]
+fn keep(key: &FoldKey, ifindex: u32, seq: u32, ttl: u8, flags: u8, status: u16) {
+    let s = Sighting { ifindex, seq, ttl, flags, status, _pad: [0; 4] };
+    let _ = FOLDS.insert(key, &s, 0);
 }
 
 /// Whether the diagnosis reads a TCP segment (unless every packet is
@@ -483,9 +638,6 @@ pub fn packet<P: Packet>(pkt: &P, version: u8, want: Match, meta: impl FnOnce(bo
 /// of a healthy exchange's packets.
 #[inline(always)]
 fn wanted(inbound: bool, flags: u8, payload: bool, starts_reply: bool) -> bool {
-    if unsafe { core::ptr::read_volatile(&ALL_PACKETS) } != 0 {
-        return true;
-    }
     if inbound {
         flags & (TCP_SYN | TCP_RST) != 0 || starts_reply
     } else {
@@ -529,7 +681,7 @@ fn quoted_len<P: Packet>(pkt: &P, version: u8, l3_len: u32, port: u16) -> Option
 
 /// Copy the first `cap` bytes of `pkt` (at most SNAP_LEN) into a record.
 #[inline(always)]
-fn emit<P: Packet>(pkt: &P, version: u8, cap: u32, meta: &Meta) {
+fn emit<P: Packet>(pkt: &P, version: u8, cap: u32, meta: &Meta, folded: &Folded) {
     let len = pkt.len();
     let mut n = if len < cap { len } else { cap };
     if n > SNAP_LEN as u32 {
@@ -545,6 +697,13 @@ fn emit<P: Packet>(pkt: &P, version: u8, cap: u32, meta: &Meta) {
     rec.reason = meta.reason;
     rec.location = meta.location;
     rec.pkt_len = len;
+    rec.folded = folded.bits;
+    rec.host_ttl = folded.ttl;
+    rec.host_ifindex = folded.ifindex;
+    rec.host_req_ttl = folded.req_ttl;
+    rec.host_req_flags = folded.req_flags;
+    rec.host_req_seq = folded.req_seq;
+    rec.host_status = folded.status;
     if n == 0 || pkt.snapshot(&mut rec.data, n).is_err() {
         n = 0;
     }

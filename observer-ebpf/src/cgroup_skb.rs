@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use observer_ebpf::Hook;
 
-use crate::capture::{self, Match, Meta, Skb, ip_version};
+use crate::capture::{self, Match, Meta, Role, Skb, ip_version};
 
 #[inline(always)]
 fn on_packet(ctx: &SkBuffContext, hook: Hook, want: Match) {
@@ -19,7 +19,7 @@ fn on_packet(ctx: &SkBuffContext, hook: Hook, want: Match) {
     if pkt.outside_endpoints(version, want) {
         return;
     }
-    capture::packet(&pkt, version, want, |_| Meta {
+    capture::packet(&pkt, version, want, Role::Socket, |_| Meta {
         hook,
         ifindex: 0,
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },

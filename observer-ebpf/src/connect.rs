@@ -41,6 +41,7 @@ fn record(ctx: &SockAddrContext, family: u8, addr: [u32; 4]) {
     rec.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     rec.dport = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
     rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    rec.folded = capture::connect_folds();
     let mut i = 0;
     while i < 4 {
         let b = addr[i].to_ne_bytes();

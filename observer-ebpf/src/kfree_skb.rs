@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use observer_ebpf::{Hook, SNAP_LEN, SkbOffsets, snap_len};
 
-use crate::capture::{self, Match, Meta, Packet};
+use crate::capture::{self, Match, Meta, Packet, Role};
 
 #[unsafe(no_mangle)]
 static SKB_OFFSETS: SkbOffsets = SkbOffsets { head: 0, network_header: 0, tail: 0, skb_iif: 0 };
@@ -107,7 +107,7 @@ fn on_drop(ctx: &BtfTracePointContext, reason: u32) -> i32 {
     };
     let linear = tail.saturating_sub(nh as u32);
     let pkt = KernelPacket { ip, len: if ip_len < linear { ip_len } else { linear } };
-    capture::packet(&pkt, version, Match::Any, |inbound| Meta {
+    capture::packet(&pkt, version, Match::Any, Role::Drop, |inbound| Meta {
         hook: Hook::Drop,
         ifindex: 0,
         cgroup_id: 0,

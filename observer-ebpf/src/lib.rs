@@ -225,12 +225,77 @@ pub struct Record {
     pub pkt_len: u32,
     /// Bytes of `data` that are valid.
     pub snap_len: u32,
-    pub _pad: u32,
+    /// With `FOLDED_REPLY`: the uplink the reply came in by.
+    pub host_ifindex: u32,
+    /// What the kernel folded into this record from the uplink (`FOLDED_*`
+    /// bits): a healthy exchange's uplink packets cross the ring inside its
+    /// reply's record, not as records of their own.
+    pub folded: u8,
+    /// `FOLDED_REPLY`: the reply's TTL as it arrived at the host.
+    pub host_ttl: u8,
+    /// `FOLDED_REQUEST`: the request's TTL, and its TCP flags, as it left
+    /// the host (the segment the reply acknowledges; its sequence number is
+    /// `host_req_seq`).
+    pub host_req_ttl: u8,
+    pub host_req_flags: u8,
+    pub host_req_seq: u32,
+    /// `FOLDED_REPLY`: the HTTP status the reply started with at the host
+    /// (a drop's record may not reach its payload).
+    pub host_status: u16,
+    pub _pad: [u8; 6],
     /// Connect: `bpf_get_current_comm`.
     pub comm: [u8; 16],
     /// Connect: destination address (IPv4 in the first 4 bytes).
     pub daddr: [u8; 16],
     pub data: [u8; SNAP_LEN],
+}
+
+/// `Record::folded`: the reply's arrival at the host (`host_ttl`,
+/// `host_ifindex`).
+pub const FOLDED_REPLY: u8 = 1;
+/// `Record::folded`: the departure from the host of the request the reply
+/// acknowledges (`host_req_ttl`, `host_req_flags`, `host_req_seq`).
+pub const FOLDED_REQUEST: u8 = 2;
+
+/// `Record::folded` of a connect: the socket's SYN is not recorded (unless
+/// every packet is asked for); the connect stands for it.
+pub const FOLDED_SYN: u8 = 4;
+
+/// Uplink sightings waiting for the socket hook that folds them (map
+/// FOLDS, an LRU): a reply's arrival waits microseconds for its delivery, a
+/// request's departure one round trip for its reply. 16,384 entries (about
+/// 1.5 MiB): a flood must put more than 16,384 segments to an endpoint on
+/// the uplinks within one such round trip (millions a second) to evict one
+/// before its reply folds it; an evicted sighting only leaves the reply's
+/// record without its host TTLs.
+pub const MAX_FOLDS: u32 = 16_384;
+
+/// Key of map FOLDS: an endpoint (IPv4 address as it sits in the packet,
+/// or an IPv6 one folded), its port (host order), which sighting, and the
+/// sequence number the reply names it by: a reply's own, or the one it
+/// acknowledges (the request's end). NAT rewrites neither.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FoldKey {
+    pub endpoint: u32,
+    pub port: u16,
+    /// `FOLDED_REPLY` or `FOLDED_REQUEST`.
+    pub what: u16,
+    pub seq: u32,
+}
+
+/// Value of map FOLDS: the segment as the uplink saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sighting {
+    pub ifindex: u32,
+    /// The segment's own sequence number.
+    pub seq: u32,
+    pub ttl: u8,
+    pub flags: u8,
+    /// A reply's HTTP status.
+    pub status: u16,
+    pub _pad: [u8; 4],
 }
 
 /// Offsets into the kernel's `struct sk_buff`, read from BTF at load time

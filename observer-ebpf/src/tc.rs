@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use observer_ebpf::Hook;
 
-use crate::capture::{self, Match, Meta, Skb, ip_version};
+use crate::capture::{self, Match, Meta, Role, Skb, ip_version};
 
 /// Ethernet header; userspace attaches only to Ethernet devices.
 const ETH_HLEN: u32 = 14;
@@ -27,7 +27,8 @@ pub fn on_packet(ctx: &TcContext, hook: Hook, want: Match, veth: bool) {
         return;
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    capture::packet(&pkt, version, want, |_| Meta {
+    let role = if veth { Role::Veth } else { Role::Uplink { ifindex } };
+    capture::packet(&pkt, version, want, role, |_| Meta {
         hook,
         ifindex,
         cgroup_id: 0,

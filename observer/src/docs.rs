@@ -708,6 +708,8 @@ fn every_field() -> Vec<Value> {
         })),
         node_info: Some(Box::new(node_info.clone())),
         dropped: Some(Box::new(crate::model::DroppedLines::default())),
+        // Never written.
+        host: Some(crate::model::HostSide::default()),
     };
     let evidence = Evidence {
         imds_tokens: Some("required".into()),

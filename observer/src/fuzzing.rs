@@ -329,7 +329,7 @@ mod tests {
     /// The seeds' record layout (fuzz/seeds.py) is the wire's.
     #[test]
     fn record_header_is_what_the_seeds_write() {
-        assert_eq!(super::RECORD_HEADER, 104);
+        assert_eq!(super::RECORD_HEADER, 120);
     }
 
     /// The hop-limit-1 seed is the exchange it claims to be: the reply dies

@@ -552,7 +552,9 @@ fn tcp_shape(pkt_len: u32, data: &[u8]) -> Option<(bool, u8, usize, bool)> {
 
 /// As deployed, the kernel hands over only the packets the diagnosis reads:
 /// no pure ACK, no reply segment after the first, no FIN from the
-/// endpoint (drops aside); `--events packets` still gets every one. With replies cut in
+/// endpoint (drops aside), nothing from the uplinks (their TTLs folded into
+/// the replies' records) and no SYN from the socket (its connect stands for
+/// it); `--events packets` still gets every one. With replies cut in
 /// 88-byte segments, the diagnosis from the fewer records is the same:
 /// healthy, hops and hop limit known, every request counted.
 #[test]
@@ -574,8 +576,18 @@ fn as_deployed_the_kernel_hands_over_only_what_the_diagnosis_reads() {
         let events = obs.finish(SETTLE);
         let raw = std::fs::read(&dump).unwrap();
         std::fs::remove_file(&dump).ok();
+        let records = raw_records(&raw);
+        // The uplinks (tc, hooks 3 and 4) fold into the socket's records of
+        // a healthy exchange, and its connect stands for the socket's SYN.
+        let uplink = records.iter().filter(|(hook, _, _)| matches!(hook, 3 | 4)).count();
+        let socket_syns = records
+            .iter()
+            .filter(|(hook, _, _)| *hook == 1)
+            .filter_map(|(_, len, d)| tcp_shape(*len, d))
+            .filter(|s| s.1 & 0x17 == 0x02)
+            .count();
         // Drops (hook 6) are kept whatever they carry.
-        let shapes: Vec<_> = raw_records(&raw)
+        let shapes: Vec<_> = records
             .iter()
             .filter(|(hook, _, _)| *hook != 6)
             .filter_map(|(_, len, d)| tcp_shape(*len, d))
@@ -585,8 +597,10 @@ fn as_deployed_the_kernel_hands_over_only_what_the_diagnosis_reads() {
         let endpoint_fins = shapes.iter().filter(|s| s.0 && s.1 & 0x01 != 0 && s.2 == 0).count();
         if level == "packets" {
             assert!(pure_acks > 0 && later_segments > 0, "every packet at `packets`");
+            assert!(uplink > 0 && socket_syns > 0, "every packet at every hook");
         } else {
             assert_eq!((pure_acks, later_segments, endpoint_fins), (0, 0, 0), "{shapes:?}");
+            assert_eq!((uplink, socket_syns), (0, 0), "folded: {shapes:?}");
             let mine: Vec<&Value> =
                 events.iter().filter(|e| e["cgroup"] == c.cgroup_rel().as_str()).collect();
             assert!(mine.iter().all(|e| e["type"] != "exchange"), "all healthy: {mine:#?}");

@@ -479,7 +479,8 @@ fn run_tests(cmd: &mut Command) -> Result<Tally> {
 }
 
 /// The lab tests every kernel of the matrix runs: hop limit 1 and 2, IPv6,
-/// the diagnosis with its evidence, detach on exit and restart, and the
+/// the diagnosis with its evidence as deployed (the uplinks folded into the
+/// records of delivered and of dropped replies), detach on exit and restart, and the
 /// start-up errors. (test binary, exact test names)
 const MATRIX_TESTS: &[(&str, &[&str])] = &[
     (
@@ -490,7 +491,13 @@ const MATRIX_TESTS: &[(&str, &[&str])] = &[
             "ipv6_endpoint_hop_limit_1_is_dropped_too",
         ],
     ),
-    ("diagnose_lab", &["hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback"]),
+    (
+        "diagnose_lab",
+        &[
+            "hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback",
+            "tokenless_container_on_a_hop_limit_1_host_is_at_risk",
+        ],
+    ),
     (
         "cli_lab",
         &[

@@ -104,6 +104,17 @@ pub(super) fn handle(
     }
     c.learn_identity(&ev.container);
     let mut cx = Cx { cfg, ts, flow, c, fx: Effects::default() };
+    // The uplinks' sightings folded into a reply's record: as if their own
+    // events had come first, as they do at `--events packets`.
+    if let Some(h) = &ev.host {
+        if let Some((seq, flags, ttl)) = h.request {
+            sample_ttl(&mut cx, seq, flags, ttl, false);
+        }
+        if h.ttl.is_some() {
+            let status = h.status.or(ev.status);
+            host_ingress(&mut cx, ev.seq, status, payload(ev), h.ttl, h.iface.as_ref());
+        }
+    }
     match kind {
         Kind::Request => on_request(&mut cx, ev),
         Kind::Reply => on_reply(&mut cx, ev),
@@ -147,9 +158,7 @@ pub(super) fn payload(ev: &Event) -> bool {
 
 /// Forwarding hops: a packet the socket sent and the same packet (flow, seq,
 /// flags) leaving the uplink, whichever is seen first.
-pub(super) fn sample_ttl(cx: &mut Cx, ev: &Event, sent: bool) {
-    let (Some(seq), Some(ttl)) = (ev.seq, ev.ttl) else { return };
-    let flags = ev.flags();
+pub(super) fn sample_ttl(cx: &mut Cx, seq: u32, flags: TcpFlags, ttl: u8, sent: bool) {
     let (mine, other) = if sent {
         (&mut cx.flow.sent_ttl, &cx.flow.egress_ttl)
     } else {
@@ -173,7 +182,9 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
     if cx.flow.endpoint.is_none() {
         cx.flow.endpoint = ev.dst;
     }
-    sample_ttl(cx, ev, true);
+    if let (Some(seq), Some(ttl)) = (ev.seq, ev.ttl) {
+        sample_ttl(cx, seq, flags, ttl, true);
+    }
     if flags.is_syn() && cx.flow.syn_ts.is_none() && !cx.flow.connect_done {
         cx.flow.syn_ts = Some(cx.ts);
     }
@@ -355,18 +366,30 @@ pub(super) fn on_reply(cx: &mut Cx, ev: &Event) {
 }
 
 pub(super) fn on_host_ingress(cx: &mut Cx, ev: &Event) {
-    if ev.status.is_none() && !payload(ev) {
+    host_ingress(cx, ev.seq, ev.status, payload(ev), ev.ttl, ev.iface.as_ref());
+}
+
+/// A reply's segment arriving on an uplink.
+pub(super) fn host_ingress(
+    cx: &mut Cx,
+    seq: Option<u32>,
+    status: Option<u16>,
+    payload: bool,
+    ttl: Option<u8>,
+    iface: Option<&std::sync::Arc<str>>,
+) {
+    if status.is_none() && !payload {
         return;
     }
-    let Some(i) = match_resp(cx.flow, ev.seq, ev.status, payload(ev)) else { return };
+    let Some(i) = match_resp(cx.flow, seq, status, payload) else { return };
     let ex = &mut cx.flow.exchanges[i];
     let r = ex.resp.as_mut().expect("matched");
     r.seen_at_host = true;
-    if ev.ttl.is_some() {
-        r.ttl_at_host = ev.ttl;
+    if ttl.is_some() {
+        r.ttl_at_host = ttl;
     }
     if r.iface.is_none() {
-        r.iface = ev.iface.clone();
+        r.iface = iface.cloned();
     }
     if ex.kind == ReqKind::Token && r.status.is_some() {
         cx.fx.hop_limit = r.ttl_at_host.or(cx.fx.hop_limit);
@@ -375,7 +398,9 @@ pub(super) fn on_host_ingress(cx: &mut Cx, ev: &Event) {
 }
 
 pub(super) fn on_host_egress(cx: &mut Cx, ev: &Event) {
-    sample_ttl(cx, ev, false);
+    if let (Some(seq), Some(ttl)) = (ev.seq, ev.ttl) {
+        sample_ttl(cx, seq, ev.flags(), ttl, false);
+    }
 }
 
 /// A TTL (hop limit) expiry while forwarding: by reason name, or (kernels

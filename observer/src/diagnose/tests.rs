@@ -1749,3 +1749,83 @@ fn where_nothing_says_the_block_is_deliberate_the_quick_fix_comes_with_the_lasti
     let f = d.findings().into_iter().find(|f| f.kind == FindingKind::HopLimitExceeded).unwrap();
     assert!(!f.summary.contains("require IMDSv2"), "{}", f.summary);
 }
+
+/// The stream as the kernel hands it over by default: the uplinks'
+/// sightings of a request (by the sequence number its reply acknowledges)
+/// and of a reply's start ride on the reply's event (delivered, or
+/// dropped), and no other uplink packet crosses but ICMP errors.
+pub(crate) fn folded(events: &[Event]) -> Vec<Event> {
+    type Sighting = (Option<std::sync::Arc<str>>, u8);
+    let mut requests: Vec<(u32, (u32, TcpFlags, u8), Sighting)> = Vec::new();
+    let mut replies: Vec<(u32, Option<u16>, Sighting)> = Vec::new();
+    let mut out = Vec::new();
+    for e in events {
+        let data = e.len.is_some_and(|l| l > 0);
+        match (e.kind, e.seq, e.ttl) {
+            (Kind::HostEgress, Some(seq), Some(ttl)) if e.proto != Some(Proto::Icmp) => {
+                if data {
+                    let end = seq.wrapping_add(e.len.unwrap());
+                    requests.push((end, (seq, e.flags(), ttl), (e.iface.clone(), ttl)));
+                }
+            }
+            (Kind::HostIngress, Some(seq), Some(ttl)) => {
+                if e.status.is_some() {
+                    replies.push((seq, e.status, (e.iface.clone(), ttl)));
+                }
+            }
+            (Kind::Reply | Kind::Drop, Some(seq), _) if e.via.is_none() && data => {
+                let mut e = e.clone();
+                let mut h = crate::model::HostSide::default();
+                let consume = e.kind == Kind::Reply && e.status.is_some();
+                if let Some(i) = replies.iter().position(|r| r.0 == seq) {
+                    let (_, status, (iface, ttl)) =
+                        if consume { replies.remove(i) } else { replies[i].clone() };
+                    (h.ttl, h.status, h.iface) = (Some(ttl), status, iface);
+                }
+                if let Some(i) = requests.iter().position(|r| Some(r.0) == e.ack) {
+                    let (_, request, (iface, _)) =
+                        if consume { requests.remove(i) } else { requests[i].clone() };
+                    h.request = Some(request);
+                    h.iface = h.iface.or(iface);
+                }
+                if h != Default::default() {
+                    e.host = Some(h);
+                }
+                out.push(e);
+            }
+            _ => out.push(e.clone()),
+        }
+    }
+    out
+}
+
+/// What the kernel folds by default changes no verdict, evidence, timeline
+/// or fix: the same findings as from every packet of every hook.
+#[test]
+fn folded_uplink_sightings_give_the_packets_verdicts() {
+    let ctr = Ctr::new("node-a", 77, "/lab/router/ctr", "10.99.0.2", 2);
+    let mut two_hops = Vec::new();
+    let mut a = ctr.conn(5);
+    two_hops.extend(a.connect(0));
+    two_hops.extend(a.put_token(1));
+    two_hops.extend(a.respond(2, 200, 3));
+    two_hops.extend(a.request(4, "GET", CREDS, true));
+    two_hops.extend(a.respond(5, 200, 64));
+    for stream in [hop_limit_failure(), js_v2(), two_hops] {
+        let f = folded(&stream);
+        assert!(f.len() < stream.len() && f.iter().any(|e| e.host.is_some()), "{f:#?}");
+        assert!(f.iter().all(|e| e.kind != Kind::HostIngress), "{f:#?}");
+        let json = |fs: Vec<Finding>| {
+            fs.into_iter()
+                .map(|f| {
+                    let mut v = serde_json::to_value(f).unwrap();
+                    v.as_object_mut().unwrap().remove("ts");
+                    v
+                })
+                .collect::<Vec<_>>()
+        };
+        let (want, got) = (json(packet_verdicts(&stream)), json(packet_verdicts(&f)));
+        assert!(!want.is_empty());
+        assert_eq!(got, want);
+    }
+}

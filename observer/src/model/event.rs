@@ -240,6 +240,25 @@ pub struct Event {
     /// output_dropped: the lines of `count`, by kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped: Option<Box<DroppedLines>>,
+    /// `reply`, `drop`: what the uplinks saw of this reply and of the
+    /// request it answers, folded by the kernel into its record. Never
+    /// written: at `--events packets` they are `host_ingress` and
+    /// `host_egress` lines of their own.
+    #[serde(skip)]
+    pub host: Option<HostSide>,
+}
+
+/// A reply's uplink side (see `Event::host`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostSide {
+    /// The uplink.
+    pub iface: Option<std::sync::Arc<str>>,
+    /// The reply as it arrived: its TTL and the status it started with.
+    pub ttl: Option<u8>,
+    pub status: Option<u16>,
+    /// The request segment the reply acknowledges, as it left: sequence
+    /// number, flags, TTL.
+    pub request: Option<(u32, TcpFlags, u8)>,
 }
 
 impl Event {
@@ -287,6 +306,7 @@ impl Event {
             summary: None,
             node_info: None,
             dropped: None,
+            host: None,
         }
     }
 

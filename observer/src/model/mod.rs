@@ -14,8 +14,8 @@ mod tcp_flags;
 pub use container::{Container, NETNS_KEY, Nomad};
 pub use endpoint::{DEFAULT_PORT, Endpoint};
 pub use event::{
-    DroppedLines, Event, Kind, Line, MAX_LINE, Outcome, Proto, Quantiles, Summary, read_line,
-    rfc3339,
+    DroppedLines, Event, HostSide, Kind, Line, MAX_LINE, Outcome, Proto, Quantiles, Summary,
+    read_line, rfc3339,
 };
 pub use node::{NodeInfo, Provisioner};
 pub use sdk::Sdk;

@@ -223,9 +223,7 @@ impl Pipeline {
     /// Process the held records of the flows `cookies`, in order.
     fn release(&mut self, cookies: &[u64], out: &mut Vec<Event>) {
         for h in self.held.take(cookies) {
-            if let Some(ev) = self.event_for(&h) {
-                out.push(ev);
-            }
+            self.event_for(&h, out);
         }
     }
 
@@ -311,7 +309,7 @@ impl Pipeline {
             Some(Hook::CgroupEgress | Hook::CgroupIngress) if self.waits_for_veth(rec) => {
                 // Bounded: under a flood the oldest go out unnamed.
                 if let Some(oldest) = self.held.push(*rec) {
-                    out.extend(self.event_for(&oldest));
+                    self.event_for(&oldest, out);
                 }
             }
             Some(Hook::VethIngress) => {
@@ -327,7 +325,7 @@ impl Pipeline {
                     (Err(_), _) => self.skipped.malformed += 1,
                 }
             }
-            _ => out.extend(self.event_for(rec)),
+            _ => self.event_for(rec, out),
         }
     }
 
@@ -339,12 +337,14 @@ impl Pipeline {
         }
     }
 
-    /// An event for `rec`, if it makes one (connects only teach the table).
-    fn event_for(&mut self, rec: &Record) -> Option<Event> {
+    /// The events `rec` makes, appended to `out`: none for a connect (it
+    /// teaches the table), and before a reply or a drop the uplink's
+    /// sightings the kernel folded into it.
+    fn event_for(&mut self, rec: &Record, out: &mut Vec<Event>) {
         self.sweep(rec.ts_ns);
         let Some(hook) = Hook::try_from(rec.hook).ok() else {
             self.skipped.unknown_hook += 1;
-            return None;
+            return;
         };
         if hook == Hook::Connect {
             let comm = comm(&rec.comm);
@@ -353,22 +353,70 @@ impl Pipeline {
             let f = self.flows.on_connect(rec.cookie, rec.cgroup_id, pid, comm, rec.ts_ns);
             f.netns_cookie = rec.netns_cookie;
             f.veth = f.veth.or(veth);
-            return None;
+            if rec.folded & observer_ebpf::FOLDED_SYN != 0 {
+                let flow = f.clone();
+                out.push(self.connect_syn(rec, flow));
+            }
+            return;
         }
         let n = (rec.snap_len as usize).min(rec.data.len());
         let pkt = match decode::decode(&rec.data[..n], rec.family) {
             Ok(p) => p,
             Err(_) => {
                 self.skipped.malformed += 1;
-                return None;
+                return;
             }
         };
-        match hook {
+        let ev = match hook {
             Hook::CgroupEgress | Hook::CgroupIngress => self.socket_packet(hook, rec, &pkt),
             Hook::TcEgress if pkt.icmp.is_some() => self.icmp_drop(rec, &pkt),
             Hook::TcIngress | Hook::TcEgress => self.uplink_packet(hook, rec, &pkt),
             Hook::Drop => self.drop(rec, &pkt),
             Hook::Connect | Hook::VethIngress | Hook::CgroupMkdir => None,
+        };
+        let Some(mut ev) = ev else { return };
+        if rec.folded & (observer_ebpf::FOLDED_REPLY | observer_ebpf::FOLDED_REQUEST) != 0 {
+            ev.host = Some(self.host_side(rec));
+        }
+        out.push(ev);
+    }
+
+    /// The SYN a connect stands for (`FOLDED_SYN`): the kernel records the
+    /// connect, not the socket's SYN that follows it.
+    fn connect_syn(&mut self, rec: &Record, flow: Flow) -> Event {
+        let mut ev = self.event(Kind::Request, rec.ts_ns);
+        self.with_flow(&mut ev, Some(flow));
+        let ip: std::net::IpAddr = if rec.family == 6 {
+            std::net::Ipv6Addr::from(rec.daddr).into()
+        } else {
+            std::net::Ipv4Addr::new(rec.daddr[0], rec.daddr[1], rec.daddr[2], rec.daddr[3]).into()
+        };
+        ev.dst = Some(SocketAddr::new(ip, rec.dport));
+        ev.proto = Some(model::Proto::Tcp);
+        ev.tcp_flags = Some(TcpFlags::SYN);
+        ev.len = Some(0);
+        ev
+    }
+
+    /// The uplink's sightings the kernel folded into a reply's (or a
+    /// dropped reply's) record.
+    fn host_side(&self, rec: &Record) -> model::HostSide {
+        let iface = self
+            .names
+            .ifaces
+            .get(&rec.host_ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("if{}", rec.host_ifindex).into());
+        let reply = rec.folded & observer_ebpf::FOLDED_REPLY != 0;
+        let request = rec.folded & observer_ebpf::FOLDED_REQUEST != 0;
+        model::HostSide {
+            iface: Some(iface),
+            ttl: reply.then_some(rec.host_ttl),
+            status: (reply && rec.host_status != 0).then_some(rec.host_status),
+            request: request.then(|| {
+                let flags = TcpFlags::from_bits_truncate(rec.host_req_flags);
+                (rec.host_req_seq, flags, rec.host_req_ttl)
+            }),
         }
     }
 
@@ -667,6 +715,95 @@ mod tests {
         let flows = evs.iter().find(|e| e.via.as_deref() == Some("flows")).unwrap();
         assert_eq!((flows.count, flows.src), (Some(1000), None));
         assert!(evs.iter().any(|e| e.cgroup_id == Some(42) && e.count == Some(7)));
+    }
+
+    /// 169.254.169.254:80 → 198.18.2.2:40000, TTL 64: the first segment
+    /// of a reply (`HTTP/1.1 200 OK`), or (`status` false) a segment of
+    /// the same length past the linear data.
+    fn reply(seq: u32, ack: u32, status: bool) -> Vec<u8> {
+        let body: &[u8] = if status { b"HTTP/1.1 200 OK\r" } else { &[0; 16] };
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(40 + body.len() as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[169, 254, 169, 254]);
+        p[16..20].copy_from_slice(&[198, 18, 2, 2]);
+        p[20..22].copy_from_slice(&80u16.to_be_bytes());
+        p[22..24].copy_from_slice(&40000u16.to_be_bytes());
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[28..32].copy_from_slice(&ack.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x18;
+        p.extend_from_slice(body);
+        p
+    }
+
+    fn with_packet(mut r: Record, p: &[u8]) -> Record {
+        r.data[..p.len()].copy_from_slice(p);
+        r.snap_len = p.len() as u32;
+        r.pkt_len = p.len() as u32;
+        r
+    }
+
+    /// What the kernel folded into a reply's record rides on the reply's
+    /// event (the diagnosis reads it as the uplink's); and a connect that
+    /// stands for its socket's SYN is that SYN.
+    #[test]
+    fn folded_sightings_ride_on_the_reply() {
+        use observer_ebpf::{FOLDED_REPLY, FOLDED_REQUEST, FOLDED_SYN};
+        let mut p = pipeline(false);
+        let mut out = Vec::new();
+        let mut c = connect(0, 5, HOST_NS);
+        c.folded = FOLDED_SYN;
+        c.daddr[..4].copy_from_slice(&[169, 254, 169, 254]);
+        c.dport = 80;
+        p.process(&c, &mut out);
+        let syn = out.pop().expect("the SYN the connect stands for");
+        assert!(out.is_empty());
+        assert_eq!(
+            (syn.kind, syn.tcp_flags, syn.flow),
+            (Kind::Request, Some(TcpFlags::SYN), Some(5))
+        );
+        assert_eq!(syn.dst, Some("169.254.169.254:80".parse().unwrap()));
+        assert_eq!(syn.pid, Some(4242));
+
+        let mut r = with_packet(rec(Hook::CgroupIngress, MS, 5), &reply(900, 161, true));
+        r.cgroup_id = 1;
+        r.folded = FOLDED_REPLY | FOLDED_REQUEST;
+        (r.host_ttl, r.host_req_ttl, r.host_ifindex) = (2, 63, 1);
+        (r.host_req_seq, r.host_req_flags, r.host_status) = (101, 0x18, 200);
+        p.process(&r, &mut out);
+        let [ev] = out.as_slice() else { panic!("{out:?}") };
+        assert_eq!(
+            (ev.kind, ev.seq, ev.ttl, ev.status),
+            (Kind::Reply, Some(900), Some(64), Some(200))
+        );
+        let host = ev.host.as_ref().expect("folded");
+        assert_eq!(
+            (host.ttl, host.status, host.iface.as_deref()),
+            (Some(2), Some(200), Some("if1"))
+        );
+        assert_eq!(host.request, Some((101, TcpFlags::PSH | TcpFlags::ACK, 63)));
+        assert!(!serde_json::to_string(ev).unwrap().contains("host"), "never written");
+
+        // A drop's record may not reach the reply's status line: the
+        // uplink's sighting says it.
+        out.clear();
+        let mut d = with_packet(rec(Hook::Drop, 2 * MS, 0), &reply(900, 161, false));
+        d.folded = FOLDED_REPLY;
+        (d.host_ttl, d.host_ifindex, d.host_status) = (1, 1, 200);
+        p.process(&d, &mut out);
+        let [ev] = out.as_slice() else { panic!("{out:?}") };
+        assert_eq!((ev.kind, ev.status, ev.flow), (Kind::Drop, None, Some(5)));
+        let host = ev.host.as_ref().expect("folded");
+        assert_eq!((host.ttl, host.status, host.request), (Some(1), Some(200), None));
+        // Nothing folded: nothing rides.
+        out.clear();
+        let plain = with_packet(rec(Hook::CgroupIngress, 3 * MS, 5), &reply(1000, 161, true));
+        p.process(&plain, &mut out);
+        assert_eq!(kinds(&out), [(Kind::Reply, Some(1000))]);
+        assert!(out[0].host.is_none());
     }
 
     #[test]

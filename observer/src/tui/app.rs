@@ -407,9 +407,13 @@ impl App {
             return;
         }
         let node = self.node(&ev.node);
-        if let (Kind::HostIngress | Kind::HostEgress | Kind::Exchange, Some(iface)) =
-            (ev.kind, &ev.iface)
-        {
+        // The uplink, also where the kernel folded its sightings into a
+        // reply's record.
+        let uplink = match ev.kind {
+            Kind::HostIngress | Kind::HostEgress | Kind::Exchange => ev.iface.as_ref(),
+            _ => ev.host.as_ref().and_then(|h| h.iface.as_ref()),
+        };
+        if let Some(iface) = uplink {
             let up = &mut self.nodes[node].uplinks;
             if up.len() < MAX_UPLINKS && !up.iter().any(|u| **u == **iface) {
                 up.push(iface.to_string());

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     diagnose::{
         Config, Diagnoser, FindingKind,
-        tests::{Conn, Ctr, hop_limit_failure},
+        tests::{Conn, Ctr, folded, hop_limit_failure},
     },
     model::Event,
 };
@@ -398,6 +398,10 @@ fn healthy_host() {
     v.extend(c.connect(10));
     v.extend(c.put_token(11));
     v.extend(c.respond(12, 200, 2));
+    // As the kernel hands it over by default (the uplinks folded into the
+    // replies), the node's line is the same.
+    let (_, l) = screen(&mut app(&folded(&v)), 100, 30);
+    assert_eq!(l[1], "node node-a · uplinks eth0 · hop limit 2");
     let mut a = app(&v);
     let (b, l) = screen(&mut a, 100, 30);
     assert_eq!(l[1], "node node-a · uplinks eth0 · hop limit 2");
