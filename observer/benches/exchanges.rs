@@ -137,8 +137,8 @@ impl Write for Counted {
 
 /// The records of `REQUESTS` requests at `RATE`, round robin over the
 /// workloads: what the kernel hands over by default for each (connect;
-/// SYN, request and FIN out and SYN|ACK and the reply's first segment in,
-/// at the socket and on the uplink).
+/// request and FIN out, SYN|ACK and the reply's first segment in, at the
+/// socket; the uplink's sightings folded into the reply's record).
 fn traffic() -> Vec<Record> {
     let start = mono_now_ns();
     let mut out = Vec::new();
@@ -159,23 +159,23 @@ fn traffic() -> Vec<Record> {
             out.push(c.record(hook, at, flags, seq, ack, payload, ttl));
             at += 20_000;
         };
+        // The connect stands for the SYN; the uplinks' sightings ride on
+        // the reply's record.
         out.push(c.connect(ts));
         let (s, p) = (c.seq, c.peer_seq);
-        step(Hook::CgroupEgress, TCP_SYN, s, 0, b"", 64, &mut out);
-        step(Hook::TcEgress, TCP_SYN, s, 0, b"", 63, &mut out);
-        step(Hook::TcIngress, TCP_SYN | TCP_ACK, p, s + 1, b"", 64, &mut out);
         step(Hook::CgroupIngress, TCP_SYN | TCP_ACK, p, s + 1, b"", 63, &mut out);
         let req = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\
                     X-aws-ec2-metadata-token: AQAEAExampleTokenValue==\r\nConnection: close\r\n\r\n";
         let flags = TCP_PSH | TCP_ACK;
         step(Hook::CgroupEgress, flags, s + 1, p + 1, req, 64, &mut out);
-        step(Hook::TcEgress, flags, s + 1, p + 1, req, 63, &mut out);
         let n = req.len() as u32;
         let reply = b"HTTP/1.1 200 OK\r\n";
-        step(Hook::TcIngress, flags, p + 1, s + 1 + n, reply, 2, &mut out);
-        step(Hook::CgroupIngress, flags, p + 1, s + 1 + n, reply, 1, &mut out);
+        step(Hook::CgroupIngress, flags, p + 1, s + 1 + n, reply, 63, &mut out);
+        let r = out.last_mut().expect("the reply");
+        r.folded = observer_ebpf::FOLDED_REPLY | observer_ebpf::FOLDED_REQUEST;
+        (r.host_ttl, r.host_status, r.host_ifindex) = (64, 200, UPLINK);
+        (r.host_req_ttl, r.host_req_flags, r.host_req_seq) = (63, flags, s + 1);
         step(Hook::CgroupEgress, TCP_FIN | TCP_ACK, s + 1 + n, p + 200, b"", 64, &mut out);
-        step(Hook::TcEgress, TCP_FIN | TCP_ACK, s + 1 + n, p + 200, b"", 63, &mut out);
     }
     out
 }
@@ -205,6 +205,7 @@ impl Conn {
         r.cgroup_id = self.cgroup;
         r.cookie = self.cookie;
         r.pid_tgid = (10_000 + self.cgroup) << 32;
+        r.folded = observer_ebpf::FOLDED_SYN;
         r.netns_cookie = 100 + self.cgroup;
         r.dport = 80;
         r.daddr[..4].copy_from_slice(&IMDS);

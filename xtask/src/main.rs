@@ -433,6 +433,18 @@ struct Tally {
 }
 
 impl Tally {
+    /// A guest ran fewer tests than its script names (`--exact` runs none
+    /// of a renamed or deleted test, silently): each missing one fails.
+    fn expect_ran(&mut self, named: u64, kernel: &str) {
+        let ran = self.passed + self.failed;
+        if ran < named {
+            eprintln!(
+                "kernel {kernel}: {ran} of the {named} matrix tests ran: a name in MATRIX_TESTS matches no test"
+            );
+            self.failed += named - ran;
+        }
+    }
+
     /// Count a libtest summary line:
     /// "test result: ok. 12 passed; 0 failed; 3 ignored; ...".
     fn count(&mut self, line: &str) {
@@ -568,6 +580,11 @@ fn matrix_script(tests: &[(&str, Vec<String>)]) -> Result<String> {
     Ok(script)
 }
 
+/// How many tests a guest's script names.
+fn scenarios(tests: &[(&str, Vec<String>)]) -> u64 {
+    tests.iter().map(|(_, names)| names.len() as u64).sum()
+}
+
 /// The matrix's tests for kernel `k`; kernels without drop reasons also
 /// run the `old_kernel_` tests.
 fn matrix_tests(k: &vm::Unpacked) -> Vec<(&'static str, Vec<String>)> {
@@ -600,7 +617,8 @@ fn kernel_matrix() -> Result<Tally> {
             .map(|(k, script)| {
                 s.spawn(move || {
                     let t0 = std::time::Instant::now();
-                    let t = vm::boot(k, script, GUEST_LIMIT)?;
+                    let mut t = vm::boot(k, script, GUEST_LIMIT)?;
+                    t.expect_ran(scenarios(&matrix_tests(k)), &k.release);
                     eprintln!(
                         "kernel {}: {} passed, {} failed in {:.0?}",
                         k.release,
@@ -649,7 +667,11 @@ fn vm_one(kernel: &str, tests: &[String]) -> Result<()> {
             .map(|t| (t, tests.to_vec()))
             .collect()
     };
-    let t = vm::boot(&k, &matrix_script(&selected)?, GUEST_LIMIT)?;
+    let mut t = vm::boot(&k, &matrix_script(&selected)?, GUEST_LIMIT)?;
+    t.expect_ran(
+        if tests.is_empty() { scenarios(&selected) } else { tests.len() as u64 },
+        &k.release,
+    );
     println!("xtask: {} passed, {} failed", t.passed, t.failed);
     if t.failed > 0 {
         bail!("{} tests failed on {}", t.failed, k.release);
@@ -702,6 +724,32 @@ mod tests {
         let file =
             std::fs::read_to_string(root_dir().join("observer-ebpf/rust-toolchain.toml")).unwrap();
         assert!(file.contains("\"rust-src\""), "{file}");
+    }
+
+    /// A guest that ran fewer tests than it was given names (a test
+    /// renamed or deleted) fails for each, and every name in the matrix is
+    /// a test of its binary today.
+    #[test]
+    fn the_matrix_runs_every_test_it_names() {
+        let mut t = Tally::default();
+        t.count("test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 7 filtered out");
+        t.expect_ran(3, "5.10");
+        assert_eq!((t.passed, t.failed), (2, 1));
+        let mut t = Tally { passed: 3, failed: 0 };
+        t.expect_ran(3, "5.10");
+        assert_eq!(t.failed, 0);
+        for (binary, names) in MATRIX_TESTS {
+            let path = root_dir().join(format!("tests/tests/{binary}.rs"));
+            let src = std::fs::read_to_string(&path).unwrap();
+            for name in *names {
+                assert!(src.contains(&format!("fn {name}()")), "{name} is no test of {binary}");
+            }
+        }
+        assert!(
+            std::fs::read_to_string(root_dir().join("tests/tests/cli_lab.rs"))
+                .unwrap()
+                .contains("fn old_kernel_verifier_rejection_shows_its_last_lines()")
+        );
     }
 
     #[test]
