@@ -220,6 +220,10 @@ fn metric_names_of_an_expression() {
         ["x", "y"]
     );
     assert_eq!(names(r#"absent(up{job="imds-observer"})"#), ["up"]);
+    assert_eq!(
+        names(r#"histogram_quantile(0.99, sum by (le) (rate(h_bucket{node=~"$node"}[1m])))"#),
+        ["h_bucket"]
+    );
 }
 
 #[test]

@@ -30,7 +30,7 @@ mod outcome;
 pub mod replay;
 mod state;
 pub use api::{ContainerView, Diagnoser};
-pub use state::Counts;
+pub use state::{Counts, LATENCY_LE, ReqKind};
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -48,7 +48,7 @@ use foldhash::{HashMap, HashMapExt};
 use state::{
     AttemptRec, ContainerState, Emitted, Exchange, FlowState, HopEpisode, MAX_DROP_REASONS,
     MAX_EXCHANGES, MAX_PATHS, MAX_PENDING_DROPS, MAX_REQ_SEQS, MAX_TTL_SAMPLES, NodeState, Outcome,
-    PendingDrop, ReqKind, Resp, StatusState, Ts, TtlSample, round3, secs, since,
+    PendingDrop, Resp, StatusState, Ts, TtlSample, round3, secs, since,
 };
 
 use crate::model::{Event, Kind, NodeInfo, TcpFlags, bounded::oldest_eighth};

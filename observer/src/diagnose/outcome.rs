@@ -70,6 +70,7 @@ pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
     }
     if let Some(l) = latency {
         c.latency.add(l);
+        c.counts.answered(kind, l);
     }
     match new {
         Outcome::Status(s) => {

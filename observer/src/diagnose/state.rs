@@ -343,11 +343,49 @@ pub struct Counts {
     pub replies_lost: u64,
     /// Records its budget held back (`suppressed` events).
     pub suppressed: u64,
+    /// Exchanges answered (reply delivered), by [ReqKind as usize]: how
+    /// many took at most each of `LATENCY_LE` (the last: longer), and the
+    /// sum of their latencies in microseconds.
+    pub latency: [[u64; LATENCY_LE.len() + 1]; 3],
+    pub latency_us: [u64; 3],
 }
+
+/// Upper edges of the latency buckets, in seconds: 1 ms to 10 s (the
+/// SDKs' timeouts are 1 to 5 s).
+pub const LATENCY_LE: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 impl Counts {
     pub fn request(&mut self, kind: ReqKind, token_header: bool) {
         self.requests[kind as usize][usize::from(kind == ReqKind::Token || token_header)] += 1;
+    }
+
+    /// An exchange of `kind` answered after `latency`.
+    pub fn answered(&mut self, kind: ReqKind, latency: std::time::Duration) {
+        let s = latency.as_secs_f64();
+        let b = LATENCY_LE.iter().position(|&le| s <= le).unwrap_or(LATENCY_LE.len());
+        self.latency[kind as usize][b] += 1;
+        self.latency_us[kind as usize] += latency.as_micros() as u64;
+    }
+
+    /// Every counter, in one order (to compare and subtract them whole).
+    pub fn cells(&self) -> impl Iterator<Item = u64> + '_ {
+        self.requests
+            .iter()
+            .flatten()
+            .chain([&self.replies_lost, &self.suppressed])
+            .chain(self.latency.iter().flatten())
+            .chain(&self.latency_us)
+            .copied()
+    }
+
+    pub fn cells_mut(&mut self) -> impl Iterator<Item = &mut u64> + '_ {
+        self.requests
+            .iter_mut()
+            .flatten()
+            .chain([&mut self.replies_lost, &mut self.suppressed])
+            .chain(self.latency.iter_mut().flatten())
+            .chain(&mut self.latency_us)
     }
 }
 

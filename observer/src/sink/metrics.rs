@@ -22,6 +22,9 @@
 //!   kernel, never delivered), each reply once whatever its retransmissions.
 //! - `suppressed_total{node,workload,namespace}`: records of the workload its
 //!   budget held back in the kernel (a flood from it), when there were any.
+//! - `exchange_latency_seconds{node,workload,namespace,kind}`: histogram of
+//!   request sent → reply delivered, answered exchanges only, buckets
+//!   `diagnose::LATENCY_LE` (1 ms to 10 s), from the Diagnoser's counts.
 //! - `drops_total{node,reason}`: kernel drops (not the ICMP evidence).
 //! - `findings{node,workload,namespace,kind}`: 1 per finding kind that holds
 //!   now (including `healthy`), rebuilt on every update.
@@ -73,7 +76,7 @@ use prometheus_client::{
 
 use super::output::{Dropped, LineKind};
 use crate::{
-    diagnose::{ContainerView, Counts, Diagnoser, Finding, FindingKind},
+    diagnose::{ContainerView, Counts, Diagnoser, Finding, FindingKind, LATENCY_LE},
     model::{Container, Event, Kind, bounded::oldest_eighth},
 };
 
@@ -232,10 +235,8 @@ fn who(c: &Container, parse_path: bool) -> Option<Who> {
 
 struct Workload {
     last_seen: SystemTime,
-    /// [kind][version].
-    requests: [[u64; 2]; 3],
-    replies_lost: u64,
-    suppressed: u64,
+    /// Its containers' counters, summed.
+    counts: Counts,
     findings: BTreeSet<FindingKind>,
     forwarding_hops: Option<u8>,
 }
@@ -244,9 +245,7 @@ impl Workload {
     fn new(ts: SystemTime) -> Self {
         Self {
             last_seen: ts,
-            requests: [[0; 2]; 3],
-            replies_lost: 0,
-            suppressed: 0,
+            counts: Counts::default(),
             findings: BTreeSet::new(),
             forwarding_hops: None,
         }
@@ -271,18 +270,13 @@ struct Node {
 /// What grew from `before` to `now`; all of `now` after a reset (the
 /// Diagnoser evicted the container and met it again).
 fn growth(before: &Counts, now: &Counts) -> Counts {
-    let cells = |c: &Counts| {
-        c.requests.into_iter().flatten().chain([c.replies_lost, c.suppressed]).collect::<Vec<_>>()
-    };
-    if cells(now).iter().zip(cells(before)).any(|(n, b)| *n < b) {
+    if now.cells().zip(before.cells()).any(|(n, b)| n < b) {
         return *now;
     }
     let mut d = *now;
-    for (x, b) in d.requests.iter_mut().flatten().zip(before.requests.iter().flatten()) {
+    for (x, b) in d.cells_mut().zip(before.cells()) {
         *x -= b;
     }
-    d.replies_lost -= before.replies_lost;
-    d.suppressed -= before.suppressed;
     d
 }
 
@@ -428,11 +422,9 @@ impl Metrics {
 
     fn add(&mut self, key: &Key, d: Counts) {
         let w = self.workloads.get_mut(key).expect("assigned");
-        for (x, n) in w.requests.iter_mut().flatten().zip(d.requests.iter().flatten()) {
+        for (x, n) in w.counts.cells_mut().zip(d.cells()) {
             *x += n;
         }
-        w.replies_lost += d.replies_lost;
-        w.suppressed += d.suppressed;
     }
 
     /// Move a workload's counters to its new name (adding to what the new
@@ -443,11 +435,9 @@ impl Metrics {
         let new_key = (node.to_string(), new.0, new.1);
         match self.workloads.get_mut(&new_key) {
             Some(n) => {
-                for (a, b) in n.requests.iter_mut().flatten().zip(w.requests.iter().flatten()) {
+                for (a, b) in n.counts.cells_mut().zip(w.counts.cells()) {
                     *a += b;
                 }
-                n.replies_lost += w.replies_lost;
-                n.suppressed += w.suppressed;
                 n.last_seen = n.last_seen.max(w.last_seen);
             }
             None => {
@@ -638,8 +628,15 @@ impl Metrics {
             "forwarding_hops",
             "Forwarding hops between the workload and the host's uplink.",
         );
+        let mut latency = Family {
+            name: "exchange_latency",
+            help: "Request sent to reply delivered, of answered exchanges, by what was asked.",
+            unit: Some(Unit::Seconds),
+            ty: MetricType::Histogram,
+            series: Vec::new(),
+        };
         for (key, w) in &self.workloads {
-            for (k, by_version) in w.requests.iter().enumerate() {
+            for (k, by_version) in w.counts.requests.iter().enumerate() {
                 for (v, &n) in by_version.iter().enumerate() {
                     if n > 0 {
                         let mut l = wl(key);
@@ -649,9 +646,18 @@ impl Metrics {
                     }
                 }
             }
-            lost.push(wl(key), Value::Counter(w.replies_lost));
-            if w.suppressed > 0 {
-                suppressed.push(wl(key), Value::Counter(w.suppressed));
+            lost.push(wl(key), Value::Counter(w.counts.replies_lost));
+            if w.counts.suppressed > 0 {
+                suppressed.push(wl(key), Value::Counter(w.counts.suppressed));
+            }
+            for (k, buckets) in w.counts.latency.iter().enumerate() {
+                let count: u64 = buckets.iter().sum();
+                if count > 0 {
+                    let mut l = wl(key);
+                    l.push(("kind", KINDS[k].into()));
+                    let sum = w.counts.latency_us[k] as f64 / 1e6;
+                    latency.push(l, Value::Histogram { sum, count, buckets: *buckets });
+                }
             }
             for kind in &w.findings {
                 let mut l = wl(key);
@@ -691,8 +697,18 @@ impl Metrics {
             "Workloads folded into the workload label _other by the series cap.",
         );
         capped.push(Vec::new(), Value::Counter(self.capped));
-        let mut families =
-            vec![requests, lost, suppressed, drops, findings, hop_limit, hops, events_lost, capped];
+        let mut families = vec![
+            requests,
+            lost,
+            suppressed,
+            latency,
+            drops,
+            findings,
+            hop_limit,
+            hops,
+            events_lost,
+            capped,
+        ];
         if !self.pod_events.is_empty() {
             let mut pod_events = Family::counter(
                 "pod_events",
@@ -748,6 +764,12 @@ enum Value {
     Counter(u64),
     Seconds(f64),
     Gauge(i64),
+    /// Per bucket of `LATENCY_LE` (not cumulative), the last one +Inf.
+    Histogram {
+        sum: f64,
+        count: u64,
+        buckets: [u64; LATENCY_LE.len() + 1],
+    },
 }
 
 #[derive(Debug)]
@@ -797,12 +819,17 @@ impl Collector for Snapshot {
 
 fn encode_value(
     v: &Value,
-    e: prometheus_client::encoding::MetricEncoder,
+    mut e: prometheus_client::encoding::MetricEncoder,
 ) -> Result<(), std::fmt::Error> {
     match *v {
         Value::Counter(n) => ConstCounter::new(n).encode(e),
         Value::Seconds(s) => ConstCounter::new(s).encode(e),
         Value::Gauge(g) => ConstGauge::new(g).encode(e),
+        Value::Histogram { sum, count, ref buckets } => {
+            let edges = LATENCY_LE.iter().copied().chain([f64::INFINITY]);
+            let b: Vec<(f64, u64)> = edges.zip(buckets.iter().copied()).collect();
+            e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &b, None)
+        }
     }
 }
 
@@ -936,6 +963,27 @@ mod tests {
         }
     }
 
+    /// A latency counts in the first bucket whose edge it does not pass;
+    /// past 10 s, only in +Inf.
+    #[test]
+    fn latency_buckets_are_upper_edges() {
+        use crate::diagnose::ReqKind;
+        let mut c = Counts::default();
+        for ms in [0.5, 1.0, 1.5, 999.0, 20_000.0] {
+            c.answered(ReqKind::Token, Duration::from_secs_f64(ms / 1e3));
+        }
+        let t = c.latency[ReqKind::Token as usize];
+        assert_eq!((t[0], t[1], t[9], t[LATENCY_LE.len()]), (2, 1, 1, 1));
+        assert_eq!(t.iter().sum::<u64>(), 5);
+        assert_eq!(c.latency_us[ReqKind::Token as usize], 21_002_000);
+        // Its growth is what metrics add: a second reading adds the new one.
+        let before = c;
+        c.answered(ReqKind::Other, Duration::from_millis(3));
+        let d = growth(&before, &c);
+        assert_eq!(d.latency[ReqKind::Other as usize][2], 1);
+        assert_eq!(d.cells().sum::<u64>(), 1 + 3_000);
+    }
+
     #[test]
     fn hop_limit_failure_of_a_pod() {
         let who = pod(4242, "api-7f9c8d-x2x4q", "payments");
@@ -968,6 +1016,15 @@ mod tests {
         );
         has(&text, r#"imds_observer_hop_limit{node="node-a"} 1"#);
         has(&text, &format!("imds_observer_forwarding_hops{{{w}}} 1"));
+        // The two GETs answered in 1 ms each; the lost PUT has no latency.
+        let l = format!(r#"{w},kind="credentials""#);
+        let h = "imds_observer_exchange_latency_seconds";
+        has(&text, &format!(r#"{h}_bucket{{le="0.001",{l}}} 2"#));
+        has(&text, &format!(r#"{h}_bucket{{le="+Inf",{l}}} 2"#));
+        has(&text, &format!("{h}_count{{{l}}} 2"));
+        has(&text, &format!("{h}_sum{{{l}}} 0.002"));
+        has(&text, &format!("# TYPE {h} histogram"));
+        lacks(&text, r#"kind="token",le="#);
         has(&text, r#"imds_observer_events_lost_total{node="node-a"} 0"#);
         has(&text, "imds_observer_series_capped_total 0");
         has(&text, "# TYPE imds_observer_requests counter");

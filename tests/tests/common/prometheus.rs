@@ -109,7 +109,7 @@ pub fn substitute(expr: &str, node: &str) -> String {
 /// of by/on/without/ignoring/group_left/group_right, that are not PromQL
 /// keywords or functions. Enough for the expressions in this repository.
 pub fn metric_names(expr: &str) -> BTreeSet<String> {
-    const WORDS: [&str; 22] = [
+    const WORDS: [&str; 23] = [
         "sum",
         "max",
         "min",
@@ -132,6 +132,7 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
         "absent",
         "max_over_time",
         "topk",
+        "histogram_quantile",
     ];
     const LABEL_LISTS: [&str; 6] = ["by", "on", "without", "ignoring", "group_left", "group_right"];
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
