@@ -340,6 +340,10 @@ fn real_prometheus_evaluates_every_panel_and_alert_and_fires_for_the_failing_wor
             // Both got answers (the failing one after falling back), so
             // both have latency series; a quantile of a histogram that
             // did not grow in the window is NaN.
+            // The failing one waited on its lost token replies.
+            "Seconds lost waiting per workload" => {
+                assert!(by("workload", FAILING), "{title}: {series:?}");
+            }
             "Metadata latency p99 per workload" => {
                 assert!(by("workload", FAILING) && by("workload", HEALTHY), "{title}: {series:?}");
                 assert!(by("kind", "token"), "{title}: the healthy one's token: {series:?}");

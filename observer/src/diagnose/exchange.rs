@@ -54,11 +54,10 @@ pub(super) fn resolve_due(cx: &mut Cx, now: Ts, all: bool) -> bool {
     }
     if all
         || closed_due
-        || cx
-            .flow
-            .exchanges
-            .iter()
-            .any(|e| e.held.is_some() && since(e.req_ts, now) >= cx.cfg.request_timeout)
+        || cx.flow.exchanges.iter().any(|e| {
+            (e.held.is_some() || (e.outcome == Outcome::Lost && !e.waited))
+                && since(e.req_ts, now) >= cx.cfg.request_timeout
+        })
     {
         release_held(cx);
     }
@@ -240,6 +239,16 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
 /// the client waited on each (to its close, else its last packet).
 pub(super) fn release_held(cx: &mut Cx) {
     for i in 0..cx.flow.exchanges.len() {
+        let ex = &mut cx.flow.exchanges[i];
+        let waited = if ex.outcome == Outcome::Lost && !ex.waited {
+            ex.waited = true;
+            waited_ms(cx.c, &cx.flow.exchanges[i])
+        } else {
+            None
+        };
+        if let Some(ms) = waited {
+            cx.c.counts.waited_us += (ms * 1000.0) as u64;
+        }
         let Some(mut ev) = cx.flow.exchanges[i].held.take() else { continue };
         ev.waited_ms = waited_ms(cx.c, &cx.flow.exchanges[i]);
         cx.fx.done.push(*ev);
@@ -316,6 +325,7 @@ pub(super) fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
         resp: None,
         outcome: Outcome::Pending,
         held: None,
+        waited: false,
     };
     let flow = &mut *cx.flow;
     flow.exchanges.push_back(ex);

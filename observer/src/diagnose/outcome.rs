@@ -49,6 +49,13 @@ pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
             cx.fx.done.push(ev);
         }
     }
+    if new == Outcome::Timeout && !cx.flow.exchanges[i].waited {
+        // Decided when the client gave up (or time ran out): its wait ends.
+        cx.flow.exchanges[i].waited = true;
+        if let Some(ms) = waited_ms(cx.c, &cx.flow.exchanges[i]) {
+            cx.c.counts.waited_us += (ms * 1000.0) as u64;
+        }
+    }
     let ex = &mut cx.flow.exchanges[i];
     ex.outcome = new;
     let (req_ts, kind, attempt) = (ex.req_ts, ex.kind, ex.attempt);

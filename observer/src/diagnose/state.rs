@@ -182,6 +182,9 @@ pub(super) struct Exchange {
     /// Its `exchange` event, decided `lost` at the drop and held until the
     /// client stops waiting on it (so the line can say how long it waited).
     pub held: Option<Box<crate::model::Event>>,
+    /// Lost or timed out, and the client's wait on it is counted
+    /// (`Counts::waited_us`).
+    pub waited: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -348,6 +351,9 @@ pub struct Counts {
     /// sum of their latencies in microseconds.
     pub latency: [[u64; LATENCY_LE.len() + 1]; 3],
     pub latency_us: [u64; 3],
+    /// Microseconds clients waited on attempts that got no reply (lost or
+    /// timed out), from each request to when the client gave up on it.
+    pub waited_us: u64,
 }
 
 /// Upper edges of the latency buckets, in seconds: 1 ms to 10 s (the
@@ -376,6 +382,7 @@ impl Counts {
             .chain([&self.replies_lost, &self.suppressed])
             .chain(self.latency.iter().flatten())
             .chain(&self.latency_us)
+            .chain([&self.waited_us])
             .copied()
     }
 
@@ -386,6 +393,7 @@ impl Counts {
             .chain([&mut self.replies_lost, &mut self.suppressed])
             .chain(self.latency.iter_mut().flatten())
             .chain(&mut self.latency_us)
+            .chain([&mut self.waited_us])
     }
 }
 

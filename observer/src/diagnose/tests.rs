@@ -1277,6 +1277,15 @@ fn request_without_reply_times_out_when_the_client_closes() {
     assert!(f[0].summary.contains("timed out"), "{}", f[0].summary);
     assert!(f[0].fix.is_none());
     assert_eq!(outcomes(&f[0])[0], (Some("PUT"), Some("/latest/api/token"), "timeout"));
+    // The client waited 1 s on it (from the PUT to its close), counted once
+    // at every level.
+    for level in [Exchanges::None, Exchanges::Problems] {
+        let mut d = Diagnoser::new(Config { exchanges: level, ..Default::default() });
+        feed(&mut d, &v);
+        d.tick(time(60_000));
+        let c = d.container("node-a", ctr.cg).expect("the container");
+        assert_eq!(c.counts().waited_us, 1_000_000, "{level:?}");
+    }
 }
 
 /// What `run` writes at `--events problems|exchanges` for `events`: the

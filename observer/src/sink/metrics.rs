@@ -22,6 +22,9 @@
 //!   kernel, never delivered), each reply once whatever its retransmissions.
 //! - `suppressed_total{node,workload,namespace}`: records of the workload its
 //!   budget held back in the kernel (a flood from it), when there were any.
+//! - `seconds_lost_total{node,workload,namespace}`: seconds clients waited
+//!   on requests that got no reply (lost or timed out), each request's wait
+//!   counted once the client gave up on it.
 //! - `exchange_latency_seconds{node,workload,namespace,kind}`: histogram of
 //!   request sent → reply delivered, answered exchanges only, buckets
 //!   `diagnose::LATENCY_LE` (1 ms to 10 s), from the Diagnoser's counts.
@@ -628,6 +631,13 @@ impl Metrics {
             "forwarding_hops",
             "Forwarding hops between the workload and the host's uplink.",
         );
+        let mut lost_time = Family {
+            name: "seconds_lost",
+            help: "Seconds clients waited on requests that got no reply (lost or timed out).",
+            unit: None,
+            ty: MetricType::Counter,
+            series: Vec::new(),
+        };
         let mut latency = Family {
             name: "exchange_latency",
             help: "Request sent to reply delivered, of answered exchanges, by what was asked.",
@@ -647,6 +657,7 @@ impl Metrics {
                 }
             }
             lost.push(wl(key), Value::Counter(w.counts.replies_lost));
+            lost_time.push(wl(key), Value::Seconds(w.counts.waited_us as f64 / 1e6));
             if w.counts.suppressed > 0 {
                 suppressed.push(wl(key), Value::Counter(w.counts.suppressed));
             }
@@ -700,6 +711,7 @@ impl Metrics {
         let mut families = vec![
             requests,
             lost,
+            lost_time,
             suppressed,
             latency,
             drops,
@@ -1024,6 +1036,9 @@ mod tests {
         has(&text, &format!("{h}_count{{{l}}} 2"));
         has(&text, &format!("{h}_sum{{{l}}} 0.002"));
         has(&text, &format!("# TYPE {h} histogram"));
+        // The client waited on its lost PUT (1 ms) until it gave up on it
+        // and closed (1,001 ms).
+        has(&text, &format!("imds_observer_seconds_lost_total{{{w}}} 1.0"));
         lacks(&text, r#"kind="token",le="#);
         has(&text, r#"imds_observer_events_lost_total{node="node-a"} 0"#);
         has(&text, "imds_observer_series_capped_total 0");
