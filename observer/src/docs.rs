@@ -746,7 +746,7 @@ fn every_field() -> Vec<Value> {
             imdsv1: 1,
             imdsv2: 1,
         }),
-        latency_ms: Some(Latency { count: 1, mean: 1.0, max: 1.0 }),
+        latency_ms: Some(Latency { count: 1, mean: 1.0, max: 1.0, p50: 1.0, p99: 1.0 }),
         lost_events: Some(1),
         suppressed_records: Some(1),
     };

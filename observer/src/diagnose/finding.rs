@@ -113,6 +113,10 @@ pub struct Latency {
     pub count: u64,
     pub mean: f64,
     pub max: f64,
+    /// Median and 99th percentile: upper edges of histogram buckets
+    /// (within 25 % above the true value), never past `max`.
+    pub p50: f64,
+    pub p99: f64,
 }
 
 /// One endpoint the container failed to reach.

@@ -310,7 +310,7 @@ impl EndpointHealth {
 pub(super) struct LatencyAcc {
     pub count: u64,
     pub sum: f64,
-    pub max: f64,
+    pub hist: LatencyHist,
 }
 
 impl LatencyAcc {
@@ -318,15 +318,60 @@ impl LatencyAcc {
         let ms = secs(d) * 1000.0;
         self.count += 1;
         self.sum += ms;
-        self.max = self.max.max(ms);
+        self.hist.add(ms);
     }
 
     pub fn evidence(&self) -> Option<Latency> {
         (self.count > 0).then(|| Latency {
             count: self.count,
             mean: round3(self.sum / self.count as f64),
-            max: round3(self.max),
+            max: round3(self.hist.max_ms),
+            p50: self.hist.quantile(0.5),
+            p99: self.hist.quantile(0.99),
         })
+    }
+}
+
+/// Latencies in a fixed histogram (no allocation per exchange): bucket
+/// `i` holds those up to `LATENCY_EDGE_MS * LATENCY_GROWTH^i` ms.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LatencyHist {
+    pub buckets: [u32; LATENCY_BUCKETS],
+    pub max_ms: f64,
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self { buckets: [0; LATENCY_BUCKETS], max_ms: 0.0 }
+    }
+}
+
+impl LatencyHist {
+    pub fn add(&mut self, ms: f64) {
+        let i = (ms / LATENCY_EDGE_MS).max(1.0).log(LATENCY_GROWTH).ceil() as usize;
+        let b = &mut self.buckets[i.min(LATENCY_BUCKETS - 1)];
+        *b = b.saturating_add(1);
+        self.max_ms = self.max_ms.max(ms);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.iter().all(|&c| c == 0)
+    }
+
+    /// The upper edge of the bucket holding quantile `q` (within 25 %
+    /// above the true value), never past the largest.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let n: u64 = self.buckets.iter().map(|&c| u64::from(c)).sum();
+        let want = ((n as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= want {
+                let edge = LATENCY_EDGE_MS * LATENCY_GROWTH.powi(i as i32);
+                return round3(edge.min(self.max_ms));
+            }
+        }
+        round3(self.max_ms)
     }
 }
 
@@ -405,7 +450,7 @@ const LATENCY_GROWTH: f64 = 1.25;
 
 /// A workload's exchanges since its last `summary` line: counters and a
 /// fixed histogram, so a healthy exchange costs no allocation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct SummaryAcc {
     /// Start of the interval (the first exchange counted).
     pub since: Option<Ts>,
@@ -414,23 +459,7 @@ pub(super) struct SummaryAcc {
     pub credentials: u64,
     pub other: u64,
     pub imdsv2: u64,
-    pub latency: [u32; LATENCY_BUCKETS],
-    pub latency_max_ms: f64,
-}
-
-impl Default for SummaryAcc {
-    fn default() -> Self {
-        Self {
-            since: None,
-            requests: 0,
-            token: 0,
-            credentials: 0,
-            other: 0,
-            imdsv2: 0,
-            latency: [0; LATENCY_BUCKETS],
-            latency_max_ms: 0.0,
-        }
-    }
+    pub latency: LatencyHist,
 }
 
 impl SummaryAcc {
@@ -444,32 +473,14 @@ impl SummaryAcc {
         }
         self.imdsv2 += u64::from(imdsv2);
         if let Some(l) = latency {
-            let ms = secs(l) * 1000.0;
-            let i = (ms / LATENCY_EDGE_MS).max(1.0).log(LATENCY_GROWTH).ceil() as usize;
-            self.latency[i.min(LATENCY_BUCKETS - 1)] += 1;
-            self.latency_max_ms = self.latency_max_ms.max(ms);
+            self.latency.add(secs(l) * 1000.0);
         }
-    }
-
-    /// The upper edge of the bucket holding quantile `q`.
-    fn quantile(&self, q: f64) -> f64 {
-        let n: u64 = self.latency.iter().map(|&c| u64::from(c)).sum();
-        let want = ((n as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, &c) in self.latency.iter().enumerate() {
-            seen += u64::from(c);
-            if seen >= want {
-                let edge = LATENCY_EDGE_MS * LATENCY_GROWTH.powi(i as i32);
-                return round3(edge.min(self.latency_max_ms));
-            }
-        }
-        round3(self.latency_max_ms)
     }
 
     /// The figures of the interval up to `now`, and a fresh interval.
     pub fn take(&mut self, now: Ts) -> Option<crate::model::Summary> {
         let since = self.since?;
-        let any_latency = self.latency.iter().any(|&c| c > 0);
+        let any_latency = !self.latency.is_empty();
         let s = crate::model::Summary {
             interval_s: round3(secs(self::since(since, now))),
             requests: self.requests,
@@ -478,9 +489,9 @@ impl SummaryAcc {
             other: self.other,
             imdsv2: self.imdsv2,
             latency_ms: any_latency.then(|| crate::model::Quantiles {
-                p50: self.quantile(0.5),
-                p99: self.quantile(0.99),
-                max: round3(self.latency_max_ms),
+                p50: self.latency.quantile(0.5),
+                p99: self.latency.quantile(0.99),
+                max: round3(self.latency.max_ms),
             }),
         };
         *self = SummaryAcc::default();

@@ -223,7 +223,9 @@ fn detail_shows_finding_fix_evidence_and_timeline() {
         "                      node's hop limit 1 · lost replies 1 · kernel drops 3 · ICMP time exceeded 2"
     );
     assert!(
-        l[ev + 3].trim_start().starts_with("time lost 1.0 s · latency mean 1.0 ms, max 1.0 ms"),
+        l[ev + 3]
+            .trim_start()
+            .starts_with("time lost 1.0 s · latency p50 1.0 ms, p99 1.0 ms, max 1.0 ms"),
         "{}",
         dump(&l)
     );

@@ -763,7 +763,14 @@ fn evidence(e: &Evidence) -> Vec<String> {
         put(&ep.endpoint, Some(format!("refused {}, timed out {}", ep.refused, ep.timeouts)));
     }
     put("drop reasons", (!e.drop_reasons.is_empty()).then(|| e.drop_reasons.join(", ")));
-    put("latency", e.latency_ms.map(|l| format!("mean {:.1} ms, max {:.1} ms", l.mean, l.max)));
+    // Findings written before p50/p99 were kept have only the mean.
+    put(
+        "latency",
+        e.latency_ms.map(|l| match l.p99 > 0.0 {
+            true => format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", l.p50, l.p99, l.max),
+            false => format!("mean {:.1} ms, max {:.1} ms", l.mean, l.max),
+        }),
+    );
     put("records lost by the capture", e.lost_events.map(|x| x.to_string()));
     v
 }
