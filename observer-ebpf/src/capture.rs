@@ -543,7 +543,9 @@ pub fn packet<P: Packet>(
                 Role::Socket => {
                     // The connect record stands for the socket's first SYN
                     // (`FOLDED_SYN`); a retransmitted one is not told apart.
-                    if !inbound && flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+                    // A SYN with data (TCP Fast Open: no connect) is the
+                    // request.
+                    if !inbound && flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN && !data {
                         return;
                     }
                     if starts_reply {

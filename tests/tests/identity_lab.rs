@@ -176,3 +176,38 @@ fn cgroup_v1_container_is_named_through_its_veth() {
     let b = hop_finding(&events, &ids[1])["container"]["netns"].clone();
     assert_ne!(a, b, "two containers, two findings");
 }
+
+/// The same as deployed: the connect stands for the socket's SYN, and that
+/// SYN waits for the veth like the packets do, so no finding and no count
+/// goes to the unnamed root cgroup; each container's finding and its lost
+/// attempts are its own.
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
+fn cgroup_v1_container_is_named_through_its_veth_as_deployed() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
+    let pid = std::process::id();
+    let id = format!("{:0>64}", format!("de910ed{pid}"));
+    let c = lab.add_v1_container("v1-deployed", Attach::Bridge, &id);
+    let obs = lab.observer_as_deployed(&[]);
+    let run = c.sdk("js-v2", "http://169.254.169.254");
+    let events = obs.finish(SETTLE);
+    common::assert_fields_documented(&events);
+    let f = hop_finding(&events, &id);
+    assert!(f["container"]["veth"].as_str().is_some_and(|v| v.starts_with("veth")), "{f}");
+    assert_eq!(f["evidence"]["forwarding_hops"], 1, "{f}");
+    let puts = run.lines.iter().filter(|l| l["method"] == "PUT").count() as u64;
+    assert_eq!(f["evidence"]["lost_replies"], puts, "{f}");
+    // Every exchange line is the container's, none an unnamed cgroup's.
+    let lines: Vec<&Value> = events.iter().filter(|e| e["type"] == "exchange").collect();
+    assert!(!lines.is_empty());
+    for x in &lines {
+        assert_eq!(x["container"]["id"], id.as_str(), "{x}");
+    }
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "finding")
+            .all(|e| e["container"]["id"] == id.as_str()),
+        "{events:#?}"
+    );
+}

@@ -312,6 +312,18 @@ impl Pipeline {
                     self.event_for(&oldest, out);
                 }
             }
+            // The SYN a connect stands for waits like the socket's packets
+            // (the connect itself teaches the table at once).
+            Some(Hook::Connect) if rec.folded & observer_ebpf::FOLDED_SYN != 0 => {
+                self.sweep(rec.ts_ns);
+                self.learn_connect(rec);
+                if !self.waits_for_veth(rec) {
+                    let flow = self.flows.get(rec.cookie).cloned();
+                    out.extend(flow.map(|f| self.connect_syn(rec, f)));
+                } else if let Some(oldest) = self.held.push(*rec) {
+                    self.event_for(&oldest, out);
+                }
+            }
             Some(Hook::VethIngress) => {
                 self.sweep(rec.ts_ns);
                 self.on_veth(rec, out);
@@ -337,9 +349,9 @@ impl Pipeline {
         }
     }
 
-    /// The events `rec` makes, appended to `out`: none for a connect (it
-    /// teaches the table), and before a reply or a drop the uplink's
-    /// sightings the kernel folded into it.
+    /// The events `rec` makes, appended to `out`: a connect teaches the
+    /// table (and makes the SYN it stands for); a reply's or a drop's event
+    /// carries the uplink's sightings the kernel folded into its record.
     fn event_for(&mut self, rec: &Record, out: &mut Vec<Event>) {
         self.sweep(rec.ts_ns);
         let Some(hook) = Hook::try_from(rec.hook).ok() else {
@@ -347,14 +359,8 @@ impl Pipeline {
             return;
         };
         if hook == Hook::Connect {
-            let comm = comm(&rec.comm);
-            let pid = (rec.pid_tgid >> 32) as u32;
-            let veth = self.netns_veth.get(&rec.netns_cookie).copied().flatten();
-            let f = self.flows.on_connect(rec.cookie, rec.cgroup_id, pid, comm, rec.ts_ns);
-            f.netns_cookie = rec.netns_cookie;
-            f.veth = f.veth.or(veth);
+            let flow = self.learn_connect(rec).clone();
             if rec.folded & observer_ebpf::FOLDED_SYN != 0 {
-                let flow = f.clone();
                 out.push(self.connect_syn(rec, flow));
             }
             return;
@@ -379,6 +385,17 @@ impl Pipeline {
             ev.host = Some(self.host_side(rec));
         }
         out.push(ev);
+    }
+
+    /// A connect teaches the flow table who the socket is.
+    fn learn_connect(&mut self, rec: &Record) -> &Flow {
+        let comm = comm(&rec.comm);
+        let pid = (rec.pid_tgid >> 32) as u32;
+        let veth = self.netns_veth.get(&rec.netns_cookie).copied().flatten();
+        let f = self.flows.on_connect(rec.cookie, rec.cgroup_id, pid, comm, rec.ts_ns);
+        f.netns_cookie = rec.netns_cookie;
+        f.veth = f.veth.or(veth);
+        f
     }
 
     /// The SYN a connect stands for (`FOLDED_SYN`): the kernel records the
@@ -835,6 +852,28 @@ mod tests {
         assert_eq!(p.flows.get(6).unwrap().veth, Some(9));
         p.process(&packet(Hook::CgroupEgress, 11 * MS, 6, 200), &mut out);
         assert_eq!(kinds(&out), [(Kind::Request, Some(200))]);
+    }
+
+    /// As deployed the connect stands for the socket's SYN: that SYN waits
+    /// for the veth too, and comes out first, named by it.
+    #[test]
+    fn the_syn_a_connect_stands_for_waits_for_the_veth() {
+        let mut p = pipeline(true);
+        let mut out = Vec::new();
+        let mut c = connect(0, 5, CONTAINER_NS);
+        c.folded = observer_ebpf::FOLDED_SYN;
+        p.process(&c, &mut out);
+        p.process(&packet(Hook::CgroupEgress, MS, 5, 100), &mut out);
+        assert!(out.is_empty() && p.holding(), "held until the veth is seen");
+        p.process(&packet(Hook::VethIngress, MS + 10, 5, 100), &mut out);
+        assert_eq!(kinds(&out), [(Kind::Request, None), (Kind::Request, Some(100))]);
+        assert_eq!(out[0].tcp_flags, Some(TcpFlags::SYN));
+        assert_eq!(p.flows.get(5).unwrap().veth, Some(9));
+        // Without the fallback, at once.
+        let mut p = pipeline(false);
+        out.clear();
+        p.process(&c, &mut out);
+        assert_eq!(kinds(&out), [(Kind::Request, None)]);
     }
 
     #[test]
