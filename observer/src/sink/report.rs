@@ -411,6 +411,9 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
             row.push(c(requests_cell(f)));
             row.push(opt(f.evidence.lost_replies).replace('-', ""));
             row.push(f.evidence.seconds_lost.map_or(String::new(), seconds));
+            row.push(c(f.evidence.latency_ms.filter(|l| l.p99 > 0.0).map_or(String::new(), |l| {
+                if l.p99 < 1000.0 { format!("{:.1} ms", l.p99) } else { seconds(l.p99 / 1e3) }
+            })));
             row.push(match (&f.fix, fix_no.get(g.node)) {
                 (Some(_), Some(n)) => format!("[{n}]"),
                 _ => String::new(),
@@ -430,6 +433,7 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
         "REQUESTS",
         "LOST",
         "TIME LOST",
+        "P99",
         "FIX",
     ]);
     let cont_col = usize::from(multi_node);
@@ -464,11 +468,15 @@ fn render_raw(findings: &[Finding], width: usize) -> String {
         .max(9);
         (w, others + w)
     };
-    // Too wide for the terminal (80 columns): drop what the sections below
+    // Too wide for the terminal (80 columns): drop the latency (answered
+    // requests' p99: no verdict rests on it) before the container column
+    // is cut below `KEEP_CONTAINER` for it, then what the sections below
     // say again, least needed first (Why has the time lost and the
     // requests, Fix the hop limits).
-    for name in ["TIME LOST", "REQUESTS", "LIMIT", "HOPS"] {
-        if cont_width(&widths).1 <= width {
+    const KEEP_CONTAINER: usize = 40;
+    for name in ["P99", "TIME LOST", "REQUESTS", "LIMIT", "HOPS"] {
+        let (cont, total) = cont_width(&widths);
+        if total <= width && (name != "P99" || cont >= cont_need.min(KEEP_CONTAINER)) {
             break;
         }
         let i = headers.iter().position(|h| *h == name).expect("a column of the table");
@@ -782,8 +790,16 @@ mod tests {
             }
             assert_eq!(joined, GET_INSTANCE_ID, "{width}\n{text}");
         }
-        // 100 columns keep every column.
+        // 100 columns keep every column the sections below need; the
+        // answered requests' p99 goes before a container's name is cut, and
+        // is there where the terminal has room.
         assert!(render(&f).lines().nth(2).unwrap().contains("TIME LOST"));
+        assert!(!render(&f).lines().nth(2).unwrap().contains("P99"));
+        let wide = render_width(&f, 140);
+        let lines: Vec<&str> = wide.lines().collect();
+        assert!(lines[2].contains("TIME LOST  P99"), "{wide}");
+        assert!(lines[3].trim_end().ends_with("1.0 s      1.0 ms  [1]"), "{wide}");
+        assert!(lines[3].starts_with("/libpod_parent/libpod-3f2a9c1b7d4e"), "{wide}");
         assert_eq!(
             (seconds(0.0), seconds(0.04), seconds(1.04)),
             ("<0.1 s".into(), "<0.1 s".into(), "1.0 s".into())
