@@ -239,15 +239,8 @@ pub(super) fn on_request(cx: &mut Cx, ev: &Event) {
 /// the client waited on each (to its close, else its last packet).
 pub(super) fn release_held(cx: &mut Cx) {
     for i in 0..cx.flow.exchanges.len() {
-        let ex = &mut cx.flow.exchanges[i];
-        let waited = if ex.outcome == Outcome::Lost && !ex.waited {
-            ex.waited = true;
-            waited_ms(cx.c, &cx.flow.exchanges[i])
-        } else {
-            None
-        };
-        if let Some(ms) = waited {
-            cx.c.counts.waited_us += (ms * 1000.0) as u64;
+        if cx.flow.exchanges[i].outcome == Outcome::Lost {
+            count_wait(cx, i);
         }
         let Some(mut ev) = cx.flow.exchanges[i].held.take() else { continue };
         ev.waited_ms = waited_ms(cx.c, &cx.flow.exchanges[i]);

@@ -49,12 +49,9 @@ pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
             cx.fx.done.push(ev);
         }
     }
-    if new == Outcome::Timeout && !cx.flow.exchanges[i].waited {
+    if new == Outcome::Timeout {
         // Decided when the client gave up (or time ran out): its wait ends.
-        cx.flow.exchanges[i].waited = true;
-        if let Some(ms) = waited_ms(cx.c, &cx.flow.exchanges[i]) {
-            cx.c.counts.waited_us += (ms * 1000.0) as u64;
-        }
+        count_wait(cx, i);
     }
     let ex = &mut cx.flow.exchanges[i];
     ex.outcome = new;
@@ -252,6 +249,17 @@ fn exchange_event(
 pub(super) fn waited_ms(c: &ContainerState, ex: &Exchange) -> Option<f64> {
     let a = c.timeline.iter().rev().find(|a| a.id == ex.attempt)?;
     Some(round3(secs(since(ex.req_ts, a.gave_up())) * 1000.0))
+}
+
+/// Add the client's wait on exchange `i` (no reply came) to the
+/// container's `waited_us`, once.
+pub(super) fn count_wait(cx: &mut Cx, i: usize) {
+    if std::mem::replace(&mut cx.flow.exchanges[i].waited, true) {
+        return;
+    }
+    if let Some(ms) = waited_ms(cx.c, &cx.flow.exchanges[i]) {
+        cx.c.counts.waited_us += (ms * 1000.0) as u64;
+    }
 }
 
 /// The wire name of a decided outcome.

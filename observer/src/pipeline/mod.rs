@@ -415,15 +415,15 @@ impl Pipeline {
         ev
     }
 
+    /// An interface's name (as at start), else `if<index>`.
+    fn iface(&self, ifindex: u32) -> std::sync::Arc<str> {
+        self.names.ifaces.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}").into())
+    }
+
     /// The uplink's sightings the kernel folded into a reply's (or a
     /// dropped reply's) record.
     fn host_side(&self, rec: &Record) -> model::HostSide {
-        let iface = self
-            .names
-            .ifaces
-            .get(&rec.host_ifindex)
-            .cloned()
-            .unwrap_or_else(|| format!("if{}", rec.host_ifindex).into());
+        let iface = self.iface(rec.host_ifindex);
         let reply = rec.folded & observer_ebpf::FOLDED_REPLY != 0;
         let request = rec.folded & observer_ebpf::FOLDED_REQUEST != 0;
         model::HostSide {
@@ -483,13 +483,7 @@ impl Pipeline {
         };
         let mut ev =
             self.event(if egress { Kind::HostEgress } else { Kind::HostIngress }, rec.ts_ns);
-        ev.iface = Some(
-            self.names
-                .ifaces
-                .get(&rec.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("if{}", rec.ifindex).into()),
-        );
+        ev.iface = Some(self.iface(rec.ifindex));
         self.with_flow(&mut ev, flow);
         fill_packet(&mut ev, pkt);
         Some(ev)
@@ -610,21 +604,33 @@ mod tests {
     const HOST_NS: u64 = 1;
     const CONTAINER_NS: u64 = 77;
 
-    /// An IPv4 TCP SYN from 198.18.2.2:40000 to 169.254.169.254:80.
-    fn syn(seq: u32) -> Vec<u8> {
+    /// An IPv4 TCP segment, TTL 64: from 198.18.2.2:40000 to
+    /// 169.254.169.254:80, or (`inbound`) back.
+    fn segment(inbound: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let (mut a, mut b) = (([198, 18, 2, 2], 40000u16), ([169, 254, 169, 254], 80u16));
+        if inbound {
+            (a, b) = (b, a);
+        }
         let mut p = vec![0u8; 40];
         p[0] = 0x45;
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[2..4].copy_from_slice(&(40 + payload.len() as u16).to_be_bytes());
         p[8] = 64;
         p[9] = 6;
-        p[12..16].copy_from_slice(&[198, 18, 2, 2]);
-        p[16..20].copy_from_slice(&[169, 254, 169, 254]);
-        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[12..16].copy_from_slice(&a.0);
+        p[16..20].copy_from_slice(&b.0);
+        p[20..22].copy_from_slice(&a.1.to_be_bytes());
+        p[22..24].copy_from_slice(&b.1.to_be_bytes());
         p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[28..32].copy_from_slice(&ack.to_be_bytes());
         p[32] = 5 << 4;
-        p[33] = 0x02;
+        p[33] = flags;
+        p.extend_from_slice(payload);
         p
+    }
+
+    /// A SYN from 198.18.2.2:40000 to 169.254.169.254:80.
+    fn syn(seq: u32) -> Vec<u8> {
+        segment(false, seq, 0, 0x02, b"")
     }
 
     fn rec(hook: Hook, ts_ns: u64, cookie: u64) -> Record {
@@ -734,26 +740,12 @@ mod tests {
         assert!(evs.iter().any(|e| e.cgroup_id == Some(42) && e.count == Some(7)));
     }
 
-    /// 169.254.169.254:80 → 198.18.2.2:40000, TTL 64: the first segment
-    /// of a reply (`HTTP/1.1 200 OK`), or (`status` false) a segment of
-    /// the same length past the linear data.
+    /// 169.254.169.254:80 → 198.18.2.2:40000: the first segment of a
+    /// reply (`HTTP/1.1 200 OK`), or (`status` false) a segment of the same
+    /// length past the linear data.
     fn reply(seq: u32, ack: u32, status: bool) -> Vec<u8> {
         let body: &[u8] = if status { b"HTTP/1.1 200 OK\r" } else { &[0; 16] };
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(40 + body.len() as u16).to_be_bytes());
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[169, 254, 169, 254]);
-        p[16..20].copy_from_slice(&[198, 18, 2, 2]);
-        p[20..22].copy_from_slice(&80u16.to_be_bytes());
-        p[22..24].copy_from_slice(&40000u16.to_be_bytes());
-        p[24..28].copy_from_slice(&seq.to_be_bytes());
-        p[28..32].copy_from_slice(&ack.to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = 0x18;
-        p.extend_from_slice(body);
-        p
+        segment(true, seq, ack, 0x18, body)
     }
 
     fn with_packet(mut r: Record, p: &[u8]) -> Record {
