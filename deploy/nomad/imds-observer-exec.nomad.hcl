@@ -40,14 +40,16 @@ job "imds-observer" {
   datacenters = ["*"]
   priority    = 90
 
-  # Linux clients of the binary's architecture (x86_64-unknown-linux-musl).
+  # Linux clients of the architectures the observer is built for: amd64
+  # (x86_64-unknown-linux-musl) and arm64 (aarch64-unknown-linux-musl, Graviton).
   constraint {
     attribute = "${attr.kernel.name}"
     value     = "linux"
   }
   constraint {
     attribute = "${attr.cpu.arch}"
-    value     = "amd64"
+    operator  = "regexp"
+    value     = "^(amd64|arm64)$"
   }
 
   group "imds-observer" {
@@ -85,15 +87,16 @@ job "imds-observer" {
 
       # Example only: nothing is downloaded as written. To have Nomad fetch
       # the binary instead of installing it on each client, uncomment, point
-      # source at your own copy (with its checksum), and run
-      # "local/imds-observer" in args above.
+      # source at your own copies (one per architecture, named by Nomad's
+      # cpu.arch: amd64, arm64; each with a sha256sum file beside it), and
+      # run "local/imds-observer" in args above.
       #
       # artifact {
-      #   source      = "https://example.com/imds-observer/0.1.0/imds-observer-x86_64-linux-musl"
+      #   source      = "https://example.com/imds-observer/0.1.0/imds-observer-${attr.cpu.arch}"
       #   destination = "local/imds-observer"
       #   mode        = "file"
       #   options {
-      #     checksum = "sha256:<sha256 of the binary>"
+      #     checksum = "file:https://example.com/imds-observer/0.1.0/imds-observer-${attr.cpu.arch}.sha256"
       #   }
       # }
 

@@ -34,14 +34,16 @@ job "imds-observer" {
   # Schedule it ahead of ordinary work when a client is full.
   priority = 90
 
-  # Linux clients of the binary's architecture (x86_64-unknown-linux-musl).
+  # Linux clients of the architectures the observer is built for: amd64
+  # (x86_64-unknown-linux-musl) and arm64 (aarch64-unknown-linux-musl, Graviton).
   constraint {
     attribute = "${attr.kernel.name}"
     value     = "linux"
   }
   constraint {
     attribute = "${attr.cpu.arch}"
-    value     = "amd64"
+    operator  = "regexp"
+    value     = "^(amd64|arm64)$"
   }
 
   group "imds-observer" {

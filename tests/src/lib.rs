@@ -1222,12 +1222,30 @@ pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
 }
 
-/// The local image (Containerfile.local) as `tag`, built as its header
-/// says: the static release binary staged in target/image with the
-/// published image's file capabilities, then `podman build`. The header's
-/// `install` and `setcap` lines run as written, from the repository root,
-/// so the documented steps are the ones tested.
-pub fn build_local_image(tag: &str) -> Result<(), String> {
+/// The architectures the images are built for: (podman's and Kubernetes'
+/// name, Rust's target).
+pub const ARCHES: [(&str, &str); 2] =
+    [("amd64", "x86_64-unknown-linux-musl"), ("arm64", "aarch64-unknown-linux-musl")];
+
+/// The static release binary for `arch` ("amd64", "arm64"), as `cargo
+/// xtask release` (and `cargo xtask test`) builds it.
+pub fn release_binary(arch: &str) -> PathBuf {
+    let (_, target) = ARCHES.iter().find(|(a, _)| *a == arch).expect("amd64 or arm64");
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join(format!("target/{target}/release/imds-observer"))
+}
+
+/// The local image (Containerfile.local) for `arch` as `tag`, built as its
+/// header says: the static release binary staged in target/image/<arch>
+/// with the published image's file capabilities, then `podman build
+/// --platform linux/<arch>`. The header's `install` and `setcap` lines run
+/// as written, from the repository root, with its ARCH and TARGET, so the
+/// documented steps are the ones tested.
+pub fn build_local_image(arch: &str, tag: &str) -> Result<(), String> {
+    let (_, target) =
+        ARCHES.iter().find(|(a, _)| *a == arch).ok_or_else(|| format!("no {arch} build"))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let file = root.join("Containerfile.local");
     let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -1252,9 +1270,12 @@ pub fn build_local_image(tag: &str) -> Result<(), String> {
         }
     };
     for step in steps {
-        run(Command::new("sh").args(["-c", step]))?;
+        run(Command::new("sh").args(["-c", step]).env("ARCH", arch).env("TARGET", target))?;
     }
-    run(Command::new("podman").args(["build", "-q", "-t", tag, "-f"]).arg(&file).arg(root))
+    run(Command::new("podman")
+        .args(["build", "-q", "--platform", &format!("linux/{arch}"), "-t", tag, "-f"])
+        .arg(&file)
+        .arg(root))
 }
 
 /// Real containers: podman (with runc; crun refuses hybrid cgroups) run in

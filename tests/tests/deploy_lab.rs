@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use imds_lab::{Attach, Lab, LabOpts, Observer, Podman, Value, build_local_image, sh};
+use imds_lab::{
+    Attach, Lab, LabOpts, Observer, Podman, Value, build_local_image, release_binary, sh,
+};
 
 const IMAGE: &str = "localhost/imds-observer:lab";
 /// The agent's arguments: every packet, until stopped.
@@ -269,7 +271,7 @@ impl Drop for PodmanName {
 #[test]
 #[ignore = "lab: needs root and podman; run `cargo xtask test`"]
 fn image_runs_as_the_agent_with_documented_privileges() {
-    build_local_image(IMAGE).unwrap();
+    build_local_image("amd64", IMAGE).unwrap();
     let d = AsDeployed::read();
     let caps: Vec<&str> = d.caps.iter().map(String::as_str).collect();
     let lock = KubeletDir::new("podman-lock");
@@ -424,10 +426,47 @@ impl Drop for Runc {
     }
 }
 
+/// An image, removed when dropped (the test passing or not).
+struct Image(&'static str);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["image", "umount", self.0]).output();
+        let _ = Command::new("podman").args(["rmi", "-f", self.0]).output();
+    }
+}
+
+#[test]
+#[ignore = "lab: needs root and podman; run `cargo xtask test`"]
+fn arm64_image_is_built_from_the_static_aarch64_binary() {
+    // The cross-built binary (`cargo xtask release`): a static aarch64 ELF,
+    // nothing for a Graviton node to load at run time.
+    let bin = release_binary("arm64");
+    let what = sh(&["file", "-b", bin.to_str().unwrap()]);
+    assert!(what.contains("ELF 64-bit LSB") && what.contains("ARM aarch64"), "{what}");
+    assert!(what.contains("statically linked") || what.contains("static-pie linked"), "{what}");
+    // Containerfile.local for linux/arm64 on this (amd64) host: the
+    // manifest says arm64, and the image holds that binary with the
+    // image's file capabilities.
+    let image = Image("localhost/imds-observer:lab-arm64");
+    build_local_image("arm64", image.0).unwrap();
+    let platform =
+        sh(&["podman", "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", image.0]);
+    assert_eq!(platform.trim(), "linux/arm64");
+    let root = PathBuf::from(sh(&["podman", "image", "mount", image.0]).trim());
+    let inside = root.join("imds-observer");
+    assert_eq!(std::fs::read(&inside).unwrap(), std::fs::read(&bin).unwrap(), "the staged binary");
+    let getcap = sh(&["getcap", inside.to_str().unwrap()]);
+    let d = AsDeployed::read();
+    for c in &d.caps {
+        assert!(getcap.contains(&format!("cap_{}", c.to_lowercase())), "{getcap}");
+    }
+}
+
 #[test]
 #[ignore = "lab: needs root, podman and runc; run `cargo xtask test`"]
 fn image_runs_under_the_daemonsets_security_context_as_containerd_runs_it() {
-    build_local_image(IMAGE).unwrap();
+    build_local_image("amd64", IMAGE).unwrap();
     let d = AsDeployed::read();
     let caps: Vec<&str> = d.caps.iter().map(String::as_str).collect();
     let rootfs = Rootfs::of(IMAGE);

@@ -449,16 +449,21 @@ fn both_images_give_the_binary_the_capabilities_as_permitted_file_capabilities()
     assert_eq!(copies, ["COPY --from=build /imds-observer /imds-observer"]);
     assert!(at("COPY --from") > at("setcap "));
 
-    // Containerfile.local: the staged copy is what it copies, and all its
-    // build context admits.
+    // Containerfile.local: the staged copy (per architecture, picked by
+    // the TARGETARCH --platform sets) is what it copies, and all its build
+    // context admits.
     let text = std::fs::read_to_string(repo().join("Containerfile.local")).unwrap();
-    assert_eq!(staged, "target/image/imds-observer");
-    assert!(text.contains(&format!("\nCOPY {staged} /imds-observer\n")), "{text}");
+    assert_eq!(staged, "target/image/$ARCH/imds-observer");
+    assert!(text.contains("\nARG TARGETARCH\n"), "{text}");
+    assert!(
+        text.contains("\nCOPY target/image/${TARGETARCH}/imds-observer /imds-observer\n"),
+        "{text}"
+    );
     let ignore =
         std::fs::read_to_string(repo().join("Containerfile.local.containerignore")).unwrap();
     let rules: Vec<&str> =
         ignore.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
-    assert_eq!(rules, ["*", &format!("!{staged}")]);
+    assert_eq!(rules, ["*", "!target/image/*/imds-observer"]);
 }
 
 #[test]
@@ -510,6 +515,25 @@ fn block<'a>(v: &'a Value, name: &str) -> &'a Value {
     &blocks[0]
 }
 
+/// The `cpu.arch` values (amd64, arm64, 386, ...) a job's constraint on
+/// it admits: `=` one value, or a `regexp` of alternatives, anchored.
+fn nomad_arches(job: &Value) -> BTreeSet<String> {
+    let constraints = job["constraint"].as_array().expect("constraint blocks");
+    let arch: Vec<&Value> =
+        constraints.iter().filter(|c| c["attribute"] == "${attr.cpu.arch}").collect();
+    assert_eq!(arch.len(), 1, "one constraint on cpu.arch: {constraints:?}");
+    let value = arch[0]["value"].as_str().unwrap();
+    match arch[0]["operator"].as_str().unwrap_or("=") {
+        "=" | "==" => set(&[value]),
+        "regexp" => {
+            let alts = value.strip_prefix("^(").and_then(|v| v.strip_suffix(")$"));
+            let alts = alts.unwrap_or_else(|| panic!("an anchored ^(a|b)$: {value}"));
+            alts.split('|').map(str::to_string).collect()
+        }
+        op => panic!("cpu.arch {op} {value}: not checked here"),
+    }
+}
+
 /// The job, its group and its task, checked for what both jobs share.
 fn nomad_task(file: &str) -> (Value, Value, Value) {
     let doc = hcl(&repo().join("deploy/nomad").join(file));
@@ -520,6 +544,7 @@ fn nomad_task(file: &str) -> (Value, Value, Value) {
     assert_eq!(network["mode"], "host", "{file}");
     let task = labelled(&group, "task", "imds-observer").clone();
     assert_eq!(block(&task, "env")["NODE_NAME"], "${node.unique.name}", "{file}");
+    assert_eq!(nomad_arches(&job), set(&["amd64", "arm64"]), "{file}: Graviton clients too");
 
     let all: Vec<&str> = block(&task, "config")["args"]
         .as_array()
@@ -674,7 +699,7 @@ fn value_sets() -> Vec<(&'static str, Value, Variant)> {
             json!({"metrics": {"enabled": false}}),
             Variant { docker: false, no_metrics: true },
         ),
-        ("arm64 only", json!({"architectures": ["arm64"]}), Variant::default()),
+        ("amd64 only", json!({"architectures": ["amd64"]}), Variant::default()),
     ]
 }
 
@@ -742,9 +767,11 @@ fn chart_value_sets_keep_the_documented_privileges_and_mounts() {
         } else {
             assert_rbac(&objs);
         }
+        // Both architectures the images are built for (Graviton nodes
+        // included), unless a values file narrows them.
         let want = match name {
-            "arm64 only" => set(&["arm64"]),
-            _ => set(&["amd64"]),
+            "amd64 only" => set(&["amd64"]),
+            _ => set(&["amd64", "arm64"]),
         };
         assert_eq!(admitted_architectures(ds), want, "{name}");
         // Helm's own Namespace handling: only on request.

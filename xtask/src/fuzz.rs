@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{apt_install, cargo_home, nightly, root_dir, run};
+use crate::{apt_install, beside::Beside, cargo_home, nightly, root_dir, run};
 
 /// The targets (fuzz/fuzz_targets/*.rs), run two at a time on CI's two
 /// cores in this order: the slowest per input (the pipeline, a tokio
@@ -59,57 +59,15 @@ fn install() -> Result<()> {
 /// The fuzz stage as a child (`cargo xtask fuzz`) at the lowest CPU
 /// priority, its output in a log: `cargo xtask test` runs it beside the
 /// host lab, whose timing a nice-19 build and fuzzers do not disturb.
-pub struct Background {
-    /// None once waited for.
-    child: Option<std::process::Child>,
-    log: PathBuf,
+pub fn beside(seconds: u64) -> Result<Beside> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["fuzz", "--seconds", &seconds.to_string()]);
+    Beside::start("the fuzz stage", &cmd, "fuzz-stage.log")
 }
 
-impl Background {
-    pub fn start(seconds: u64) -> Result<Self> {
-        let log = root_dir().join("target/fuzz-stage.log");
-        fs::create_dir_all(log.parent().unwrap())?;
-        let mut cmd = Command::new("nice");
-        cmd.args(["-n", "19"])
-            .arg(std::env::current_exe()?)
-            .args(["fuzz", "--seconds", &seconds.to_string()])
-            .current_dir(root_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(fs::File::create(&log)?))
-            .stderr(Stdio::from(fs::File::options().append(true).open(&log)?));
-        eprintln!("+ {cmd:?} (beside the lab; output in {})", log.display());
-        let child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
-        Ok(Background { child: Some(child), log })
-    }
-
-    /// Wait for it; print what it ran, or its log's end when it failed.
-    pub fn wait(mut self) -> Result<()> {
-        let ok = self.child.take().expect("not waited for yet").wait()?.success();
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let shown = if ok {
-            lines.iter().filter(|l| l.starts_with("fuzz ")).copied().collect::<Vec<_>>()
-        } else {
-            lines[lines.len().saturating_sub(60)..].to_vec()
-        };
-        for l in shown {
-            println!("{l}");
-        }
-        if !ok {
-            bail!("the fuzz stage failed (its log: {})", self.log.display());
-        }
-        Ok(())
-    }
-}
-
-/// Not waited for (the lab stage failed to run): stop it.
-impl Drop for Background {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Its log's lines worth showing when it passed.
+pub fn shown(line: &str) -> bool {
+    line.starts_with("fuzz ")
 }
 
 /// What one run did.

@@ -10,12 +10,14 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod beside;
 mod fuzz;
 // The pinned nightly, read as observer/build.rs reads it.
 #[path = "../../observer/build/toolchain.rs"]
 mod toolchain;
 mod vm;
 
+use beside::Beside;
 use fuzz::fuzz;
 
 /// Seconds each fuzz target runs in `cargo xtask test` (and by default in
@@ -57,8 +59,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
     },
-    /// Boot one kernel of the matrix (5.10, 6.1, 6.12) under qemu and run
-    /// lab tests in it (root). Without a filter, the matrix's scenarios.
+    /// Boot one kernel of the matrix (5.10, 6.1, 6.12, 6.1-arm64) under
+    /// qemu and run lab tests in it (root). Without a filter, the matrix's
+    /// scenarios.
     Vm {
         /// Which kernel.
         kernel: String,
@@ -68,6 +71,9 @@ enum Cmd {
     /// Setup, build, then run the lab with hop limit 1: a container client
     /// that behaves like an AWS SDK, the observer watching. Needs root.
     Demo,
+    /// Build the static release binaries of both images: amd64 and arm64
+    /// (Graviton), cross-compiled (target/<triple>/release/imds-observer).
+    Release,
     /// Print figures: the agent's idle and per-request cost, eBPF cost per
     /// packet, image size (lab, root), and the TUI rendering benchmark.
     Bench,
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
         Cmd::Test { unit, no_matrix, filter } => test(unit, !no_matrix, &filter),
         Cmd::Vm { kernel, tests } => vm_one(&kernel, &tests),
         Cmd::Demo => demo(),
+        Cmd::Release => release(),
         Cmd::Bench => bench(),
         Cmd::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
     };
@@ -175,15 +182,70 @@ fn setup() -> Result<()> {
     if !stable.lines().any(|l| l.starts_with("clippy")) {
         run(Command::new("rustup").args(["component", "add", "clippy"]))?;
     }
-    // The container image holds a static binary.
+    // The container images hold a static binary, for amd64 and arm64.
     let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !targets.lines().any(|l| l == MUSL) {
-        run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    for t in [MUSL, MUSL_ARM64] {
+        if !targets.lines().any(|l| l == t) {
+            run(Command::new("rustup").args(["target", "add", t]))?;
+        }
     }
+    cross_compiler()?;
     install_bpf_linker()
 }
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
+/// Graviton's: .cargo/config.toml names its C compiler and linker.
+const MUSL_ARM64: &str = "aarch64-unknown-linux-musl";
+const ARM64_GCC: &str = "aarch64-linux-gnu-gcc";
+
+/// The arm64 build's C compiler and linker (.cargo/config.toml), with the
+/// libc headers ring's C includes: Debian's cross toolchain on an x86_64
+/// host (on an arm64 host, the native gcc has the same name). Installed as
+/// root; otherwise setup goes on, and only the arm64 build says what to
+/// install.
+fn cross_compiler() -> Result<()> {
+    if on_path(ARM64_GCC) || !is_root() || !on_path("apt-get") {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The static release binaries of both images (amd64, arm64), with the
+/// `kubernetes` feature named even though it is a default.
+fn build_release(target: &str) -> Result<PathBuf> {
+    if target == MUSL_ARM64 && !on_path(ARM64_GCC) {
+        bail!(
+            "the arm64 build needs {ARM64_GCC}: `sudo cargo xtask setup`, or apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+        );
+    }
+    run(cargo().args(release_args(target)))?;
+    Ok(release_binary(target))
+}
+
+fn release_args(target: &str) -> [&str; 7] {
+    ["build", "--release", "--target", target, "-p", "imds-observer", "--features=kubernetes"]
+}
+
+fn release_binary(target: &str) -> PathBuf {
+    root_dir().join(format!("target/{target}/release/imds-observer"))
+}
+
+/// `cargo xtask release`: both architectures' static binaries, and what
+/// each is.
+fn release() -> Result<()> {
+    setup()?;
+    for target in [MUSL, MUSL_ARM64] {
+        let bin = build_release(target)?;
+        let size = std::fs::metadata(&bin)?.len();
+        println!("{target}: {} ({:.1} MB)", bin.display(), size as f64 / 1e6);
+    }
+    println!("package either with Containerfile.local (its header says how)");
+    Ok(())
+}
 
 /// bpf-linker must use the same LLVM major as rustc. No prebuilt one can be
 /// fetched here, so build it against the pinned nightly's own libLLVM.
@@ -266,6 +328,8 @@ fn lab_packages() -> Result<()> {
         // prometheus lab test runs a real Prometheus (the package's own
         // service is not used).
         ("promtool", "prometheus"),
+        // What the cross-built arm64 binary is (the arm64 image's test).
+        ("file", "file"),
     ];
     apt_install(&need)?;
     // A real SDK for the lab's client tests.
@@ -332,16 +396,35 @@ fn on_path(cmd: &str) -> bool {
         || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(cmd).is_file())
 }
 
-/// The static observer of the published image (Containerfile builds the
-/// same), with the `kubernetes` feature named even though it is a default.
-const MUSL_OBSERVER: [&str; 7] =
-    ["build", "--release", "--target", MUSL, "-p", "imds-observer", "--features=kubernetes"];
-
 /// Binaries the lab starts: build them before its tests.
 const LAB_BINS: [&str; 6] = ["build", "--bins", "-p", "imds-observer", "-p", "imds-lab"];
 
 fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
     setup()?;
+    // The arm64 image's binary (the lab builds its image) and the arm64
+    // guest's test binaries: cross builds of their own, beside the checks
+    // and unit tests below, which leave CPU idle between their builds.
+    let arm64 = if unit_only || !is_root() {
+        None
+    } else {
+        if !on_path(ARM64_GCC) {
+            bail!(
+                "the arm64 build needs {ARM64_GCC}: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+            );
+        }
+        let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = release_args(MUSL_ARM64).join(" ");
+        let guest_tests: Vec<String> =
+            ARM64_TESTS.iter().map(|(t, _)| format!("--test {t}")).collect();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "\"$0\" {release} && \"$0\" test -p imds-lab --no-run --target {MUSL_ARM64} {}",
+                guest_tests.join(" ")
+            ))
+            .arg(cargo);
+        Some(Beside::start("the arm64 builds", &cmd, "arm64-build.log")?)
+    };
     // The deploy-manifest checks validate offline against the Kubernetes
     // schemas kubernetes-validate ships, and parse the Nomad jobs.
     pip_install(
@@ -393,11 +476,19 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         run(cargo().args(["build", "--bins", "-p", "aws-sdk-rust-client"]))?;
         // The image test puts this binary in a scratch image: the published
         // image's build, pod lookups included.
-        run(cargo().args(MUSL_OBSERVER))?;
-        // The host lab mostly waits (client timeouts, settling): the fuzz
-        // stage runs beside it, niced, and takes little wall time of its own.
-        let fuzzing = fuzz::Background::start(FUZZ_SECONDS)?;
-        total += run_tests(
+        build_release(MUSL)?;
+        if let Some(b) = arm64 {
+            b.wait(|l| l.contains("Finished"))?;
+        }
+        let guests = if matrix { kernel_matrix()? } else { Vec::new() };
+        // The host lab mostly waits (client timeouts, settling): the kernel
+        // matrix's guests (at the lowest CPU priority, `vm::boot`) and the
+        // fuzz stage (niced too) run beside it, on the CPU it leaves. The
+        // guests are kernels of their own: they share no namespace, cgroup
+        // or qdisc with the host lab.
+        let matrix_run = std::thread::spawn(move || run_guests(&guests));
+        let fuzzing = fuzz::beside(FUZZ_SECONDS);
+        let host = run_tests(
             cargo()
                 .args([
                     "test",
@@ -412,11 +503,14 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
                 // Tests for kernels without drop reasons: the matrix's 5.10 runs them.
                 .args(["--skip", OLD_KERNEL_TESTS])
                 .args(filter),
-        )?;
-        fuzzing.wait()?;
-        if matrix {
-            total += kernel_matrix()?;
-        }
+        );
+        let fuzzed = fuzzing.and_then(|f| f.wait(fuzz::shown));
+        // Whatever the host lab did, the guests finish (their qemu reaped).
+        let guests =
+            matrix_run.join().map_err(|_| anyhow::anyhow!("the matrix's thread panicked"))?;
+        total += host?;
+        fuzzed?;
+        total += guests?;
     }
     // One closing line for the whole run, unit and lab together.
     println!("xtask: {} passed, {} failed", total.passed, total.failed);
@@ -522,23 +616,40 @@ const MATRIX_TESTS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// What the arm64 guest (emulated, several times slower) runs: the
+/// diagnosis at hop limit 1 and 2, on the observer's own output, and
+/// detach on SIGTERM.
+const ARM64_TESTS: &[(&str, &[&str])] = &[
+    (
+        "capture_lab",
+        &[
+            "hop_limit_1_routed_container_loses_the_token_reply",
+            "hop_limit_2_delivers_the_token_reply",
+        ],
+    ),
+    ("diagnose_lab", &["hop_limit_1_sdk_like_client_gets_hop_limit_exceeded_and_fallback"]),
+    ("cli_lab", &["sigkill_then_restart_leaves_no_duplicates_and_sigterm_detaches"]),
+];
+
 /// Lab tests (name prefix) only kernels without drop reasons (5.10) run.
 const OLD_KERNEL_TESTS: &str = "old_kernel_";
 
-/// A guest this long is hung (a run takes a few minutes under TCG).
-const GUEST_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// A guest this long is hung (a run takes a few minutes under TCG, more
+/// beside the host lab).
+const GUEST_LIMIT: Duration = Duration::from_secs(25 * 60);
 
-/// The lab test binaries, built, by target name.
-fn lab_test_binaries() -> Result<Vec<(String, PathBuf)>> {
-    let out = output(cargo().args([
-        "test",
-        "-p",
-        "imds-lab",
-        "--tests",
-        "--no-run",
-        "--message-format=json",
-        "-q",
-    ]))?;
+/// The lab test binaries `targets` for `arch` (cross-built for arm64:
+/// static, musl), built, by target name.
+fn lab_test_binaries(targets: &[&str], arch: vm::Arch) -> Result<Vec<(String, PathBuf)>> {
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "imds-lab", "--no-run", "--message-format=json", "-q"]);
+    for t in targets {
+        cmd.args(["--test", t]);
+    }
+    if arch != vm::Arch::Amd64 {
+        cmd.args(["--target", arch.musl()]);
+    }
+    let out = output(&mut cmd)?;
     let mut bins = Vec::new();
     for line in out.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
@@ -550,10 +661,11 @@ fn lab_test_binaries() -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// The guest script: each test binary with its tests, then the status.
-fn matrix_script(tests: &[(&str, Vec<String>)]) -> Result<String> {
-    let bins = lab_test_binaries()?;
+fn matrix_script(tests: &[(&str, Vec<String>)], arch: vm::Arch) -> Result<String> {
+    let targets: Vec<&str> = tests.iter().map(|(t, _)| *t).collect();
+    let bins = lab_test_binaries(&targets, arch)?;
     // The release build users run (the image's static binary).
-    let observer = root_dir().join(format!("target/{MUSL}/release/imds-observer"));
+    let observer = release_binary(arch.musl());
     // A newer kernel's BTF (this machine's), for the tests of old kernels.
     let btf = vm::host_btf()?;
     let mut script = format!(
@@ -588,7 +700,11 @@ fn scenarios(tests: &[(&str, Vec<String>)]) -> u64 {
 /// The matrix's tests for kernel `k`; kernels without drop reasons also
 /// run the `old_kernel_` tests.
 fn matrix_tests(k: &vm::Unpacked) -> Vec<(&'static str, Vec<String>)> {
-    let mut tests: Vec<_> = MATRIX_TESTS
+    let named = match k.arch {
+        vm::Arch::Amd64 => MATRIX_TESTS,
+        vm::Arch::Arm64 => ARM64_TESTS,
+    };
+    let mut tests: Vec<_> = named
         .iter()
         .map(|(t, names)| (*t, names.iter().map(|n| n.to_string()).collect()))
         .collect();
@@ -601,19 +717,27 @@ fn matrix_tests(k: &vm::Unpacked) -> Vec<(&'static str, Vec<String>)> {
     tests
 }
 
-/// Boot every kernel of the matrix and run the matrix's lab tests in each.
-fn kernel_matrix() -> Result<Tally> {
+/// Every kernel of the matrix, fetched, with its guest's script (the test
+/// binaries built): what `run_guests` boots.
+fn kernel_matrix() -> Result<Vec<(vm::Unpacked, String)>> {
     vm::packages()?;
-    let kernels = vm::kernels()?;
-    let scripts =
-        kernels.iter().map(|k| matrix_script(&matrix_tests(k))).collect::<Result<Vec<_>>>()?;
+    vm::kernels()?
+        .into_iter()
+        .map(|k| {
+            let script = matrix_script(&matrix_tests(&k), k.arch)?;
+            Ok((k, script))
+        })
+        .collect()
+}
+
+/// Boot every kernel of the matrix and run the matrix's lab tests in each.
+fn run_guests(guests: &[(vm::Unpacked, String)]) -> Result<Tally> {
     // The guests run side by side: most of a lab test is waiting (client
     // timeouts, settling), so they share the two cores well, and the
     // matrix takes about as long as its slowest kernel.
     let results: Vec<Result<Tally>> = std::thread::scope(|s| {
-        let runs: Vec<_> = kernels
+        let runs: Vec<_> = guests
             .iter()
-            .zip(&scripts)
             .map(|(k, script)| {
                 s.spawn(move || {
                     let t0 = std::time::Instant::now();
@@ -652,8 +776,8 @@ fn vm_one(kernel: &str, tests: &[String]) -> Result<()> {
     lab_packages()?;
     vm::packages()?;
     run(cargo().args(LAB_BINS))?;
-    run(cargo().args(MUSL_OBSERVER))?;
     let k = vm::kernel(kernel)?;
+    build_release(k.arch.musl())?;
     let selected = if tests.is_empty() {
         matrix_tests(&k)
     } else {
@@ -667,7 +791,7 @@ fn vm_one(kernel: &str, tests: &[String]) -> Result<()> {
             .map(|t| (t, tests.to_vec()))
             .collect()
     };
-    let mut t = vm::boot(&k, &matrix_script(&selected)?, GUEST_LIMIT)?;
+    let mut t = vm::boot(&k, &matrix_script(&selected, k.arch)?, GUEST_LIMIT)?;
     t.expect_ran(
         if tests.is_empty() { scenarios(&selected) } else { tests.len() as u64 },
         &k.release,
@@ -702,7 +826,7 @@ fn bench() -> Result<()> {
     // Bulk traffic for the per-packet cost and the throughput.
     apt_install(&[("iperf3", "iperf3")])?;
     run(cargo().args(LAB_BINS))?;
-    run(cargo().args(MUSL_OBSERVER))?;
+    build_release(MUSL)?;
     run(cargo().args(["run", "--quiet", "-p", "imds-lab", "--bin", "lab-bench"]))?;
     run(cargo().args(["bench", "-p", "imds-observer"]))
 }
@@ -738,7 +862,7 @@ mod tests {
         let mut t = Tally { passed: 3, failed: 0 };
         t.expect_ran(3, "5.10");
         assert_eq!(t.failed, 0);
-        for (binary, names) in MATRIX_TESTS {
+        for (binary, names) in MATRIX_TESTS.iter().chain(ARM64_TESTS) {
             let path = root_dir().join(format!("tests/tests/{binary}.rs"));
             let src = std::fs::read_to_string(&path).unwrap();
             for name in *names {

@@ -9,8 +9,16 @@
 //! over the tmpfs, so any checkout path works. The guest's kernel modules
 //! come from the kernel package.
 //!
-//! Kernels are fetched with `apt-get download` through a private apt state
-//! (target/vm/apt), never installed on this machine, and kept in target/vm.
+//! An arm64 guest (Graviton's architecture, emulated) cannot run this
+//! machine's binaries: its root is assembled once from Debian's arm64
+//! packages (target/vm/rootfs-arm64: busybox, bash, iproute2, bpftool, kmod,
+//! util-linux and their libraries), shared over the same virtiofs, with the
+//! checkout bound in at its own path; the observer and the lab's test
+//! binaries are cross-built for aarch64 (musl, static).
+//!
+//! Kernels and packages are fetched with `apt-get download` through a
+//! private apt state (target/vm/apt-*), never installed on this machine,
+//! and kept in target/vm.
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
@@ -25,36 +33,73 @@ use anyhow::{Context, Result, bail};
 
 use crate::{Tally, output, run};
 
-/// One kernel of the matrix: the Debian suites that carry it and the
-/// package that depends on its current build (resolved through apt, since
-/// security updates retire exact versions).
+/// One kernel of the matrix: its architecture, the Debian suites that
+/// carry it and the package that depends on its current build (resolved
+/// through apt, since security updates retire exact versions).
 pub struct Kernel {
     pub name: &'static str,
+    pub arch: Arch,
     suites: &'static [&'static str],
     meta: &'static str,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arch {
+    Amd64,
+    /// Emulated (TCG): Graviton's architecture.
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's (and Kubernetes') name.
+    pub fn deb(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// Rust's static target for the guest's binaries.
+    pub fn musl(self) -> &'static str {
+        match self {
+            Arch::Amd64 => crate::MUSL,
+            Arch::Arm64 => crate::MUSL_ARM64,
+        }
+    }
 }
 
 pub const MATRIX: &[Kernel] = &[
     Kernel {
         name: "5.10",
+        arch: Arch::Amd64,
         suites: &["bullseye", "bullseye-security"],
         meta: "linux-image-cloud-amd64",
     },
     Kernel {
         name: "6.1",
+        arch: Arch::Amd64,
         suites: &["bookworm", "bookworm-security"],
         meta: "linux-image-cloud-amd64",
     },
     Kernel {
         name: "6.12",
+        arch: Arch::Amd64,
         suites: &["bookworm", "bookworm-security"],
         meta: "linux-image-6.12-cloud-amd64",
+    },
+    // Amazon Linux 2023's kernel line on Graviton.
+    Kernel {
+        name: "6.1-arm64",
+        arch: Arch::Arm64,
+        suites: &["bookworm", "bookworm-security"],
+        meta: "linux-image-cloud-arm64",
     },
 ];
 
 /// A kernel unpacked and ready to boot.
 pub struct Unpacked {
     pub release: String,
+    pub arch: Arch,
     vmlinuz: PathBuf,
     /// The root of the extracted package (lib/modules/<release> below it).
     root: PathBuf,
@@ -64,20 +109,54 @@ fn vm_dir() -> PathBuf {
     crate::root_dir().join("target/vm")
 }
 
-/// apt-get/apt-cache with a private state for `suites`, so the machine's own
-/// sources and lists are never touched.
-fn apt(tool: &str, state: &Path) -> Command {
+/// apt-get/apt-cache with a private state for `suites` and `arch`, so the
+/// machine's own sources, lists and installed packages are never touched
+/// (the state's empty dpkg status: a download resolves every dependency).
+fn apt(tool: &str, state: &Path, arch: Arch) -> Command {
     let mut c = Command::new(tool);
     for (k, v) in [
         ("Dir::Etc::SourceList", state.join("sources.list")),
         ("Dir::Etc::SourceParts", state.join("sources.list.d")),
         ("Dir::State::Lists", state.join("lists")),
+        ("Dir::State::status", state.join("status")),
         ("Dir::Cache", state.join("cache")),
     ] {
         c.arg("-o").arg(format!("{k}={}", v.display()));
     }
+    c.arg("-o").arg(format!("APT::Architecture={}", arch.deb()));
+    c.arg("-o").arg(format!("APT::Architectures={}", arch.deb()));
     c.args(["-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root", "-qq"]);
     c
+}
+
+/// The private apt state for `suites` (updated once) and `arch`.
+fn apt_state(suites: &[&str], arch: Arch) -> Result<PathBuf> {
+    let state = match arch {
+        Arch::Amd64 => vm_dir().join(format!("apt-{}", suites[0])),
+        a => vm_dir().join(format!("apt-{}-{}", suites[0], a.deb())),
+    };
+    fs::create_dir_all(state.join("lists/partial"))?;
+    fs::create_dir_all(state.join("cache/archives/partial"))?;
+    fs::create_dir_all(state.join("sources.list.d"))?;
+    if !state.join("status").exists() {
+        fs::write(state.join("status"), "")?;
+    }
+    let mirror = debian_mirror();
+    let security = mirror.replace("/debian", "/debian-security");
+    let mut list = String::new();
+    for s in suites {
+        let base = if s.ends_with("-security") { &security } else { &mirror };
+        list += &format!(
+            "deb [arch={} signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {base} {s} main\n",
+            arch.deb()
+        );
+    }
+    fs::write(state.join("sources.list"), list)?;
+    if !state.join("updated").exists() {
+        run(apt("apt-get", &state, arch).arg("update"))?;
+        fs::write(state.join("updated"), "")?;
+    }
+    Ok(state)
 }
 
 /// The Debian archive this machine's apt already uses (its first active
@@ -108,27 +187,11 @@ fn fetch(k: &Kernel) -> Result<Unpacked> {
             vmlinuz: dir.join(format!("root/boot/vmlinuz-{release}")),
             root: dir.join("root"),
             release,
+            arch: k.arch,
         });
     }
-    let state = vm_dir().join(format!("apt-{}", k.suites[0]));
-    fs::create_dir_all(state.join("lists/partial"))?;
-    fs::create_dir_all(state.join("cache/archives/partial"))?;
-    fs::create_dir_all(state.join("sources.list.d"))?;
-    let mirror = debian_mirror();
-    let security = mirror.replace("/debian", "/debian-security");
-    let mut list = String::new();
-    for s in k.suites {
-        let base = if s.ends_with("-security") { &security } else { &mirror };
-        list += &format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {base} {s} main\n"
-        );
-    }
-    fs::write(state.join("sources.list"), list)?;
-    if !state.join("updated").exists() {
-        run(apt("apt-get", &state).arg("update"))?;
-        fs::write(state.join("updated"), "")?;
-    }
-    let deps = output(apt("apt-cache", &state).args([
+    let state = apt_state(k.suites, k.arch)?;
+    let deps = output(apt("apt-cache", &state, k.arch).args([
         "depends",
         "--no-recommends",
         "--no-suggests",
@@ -137,13 +200,17 @@ fn fetch(k: &Kernel) -> Result<Unpacked> {
     let pkg = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-") && p.ends_with("-cloud-amd64") && p != &k.meta)
+        .find(|p| {
+            p.starts_with("linux-image-")
+                && p.ends_with(&format!("-cloud-{}", k.arch.deb()))
+                && p != &k.meta
+        })
         .with_context(|| format!("{} names no kernel package:\n{deps}", k.meta))?
         .to_string();
     eprintln!("kernel {}: {pkg}", k.name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    run(apt("apt-get", &state).arg("download").arg(&pkg).current_dir(&dir))?;
+    run(apt("apt-get", &state, k.arch).arg("download").arg(&pkg).current_dir(&dir))?;
     let deb = fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())
@@ -156,7 +223,12 @@ fn fetch(k: &Kernel) -> Result<Unpacked> {
     // Debian 13+ packages put modules below usr/lib; bookworm and older below lib.
     run(Command::new("depmod").arg("-b").arg(&root).arg(&release))?;
     fs::write(&done, &release)?;
-    Ok(Unpacked { vmlinuz: root.join(format!("boot/vmlinuz-{release}")), root, release })
+    Ok(Unpacked {
+        vmlinuz: root.join(format!("boot/vmlinuz-{release}")),
+        root,
+        release,
+        arch: k.arch,
+    })
 }
 
 /// The module files to insert, in order, for `name` (e.g. "virtiofs") and
@@ -205,41 +277,130 @@ fn guest_needs() -> Vec<PathBuf> {
     dirs.iter().filter_map(|d| fs::canonicalize(d).ok()).collect()
 }
 
-/// /env of the initramfs: the run script, the kernel's files, the tmpfs
-/// mounts and what to carry over them, as shell assignments (any path
-/// works, spaces included; none goes through the kernel command line).
-fn guest_env(runner: &Path, kroot: &Path) -> String {
-    let carry: Vec<String> =
-        hidden_in_guest(&guest_needs()).iter().map(|p| p.display().to_string()).collect();
+/// /env of the initramfs: the run script, the kernel's files, the guest's
+/// root and what to bind into it, the tmpfs mounts and what to carry over
+/// them, where the script writes, as shell assignments (any path works,
+/// spaces included; none goes through the kernel command line).
+fn guest_env(runner: &Path, kroot: &Path, root: &Path, arch: Arch) -> String {
+    let lines =
+        |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n");
+    let bind = if root == Path::new("/") { Vec::new() } else { guest_needs() };
     format!(
-        "export imds_run={} imds_kroot={}\nexport imds_tmpfs={} imds_carry={}\n",
+        "export imds_run={} imds_kroot={}\nexport imds_root={} imds_bind={}\nexport imds_tmpfs={} imds_carry={}\nexport imds_out={}\n",
         shell_quote(&runner.display().to_string()),
         shell_quote(&kroot.display().to_string()),
+        shell_quote(&root.display().to_string()),
+        shell_quote(&lines(&bind)),
         shell_quote(&GUEST_TMPFS.join("\n")),
-        shell_quote(&carry.join("\n")),
+        shell_quote(&lines(&hidden_in_guest(&guest_needs()))),
+        match arch {
+            Arch::Amd64 => "/dev/ttyS1",
+            // The virt board has one UART (the kernel's console): a virtio console.
+            Arch::Arm64 => "/dev/hvc0",
+        }
     )
+}
+
+/// What an arm64 guest's root holds: the shells and tools of the run
+/// script and of the lab (ip, tc, nsenter, bpftool, modprobe, GNU date),
+/// with their libraries; busybox for every other command.
+const ARM64_PACKAGES: &[&str] =
+    &["busybox-static", "bash", "coreutils", "iproute2", "bpftool", "kmod", "util-linux"];
+
+/// The root of `arch`'s guests, as a path in this machine's tree (which
+/// virtiofs shares whole): `/` itself for amd64, or for arm64 a root
+/// assembled from Debian's arm64 packages, once, with a mount point for
+/// each directory bound in from this machine (`guest_needs`).
+fn guest_root(arch: Arch) -> Result<PathBuf> {
+    if arch == Arch::Amd64 {
+        return Ok(PathBuf::from("/"));
+    }
+    let root = vm_dir().join(format!("rootfs-{}", arch.deb()));
+    // Assembled from this list; another list assembles it anew.
+    let done = vm_dir().join(format!("rootfs-{}.assembled", arch.deb()));
+    if fs::read_to_string(&done).ok().as_deref() != Some(&ARM64_PACKAGES.join(" ")) {
+        assemble_root(&root, arch)?;
+        fs::write(&done, ARM64_PACKAGES.join(" "))?;
+    }
+    for d in guest_needs() {
+        fs::create_dir_all(root.join(d.strip_prefix("/").unwrap_or(&d)))?;
+    }
+    Ok(fs::canonicalize(root)?)
+}
+
+fn assemble_root(root: &Path, arch: Arch) -> Result<()> {
+    eprintln!("assembling the {} guests' root from Debian's packages (once)", arch.deb());
+    let state = apt_state(&["bookworm", "bookworm-security"], arch)?;
+    let debs = vm_dir().join(format!("rootfs-{}-debs", arch.deb()));
+    let _ = fs::remove_dir_all(root);
+    let _ = fs::remove_dir_all(&debs);
+    fs::create_dir_all(debs.join("partial"))?;
+    run(apt("apt-get", &state, arch)
+        .arg("-o")
+        .arg(format!("Dir::Cache::archives={}", debs.display()))
+        .args(["install", "--download-only", "--no-install-recommends", "-y"])
+        .args(ARM64_PACKAGES))?;
+    for e in fs::read_dir(&debs)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            run(Command::new("dpkg-deb").arg("-x").arg(&p).arg(root))?;
+        }
+    }
+    fs::remove_dir_all(&debs)?;
+    for d in ["proc", "sys", "dev", "tmp", "run", "var/tmp", "var/lib", "root", "etc", "bin"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    // Debian builds busybox-static alike for both architectures: this
+    // machine's lists the applets.
+    let applets = output(Command::new(host_busybox()?).arg("--list"))?;
+    for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && !a.contains('/')) {
+        let have = ["bin", "sbin", "usr/bin", "usr/sbin"]
+            .iter()
+            .any(|d| root.join(d).join(a).symlink_metadata().is_ok());
+        if !have {
+            std::os::unix::fs::symlink("/bin/busybox", root.join("bin").join(a))?;
+        }
+    }
+    Ok(())
+}
+
+fn host_busybox() -> Result<&'static str> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox-static is not installed")
 }
 
 /// A tiny initramfs: static busybox, our init and its /env, and the
 /// modules needed to mount the virtiofs root (fuse, virtiofs) where they
 /// are not built in.
-fn initramfs(k: &Unpacked, env: &str) -> Result<PathBuf> {
+fn initramfs(k: &Unpacked, env: &str, root: &Path) -> Result<PathBuf> {
     let dir = vm_dir().join(format!("initramfs-{}", k.release));
     let out = vm_dir().join(format!("initramfs-{}.cpio", k.release));
     let _ = fs::remove_dir_all(&dir);
     for d in ["bin", "modules", "proc", "sys", "dev", "newroot"] {
         fs::create_dir_all(dir.join(d))?;
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("busybox-static is not installed")?;
+    // The guest's own architecture's busybox.
+    let busybox = match k.arch {
+        Arch::Amd64 => PathBuf::from(host_busybox()?),
+        Arch::Arm64 => root.join("bin/busybox"),
+    };
     fs::copy(busybox, dir.join("bin/busybox"))?;
     fs::write(dir.join("init"), include_str!("../vm/init"))?;
     set_exec(&dir.join("init"))?;
     fs::write(dir.join("env"), env)?;
     let mut seen = Vec::new();
-    for m in ["virtio_pci", "virtiofs", "virtio_fs"] {
+    let mut wanted = vec!["virtio_pci", "virtiofs", "virtio_fs"];
+    if k.arch == Arch::Arm64 {
+        wanted.push("virtio_console");
+    }
+    for m in wanted {
         for src in module_chain(k, m) {
             if seen.contains(&src) {
                 continue;
@@ -322,7 +483,9 @@ pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
     )?;
     set_exec(&runner)?;
     let runner = fs::canonicalize(&runner)?;
-    let initrd = initramfs(k, &guest_env(&runner, &fs::canonicalize(&k.root)?))?;
+    let root = guest_root(k.arch)?;
+    let env = guest_env(&runner, &fs::canonicalize(&k.root)?, &root, k.arch);
+    let initrd = initramfs(k, &env, &root)?;
     let sock = vm.join(format!("virtiofs-{tag}.sock"));
     let console = vm.join(format!("console-{tag}.log"));
     let _ = fs::remove_file(&sock);
@@ -347,8 +510,23 @@ pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
         thread::sleep(Duration::from_millis(50));
     }
     let mem = "2G";
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", accel(), "-cpu", "max", "-m", mem, "-smp", "2"])
+    let (qemu_bin, console_tty, package) = match k.arch {
+        Arch::Amd64 => ("qemu-system-x86_64", "ttyS0", "qemu-system-x86"),
+        Arch::Arm64 => ("qemu-system-aarch64", "ttyAMA0", "qemu-system-arm"),
+    };
+    // At the lowest CPU priority: beside the host lab in `cargo xtask
+    // test`, the guests take only what it leaves.
+    let mut qemu = Command::new("nice");
+    qemu.args(["-n", "19", qemu_bin]);
+    match k.arch {
+        Arch::Amd64 => qemu.args(["-accel", accel(), "-cpu", "max"]),
+        // Emulated: pointer authentication with QEMU's own cheap hash
+        // instead of the architected one, which costs TCG dearly.
+        Arch::Arm64 => {
+            qemu.args(["-M", "virt", "-accel", "tcg,thread=single", "-cpu", "max,pauth-impdef=on"])
+        }
+    };
+    qemu.args(["-m", mem, "-smp", "2"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .args([
             "-object",
@@ -363,14 +541,25 @@ pub fn boot(k: &Unpacked, script: &str, limit: Duration) -> Result<Tally> {
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")
-        .arg("console=ttyS0 panic=-1 quiet")
-        // ttyS0: the kernel's console, to a file; ttyS1: the script's output.
-        .args(["-serial", &format!("file:{}", console.display()), "-serial", "stdio"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .arg(format!("console={console_tty} panic=-1 quiet"))
+        // The kernel's console to a file; the script's output (ttyS1, or a
+        // virtio console on arm64's one-UART board) to us.
+        .args(["-serial", &format!("file:{}", console.display())]);
+    match k.arch {
+        Arch::Amd64 => qemu.args(["-serial", "stdio"]),
+        Arch::Arm64 => qemu.args([
+            "-device",
+            "virtio-serial-pci",
+            "-chardev",
+            "stdio,id=out",
+            "-device",
+            "virtconsole,chardev=out",
+        ]),
+    };
+    qemu.stdin(Stdio::null()).stdout(Stdio::piped());
     eprintln!("+ {qemu:?}");
     let mut child =
-        Reaped(qemu.spawn().context("qemu-system-x86_64 (apt-get install qemu-system-x86)")?);
+        Reaped(qemu.spawn().with_context(|| format!("{qemu_bin} (apt-get install {package})"))?);
     let (tx, rx) = mpsc::channel();
     let stdout = child.0.stdout.take().unwrap();
     thread::spawn(move || {
@@ -479,6 +668,7 @@ pub fn kernel(name: &str) -> Result<Unpacked> {
 pub fn packages() -> Result<()> {
     crate::apt_install(&[
         ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-system-aarch64", "qemu-system-arm"),
         ("cpio", "cpio"),
         ("depmod", "kmod"),
         ("xz", "xz-utils"),

@@ -1,11 +1,11 @@
 #!/bin/bash
 # pid 1 of a matrix guest, after init's switch_root: mount what the
 # observer and the lab need, load the modules the lab uses, then (below,
-# written by xtask) run the tests. Output goes to the second serial port,
-# which xtask reads; the last line is `vm-exit: <status>`.
+# written by xtask) run the tests. Output goes to $imds_out (the second
+# serial port, or a virtio console), which xtask reads; the last line is `vm-exit: <status>`.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
-stty -F /dev/ttyS1 raw -echo 2>/dev/null
-exec >/dev/ttyS1 2>&1
+stty -F "$imds_out" raw -echo 2>/dev/null
+exec >"$imds_out" 2>&1
 finish() {
     echo "vm-exit: $1"
     sync

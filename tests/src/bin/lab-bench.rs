@@ -387,10 +387,9 @@ fn main() {
     sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=0"]);
 
     // The image.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let musl = root.join("target/x86_64-unknown-linux-musl/release/imds-observer");
+    let musl = imds_lab::release_binary("amd64");
     if musl.exists() {
-        if imds_lab::build_local_image("localhost/imds-observer:bench").is_ok() {
+        if imds_lab::build_local_image("amd64", "localhost/imds-observer:bench").is_ok() {
             let size = sh(&[
                 "podman",
                 "image",
