@@ -732,6 +732,12 @@ fn every_field() -> Vec<Value> {
         path: Some("/".into()),
         paths: vec!["/".into()],
         token_ttl_header: Some(false),
+        fetches: Some(crate::diagnose::Fetches {
+            window_minutes: 10,
+            tokens: 121,
+            credentials: 242,
+            threshold: 120,
+        }),
         endpoints: vec![EndpointFailures {
             endpoint: "169.254.169.254:80".into(),
             refused: 1,

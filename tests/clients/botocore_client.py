@@ -1,5 +1,9 @@
 """A real botocore credential (or, with `region`, region) fetch from IMDS,
-for the lab.
+for the lab. With `cached SECONDS RATE`, one session's credentials read
+RATE times a second for SECONDS, as a service that keeps its client does
+(botocore refreshes them itself, before they expire); with `per-call
+SECONDS RATE`, a new session for every read, as a service that builds its
+client per call does (a token and credentials fetched each time).
 
 Runs botocore's own credential chain with nothing but IMDS to find
 (AWS_EC2_METADATA_SERVICE_ENDPOINT points it at the lab's fake IMDS) and
@@ -25,11 +29,24 @@ import botocore.utils  # noqa: E402
 # `region`: ask IMDS only where the instance runs, as botocore's region
 # chain does (IMDSRegionProvider: the zone, with a token when it gets one).
 want_region = sys.argv[1:] == ["region"]
+loop = sys.argv[1] if sys.argv[1:2] in (["cached"], ["per-call"]) else None
 start = time.time()
-outcome, key_len, error, region = "error", 0, None, None
+outcome, key_len, error, region, calls = "error", 0, None, None, 0
 try:
     session = botocore.session.get_session()
-    if want_region:
+    if loop:
+        seconds, rate = float(sys.argv[2]), float(sys.argv[3])
+        ok = True
+        while time.time() < start + seconds:
+            if loop == "per-call":
+                session = botocore.session.get_session()
+            creds = session.get_credentials()
+            ok = ok and creds is not None and bool(creds.get_frozen_credentials().access_key)
+            calls += 1
+            time.sleep(1 / rate)
+        if ok:
+            outcome = "ok"
+    elif want_region:
         region = botocore.utils.IMDSRegionProvider(session).provide()
         if region:
             outcome = "ok"
@@ -41,5 +58,6 @@ try:
 except Exception as e:  # noqa: BLE001 - report the class only, never the text
     error = type(e).__name__
 print(json.dumps({"t_start": start, "t_end": time.time(), "outcome": outcome, "error": error,
-                  "key_id_len": key_len, "region": region, "botocore": botocore.__version__}))
+                  "key_id_len": key_len, "region": region, "calls": calls,
+                  "botocore": botocore.__version__}))
 sys.exit(0 if outcome == "ok" else 3)

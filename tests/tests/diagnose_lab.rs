@@ -207,6 +207,62 @@ fn tokenless_container_on_a_hop_limit_1_host_is_at_risk() {
 
 #[test]
 #[ignore = "lab: needs root; run `cargo xtask test`"]
+fn credential_storm_for_a_client_that_fetches_per_call_not_for_one_that_caches() {
+    let mut lab = Lab::new(LabOpts { hop_limit: 2, ..Default::default() });
+    let storm = lab.add_container("storm", Attach::Routed);
+    let cached = lab.add_container("cached", Attach::Routed);
+    let obs = lab.observer_as_deployed(&[]);
+    // Real botocore, 5 calls a second: a new session per call (a token and
+    // the role's credentials fetched each time) for 30 s, beside a service
+    // that keeps its session for 2 minutes.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/botocore_client.py");
+    let run = |c: &Container, how: &str, secs: &str| {
+        c.client(
+            Path::new("python3"),
+            &[script.to_str().unwrap(), how, secs, "5"],
+            &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS)],
+        )
+    };
+    let (s, k) = std::thread::scope(|t| {
+        let s = t.spawn(|| run(&storm, "per-call", "30"));
+        let k = t.spawn(|| run(&cached, "cached", "120"));
+        (s.join().unwrap(), k.join().unwrap())
+    });
+    for r in [&s, &k] {
+        assert_eq!(r.code, 0, "{:?}", r.lines);
+        assert!(r.lines[0]["calls"].as_u64().unwrap() > 100, "{:?}", r.lines);
+    }
+    let events = obs.finish(SETTLE);
+    assert_fields_documented(&events);
+
+    let f = latest(&events, &storm, "credential_storm")
+        .unwrap_or_else(|| panic!("no credential_storm: {:?}", kinds(&events, &storm)));
+    let fetches = &f["evidence"]["fetches"];
+    assert_eq!(fetches["window_minutes"], 10);
+    assert_eq!(fetches["threshold"], 120);
+    // Two credential requests a call (the role's name, then its credentials).
+    assert!(fetches["credentials"].as_u64().unwrap() > 120, "{fetches}");
+    assert!(fetches["tokens"].as_u64().unwrap() > 60, "{fetches}");
+    assert_eq!(f["evidence"]["sdk"].as_str().map(|s| s.split('/').next()), Some(Some("botocore")));
+    assert!(f["summary"].as_str().unwrap().contains("boto3 Session"), "{f}");
+    // Said once: the counts grow with every call, the finding does not repeat.
+    let lines = findings_for(&events, &storm.cgroup_rel())
+        .iter()
+        .filter(|f| f["kind"] == "credential_storm")
+        .count();
+    assert_eq!(lines, 1, "{:?}", kinds(&events, &storm));
+
+    // The caching service: a token and its credentials once, then nothing
+    // to see but its health.
+    let kinds_cached = kinds(&events, &cached);
+    assert!(!kinds_cached.iter().any(|k| k == "credential_storm"), "{kinds_cached:?}");
+    assert!(kinds_cached.iter().all(|k| k == "healthy"), "{kinds_cached:?}");
+    let healthy = latest(&events, &cached, "healthy").expect("healthy");
+    assert!(healthy["evidence"]["requests"]["credentials"].as_u64().unwrap() <= 4, "{healthy}");
+}
+
+#[test]
+#[ignore = "lab: needs root; run `cargo xtask test`"]
 fn botocore_one_put_then_tokenless_gets() {
     let mut lab = Lab::new(LabOpts { hop_limit: 1, ..Default::default() });
     let c = lab.add_container("boto", Attach::Routed);

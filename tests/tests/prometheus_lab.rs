@@ -325,7 +325,9 @@ fn real_prometheus_evaluates_every_panel_and_alert_and_fires_for_the_failing_wor
                     "{title}"
                 );
             }
-            "Requests per workload" | "Forwarding hops per workload" => {
+            "Requests per workload"
+            | "Forwarding hops per workload"
+            | "Token and credential fetches per workload" => {
                 assert!(by("workload", FAILING) && by("workload", HEALTHY), "{title}: {series:?}")
             }
             "Lost token replies per workload" => {

@@ -5,10 +5,11 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::{
     finding::{
-        Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix,
-        OwnRole,
+        Attempt, Container, EndpointFailures, Evidence, Fetches, Finding, FindingKind, FindingTag,
+        Fix, OwnRole,
     },
     state::{ContainerState, Outcome, StatusState, Ts},
+    storm,
 };
 use crate::model::{NodeInfo, Provisioner, bounded::plural, rfc3339, sdk};
 
@@ -106,6 +107,11 @@ pub(super) fn active(node: &NodeView, c: &ContainerState) -> Active {
     }
     if at_risk(node, c) {
         v.push((FindingKind::AtRisk, fp((hops, node.hop_limit))));
+    }
+    if c.fetches.storm().is_some() {
+        // News: only the SDK (the fix names it). Its counts grow with every
+        // call, and the other count passing too is the same storm.
+        v.push((FindingKind::CredentialStorm, fp(&c.sdk)));
     }
     if v.is_empty()
         && c.last_success.is_some()
@@ -583,6 +589,16 @@ pub(super) fn build(
                 "This container is {} behind the host's uplink, but token replies on this node arrive with TTL {l} (the hop limit): its first IMDSv2 token request will be dropped, and the SDK will time out, then fall back to IMDSv1 or fail.{then}",
                 plural(h as u64, "forwarding hop", "forwarding hops"),
             )
+        }
+        FindingKind::CredentialStorm => {
+            let s = c.fetches.storm().expect("active");
+            ev.fetches = Some(Fetches {
+                window_minutes: storm::WINDOW_MINUTES as u32,
+                tokens: s.tokens,
+                credentials: s.credentials,
+                threshold: storm::STORM_REQUESTS,
+            });
+            storm::summary(s, c.sdk.as_ref())
         }
         FindingKind::Healthy => {
             let r = &c.requests;

@@ -260,6 +260,7 @@ pub(super) fn new_request(cx: &mut Cx, ev: &Event, method: &str, path: &str) {
     let token_header = ev.token_header.unwrap_or(false);
     let c = &mut *cx.c;
     c.counts.request(kind, token_header);
+    c.fetches.count(kind, ts);
     c.requests.total += 1;
     match kind {
         ReqKind::Token => c.requests.token += 1,

@@ -40,12 +40,15 @@ pub enum FindingKind {
     /// The container is farther from the uplink than the hop limit allows and
     /// has not asked for a token yet.
     AtRisk,
+    /// Tokens or role credentials fetched far more often than a client that
+    /// caches them needs.
+    CredentialStorm,
     /// Only successful exchanges.
     Healthy,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 10] = [
+    pub const ALL: [FindingKind; 11] = [
         FindingKind::HopLimitExceeded,
         FindingKind::NodeRoleBlocked,
         FindingKind::TokenRejected,
@@ -55,6 +58,7 @@ impl FindingKind {
         FindingKind::Imdsv1Fallback,
         FindingKind::NodeRoleLeak,
         FindingKind::AtRisk,
+        FindingKind::CredentialStorm,
         FindingKind::Healthy,
     ];
 
@@ -70,6 +74,7 @@ impl FindingKind {
             FindingKind::Imdsv1Fallback => "imdsv1_fallback",
             FindingKind::NodeRoleLeak => "node_role_leak",
             FindingKind::AtRisk => "at_risk",
+            FindingKind::CredentialStorm => "credential_storm",
             FindingKind::Healthy => "healthy",
         }
     }
@@ -117,6 +122,21 @@ pub struct Latency {
     /// (within 25 % above the true value), never past `max`.
     pub p50: f64,
     pub p99: f64,
+}
+
+/// `credential_storm`: what the workload fetched within the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fetches {
+    /// The window: the last this many minutes, to the workload's latest
+    /// request.
+    pub window_minutes: u32,
+    /// `PUT /latest/api/token` requests in it.
+    pub tokens: u32,
+    /// Requests under `/latest/meta-data/iam/security-credentials/` in it.
+    pub credentials: u32,
+    /// More of either is a storm.
+    pub threshold: u32,
 }
 
 /// One endpoint the container failed to reach.
@@ -185,6 +205,10 @@ pub struct Evidence {
     /// Tokenless (IMDSv1) requests sent after the first failed token request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokenless_requests: Option<u64>,
+    /// credential_storm: token and credential requests in the window that
+    /// passed the threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetches: Option<Fetches>,
     /// HTTP status of token_rejected / imds_forbidden / bad_token_request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,

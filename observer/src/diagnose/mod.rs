@@ -29,6 +29,7 @@ mod finding;
 mod outcome;
 pub mod replay;
 mod state;
+mod storm;
 pub use api::{ContainerView, Diagnoser};
 pub use state::{Counts, LATENCY_LE, ReqKind};
 #[cfg(test)]
@@ -41,7 +42,7 @@ use std::{
 
 #[allow(unused_imports)]
 pub use finding::{
-    Attempt, Container, EndpointFailures, Evidence, Finding, FindingKind, FindingTag, Fix,
+    Attempt, Container, EndpointFailures, Evidence, Fetches, Finding, FindingKind, FindingTag, Fix,
     GET_INSTANCE_ID, INSTANCE_ID_VAR, Latency, OWN_ROLE_VARS, OwnRole, Requests, instance_id_arg,
 };
 use foldhash::{HashMap, HashMapExt};

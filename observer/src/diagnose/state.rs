@@ -556,6 +556,8 @@ pub(super) struct ContainerState {
     pub node_credentials: u64,
     /// What it asked AWS IMDS for.
     pub asked: Asked,
+    /// Its token and credential requests of the last minutes.
+    pub fetches: super::storm::FetchWindow,
 }
 
 /// What a workload asked AWS IMDS for, token requests aside: whether it
@@ -644,6 +646,7 @@ impl ContainerState {
             sdk: None,
             node_credentials: 0,
             asked: Asked::default(),
+            fetches: Default::default(),
         }
     }
 

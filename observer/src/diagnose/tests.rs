@@ -1838,3 +1838,46 @@ fn folded_uplink_sightings_give_the_packets_verdicts() {
         assert_eq!(got, want);
     }
 }
+
+/// A client that builds its SDK client per call: a token, the role's name
+/// and its credentials each time, 5 calls a second on one keep-alive flow.
+fn per_call_fetches(ctr: &Ctr, calls: u64) -> Vec<Event> {
+    let mut a = ctr.conn(1);
+    let mut v = a.connect(0);
+    for i in 0..calls {
+        let t = 10 + i * 200;
+        v.extend(a.put_token(t));
+        v.extend(a.respond(t + 2, 200, 2));
+        v.extend(a.request(t + 5, "GET", CREDS, true));
+        v.extend(a.respond(t + 7, 200, 64));
+        v.extend(a.request(t + 9, "GET", ROLE, true));
+        v.extend(a.respond(t + 11, 200, 64));
+    }
+    v
+}
+
+#[test]
+fn a_client_that_fetches_per_call_is_a_credential_storm_said_once() {
+    let ctr = Ctr::podman();
+    let mut d = Diagnoser::new(Config::default());
+    // 60 calls are 120 credential requests: the threshold, not past it;
+    // at 121 calls the tokens pass it too.
+    let v = per_call_fetches(&ctr, 150);
+    let split = v
+        .iter()
+        .position(|e| e.path.as_deref() == Some(CREDS) && e.ts == time(10 + 60 * 200 + 5))
+        .expect("the 61st call's first credential request");
+    let before = feed(&mut d, &v[..split]);
+    assert!(of(&before, FindingKind::CredentialStorm).is_empty(), "{:?}", kinds(&before));
+    let after = feed(&mut d, &v[split..]);
+    // Past it, once: the counts grow with every call, and the tokens pass
+    // the threshold too, the line does not repeat.
+    let f = one(&after, FindingKind::CredentialStorm);
+    let fetches = f.evidence.fetches.expect("fetches");
+    assert_eq!((fetches.window_minutes, fetches.threshold), (10, 120));
+    assert_eq!((fetches.tokens, fetches.credentials), (61, 121));
+    assert!(f.summary.contains("61 IMDSv2 tokens and 121 credential requests"), "{}", f.summary);
+    assert!(f.fix.is_none(), "the fix is in the workload, never the node: {:?}", f.fix);
+    // Not healthy while it storms.
+    assert!(of(&after, FindingKind::Healthy).is_empty(), "{:?}", kinds(&after));
+}

@@ -79,6 +79,7 @@ pub fn reason(kind: FindingKind) -> Option<&'static str> {
         FindingKind::TokenRejected => Some("IMDSTokenRejected"),
         FindingKind::AtRisk => Some("IMDSAtRisk"),
         FindingKind::NodeRoleLeak => Some("IMDSNodeRoleLeak"),
+        FindingKind::CredentialStorm => Some("IMDSCredentialStorm"),
         FindingKind::ImdsForbidden
         | FindingKind::Unreachable
         | FindingKind::BadTokenRequest
@@ -581,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn six_kinds_get_a_reason_the_others_none() {
+    fn seven_kinds_get_a_reason_the_others_none() {
         let got: Vec<(FindingKind, Option<&str>)> =
             FindingKind::ALL.iter().map(|k| (*k, reason(*k))).collect();
         assert_eq!(
@@ -596,6 +597,7 @@ mod tests {
                 (FindingKind::Imdsv1Fallback, Some("IMDSv1Fallback")),
                 (FindingKind::NodeRoleLeak, Some("IMDSNodeRoleLeak")),
                 (FindingKind::AtRisk, Some("IMDSAtRisk")),
+                (FindingKind::CredentialStorm, Some("IMDSCredentialStorm")),
                 (FindingKind::Healthy, None),
             ]
         );

@@ -77,7 +77,8 @@ impl Theme {
             FindingKind::BadTokenRequest
             | FindingKind::Imdsv1Fallback
             | FindingKind::NodeRoleLeak
-            | FindingKind::AtRisk => self.fg(Color::Yellow),
+            | FindingKind::AtRisk
+            | FindingKind::CredentialStorm => self.fg(Color::Yellow),
             FindingKind::Healthy => self.fg(Color::Green),
         }
     }
