@@ -76,6 +76,9 @@ pub(super) fn set_outcome(cx: &mut Cx, i: usize, new: Outcome) {
         c.latency.add(l);
         c.counts.answered(kind, l);
     }
+    if matches!(new, Outcome::Status(s) if state::throttled(s)) {
+        c.counts.throttled += 1;
+    }
     match new {
         Outcome::Status(s) => {
             if let Some(ep) = endpoint {
@@ -267,6 +270,7 @@ pub(super) fn settled(o: Outcome) -> Option<crate::model::Outcome> {
     use crate::model::Outcome as M;
     match o {
         Outcome::Pending => None,
+        Outcome::Status(s) if state::throttled(s) => Some(M::Throttled),
         Outcome::Status(_) => Some(M::Answered),
         Outcome::Lost => Some(M::Lost),
         Outcome::Timeout => Some(M::Timeout),

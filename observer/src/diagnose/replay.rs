@@ -153,7 +153,7 @@ pub(super) fn record(node: &mut NodeState, cfg: &Config, stats: &mut Stats, ev: 
 /// instance's tokens (`Effects::tokens_required`).
 fn exchange(cfg: &Config, c: &mut ContainerState, cg: u64, ev: &Event) -> Option<bool> {
     let how = match (ev.outcome, ev.status) {
-        (Some(Settled::Answered), Some(s)) => Outcome::Status(s),
+        (Some(Settled::Answered | Settled::Throttled), Some(s)) => Outcome::Status(s),
         (Some(Settled::Lost), _) => Outcome::Lost,
         (Some(Settled::Timeout), _) => Outcome::Timeout,
         (Some(Settled::Refused), _) => Outcome::Refused,

@@ -96,6 +96,7 @@ impl Outcome {
         match self {
             Outcome::Pending => "pending".into(),
             Outcome::Status(s) if (200..300).contains(&s) => "ok".into(),
+            Outcome::Status(s) if throttled(s) => "throttled".into(),
             Outcome::Status(s) => s.to_string(),
             Outcome::Lost => "lost".into(),
             Outcome::Timeout => "timeout".into(),
@@ -399,6 +400,14 @@ pub struct Counts {
     /// Microseconds clients waited on attempts that got no reply (lost or
     /// timed out), from each request to when the client gave up on it.
     pub waited_us: u64,
+    /// Replies that turned a request away for its rate ([`throttled`]).
+    pub throttled: u64,
+}
+
+/// 429 Too Many Requests, or 503: how metadata endpoints say they throttle
+/// (IMDS, the ECS agent, EKS Pod Identity, Azure IMDS beyond 5 a second).
+pub fn throttled(status: u16) -> bool {
+    status == 429 || status == 503
 }
 
 /// Upper edges of the latency buckets, in seconds: 1 ms to 10 s (the
@@ -427,7 +436,7 @@ impl Counts {
             .chain([&self.replies_lost, &self.suppressed])
             .chain(self.latency.iter().flatten())
             .chain(&self.latency_us)
-            .chain([&self.waited_us])
+            .chain([&self.waited_us, &self.throttled])
             .copied()
     }
 
@@ -438,7 +447,7 @@ impl Counts {
             .chain([&mut self.replies_lost, &mut self.suppressed])
             .chain(self.latency.iter_mut().flatten())
             .chain(&mut self.latency_us)
-            .chain([&mut self.waited_us])
+            .chain([&mut self.waited_us, &mut self.throttled])
     }
 }
 

@@ -1881,3 +1881,41 @@ fn a_client_that_fetches_per_call_is_a_credential_storm_said_once() {
     // Not healthy while it storms.
     assert!(of(&after, FindingKind::Healthy).is_empty(), "{:?}", kinds(&after));
 }
+
+#[test]
+fn a_429_or_503_is_a_throttled_outcome_counted_per_workload() {
+    let ctr = Ctr::podman();
+    let mut a = ctr.conn(1);
+    let mut v = a.connect(0);
+    v.extend(a.put_token(10));
+    v.extend(a.respond(12, 200, 2));
+    v.extend(a.request(20, "GET", ROLE, true));
+    v.extend(a.respond(25, 429, 64));
+    v.extend(a.request(1020, "GET", ROLE, true));
+    v.extend(a.respond(1026, 503, 64));
+    v.extend(a.fin(2000));
+    let mut d = Diagnoser::default();
+    feed(&mut d, &v);
+    assert_eq!(d.containers().map(|c| c.counts().throttled).sum::<u64>(), 2);
+    // Each is an `exchange` line by default (an error status), as throttled,
+    // with its latency (an answer, if a refusal).
+    let (records, _) = written_at(Exchanges::Problems, &v);
+    let lines: Vec<_> = records.iter().filter(|e| e.kind == Kind::Exchange).collect();
+    assert_eq!(lines.len(), 2, "{records:#?}");
+    for (e, (status, ms)) in lines.iter().zip([(429, 5.0), (503, 6.0)]) {
+        assert_eq!(e.outcome, Some(crate::model::Outcome::Throttled), "{e:?}");
+        assert_eq!((e.status, e.latency_ms, e.waited_ms), (Some(status), Some(ms), None));
+    }
+    assert_eq!(Outcome::Status(429).label(), "throttled");
+    assert_eq!(Outcome::Status(503).label(), "throttled");
+    assert_eq!(Outcome::Status(500).label(), "500");
+    // `report --from` reads them back as events, none skipped.
+    let mut text = String::new();
+    for r in &lines {
+        text += &serde_json::to_string(r).unwrap();
+        text.push('\n');
+    }
+    assert!(text.contains(r#""outcome":"throttled""#), "{text}");
+    let back = crate::diagnose::replay::diagnose_stream(text.as_bytes()).unwrap();
+    assert_eq!((back.events, back.skipped.total()), (2, 0));
+}

@@ -67,6 +67,10 @@ pub enum Outcome {
     /// A reply with a status was delivered to the socket (`status` says
     /// which).
     Answered,
+    /// A reply with 429 or 503 was delivered: the endpoint turned the
+    /// request away for its rate (IMDS, the ECS agent, Pod Identity, Azure's
+    /// 5 a second).
+    Throttled,
     /// The reply reached the host and died on the way in (a TTL drop).
     Lost,
     /// No reply (or no answer to the connect) in time.

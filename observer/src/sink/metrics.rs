@@ -22,6 +22,8 @@
 //!   kernel, never delivered), each reply once whatever its retransmissions.
 //! - `suppressed_total{node,workload,namespace}`: records of the workload its
 //!   budget held back in the kernel (a flood from it), when there were any.
+//! - `throttled_total{node,workload,namespace}`: replies with 429 or 503
+//!   (the endpoint turned the request away for its rate), once there is one.
 //! - `seconds_lost_total{node,workload,namespace}`: seconds clients waited
 //!   on requests that got no reply (lost or timed out), each request's wait
 //!   counted once the client gave up on it.
@@ -631,6 +633,10 @@ impl Metrics {
             "forwarding_hops",
             "Forwarding hops between the workload and the host's uplink.",
         );
+        let mut throttled = Family::counter(
+            "throttled",
+            "Replies with 429 or 503: the endpoint turned the request away for its rate.",
+        );
         let mut lost_time = Family {
             name: "seconds_lost",
             help: "Seconds clients waited on requests that got no reply (lost or timed out).",
@@ -660,6 +666,9 @@ impl Metrics {
             lost_time.push(wl(key), Value::Seconds(w.counts.waited_us as f64 / 1e6));
             if w.counts.suppressed > 0 {
                 suppressed.push(wl(key), Value::Counter(w.counts.suppressed));
+            }
+            if w.counts.throttled > 0 {
+                throttled.push(wl(key), Value::Counter(w.counts.throttled));
             }
             for (k, buckets) in w.counts.latency.iter().enumerate() {
                 let count: u64 = buckets.iter().sum();
@@ -712,6 +721,7 @@ impl Metrics {
             requests,
             lost,
             lost_time,
+            throttled,
             suppressed,
             latency,
             drops,
@@ -994,6 +1004,26 @@ mod tests {
         let d = growth(&before, &c);
         assert_eq!(d.latency[ReqKind::Other as usize][2], 1);
         assert_eq!(d.cells().sum::<u64>(), 1 + 3_000);
+    }
+
+    #[test]
+    fn throttled_replies_are_counted_per_workload() {
+        use crate::diagnose::tests::Ctr;
+        let who = pod(4242, "quotes-5d8f7-abcde", "shop");
+        let mut a = Ctr::podman().conn(1);
+        let mut v = a.connect(0);
+        for (i, status) in [429, 200, 503].into_iter().enumerate() {
+            let t = 10 + i as u64 * 100;
+            v.extend(a.request(t, "GET", "/latest/meta-data/instance-id", true));
+            v.extend(a.respond(t + 2, status, 64));
+        }
+        let events = with_identity(v, 4242, &who);
+        let (mut m, mut d) = (Metrics::default(), Diagnoser::default());
+        feed_both(&mut m, &mut d, &events);
+        let text = m.encode();
+        let w = r#"node="node-a",workload="quotes-5d8f7-abcde",namespace="shop""#;
+        has(&text, &format!("imds_observer_throttled_total{{{w}}} 2"));
+        has(&text, "# TYPE imds_observer_throttled counter");
     }
 
     #[test]
