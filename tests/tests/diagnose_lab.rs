@@ -37,9 +37,10 @@ fn unix(ts: &Value) -> f64 {
 }
 
 /// The timeline matches what the client itself did: same attempts, in
-/// order, within 100 ms of the client's own send times (taken before its
-/// connect; the kernel matrix's guests are emulated, and slow to get from
-/// there to the SYN). Attempts are 1 s apart.
+/// order, within 250 ms of the client's own send times (taken before its
+/// connect; the kernel matrix's guests are emulated, the arm64 one on
+/// another architecture beside the host lab, and slow to get from there to
+/// the SYN). Attempts are 1 s apart, so each still matches only its own.
 fn assert_timeline_matches(finding: &Value, client: &ClientRun) {
     let timeline = finding["timeline"].as_array().expect("timeline");
     assert_eq!(
@@ -52,7 +53,7 @@ fn assert_timeline_matches(finding: &Value, client: &ClientRun) {
         assert_eq!(seen["method"], did["method"]);
         assert_eq!(seen["path"], did["path"]);
         let dt = (unix(&seen["ts"]) - did["t"].as_f64().unwrap()).abs();
-        assert!(dt < 0.1, "attempt at {} seen {dt:.3}s off the client's own time", seen["ts"]);
+        assert!(dt < 0.25, "attempt at {} seen {dt:.3}s off the client's own time", seen["ts"]);
         match did["outcome"].as_str().unwrap() {
             "timeout" => assert_eq!(seen["outcome"], "lost", "{seen}"),
             "ok" => assert_eq!(

@@ -52,7 +52,8 @@ enum Cmd {
         /// Only the unit tests (no root needed).
         #[arg(long)]
         unit: bool,
-        /// Skip the kernel matrix (the lab in 5.10, 6.1 and 6.12 guests).
+        /// Skip the kernel matrix (the lab in 5.10, 6.1 and 6.12 amd64 guests
+        /// and a 6.1 arm64 one).
         #[arg(long)]
         no_matrix: bool,
         /// Passed to the lab test binary (e.g. a test name filter).
@@ -419,7 +420,7 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(format!(
-                "\"$0\" {release} && \"$0\" test -p imds-lab --no-run --target {MUSL_ARM64} {}",
+                "\"$0\" {release} && \"$0\" test --release -p imds-lab --no-run --target {MUSL_ARM64} {}",
                 guest_tests.join(" ")
             ))
             .arg(cargo);
@@ -482,10 +483,10 @@ fn test(unit_only: bool, matrix: bool, filter: &[String]) -> Result<()> {
         }
         let guests = if matrix { kernel_matrix()? } else { Vec::new() };
         // The host lab mostly waits (client timeouts, settling): the kernel
-        // matrix's guests (at the lowest CPU priority, `vm::boot`) and the
-        // fuzz stage (niced too) run beside it, on the CPU it leaves. The
-        // guests are kernels of their own: they share no namespace, cgroup
-        // or qdisc with the host lab.
+        // matrix's guests (niced, `vm::boot`) and the fuzz stage (niced
+        // more) run beside it, on the CPU it leaves. The guests are kernels
+        // of their own: they share no namespace, cgroup or qdisc with the
+        // host lab.
         let matrix_run = std::thread::spawn(move || run_guests(&guests));
         let fuzzing = fuzz::beside(FUZZ_SECONDS);
         let host = run_tests(
@@ -638,8 +639,9 @@ const OLD_KERNEL_TESTS: &str = "old_kernel_";
 /// beside the host lab).
 const GUEST_LIMIT: Duration = Duration::from_secs(25 * 60);
 
-/// The lab test binaries `targets` for `arch` (cross-built for arm64:
-/// static, musl), built, by target name.
+/// The lab test binaries `targets` for `arch` (for arm64 cross-built,
+/// static, and in release: they share the release observer's build, not a
+/// second debug one of every crate), built, by target name.
 fn lab_test_binaries(targets: &[&str], arch: vm::Arch) -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = cargo();
     cmd.args(["test", "-p", "imds-lab", "--no-run", "--message-format=json", "-q"]);
@@ -647,7 +649,7 @@ fn lab_test_binaries(targets: &[&str], arch: vm::Arch) -> Result<Vec<(String, Pa
         cmd.args(["--test", t]);
     }
     if arch != vm::Arch::Amd64 {
-        cmd.args(["--target", arch.musl()]);
+        cmd.args(["--release", "--target", arch.musl()]);
     }
     let out = output(&mut cmd)?;
     let mut bins = Vec::new();
